@@ -1,10 +1,26 @@
 //! overlayd: a per-host overlay network daemon, flannel-compatible, in userspace.
 //!
 //! Layers, bottom up (see `docs/architecture.md`):
-//! - [`wire`]: header views (pure);
-//! - [`drop`]: the drop-reason vocabulary;
+//! - [`wire`]: zero-copy header views (pure);
+//! - [`encap`]: the udp/vxlan/gre encapsulations (pure);
+//! - [`offload`]: TSO segmentation and GRO coalescing (pure);
+//! - [`fib`]: the forwarding-table snapshot (pure);
+//! - [`control`]: config, leases and subnet choice (pure) and the etcd client loop (async);
+//! - [`sys`]: TUN ioctls and socket options, the only `unsafe` code;
+//! - [`host`]: device address, MTU and routes through rtnetlink;
+//! - [`dataplane`]: the worker threads;
+//! - [`daemon`], [`cli`]: glue.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod cli;
+pub mod control;
+pub mod daemon;
+pub mod dataplane;
 pub mod drop;
+pub mod encap;
+pub mod fib;
+pub mod host;
+pub mod offload;
+pub mod sys;
 pub mod wire;

@@ -1,1 +1,30 @@
-fn main() {}
+//! The `overlayd` binary: flags, logging, the runtime, and one clear error on failure.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use overlayd::cli::{self, Args};
+
+fn main() -> ExitCode {
+    cli::import_flannel_env();
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_max_level(args.log_level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("overlayd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(overlayd::daemon::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlayd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Command-line flags, with flannel's names so flannel users feel at home. Every flag can
+//! also come from the environment as `OVERLAYD_<FLAG>` or, for flannel compatibility,
+//! `FLANNELD_<FLAG>` (the `OVERLAYD_` one wins).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use ipnet::Ipv4Net;
+
+/// The encapsulation, as named in flannel's `Backend.Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    Udp,
+    Vxlan,
+    Gre,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "overlayd",
+    version,
+    about = "Per-host overlay network daemon: flannel-compatible subnet leases in etcd, udp/vxlan/gre in userspace",
+    long_about = "overlayd takes a subnet lease for this host from etcd (flannel's schema), learns every other \
+node's lease, and carries IP packets between hosts through a TUN device, encapsulated in UDP (flannel's udp \
+format), VXLAN (RFC 7348) or GRE (RFC 2784/2890). It writes flannel's subnet.env for the CNI plugin. It runs in \
+the foreground; SIGTERM or SIGINT removes its device and routes and keeps its lease for the next start.\n\n\
+Every flag can also be set in the environment as OVERLAYD_<FLAG> (e.g. OVERLAYD_ETCD_ENDPOINTS) or FLANNELD_<FLAG>."
+)]
+pub struct Args {
+    /// Encapsulation: udp, vxlan or gre. Must match Backend.Type of the network config in etcd when that names one.
+    #[arg(long, value_enum, env = "OVERLAYD_BACKEND", help_heading = "Network")]
+    pub backend: Option<BackendArg>,
+
+    /// Create the network config in etcd with this IPv4 CIDR when it is absent (e.g. 10.244.0.0/16).
+    #[arg(long, env = "OVERLAYD_NETWORK", help_heading = "Network")]
+    pub network: Option<Ipv4Net>,
+
+    /// SubnetLen for a config created with --network (default as flannel: 24, or prefix+2 for narrower networks).
+    #[arg(long, env = "OVERLAYD_SUBNET_LEN", requires = "network", help_heading = "Network")]
+    pub subnet_len: Option<u8>,
+
+    /// Comma-separated etcd endpoints.
+    #[arg(long, env = "OVERLAYD_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379", help_heading = "etcd")]
+    pub etcd_endpoints: Vec<String>,
+
+    /// etcd key prefix holding config and subnets.
+    #[arg(long, env = "OVERLAYD_ETCD_PREFIX", default_value = "/coreos.com/network", help_heading = "etcd")]
+    pub etcd_prefix: String,
+
+    /// Client certificate (PEM) for etcd TLS.
+    #[arg(long, env = "OVERLAYD_ETCD_CERTFILE", requires = "etcd_keyfile", help_heading = "etcd")]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// Client key (PEM) for etcd TLS.
+    #[arg(long, env = "OVERLAYD_ETCD_KEYFILE", requires = "etcd_certfile", help_heading = "etcd")]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// CA certificate (PEM) to verify etcd's server certificate.
+    #[arg(long, env = "OVERLAYD_ETCD_CAFILE", help_heading = "etcd")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// etcd username.
+    #[arg(long, env = "OVERLAYD_ETCD_USERNAME", requires = "etcd_password", help_heading = "etcd")]
+    pub etcd_username: Option<String>,
+
+    /// etcd password.
+    #[arg(long, env = "OVERLAYD_ETCD_PASSWORD", requires = "etcd_username", hide_env_values = true, help_heading = "etcd")]
+    pub etcd_password: Option<String>,
+
+    /// Underlay interface: a name (eth0) or one of its IPv4 addresses. Default: the interface of the default route.
+    #[arg(long, env = "OVERLAYD_IFACE", help_heading = "Host")]
+    pub iface: Option<String>,
+
+    /// Address published to peers (default: the underlay interface's first IPv4 address).
+    #[arg(long, env = "OVERLAYD_PUBLIC_IP", help_heading = "Host")]
+    pub public_ip: Option<Ipv4Addr>,
+
+    /// Where to write flannel's subnet.env.
+    #[arg(long, env = "OVERLAYD_SUBNET_FILE", default_value = "/run/flannel/subnet.env", help_heading = "Host")]
+    pub subnet_file: PathBuf,
+
+    /// Written to subnet.env as FLANNEL_IPMASQ (the CNI plugin then masquerades pod traffic).
+    #[arg(long, env = "OVERLAYD_IP_MASQ", help_heading = "Host")]
+    pub ip_masq: bool,
+
+    /// Minutes before lease expiry at which it is renewed (keepalives are sent at least this often).
+    #[arg(long, env = "OVERLAYD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=1439), help_heading = "etcd")]
+    pub subnet_lease_renew_margin: u64,
+
+    /// Data-plane worker queues (TUN queues, each with its own socket and threads). Default: CPU count, at most 4.
+    #[arg(long, env = "OVERLAYD_QUEUES", value_parser = clap::value_parser!(u16).range(1..=16), help_heading = "Data plane")]
+    pub queues: Option<u16>,
+
+    /// Force the plain path: no TUN offloads (TSO/GRO), no UDP GSO/GRO. For comparison and for kernels that misbehave.
+    #[arg(long, env = "OVERLAYD_NO_OFFLOAD", help_heading = "Data plane")]
+    pub no_offload: bool,
+
+    /// Log level: error, warn, info, debug, trace, or flannel's numeric -v (0 = info, 1-4 = debug, 5+ = trace).
+    #[arg(short = 'v', long = "log-level", env = "OVERLAYD_LOG_LEVEL", default_value = "info", value_parser = parse_level, help_heading = "Logging")]
+    pub log_level: tracing::Level,
+}
+
+fn parse_level(s: &str) -> Result<tracing::Level, String> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(match n {
+            0 => tracing::Level::INFO,
+            1..=4 => tracing::Level::DEBUG,
+            _ => tracing::Level::TRACE,
+        });
+    }
+    s.parse::<tracing::Level>().map_err(|_| format!("{s:?} is not a log level; use error, warn, info, debug, trace or 0-10"))
+}
+
+/// Copies `FLANNELD_<FLAG>` variables to `OVERLAYD_<FLAG>` where the latter is unset, so that
+/// either spelling configures overlayd. Call before any thread starts.
+pub fn import_flannel_env() {
+    let vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("FLANNELD_")).collect();
+    for (k, v) in vars {
+        let ours = format!("OVERLAYD_{}", &k["FLANNELD_".len()..]);
+        if std::env::var_os(&ours).is_none() {
+            // Single-threaded at this point (called first thing in main).
+            std::env::set_var(ours, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn flannel_names_parse() {
+        let a = Args::try_parse_from([
+            "overlayd", "--backend", "vxlan", "--etcd-endpoints", "http://a:2379,http://b:2379", "--iface", "eth0",
+            "--subnet-file", "/tmp/x.env", "--network", "10.244.0.0/16", "--subnet-len", "24", "-v", "2",
+        ])
+        .unwrap();
+        assert_eq!(a.backend, Some(BackendArg::Vxlan));
+        assert_eq!(a.etcd_endpoints, vec!["http://a:2379", "http://b:2379"]);
+        assert_eq!(a.log_level, tracing::Level::DEBUG);
+        assert_eq!(a.etcd_prefix, "/coreos.com/network");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Args::try_parse_from(["overlayd", "--backend", "ipip"]).is_err());
+        assert!(Args::try_parse_from(["overlayd", "--network", "10.244.0.0/33"]).is_err());
+        assert!(Args::try_parse_from(["overlayd", "--subnet-len", "24"]).is_err(), "--subnet-len needs --network");
+        assert!(Args::try_parse_from(["overlayd", "-v", "loud"]).is_err());
+    }
+}

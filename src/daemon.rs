@@ -1,0 +1,336 @@
+//! The daemon's lifecycle: resolve the underlay, reach etcd, read (or create) the network
+//! config, acquire the lease, bring up the device and the data plane, write subnet.env,
+//! then keep the lease and the forwarding table current until SIGTERM/SIGINT.
+//!
+//! Glue only: every decision it makes is delegated to a tested module.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::cli::{Args, BackendArg};
+use crate::control::config::{BackendKind, ConfigError, NetworkConfig};
+use crate::control::etcd::{build_fib, stable_vtep_mac, ControlLoop, EtcdError, EtcdOptions, Registry, RemoteLease};
+use crate::control::lease::{LeaseAttrs, VxlanData};
+use crate::control::subnet_env::{read_previous_subnet, SubnetEnv};
+use crate::dataplane::{self, Dataplane};
+use crate::encap::Encap;
+use crate::fib::{self, Peer};
+use crate::host::{HostError, Netlink};
+use crate::sys::socket::UnderlaySocket;
+use crate::sys::tun::{self, Device};
+
+/// Why the daemon could not start or had to stop. Each message names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid network config in etcd at {key}: {source}")]
+    EtcdConfig { key: String, source: ConfigError },
+    #[error("invalid --network/--subnet-len: {0}")]
+    FlagConfig(ConfigError),
+    #[error("--backend {flag} conflicts with the network config in etcd, whose Backend.Type is {etcd}; drop --backend or use --backend {etcd}")]
+    BackendMismatch { flag: BackendKind, etcd: BackendKind },
+    #[error("the network config disables IPv4 (EnableIPv4=false); overlayd carries IPv4 overlays only")]
+    NoIpv4,
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error("cannot open overlay device {name}: {source} (overlayd needs CAP_NET_ADMIN and /dev/net/tun)")]
+    Device { name: String, source: std::io::Error },
+    #[error("cannot open underlay socket on {addr}: {source}")]
+    Socket { addr: String, source: std::io::Error },
+    #[error("cannot write subnet file {path}: {source}")]
+    SubnetFile { path: String, source: std::io::Error },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+impl From<BackendArg> for BackendKind {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Udp => BackendKind::Udp,
+            BackendArg::Vxlan => BackendKind::Vxlan,
+            BackendArg::Gre => BackendKind::Gre,
+        }
+    }
+}
+
+/// The overlay device's name for a backend: flannel's names where flannel has the backend.
+pub fn device_name(kind: BackendKind, vni: u32) -> String {
+    match kind {
+        BackendKind::Udp => "flannel0".to_string(),
+        BackendKind::Vxlan => format!("flannel.{vni}"),
+        BackendKind::Gre => format!("ovgre.{vni}"),
+    }
+}
+
+/// Sockets to send on: one per queue for udp (flannel sends from its port); a pool bound to
+/// ephemeral ports for vxlan, picked by inner flow hash (source-port entropy as the kernel's
+/// VXLAN gives it); the single raw socket for gre.
+const VXLAN_SEND_SOCKETS: usize = 8;
+const SOCKET_BUFFER: usize = 8 << 20;
+
+async fn connect_etcd(opts: &EtcdOptions) -> Result<Registry, DaemonError> {
+    let mut delay = Duration::from_millis(500);
+    let mut logged = false;
+    loop {
+        match Registry::connect(opts).await {
+            Ok(r) => return Ok(r),
+            Err(e @ EtcdError::Tls { .. }) => return Err(e.into()),
+            Err(e) => {
+                if !logged {
+                    warn!(endpoints = ?opts.endpoints, error = %e, "cannot reach etcd yet; retrying");
+                    logged = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn network_config(reg: &Registry, args: &Args) -> Result<NetworkConfig, DaemonError> {
+    let key = format!("{}/config", args.etcd_prefix.trim_end_matches('/'));
+    let mut logged = false;
+    loop {
+        match reg.get_config().await {
+            Ok(Some(raw)) => return NetworkConfig::parse(&raw).map_err(|source| DaemonError::EtcdConfig { key, source }),
+            Ok(None) => {
+                if let Some(net) = args.network {
+                    let kind = args.backend.map(BackendKind::from).unwrap_or(BackendKind::Vxlan);
+                    let cfg = NetworkConfig::from_cli(net, args.subnet_len, kind).map_err(DaemonError::FlagConfig)?;
+                    if reg.create_config(&cfg.to_json()).await? {
+                        info!(key = %key, config = %cfg.to_json(), "created the network config");
+                    }
+                    continue;
+                }
+                if !logged {
+                    warn!(key = %key, "no network config in etcd yet; waiting for one (or start with --network)");
+                    logged = true;
+                }
+            }
+            Err(e) => {
+                if !logged {
+                    warn!(error = %e, "cannot read the network config; retrying");
+                    logged = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Maps a lease to a peer of our backend; others are ignored (logged once by the caller).
+fn peer_decoder(kind: BackendKind, vni: u32) -> impl Fn(&RemoteLease) -> Option<Peer> + Send + Sync {
+    move |l: &RemoteLease| {
+        let bt = l.attrs.backend_type.as_deref().unwrap_or("udp");
+        let mac = match kind {
+            BackendKind::Udp if bt == "udp" => [0; 6],
+            BackendKind::Gre if bt == "gre" => [0; 6],
+            BackendKind::Vxlan if bt == "vxlan" => {
+                let d = l.attrs.backend_data.as_ref().and_then(|v| VxlanData::from_value(v).ok())?;
+                if d.vni != vni {
+                    return None;
+                }
+                d.vtep_mac
+            }
+            _ => return None,
+        };
+        Some(Peer { subnet: l.subnet, public_ip: l.attrs.public_ip, mac })
+    }
+}
+
+/// Runs the daemon until a signal; returns an error for anything that prevents it from
+/// running at all.
+pub async fn run(args: Args) -> Result<(), DaemonError> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+
+    let nl = Netlink::new()?;
+    let underlay = nl.underlay(args.iface.as_deref()).await?;
+    let public_ip = args.public_ip.unwrap_or(underlay.addr);
+    info!(iface = %underlay.name, addr = %underlay.addr, mtu = underlay.mtu, public_ip = %public_ip, "underlay");
+
+    let opts = EtcdOptions {
+        endpoints: args.etcd_endpoints.clone(),
+        prefix: args.etcd_prefix.clone(),
+        certfile: args.etcd_certfile.clone(),
+        keyfile: args.etcd_keyfile.clone(),
+        cafile: args.etcd_cafile.clone(),
+        username: args.etcd_username.clone(),
+        password: args.etcd_password.clone(),
+    };
+    if opts.endpoints.iter().any(|e| e.starts_with("http://")) && opts.cafile.is_none() {
+        warn!("talking to etcd without TLS: leases and the network config travel in clear text");
+    }
+    let registry = connect_etcd(&opts).await?;
+    let cfg = network_config(&registry, &args).await?;
+    if !cfg.enable_ipv4 {
+        return Err(DaemonError::NoIpv4);
+    }
+    if cfg.enable_ipv6 {
+        warn!("EnableIPv6 is set in the network config; overlayd carries the IPv4 overlay only");
+    }
+    let kind = cfg.backend.kind;
+    if let Some(flag) = args.backend.map(BackendKind::from) {
+        if flag != kind {
+            return Err(DaemonError::BackendMismatch { flag, etcd: kind });
+        }
+    }
+    let vni = cfg.backend.vni;
+    let mac = stable_vtep_mac(public_ip, vni);
+    let encap = match kind {
+        BackendKind::Udp => Encap::Udp,
+        BackendKind::Vxlan => Encap::Vxlan { vni, local_mac: mac },
+        BackendKind::Gre => Encap::Gre { key: Some(vni), checksum: cfg.backend.checksum, sequence: cfg.backend.sequence },
+    };
+    let mtu = cfg.backend.mtu.unwrap_or(underlay.mtu.saturating_sub(encap.overhead() as u32));
+    let attrs = match kind {
+        BackendKind::Udp => LeaseAttrs { public_ip, public_ipv6: None, backend_type: None, backend_data: None },
+        BackendKind::Vxlan => LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: Some("vxlan".into()),
+            backend_data: Some(VxlanData { vni, vtep_mac: mac }.to_value()),
+        },
+        BackendKind::Gre => LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: Some("gre".into()),
+            backend_data: Some(serde_json::json!({ "VNI": vni })),
+        },
+    };
+
+    let previous = read_previous_subnet(&args.subnet_file);
+    let acquired = registry.acquire(&cfg, &attrs, previous).await?;
+    let subnet = acquired.subnet;
+
+    // Device and host setup.
+    let name = device_name(kind, vni);
+    let queues = args
+        .queues
+        .map(usize::from)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4));
+    let offload = !args.no_offload;
+    let mut dev = Device::open(&tun::Options { name: name.clone(), kind: tun::Kind::Tun, queues, vnet_hdr: offload })
+        .map_err(|source| DaemonError::Device { name: name.clone(), source })?;
+    if offload {
+        let want = tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN;
+        if let Err(e) = dev.set_offload(want) {
+            warn!(error = %e, "the kernel refused TUN offloads; packets are handled one by one");
+        }
+    }
+    let tun_addr = subnet.network();
+    nl.configure_overlay(&dev.name, tun_addr, mtu, cfg.network).await?;
+
+    // Sockets.
+    let sock_err = |addr: String| move |source| DaemonError::Socket { addr, source };
+    let (send, recv): (Vec<Arc<UnderlaySocket>>, Vec<Arc<UnderlaySocket>>) = match kind {
+        BackendKind::Gre => {
+            let s = Arc::new(UnderlaySocket::raw_gre(underlay.addr, SOCKET_BUFFER).map_err(sock_err(format!("{} (raw GRE; needs CAP_NET_RAW)", underlay.addr)))?);
+            (vec![s.clone()], vec![s])
+        }
+        BackendKind::Udp | BackendKind::Vxlan => {
+            let bind = SocketAddrV4::new(underlay.addr, cfg.backend.port);
+            let mut recv = Vec::new();
+            for _ in 0..queues {
+                recv.push(Arc::new(UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(sock_err(bind.to_string()))?));
+            }
+            let send = if kind == BackendKind::Vxlan {
+                let mut v = Vec::new();
+                for _ in 0..VXLAN_SEND_SOCKETS {
+                    let b = SocketAddrV4::new(underlay.addr, 0);
+                    v.push(Arc::new(UnderlaySocket::udp(b, SOCKET_BUFFER).map_err(sock_err(b.to_string()))?));
+                }
+                v
+            } else {
+                recv.clone()
+            };
+            (send, recv)
+        }
+    };
+    let gso = offload && send.iter().all(|s| s.probe_gso());
+    let gro = offload && !recv[0].is_raw() && recv.iter().all(|s| s.enable_gro());
+    info!(device = %dev.name, queues, mtu, offloads = dev.offloads, gso, gro, "data plane configured");
+
+    // Forwarding table, then the workers.
+    let fib = fib::shared();
+    let decode = peer_decoder(kind, vni);
+    match registry.list().await {
+        Ok((leases, _)) => {
+            let map = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
+            fib.store(Arc::new(build_fib(&cfg, subnet, &map, &decode)));
+        }
+        Err(e) => warn!(error = %e, "cannot list peers yet; the watch will fill them in"),
+    }
+    let dp_cfg = dataplane::Config {
+        encap,
+        port: cfg.backend.port,
+        tun_addr,
+        vnet_hdr: offload,
+        gso,
+        gro,
+        local_mac: mac,
+    };
+    let qs: Vec<Arc<tun::Queue>> = std::mem::take(&mut dev.queues).into_iter().map(Arc::new).collect();
+    let dp = Dataplane::start(dp_cfg, qs.clone(), send, recv, fib.clone()).map_err(|source| DaemonError::Device { name: name.clone(), source })?;
+
+    let env = SubnetEnv { network: cfg.network, subnet, mtu, ipmasq: args.ip_masq };
+    env.write_atomic(&args.subnet_file).map_err(|source| DaemonError::SubnetFile { path: args.subnet_file.display().to_string(), source })?;
+    info!(subnet = %subnet, device = %dev.name, subnet_file = %args.subnet_file.display(), "ready");
+
+    // Background control: lease keepalive, peers, re-acquisition.
+    let (subnet_tx, mut subnet_rx) = tokio::sync::watch::channel(subnet);
+    let keepalive_every = Duration::from_secs((args.subnet_lease_renew_margin * 60 / 4).clamp(30, 15 * 60));
+    let control = ControlLoop {
+        registry: registry.clone(),
+        cfg: cfg.clone(),
+        attrs,
+        acquired,
+        fib: fib.clone(),
+        decode_peer: Box::new(decode),
+        subnet_tx,
+        keepalive_every,
+    };
+    let control_task = tokio::spawn(control.run());
+    let dev_name = dev.name.clone();
+    let nl2 = nl.clone();
+    let subnet_file = args.subnet_file.clone();
+    let network = cfg.network;
+    let ipmasq = args.ip_masq;
+    let subnet_task = tokio::spawn(async move {
+        while subnet_rx.changed().await.is_ok() {
+            let s: Ipv4Net = *subnet_rx.borrow();
+            if let Err(e) = nl2.configure_overlay(&dev_name, s.network(), mtu, network).await {
+                error!(error = %e, "cannot move the device to the re-acquired subnet");
+            }
+            let env = SubnetEnv { network, subnet: s, mtu, ipmasq };
+            if let Err(e) = env.write_atomic(&subnet_file) {
+                error!(error = %e, "cannot rewrite the subnet file");
+            }
+        }
+    });
+
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: stopping"),
+        _ = sigint.recv() => info!("SIGINT: stopping"),
+    }
+    control_task.abort();
+    subnet_task.abort();
+    let totals = dp.totals();
+    dp.stop();
+    drop(qs);
+    drop(dev);
+    info!(
+        tx_packets = totals.tx_packets,
+        rx_packets = totals.rx_packets,
+        drops = totals.drops.iter().sum::<u64>(),
+        "stopped; device and routes removed, lease kept for the next start"
+    );
+    let _ = Ipv4Addr::UNSPECIFIED;
+    Ok(())
+}

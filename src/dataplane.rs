@@ -1,0 +1,445 @@
+//! The data plane: per-queue worker threads moving packets between the overlay device and
+//! the underlay sockets, with no lock and no heap allocation per packet.
+//!
+//! Transmit (device → underlay), one thread per device queue: read packets (64 KiB TSO
+//! super-packets when offloads are on), look the destination up in the current
+//! [`Fib`](crate::fib::Fib) snapshot, segment straight into encapsulation slots, write the
+//! headers, and hand the whole run of equal-size datagrams to the kernel in one `sendmmsg`
+//! carrying a `UDP_SEGMENT` (GSO) message. No lease for the destination: an ICMP
+//! net-unreachable goes back into the device.
+//!
+//! Receive (underlay → device), one thread per socket: `recvmmsg` a batch (UDP GRO hands
+//! over runs of datagrams in one buffer), accept only datagrams from a current lease's
+//! public address, decapsulate through checked views, accept only inner sources inside that
+//! sender's subnet and destinations inside ours, coalesce TCP segments back into
+//! super-packets and write them to the device. Everything refused is counted by reason.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::drop::DropReason;
+use crate::encap::{Decapsulated, Encap};
+use crate::fib::{Fib, SharedFib};
+use crate::offload::gro::Coalescer;
+use crate::offload::tso;
+use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket, MAX_BATCH, MAX_GSO_SEGMENTS};
+use crate::sys::tun::{poll_readable, Queue};
+use crate::wire::{arp, flow, icmp, ipv4, virtio};
+
+/// Room kept in front of every packet read from the device for the encapsulation header.
+const HEADROOM: usize = 64;
+/// Largest packet the device hands over (a TSO super-packet plus its virtio header).
+const MAX_READ: usize = 65535 + virtio::LEN;
+/// Bytes of segment slots per transmit: enough for a 64 KiB super-packet cut into the
+/// smallest segments TCP uses over a 1280-byte path, with headers.
+const SEG_BUF: usize = 256 * 1024;
+/// Largest UDP payload one GSO send may carry in total.
+const MAX_GSO_BYTES: usize = 65000;
+/// How long a worker blocks before re-checking the stop flag.
+const POLL_MS: i32 = 100;
+
+/// Counters of one worker, bumped by it alone and read by the metrics exporter.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub tx_sends: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub rx_batches: AtomicU64,
+    pub icmp_unreachable: AtomicU64,
+    pub arp_replies: AtomicU64,
+    pub drops: [AtomicU64; DropReason::COUNT],
+}
+
+impl WorkerStats {
+    fn drop(&self, r: DropReason, n: u64) {
+        self.drops[r as usize].fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Totals over all workers, for logs, tests and metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Totals {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub icmp_unreachable: u64,
+    pub arp_replies: u64,
+    pub drops: [u64; DropReason::COUNT],
+}
+
+/// What the workers need to know about this node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub encap: Encap,
+    /// Destination port on peers (udp, vxlan); unused for gre.
+    pub port: u16,
+    /// Our overlay device address (the subnet's network address), source of ICMP errors.
+    pub tun_addr: Ipv4Addr,
+    /// The device was opened with a virtio-net header.
+    pub vnet_hdr: bool,
+    /// Send with UDP GSO (probed; turned off by the first refusal).
+    pub gso: bool,
+    /// Receive sockets have UDP GRO on.
+    pub gro: bool,
+    /// Our VTEP MAC (vxlan), for ARP replies.
+    pub local_mac: [u8; 6],
+}
+
+/// Running workers.
+pub struct Dataplane {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    pub stats: Arc<Vec<WorkerStats>>,
+}
+
+impl Dataplane {
+    /// Starts one transmit worker per device queue and one receive worker per receive
+    /// socket. `send` are the sockets transmit workers pick from by flow hash (the source
+    /// port spreads flows as the kernel's VXLAN does); `recv[i]` writes into queue
+    /// `i % queues`.
+    pub fn start(cfg: Config, queues: Vec<Arc<Queue>>, send: Vec<Arc<UnderlaySocket>>, recv: Vec<Arc<UnderlaySocket>>, fib: SharedFib) -> io::Result<Dataplane> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats: Arc<Vec<WorkerStats>> = Arc::new((0..queues.len() + recv.len()).map(|_| WorkerStats::default()).collect());
+        let gso = Arc::new(AtomicBool::new(cfg.gso));
+        let mut threads = Vec::new();
+        for (i, q) in queues.iter().enumerate() {
+            q.set_nonblocking()?;
+            let (cfg, q, send, fib, stop, stats, gso) = (cfg.clone(), q.clone(), send.clone(), fib.clone(), stop.clone(), stats.clone(), gso.clone());
+            threads.push(std::thread::Builder::new().name(format!("tx{i}")).spawn(move || {
+                let mut w = TxWorker::new(cfg, q, send, fib, gso);
+                w.run(&stop, &stats[i]);
+            })?);
+        }
+        for (j, s) in recv.iter().enumerate() {
+            let idx = queues.len() + j;
+            let (cfg, q, s, fib, stop, stats) = (cfg.clone(), queues[j % queues.len()].clone(), s.clone(), fib.clone(), stop.clone(), stats.clone());
+            threads.push(std::thread::Builder::new().name(format!("rx{j}")).spawn(move || {
+                let mut w = RxWorker::new(cfg, q, s, fib);
+                w.run(&stop, &stats[idx]);
+            })?);
+        }
+        Ok(Dataplane { stop, threads, stats })
+    }
+
+    /// Sum of every worker's counters.
+    pub fn totals(&self) -> Totals {
+        totals(&self.stats)
+    }
+
+    /// Stops the workers and waits for them (each notices within one poll interval).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sums worker counters.
+pub fn totals(stats: &[WorkerStats]) -> Totals {
+    let mut t = Totals::default();
+    for s in stats {
+        t.tx_packets += s.tx_packets.load(Ordering::Relaxed);
+        t.tx_bytes += s.tx_bytes.load(Ordering::Relaxed);
+        t.rx_packets += s.rx_packets.load(Ordering::Relaxed);
+        t.rx_bytes += s.rx_bytes.load(Ordering::Relaxed);
+        t.icmp_unreachable += s.icmp_unreachable.load(Ordering::Relaxed);
+        t.arp_replies += s.arp_replies.load(Ordering::Relaxed);
+        for (d, a) in t.drops.iter_mut().zip(&s.drops) {
+            *d += a.load(Ordering::Relaxed);
+        }
+    }
+    t
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted
+}
+
+struct TxWorker {
+    cfg: Config,
+    queue: Arc<Queue>,
+    send: Vec<Arc<UnderlaySocket>>,
+    fib: SharedFib,
+    gso: Arc<AtomicBool>,
+    read_buf: Vec<u8>,
+    seg_buf: Vec<u8>,
+    icmp_buf: [u8; 600],
+    seq: u32,
+}
+
+impl TxWorker {
+    fn new(cfg: Config, queue: Arc<Queue>, send: Vec<Arc<UnderlaySocket>>, fib: SharedFib, gso: Arc<AtomicBool>) -> Self {
+        Self { cfg, queue, send, fib, gso, read_buf: vec![0; HEADROOM + MAX_READ], seg_buf: vec![0; SEG_BUF], icmp_buf: [0; 600], seq: 0 }
+    }
+
+    fn run(&mut self, stop: &AtomicBool, st: &WorkerStats) {
+        while !stop.load(Ordering::Relaxed) {
+            match poll_readable(&[self.queue.as_fd()], POLL_MS) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(_) => continue,
+            }
+            let fib = self.fib.load();
+            for _ in 0..MAX_BATCH {
+                let n = match self.queue.read(&mut self.read_buf[HEADROOM..]) {
+                    Ok(n) => n,
+                    Err(e) if would_block(&e) => break,
+                    Err(_) => {
+                        st.drop(DropReason::IoError, 1);
+                        break;
+                    }
+                };
+                self.forward(&fib, n, st);
+            }
+        }
+    }
+
+    /// Forwards the `n` bytes just read at `read_buf[HEADROOM..]`.
+    fn forward(&mut self, fib: &Fib, n: usize, st: &WorkerStats) {
+        let (hdr, start) = if self.cfg.vnet_hdr {
+            match virtio::VirtioNetHdr::parse(&self.read_buf[HEADROOM..HEADROOM + n]) {
+                Some(h) => (h, HEADROOM + virtio::LEN),
+                None => return st.drop(DropReason::Truncated, 1),
+            }
+        } else {
+            (virtio::VirtioNetHdr::default(), HEADROOM)
+        };
+        let end = HEADROOM + n;
+        let Some(dst) = ipv4::ipv4_dst(&self.read_buf[start..end]) else {
+            // Not IPv4 (the overlay is IPv4-only for now) or too short to route.
+            return st.drop(DropReason::BadInner, 1);
+        };
+        let Some(peer) = fib.lookup(dst) else {
+            return self.unreachable(start, end, st);
+        };
+        let dst_addr = SocketAddrV4::new(peer.public_ip, if self.send[0].is_raw() { 0 } else { self.cfg.port });
+        let hl = self.cfg.encap.header_len();
+        let sock = &self.send[flow::hash(&self.read_buf[start..end]) as usize % self.send.len()];
+
+        // Fast path: one packet that needs no segmenting and no checksum: encapsulate in place.
+        if hdr.gso_kind() == virtio::GSO_NONE && !hdr.needs_csum() {
+            let pkt = &mut self.read_buf[start - hl..end];
+            self.seq = self.seq.wrapping_add(1);
+            if let Err(r) = self.cfg.encap.encapsulate(pkt, peer.mac, self.seq) {
+                return st.drop(r, 1);
+            }
+            let msg = [Msg { buf: pkt, dst: dst_addr, segment: 0 }];
+            return send_counted(sock, &msg, 1, pkt.len(), st);
+        }
+
+        let layout = match tso::segment(&hdr, &self.read_buf[start..end], hl, &mut self.seg_buf) {
+            Ok(l) => l,
+            Err(_) => return st.drop(DropReason::BadInner, 1),
+        };
+        for i in 0..layout.count {
+            let len = hl + if i + 1 == layout.count { layout.last_len } else { layout.seg_len };
+            let off = i * layout.stride;
+            self.seq = self.seq.wrapping_add(1);
+            if let Err(r) = self.cfg.encap.encapsulate(&mut self.seg_buf[off..off + len], peer.mac, self.seq) {
+                return st.drop(r, layout.count as u64);
+            }
+        }
+        self.send_segments(sock, dst_addr, &layout, hl, st);
+    }
+
+    /// Sends `layout.count` encapsulated segments from `seg_buf`: as GSO runs when the
+    /// socket allows, else as one datagram per message, in `sendmmsg` batches.
+    fn send_segments(&self, sock: &UnderlaySocket, dst: SocketAddrV4, layout: &tso::Layout, hl: usize, st: &WorkerStats) {
+        let stride = layout.stride;
+        let full = hl + layout.seg_len;
+        let total_bytes = (layout.count - 1) * stride + hl + layout.last_len;
+        let mut msgs = [Msg { buf: &[], dst, segment: 0 }; MAX_BATCH];
+        if self.gso.load(Ordering::Relaxed) && layout.count > 1 && stride == full {
+            // Runs of at most MAX_GSO_SEGMENTS datagrams and MAX_GSO_BYTES bytes.
+            let per_run = (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS);
+            let mut n = 0;
+            let mut i = 0;
+            while i < layout.count {
+                let k = per_run.min(layout.count - i);
+                let start = i * stride;
+                let end = (start + k * stride).min(total_bytes);
+                msgs[n] = Msg { buf: &self.seg_buf[start..end], dst, segment: stride as u16 };
+                n += 1;
+                i += k;
+            }
+            match sock.send_batch(&msgs[..n]) {
+                Ok(_) => {
+                    st.tx_packets.fetch_add(layout.count as u64, Ordering::Relaxed);
+                    st.tx_bytes.fetch_add(total_bytes as u64, Ordering::Relaxed);
+                    st.tx_sends.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EIO) || e.raw_os_error() == Some(libc::EINVAL) => {
+                    // The kernel refused GSO here: remember it and resend one by one below.
+                    tracing::warn!(error = %e, "UDP GSO refused by the kernel; falling back to one datagram per segment");
+                    self.gso.store(false, Ordering::Relaxed);
+                }
+                Err(e) if would_block(&e) || e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    return st.drop(DropReason::IoError, layout.count as u64);
+                }
+                Err(_) => return st.drop(DropReason::IoError, layout.count as u64),
+            }
+        }
+        let mut i = 0;
+        while i < layout.count {
+            let k = MAX_BATCH.min(layout.count - i);
+            for j in 0..k {
+                let s = (i + j) * stride;
+                let len = if i + j + 1 == layout.count { hl + layout.last_len } else { full };
+                msgs[j] = Msg { buf: &self.seg_buf[s..s + len], dst, segment: 0 };
+            }
+            let bytes = msgs[..k].iter().map(|m| m.buf.len()).sum();
+            send_counted(sock, &msgs[..k], k, bytes, st);
+            i += k;
+        }
+    }
+
+    /// Answers a packet with no lease for its destination with ICMP net-unreachable.
+    fn unreachable(&mut self, start: usize, end: usize, st: &WorkerStats) {
+        st.drop(DropReason::NoRoute, 1);
+        let from = self.cfg.tun_addr;
+        if let Some(len) = icmp::net_unreachable_v4(&self.read_buf[start..end], from, &mut self.icmp_buf) {
+            let res = if self.cfg.vnet_hdr {
+                self.queue.write2(&[0u8; virtio::LEN], &self.icmp_buf[..len])
+            } else {
+                self.queue.write(&self.icmp_buf[..len])
+            };
+            if res.is_ok() {
+                st.icmp_unreachable.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn send_counted(sock: &UnderlaySocket, msgs: &[Msg<'_>], packets: usize, bytes: usize, st: &WorkerStats) {
+    match sock.send_batch(msgs) {
+        Ok(sent) => {
+            st.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
+            st.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            st.tx_sends.fetch_add(1, Ordering::Relaxed);
+            if sent < packets {
+                st.drop(DropReason::IoError, (packets - sent) as u64);
+            }
+        }
+        Err(_) => st.drop(DropReason::IoError, packets as u64),
+    }
+}
+
+struct RxWorker {
+    cfg: Config,
+    queue: Arc<Queue>,
+    sock: Arc<UnderlaySocket>,
+    fib: SharedFib,
+    batch: RecvBatch,
+    gro: Option<Coalescer>,
+    arp_buf: [u8; 128],
+}
+
+impl RxWorker {
+    fn new(cfg: Config, queue: Arc<Queue>, sock: Arc<UnderlaySocket>, fib: SharedFib) -> Self {
+        let batch = if cfg.gro { RecvBatch::new(8, 65536) } else { RecvBatch::new(MAX_BATCH, 9216) };
+        let gro = cfg.vnet_hdr.then(Coalescer::new);
+        Self { cfg, queue, sock, fib, batch, gro, arp_buf: [0; 128] }
+    }
+
+    fn run(&mut self, stop: &AtomicBool, st: &WorkerStats) {
+        while !stop.load(Ordering::Relaxed) {
+            match poll_readable(&[self.sock.as_fd()], POLL_MS) {
+                Ok(0) | Err(_) => continue,
+                Ok(_) => {}
+            }
+            let fib = self.fib.load();
+            for _ in 0..16 {
+                let n = match self.sock.recv_batch(&mut self.batch) {
+                    Ok(n) => n,
+                    Err(e) if would_block(&e) => break,
+                    Err(_) => {
+                        st.drop(DropReason::IoError, 1);
+                        break;
+                    }
+                };
+                st.rx_batches.fetch_add(1, Ordering::Relaxed);
+                for i in 0..n {
+                    self.handle_message(&fib, i, st);
+                }
+                if let Some(g) = self.gro.as_mut() {
+                    let q = &self.queue;
+                    g.flush(&mut |p| write_counted(q, p, virtio::LEN, st));
+                }
+            }
+        }
+    }
+
+    fn handle_message(&mut self, fib: &Fib, i: usize, st: &WorkerStats) {
+        let (data, seg, from) = self.batch.get(i);
+        let seg = if seg == 0 { data.len().max(1) } else { seg };
+        // Split borrows: the batch is read while the coalescer and ARP buffer are written.
+        let RxWorker { cfg, queue, sock, gro, arp_buf, .. } = self;
+        for d in data.chunks(seg) {
+            let (src_ip, payload) = if sock.is_raw() {
+                match ipv4::outer_payload(d) {
+                    Ok(x) => x,
+                    Err(r) => {
+                        st.drop(r, 1);
+                        continue;
+                    }
+                }
+            } else {
+                (*from.ip(), d)
+            };
+            if !fib.is_known_sender(src_ip) {
+                st.drop(DropReason::UnknownSender, 1);
+                continue;
+            }
+            match cfg.encap.decapsulate(payload) {
+                Err(r) => st.drop(r, 1),
+                Ok(Decapsulated::Ip(inner)) => {
+                    let (Some(src), Some(dst)) = (ipv4::ipv4_src(inner), ipv4::ipv4_dst(inner)) else {
+                        st.drop(DropReason::BadInner, 1);
+                        continue;
+                    };
+                    if !fib.sender_owns(src_ip, src) {
+                        st.drop(DropReason::SpoofedSource, 1);
+                        continue;
+                    }
+                    if !fib.is_local(dst) {
+                        st.drop(DropReason::NoRoute, 1);
+                        continue;
+                    }
+                    st.rx_packets.fetch_add(1, Ordering::Relaxed);
+                    st.rx_bytes.fetch_add(inner.len() as u64, Ordering::Relaxed);
+                    match gro.as_mut() {
+                        Some(g) => g.push(inner, &mut |p| write_counted(queue, p, virtio::LEN, st)),
+                        None => write_counted(queue, inner, 0, st),
+                    }
+                }
+                Ok(Decapsulated::Arp(frame)) => {
+                    let Encap::Vxlan { vni, .. } = cfg.encap else { continue };
+                    let body = &mut arp_buf[crate::wire::vxlan::HEADER_LEN..];
+                    if let Some(len) = arp::reply_to(frame, cfg.local_mac, |ip| fib.is_local(ip) || ip == cfg.tun_addr, body) {
+                        crate::wire::vxlan::Repr { vni }.emit(&mut arp_buf[..crate::wire::vxlan::HEADER_LEN]);
+                        let total = crate::wire::vxlan::HEADER_LEN + len;
+                        let msg = [Msg { buf: &arp_buf[..total], dst: SocketAddrV4::new(src_ip, cfg.port), segment: 0 }];
+                        if sock.send_batch(&msg).is_ok() {
+                            st.arp_replies.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn write_counted(q: &Queue, pkt: &[u8], _hdr: usize, st: &WorkerStats) {
+    if q.write(pkt).is_err() {
+        st.drop(DropReason::IoError, 1);
+    }
+}

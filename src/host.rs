@@ -1,0 +1,177 @@
+//! Host network setup through rtnetlink: find the underlay interface, and give the overlay
+//! device its address, MTU and the route for the whole network. Never runs `ip`.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::route::{RouteAttribute, RouteScope};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+/// Errors from host setup; each names what was being looked for or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("netlink request for {what} failed: {source}")]
+    Netlink { what: String, source: rtnetlink::Error },
+    #[error("no interface named or addressed {0:?} (give --iface a name such as eth0 or one of this host's IPv4 addresses)")]
+    NoSuchInterface(String),
+    #[error("interface {0} has no IPv4 address (give --public-ip or choose another --iface)")]
+    NoAddress(String),
+    #[error("no IPv4 default route to pick the underlay interface from (give --iface)")]
+    NoDefaultRoute,
+}
+
+/// The interface overlay traffic leaves through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    pub name: String,
+    pub index: u32,
+    pub addr: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// A netlink connection, driven by a task on the current tokio runtime.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> HostError {
+    let what = what.into();
+    move |source| HostError::Netlink { what, source }
+}
+
+impl Netlink {
+    pub fn new() -> Result<Self, HostError> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// Index, name and MTU of the link `name`, if it exists.
+    pub async fn link(&self, name: &str) -> Result<Option<(u32, u32)>, HostError> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(Some(l)) => Ok(Some((l.header.index, mtu_of(&l.attributes)))),
+            Ok(None) => Ok(None),
+            // The kernel answers ENODEV for a name filter that matches nothing.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(nl(format!("link {name}"))(e)),
+        }
+    }
+
+    async fn link_by_index(&self, index: u32) -> Result<(String, u32), HostError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let l = links.try_next().await.map_err(nl(format!("link #{index}")))?.ok_or_else(|| HostError::NoSuchInterface(format!("#{index}")))?;
+        let name = l
+            .attributes
+            .iter()
+            .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
+            .unwrap_or_default();
+        Ok((name, mtu_of(&l.attributes)))
+    }
+
+    /// IPv4 addresses on the link `index`, in kernel order.
+    async fn addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr)>, HostError> {
+        let mut req = self.handle.address().get();
+        if let Some(i) = index {
+            req = req.set_link_index_filter(i);
+        }
+        let mut s = req.execute();
+        let mut out = Vec::new();
+        while let Some(a) = s.try_next().await.map_err(nl("addresses"))? {
+            for attr in &a.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
+                    out.push((a.header.index, *ip));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves `--iface` (a name, an address, or absent = the default route's interface).
+    pub async fn underlay(&self, iface: Option<&str>) -> Result<Underlay, HostError> {
+        let index = match iface {
+            Some(s) => match s.parse::<Ipv4Addr>() {
+                Ok(ip) => self
+                    .addrs(None)
+                    .await?
+                    .into_iter()
+                    .find(|(_, a)| *a == ip)
+                    .map(|(i, _)| i)
+                    .ok_or_else(|| HostError::NoSuchInterface(s.to_string()))?,
+                Err(_) => self.link(s).await?.ok_or_else(|| HostError::NoSuchInterface(s.to_string()))?.0,
+            },
+            None => self.default_route_oif().await?,
+        };
+        let (name, mtu) = self.link_by_index(index).await?;
+        let addr = match iface.and_then(|s| s.parse::<Ipv4Addr>().ok()) {
+            Some(ip) => ip,
+            None => self.addrs(Some(index)).await?.first().map(|(_, a)| *a).ok_or_else(|| HostError::NoAddress(name.clone()))?,
+        };
+        Ok(Underlay { name, index, addr, mtu })
+    }
+
+    async fn default_route_oif(&self) -> Result<u32, HostError> {
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(r) = routes.try_next().await.map_err(nl("routes"))? {
+            if r.header.destination_prefix_length == 0 && r.header.table == 254 {
+                if let Some(oif) = r.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None }) {
+                    return Ok(oif);
+                }
+            }
+        }
+        Err(HostError::NoDefaultRoute)
+    }
+
+    /// Sets the overlay device's MTU, address (`addr/32`), brings it up and routes `network`
+    /// through it. Idempotent: re-running it after the device was recreated is the repair.
+    pub async fn configure_overlay(&self, name: &str, addr: Ipv4Addr, mtu: u32, network: Ipv4Net) -> Result<u32, HostError> {
+        let (index, _) = self.link(name).await?.ok_or_else(|| HostError::NoSuchInterface(name.to_string()))?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+            .execute()
+            .await
+            .map_err(nl(format!("set {name} up with mtu {mtu}")))?;
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(addr), 32)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("address {addr}/32 on {name}")))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(network.network(), network.prefix_len())
+            .output_interface(index)
+            .pref_source(addr)
+            .scope(RouteScope::Link)
+            .build();
+        self.handle.route().add(route).replace().execute().await.map_err(nl(format!("route {network} dev {name}")))?;
+        Ok(index)
+    }
+
+    /// Whether the route for `network` through link `index` is still present.
+    pub async fn has_route(&self, network: Ipv4Net, index: u32) -> Result<bool, HostError> {
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(r) = routes.try_next().await.map_err(nl("routes"))? {
+            if r.header.destination_prefix_length != network.prefix_len() {
+                continue;
+            }
+            let dst = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet(d)) if *d == network.network()));
+            let oif = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+            if dst && oif {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn mtu_of(attrs: &[LinkAttribute]) -> u32 {
+    attrs.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None }).unwrap_or(1500)
+}

@@ -1,0 +1,225 @@
+//! TUN/TAP devices through `/dev/net/tun` ioctls: open (optionally multi-queue and with a
+//! virtio-net header), enable offloads, and move packets with plain `read`/`write`.
+//!
+//! Written over `libc` rather than through a crate because the data plane needs exactly
+//! `IFF_VNET_HDR` + `TUNSETOFFLOAD` + `IFF_MULTI_QUEUE` and nothing else; the offload logic
+//! itself lives in the pure `offload` module. The device disappears when its last queue is
+//! closed (it is never made persistent), which is how a clean shutdown removes it together
+//! with its addresses and routes.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+
+const IFF_TUN: libc::c_short = 0x0001;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+/// `TUNSETOFFLOAD` flags.
+pub const TUN_F_CSUM: u32 = 0x01;
+pub const TUN_F_TSO4: u32 = 0x02;
+pub const TUN_F_TSO6: u32 = 0x04;
+pub const TUN_F_TSO_ECN: u32 = 0x08;
+pub const TUN_F_USO4: u32 = 0x20;
+pub const TUN_F_USO6: u32 = 0x40;
+
+/// Layer of the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// IP packets (`IFF_TUN`).
+    Tun,
+    /// Ethernet frames (`IFF_TAP`).
+    Tap,
+}
+
+/// How to open the device.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub name: String,
+    pub kind: Kind,
+    /// Number of queues (file descriptors); more than one sets `IFF_MULTI_QUEUE`.
+    pub queues: usize,
+    /// Prefix every packet with a `virtio_net_hdr` and ask for TSO/checksum offload.
+    pub vnet_hdr: bool,
+}
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// One queue of an open TUN/TAP device.
+#[derive(Debug)]
+pub struct Queue {
+    file: File,
+}
+
+/// An open device: its kernel name and one [`Queue`] per worker.
+#[derive(Debug)]
+pub struct Device {
+    pub name: String,
+    pub queues: Vec<Queue>,
+    /// Offload flags the kernel accepted (0 when offloads are off or refused).
+    pub offloads: u32,
+}
+
+impl Device {
+    /// Opens (creating) the device with `opts.queues` queues.
+    pub fn open(opts: &Options) -> io::Result<Device> {
+        if opts.name.len() >= libc::IFNAMSIZ {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("device name {:?} is longer than 15 bytes", opts.name),
+            ));
+        }
+        let queues = opts.queues.max(1);
+        let mut flags = IFF_NO_PI
+            | match opts.kind {
+                Kind::Tun => IFF_TUN,
+                Kind::Tap => IFF_TAP,
+            };
+        if queues > 1 {
+            flags |= IFF_MULTI_QUEUE;
+        }
+        if opts.vnet_hdr {
+            flags |= IFF_VNET_HDR;
+        }
+        let mut out = Vec::with_capacity(queues);
+        let mut name = opts.name.clone();
+        for _ in 0..queues {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open("/dev/net/tun")?;
+            let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags, _pad: [0; 22] };
+            req.name[..name.len()].copy_from_slice(name.as_bytes());
+            // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is a properly sized,
+            // initialised repr(C) ifreq that lives for the duration of the call.
+            let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let end = req.name.iter().position(|&b| b == 0).unwrap_or(libc::IFNAMSIZ);
+            name = String::from_utf8_lossy(&req.name[..end]).into_owned();
+            if opts.vnet_hdr {
+                let size: libc::c_int = crate::wire::virtio::LEN as libc::c_int;
+                // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, valid for the call.
+                let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &size) };
+                if rc < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            out.push(Queue { file });
+        }
+        Ok(Device { name, queues: out, offloads: 0 })
+    }
+
+    /// Asks for `flags` offloads on every queue; returns the error when the kernel refuses.
+    pub fn set_offload(&mut self, flags: u32) -> io::Result<()> {
+        for q in &self.queues {
+            // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+            let rc = unsafe {
+                libc::ioctl(q.file.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong)
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        self.offloads = flags;
+        Ok(())
+    }
+}
+
+impl Queue {
+    /// Reads one packet (with its virtio header when enabled).
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
+        let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Writes one packet.
+    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is a valid readable region of `buf.len()` bytes.
+        let n = unsafe { libc::write(self.file.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Writes one packet gathered from two slices (virtio header + packet).
+    pub fn write2(&self, a: &[u8], b: &[u8]) -> io::Result<usize> {
+        let iov = [
+            libc::iovec { iov_base: a.as_ptr() as *mut _, iov_len: a.len() },
+            libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() },
+        ];
+        // SAFETY: both iovecs point at live slices of the given lengths; writev only reads.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Switches the queue to non-blocking mode (workers poll before reading).
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        set_nonblocking(self.file.as_raw_fd())
+    }
+}
+
+impl AsFd for Queue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no pointers involved.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Waits until one of `fds` is readable or `timeout_ms` passes; returns the readable mask.
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<u32> {
+    let mut pfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4];
+    let n = fds.len().min(4);
+    for (p, fd) in pfds.iter_mut().zip(fds) {
+        p.fd = fd.as_raw_fd();
+        p.events = libc::POLLIN;
+    }
+    // SAFETY: `pfds[..n]` is a valid array of initialised pollfd structs.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
+    }
+    let mut mask = 0;
+    for (i, p) in pfds[..n].iter().enumerate() {
+        if p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 {
+            mask |= 1 << i;
+        }
+    }
+    Ok(mask)
+}
