@@ -5,6 +5,7 @@
 //! - [`encap`]: the udp/vxlan/gre encapsulations (pure);
 //! - [`offload`]: TSO segmentation and GRO coalescing (pure);
 //! - [`fib`]: the forwarding-table snapshot (pure);
+//! - [`mod@drop`]: the drop-reason vocabulary;
 //! - [`control`]: config, leases and subnet choice (pure) and the etcd client loop (async);
 //! - [`sys`]: TUN ioctls and socket options, the only `unsafe` code;
 //! - [`host`]: device address, MTU and routes through rtnetlink;
