@@ -522,7 +522,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(128))]
         #[test]
         fn round_trip_prop(
             v6 in any::<bool>(), len in 1usize..65400, gso in 200u16..9000,
