@@ -729,6 +729,22 @@ mod tests {
     }
 
     #[test]
+    fn interleaved_flows_each_merge() {
+        let a = split(false, 7, &[], true, &payload(10_000, 1), 1398);
+        let b = split(true, 9, &[], true, &payload(10_000, 2), 1398);
+        let mixed: Vec<Vec<u8>> = a
+            .iter()
+            .zip(&b)
+            .flat_map(|(x, y)| [x.clone(), y.clone()])
+            .collect();
+        let out = run(&mixed);
+        assert_eq!(out.len(), 2);
+        assert!(out
+            .iter()
+            .all(|(h, p)| h.gso_size == 1398 && p.len() > 10_000));
+    }
+
+    #[test]
     fn ordering_and_eviction() {
         // Non-TCP passes at once; a pure ACK of a held flow flushes it first.
         let (a, b) = pair(false);

@@ -195,6 +195,10 @@ fn layout(p: &Plan, headroom: usize) -> Layout {
 /// TCP segments get their IPv4 total length, ID (+i) and header checksum (IPv6 payload
 /// length), sequence number (+gso_size·i), FIN and PSH only on the last, CWR only on the
 /// first, and a full checksum. UDP (USO) segments get their length and checksum.
+///
+/// The count is not capped: the kernel accepts at most 64 segments per `UDP_SEGMENT` send,
+/// so a caller sending with UDP GSO splits `count` into runs of at most 64 (a small
+/// `gso_size` gives hundreds). [`plan`] gives the layout beforehand.
 pub fn segment(
     hdr: &VirtioNetHdr,
     pkt: &[u8],
