@@ -7,6 +7,6 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod control;
 pub mod drop;
 pub mod wire;
-pub mod control;

@@ -74,7 +74,9 @@ impl FromStr for BackendKind {
         BackendKind::ALL
             .into_iter()
             .find(|k| k.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| ConfigError::UnknownBackend { value: s.to_owned() })
+            .ok_or_else(|| ConfigError::UnknownBackend {
+                value: s.to_owned(),
+            })
     }
 }
 
@@ -200,7 +202,9 @@ pub enum ConfigError {
         min: u8,
     },
     /// `SubnetMin`/`SubnetMax` outside the network.
-    #[error("{field} {value} is outside the network {network}: it must be a subnet address inside it")]
+    #[error(
+        "{field} {value} is outside the network {network}: it must be a subnet address inside it"
+    )]
     OutsideNetwork {
         field: &'static str,
         value: IpAddr,
@@ -215,7 +219,9 @@ pub enum ConfigError {
         nearest: IpAddr,
     },
     /// `SubnetMin` above `SubnetMax`.
-    #[error("{min_field} {min} is above {max_field} {max}: the minimum must not exceed the maximum")]
+    #[error(
+        "{min_field} {min} is above {max_field} {max}: the minimum must not exceed the maximum"
+    )]
     MinAboveMax {
         min_field: &'static str,
         min: IpAddr,
@@ -226,7 +232,9 @@ pub enum ConfigError {
     #[error("Backend.Type {value:?} is not supported: expected one of udp, vxlan, gre")]
     UnknownBackend { value: String },
     /// `Backend.Port` out of range.
-    #[error("Backend.Port {value} is out of range: expected 1..=65535 (0 or absent for the default)")]
+    #[error(
+        "Backend.Port {value} is out of range: expected 1..=65535 (0 or absent for the default)"
+    )]
     BadPort { value: i128 },
     /// `Backend.VNI` out of range.
     #[error("Backend.VNI {value} is out of range: expected 1..=16777215 (a 24-bit identifier; absent for 1)")]
@@ -255,20 +263,22 @@ fn integer(field: &'static str, v: &Member) -> Result<i128, ConfigError> {
 
 fn boolean(field: &'static str, v: &Member) -> Result<bool, ConfigError> {
     v.as_value()
-        .and_then(Value::as_bool).ok_or_else(|| ConfigError::WrongType {
-        field,
-        got: gojson::describe(v),
-        expected: "true or false",
-    })
+        .and_then(Value::as_bool)
+        .ok_or_else(|| ConfigError::WrongType {
+            field,
+            got: gojson::describe(v),
+            expected: "true or false",
+        })
 }
 
 fn string<'a>(field: &'static str, v: &'a Member) -> Result<&'a str, ConfigError> {
     v.as_value()
-        .and_then(Value::as_str).ok_or_else(|| ConfigError::WrongType {
-        field,
-        got: gojson::describe(v),
-        expected: "a string",
-    })
+        .and_then(Value::as_str)
+        .ok_or_else(|| ConfigError::WrongType {
+            field,
+            got: gojson::describe(v),
+            expected: "a string",
+        })
 }
 
 /// A prefix length field (`SubnetLen`, `IPv6SubnetLen`): a Go `uint`, 0 = unset.
@@ -798,26 +808,44 @@ mod tests {
         );
         let v6 = c.ipv6.unwrap();
         assert_eq!(v6.subnet_len, 64);
-        assert_eq!(v6.subnet_min, "2001:cafe:42:1::".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(v6.subnet_max, "2001:cafe:42:ff::".parse::<Ipv6Addr>().unwrap());
-        let c = parse(r#"{"EnableIPv6": true, "Network": "10.42.0.0/16", "IPv6Network": "fd00::/120"}"#);
+        assert_eq!(
+            v6.subnet_min,
+            "2001:cafe:42:1::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            v6.subnet_max,
+            "2001:cafe:42:ff::".parse::<Ipv6Addr>().unwrap()
+        );
+        let c = parse(
+            r#"{"EnableIPv6": true, "Network": "10.42.0.0/16", "IPv6Network": "fd00::/120"}"#,
+        );
         assert_eq!(c.ipv6.unwrap().subnet_len, 122);
-        assert!(err(r#"{"EnableIPv6": true, "Network": "10.42.0.0/16"}"#).contains("IPv6Network is missing"));
-        let e = err(r#"{"EnableIPv6": true, "Network": "10.42.0.0/16", "IPv6Network": "fd00::/125"}"#);
+        assert!(err(r#"{"EnableIPv6": true, "Network": "10.42.0.0/16"}"#)
+            .contains("IPv6Network is missing"));
+        let e =
+            err(r#"{"EnableIPv6": true, "Network": "10.42.0.0/16", "IPv6Network": "fd00::/125"}"#);
         assert!(e.contains("IPv6Network fd00::/125 is too small"), "{e}");
-        let e = err(r#"{"EnableIPv6": true, "Network": "10.42.0.0/16", "IPv6Network": "fd00::/56", "IPv6SubnetMin": "fd00:0:0:1::1"}"#);
-        assert!(e.contains("IPv6SubnetMin fd00:0:0:1::1 is not on a /64 boundary"), "{e}");
+        let e = err(
+            r#"{"EnableIPv6": true, "Network": "10.42.0.0/16", "IPv6Network": "fd00::/56", "IPv6SubnetMin": "fd00:0:0:1::1"}"#,
+        );
+        assert!(
+            e.contains("IPv6SubnetMin fd00:0:0:1::1 is not on a /64 boundary"),
+            "{e}"
+        );
     }
 
     #[test]
     fn keys_are_case_insensitive_and_last_wins() {
-        let c = parse(r#"{"network":"10.1.0.0/16","SUBNETLEN":26,"backend":{"type":"VXLAN","vni":7,"port":4789}}"#);
+        let c = parse(
+            r#"{"network":"10.1.0.0/16","SUBNETLEN":26,"backend":{"type":"VXLAN","vni":7,"port":4789}}"#,
+        );
         assert_eq!(c.network, net("10.1.0.0/16"));
         assert_eq!(c.subnet_len, 26);
         assert_eq!(c.backend.kind, BackendKind::Vxlan);
         assert_eq!(c.backend.vni, 7);
         assert_eq!(c.backend.port, 4789);
-        let c = parse(r#"{"Network":"10.1.0.0/16","SubnetLen":20,"subnetlen":22,"SubnetLen":null}"#);
+        let c =
+            parse(r#"{"Network":"10.1.0.0/16","SubnetLen":20,"subnetlen":22,"SubnetLen":null}"#);
         assert_eq!(c.subnet_len, 22);
     }
 
@@ -835,7 +863,10 @@ mod tests {
             vec![net("10.0.0.4/30"), net("10.0.0.8/30"), net("10.0.0.12/30")]
         );
         // Explicit 0 is "unset", as in Go.
-        assert_eq!(parse(r#"{"Network":"10.0.0.0/16","SubnetLen":0}"#).subnet_len, 24);
+        assert_eq!(
+            parse(r#"{"Network":"10.0.0.0/16","SubnetLen":0}"#).subnet_len,
+            24
+        );
     }
 
     #[test]
@@ -852,7 +883,9 @@ mod tests {
         let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"gre"}}"#);
         assert_eq!(c.backend.vni, 1);
         assert!(!c.backend.checksum && !c.backend.sequence);
-        let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"gre","VNI":42,"Checksum":true,"Sequence":true,"MTU":9000}}"#);
+        let c = parse(
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"gre","VNI":42,"Checksum":true,"Sequence":true,"MTU":9000}}"#,
+        );
         assert_eq!(c.backend.vni, 42);
         assert!(c.backend.checksum && c.backend.sequence);
         assert_eq!(c.backend.mtu, Some(9000));
@@ -873,35 +906,122 @@ mod tests {
             ("[1,2]", &["not valid JSON"]),
             ("{}", &["Network is missing", "10.244.0.0/16"]),
             (r#"{"Network":null}"#, &["Network is missing"]),
-            (r#"{"Network":16}"#, &["Network is number 16", "expected a string"]),
-            (r#"{"Network":"10.0.0.0"}"#, &["Network \"10.0.0.0\" is not valid", "IPv4 CIDR"]),
-            (r#"{"Network":"fd00::/64"}"#, &["Network \"fd00::/64\"", "IPv4 CIDR"]),
-            (r#"{"Network":"0.0.0.0/0"}"#, &["Network \"0.0.0.0/0\"", "narrower"]),
-            (r#"{"Network":"10.0.0.0/29"}"#, &["Network 10.0.0.0/29 is too small", "/28"]),
-            (r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#, &["SubnetLen 31 is too long", "30 or less"]),
-            (r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#, &["SubnetLen 17 is too short for 10.0.0.0/16", "at least 18"]),
-            (r#"{"Network":"10.0.0.0/16","SubnetLen":-1}"#, &["SubnetLen is number -1", "non-negative"]),
-            (r#"{"Network":"10.0.0.0/16","SubnetLen":24.0}"#, &["SubnetLen is number 24.0", "integer"]),
-            (r#"{"Network":"10.0.0.0/16","SubnetLen":"24"}"#, &["SubnetLen is string \"24\"", "integer"]),
-            (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.1.0.0"}"#, &["SubnetMin 10.1.0.0 is outside the network 10.0.0.0/16"]),
-            (r#"{"Network":"10.0.0.0/16","SubnetMax":"11.0.0.0"}"#, &["SubnetMax 11.0.0.0 is outside"]),
-            (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.1.1"}"#, &["SubnetMin 10.0.1.1 is not on a /24 boundary", "10.0.1.0"]),
-            (r#"{"Network":"10.0.0.0/16","SubnetMax":"10.0.9.128"}"#, &["SubnetMax 10.0.9.128 is not on a /24 boundary", "10.0.9.0"]),
-            (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.9.0","SubnetMax":"10.0.3.0"}"#, &["SubnetMin 10.0.9.0 is above SubnetMax 10.0.3.0"]),
-            (r#"{"Network":"10.0.0.0/16","SubnetMin":"banana"}"#, &["SubnetMin \"banana\" is not valid", "IPv4 address"]),
-            (r#"{"Network":"10.0.0.0/16","SubnetMin":"fd00::"}"#, &["SubnetMin \"fd00::\""]),
-            (r#"{"Network":"10.0.0.0/16","EnableIPv4":false}"#, &["EnableIPv4 is false"]),
-            (r#"{"Network":"10.0.0.0/16","EnableIPv4":"no"}"#, &["EnableIPv4 is string \"no\"", "true or false"]),
-            (r#"{"Network":"10.0.0.0/16","Backend":"vxlan"}"#, &["Backend is string \"vxlan\"", "object"]),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"host-gw"}}"#, &["Backend.Type \"host-gw\"", "udp, vxlan, gre"]),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":7}}"#, &["Backend.Type is number 7"]),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#, &["Backend.VNI 0 is out of range", "1..=16777215"]),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#, &["Backend.VNI 16777216 is out of range"]),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"gre","VNI":-3}}"#, &["Backend.VNI -3 is out of range"]),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":65536}}"#, &["Backend.Port 65536 is out of range", "1..=65535"]),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"Port":-1}}"#, &["Backend.Port -1 is out of range"]),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","MTU":100}}"#, &["Backend.MTU 100 is out of range", "576..=65535"]),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"gre","Checksum":1}}"#, &["Backend.Checksum is number 1", "true or false"]),
+            (
+                r#"{"Network":16}"#,
+                &["Network is number 16", "expected a string"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0"}"#,
+                &["Network \"10.0.0.0\" is not valid", "IPv4 CIDR"],
+            ),
+            (
+                r#"{"Network":"fd00::/64"}"#,
+                &["Network \"fd00::/64\"", "IPv4 CIDR"],
+            ),
+            (
+                r#"{"Network":"0.0.0.0/0"}"#,
+                &["Network \"0.0.0.0/0\"", "narrower"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/29"}"#,
+                &["Network 10.0.0.0/29 is too small", "/28"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#,
+                &["SubnetLen 31 is too long", "30 or less"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#,
+                &["SubnetLen 17 is too short for 10.0.0.0/16", "at least 18"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetLen":-1}"#,
+                &["SubnetLen is number -1", "non-negative"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetLen":24.0}"#,
+                &["SubnetLen is number 24.0", "integer"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetLen":"24"}"#,
+                &["SubnetLen is string \"24\"", "integer"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMin":"10.1.0.0"}"#,
+                &["SubnetMin 10.1.0.0 is outside the network 10.0.0.0/16"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMax":"11.0.0.0"}"#,
+                &["SubnetMax 11.0.0.0 is outside"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.1.1"}"#,
+                &["SubnetMin 10.0.1.1 is not on a /24 boundary", "10.0.1.0"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMax":"10.0.9.128"}"#,
+                &["SubnetMax 10.0.9.128 is not on a /24 boundary", "10.0.9.0"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.9.0","SubnetMax":"10.0.3.0"}"#,
+                &["SubnetMin 10.0.9.0 is above SubnetMax 10.0.3.0"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMin":"banana"}"#,
+                &["SubnetMin \"banana\" is not valid", "IPv4 address"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMin":"fd00::"}"#,
+                &["SubnetMin \"fd00::\""],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv4":false}"#,
+                &["EnableIPv4 is false"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv4":"no"}"#,
+                &["EnableIPv4 is string \"no\"", "true or false"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":"vxlan"}"#,
+                &["Backend is string \"vxlan\"", "object"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"host-gw"}}"#,
+                &["Backend.Type \"host-gw\"", "udp, vxlan, gre"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":7}}"#,
+                &["Backend.Type is number 7"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#,
+                &["Backend.VNI 0 is out of range", "1..=16777215"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+                &["Backend.VNI 16777216 is out of range"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"gre","VNI":-3}}"#,
+                &["Backend.VNI -3 is out of range"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":65536}}"#,
+                &["Backend.Port 65536 is out of range", "1..=65535"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Port":-1}}"#,
+                &["Backend.Port -1 is out of range"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","MTU":100}}"#,
+                &["Backend.MTU 100 is out of range", "576..=65535"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"gre","Checksum":1}}"#,
+                &["Backend.Checksum is number 1", "true or false"],
+            ),
         ];
         for (json, wants) in cases {
             let e = err(json);
@@ -915,7 +1035,9 @@ mod tests {
     fn udp_ignores_vni_and_gre_ignores_port() {
         let c = parse(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"udp","VNI":0}}"#);
         assert_eq!(c.backend.vni, 1);
-        let c = parse(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":0,"GBP":true,"DirectRouting":true}}"#);
+        let c = parse(
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":0,"GBP":true,"DirectRouting":true}}"#,
+        );
         assert_eq!(c.backend.port, 8472);
     }
 
@@ -926,7 +1048,10 @@ mod tests {
         }
         assert_eq!("VxLaN".parse::<BackendKind>().unwrap(), BackendKind::Vxlan);
         let e = "ipip".parse::<BackendKind>().unwrap_err().to_string();
-        assert!(e.contains("\"ipip\"") && e.contains("udp, vxlan, gre"), "{e}");
+        assert!(
+            e.contains("\"ipip\"") && e.contains("udp, vxlan, gre"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -939,15 +1064,23 @@ mod tests {
         assert_eq!(NetworkConfig::parse(c.to_json().as_bytes()).unwrap(), c);
         let c = NetworkConfig::from_cli(net("10.5.0.0/24"), Some(28), BackendKind::Udp).unwrap();
         assert_eq!(c.subnet_min, ip("10.5.0.16"));
-        assert_eq!(c.to_json(), r#"{"Network":"10.5.0.0/24","SubnetLen":28,"Backend":{"Type":"udp"}}"#);
+        assert_eq!(
+            c.to_json(),
+            r#"{"Network":"10.5.0.0/24","SubnetLen":28,"Backend":{"Type":"udp"}}"#
+        );
         let e = NetworkConfig::from_cli(net("10.5.3.0/16"), None, BackendKind::Udp).unwrap_err();
-        assert!(e.to_string().contains("10.5.3.0/16 has host bits set: did you mean 10.5.0.0/16"));
-        let e = NetworkConfig::from_cli(net("10.5.0.0/16"), Some(31), BackendKind::Udp).unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("10.5.3.0/16 has host bits set: did you mean 10.5.0.0/16"));
+        let e =
+            NetworkConfig::from_cli(net("10.5.0.0/16"), Some(31), BackendKind::Udp).unwrap_err();
         assert!(e.to_string().contains("SubnetLen 31"));
         let e = NetworkConfig::from_cli(net("10.5.0.0/30"), None, BackendKind::Udp).unwrap_err();
         assert!(e.to_string().contains("too small"));
 
-        let mut c = parse(r#"{"Network":"10.0.0.0/8","SubnetLen":20,"SubnetMin":"10.10.0.0","SubnetMax":"10.99.0.0","Backend":{"Type":"gre","VNI":9,"MTU":1500,"Checksum":true,"Sequence":true}}"#);
+        let mut c = parse(
+            r#"{"Network":"10.0.0.0/8","SubnetLen":20,"SubnetMin":"10.10.0.0","SubnetMax":"10.99.0.0","Backend":{"Type":"gre","VNI":9,"MTU":1500,"Checksum":true,"Sequence":true}}"#,
+        );
         assert_eq!(
             c.to_json(),
             r#"{"Network":"10.0.0.0/8","SubnetLen":20,"SubnetMin":"10.10.0.0","SubnetMax":"10.99.0.0","Backend":{"Type":"gre","VNI":9,"MTU":1500,"Checksum":true,"Sequence":true}}"#
@@ -955,7 +1088,9 @@ mod tests {
         assert_eq!(NetworkConfig::parse(c.to_json().as_bytes()).unwrap(), c);
         c.backend = BackendConfig::new(BackendKind::Udp);
         c.backend.port = 7890;
-        assert!(c.to_json().ends_with(r#""Backend":{"Type":"udp","Port":7890}}"#));
+        assert!(c
+            .to_json()
+            .ends_with(r#""Backend":{"Type":"udp","Port":7890}}"#));
         assert_eq!(NetworkConfig::parse(c.to_json().as_bytes()).unwrap(), c);
     }
 

@@ -263,7 +263,10 @@ impl VxlanData {
     pub fn to_value(&self) -> Value {
         let mut m = serde_json::Map::new();
         m.insert("VNI".to_owned(), Value::from(self.vni));
-        m.insert("VtepMAC".to_owned(), Value::from(format_mac(&self.vtep_mac)));
+        m.insert(
+            "VtepMAC".to_owned(),
+            Value::from(format_mac(&self.vtep_mac)),
+        );
         Value::Object(m)
     }
 
@@ -409,11 +412,23 @@ mod tests {
 
     #[test]
     fn vxlan_lease_bytes() {
-        let a = LeaseAttrs::vxlan(ip("192.168.64.3"), &VxlanData { vni: 1, vtep_mac: MAC });
+        let a = LeaseAttrs::vxlan(
+            ip("192.168.64.3"),
+            &VxlanData {
+                vni: 1,
+                vtep_mac: MAC,
+            },
+        );
         assert_eq!(a.to_json(), VXLAN_LEASE);
         let b = LeaseAttrs::from_json(VXLAN_LEASE.as_bytes()).unwrap();
         assert_eq!(b, a);
-        assert_eq!(b.vxlan_data().unwrap(), VxlanData { vni: 1, vtep_mac: MAC });
+        assert_eq!(
+            b.vxlan_data().unwrap(),
+            VxlanData {
+                vni: 1,
+                vtep_mac: MAC
+            }
+        );
         assert_eq!(b.to_json(), VXLAN_LEASE);
     }
 
@@ -467,13 +482,25 @@ mod tests {
         assert_eq!(a.public_ip, ip("10.1.1.1"));
         assert_eq!(a.public_ipv6, None);
         assert_eq!(a.backend_type.as_deref(), Some("vxlan"));
-        assert_eq!(a.vxlan_data().unwrap(), VxlanData { vni: 5, vtep_mac: MAC });
+        assert_eq!(
+            a.vxlan_data().unwrap(),
+            VxlanData {
+                vni: 5,
+                vtep_mac: MAC
+            }
+        );
         let a = LeaseAttrs::from_json(br#"{"PublicIP":"10.1.1.1","BackendData":null}"#).unwrap();
         assert_eq!(a.backend_data, None);
         assert!(a.vxlan_data().is_err());
         // Missing VNI reads as 0, as Go does.
         let d = VxlanData::from_value(&serde_json::json!({"VtepMAC":"c6d2.326f.8f44"})).unwrap();
-        assert_eq!(d, VxlanData { vni: 0, vtep_mac: MAC });
+        assert_eq!(
+            d,
+            VxlanData {
+                vni: 0,
+                vtep_mac: MAC
+            }
+        );
     }
 
     #[test]
@@ -483,25 +510,62 @@ mod tests {
             (b"[]", "not a valid JSON"),
             (b"null", "lease has no PublicIP"),
             (b"{}", "lease has no PublicIP"),
-            (br#"{"PublicIP":7}"#, "lease PublicIP is number 7: expected a string"),
-            (br#"{"PublicIP":"10.0.0.256"}"#, "lease PublicIP \"10.0.0.256\" is not valid"),
-            (br#"{"PublicIP":"fd00::1"}"#, "lease PublicIP \"fd00::1\" is not valid"),
-            (br#"{"PublicIP":"1.2.3.4","PublicIPv6":"x"}"#, "lease PublicIPv6 \"x\" is not valid"),
-            (br#"{"PublicIP":"1.2.3.4","BackendType":1}"#, "lease BackendType is number 1"),
+            (
+                br#"{"PublicIP":7}"#,
+                "lease PublicIP is number 7: expected a string",
+            ),
+            (
+                br#"{"PublicIP":"10.0.0.256"}"#,
+                "lease PublicIP \"10.0.0.256\" is not valid",
+            ),
+            (
+                br#"{"PublicIP":"fd00::1"}"#,
+                "lease PublicIP \"fd00::1\" is not valid",
+            ),
+            (
+                br#"{"PublicIP":"1.2.3.4","PublicIPv6":"x"}"#,
+                "lease PublicIPv6 \"x\" is not valid",
+            ),
+            (
+                br#"{"PublicIP":"1.2.3.4","BackendType":1}"#,
+                "lease BackendType is number 1",
+            ),
         ];
         for (json, want) in cases {
             let e = LeaseAttrs::from_json(json).unwrap_err().to_string();
-            assert!(e.contains(want), "{:?}: {e:?} lacks {want:?}", String::from_utf8_lossy(json));
+            assert!(
+                e.contains(want),
+                "{:?}: {e:?} lacks {want:?}",
+                String::from_utf8_lossy(json)
+            );
         }
         let data_cases: &[(Value, &str)] = &[
             (serde_json::json!([1]), "BackendData is array"),
             (serde_json::json!({"VNI":1}), "lease has no VtepMAC"),
-            (serde_json::json!({"VNI":1,"VtepMAC":null}), "lease VtepMAC is null"),
-            (serde_json::json!({"VNI":1,"VtepMAC":"c6:d2:32:6f:8f"}), "VtepMAC \"c6:d2:32:6f:8f\" is not valid"),
-            (serde_json::json!({"VNI":"1","VtepMAC":"c6:d2:32:6f:8f:44"}), "lease VNI is string \"1\""),
-            (serde_json::json!({"VNI":1.5,"VtepMAC":"c6:d2:32:6f:8f:44"}), "lease VNI is number 1.5"),
-            (serde_json::json!({"VNI":16777216,"VtepMAC":"c6:d2:32:6f:8f:44"}), "VNI 16777216 is out of range"),
-            (serde_json::json!({"VNI":-1,"VtepMAC":"c6:d2:32:6f:8f:44"}), "VNI -1 is out of range"),
+            (
+                serde_json::json!({"VNI":1,"VtepMAC":null}),
+                "lease VtepMAC is null",
+            ),
+            (
+                serde_json::json!({"VNI":1,"VtepMAC":"c6:d2:32:6f:8f"}),
+                "VtepMAC \"c6:d2:32:6f:8f\" is not valid",
+            ),
+            (
+                serde_json::json!({"VNI":"1","VtepMAC":"c6:d2:32:6f:8f:44"}),
+                "lease VNI is string \"1\"",
+            ),
+            (
+                serde_json::json!({"VNI":1.5,"VtepMAC":"c6:d2:32:6f:8f:44"}),
+                "lease VNI is number 1.5",
+            ),
+            (
+                serde_json::json!({"VNI":16777216,"VtepMAC":"c6:d2:32:6f:8f:44"}),
+                "VNI 16777216 is out of range",
+            ),
+            (
+                serde_json::json!({"VNI":-1,"VtepMAC":"c6:d2:32:6f:8f:44"}),
+                "VNI -1 is out of range",
+            ),
         ];
         for (v, want) in data_cases {
             let e = VxlanData::from_value(v).unwrap_err().to_string();
@@ -512,12 +576,25 @@ mod tests {
     #[test]
     fn macs() {
         assert_eq!(format_mac(&MAC), "c6:d2:32:6f:8f:44");
-        for s in ["c6:d2:32:6f:8f:44", "C6:D2:32:6F:8F:44", "c6-d2-32-6f-8f-44", "c6d2.326f.8f44"] {
+        for s in [
+            "c6:d2:32:6f:8f:44",
+            "C6:D2:32:6F:8F:44",
+            "c6-d2-32-6f-8f-44",
+            "c6d2.326f.8f44",
+        ] {
             assert_eq!(parse_mac(s), Some(MAC), "{s}");
         }
         for s in [
-            "", "c6:d2:32:6f:8f", "c6:d2:32:6f:8f:4", "c6:d2:32:6f:8f:44:00", "c6:d2-32:6f:8f:44",
-            "g6:d2:32:6f:8f:44", "c6d2.326f.8f4g", "c6d2.326f8f44", "+6:d2:32:6f:8f:44", "c6:d2:32:6f:8f:é",
+            "",
+            "c6:d2:32:6f:8f",
+            "c6:d2:32:6f:8f:4",
+            "c6:d2:32:6f:8f:44:00",
+            "c6:d2-32:6f:8f:44",
+            "g6:d2:32:6f:8f:44",
+            "c6d2.326f.8f4g",
+            "c6d2.326f8f44",
+            "+6:d2:32:6f:8f:44",
+            "c6:d2:32:6f:8f:é",
         ] {
             assert_eq!(parse_mac(s), None, "{s}");
         }
@@ -533,11 +610,27 @@ mod tests {
             "10.5.34.0/24".parse::<Ipv4Net>().unwrap()
         );
         let e = parse_subnet_key("10.244.37.1-24").unwrap_err().to_string();
-        assert!(e.contains("host bits") && e.contains("10.244.37.0/24"), "{e}");
+        assert!(
+            e.contains("host bits") && e.contains("10.244.37.0/24"),
+            "{e}"
+        );
         for k in [
-            "", "-", "10.244.37.0", "10.244.37.0/24", "10.244.37.0-", "10.244.37.0-33", "10.244.37.0-+4",
-            "10.244.37.0-0024", "010.244.37.0-24", "10.244.37-24", "10.244.37.0-24&", "10.244.37.0-24&fd00::",
-            "10.244.37.0-24&fd00::-129", "10.244.37.0-24&zz::-56", "x10.244.37.0-24", "10.244.37.0-24 ",
+            "",
+            "-",
+            "10.244.37.0",
+            "10.244.37.0/24",
+            "10.244.37.0-",
+            "10.244.37.0-33",
+            "10.244.37.0-+4",
+            "10.244.37.0-0024",
+            "010.244.37.0-24",
+            "10.244.37-24",
+            "10.244.37.0-24&",
+            "10.244.37.0-24&fd00::",
+            "10.244.37.0-24&fd00::-129",
+            "10.244.37.0-24&zz::-56",
+            "x10.244.37.0-24",
+            "10.244.37.0-24 ",
             "fd00::-64",
         ] {
             assert!(parse_subnet_key(k).is_err(), "{k:?} accepted");

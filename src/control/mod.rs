@@ -42,9 +42,9 @@ pub(crate) mod gojson {
         pub(crate) fn to_value(&self) -> Value {
             match self {
                 Member::Other(v) => v.clone(),
-                Member::Object(m) => Value::Object(
-                    m.0.iter().map(|(k, v)| (k.clone(), v.to_value())).collect(),
-                ),
+                Member::Object(m) => {
+                    Value::Object(m.0.iter().map(|(k, v)| (k.clone(), v.to_value())).collect())
+                }
             }
         }
 

@@ -70,7 +70,11 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
 
 /// Our own leases (not reservations) that no longer fit the config: delete them before
 /// choosing. Reservations are the operator's and are never deleted.
-pub fn stale_own(cfg: &NetworkConfig, existing: &[ExistingLease], our_ip: Ipv4Addr) -> Vec<Ipv4Net> {
+pub fn stale_own(
+    cfg: &NetworkConfig,
+    existing: &[ExistingLease],
+    our_ip: Ipv4Addr,
+) -> Vec<Ipv4Net> {
     existing
         .iter()
         .filter(|l| l.public_ip == our_ip && !l.reservation && !cfg.contains(l.subnet))
@@ -144,7 +148,9 @@ pub fn free_subnets(cfg: &NetworkConfig, existing: &[ExistingLease], limit: usiz
             }
             _ => {
                 // a <= max <= u32::MAX and subnet_len <= 30.
-                out.push(Ipv4Net::new(Ipv4Addr::from(a as u32), cfg.subnet_len).expect("len <= 32"));
+                out.push(
+                    Ipv4Net::new(Ipv4Addr::from(a as u32), cfg.subnet_len).expect("len <= 32"),
+                );
                 a += size;
             }
         }
@@ -188,18 +194,38 @@ mod tests {
 
     const ME: &str = "192.168.1.10";
 
-    fn pick(c: &NetworkConfig, ex: &[ExistingLease], prev: Option<&str>, seed: u64) -> Result<Choice, NoFreeSubnet> {
-        choose(c, ex, ip(ME), prev.map(net), &mut StdRng::seed_from_u64(seed))
+    fn pick(
+        c: &NetworkConfig,
+        ex: &[ExistingLease],
+        prev: Option<&str>,
+        seed: u64,
+    ) -> Result<Choice, NoFreeSubnet> {
+        choose(
+            c,
+            ex,
+            ip(ME),
+            prev.map(net),
+            &mut StdRng::seed_from_u64(seed),
+        )
     }
 
     #[test]
     fn own_lease_first() {
         let c = cfg("10.244.0.0/16", None);
-        let ex = [lease("10.244.3.0/24", "192.168.1.9"), lease("10.244.7.0/24", ME)];
-        assert_eq!(pick(&c, &ex, Some("10.244.9.0/24"), 1), Ok(Choice::Reuse(net("10.244.7.0/24"))));
+        let ex = [
+            lease("10.244.3.0/24", "192.168.1.9"),
+            lease("10.244.7.0/24", ME),
+        ];
+        assert_eq!(
+            pick(&c, &ex, Some("10.244.9.0/24"), 1),
+            Ok(Choice::Reuse(net("10.244.7.0/24")))
+        );
         // A reservation for our IP wins over a lease.
         let ex = [lease("10.244.7.0/24", ME), reservation("10.244.8.0/24", ME)];
-        assert_eq!(pick(&c, &ex, None, 1), Ok(Choice::Reuse(net("10.244.8.0/24"))));
+        assert_eq!(
+            pick(&c, &ex, None, 1),
+            Ok(Choice::Reuse(net("10.244.8.0/24")))
+        );
     }
 
     #[test]
@@ -211,7 +237,10 @@ mod tests {
             lease("10.244.8.0/25", "192.168.1.11"),
             lease("10.245.0.0/25", ME),
         ];
-        assert_eq!(stale_own(&c, &ex, ip(ME)), vec![net("10.244.7.0/24"), net("10.245.0.0/25")]);
+        assert_eq!(
+            stale_own(&c, &ex, ip(ME)),
+            vec![net("10.244.7.0/24"), net("10.245.0.0/25")]
+        );
         // Neither the stale lease nor the misfit reservation is reused.
         let got = pick(&c, &ex, None, 3).unwrap();
         assert!(matches!(got, Choice::New(_)));
@@ -226,7 +255,10 @@ mod tests {
     fn previous_subnet_second() {
         let c = cfg("10.244.0.0/16", None);
         let ex = [lease("10.244.3.0/24", "192.168.1.9")];
-        assert_eq!(pick(&c, &ex, Some("10.244.9.0/24"), 1), Ok(Choice::New(net("10.244.9.0/24"))));
+        assert_eq!(
+            pick(&c, &ex, Some("10.244.9.0/24"), 1),
+            Ok(Choice::New(net("10.244.9.0/24")))
+        );
         // Taken exactly, or overlapped by a key of another length: not reused.
         for other in ["10.244.9.0/24", "10.244.8.0/23", "10.244.9.128/25"] {
             let ex = [lease(other, "192.168.1.9")];
@@ -235,7 +267,10 @@ mod tests {
         }
         // A reservation of another node blocks it too.
         let ex = [reservation("10.244.9.0/24", "192.168.1.9")];
-        assert_ne!(pick(&c, &ex, Some("10.244.9.0/24"), 1).unwrap().subnet(), net("10.244.9.0/24"));
+        assert_ne!(
+            pick(&c, &ex, Some("10.244.9.0/24"), 1).unwrap().subnet(),
+            net("10.244.9.0/24")
+        );
         // Outside the config (wrong length, below SubnetMin, outside Network): ignored.
         for p in ["10.244.9.0/25", "10.244.0.0/24", "10.245.9.0/24"] {
             let got = pick(&c, &[], Some(p), 1).unwrap();
@@ -247,7 +282,10 @@ mod tests {
     #[test]
     fn random_among_first_hundred_free() {
         let c = cfg("10.0.0.0/8", None);
-        let ex = [lease("10.0.1.0/24", "192.168.1.9"), reservation("10.0.2.0/23", "192.168.1.8")];
+        let ex = [
+            lease("10.0.1.0/24", "192.168.1.9"),
+            reservation("10.0.2.0/23", "192.168.1.8"),
+        ];
         let free = free_subnets(&c, &ex, CANDIDATES);
         assert_eq!(free.len(), 100);
         assert_eq!(free[0], net("10.0.4.0/24"));
@@ -255,7 +293,9 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for seed in 0..200 {
             let got = pick(&c, &ex, None, seed).unwrap();
-            let Choice::New(sn) = got else { panic!("{got:?}") };
+            let Choice::New(sn) = got else {
+                panic!("{got:?}")
+            };
             assert!(free.contains(&sn));
             seen.insert(sn);
         }
@@ -270,12 +310,12 @@ mod tests {
         // Range: 10.0.0.16 .. 10.0.0.240 in /28 steps (15 subnets).
         assert_eq!(c.subnet_count(), 15);
         let ex = [
-            lease("10.0.0.0/26", "1.1.1.1"),    // covers .0-.63
-            lease("10.0.0.72/29", "1.1.1.2"),   // inside .64/28
-            lease("10.0.0.96/27", "1.1.1.3"),   // .96-.127
-            lease("10.0.0.100/30", "1.1.1.4"),  // nested in the previous
-            lease("10.0.0.0/30", "1.1.1.5"),    // nested in the first
-            lease("10.0.1.0/24", "1.1.1.6"),    // outside Network
+            lease("10.0.0.0/26", "1.1.1.1"),   // covers .0-.63
+            lease("10.0.0.72/29", "1.1.1.2"),  // inside .64/28
+            lease("10.0.0.96/27", "1.1.1.3"),  // .96-.127
+            lease("10.0.0.100/30", "1.1.1.4"), // nested in the previous
+            lease("10.0.0.0/30", "1.1.1.5"),   // nested in the first
+            lease("10.0.1.0/24", "1.1.1.6"),   // outside Network
         ];
         let free = free_subnets(&c, &ex, 100);
         let want: Vec<Ipv4Net> = [80, 128, 144, 160, 176, 192, 208, 224, 240]
@@ -300,14 +340,23 @@ mod tests {
         let e = pick(&c, &ex, Some("10.0.0.8/30"), 0).unwrap_err();
         assert_eq!(e.total, 3);
         let msg = e.to_string();
-        assert!(msg.contains("no free /30 subnet between SubnetMin 10.0.0.4 and SubnetMax 10.0.0.12"), "{msg}");
+        assert!(
+            msg.contains("no free /30 subnet between SubnetMin 10.0.0.4 and SubnetMax 10.0.0.12"),
+            "{msg}"
+        );
         // Our own reservation still works when everything else is full.
         let ex2 = [ex[0], reservation("10.0.0.8/30", ME), ex[2]];
-        assert_eq!(pick(&c, &ex2, None, 0), Ok(Choice::Reuse(net("10.0.0.8/30"))));
+        assert_eq!(
+            pick(&c, &ex2, None, 0),
+            Ok(Choice::Reuse(net("10.0.0.8/30")))
+        );
         // One free slot: that one, whatever the seed.
         let ex3 = [ex[0], ex[2]];
         for seed in 0..10 {
-            assert_eq!(pick(&c, &ex3, None, seed), Ok(Choice::New(net("10.0.0.8/30"))));
+            assert_eq!(
+                pick(&c, &ex3, None, seed),
+                Ok(Choice::New(net("10.0.0.8/30")))
+            );
         }
     }
 
@@ -321,7 +370,10 @@ mod tests {
                 reservation: false,
             })
             .collect();
-        assert_eq!(pick(&c, &ex, None, 0), Ok(Choice::New(net("255.255.255.0/24"))));
+        assert_eq!(
+            pick(&c, &ex, None, 0),
+            Ok(Choice::New(net("255.255.255.0/24")))
+        );
     }
 
     proptest::proptest! {
