@@ -37,23 +37,49 @@ pub struct Args {
     pub network: Option<Ipv4Net>,
 
     /// SubnetLen for a config created with --network (default as flannel: 24, or prefix+2 for narrower networks).
-    #[arg(long, env = "OVERLAYD_SUBNET_LEN", requires = "network", help_heading = "Network")]
+    #[arg(
+        long,
+        env = "OVERLAYD_SUBNET_LEN",
+        requires = "network",
+        help_heading = "Network"
+    )]
     pub subnet_len: Option<u8>,
 
     /// Comma-separated etcd endpoints.
-    #[arg(long, env = "OVERLAYD_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379", help_heading = "etcd")]
+    #[arg(
+        long,
+        env = "OVERLAYD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        help_heading = "etcd"
+    )]
     pub etcd_endpoints: Vec<String>,
 
     /// etcd key prefix holding config and subnets.
-    #[arg(long, env = "OVERLAYD_ETCD_PREFIX", default_value = "/coreos.com/network", help_heading = "etcd")]
+    #[arg(
+        long,
+        env = "OVERLAYD_ETCD_PREFIX",
+        default_value = "/coreos.com/network",
+        help_heading = "etcd"
+    )]
     pub etcd_prefix: String,
 
     /// Client certificate (PEM) for etcd TLS.
-    #[arg(long, env = "OVERLAYD_ETCD_CERTFILE", requires = "etcd_keyfile", help_heading = "etcd")]
+    #[arg(
+        long,
+        env = "OVERLAYD_ETCD_CERTFILE",
+        requires = "etcd_keyfile",
+        help_heading = "etcd"
+    )]
     pub etcd_certfile: Option<PathBuf>,
 
     /// Client key (PEM) for etcd TLS.
-    #[arg(long, env = "OVERLAYD_ETCD_KEYFILE", requires = "etcd_certfile", help_heading = "etcd")]
+    #[arg(
+        long,
+        env = "OVERLAYD_ETCD_KEYFILE",
+        requires = "etcd_certfile",
+        help_heading = "etcd"
+    )]
     pub etcd_keyfile: Option<PathBuf>,
 
     /// CA certificate (PEM) to verify etcd's server certificate.
@@ -61,11 +87,22 @@ pub struct Args {
     pub etcd_cafile: Option<PathBuf>,
 
     /// etcd username.
-    #[arg(long, env = "OVERLAYD_ETCD_USERNAME", requires = "etcd_password", help_heading = "etcd")]
+    #[arg(
+        long,
+        env = "OVERLAYD_ETCD_USERNAME",
+        requires = "etcd_password",
+        help_heading = "etcd"
+    )]
     pub etcd_username: Option<String>,
 
     /// etcd password.
-    #[arg(long, env = "OVERLAYD_ETCD_PASSWORD", requires = "etcd_username", hide_env_values = true, help_heading = "etcd")]
+    #[arg(
+        long,
+        env = "OVERLAYD_ETCD_PASSWORD",
+        requires = "etcd_username",
+        hide_env_values = true,
+        help_heading = "etcd"
+    )]
     pub etcd_password: Option<String>,
 
     /// Underlay interface: a name (eth0) or one of its IPv4 addresses. Default: the interface of the default route.
@@ -77,7 +114,12 @@ pub struct Args {
     pub public_ip: Option<Ipv4Addr>,
 
     /// Where to write flannel's subnet.env.
-    #[arg(long, env = "OVERLAYD_SUBNET_FILE", default_value = "/run/flannel/subnet.env", help_heading = "Host")]
+    #[arg(
+        long,
+        env = "OVERLAYD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env",
+        help_heading = "Host"
+    )]
     pub subnet_file: PathBuf,
 
     /// Written to subnet.env as FLANNEL_IPMASQ (the CNI plugin then masquerades pod traffic).
@@ -109,13 +151,17 @@ fn parse_level(s: &str) -> Result<tracing::Level, String> {
             _ => tracing::Level::TRACE,
         });
     }
-    s.parse::<tracing::Level>().map_err(|_| format!("{s:?} is not a log level; use error, warn, info, debug, trace or 0-10"))
+    s.parse::<tracing::Level>().map_err(|_| {
+        format!("{s:?} is not a log level; use error, warn, info, debug, trace or 0-10")
+    })
 }
 
 /// Copies `FLANNELD_<FLAG>` variables to `OVERLAYD_<FLAG>` where the latter is unset, so that
 /// either spelling configures overlayd. Call before any thread starts.
 pub fn import_flannel_env() {
-    let vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("FLANNELD_")).collect();
+    let vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("FLANNELD_"))
+        .collect();
     for (k, v) in vars {
         let ours = format!("OVERLAYD_{}", &k["FLANNELD_".len()..]);
         if std::env::var_os(&ours).is_none() {
@@ -138,8 +184,21 @@ mod tests {
     #[test]
     fn flannel_names_parse() {
         let a = Args::try_parse_from([
-            "overlayd", "--backend", "vxlan", "--etcd-endpoints", "http://a:2379,http://b:2379", "--iface", "eth0",
-            "--subnet-file", "/tmp/x.env", "--network", "10.244.0.0/16", "--subnet-len", "24", "-v", "2",
+            "overlayd",
+            "--backend",
+            "vxlan",
+            "--etcd-endpoints",
+            "http://a:2379,http://b:2379",
+            "--iface",
+            "eth0",
+            "--subnet-file",
+            "/tmp/x.env",
+            "--network",
+            "10.244.0.0/16",
+            "--subnet-len",
+            "24",
+            "-v",
+            "2",
         ])
         .unwrap();
         assert_eq!(a.backend, Some(BackendArg::Vxlan));
@@ -152,7 +211,10 @@ mod tests {
     fn bad_values_are_refused() {
         assert!(Args::try_parse_from(["overlayd", "--backend", "ipip"]).is_err());
         assert!(Args::try_parse_from(["overlayd", "--network", "10.244.0.0/33"]).is_err());
-        assert!(Args::try_parse_from(["overlayd", "--subnet-len", "24"]).is_err(), "--subnet-len needs --network");
+        assert!(
+            Args::try_parse_from(["overlayd", "--subnet-len", "24"]).is_err(),
+            "--subnet-len needs --network"
+        );
         assert!(Args::try_parse_from(["overlayd", "-v", "loud"]).is_err());
     }
 }

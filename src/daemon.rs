@@ -14,7 +14,9 @@ use tracing::{error, info, warn};
 
 use crate::cli::{Args, BackendArg};
 use crate::control::config::{BackendKind, ConfigError, NetworkConfig};
-use crate::control::etcd::{build_fib, stable_vtep_mac, ControlLoop, EtcdError, EtcdOptions, Registry, RemoteLease};
+use crate::control::etcd::{
+    build_fib, stable_vtep_mac, ControlLoop, EtcdError, EtcdOptions, Registry, RemoteLease,
+};
 use crate::control::lease::{LeaseAttrs, VxlanData};
 use crate::control::subnet_env::{read_previous_subnet, SubnetEnv};
 use crate::dataplane::{self, Dataplane};
@@ -32,19 +34,29 @@ pub enum DaemonError {
     #[error("invalid --network/--subnet-len: {0}")]
     FlagConfig(ConfigError),
     #[error("--backend {flag} conflicts with the network config in etcd, whose Backend.Type is {etcd}; drop --backend or use --backend {etcd}")]
-    BackendMismatch { flag: BackendKind, etcd: BackendKind },
-    #[error("the network config disables IPv4 (EnableIPv4=false); overlayd carries IPv4 overlays only")]
-    NoIpv4,
+    BackendMismatch {
+        flag: BackendKind,
+        etcd: BackendKind,
+    },
     #[error(transparent)]
     Host(#[from] HostError),
     #[error(transparent)]
     Etcd(#[from] EtcdError),
     #[error("cannot open overlay device {name}: {source} (overlayd needs CAP_NET_ADMIN and /dev/net/tun)")]
-    Device { name: String, source: std::io::Error },
+    Device {
+        name: String,
+        source: std::io::Error,
+    },
     #[error("cannot open underlay socket on {addr}: {source}")]
-    Socket { addr: String, source: std::io::Error },
+    Socket {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot write subnet file {path}: {source}")]
-    SubnetFile { path: String, source: std::io::Error },
+    SubnetFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -98,11 +110,18 @@ async fn network_config(reg: &Registry, args: &Args) -> Result<NetworkConfig, Da
     let mut logged = false;
     loop {
         match reg.get_config().await {
-            Ok(Some(raw)) => return NetworkConfig::parse(&raw).map_err(|source| DaemonError::EtcdConfig { key, source }),
+            Ok(Some(raw)) => {
+                return NetworkConfig::parse(&raw)
+                    .map_err(|source| DaemonError::EtcdConfig { key, source })
+            }
             Ok(None) => {
                 if let Some(net) = args.network {
-                    let kind = args.backend.map(BackendKind::from).unwrap_or(BackendKind::Vxlan);
-                    let cfg = NetworkConfig::from_cli(net, args.subnet_len, kind).map_err(DaemonError::FlagConfig)?;
+                    let kind = args
+                        .backend
+                        .map(BackendKind::from)
+                        .unwrap_or(BackendKind::Vxlan);
+                    let cfg = NetworkConfig::from_cli(net, args.subnet_len, kind)
+                        .map_err(DaemonError::FlagConfig)?;
                     if reg.create_config(&cfg.to_json()).await? {
                         info!(key = %key, config = %cfg.to_json(), "created the network config");
                     }
@@ -125,14 +144,21 @@ async fn network_config(reg: &Registry, args: &Args) -> Result<NetworkConfig, Da
 }
 
 /// Maps a lease to a peer of our backend; others are ignored (logged once by the caller).
-fn peer_decoder(kind: BackendKind, vni: u32) -> impl Fn(&RemoteLease) -> Option<Peer> + Send + Sync {
+fn peer_decoder(
+    kind: BackendKind,
+    vni: u32,
+) -> impl Fn(&RemoteLease) -> Option<Peer> + Send + Sync {
     move |l: &RemoteLease| {
         let bt = l.attrs.backend_type.as_deref().unwrap_or("udp");
         let mac = match kind {
             BackendKind::Udp if bt == "udp" => [0; 6],
             BackendKind::Gre if bt == "gre" => [0; 6],
             BackendKind::Vxlan if bt == "vxlan" => {
-                let d = l.attrs.backend_data.as_ref().and_then(|v| VxlanData::from_value(v).ok())?;
+                let d = l
+                    .attrs
+                    .backend_data
+                    .as_ref()
+                    .and_then(|v| VxlanData::from_value(v).ok())?;
                 if d.vni != vni {
                     return None;
                 }
@@ -140,7 +166,11 @@ fn peer_decoder(kind: BackendKind, vni: u32) -> impl Fn(&RemoteLease) -> Option<
             }
             _ => return None,
         };
-        Some(Peer { subnet: l.subnet, public_ip: l.attrs.public_ip, mac })
+        Some(Peer {
+            subnet: l.subnet,
+            public_ip: l.attrs.public_ip,
+            mac,
+        })
     }
 }
 
@@ -169,10 +199,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     }
     let registry = connect_etcd(&opts).await?;
     let cfg = network_config(&registry, &args).await?;
-    if !cfg.enable_ipv4 {
-        return Err(DaemonError::NoIpv4);
-    }
-    if cfg.enable_ipv6 {
+    if cfg.ipv6.is_some() {
         warn!("EnableIPv6 is set in the network config; overlayd carries the IPv4 overlay only");
     }
     let kind = cfg.backend.kind;
@@ -182,15 +209,36 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         }
     }
     let vni = cfg.backend.vni;
+    if kind == BackendKind::Vxlan && vni > 65535 {
+        warn!(
+            vni,
+            "flannel nodes read the lease's VNI as 16 bits: flanneld peers will ignore this node"
+        );
+    }
     let mac = stable_vtep_mac(public_ip, vni);
     let encap = match kind {
         BackendKind::Udp => Encap::Udp,
-        BackendKind::Vxlan => Encap::Vxlan { vni, local_mac: mac },
-        BackendKind::Gre => Encap::Gre { key: Some(vni), checksum: cfg.backend.checksum, sequence: cfg.backend.sequence },
+        BackendKind::Vxlan => Encap::Vxlan {
+            vni,
+            local_mac: mac,
+        },
+        BackendKind::Gre => Encap::Gre {
+            key: Some(vni),
+            checksum: cfg.backend.checksum,
+            sequence: cfg.backend.sequence,
+        },
     };
-    let mtu = cfg.backend.mtu.unwrap_or(underlay.mtu.saturating_sub(encap.overhead() as u32));
+    let mtu = cfg
+        .backend
+        .mtu
+        .unwrap_or(underlay.mtu.saturating_sub(encap.overhead() as u32));
     let attrs = match kind {
-        BackendKind::Udp => LeaseAttrs { public_ip, public_ipv6: None, backend_type: None, backend_data: None },
+        BackendKind::Udp => LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: None,
+            backend_data: None,
+        },
         BackendKind::Vxlan => LeaseAttrs {
             public_ip,
             public_ipv6: None,
@@ -211,13 +259,23 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
 
     // Device and host setup.
     let name = device_name(kind, vni);
-    let queues = args
-        .queues
-        .map(usize::from)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4));
+    let queues = args.queues.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(4)
+    });
     let offload = !args.no_offload;
-    let mut dev = Device::open(&tun::Options { name: name.clone(), kind: tun::Kind::Tun, queues, vnet_hdr: offload })
-        .map_err(|source| DaemonError::Device { name: name.clone(), source })?;
+    let mut dev = Device::open(&tun::Options {
+        name: name.clone(),
+        kind: tun::Kind::Tun,
+        queues,
+        vnet_hdr: offload,
+    })
+    .map_err(|source| DaemonError::Device {
+        name: name.clone(),
+        source,
+    })?;
     if offload {
         let want = tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN;
         if let Err(e) = dev.set_offload(want) {
@@ -225,26 +283,35 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         }
     }
     let tun_addr = subnet.network();
-    nl.configure_overlay(&dev.name, tun_addr, mtu, cfg.network).await?;
+    nl.configure_overlay(&dev.name, tun_addr, mtu, cfg.network)
+        .await?;
 
     // Sockets.
     let sock_err = |addr: String| move |source| DaemonError::Socket { addr, source };
     let (send, recv): (Vec<Arc<UnderlaySocket>>, Vec<Arc<UnderlaySocket>>) = match kind {
         BackendKind::Gre => {
-            let s = Arc::new(UnderlaySocket::raw_gre(underlay.addr, SOCKET_BUFFER).map_err(sock_err(format!("{} (raw GRE; needs CAP_NET_RAW)", underlay.addr)))?);
+            let s = Arc::new(
+                UnderlaySocket::raw_gre(underlay.addr, SOCKET_BUFFER).map_err(sock_err(
+                    format!("{} (raw GRE; needs CAP_NET_RAW)", underlay.addr),
+                ))?,
+            );
             (vec![s.clone()], vec![s])
         }
         BackendKind::Udp | BackendKind::Vxlan => {
             let bind = SocketAddrV4::new(underlay.addr, cfg.backend.port);
             let mut recv = Vec::new();
             for _ in 0..queues {
-                recv.push(Arc::new(UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(sock_err(bind.to_string()))?));
+                recv.push(Arc::new(
+                    UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(sock_err(bind.to_string()))?,
+                ));
             }
             let send = if kind == BackendKind::Vxlan {
                 let mut v = Vec::new();
                 for _ in 0..VXLAN_SEND_SOCKETS {
                     let b = SocketAddrV4::new(underlay.addr, 0);
-                    v.push(Arc::new(UnderlaySocket::udp(b, SOCKET_BUFFER).map_err(sock_err(b.to_string()))?));
+                    v.push(Arc::new(
+                        UnderlaySocket::udp(b, SOCKET_BUFFER).map_err(sock_err(b.to_string()))?,
+                    ));
                 }
                 v
             } else {
@@ -276,16 +343,34 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         gro,
         local_mac: mac,
     };
-    let qs: Vec<Arc<tun::Queue>> = std::mem::take(&mut dev.queues).into_iter().map(Arc::new).collect();
-    let dp = Dataplane::start(dp_cfg, qs.clone(), send, recv, fib.clone()).map_err(|source| DaemonError::Device { name: name.clone(), source })?;
+    let qs: Vec<Arc<tun::Queue>> = std::mem::take(&mut dev.queues)
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let dp = Dataplane::start(dp_cfg, qs.clone(), send, recv, fib.clone()).map_err(|source| {
+        DaemonError::Device {
+            name: name.clone(),
+            source,
+        }
+    })?;
 
-    let env = SubnetEnv { network: cfg.network, subnet, mtu, ipmasq: args.ip_masq };
-    env.write_atomic(&args.subnet_file).map_err(|source| DaemonError::SubnetFile { path: args.subnet_file.display().to_string(), source })?;
+    let env = SubnetEnv {
+        network: cfg.network,
+        subnet,
+        mtu,
+        ipmasq: args.ip_masq,
+    };
+    env.write_atomic(&args.subnet_file)
+        .map_err(|source| DaemonError::SubnetFile {
+            path: args.subnet_file.display().to_string(),
+            source,
+        })?;
     info!(subnet = %subnet, device = %dev.name, subnet_file = %args.subnet_file.display(), "ready");
 
     // Background control: lease keepalive, peers, re-acquisition.
     let (subnet_tx, mut subnet_rx) = tokio::sync::watch::channel(subnet);
-    let keepalive_every = Duration::from_secs((args.subnet_lease_renew_margin * 60 / 4).clamp(30, 15 * 60));
+    let keepalive_every =
+        Duration::from_secs((args.subnet_lease_renew_margin * 60 / 4).clamp(30, 15 * 60));
     let control = ControlLoop {
         registry: registry.clone(),
         cfg: cfg.clone(),
@@ -305,10 +390,18 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     let subnet_task = tokio::spawn(async move {
         while subnet_rx.changed().await.is_ok() {
             let s: Ipv4Net = *subnet_rx.borrow();
-            if let Err(e) = nl2.configure_overlay(&dev_name, s.network(), mtu, network).await {
+            if let Err(e) = nl2
+                .configure_overlay(&dev_name, s.network(), mtu, network)
+                .await
+            {
                 error!(error = %e, "cannot move the device to the re-acquired subnet");
             }
-            let env = SubnetEnv { network, subnet: s, mtu, ipmasq };
+            let env = SubnetEnv {
+                network,
+                subnet: s,
+                mtu,
+                ipmasq,
+            };
             if let Err(e) = env.write_atomic(&subnet_file) {
                 error!(error = %e, "cannot rewrite the subnet file");
             }

@@ -104,28 +104,65 @@ impl Dataplane {
     /// socket. `send` are the sockets transmit workers pick from by flow hash (the source
     /// port spreads flows as the kernel's VXLAN does); `recv[i]` writes into queue
     /// `i % queues`.
-    pub fn start(cfg: Config, queues: Vec<Arc<Queue>>, send: Vec<Arc<UnderlaySocket>>, recv: Vec<Arc<UnderlaySocket>>, fib: SharedFib) -> io::Result<Dataplane> {
+    pub fn start(
+        cfg: Config,
+        queues: Vec<Arc<Queue>>,
+        send: Vec<Arc<UnderlaySocket>>,
+        recv: Vec<Arc<UnderlaySocket>>,
+        fib: SharedFib,
+    ) -> io::Result<Dataplane> {
         let stop = Arc::new(AtomicBool::new(false));
-        let stats: Arc<Vec<WorkerStats>> = Arc::new((0..queues.len() + recv.len()).map(|_| WorkerStats::default()).collect());
+        let stats: Arc<Vec<WorkerStats>> = Arc::new(
+            (0..queues.len() + recv.len())
+                .map(|_| WorkerStats::default())
+                .collect(),
+        );
         let gso = Arc::new(AtomicBool::new(cfg.gso));
         let mut threads = Vec::new();
         for (i, q) in queues.iter().enumerate() {
             q.set_nonblocking()?;
-            let (cfg, q, send, fib, stop, stats, gso) = (cfg.clone(), q.clone(), send.clone(), fib.clone(), stop.clone(), stats.clone(), gso.clone());
-            threads.push(std::thread::Builder::new().name(format!("tx{i}")).spawn(move || {
-                let mut w = TxWorker::new(cfg, q, send, fib, gso);
-                w.run(&stop, &stats[i]);
-            })?);
+            let (cfg, q, send, fib, stop, stats, gso) = (
+                cfg.clone(),
+                q.clone(),
+                send.clone(),
+                fib.clone(),
+                stop.clone(),
+                stats.clone(),
+                gso.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("tx{i}"))
+                    .spawn(move || {
+                        let mut w = TxWorker::new(cfg, q, send, fib, gso);
+                        w.run(&stop, &stats[i]);
+                    })?,
+            );
         }
         for (j, s) in recv.iter().enumerate() {
             let idx = queues.len() + j;
-            let (cfg, q, s, fib, stop, stats) = (cfg.clone(), queues[j % queues.len()].clone(), s.clone(), fib.clone(), stop.clone(), stats.clone());
-            threads.push(std::thread::Builder::new().name(format!("rx{j}")).spawn(move || {
-                let mut w = RxWorker::new(cfg, q, s, fib);
-                w.run(&stop, &stats[idx]);
-            })?);
+            let (cfg, q, s, fib, stop, stats) = (
+                cfg.clone(),
+                queues[j % queues.len()].clone(),
+                s.clone(),
+                fib.clone(),
+                stop.clone(),
+                stats.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("rx{j}"))
+                    .spawn(move || {
+                        let mut w = RxWorker::new(cfg, q, s, fib);
+                        w.run(&stop, &stats[idx]);
+                    })?,
+            );
         }
-        Ok(Dataplane { stop, threads, stats })
+        Ok(Dataplane {
+            stop,
+            threads,
+            stats,
+        })
     }
 
     /// Sum of every worker's counters.
@@ -176,8 +213,24 @@ struct TxWorker {
 }
 
 impl TxWorker {
-    fn new(cfg: Config, queue: Arc<Queue>, send: Vec<Arc<UnderlaySocket>>, fib: SharedFib, gso: Arc<AtomicBool>) -> Self {
-        Self { cfg, queue, send, fib, gso, read_buf: vec![0; HEADROOM + MAX_READ], seg_buf: vec![0; SEG_BUF], icmp_buf: [0; 600], seq: 0 }
+    fn new(
+        cfg: Config,
+        queue: Arc<Queue>,
+        send: Vec<Arc<UnderlaySocket>>,
+        fib: SharedFib,
+        gso: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            cfg,
+            queue,
+            send,
+            fib,
+            gso,
+            read_buf: vec![0; HEADROOM + MAX_READ],
+            seg_buf: vec![0; SEG_BUF],
+            icmp_buf: [0; 600],
+            seq: 0,
+        }
     }
 
     fn run(&mut self, stop: &AtomicBool, st: &WorkerStats) {
@@ -220,7 +273,14 @@ impl TxWorker {
         let Some(peer) = fib.lookup(dst) else {
             return self.unreachable(start, end, st);
         };
-        let dst_addr = SocketAddrV4::new(peer.public_ip, if self.send[0].is_raw() { 0 } else { self.cfg.port });
+        let dst_addr = SocketAddrV4::new(
+            peer.public_ip,
+            if self.send[0].is_raw() {
+                0
+            } else {
+                self.cfg.port
+            },
+        );
         let hl = self.cfg.encap.header_len();
         let sock = &self.send[flow::hash(&self.read_buf[start..end]) as usize % self.send.len()];
 
@@ -231,7 +291,11 @@ impl TxWorker {
             if let Err(r) = self.cfg.encap.encapsulate(pkt, peer.mac, self.seq) {
                 return st.drop(r, 1);
             }
-            let msg = [Msg { buf: pkt, dst: dst_addr, segment: 0 }];
+            let msg = [Msg {
+                buf: pkt,
+                dst: dst_addr,
+                segment: 0,
+            }];
             return send_counted(sock, &msg, 1, pkt.len(), st);
         }
 
@@ -240,10 +304,19 @@ impl TxWorker {
             Err(_) => return st.drop(DropReason::BadInner, 1),
         };
         for i in 0..layout.count {
-            let len = hl + if i + 1 == layout.count { layout.last_len } else { layout.seg_len };
+            let len = hl
+                + if i + 1 == layout.count {
+                    layout.last_len
+                } else {
+                    layout.seg_len
+                };
             let off = i * layout.stride;
             self.seq = self.seq.wrapping_add(1);
-            if let Err(r) = self.cfg.encap.encapsulate(&mut self.seg_buf[off..off + len], peer.mac, self.seq) {
+            if let Err(r) =
+                self.cfg
+                    .encap
+                    .encapsulate(&mut self.seg_buf[off..off + len], peer.mac, self.seq)
+            {
                 return st.drop(r, layout.count as u64);
             }
         }
@@ -252,11 +325,22 @@ impl TxWorker {
 
     /// Sends `layout.count` encapsulated segments from `seg_buf`: as GSO runs when the
     /// socket allows, else as one datagram per message, in `sendmmsg` batches.
-    fn send_segments(&self, sock: &UnderlaySocket, dst: SocketAddrV4, layout: &tso::Layout, hl: usize, st: &WorkerStats) {
+    fn send_segments(
+        &self,
+        sock: &UnderlaySocket,
+        dst: SocketAddrV4,
+        layout: &tso::Layout,
+        hl: usize,
+        st: &WorkerStats,
+    ) {
         let stride = layout.stride;
         let full = hl + layout.seg_len;
         let total_bytes = (layout.count - 1) * stride + hl + layout.last_len;
-        let mut msgs = [Msg { buf: &[], dst, segment: 0 }; MAX_BATCH];
+        let mut msgs = [Msg {
+            buf: &[],
+            dst,
+            segment: 0,
+        }; MAX_BATCH];
         if self.gso.load(Ordering::Relaxed) && layout.count > 1 && stride == full {
             // Runs of at most MAX_GSO_SEGMENTS datagrams and MAX_GSO_BYTES bytes.
             let per_run = (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS);
@@ -266,18 +350,26 @@ impl TxWorker {
                 let k = per_run.min(layout.count - i);
                 let start = i * stride;
                 let end = (start + k * stride).min(total_bytes);
-                msgs[n] = Msg { buf: &self.seg_buf[start..end], dst, segment: stride as u16 };
+                msgs[n] = Msg {
+                    buf: &self.seg_buf[start..end],
+                    dst,
+                    segment: stride as u16,
+                };
                 n += 1;
                 i += k;
             }
             match sock.send_batch(&msgs[..n]) {
                 Ok(_) => {
-                    st.tx_packets.fetch_add(layout.count as u64, Ordering::Relaxed);
+                    st.tx_packets
+                        .fetch_add(layout.count as u64, Ordering::Relaxed);
                     st.tx_bytes.fetch_add(total_bytes as u64, Ordering::Relaxed);
                     st.tx_sends.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EIO) || e.raw_os_error() == Some(libc::EINVAL) => {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EIO)
+                        || e.raw_os_error() == Some(libc::EINVAL) =>
+                {
                     // The kernel refused GSO here: remember it and resend one by one below.
                     tracing::warn!(error = %e, "UDP GSO refused by the kernel; falling back to one datagram per segment");
                     self.gso.store(false, Ordering::Relaxed);
@@ -291,10 +383,18 @@ impl TxWorker {
         let mut i = 0;
         while i < layout.count {
             let k = MAX_BATCH.min(layout.count - i);
-            for j in 0..k {
+            for (j, m) in msgs.iter_mut().enumerate().take(k) {
                 let s = (i + j) * stride;
-                let len = if i + j + 1 == layout.count { hl + layout.last_len } else { full };
-                msgs[j] = Msg { buf: &self.seg_buf[s..s + len], dst, segment: 0 };
+                let len = if i + j + 1 == layout.count {
+                    hl + layout.last_len
+                } else {
+                    full
+                };
+                *m = Msg {
+                    buf: &self.seg_buf[s..s + len],
+                    dst,
+                    segment: 0,
+                };
             }
             let bytes = msgs[..k].iter().map(|m| m.buf.len()).sum();
             send_counted(sock, &msgs[..k], k, bytes, st);
@@ -306,9 +406,12 @@ impl TxWorker {
     fn unreachable(&mut self, start: usize, end: usize, st: &WorkerStats) {
         st.drop(DropReason::NoRoute, 1);
         let from = self.cfg.tun_addr;
-        if let Some(len) = icmp::net_unreachable_v4(&self.read_buf[start..end], from, &mut self.icmp_buf) {
+        if let Some(len) =
+            icmp::net_unreachable_v4(&self.read_buf[start..end], from, &mut self.icmp_buf)
+        {
             let res = if self.cfg.vnet_hdr {
-                self.queue.write2(&[0u8; virtio::LEN], &self.icmp_buf[..len])
+                self.queue
+                    .write2(&[0u8; virtio::LEN], &self.icmp_buf[..len])
             } else {
                 self.queue.write(&self.icmp_buf[..len])
             };
@@ -319,7 +422,13 @@ impl TxWorker {
     }
 }
 
-fn send_counted(sock: &UnderlaySocket, msgs: &[Msg<'_>], packets: usize, bytes: usize, st: &WorkerStats) {
+fn send_counted(
+    sock: &UnderlaySocket,
+    msgs: &[Msg<'_>],
+    packets: usize,
+    bytes: usize,
+    st: &WorkerStats,
+) {
     match sock.send_batch(msgs) {
         Ok(sent) => {
             st.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
@@ -345,9 +454,21 @@ struct RxWorker {
 
 impl RxWorker {
     fn new(cfg: Config, queue: Arc<Queue>, sock: Arc<UnderlaySocket>, fib: SharedFib) -> Self {
-        let batch = if cfg.gro { RecvBatch::new(8, 65536) } else { RecvBatch::new(MAX_BATCH, 9216) };
+        let batch = if cfg.gro {
+            RecvBatch::new(8, 65536)
+        } else {
+            RecvBatch::new(MAX_BATCH, 9216)
+        };
         let gro = cfg.vnet_hdr.then(Coalescer::new);
-        Self { cfg, queue, sock, fib, batch, gro, arp_buf: [0; 128] }
+        Self {
+            cfg,
+            queue,
+            sock,
+            fib,
+            batch,
+            gro,
+            arp_buf: [0; 128],
+        }
     }
 
     fn run(&mut self, stop: &AtomicBool, st: &WorkerStats) {
@@ -382,7 +503,14 @@ impl RxWorker {
         let (data, seg, from) = self.batch.get(i);
         let seg = if seg == 0 { data.len().max(1) } else { seg };
         // Split borrows: the batch is read while the coalescer and ARP buffer are written.
-        let RxWorker { cfg, queue, sock, gro, arp_buf, .. } = self;
+        let RxWorker {
+            cfg,
+            queue,
+            sock,
+            gro,
+            arp_buf,
+            ..
+        } = self;
         for d in data.chunks(seg) {
             let (src_ip, payload) = if sock.is_raw() {
                 match ipv4::outer_payload(d) {
@@ -402,7 +530,8 @@ impl RxWorker {
             match cfg.encap.decapsulate(payload) {
                 Err(r) => st.drop(r, 1),
                 Ok(Decapsulated::Ip(inner)) => {
-                    let (Some(src), Some(dst)) = (ipv4::ipv4_src(inner), ipv4::ipv4_dst(inner)) else {
+                    let (Some(src), Some(dst)) = (ipv4::ipv4_src(inner), ipv4::ipv4_dst(inner))
+                    else {
                         st.drop(DropReason::BadInner, 1);
                         continue;
                     };
@@ -422,12 +551,24 @@ impl RxWorker {
                     }
                 }
                 Ok(Decapsulated::Arp(frame)) => {
-                    let Encap::Vxlan { vni, .. } = cfg.encap else { continue };
+                    let Encap::Vxlan { vni, .. } = cfg.encap else {
+                        continue;
+                    };
                     let body = &mut arp_buf[crate::wire::vxlan::HEADER_LEN..];
-                    if let Some(len) = arp::reply_to(frame, cfg.local_mac, |ip| fib.is_local(ip) || ip == cfg.tun_addr, body) {
-                        crate::wire::vxlan::Repr { vni }.emit(&mut arp_buf[..crate::wire::vxlan::HEADER_LEN]);
+                    if let Some(len) = arp::reply_to(
+                        frame,
+                        cfg.local_mac,
+                        |ip| fib.is_local(ip) || ip == cfg.tun_addr,
+                        body,
+                    ) {
+                        crate::wire::vxlan::Repr { vni }
+                            .emit(&mut arp_buf[..crate::wire::vxlan::HEADER_LEN]);
                         let total = crate::wire::vxlan::HEADER_LEN + len;
-                        let msg = [Msg { buf: &arp_buf[..total], dst: SocketAddrV4::new(src_ip, cfg.port), segment: 0 }];
+                        let msg = [Msg {
+                            buf: &arp_buf[..total],
+                            dst: SocketAddrV4::new(src_ip, cfg.port),
+                            segment: 0,
+                        }];
                         if sock.send_batch(&msg).is_ok() {
                             st.arp_replies.fetch_add(1, Ordering::Relaxed);
                         }

@@ -63,20 +63,41 @@ impl Fib {
     /// Builds a snapshot. Peers whose subnet length differs from `subnet_len` cannot be found
     /// by one masked probe and are skipped (returned so the caller can log them); so are
     /// peers overlapping the local subnet.
-    pub fn new(network: Ipv4Net, subnet_len: u8, local: Option<Ipv4Net>, peers: impl IntoIterator<Item = Peer>) -> (Fib, Vec<Peer>) {
-        let mask = if subnet_len == 0 { 0 } else { u32::MAX << (32 - subnet_len as u32) };
-        let mut fib = Fib { local, network: Some(network), mask, ..Fib::default() };
+    pub fn new(
+        network: Ipv4Net,
+        subnet_len: u8,
+        local: Option<Ipv4Net>,
+        peers: impl IntoIterator<Item = Peer>,
+    ) -> (Fib, Vec<Peer>) {
+        let mask = if subnet_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - subnet_len as u32)
+        };
+        let mut fib = Fib {
+            local,
+            network: Some(network),
+            mask,
+            ..Fib::default()
+        };
         let mut skipped = Vec::new();
         for p in peers {
             let key = u32::from(p.subnet.network());
-            let conflicts_local = local.is_some_and(|l| l.contains(&p.subnet) || p.subnet.contains(&l));
-            if p.subnet.prefix_len() != subnet_len || conflicts_local || fib.by_subnet.contains_key(&key) {
+            let conflicts_local =
+                local.is_some_and(|l| l.contains(&p.subnet) || p.subnet.contains(&l));
+            if p.subnet.prefix_len() != subnet_len
+                || conflicts_local
+                || fib.by_subnet.contains_key(&key)
+            {
                 skipped.push(p);
                 continue;
             }
             let idx = fib.peers.len() as u32;
             fib.by_subnet.insert(key, idx);
-            fib.by_public.entry(u32::from(p.public_ip)).or_default().push(idx);
+            fib.by_public
+                .entry(u32::from(p.public_ip))
+                .or_default()
+                .push(idx);
             fib.peers.push(p);
         }
         (fib, skipped)
@@ -92,7 +113,8 @@ impl Fib {
     /// Whether `dst` belongs to this node's own subnet.
     #[inline]
     pub fn is_local(&self, dst: Ipv4Addr) -> bool {
-        self.local.is_some_and(|l| u32::from(dst) & self.mask == u32::from(l.network()))
+        self.local
+            .is_some_and(|l| u32::from(dst) & self.mask == u32::from(l.network()))
     }
 
     /// Whether `public_ip` holds a current lease.
@@ -107,7 +129,9 @@ impl Fib {
     pub fn sender_owns(&self, public_ip: Ipv4Addr, src: Ipv4Addr) -> bool {
         let key = u32::from(src) & self.mask;
         match self.by_public.get(&u32::from(public_ip)) {
-            Some(idxs) => idxs.iter().any(|&i| u32::from(self.peers[i as usize].subnet.network()) == key),
+            Some(idxs) => idxs
+                .iter()
+                .any(|&i| u32::from(self.peers[i as usize].subnet.network()) == key),
             None => false,
         }
     }
@@ -131,7 +155,11 @@ mod tests {
     use super::*;
 
     fn peer(s: &str, ip: [u8; 4]) -> Peer {
-        Peer { subnet: s.parse().unwrap(), public_ip: Ipv4Addr::from(ip), mac: [2, 0, 0, 0, 0, ip[3]] }
+        Peer {
+            subnet: s.parse().unwrap(),
+            public_ip: Ipv4Addr::from(ip),
+            mac: [2, 0, 0, 0, 0, ip[3]],
+        }
     }
 
     fn table() -> Fib {
@@ -147,15 +175,25 @@ mod tests {
                 peer("10.244.1.0/24", [192, 168, 77, 9]),
             ],
         );
-        assert_eq!(skipped.len(), 2, "wrong length and the local subnet are skipped");
+        assert_eq!(
+            skipped.len(),
+            2,
+            "wrong length and the local subnet are skipped"
+        );
         fib
     }
 
     #[test]
     fn lookup_masks_with_subnet_len() {
         let fib = table();
-        assert_eq!(fib.lookup(Ipv4Addr::new(10, 244, 2, 77)).unwrap().public_ip, Ipv4Addr::new(192, 168, 77, 2));
-        assert_eq!(fib.lookup(Ipv4Addr::new(10, 244, 4, 255)).unwrap().subnet, "10.244.4.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(
+            fib.lookup(Ipv4Addr::new(10, 244, 2, 77)).unwrap().public_ip,
+            Ipv4Addr::new(192, 168, 77, 2)
+        );
+        assert_eq!(
+            fib.lookup(Ipv4Addr::new(10, 244, 4, 255)).unwrap().subnet,
+            "10.244.4.0/24".parse::<Ipv4Net>().unwrap()
+        );
         assert!(fib.lookup(Ipv4Addr::new(10, 244, 5, 1)).is_none());
         assert!(fib.lookup(Ipv4Addr::new(10, 244, 1, 1)).is_none());
         assert!(fib.lookup(Ipv4Addr::new(8, 8, 8, 8)).is_none());
@@ -170,16 +208,27 @@ mod tests {
         assert!(fib.is_known_sender(b));
         assert!(fib.sender_owns(b, Ipv4Addr::new(10, 244, 3, 9)));
         assert!(fib.sender_owns(b, Ipv4Addr::new(10, 244, 4, 9)));
-        assert!(!fib.sender_owns(b, Ipv4Addr::new(10, 244, 2, 9)), "spoofed: that subnet is another node's");
+        assert!(
+            !fib.sender_owns(b, Ipv4Addr::new(10, 244, 2, 9)),
+            "spoofed: that subnet is another node's"
+        );
         assert!(!fib.is_known_sender(Ipv4Addr::new(192, 168, 77, 9)));
-        assert!(!fib.sender_owns(Ipv4Addr::new(192, 168, 77, 99), Ipv4Addr::new(10, 244, 3, 9)));
+        assert!(!fib.sender_owns(
+            Ipv4Addr::new(192, 168, 77, 99),
+            Ipv4Addr::new(10, 244, 3, 9)
+        ));
     }
 
     #[test]
     fn swap_is_visible_to_readers() {
         let shared = shared();
         assert!(shared.load().lookup(Ipv4Addr::new(10, 244, 2, 1)).is_none());
-        let (fib, _) = Fib::new("10.244.0.0/16".parse().unwrap(), 24, None, vec![peer("10.244.2.0/24", [1, 2, 3, 4])]);
+        let (fib, _) = Fib::new(
+            "10.244.0.0/16".parse().unwrap(),
+            24,
+            None,
+            vec![peer("10.244.2.0/24", [1, 2, 3, 4])],
+        );
         shared.store(Arc::new(fib));
         assert!(shared.load().lookup(Ipv4Addr::new(10, 244, 2, 1)).is_some());
     }

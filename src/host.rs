@@ -16,7 +16,10 @@ pub enum HostError {
     #[error("cannot open a netlink socket: {0}")]
     Socket(#[from] std::io::Error),
     #[error("netlink request for {what} failed: {source}")]
-    Netlink { what: String, source: rtnetlink::Error },
+    Netlink {
+        what: String,
+        source: rtnetlink::Error,
+    },
     #[error("no interface named or addressed {0:?} (give --iface a name such as eth0 or one of this host's IPv4 addresses)")]
     NoSuchInterface(String),
     #[error("interface {0} has no IPv4 address (give --public-ip or choose another --iface)")]
@@ -54,7 +57,12 @@ impl Netlink {
 
     /// Index, name and MTU of the link `name`, if it exists.
     pub async fn link(&self, name: &str) -> Result<Option<(u32, u32)>, HostError> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(Some(l)) => Ok(Some((l.header.index, mtu_of(&l.attributes)))),
             Ok(None) => Ok(None),
@@ -66,11 +74,21 @@ impl Netlink {
 
     async fn link_by_index(&self, index: u32) -> Result<(String, u32), HostError> {
         let mut links = self.handle.link().get().match_index(index).execute();
-        let l = links.try_next().await.map_err(nl(format!("link #{index}")))?.ok_or_else(|| HostError::NoSuchInterface(format!("#{index}")))?;
+        let l = links
+            .try_next()
+            .await
+            .map_err(nl(format!("link #{index}")))?
+            .ok_or_else(|| HostError::NoSuchInterface(format!("#{index}")))?;
         let name = l
             .attributes
             .iter()
-            .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
+            .find_map(|a| {
+                if let LinkAttribute::IfName(n) = a {
+                    Some(n.clone())
+                } else {
+                    None
+                }
+            })
             .unwrap_or_default();
         Ok((name, mtu_of(&l.attributes)))
     }
@@ -104,23 +122,48 @@ impl Netlink {
                     .find(|(_, a)| *a == ip)
                     .map(|(i, _)| i)
                     .ok_or_else(|| HostError::NoSuchInterface(s.to_string()))?,
-                Err(_) => self.link(s).await?.ok_or_else(|| HostError::NoSuchInterface(s.to_string()))?.0,
+                Err(_) => {
+                    self.link(s)
+                        .await?
+                        .ok_or_else(|| HostError::NoSuchInterface(s.to_string()))?
+                        .0
+                }
             },
             None => self.default_route_oif().await?,
         };
         let (name, mtu) = self.link_by_index(index).await?;
         let addr = match iface.and_then(|s| s.parse::<Ipv4Addr>().ok()) {
             Some(ip) => ip,
-            None => self.addrs(Some(index)).await?.first().map(|(_, a)| *a).ok_or_else(|| HostError::NoAddress(name.clone()))?,
+            None => self
+                .addrs(Some(index))
+                .await?
+                .first()
+                .map(|(_, a)| *a)
+                .ok_or_else(|| HostError::NoAddress(name.clone()))?,
         };
-        Ok(Underlay { name, index, addr, mtu })
+        Ok(Underlay {
+            name,
+            index,
+            addr,
+            mtu,
+        })
     }
 
     async fn default_route_oif(&self) -> Result<u32, HostError> {
-        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
         while let Some(r) = routes.try_next().await.map_err(nl("routes"))? {
             if r.header.destination_prefix_length == 0 && r.header.table == 254 {
-                if let Some(oif) = r.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None }) {
+                if let Some(oif) = r.attributes.iter().find_map(|a| {
+                    if let RouteAttribute::Oif(i) = a {
+                        Some(*i)
+                    } else {
+                        None
+                    }
+                }) {
                     return Ok(oif);
                 }
             }
@@ -130,8 +173,17 @@ impl Netlink {
 
     /// Sets the overlay device's MTU, address (`addr/32`), brings it up and routes `network`
     /// through it. Idempotent: re-running it after the device was recreated is the repair.
-    pub async fn configure_overlay(&self, name: &str, addr: Ipv4Addr, mtu: u32, network: Ipv4Net) -> Result<u32, HostError> {
-        let (index, _) = self.link(name).await?.ok_or_else(|| HostError::NoSuchInterface(name.to_string()))?;
+    pub async fn configure_overlay(
+        &self,
+        name: &str,
+        addr: Ipv4Addr,
+        mtu: u32,
+        network: Ipv4Net,
+    ) -> Result<u32, HostError> {
+        let (index, _) = self
+            .link(name)
+            .await?
+            .ok_or_else(|| HostError::NoSuchInterface(name.to_string()))?;
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
@@ -151,19 +203,32 @@ impl Netlink {
             .pref_source(addr)
             .scope(RouteScope::Link)
             .build();
-        self.handle.route().add(route).replace().execute().await.map_err(nl(format!("route {network} dev {name}")))?;
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("route {network} dev {name}")))?;
         Ok(index)
     }
 
     /// Whether the route for `network` through link `index` is still present.
     pub async fn has_route(&self, network: Ipv4Net, index: u32) -> Result<bool, HostError> {
-        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
         while let Some(r) = routes.try_next().await.map_err(nl("routes"))? {
             if r.header.destination_prefix_length != network.prefix_len() {
                 continue;
             }
             let dst = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet(d)) if *d == network.network()));
-            let oif = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+            let oif = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
             if dst && oif {
                 return Ok(true);
             }
@@ -173,5 +238,14 @@ impl Netlink {
 }
 
 fn mtu_of(attrs: &[LinkAttribute]) -> u32 {
-    attrs.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None }).unwrap_or(1500)
+    attrs
+        .iter()
+        .find_map(|a| {
+            if let LinkAttribute::Mtu(m) = a {
+                Some(*m)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(1500)
 }

@@ -13,7 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
 use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -44,7 +47,10 @@ pub enum EtcdError {
     #[error("etcd: {0}")]
     Client(#[from] etcd_client::Error),
     #[error("cannot read {path}: {source}")]
-    Tls { path: PathBuf, source: std::io::Error },
+    Tls {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no free subnet left in the network")]
     Exhausted,
 }
@@ -88,7 +94,12 @@ impl Registry {
             co = co.with_user(u.clone(), p.clone());
         }
         if opts.cafile.is_some() || opts.certfile.is_some() {
-            let read = |p: &PathBuf| std::fs::read(p).map_err(|source| EtcdError::Tls { path: p.clone(), source });
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|source| EtcdError::Tls {
+                    path: p.clone(),
+                    source,
+                })
+            };
             let mut tls = etcd_client::TlsOptions::new();
             if let Some(ca) = &opts.cafile {
                 tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
@@ -99,7 +110,11 @@ impl Registry {
             co = co.with_tls(tls);
         }
         let client = Client::connect(&opts.endpoints, Some(co)).await?;
-        Ok(Self { client, prefix: opts.prefix.trim_end_matches('/').to_string(), logged: Default::default() })
+        Ok(Self {
+            client,
+            prefix: opts.prefix.trim_end_matches('/').to_string(),
+            logged: Default::default(),
+        })
     }
 
     fn config_key(&self) -> String {
@@ -133,22 +148,51 @@ impl Registry {
     /// Lists every lease with the revision of the listing. Malformed entries are logged
     /// once (with their key) and left out.
     pub async fn list(&self) -> Result<(Vec<RemoteLease>, i64), EtcdError> {
-        let resp = self.client.clone().get(self.subnets_prefix(), Some(GetOptions::new().with_prefix())).await?;
+        let resp = self
+            .client
+            .clone()
+            .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
+            .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let leases = resp.kvs().iter().filter_map(|kv| self.decode(kv.key(), kv.value(), kv.lease(), kv.mod_revision())).collect();
+        let leases = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.decode(kv.key(), kv.value(), kv.lease(), kv.mod_revision()))
+            .collect();
         Ok((leases, rev))
     }
 
-    fn decode(&self, key: &[u8], value: &[u8], lease_id: i64, mod_revision: i64) -> Option<RemoteLease> {
+    fn decode(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease_id: i64,
+        mod_revision: i64,
+    ) -> Option<RemoteLease> {
         let key = String::from_utf8_lossy(key).into_owned();
         let name = key.strip_prefix(&self.subnets_prefix()).unwrap_or(&key);
-        let parsed = parse_subnet_key(name).map_err(|e| e.to_string()).and_then(|subnet| {
-            LeaseAttrs::from_json(value).map(|attrs| (subnet, attrs)).map_err(|e| e.to_string())
-        });
+        let parsed = parse_subnet_key(name)
+            .map_err(|e| e.to_string())
+            .and_then(|subnet| {
+                LeaseAttrs::from_json(value)
+                    .map(|attrs| (subnet, attrs))
+                    .map_err(|e| e.to_string())
+            });
         match parsed {
-            Ok((subnet, attrs)) => Some(RemoteLease { key, subnet, attrs, lease_id, mod_revision }),
+            Ok((subnet, attrs)) => Some(RemoteLease {
+                key,
+                subnet,
+                attrs,
+                lease_id,
+                mod_revision,
+            }),
             Err(e) => {
-                if self.logged.lock().map(|mut l| l.insert((key.clone(), mod_revision))).unwrap_or(false) {
+                if self
+                    .logged
+                    .lock()
+                    .map(|mut l| l.insert((key.clone(), mod_revision)))
+                    .unwrap_or(false)
+                {
                     warn!(key = %key, error = %e, "ignoring malformed lease");
                 }
                 None
@@ -159,20 +203,31 @@ impl Registry {
     /// Acquires a subnet in flannel's order: our existing lease or reservation, then
     /// `previous`, then a random free one; created or updated with a compare-and-swap
     /// transaction, choosing again whenever another node wins the race.
-    pub async fn acquire(&self, cfg: &NetworkConfig, attrs: &LeaseAttrs, previous: Option<Ipv4Net>) -> Result<Acquired, EtcdError> {
+    pub async fn acquire(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Net>,
+    ) -> Result<Acquired, EtcdError> {
         let value = attrs.to_json();
-        let mut rng = rand::rng();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
         for attempt in 0.. {
             let (leases, _) = self.list().await?;
-            let existing: Vec<ExistingLease> = leases
+            let mut existing: Vec<ExistingLease> = leases
                 .iter()
-                .map(|l| ExistingLease { subnet: l.subnet, public_ip: l.attrs.public_ip, reservation: l.lease_id == 0 })
+                .map(|l| ExistingLease {
+                    subnet: l.subnet,
+                    public_ip: l.attrs.public_ip,
+                    reservation: l.lease_id == 0,
+                })
                 .collect();
             for s in stale_own(cfg, &existing, attrs.public_ip) {
                 info!(subnet = %s, "deleting our old lease that no longer fits the network config");
                 self.client.clone().delete(self.lease_key(s), None).await?;
+                existing.retain(|e| e.subnet != s);
             }
-            let choice = choose(cfg, &existing, attrs.public_ip, previous, &mut rng).map_err(|_| EtcdError::Exhausted)?;
+            let choice = choose(cfg, &existing, attrs.public_ip, previous, &mut rng)
+                .map_err(|_| EtcdError::Exhausted)?;
             let subnet = match choice {
                 Choice::Reuse(s) | Choice::New(s) => s,
             };
@@ -180,21 +235,48 @@ impl Registry {
             let current = leases.iter().find(|l| l.subnet == subnet);
             let reservation = current.is_some_and(|l| l.lease_id == 0);
             let (cmp, lease_id) = match current {
-                Some(l) if reservation => (Compare::mod_revision(key.clone(), CompareOp::Equal, l.mod_revision), 0),
+                Some(l) if reservation => (
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, l.mod_revision),
+                    0,
+                ),
                 Some(l) => {
-                    let id = self.client.clone().lease_grant(LEASE_TTL_SECS, None).await?.id();
-                    (Compare::mod_revision(key.clone(), CompareOp::Equal, l.mod_revision), id)
+                    let id = self
+                        .client
+                        .clone()
+                        .lease_grant(LEASE_TTL_SECS, None)
+                        .await?
+                        .id();
+                    (
+                        Compare::mod_revision(key.clone(), CompareOp::Equal, l.mod_revision),
+                        id,
+                    )
                 }
                 None => {
-                    let id = self.client.clone().lease_grant(LEASE_TTL_SECS, None).await?.id();
+                    let id = self
+                        .client
+                        .clone()
+                        .lease_grant(LEASE_TTL_SECS, None)
+                        .await?
+                        .id();
                     (Compare::version(key.clone(), CompareOp::Equal, 0), id)
                 }
             };
-            let put = if lease_id != 0 { Some(PutOptions::new().with_lease(lease_id)) } else { None };
-            let txn = Txn::new().when([cmp]).and_then([TxnOp::put(key.clone(), value.clone(), put)]);
+            let put = if lease_id != 0 {
+                Some(PutOptions::new().with_lease(lease_id))
+            } else {
+                None
+            };
+            let txn =
+                Txn::new()
+                    .when([cmp])
+                    .and_then([TxnOp::put(key.clone(), value.clone(), put)]);
             if self.client.clone().txn(txn).await?.succeeded() {
                 info!(subnet = %subnet, reservation, attempt, "acquired subnet lease");
-                return Ok(Acquired { subnet, lease_id, reservation });
+                return Ok(Acquired {
+                    subnet,
+                    lease_id,
+                    reservation,
+                });
             }
             debug!(subnet = %subnet, "lost the race for a subnet; choosing again");
             if lease_id != 0 {
@@ -206,14 +288,25 @@ impl Registry {
 }
 
 /// Turns the leases into a forwarding table for this node.
-pub fn build_fib(cfg: &NetworkConfig, local: Ipv4Net, leases: &BTreeMap<String, RemoteLease>, decode_peer: &dyn Fn(&RemoteLease) -> Option<Peer>) -> Fib {
-    let peers = leases.values().filter(|l| l.subnet != local).filter_map(decode_peer);
+pub fn build_fib(
+    cfg: &NetworkConfig,
+    local: Ipv4Net,
+    leases: &BTreeMap<String, RemoteLease>,
+    decode_peer: &dyn Fn(&RemoteLease) -> Option<Peer>,
+) -> Fib {
+    let peers = leases
+        .values()
+        .filter(|l| l.subnet != local)
+        .filter_map(decode_peer);
     let (fib, skipped) = Fib::new(cfg.network, cfg.subnet_len, Some(local), peers);
     for p in skipped {
         warn!(subnet = %p.subnet, public_ip = %p.public_ip, "ignoring a lease that overlaps another or does not match SubnetLen");
     }
     fib
 }
+
+/// Maps a lease to a data-plane peer (checks backend type and data); `None` = ignore it.
+pub type PeerDecoder = Box<dyn Fn(&RemoteLease) -> Option<Peer> + Send + Sync>;
 
 /// Everything the background control loop needs.
 pub struct ControlLoop {
@@ -223,7 +316,7 @@ pub struct ControlLoop {
     pub acquired: Acquired,
     pub fib: SharedFib,
     /// Maps a lease to a data-plane peer (checks backend type and data), `None` = ignore.
-    pub decode_peer: Box<dyn Fn(&RemoteLease) -> Option<Peer> + Send + Sync>,
+    pub decode_peer: PeerDecoder,
     /// Told about every change of our own subnet (re-acquisition).
     pub subnet_tx: watch::Sender<Ipv4Net>,
     /// Own-lease keepalive period.
@@ -248,7 +341,8 @@ impl ControlLoop {
             if relist {
                 match self.registry.list().await {
                     Ok((list, rev)) => {
-                        let new: BTreeMap<String, RemoteLease> = list.into_iter().map(|l| (l.key.clone(), l)).collect();
+                        let new: BTreeMap<String, RemoteLease> =
+                            list.into_iter().map(|l| (l.key.clone(), l)).collect();
                         log_diff(&peers, &new);
                         peers = new;
                         revision = rev;
@@ -268,8 +362,16 @@ impl ControlLoop {
                     }
                 }
             }
-            let opts = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-            let mut stream = match self.registry.client.clone().watch(self.registry.subnets_prefix(), Some(opts)).await {
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(revision + 1);
+            let mut stream = match self
+                .registry
+                .client
+                .clone()
+                .watch(self.registry.subnets_prefix(), Some(opts))
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     let d = backoff(&mut step);
@@ -356,11 +458,19 @@ impl ControlLoop {
         if self.acquired.reservation {
             return Ok(());
         }
-        let (mut keeper, mut stream) = self.registry.client.clone().lease_keep_alive(self.acquired.lease_id).await?;
+        let (mut keeper, mut stream) = self
+            .registry
+            .client
+            .clone()
+            .lease_keep_alive(self.acquired.lease_id)
+            .await?;
         keeper.keep_alive().await?;
         if let Some(resp) = stream.message().await? {
             if resp.ttl() <= 0 {
-                warn!(lease = self.acquired.lease_id, "our etcd lease expired; re-acquiring");
+                warn!(
+                    lease = self.acquired.lease_id,
+                    "our etcd lease expired; re-acquiring"
+                );
                 self.reacquire().await;
             } else {
                 debug!(ttl = resp.ttl(), "lease kept alive");
@@ -373,7 +483,11 @@ impl ControlLoop {
     async fn reacquire(&mut self) {
         let mut step = 0;
         loop {
-            match self.registry.acquire(&self.cfg, &self.attrs, Some(self.acquired.subnet)).await {
+            match self
+                .registry
+                .acquire(&self.cfg, &self.attrs, Some(self.acquired.subnet))
+                .await
+            {
                 Ok(a) => {
                     if a.subnet != self.acquired.subnet {
                         warn!(old = %self.acquired.subnet, new = %a.subnet, "re-acquired a different subnet");

@@ -34,10 +34,21 @@ pub struct Msg<'a> {
     pub segment: u16,
 }
 
-fn setsockopt_int(fd: libc::c_int, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+fn setsockopt_int(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: passes a pointer to a live c_int and its exact size.
     let rc = unsafe {
-        libc::setsockopt(fd, level, name, (&v as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
     };
     if rc < 0 {
         Err(io::Error::last_os_error())
@@ -61,7 +72,11 @@ impl UnderlaySocket {
     /// A raw IPv4 socket for IP protocol 47 (GRE), bound to `bind`. Received packets start
     /// with the outer IPv4 header; sent ones get it from the kernel.
     pub fn raw_gre(bind: Ipv4Addr, buffer_bytes: usize) -> io::Result<Self> {
-        let sock = Socket::new(Domain::IPV4, Type::RAW.cloexec(), Some(Protocol::from(libc::IPPROTO_GRE)))?;
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::RAW.cloexec(),
+            Some(Protocol::from(libc::IPPROTO_GRE)),
+        )?;
         Self::buffers(&sock, buffer_bytes);
         sock.bind(&SocketAddrV4::new(bind, 0).into())?;
         sock.set_nonblocking(true)?;
@@ -99,11 +114,19 @@ impl UnderlaySocket {
         let mut len = size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: getsockopt writes at most `len` bytes into `v`.
         let rc = unsafe {
-            libc::getsockopt(self.sock.as_raw_fd(), libc::SOL_UDP, UDP_SEGMENT, (&mut v as *mut libc::c_int).cast(), &mut len)
+            libc::getsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_UDP,
+                UDP_SEGMENT,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
         };
         rc == 0
     }
 
+    // Parallel C arrays are filled by index; iterators would obscure which entry is which.
+    #[allow(clippy::needless_range_loop)]
     /// Sends up to [`MAX_BATCH`] messages with one `sendmmsg`; returns how many were sent.
     pub fn send_batch(&self, msgs: &[Msg<'_>]) -> io::Result<usize> {
         let n = msgs.len().min(MAX_BATCH);
@@ -118,7 +141,10 @@ impl UnderlaySocket {
         for i in 0..n {
             let m = &msgs[i];
             addrs[i] = sockaddr(m.dst);
-            iovs[i] = libc::iovec { iov_base: m.buf.as_ptr() as *mut _, iov_len: m.buf.len() };
+            iovs[i] = libc::iovec {
+                iov_base: m.buf.as_ptr() as *mut _,
+                iov_len: m.buf.len(),
+            };
             let h = &mut hdrs[i].msg_hdr;
             h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
             h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -140,7 +166,14 @@ impl UnderlaySocket {
             }
         }
         // SAFETY: hdrs[..n] point at iovecs, addresses and control buffers that outlive the call.
-        let rc = unsafe { libc::sendmmsg(self.sock.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+        let rc = unsafe {
+            libc::sendmmsg(
+                self.sock.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                0,
+            )
+        };
         if rc < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -170,7 +203,9 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     let mut s: libc::sockaddr_in = unsafe { zeroed() };
     s.sin_family = libc::AF_INET as libc::sa_family_t;
     s.sin_port = a.port().to_be();
-    s.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+    s.sin_addr = libc::in_addr {
+        s_addr: u32::from_ne_bytes(a.ip().octets()),
+    };
     s
 }
 
@@ -202,6 +237,7 @@ impl RecvBatch {
         self.lens.len()
     }
 
+    #[allow(clippy::needless_range_loop)]
     fn recv(&mut self, fd: libc::c_int) -> io::Result<usize> {
         let n = self.capacity().min(MAX_BATCH);
         // SAFETY: all-zero is a valid bit pattern for these plain C structs.
@@ -223,7 +259,13 @@ impl RecvBatch {
         // SAFETY: every header points into buffers owned by `self` or this stack frame, all
         // live and correctly sized for the duration of the call.
         let rc = unsafe {
-            libc::recvmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());
@@ -256,6 +298,10 @@ impl RecvBatch {
         let len = self.lens[i].min(self.buf_size);
         let a = &self.addrs[i];
         let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-        (&self.bufs[start..start + len], self.segs[i], SocketAddrV4::new(ip, u16::from_be(a.sin_port)))
+        (
+            &self.bufs[start..start + len],
+            self.segs[i],
+            SocketAddrV4::new(ip, u16::from_be(a.sin_port)),
+        )
     }
 }

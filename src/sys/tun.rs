@@ -101,7 +101,11 @@ impl Device {
                 .write(true)
                 .custom_flags(libc::O_CLOEXEC)
                 .open("/dev/net/tun")?;
-            let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags, _pad: [0; 22] };
+            let mut req = IfReq {
+                name: [0; libc::IFNAMSIZ],
+                flags,
+                _pad: [0; 22],
+            };
             req.name[..name.len()].copy_from_slice(name.as_bytes());
             // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is a properly sized,
             // initialised repr(C) ifreq that lives for the duration of the call.
@@ -109,7 +113,11 @@ impl Device {
             if rc < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let end = req.name.iter().position(|&b| b == 0).unwrap_or(libc::IFNAMSIZ);
+            let end = req
+                .name
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(libc::IFNAMSIZ);
             name = String::from_utf8_lossy(&req.name[..end]).into_owned();
             if opts.vnet_hdr {
                 let size: libc::c_int = crate::wire::virtio::LEN as libc::c_int;
@@ -121,16 +129,19 @@ impl Device {
             }
             out.push(Queue { file });
         }
-        Ok(Device { name, queues: out, offloads: 0 })
+        Ok(Device {
+            name,
+            queues: out,
+            offloads: 0,
+        })
     }
 
     /// Asks for `flags` offloads on every queue; returns the error when the kernel refuses.
     pub fn set_offload(&mut self, flags: u32) -> io::Result<()> {
         for q in &self.queues {
             // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
-            let rc = unsafe {
-                libc::ioctl(q.file.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong)
-            };
+            let rc =
+                unsafe { libc::ioctl(q.file.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) };
             if rc < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -166,8 +177,14 @@ impl Queue {
     /// Writes one packet gathered from two slices (virtio header + packet).
     pub fn write2(&self, a: &[u8], b: &[u8]) -> io::Result<usize> {
         let iov = [
-            libc::iovec { iov_base: a.as_ptr() as *mut _, iov_len: a.len() },
-            libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() },
+            libc::iovec {
+                iov_base: a.as_ptr() as *mut _,
+                iov_len: a.len(),
+            },
+            libc::iovec {
+                iov_base: b.as_ptr() as *mut _,
+                iov_len: b.len(),
+            },
         ];
         // SAFETY: both iovecs point at live slices of the given lengths; writev only reads.
         let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), 2) };
@@ -203,7 +220,11 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 
 /// Waits until one of `fds` is readable or `timeout_ms` passes; returns the readable mask.
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<u32> {
-    let mut pfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4];
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; 4];
     let n = fds.len().min(4);
     for (p, fd) in pfds.iter_mut().zip(fds) {
         p.fd = fd.as_raw_fd();
@@ -213,7 +234,11 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<u32>
     let rc = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
     if rc < 0 {
         let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(e)
+        };
     }
     let mut mask = 0;
     for (i, p) in pfds[..n].iter().enumerate() {
