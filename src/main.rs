@@ -8,8 +8,10 @@ use overlayd::cli::{self, Args};
 fn main() -> ExitCode {
     cli::import_flannel_env();
     let args = Args::parse();
+    // Our own events at the chosen level; the libraries' (tonic, h2, netlink) at warn.
+    let filter = tracing_subscriber::EnvFilter::new(format!("warn,overlayd={}", args.log_level));
     tracing_subscriber::fmt()
-        .with_max_level(args.log_level)
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
