@@ -63,11 +63,7 @@ mod tests {
     fn reference(data: &[u8]) -> u16 {
         let mut s: u32 = 0;
         for w in data.chunks(2) {
-            let v = if w.len() == 2 {
-                u16::from_be_bytes([w[0], w[1]])
-            } else {
-                (w[0] as u16) << 8
-            };
+            let v = if w.len() == 2 { u16::from_be_bytes([w[0], w[1]]) } else { (w[0] as u16) << 8 };
             s += v as u32;
             s = (s & 0xffff) + (s >> 16);
         }
