@@ -20,6 +20,9 @@ trap 'exit 143' TERM
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "!!! scripts/test.sh: not root: every network-namespace test will be SKIPPED !!!" >&2
+else
+  # Let the first `ip netns add` set up /run/netns now, not in several parallel tests at once.
+  ip netns add "ovt-init-$$" && ip netns del "ovt-init-$$"
 fi
 
 echo "==> cargo build --release"

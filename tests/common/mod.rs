@@ -19,7 +19,28 @@
 //!   the namespace is deleted;
 //! - every probe is bounded in count and time.
 //!
-//! Tests that need root call [`skip_unless_root`] first.
+//! Tests that need root call [`skip_unless_root`] first. A typical end-to-end test:
+//!
+//! ```ignore
+//! mod common;
+//! use common::*;
+//!
+//! #[test]
+//! fn udp_two_hosts() {
+//!     if skip_unless_root("udp_two_hosts") { return; }
+//!     let mut topo = Topology::new(2);
+//!     let etcd = topo.start_etcd();                      // ns "etcd" at 192.168.77.250
+//!     let (h1, h2) = (topo.host(0), topo.host(1));       // 192.168.77.1, .2
+//!     let mut d1 = Overlayd::spawn(h1, overlayd_args("udp", &etcd));
+//!     let mut d2 = Overlayd::spawn(h2, overlayd_args("udp", &etcd));
+//!     let s1 = d1.wait_ready(Duration::from_secs(20));   // "10.244.X.1/24"
+//!     let s2 = d2.wait_ready(Duration::from_secs(20));
+//!     assert!(ping_until(h1, overlay_ip_of(&s2), Duration::from_secs(10)));
+//!     let (sent, got) = tcp_transfer(h1, h2, overlay_ip_of(&s2), 0, 10_000_000);
+//!     assert_eq!(sent, got);
+//!     assert!(d1.terminate(Duration::from_secs(5)).is_some_and(|s| s.success()));
+//! }   // drops: overlayd (log tail printed if panicking), etcd, namespaces
+//! ```
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
