@@ -1,5 +1,7 @@
 //! The system layer: the only place with `unsafe`. TUN/TAP ioctls, socket options and
-//! control messages, namespaces. Everything above it is safe Rust.
+//! control messages, network namespaces. Everything above it is safe Rust; every `unsafe`
+//! block here carries a `// SAFETY:` line.
 
+pub mod netns;
 pub mod socket;
 pub mod tun;

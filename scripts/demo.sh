@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# overlayd in five minutes: three hosts and an etcd, each in its own network namespace on a
+# virtual switch, overlayd on every host; then pings between every pair of hosts over the
+# overlay and an iperf3 run host1 -> host2 (overlay, then underlay for comparison).
+#
+#   sudo scripts/demo.sh [udp|vxlan|gre]        (default: vxlan)
+#
+# Everything lives in namespaces named ovd-*; the machine's own network is not touched.
+# Everything is removed on exit, also on Ctrl-C or failure (or later: scripts/cleanup-netns.sh).
+# Environment: OVERLAYD_BIN=path  use this binary instead of building target/release/overlayd
+#              KEEP_LOGS=1        keep the logs directory (its path is printed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BACKEND=${1:-vxlan}
+case $BACKEND in
+  udp | vxlan | gre) ;;
+  *) echo "usage: $0 [udp|vxlan|gre]" >&2; exit 2 ;;
+esac
+if [ "$(id -u)" -ne 0 ]; then
+  echo "demo: needs root (it creates network namespaces); try: sudo $0 $*" >&2
+  exit 1
+fi
+
+N=3                          # hosts ovd-h1..ovd-h3, underlay 192.168.77.1..3
+P=ovd-
+SW=${P}sw
+ETCD_NS=${P}etcd
+ETCD_IP=192.168.77.250
+ENDPOINT=http://$ETCD_IP:2379
+PREFIX=/coreos.com/network
+NETWORK=10.244.0.0/16
+READY_TIMEOUT=30             # seconds for every overlayd to write its subnet.env
+WORK=$(mktemp -d /tmp/ovd-demo.XXXXXX)
+declare -a PIDS=() UNDERLAY=() SUBNET=() OVERLAY=() READY=()
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+die() { echo "demo: $*" >&2; exit 1; }
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  say "cleaning up"
+  disown -a 2>/dev/null || true   # no "Killed" job reports for the daemons we stop below
+  scripts/cleanup-netns.sh "$P" || true
+  if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'echo; echo "demo: interrupted"; exit 130' INT TERM
+
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+ctl() { in_ns "$ETCD_NS" env ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINT" --dial-timeout=3s --command-timeout=5s "$@"; }
+
+# 10.244.37.1/24 -> 10.244.37.0 (the subnet's network address: the address on the TUN device)
+net_addr() {
+  local ip=${1%/*} len=${1#*/} a b c d n mask
+  IFS=. read -r a b c d <<<"$ip"
+  n=$(((a << 24) | (b << 16) | (c << 8) | d))
+  mask=$(((0xffffffff << (32 - len)) & 0xffffffff))
+  n=$((n & mask))
+  echo "$((n >> 24 & 255)).$((n >> 16 & 255)).$((n >> 8 & 255)).$((n & 255))"
+}
+
+log_tail() {
+  echo "---- last lines of $1 ----"
+  tail -n 25 "$1" 2>/dev/null || true
+  echo "----"
+}
+
+# ------------------------------------------------------------------------------------------------
+say "checking tools"
+scripts/install-deps.sh
+
+if [ -n "${OVERLAYD_BIN:-}" ]; then
+  BIN=$OVERLAYD_BIN
+else
+  say "building overlayd (release)"
+  cargo build --release --quiet --bin overlayd
+  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/overlayd
+fi
+[ -x "$BIN" ] || die "no overlayd binary at $BIN"
+BIN=$(readlink -f "$BIN")
+echo "binary: $BIN"
+
+# ------------------------------------------------------------------------------------------------
+say "building the network: switch $SW (bridge br0), $ETCD_NS, ${P}h1..${P}h$N"
+scripts/cleanup-netns.sh "$P" >/dev/null || true   # leftovers of an interrupted run
+
+ip netns add "$SW"
+ip -n "$SW" link set lo up
+ip -n "$SW" link add br0 type bridge
+ip -n "$SW" link set br0 up
+
+# attach NAME UNDERLAY_IP: a namespace with eth0 on the switch (veth made inside the switch ns)
+attach() {
+  local ns=$P$1 addr=$2
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  ip -n "$SW" link add "$1" mtu 1500 type veth peer name eth0 mtu 1500 netns "$ns"
+  ip -n "$SW" link set "$1" master br0
+  ip -n "$SW" link set "$1" up
+  ip -n "$ns" addr add "$addr/24" dev eth0
+  ip -n "$ns" link set eth0 up
+}
+
+attach etcd "$ETCD_IP"
+for i in $(seq 1 $N); do
+  UNDERLAY[i]=192.168.77.$i
+  attach "h$i" "${UNDERLAY[i]}"
+done
+
+# ------------------------------------------------------------------------------------------------
+say "starting etcd in $ETCD_NS ($ENDPOINT)"
+ip netns exec "$ETCD_NS" etcd --name demo --data-dir "$WORK/etcd" --logger=zap --log-level=warn \
+  --listen-client-urls "$ENDPOINT" --advertise-client-urls "$ENDPOINT" \
+  --listen-peer-urls "http://$ETCD_IP:2380" --initial-advertise-peer-urls "http://$ETCD_IP:2380" \
+  --initial-cluster "demo=http://$ETCD_IP:2380" --initial-cluster-state new \
+  >"$WORK/etcd.log" 2>&1 &
+for _ in $(seq 100); do
+  ctl endpoint health >/dev/null 2>&1 && break
+  sleep 0.2
+done
+ctl endpoint health >/dev/null 2>&1 || { log_tail "$WORK/etcd.log"; die "etcd did not become healthy"; }
+echo "etcd is healthy"
+
+# ------------------------------------------------------------------------------------------------
+say "starting overlayd --backend $BACKEND on ${P}h1..${P}h$N"
+for i in $(seq 1 $N); do
+  mkdir -p "$WORK/h$i"
+  # Straight `ip netns exec ... &` (no shell function): $! is then overlayd's own pid.
+  ip netns exec "$P""h$i" "$BIN" --backend "$BACKEND" --etcd-endpoints "$ENDPOINT" --etcd-prefix "$PREFIX" \
+    --iface eth0 --subnet-file "$WORK/h$i/subnet.env" --network "$NETWORK" --subnet-len 24 \
+    >"$WORK/h$i/overlayd.log" 2>&1 &
+  PIDS[i]=$!
+  echo "h$i: pid ${PIDS[i]}, log $WORK/h$i/overlayd.log"
+done
+
+START=$(date +%s.%N)
+for i in $(seq 1 $N); do
+  f=$WORK/h$i/subnet.env
+  until grep -q '^FLANNEL_SUBNET=' "$f" 2>/dev/null; do
+    if ! kill -0 "${PIDS[i]}" 2>/dev/null; then
+      log_tail "$WORK/h$i/overlayd.log"
+      die "overlayd on h$i exited before it was ready"
+    fi
+    if (($(date +%s) - ${START%.*} > READY_TIMEOUT)); then
+      log_tail "$WORK/h$i/overlayd.log"
+      die "overlayd on h$i not ready after ${READY_TIMEOUT}s"
+    fi
+    sleep 0.1
+  done
+  READY[i]=$(awk -v s="$START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1fs", e - s }')
+  SUBNET[i]=$(sed -n 's/^FLANNEL_SUBNET=//p' "$f")
+  OVERLAY[i]=$(net_addr "${SUBNET[i]}")
+  echo "h$i ready after ${READY[i]}: FLANNEL_SUBNET=${SUBNET[i]}"
+done
+echo
+echo "subnet.env of h1:"
+sed 's/^/    /' "$WORK/h1/subnet.env"
+
+say "leases in etcd ($PREFIX/subnets)"
+ctl get --prefix "$PREFIX/subnets" | paste - - | sed 's/\t/\n    /'
+
+# ------------------------------------------------------------------------------------------------
+say "ping every pair over the overlay (each host's TUN address = its subnet's network address)"
+declare -A PING=()
+FAILED=0
+for i in $(seq 1 $N); do
+  for j in $(seq 1 $N); do
+    [ "$i" = "$j" ] && continue
+    # Give the peers a few seconds to learn each other's leases.
+    for _ in $(seq 10); do
+      in_ns "$P""h$i" ping -q -n -c 1 -W 1 "${OVERLAY[j]}" >/dev/null 2>&1 && break
+    done
+    out=$(in_ns "$P""h$i" ping -q -n -c 5 -W 1 -i 0.2 "${OVERLAY[j]}" 2>&1 || true)
+    rx=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' <<<"$out")
+    avg=$(sed -n 's|^rtt [^=]*= [0-9.]*/\([0-9.]*\)/.*|\1|p' <<<"$out")
+    if [ "${rx:-0}" -gt 0 ]; then
+      PING[$i,$j]="${rx}/5 ${avg}ms"
+    else
+      PING[$i,$j]="FAIL"
+      FAILED=1
+    fi
+    printf 'h%s -> h%s (%s): %s\n' "$i" "$j" "${OVERLAY[j]}" "${PING[$i,$j]}"
+  done
+done
+
+# ------------------------------------------------------------------------------------------------
+# iperf3 SRC_NS DST_NS DST_IP: 5 s TCP, prints the receiver's bitrate in Mbit/s (or FAIL)
+iperf() {
+  local src=$1 dst=$2 addr=$3 out rate
+  ip netns exec "$dst" timeout 30 iperf3 -s -1 -B "$addr" >"$WORK/iperf3-server.log" 2>&1 &
+  local srv=$!
+  for _ in $(seq 50); do
+    in_ns "$dst" ss -ltn 2>/dev/null | grep -q "$addr:5201" && break
+    sleep 0.1
+  done
+  out=$(in_ns "$src" timeout 30 iperf3 -c "$addr" -t 5 -f m 2>&1 || true)
+  wait "$srv" 2>/dev/null || true
+  rate=$(awk '/receiver/ { print $(NF-2) }' <<<"$out")
+  echo "${rate:-FAIL}"
+}
+
+say "iperf3 h1 -> h2, 5 s over the overlay (${OVERLAY[2]}), then 5 s over the underlay (${UNDERLAY[2]})"
+OVL_RATE=$(iperf "$P""h1" "$P""h2" "${OVERLAY[2]}")
+echo "overlay:  $OVL_RATE Mbit/s"
+UND_RATE=$(iperf "$P""h1" "$P""h2" "${UNDERLAY[2]}")
+echo "underlay: $UND_RATE Mbit/s"
+[ "$OVL_RATE" = FAIL ] && FAILED=1
+
+# ------------------------------------------------------------------------------------------------
+say "stopping overlayd (SIGTERM)"
+declare -a STOP=()
+for i in $(seq 1 $N); do
+  kill -TERM "${PIDS[i]}" 2>/dev/null || true
+done
+for i in $(seq 1 $N); do
+  for _ in $(seq 50); do kill -0 "${PIDS[i]}" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "${PIDS[i]}" 2>/dev/null; then
+    STOP[i]="still running after 5s"
+    FAILED=1
+  else
+    rc=0
+    wait "${PIDS[i]}" || rc=$?
+    STOP[i]="exit $rc"
+    [ $rc -eq 0 ] || FAILED=1
+  fi
+  echo "h$i: ${STOP[i]}"
+done
+
+# ------------------------------------------------------------------------------------------------
+say "summary (backend $BACKEND)"
+printf '%-5s %-15s %-18s %-14s %-7s %s\n' node underlay FLANNEL_SUBNET "overlay addr" ready stop
+for i in $(seq 1 $N); do
+  printf '%-5s %-15s %-18s %-14s %-7s %s\n' "h$i" "${UNDERLAY[i]}" "${SUBNET[i]}" "${OVERLAY[i]}" \
+    "${READY[i]}" "${STOP[i]}"
+done
+echo
+printf '%-12s' "from/to"
+for j in $(seq 1 $N); do printf '%-16s' "h$j"; done
+echo
+for i in $(seq 1 $N); do
+  printf '%-12s' "h$i"
+  for j in $(seq 1 $N); do
+    if [ "$i" = "$j" ]; then printf '%-16s' "-"; else printf '%-16s' "${PING[$i,$j]}"; fi
+  done
+  echo
+done
+echo
+echo "iperf3 h1 -> h2: overlay $OVL_RATE Mbit/s, underlay $UND_RATE Mbit/s"
+
+if [ $FAILED -ne 0 ]; then
+  echo
+  echo "demo: SOMETHING FAILED (see above)."
+  for i in $(seq 1 $N); do log_tail "$WORK/h$i/overlayd.log"; done
+  exit 1
+fi
+echo
+echo "demo: all good."

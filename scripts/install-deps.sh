@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what the build, the namespace tests and the demo need, only if something is missing.
+# Idempotent and quiet: on a machine that has everything it does nothing (no apt-get update).
+#
+#   protoc (etcd-client's build), etcd + etcdctl, iperf3, ip/bridge, ping, tcpdump, tinc,
+#   pkill/sysctl (procps), killall (psmisc)
+set -euo pipefail
+
+# command -> Debian package
+declare -A NEED=(
+  [protoc]=protobuf-compiler
+  [etcd]=etcd-server
+  [etcdctl]=etcd-client
+  [iperf3]=iperf3
+  [ip]=iproute2
+  [bridge]=iproute2
+  [ping]=iputils-ping
+  [tcpdump]=tcpdump
+  [tincd]=tinc
+  [pkill]=procps
+  [sysctl]=procps
+  [killall]=psmisc
+)
+
+PATH="$PATH:/usr/sbin:/sbin"
+missing=()
+for cmd in "${!NEED[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+# De-duplicate, keep it stable for the log line.
+mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
+echo "install-deps: installing ${pkgs[*]}"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "install-deps: need root (or sudo) to install: ${pkgs[*]}" >&2; exit 1
+  fi
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-deps: no apt-get; install these by hand: ${pkgs[*]}" >&2; exit 1
+fi
+
+# Keep package scripts from starting daemons (etcd, iperf3, tinc) in the root namespace:
+# the tests run their own, inside namespaces. Only if no policy is in place already.
+POLICY=/usr/sbin/policy-rc.d
+if [ ! -e "$POLICY" ]; then
+  $SUDO sh -c "printf '#!/bin/sh\nexit 101\n' > $POLICY && chmod 755 $POLICY"
+  trap '$SUDO rm -f "$POLICY"' EXIT
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+
+for cmd in "${!NEED[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || { echo "install-deps: $cmd still missing" >&2; exit 1; }
+done
+echo "install-deps: done"

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# THE test command (CI runs it through .ci/run). Installs missing tools, builds the release
+# binary, runs the whole test suite (nextest if installed, else cargo test), and removes any
+# test namespaces (ovt-*) before and after, whatever happens. Exit status: non-zero on failure.
+#
+# Extra arguments go to the test runner, e.g. `scripts/test.sh harness_selftest`.
+# The namespace tests need root; without it they are skipped (loudly), not failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+TEST_TIMEOUT=${TEST_TIMEOUT:-40m}   # hard cap on the test run itself (the build comes before)
+
+scripts/install-deps.sh
+scripts/cleanup-netns.sh ovt-
+trap 'scripts/cleanup-netns.sh ovt- || true' EXIT
+# Ctrl-C / TERM: stop, then the EXIT trap cleans up.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "!!! scripts/test.sh: not root: every network-namespace test will be SKIPPED !!!" >&2
+else
+  # Let the first `ip netns add` set up /run/netns now, not in several parallel tests at once.
+  ip netns add "ovt-init-$$" && ip netns del "ovt-init-$$"
+fi
+
+echo "==> cargo build --release"
+cargo build --release
+
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  timeout --signal=TERM --kill-after=30s "$TEST_TIMEOUT" \
+    cargo nextest run --no-fail-fast "$@"
+else
+  echo "(cargo-nextest not installed: using cargo test)"
+  timeout --signal=TERM --kill-after=30s "$TEST_TIMEOUT" \
+    cargo test --no-fail-fast "$@"
+fi
