@@ -105,7 +105,11 @@ async fn connect_etcd(opts: &EtcdOptions) -> Result<Registry, DaemonError> {
     }
 }
 
-async fn network_config(reg: &Registry, args: &Args) -> Result<NetworkConfig, DaemonError> {
+async fn network_config(
+    reg: &Registry,
+    args: &Args,
+    from_flags: Option<NetworkConfig>,
+) -> Result<NetworkConfig, DaemonError> {
     let key = format!("{}/config", args.etcd_prefix.trim_end_matches('/'));
     let mut logged = false;
     loop {
@@ -115,13 +119,7 @@ async fn network_config(reg: &Registry, args: &Args) -> Result<NetworkConfig, Da
                     .map_err(|source| DaemonError::EtcdConfig { key, source })
             }
             Ok(None) => {
-                if let Some(net) = args.network {
-                    let kind = args
-                        .backend
-                        .map(BackendKind::from)
-                        .unwrap_or(BackendKind::Vxlan);
-                    let cfg = NetworkConfig::from_cli(net, args.subnet_len, kind)
-                        .map_err(DaemonError::FlagConfig)?;
+                if let Some(cfg) = &from_flags {
                     if reg.create_config(&cfg.to_json()).await? {
                         info!(key = %key, config = %cfg.to_json(), "created the network config");
                     }
@@ -180,6 +178,20 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
+    // Flags are checked before anything else is touched, so a typo fails fast.
+    let from_flags = match args.network {
+        Some(net) => {
+            let kind = args
+                .backend
+                .map(BackendKind::from)
+                .unwrap_or(BackendKind::Vxlan);
+            Some(
+                NetworkConfig::from_cli(net, args.subnet_len, kind)
+                    .map_err(DaemonError::FlagConfig)?,
+            )
+        }
+        None => None,
+    };
     let nl = Netlink::new()?;
     let underlay = nl.underlay(args.iface.as_deref()).await?;
     let public_ip = args.public_ip.unwrap_or(underlay.addr);
@@ -198,7 +210,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         warn!("talking to etcd without TLS: leases and the network config travel in clear text");
     }
     let registry = connect_etcd(&opts).await?;
-    let cfg = network_config(&registry, &args).await?;
+    let cfg = network_config(&registry, &args, from_flags).await?;
     if cfg.ipv6.is_some() {
         warn!("EnableIPv6 is set in the network config; overlayd carries the IPv4 overlay only");
     }

@@ -25,7 +25,7 @@ use crate::drop::DropReason;
 use crate::encap::{Decapsulated, Encap};
 use crate::fib::{Fib, SharedFib};
 use crate::offload::gro::Coalescer;
-use crate::offload::tso;
+use crate::offload::{self, tso};
 use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket, MAX_BATCH, MAX_GSO_SEGMENTS};
 use crate::sys::tun::{poll_readable, Queue};
 use crate::wire::{arp, flow, icmp, ipv4, virtio};
@@ -80,7 +80,7 @@ pub struct Config {
     pub encap: Encap,
     /// Destination port on peers (udp, vxlan); unused for gre.
     pub port: u16,
-    /// Our overlay device address (the subnet's network address), source of ICMP errors.
+    /// Our overlay device address (the subnet's network address), answered in ARP.
     pub tun_addr: Ipv4Addr,
     /// The device was opened with a virtio-net header.
     pub vnet_hdr: bool,
@@ -271,7 +271,7 @@ impl TxWorker {
             return st.drop(DropReason::BadInner, 1);
         };
         let Some(peer) = fib.lookup(dst) else {
-            return self.unreachable(start, end, st);
+            return self.unreachable(dst, start, end, st);
         };
         let dst_addr = SocketAddrV4::new(
             peer.public_ip,
@@ -403,9 +403,12 @@ impl TxWorker {
     }
 
     /// Answers a packet with no lease for its destination with ICMP net-unreachable.
-    fn unreachable(&mut self, start: usize, end: usize, st: &WorkerStats) {
+    fn unreachable(&mut self, dst: Ipv4Addr, start: usize, end: usize, st: &WorkerStats) {
         st.drop(DropReason::NoRoute, 1);
-        let from = self.cfg.tun_addr;
+        // The error comes from the unreachable address itself: the kernel drops packets that
+        // arrive with one of its own addresses as source (martian), so our device address
+        // cannot be used, and the destination is never local (else it would not be here).
+        let from = dst;
         if let Some(len) =
             icmp::net_unreachable_v4(&self.read_buf[start..end], from, &mut self.icmp_buf)
         {
@@ -450,6 +453,7 @@ struct RxWorker {
     batch: RecvBatch,
     gro: Option<Coalescer>,
     arp_buf: [u8; 128],
+    scratch: Vec<u8>,
 }
 
 impl RxWorker {
@@ -468,6 +472,7 @@ impl RxWorker {
             batch,
             gro,
             arp_buf: [0; 128],
+            scratch: vec![0; SEG_BUF],
         }
     }
 
@@ -501,7 +506,18 @@ impl RxWorker {
 
     fn handle_message(&mut self, fib: &Fib, i: usize, st: &WorkerStats) {
         let (data, seg, from) = self.batch.get(i);
-        let seg = if seg == 0 { data.len().max(1) } else { seg };
+        // A peer kernel's VXLAN over veth hands over whole tunnel-GSO super-frames, with the
+        // inner MSS as the "segment size": recognise one by its inner IPv4 length covering
+        // the whole buffer, and keep it whole (the MSS then segments the inner packet).
+        let hl = self.cfg.encap.header_len();
+        let whole_frame =
+            seg > 0 && data.len() > seg && !self.sock.is_raw() && inner_len_covers(data, hl);
+        let inner_gso = if whole_frame { seg } else { 0 };
+        let seg = if seg == 0 || whole_frame {
+            data.len().max(1)
+        } else {
+            seg
+        };
         // Split borrows: the batch is read while the coalescer and ARP buffer are written.
         let RxWorker {
             cfg,
@@ -509,6 +525,7 @@ impl RxWorker {
             sock,
             gro,
             arp_buf,
+            scratch,
             ..
         } = self;
         for d in data.chunks(seg) {
@@ -545,6 +562,10 @@ impl RxWorker {
                     }
                     st.rx_packets.fetch_add(1, Ordering::Relaxed);
                     st.rx_bytes.fetch_add(inner.len() as u64, Ordering::Relaxed);
+                    if let Some(h) = offload::partial_checksum_hdr(inner, inner_gso) {
+                        write_partial(queue, cfg.vnet_hdr, gro.as_mut(), &h, inner, scratch, st);
+                        continue;
+                    }
                     match gro.as_mut() {
                         Some(g) => g.push(inner, &mut |p| write_counted(queue, p, virtio::LEN, st)),
                         None => write_counted(queue, inner, 0, st),
@@ -582,5 +603,52 @@ impl RxWorker {
 fn write_counted(q: &Queue, pkt: &[u8], _hdr: usize, st: &WorkerStats) {
     if q.write(pkt).is_err() {
         st.drop(DropReason::IoError, 1);
+    }
+}
+
+/// Whether the buffer holds exactly one encapsulated IPv4 packet (after `hl` header bytes).
+fn inner_len_covers(data: &[u8], hl: usize) -> bool {
+    match data.get(hl..hl + 4) {
+        Some(h) if h[0] >> 4 == 4 => hl + u16::from_be_bytes([h[2], h[3]]) as usize == data.len(),
+        _ => false,
+    }
+}
+
+/// Delivers a packet whose transport checksum is only partial: with a virtio header the
+/// kernel finishes it (and segments a super-packet); on the plain path it is finished (and
+/// segmented) here.
+fn write_partial(
+    q: &Queue,
+    vnet: bool,
+    gro: Option<&mut Coalescer>,
+    h: &virtio::VirtioNetHdr,
+    inner: &[u8],
+    scratch: &mut [u8],
+    st: &WorkerStats,
+) {
+    if vnet {
+        // Keep the flow's order: anything held for it goes first.
+        if let Some(g) = gro {
+            g.flush(&mut |p| write_counted(q, p, virtio::LEN, st));
+        }
+        let mut hb = [0u8; virtio::LEN];
+        h.emit(&mut hb);
+        if q.write2(&hb, inner).is_err() {
+            st.drop(DropReason::IoError, 1);
+        }
+        return;
+    }
+    match tso::segment(h, inner, 0, scratch) {
+        Ok(l) => {
+            for i in 0..l.count {
+                let len = if i + 1 == l.count {
+                    l.last_len
+                } else {
+                    l.seg_len
+                };
+                write_counted(q, &scratch[i * l.stride..i * l.stride + len], 0, st);
+            }
+        }
+        Err(_) => st.drop(DropReason::BadInner, 1),
     }
 }

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::new(format!("warn,overlayd={}", args.log_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

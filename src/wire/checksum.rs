@@ -55,6 +55,12 @@ pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, len: u32) -> u6
     acc + proto as u64 + (len >> 16) as u64 + (len & 0xffff) as u64
 }
 
+/// Whether an IPv4 TCP/UDP segment `l4` (header + payload) carries a correct checksum.
+pub fn checksum_ok(l4: &[u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> bool {
+    let acc = add(pseudo_header_v4(src, dst, proto, l4.len() as u16), l4);
+    fold(acc) == 0xffff
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,437 @@
+//! End-to-end tests of the daemon: real etcd, real TUN devices, real packets between network
+//! namespaces (made and removed by the harness in `tests/common`).
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const READY: Duration = Duration::from_secs(30);
+const MB: u64 = 1_000_000;
+
+/// Three hosts on one switch, every pair pings both ways, and 50 MB cross byte-identical.
+fn three_hosts(backend: &str) {
+    let mut topo = Topology::new(3);
+    let etcd = topo.start_etcd();
+    let mut daemons: Vec<Overlayd> = (0..3)
+        .map(|i| Overlayd::spawn(topo.host(i), overlayd_args(backend, &etcd)))
+        .collect();
+    let subnets: Vec<String> = daemons.iter_mut().map(|d| d.wait_ready(READY)).collect();
+    let distinct: HashSet<&String> = subnets.iter().collect();
+    assert_eq!(distinct.len(), 3, "three distinct subnets: {subnets:?}");
+    for i in 0..3 {
+        for j in 0..3 {
+            if i != j {
+                let to = overlay_ip_of(&subnets[j]);
+                assert!(
+                    ping_until(topo.host(i), to, Duration::from_secs(15)),
+                    "{backend}: h{} cannot ping h{} at {to}",
+                    i + 1,
+                    j + 1
+                );
+            }
+        }
+    }
+    let (sent, got) = tcp_transfer(
+        topo.host(0),
+        topo.host(1),
+        overlay_ip_of(&subnets[1]),
+        0,
+        50 * MB,
+    );
+    assert_eq!(
+        sent, got,
+        "{backend}: 50 MB h1 -> h2 must arrive byte-identical"
+    );
+    let (sent, got) = tcp_transfer(
+        topo.host(2),
+        topo.host(0),
+        overlay_ip_of(&subnets[0]),
+        0,
+        10 * MB,
+    );
+    assert_eq!(
+        sent, got,
+        "{backend}: 10 MB h3 -> h1 must arrive byte-identical"
+    );
+    for d in daemons.iter_mut() {
+        let st = d.terminate(Duration::from_secs(5));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "{backend}: clean exit on SIGTERM"
+        );
+    }
+    for i in 0..3 {
+        let dev = if backend == "udp" {
+            "flannel0"
+        } else if backend == "vxlan" {
+            "flannel.1"
+        } else {
+            "ovgre.1"
+        };
+        assert!(
+            !topo.host(i).has_link(dev),
+            "{backend}: device {dev} removed on exit"
+        );
+    }
+    // The leases stay, so a restart takes the same subnets.
+    assert_eq!(etcd.leases(ETCD_PREFIX).len(), 3);
+}
+
+#[test]
+fn netns_three_hosts_udp() {
+    if skip_unless_root("netns_three_hosts_udp") {
+        return;
+    }
+    three_hosts("udp");
+}
+
+#[test]
+fn netns_three_hosts_vxlan() {
+    if skip_unless_root("netns_three_hosts_vxlan") {
+        return;
+    }
+    three_hosts("vxlan");
+}
+
+#[test]
+fn netns_three_hosts_gre() {
+    if skip_unless_root("netns_three_hosts_gre") {
+        return;
+    }
+    three_hosts("gre");
+}
+
+/// The plain path (no TUN offloads, no UDP GSO/GRO) carries the same traffic.
+#[test]
+fn netns_no_offload_path() {
+    if skip_unless_root("netns_no_offload_path") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    let mut args = overlayd_args("vxlan", &etcd);
+    args.push("--no-offload".into());
+    let mut d1 = Overlayd::spawn(topo.host(0), args.clone());
+    let mut d2 = Overlayd::spawn(topo.host(1), args);
+    let _s1 = d1.wait_ready(READY);
+    let s2 = d2.wait_ready(READY);
+    assert!(ping_until(
+        topo.host(0),
+        overlay_ip_of(&s2),
+        Duration::from_secs(15)
+    ));
+    let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), overlay_ip_of(&s2), 0, 20 * MB);
+    assert_eq!(sent, got);
+    assert!(
+        d1.log().contains("offloads=0"),
+        "the forced plain path must not ask for offloads"
+    );
+}
+
+/// overlayd vxlan and the kernel's VXLAN set up as flanneld does, sharing one etcd.
+#[test]
+fn netns_interop_kernel_vxlan() {
+    if skip_unless_root("netns_interop_kernel_vxlan") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    // The config as a flannel cluster has it.
+    etcd.put_network_config(ETCD_PREFIX, OVERLAY_NETWORK, 24, "vxlan");
+    let kernel_subnet: ipnet::Ipv4Net = "10.244.200.0/24".parse().unwrap();
+    let kernel = KernelVxlanNode::setup(topo.host(1), topo.host(1).ip, kernel_subnet);
+    kernel.register(&etcd, ETCD_PREFIX);
+    let mut d = Overlayd::spawn(topo.host(0), overlayd_args("vxlan", &etcd));
+    let ours = d.wait_ready(READY);
+    // The kernel node learns our lease as flanneld would (static neighbour, fdb, route).
+    let learned = kernel.sync_from_etcd(&etcd, ETCD_PREFIX);
+    assert!(
+        learned.iter().any(|l| l.public_ip == topo.host(0).ip),
+        "our lease in flannel's schema: {learned:?}"
+    );
+    let our_ip = overlay_ip_of(&ours);
+    assert!(
+        ping_until(topo.host(0), kernel.overlay_ip(), Duration::from_secs(15)),
+        "overlayd -> kernel vxlan"
+    );
+    assert!(
+        ping_until(topo.host(1), our_ip, Duration::from_secs(15)),
+        "kernel vxlan -> overlayd"
+    );
+    let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), kernel.overlay_ip(), 0, 20 * MB);
+    assert_eq!(sent, got, "TCP overlayd -> kernel");
+    let (sent, got) = tcp_transfer(topo.host(1), topo.host(0), our_ip, 0, 20 * MB);
+    assert_eq!(sent, got, "TCP kernel -> overlayd");
+}
+
+/// Joining, leaving, restarting, and the own lease deleted under a running node.
+#[test]
+fn netns_lifecycle() {
+    if skip_unless_root("netns_lifecycle") {
+        return;
+    }
+    let mut topo = Topology::new(3);
+    let etcd = topo.start_etcd();
+    let mut d1 = Overlayd::spawn(topo.host(0), overlayd_args("udp", &etcd));
+    let mut d2 = Overlayd::spawn(topo.host(1), overlayd_args("udp", &etcd));
+    let s1 = d1.wait_ready(READY);
+    let s2 = d2.wait_ready(READY);
+    assert!(ping_until(
+        topo.host(0),
+        overlay_ip_of(&s2),
+        Duration::from_secs(15)
+    ));
+
+    // A node joining later is learned without restarting the others.
+    let mut d3 = Overlayd::spawn(topo.host(2), overlayd_args("udp", &etcd));
+    let s3 = d3.wait_ready(READY);
+    assert!(
+        ping_until(topo.host(0), overlay_ip_of(&s3), Duration::from_secs(15)),
+        "h1 learns h3"
+    );
+    assert!(
+        ping_until(topo.host(2), overlay_ip_of(&s1), Duration::from_secs(15)),
+        "h3 learns h1"
+    );
+
+    // A restarted node gets its old subnet back.
+    let before = d2.subnet_env().expect("subnet.env");
+    assert!(d2
+        .terminate(Duration::from_secs(5))
+        .is_some_and(|s| s.success()));
+    d2.restart();
+    let again = d2.wait_ready(READY);
+    assert_eq!(again, s2, "same subnet after a restart");
+    assert_eq!(d2.subnet_env().expect("subnet.env"), before);
+    assert!(
+        ping_until(topo.host(0), overlay_ip_of(&s2), Duration::from_secs(15)),
+        "traffic back after restart"
+    );
+
+    // The own lease deleted under a running node: it re-acquires the same subnet.
+    let key2 = lease_key(ETCD_PREFIX, subnet_of(&s2));
+    assert_eq!(etcd.del(&key2), 1);
+    let t = Instant::now();
+    while etcd.get(&key2).is_none() && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        etcd.get(&key2).is_some(),
+        "h2 re-acquired its deleted lease"
+    );
+    assert!(ping_until(
+        topo.host(0),
+        overlay_ip_of(&s2),
+        Duration::from_secs(15)
+    ));
+
+    // A node that is gone and whose lease is deleted disappears from the others' forwarding:
+    // its destination then gets ICMP net-unreachable.
+    assert!(d3
+        .terminate(Duration::from_secs(5))
+        .is_some_and(|s| s.success()));
+    let key3 = lease_key(ETCD_PREFIX, subnet_of(&s3));
+    assert_eq!(etcd.del(&key3), 1);
+    let to3 = overlay_ip_of(&s3).to_string();
+    let t = Instant::now();
+    let mut unreachable = false;
+    while t.elapsed() < Duration::from_secs(15) {
+        let out = topo
+            .host(0)
+            .output(&["ping", "-n", "-c", "1", "-W", "1", &to3]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("Unreachable") {
+            unreachable = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        unreachable,
+        "h1 answers packets to a removed peer with ICMP net-unreachable"
+    );
+}
+
+/// Many acquirers racing against one etcd never share a subnet, and nobody gives up.
+#[test]
+fn netns_concurrent_acquisition() {
+    if skip_unless_root("netns_concurrent_acquisition") {
+        return;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    let endpoint = etcd.endpoint();
+    // A /24 cut into /28s: 15 subnets between SubnetMin and SubnetMax for 12 nodes, so the
+    // random choices collide often and the transactions have to settle the races.
+    let subnets: Vec<String> = topo.host(0).in_ns(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use overlayd::control::config::NetworkConfig;
+            use overlayd::control::etcd::{EtcdOptions, Registry};
+            use overlayd::control::lease::LeaseAttrs;
+            let cfg = NetworkConfig::parse(
+                br#"{"Network":"10.99.0.0/24","SubnetLen":28,"Backend":{"Type":"udp"}}"#,
+            )
+            .unwrap();
+            let opts = EtcdOptions {
+                endpoints: vec![endpoint],
+                prefix: "/race".into(),
+                ..Default::default()
+            };
+            let mut tasks = Vec::new();
+            for i in 0..12u8 {
+                let (cfg, opts) = (cfg.clone(), opts.clone());
+                tasks.push(tokio::spawn(async move {
+                    let reg = Registry::connect(&opts).await.unwrap();
+                    let attrs = LeaseAttrs {
+                        public_ip: Ipv4Addr::new(10, 0, 0, i + 1),
+                        public_ipv6: None,
+                        backend_type: None,
+                        backend_data: None,
+                    };
+                    reg.acquire(&cfg, &attrs, None)
+                        .await
+                        .unwrap()
+                        .subnet
+                        .to_string()
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        })
+    });
+    let distinct: HashSet<&String> = subnets.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        12,
+        "12 acquirers, 12 distinct subnets: {subnets:?}"
+    );
+    assert_eq!(etcd.get_prefix("/race/subnets/").len(), 12);
+}
+
+fn overlayd_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_overlayd"))
+}
+
+/// Bad flags: one clear message naming the problem, non-zero exit, before touching anything.
+#[test]
+fn bad_flags_fail_clearly() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--network", "10.244.0.0/33"],
+            &["--network", "10.244.0.0/33"],
+        ),
+        (&["--backend", "ipip"], &["ipip", "udp", "vxlan", "gre"]),
+        (
+            &["--network", "10.244.0.0/16", "--subnet-len", "31"],
+            &["SubnetLen", "31"],
+        ),
+        (
+            &["--network", "10.244.0.0/16", "--subnet-len", "12"],
+            &["SubnetLen", "12"],
+        ),
+        (&["--network", "10.244.0.0/30"], &["10.244.0.0/30"]),
+        (&["--subnet-len", "24"], &["--network"]),
+        (&["-v", "loud"], &["loud"]),
+    ];
+    for (args, needles) in cases {
+        let out = overlayd_bin().args(*args).output().expect("run overlayd");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must fail");
+        for n in *needles {
+            assert!(
+                err.contains(n),
+                "{args:?}: message should name {n:?}, got:\n{err}"
+            );
+        }
+        assert!(
+            err.lines().filter(|l| !l.trim().is_empty()).count() <= 6,
+            "{args:?}: one short message, got:\n{err}"
+        );
+    }
+}
+
+/// Bad network config in etcd, and a --backend that contradicts it: one clear message, exit 1.
+#[test]
+fn netns_bad_etcd_config_fails_clearly() {
+    if skip_unless_root("netns_bad_etcd_config_fails_clearly") {
+        return;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+            "vxlan",
+            &["VNI", "16777216"],
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}"#,
+            "vxlan",
+            &["ipip"],
+        ),
+        (r#"{"Network":"10.244.0.0/33"}"#, "udp", &["Network"]),
+        (
+            r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#,
+            "udp",
+            &["SubnetLen", "31"],
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#,
+            "vxlan",
+            &["vxlan", "udp"],
+        ),
+    ];
+    for (config, backend, needles) in cases {
+        etcd.put(&format!("{ETCD_PREFIX}/config"), config);
+        let out = topo
+            .host(0)
+            .command("timeout")
+            .args([
+                "20",
+                env!("CARGO_BIN_EXE_overlayd"),
+                "--backend",
+                backend,
+                "--etcd-endpoints",
+                &etcd.endpoint(),
+                "--iface",
+                "eth0",
+            ])
+            .args(["--subnet-file", "/nonexistent/never-written.env"])
+            .output()
+            .expect("run overlayd");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{config}: exit 1, got {:?}\n{err}",
+            out.status
+        );
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        assert!(
+            last.starts_with("overlayd: "),
+            "{config}: the error is the last line: {err}"
+        );
+        for n in *needles {
+            assert!(
+                last.contains(n),
+                "{config}: message should name {n:?}, got: {last}"
+            );
+        }
+    }
+}
