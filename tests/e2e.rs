@@ -24,9 +24,9 @@ fn three_hosts(backend: &str) {
     let distinct: HashSet<&String> = subnets.iter().collect();
     assert_eq!(distinct.len(), 3, "three distinct subnets: {subnets:?}");
     for i in 0..3 {
-        for j in 0..3 {
+        for (j, subnet) in subnets.iter().enumerate() {
             if i != j {
-                let to = overlay_ip_of(&subnets[j]);
+                let to = overlay_ip_of(subnet);
                 assert!(
                     ping_until(topo.host(i), to, Duration::from_secs(15)),
                     "{backend}: h{} cannot ping h{} at {to}",

@@ -183,6 +183,62 @@ pub(crate) fn set_be32(b: &mut [u8], at: usize, v: u32) {
 }
 
 /// Packet builders shared by the tests of both directions.
+/// Recognises an IPv4 TCP or UDP packet whose transport checksum is only *partial*: the
+/// field holds the folded pseudo-header sum that a sender with checksum offload leaves for
+/// the NIC to finish (Linux `CHECKSUM_PARTIAL`). Over veth no NIC ever finishes it, and a
+/// peer's kernel VXLAN hands such packets to our socket as they are; they must be finished
+/// (or handed to the TUN with `NEEDS_CSUM`) before the kernel sees them, or it drops them.
+///
+/// Returns the virtio header that makes the kernel finish the checksum (and segment the
+/// packet when it is longer than `gso_size` allows, for tunnelled GSO super-frames).
+pub fn partial_checksum_hdr(
+    pkt: &[u8],
+    gso_size: usize,
+) -> Option<crate::wire::virtio::VirtioNetHdr> {
+    use crate::wire::{checksum, virtio};
+    let ihl = (*pkt.first()? & 0x0f) as usize * 4;
+    if pkt[0] >> 4 != 4 || ihl < 20 || pkt.len() < ihl + 8 {
+        return None;
+    }
+    let total = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
+    let frag = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff;
+    if total != pkt.len() || frag != 0 {
+        return None;
+    }
+    let proto = pkt[9];
+    let csum_offset = match proto {
+        6 => 16,
+        17 => 6,
+        _ => return None,
+    };
+    let l4 = &pkt[ihl..];
+    if l4.len() < csum_offset + 2 || (proto == 6 && l4.len() < 20) {
+        return None;
+    }
+    let src = std::net::Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
+    let dst = std::net::Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+    let field = u16::from_be_bytes([l4[csum_offset], l4[csum_offset + 1]]);
+    let pseudo = checksum::fold(checksum::pseudo_header_v4(src, dst, proto, l4.len() as u16));
+    if field != pseudo || checksum::checksum_ok(l4, src, dst, proto) {
+        return None;
+    }
+    let mut hdr = virtio::VirtioNetHdr {
+        flags: virtio::F_NEEDS_CSUM,
+        csum_start: ihl as u16,
+        csum_offset: csum_offset as u16,
+        ..Default::default()
+    };
+    if proto == 6 && gso_size > 0 {
+        let tcp_len = ((l4[12] >> 4) as usize) * 4;
+        if l4.len() - tcp_len > gso_size {
+            hdr.gso_type = virtio::GSO_TCPV4;
+            hdr.gso_size = gso_size as u16;
+            hdr.hdr_len = (ihl + tcp_len) as u16;
+        }
+    }
+    Some(hdr)
+}
+
 #[cfg(test)]
 pub(crate) mod testutil {
     use crate::wire::checksum;
@@ -260,60 +316,4 @@ pub(crate) mod testutil {
             super::set_be16(pkt, at, if c == 0 { 0xffff } else { c });
         }
     }
-}
-
-/// Recognises an IPv4 TCP or UDP packet whose transport checksum is only *partial*: the
-/// field holds the folded pseudo-header sum that a sender with checksum offload leaves for
-/// the NIC to finish (Linux `CHECKSUM_PARTIAL`). Over veth no NIC ever finishes it, and a
-/// peer's kernel VXLAN hands such packets to our socket as they are; they must be finished
-/// (or handed to the TUN with `NEEDS_CSUM`) before the kernel sees them, or it drops them.
-///
-/// Returns the virtio header that makes the kernel finish the checksum (and segment the
-/// packet when it is longer than `gso_size` allows, for tunnelled GSO super-frames).
-pub fn partial_checksum_hdr(
-    pkt: &[u8],
-    gso_size: usize,
-) -> Option<crate::wire::virtio::VirtioNetHdr> {
-    use crate::wire::{checksum, virtio};
-    let ihl = (*pkt.first()? & 0x0f) as usize * 4;
-    if pkt[0] >> 4 != 4 || ihl < 20 || pkt.len() < ihl + 8 {
-        return None;
-    }
-    let total = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
-    let frag = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff;
-    if total != pkt.len() || frag != 0 {
-        return None;
-    }
-    let proto = pkt[9];
-    let csum_offset = match proto {
-        6 => 16,
-        17 => 6,
-        _ => return None,
-    };
-    let l4 = &pkt[ihl..];
-    if l4.len() < csum_offset + 2 || (proto == 6 && l4.len() < 20) {
-        return None;
-    }
-    let src = std::net::Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-    let dst = std::net::Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
-    let field = u16::from_be_bytes([l4[csum_offset], l4[csum_offset + 1]]);
-    let pseudo = checksum::fold(checksum::pseudo_header_v4(src, dst, proto, l4.len() as u16));
-    if field != pseudo || checksum::checksum_ok(l4, src, dst, proto) {
-        return None;
-    }
-    let mut hdr = virtio::VirtioNetHdr {
-        flags: virtio::F_NEEDS_CSUM,
-        csum_start: ihl as u16,
-        csum_offset: csum_offset as u16,
-        ..Default::default()
-    };
-    if proto == 6 && gso_size > 0 {
-        let tcp_len = ((l4[12] >> 4) as usize) * 4;
-        if l4.len() - tcp_len > gso_size {
-            hdr.gso_type = virtio::GSO_TCPV4;
-            hdr.gso_size = gso_size as u16;
-            hdr.hdr_len = (ihl + tcp_len) as u16;
-        }
-    }
-    Some(hdr)
 }
