@@ -25,6 +25,10 @@ else
   ip netns add "ovt-init-$$" && ip netns del "ovt-init-$$"
 fi
 
+echo "==> cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+
 echo "==> cargo build --release"
 cargo build --release
 
