@@ -13,10 +13,12 @@ fn subnet_base(i: u32) -> u32 {
 }
 
 fn table() -> Fib {
-    let peers = (0..PEERS).map(|i| Peer {
-        subnet: ipnet::Ipv4Net::new(Ipv4Addr::from(subnet_base(i)), 24).expect("/24"),
-        public_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(192, 168, 0, 0)) + i + 1),
-        mac: [2, 0, 0, 0, (i >> 8) as u8, i as u8],
+    let peers = (0..PEERS).map(|i| {
+        Peer::new(
+            ipnet::Ipv4Net::new(Ipv4Addr::from(subnet_base(i)), 24).expect("/24"),
+            Ipv4Addr::from(u32::from(Ipv4Addr::new(192, 168, 0, 0)) + i + 1),
+            [2, 0, 0, 0, (i >> 8) as u8, i as u8],
+        )
     });
     let (fib, skipped) = Fib::new(
         "10.0.0.0/8".parse().expect("cidr"),

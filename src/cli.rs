@@ -2,11 +2,20 @@
 //! also come from the environment as `OVERLAYD_<FLAG>` or, for flannel compatibility,
 //! `FLANNELD_<FLAG>` (the `OVERLAYD_` one wins).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use ipnet::Ipv4Net;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
 
 /// The encapsulation, as named in flannel's `Backend.Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -138,9 +147,50 @@ pub struct Args {
     #[arg(long, env = "OVERLAYD_NO_OFFLOAD", help_heading = "Data plane")]
     pub no_offload: bool,
 
+    /// Serve Prometheus metrics (/metrics), /healthz and /readyz on this address, e.g. 127.0.0.1:9108. Off by default.
+    #[arg(long, env = "OVERLAYD_METRICS_ADDR", help_heading = "Observability")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// flannel's name for the health listener's address (used with --healthz-port when --metrics-addr is not given).
+    #[arg(
+        long,
+        env = "OVERLAYD_HEALTHZ_IP",
+        default_value = "0.0.0.0",
+        help_heading = "Observability"
+    )]
+    pub healthz_ip: IpAddr,
+
+    /// flannel's health listener port; 0 = off. Serves the same endpoints as --metrics-addr.
+    #[arg(
+        long,
+        env = "OVERLAYD_HEALTHZ_PORT",
+        default_value_t = 0,
+        help_heading = "Observability"
+    )]
+    pub healthz_port: u16,
+
+    /// Log format: text (human-readable) or json (one object per line).
+    #[arg(
+        long,
+        value_enum,
+        env = "OVERLAYD_LOG_FORMAT",
+        default_value = "text",
+        help_heading = "Logging"
+    )]
+    pub log_format: LogFormat,
+
     /// Log level: error, warn, info, debug, trace, or flannel's numeric -v (0 = info, 1-4 = debug, 5+ = trace).
     #[arg(short = 'v', long = "log-level", env = "OVERLAYD_LOG_LEVEL", default_value = "info", value_parser = parse_level, help_heading = "Logging")]
     pub log_level: tracing::Level,
+}
+
+impl Args {
+    /// Where to serve metrics and health: --metrics-addr, else flannel's --healthz-ip:--healthz-port.
+    pub fn telemetry_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+            .or((self.healthz_port != 0)
+                .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)))
+    }
 }
 
 fn parse_level(s: &str) -> Result<tracing::Level, String> {

@@ -4,18 +4,20 @@
 //!
 //! Glue only: every decision it makes is delegated to a tested module.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cli::{Args, BackendArg};
 use crate::control::config::{BackendKind, ConfigError, NetworkConfig};
 use crate::control::etcd::{
     build_fib, stable_vtep_mac, ControlLoop, EtcdError, EtcdOptions, Registry, RemoteLease,
+    LEASE_TTL_SECS,
 };
 use crate::control::lease::{LeaseAttrs, VxlanData};
 use crate::control::subnet_env::{read_previous_subnet, SubnetEnv};
@@ -25,6 +27,7 @@ use crate::fib::{self, Peer};
 use crate::host::{HostError, Netlink};
 use crate::sys::socket::UnderlaySocket;
 use crate::sys::tun::{self, Device};
+use crate::telemetry;
 
 /// Why the daemon could not start or had to stop. Each message names what was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -164,11 +167,7 @@ fn peer_decoder(
             }
             _ => return None,
         };
-        Some(Peer {
-            subnet: l.subnet,
-            public_ip: l.attrs.public_ip,
-            mac,
-        })
+        Some(Peer::new(l.subnet, l.attrs.public_ip, mac))
     }
 }
 
@@ -192,6 +191,20 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    // Metrics and health first, so that a probe sees "alive, not ready" during startup.
+    let telemetry = Arc::new(telemetry::State::default());
+    if let Some(addr) = args.telemetry_addr() {
+        let listener = telemetry::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Socket {
+                addr: format!("{addr} (--metrics-addr)"),
+                source,
+            })?;
+        if let Some(handle) = telemetry::install_recorder() {
+            tokio::spawn(telemetry::serve(listener, handle, telemetry.clone()));
+            info!(%addr, "serving /metrics, /healthz and /readyz");
+        }
+    }
     let nl = Netlink::new()?;
     let underlay = nl.underlay(args.iface.as_deref()).await?;
     let public_ip = args.public_ip.unwrap_or(underlay.addr);
@@ -355,16 +368,31 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         gro,
         local_mac: mac,
     };
-    let qs: Vec<Arc<tun::Queue>> = std::mem::take(&mut dev.queues)
+    let tun_opts = tun::Options {
+        name: name.clone(),
+        kind: tun::Kind::Tun,
+        queues,
+        vnet_hdr: offload,
+    };
+    let mut qs: Vec<Arc<tun::Queue>> = std::mem::take(&mut dev.queues)
         .into_iter()
         .map(Arc::new)
         .collect();
-    let dp = Dataplane::start(dp_cfg, qs.clone(), send, recv, fib.clone()).map_err(|source| {
-        DaemonError::Device {
-            name: name.clone(),
-            source,
-        }
+    let mut dp = Dataplane::start(
+        dp_cfg.clone(),
+        qs.clone(),
+        send.clone(),
+        recv.clone(),
+        fib.clone(),
+    )
+    .map_err(|source| DaemonError::Device {
+        name: name.clone(),
+        source,
     })?;
+    let _ = telemetry.backend.set(kind.as_str());
+    let _ = telemetry.fib.set(fib.clone());
+    let _ = telemetry.offloads.set((dev.offloads != 0, gso, gro));
+    set_workers(&telemetry, &dp);
 
     let env = SubnetEnv {
         network: cfg.network,
@@ -377,6 +405,15 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
             path: args.subnet_file.display().to_string(),
             source,
         })?;
+    telemetry.control.lease_held.store(true, Ordering::Relaxed);
+    if acquired.lease_id != 0 {
+        telemetry
+            .control
+            .lease_expiry_unix
+            .store(unix_now() + LEASE_TTL_SECS, Ordering::Relaxed);
+    }
+    telemetry.ready.store(true, Ordering::Relaxed);
+    telemetry::notify_ready();
     info!(subnet = %subnet, device = %dev.name, subnet_file = %args.subnet_file.display(), "ready");
 
     // Background control: lease keepalive, peers, re-acquisition.
@@ -392,40 +429,74 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         decode_peer: Box::new(decode),
         subnet_tx,
         keepalive_every,
+        stats: telemetry.clone(),
     };
     let control_task = tokio::spawn(control.run());
-    let dev_name = dev.name.clone();
-    let nl2 = nl.clone();
-    let subnet_file = args.subnet_file.clone();
-    let network = cfg.network;
-    let ipmasq = args.ip_masq;
-    let subnet_task = tokio::spawn(async move {
-        while subnet_rx.changed().await.is_ok() {
-            let s: Ipv4Net = *subnet_rx.borrow();
-            if let Err(e) = nl2
-                .configure_overlay(&dev_name, s.network(), mtu, network)
-                .await
-            {
-                error!(error = %e, "cannot move the device to the re-acquired subnet");
+    let mut current = subnet;
+    let mut check = tokio::time::interval(Duration::from_secs(2));
+    check.tick().await;
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            changed = subnet_rx.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                current = *subnet_rx.borrow();
+                telemetry.control.reacquisitions.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = nl.configure_overlay(&name, current.network(), mtu, cfg.network).await {
+                    error!(error = %e, "cannot move the device to the re-acquired subnet");
+                }
+                let env = SubnetEnv { network: cfg.network, subnet: current, mtu, ipmasq: args.ip_masq };
+                if let Err(e) = env.write_atomic(&args.subnet_file) {
+                    error!(error = %e, "cannot rewrite the subnet file");
+                }
             }
-            let env = SubnetEnv {
-                network,
-                subnet: s,
-                mtu,
-                ipmasq,
-            };
-            if let Err(e) = env.write_atomic(&subnet_file) {
-                error!(error = %e, "cannot rewrite the subnet file");
+            _ = check.tick() => {
+                // The device or its route deleted under us (host network scripts do that):
+                // recreate them; the forwarding table is untouched, so every peer is kept.
+                match nl.link(&name).await {
+                    Ok(Some((index, _))) => {
+                        if let Ok(false) = nl.has_route(cfg.network, index).await {
+                            warn!(device = %name, network = %cfg.network, "overlay route vanished; restoring it");
+                            telemetry.control.device_repairs.fetch_add(1, Ordering::Relaxed);
+                            if let Err(e) = nl.configure_overlay(&name, current.network(), mtu, cfg.network).await {
+                                error!(error = %e, "cannot restore the overlay route");
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        warn!(device = %name, "overlay device vanished; recreating it with every peer's state");
+                        telemetry.control.device_repairs.fetch_add(1, Ordering::Relaxed);
+                        telemetry.ready.store(false, Ordering::Relaxed);
+                        dp.stop();
+                        drop(std::mem::take(&mut qs));
+                        match reopen(&tun_opts, offload, &nl, current, mtu, cfg.network).await {
+                            Ok(new_qs) => qs = new_qs,
+                            Err(e) => error!(error = %e, "cannot recreate the overlay device; retrying"),
+                        }
+                        match Dataplane::start(dp_cfg.clone(), qs.clone(), send.clone(), recv.clone(), fib.clone()) {
+                            Ok(d) => {
+                                dp = d;
+                                set_workers(&telemetry, &dp);
+                                telemetry.ready.store(!qs.is_empty(), Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                error!(error = %e, "cannot restart the data plane");
+                                return Err(DaemonError::Device { name: name.clone(), source: e });
+                            }
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "cannot check the overlay device"),
+                }
             }
         }
-    });
-
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: stopping"),
-        _ = sigint.recv() => info!("SIGINT: stopping"),
     }
+    telemetry::notify_stopping();
+    telemetry.ready.store(false, Ordering::Relaxed);
     control_task.abort();
-    subnet_task.abort();
     let totals = dp.totals();
     dp.stop();
     drop(qs);
@@ -436,6 +507,46 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         drops = totals.drops.iter().sum::<u64>(),
         "stopped; device and routes removed, lease kept for the next start"
     );
-    let _ = Ipv4Addr::UNSPECIFIED;
     Ok(())
+}
+
+fn set_workers(t: &telemetry::State, dp: &Dataplane) {
+    if let Ok(mut w) = t.workers.lock() {
+        *w = Some(dp.stats.clone());
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Opens the device again after it vanished, with the same options, and re-applies the
+/// host setup. Returns no queue when it fails (the data plane then idles until next check).
+async fn reopen(
+    opts: &tun::Options,
+    offload: bool,
+    nl: &Netlink,
+    subnet: Ipv4Net,
+    mtu: u32,
+    network: Ipv4Net,
+) -> Result<Vec<Arc<tun::Queue>>, DaemonError> {
+    let mut dev = Device::open(opts).map_err(|source| DaemonError::Device {
+        name: opts.name.clone(),
+        source,
+    })?;
+    if offload {
+        let want = tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN;
+        if let Err(e) = dev.set_offload(want) {
+            warn!(error = %e, "the kernel refused TUN offloads on the recreated device");
+        }
+    }
+    nl.configure_overlay(&dev.name, subnet.network(), mtu, network)
+        .await?;
+    Ok(std::mem::take(&mut dev.queues)
+        .into_iter()
+        .map(Arc::new)
+        .collect())
 }

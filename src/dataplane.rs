@@ -28,6 +28,7 @@ use crate::offload::gro::Coalescer;
 use crate::offload::{self, tso};
 use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket, MAX_BATCH, MAX_GSO_SEGMENTS};
 use crate::sys::tun::{poll_readable, Queue};
+use crate::telemetry::DirCounters;
 use crate::wire::{arp, flow, icmp, ipv4, virtio};
 
 /// Room kept in front of every packet read from the device for the encapsulation header.
@@ -65,6 +66,8 @@ impl WorkerStats {
 /// Totals over all workers, for logs, tests and metrics.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Totals {
+    pub tx_sends: u64,
+    pub rx_batches: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,
@@ -183,6 +186,8 @@ impl Dataplane {
 pub fn totals(stats: &[WorkerStats]) -> Totals {
     let mut t = Totals::default();
     for s in stats {
+        t.tx_sends += s.tx_sends.load(Ordering::Relaxed);
+        t.rx_batches += s.rx_batches.load(Ordering::Relaxed);
         t.tx_packets += s.tx_packets.load(Ordering::Relaxed);
         t.tx_bytes += s.tx_bytes.load(Ordering::Relaxed);
         t.rx_packets += s.rx_packets.load(Ordering::Relaxed);
@@ -246,7 +251,10 @@ impl TxWorker {
                     Ok(n) => n,
                     Err(e) if would_block(&e) => break,
                     Err(_) => {
+                        // The device is gone or broken (the daemon's watchdog recreates it):
+                        // do not spin on it meanwhile.
                         st.drop(DropReason::IoError, 1);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
                         break;
                     }
                 };
@@ -296,7 +304,7 @@ impl TxWorker {
                 dst: dst_addr,
                 segment: 0,
             }];
-            return send_counted(sock, &msg, 1, pkt.len(), st);
+            return send_counted(sock, &msg, 1, pkt.len(), st, &peer.counters.tx);
         }
 
         let layout = match tso::segment(&hdr, &self.read_buf[start..end], hl, &mut self.seg_buf) {
@@ -320,7 +328,7 @@ impl TxWorker {
                 return st.drop(r, layout.count as u64);
             }
         }
-        self.send_segments(sock, dst_addr, &layout, hl, st);
+        self.send_segments(sock, dst_addr, &layout, hl, st, &peer.counters.tx);
     }
 
     /// Sends `layout.count` encapsulated segments from `seg_buf`: as GSO runs when the
@@ -332,6 +340,7 @@ impl TxWorker {
         layout: &tso::Layout,
         hl: usize,
         st: &WorkerStats,
+        pc: &DirCounters,
     ) {
         let stride = layout.stride;
         let full = hl + layout.seg_len;
@@ -360,6 +369,7 @@ impl TxWorker {
             }
             match sock.send_batch(&msgs[..n]) {
                 Ok(_) => {
+                    pc.add(layout.count as u64, total_bytes as u64);
                     st.tx_packets
                         .fetch_add(layout.count as u64, Ordering::Relaxed);
                     st.tx_bytes.fetch_add(total_bytes as u64, Ordering::Relaxed);
@@ -397,7 +407,7 @@ impl TxWorker {
                 };
             }
             let bytes = msgs[..k].iter().map(|m| m.buf.len()).sum();
-            send_counted(sock, &msgs[..k], k, bytes, st);
+            send_counted(sock, &msgs[..k], k, bytes, st, pc);
             i += k;
         }
     }
@@ -431,9 +441,11 @@ fn send_counted(
     packets: usize,
     bytes: usize,
     st: &WorkerStats,
+    pc: &DirCounters,
 ) {
     match sock.send_batch(msgs) {
         Ok(sent) => {
+            pc.add(sent as u64, bytes as u64);
             st.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
             st.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
             st.tx_sends.fetch_add(1, Ordering::Relaxed);
@@ -552,16 +564,17 @@ impl RxWorker {
                         st.drop(DropReason::BadInner, 1);
                         continue;
                     };
-                    if !fib.sender_owns(src_ip, src) {
+                    let Some(peer) = fib.sender_peer(src_ip, src) else {
                         st.drop(DropReason::SpoofedSource, 1);
                         continue;
-                    }
+                    };
                     if !fib.is_local(dst) {
                         st.drop(DropReason::NoRoute, 1);
                         continue;
                     }
                     st.rx_packets.fetch_add(1, Ordering::Relaxed);
                     st.rx_bytes.fetch_add(inner.len() as u64, Ordering::Relaxed);
+                    peer.counters.rx.add(1, inner.len() as u64);
                     if let Some(h) = offload::partial_checksum_hdr(inner, inner_gso) {
                         write_partial(queue, cfg.vnet_hdr, gro.as_mut(), &h, inner, scratch, st);
                         continue;

@@ -14,8 +14,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 
+use crate::telemetry::PeerCounters;
+
 /// A remote node as the data plane needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     /// The peer's overlay subnet.
     pub subnet: Ipv4Net,
@@ -23,7 +25,28 @@ pub struct Peer {
     pub public_ip: Ipv4Addr,
     /// Its VTEP MAC (vxlan); zero for other backends.
     pub mac: [u8; 6],
+    /// Traffic counters; carried over from the previous snapshot by [`Fib::adopt_counters`].
+    pub counters: Arc<PeerCounters>,
 }
+
+impl Peer {
+    pub fn new(subnet: Ipv4Net, public_ip: Ipv4Addr, mac: [u8; 6]) -> Self {
+        Self {
+            subnet,
+            public_ip,
+            mac,
+            counters: Arc::default(),
+        }
+    }
+}
+
+/// Equality is identity on the wire: counters do not take part.
+impl PartialEq for Peer {
+    fn eq(&self, o: &Self) -> bool {
+        self.subnet == o.subnet && self.public_ip == o.public_ip && self.mac == o.mac
+    }
+}
+impl Eq for Peer {}
 
 /// A multiplicative hasher for `u32` keys: the keys are already well spread subnet
 /// addresses, and SipHash would cost more than the rest of a lookup.
@@ -40,7 +63,11 @@ impl Hasher for U32Hasher {
         }
     }
     fn write_u32(&mut self, v: u32) {
-        self.0 = (v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // Subnet keys have zero low bits and the table picks buckets by the low bits of the
+        // hash: fold the well-mixed high half of the product down (2-6x faster lookups with
+        // 1000 /24 peers, benches/fib.rs).
+        let h = (v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 32);
     }
 }
 
@@ -127,12 +154,28 @@ impl Fib {
     /// holds a lease and `src` lies in one of its subnets.
     #[inline]
     pub fn sender_owns(&self, public_ip: Ipv4Addr, src: Ipv4Addr) -> bool {
+        self.sender_peer(public_ip, src).is_some()
+    }
+
+    /// The peer entry of `public_ip` whose subnet holds `src`, if any.
+    #[inline]
+    pub fn sender_peer(&self, public_ip: Ipv4Addr, src: Ipv4Addr) -> Option<&Peer> {
         let key = u32::from(src) & self.mask;
-        match self.by_public.get(&u32::from(public_ip)) {
-            Some(idxs) => idxs
-                .iter()
-                .any(|&i| u32::from(self.peers[i as usize].subnet.network()) == key),
-            None => false,
+        let idxs = self.by_public.get(&u32::from(public_ip))?;
+        idxs.iter()
+            .map(|&i| &self.peers[i as usize])
+            .find(|p| u32::from(p.subnet.network()) == key)
+    }
+
+    /// Keeps the counters of peers that `old` already had (same subnet and address), so
+    /// that a rebuild does not reset them.
+    pub fn adopt_counters(&mut self, old: &Fib) {
+        for p in &mut self.peers {
+            if let Some(o) = old.lookup(p.subnet.network()) {
+                if o.subnet == p.subnet && o.public_ip == p.public_ip {
+                    p.counters = o.counters.clone();
+                }
+            }
         }
     }
 
@@ -155,11 +198,11 @@ mod tests {
     use super::*;
 
     fn peer(s: &str, ip: [u8; 4]) -> Peer {
-        Peer {
-            subnet: s.parse().unwrap(),
-            public_ip: Ipv4Addr::from(ip),
-            mac: [2, 0, 0, 0, 0, ip[3]],
-        }
+        Peer::new(
+            s.parse().unwrap(),
+            Ipv4Addr::from(ip),
+            [2, 0, 0, 0, 0, ip[3]],
+        )
     }
 
     fn table() -> Fib {
@@ -217,6 +260,47 @@ mod tests {
             Ipv4Addr::new(192, 168, 77, 99),
             Ipv4Addr::new(10, 244, 3, 9)
         ));
+    }
+
+    #[test]
+    fn counters_survive_rebuilds() {
+        let old = table();
+        let p = old.lookup(Ipv4Addr::new(10, 244, 2, 1)).unwrap();
+        p.counters.tx.add(3, 300);
+        let (mut new, _) = Fib::new(
+            "10.244.0.0/16".parse().unwrap(),
+            24,
+            Some("10.244.1.0/24".parse().unwrap()),
+            vec![
+                peer("10.244.2.0/24", [192, 168, 77, 2]),
+                peer("10.244.3.0/24", [192, 168, 77, 33]),
+            ],
+        );
+        new.adopt_counters(&old);
+        let kept = new.lookup(Ipv4Addr::new(10, 244, 2, 1)).unwrap();
+        assert_eq!(
+            kept.counters
+                .tx
+                .packets
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+        let moved = new.lookup(Ipv4Addr::new(10, 244, 3, 1)).unwrap();
+        assert_eq!(
+            moved
+                .counters
+                .tx
+                .packets
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "a subnet that moved to another node starts afresh"
+        );
+        assert!(new
+            .sender_peer(
+                Ipv4Addr::new(192, 168, 77, 33),
+                Ipv4Addr::new(10, 244, 3, 7)
+            )
+            .is_some());
     }
 
     #[test]

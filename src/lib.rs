@@ -10,6 +10,7 @@
 //! - [`sys`]: TUN ioctls and socket options, the only `unsafe` code;
 //! - [`host`]: device address, MTU and routes through rtnetlink;
 //! - [`dataplane`]: the worker threads;
+//! - [`telemetry`]: metrics, health and readiness endpoints, systemd notification;
 //! - [`daemon`], [`cli`]: glue.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -24,4 +25,5 @@ pub mod fib;
 pub mod host;
 pub mod offload;
 pub mod sys;
+pub mod telemetry;
 pub mod wire;

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -321,6 +322,8 @@ pub struct ControlLoop {
     pub subnet_tx: watch::Sender<Ipv4Net>,
     /// Own-lease keepalive period.
     pub keepalive_every: Duration,
+    /// Counters and lease state for the metrics exporter.
+    pub stats: Arc<crate::telemetry::State>,
 }
 
 fn backoff(step: &mut u32) -> Duration {
@@ -355,6 +358,10 @@ impl ControlLoop {
                         self.publish(&peers);
                     }
                     Err(e) => {
+                        self.stats
+                            .control
+                            .etcd_errors
+                            .fetch_add(1, Ordering::Relaxed);
                         let d = backoff(&mut step);
                         warn!(error = %e, retry_in = ?d, "cannot list leases; forwarding to known peers continues");
                         tokio::time::sleep(d).await;
@@ -374,6 +381,10 @@ impl ControlLoop {
             {
                 Ok(s) => s,
                 Err(e) => {
+                    self.stats
+                        .control
+                        .etcd_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     let d = backoff(&mut step);
                     warn!(error = %e, retry_in = ?d, "cannot watch leases; forwarding to known peers continues");
                     tokio::time::sleep(d).await;
@@ -384,6 +395,7 @@ impl ControlLoop {
                 tokio::select! {
                     _ = ka.tick() => {
                         if let Err(e) = self.keepalive().await {
+                            self.stats.control.etcd_errors.fetch_add(1, Ordering::Relaxed);
                             warn!(error = %e, "lease keepalive failed; will retry");
                         }
                     }
@@ -391,6 +403,7 @@ impl ControlLoop {
                         Ok(Some(resp)) => {
                             if resp.canceled() || resp.compact_revision() > 0 {
                                 warn!(compact_revision = resp.compact_revision(), reason = resp.cancel_reason(), "lease watch cancelled (compaction); relisting");
+                                self.stats.control.relists.fetch_add(1, Ordering::Relaxed);
                                 relist = true;
                                 break;
                             }
@@ -437,6 +450,7 @@ impl ControlLoop {
                             }
                         }
                         Ok(None) | Err(_) => {
+                            self.stats.control.watch_restarts.fetch_add(1, Ordering::Relaxed);
                             let d = backoff(&mut step);
                             warn!(retry_in = ?d, "lease watch broke; resuming");
                             tokio::time::sleep(d).await;
@@ -449,7 +463,8 @@ impl ControlLoop {
     }
 
     fn publish(&self, peers: &BTreeMap<String, RemoteLease>) {
-        let fib = build_fib(&self.cfg, self.acquired.subnet, peers, &*self.decode_peer);
+        let mut fib = build_fib(&self.cfg, self.acquired.subnet, peers, &*self.decode_peer);
+        fib.adopt_counters(&self.fib.load());
         debug!(peers = fib.peers().len(), "forwarding table updated");
         self.fib.store(Arc::new(fib));
     }
@@ -474,6 +489,14 @@ impl ControlLoop {
                 self.reacquire().await;
             } else {
                 debug!(ttl = resp.ttl(), "lease kept alive");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                self.stats
+                    .control
+                    .lease_expiry_unix
+                    .store(now + resp.ttl(), Ordering::Relaxed);
             }
         }
         Ok(())

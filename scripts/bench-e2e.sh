@@ -1,0 +1,413 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: two hosts in network namespaces on a virtual switch, measured in one run:
+#
+#   1. underlay            the bare veth/bridge path (192.168.77.1 -> .2)
+#   2. kernel_vxlan        the kernel VXLAN device configured exactly as flanneld's vxlan backend
+#                          does (flannel.1, VNI 1, dstport 8472, nolearning, mtu 1450, permanent
+#                          neigh/fdb entries, onlink route); no overlayd
+#   3. vxlan               overlayd --backend vxlan
+#   4. udp                 overlayd --backend udp
+#   5. gre                 overlayd --backend gre
+#   6. vxlan_no_offload    overlayd --backend vxlan --no-offload (no TUN TSO/GRO, no UDP GSO/GRO)
+#   7. tinc                tinc 1.0, router mode, Cipher = none, Digest = none (userspace reference)
+#
+# For each: iperf3 one TCP stream and 4 streams (-P 4), -t $DURATION, h1 -> h2 (receiver rate),
+# and ping -c 50 -i 0.02 (avg RTT in µs). Also overlayd's VmRSS after the 1-stream vxlan run.
+# Prints a table and one final JSON line.
+#
+#   sudo scripts/bench-e2e.sh
+#
+# Environment: DURATION=8            seconds per iperf3 run
+#              OVERLAYD_BIN=path     binary (default target/release/overlayd; built if missing)
+#              KEEP_LOGS=1           keep the work directory (its path is printed)
+#
+# Everything lives in namespaces named ovb-*; the root namespace is not touched. Everything is
+# removed on exit, also on Ctrl-C or failure (or later: scripts/cleanup-netns.sh ovb-).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PATH="$PATH:/usr/sbin:/sbin"
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench-e2e: needs root (it creates network namespaces); try: sudo $0" >&2
+  exit 1
+fi
+
+DURATION=${DURATION:-8}
+P=ovb-
+SW=${P}sw
+H1=${P}h1
+H2=${P}h2
+ETCD_NS=${P}etcd
+U1=192.168.77.1
+U2=192.168.77.2
+ETCD_IP=192.168.77.250
+ENDPOINT=http://$ETCD_IP:2379
+NETWORK=10.244.0.0/16
+WORK=$(mktemp -d /tmp/ovb-bench.XXXXXX)
+RESULTS=$WORK/results.tsv    # case <tab> gbps_1 <tab> gbps_4 <tab> ping_us
+EXTRA=$WORK/extra.tsv        # key <tab> value (rss, skipped reasons)
+: >"$RESULTS"
+: >"$EXTRA"
+declare -a OVD_PIDS=()
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+die() { echo "bench-e2e: $*" >&2; exit 1; }
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  say "cleaning up"
+  disown -a 2>/dev/null || true
+  # Kill every process in our namespaces (TERM first, then KILL) and delete them.
+  scripts/cleanup-netns.sh "$P" >&2 || true
+  if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'echo "bench-e2e: interrupted" >&2; exit 130' INT TERM
+
+log_tail() {
+  echo "---- last lines of $1 ----" >&2
+  tail -n 20 "$1" >&2 2>/dev/null || true
+}
+
+# 10.244.37.1/24 -> 10.244.37.0
+net_addr() {
+  local ip=${1%/*} len=${1#*/} a b c d n mask
+  IFS=. read -r a b c d <<<"$ip"
+  n=$(((a << 24) | (b << 16) | (c << 8) | d))
+  mask=$(((0xffffffff << (32 - len)) & 0xffffffff))
+  n=$((n & mask))
+  echo "$((n >> 24 & 255)).$((n >> 16 & 255)).$((n >> 8 & 255)).$((n & 255))"
+}
+
+# ------------------------------------------------------------------------------------------------
+# Measurements (all bounded by timeouts)
+
+# wait_reachable SRC_NS ADDR: up to ~15 s of 1-packet pings
+wait_reachable() {
+  local i
+  for i in $(seq 15); do
+    in_ns "$1" timeout 3 ping -q -n -c 1 -W 1 "$2" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+# iperf_gbps SRC_NS DST_NS ADDR STREAMS TAG: prints the receiver's rate in Gbit/s (or FAIL)
+iperf_gbps() {
+  local src=$1 dst=$2 addr=$3 par=$4 tag=$5 json srv i
+  json=$WORK/iperf-$tag-P$par.json
+  in_ns "$dst" timeout $((DURATION + 30)) iperf3 -s -1 -B "$addr" >"$WORK/iperf-$tag-P$par.srv.log" 2>&1 &
+  srv=$!
+  for i in $(seq 50); do
+    in_ns "$dst" ss -ltn 2>/dev/null | grep -q "$addr:5201" && break
+    sleep 0.1
+  done
+  in_ns "$src" timeout $((DURATION + 20)) iperf3 -c "$addr" -t "$DURATION" -P "$par" -J >"$json" 2>&1 || true
+  wait "$srv" 2>/dev/null || true
+  python3 - "$json" <<'EOF'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+    print("%.3f" % (d["end"]["sum_received"]["bits_per_second"] / 1e9))
+except Exception:
+    print("FAIL")
+EOF
+}
+
+# ping_us SRC_NS ADDR: average RTT of 50 pings, 20 ms apart, in µs (or FAIL)
+ping_us() {
+  local out avg
+  out=$(in_ns "$1" timeout 20 ping -q -n -c 50 -i 0.02 -W 1 "$2" 2>&1 || true)
+  avg=$(sed -n 's|^rtt [^=]*= [0-9.]*/\([0-9.]*\)/.*|\1|p' <<<"$out")
+  if [ -n "$avg" ]; then awk -v a="$avg" 'BEGIN { printf "%.0f", a * 1000 }'; else echo FAIL; fi
+}
+
+# measure CASE DST_ADDR [HOOK]: ping, 1-stream and 4-stream iperf3 from h1 to DST_ADDR on h2.
+# HOOK (a function name) runs right after the 1-stream run.
+measure() {
+  local name=$1 addr=$2 hook=${3:-} p g1 g4
+  say "$name: ping + iperf3 h1 -> $addr (${DURATION}s, 1 and 4 streams)"
+  p=$(ping_us "$H1" "$addr")
+  g1=$(iperf_gbps "$H1" "$H2" "$addr" 1 "$name")
+  [ -n "$hook" ] && "$hook"
+  g4=$(iperf_gbps "$H1" "$H2" "$addr" 4 "$name")
+  printf '%s: 1-stream %s Gbit/s, 4-stream %s Gbit/s, ping avg %s µs\n' "$name" "$g1" "$g4" "$p" >&2
+  printf '%s\t%s\t%s\t%s\n' "$name" "$g1" "$g4" "$p" >>"$RESULTS"
+}
+
+skip() { # CASE REASON
+  echo "$1: skipped ($2)"
+  printf 'skipped_%s\t%s\n' "$1" "$2" >>"$EXTRA"
+  printf '%s\tSKIP\tSKIP\tSKIP\n' "$1" >>"$RESULTS"
+}
+
+# ------------------------------------------------------------------------------------------------
+say "checking tools"
+scripts/install-deps.sh >&2
+for c in iperf3 etcd etcdctl ping ss bridge python3 timeout; do
+  command -v "$c" >/dev/null 2>&1 || die "missing $c"
+done
+
+BIN=${OVERLAYD_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/overlayd}
+if [ ! -x "$BIN" ]; then
+  say "building overlayd (release)"
+  cargo build --release --quiet --bin overlayd
+fi
+[ -x "$BIN" ] || die "no overlayd binary at $BIN"
+BIN=$(readlink -f "$BIN")
+echo "binary: $BIN" >&2
+
+# ------------------------------------------------------------------------------------------------
+say "building the network: $SW (bridge br0), $ETCD_NS, $H1, $H2"
+scripts/cleanup-netns.sh "$P" >&2 || true
+
+ip netns add "$SW"
+ip -n "$SW" link set lo up
+ip -n "$SW" link add br0 type bridge
+ip -n "$SW" link set br0 up
+
+attach() { # NAME IP
+  local ns=$P$1
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  ip -n "$SW" link add "$1" mtu 1500 type veth peer name eth0 mtu 1500 netns "$ns"
+  ip -n "$SW" link set "$1" master br0
+  ip -n "$SW" link set "$1" up
+  ip -n "$ns" addr add "$2/24" dev eth0
+  ip -n "$ns" link set eth0 up
+}
+attach etcd "$ETCD_IP"
+attach h1 "$U1"
+attach h2 "$U2"
+
+say "starting etcd in $ETCD_NS"
+in_ns "$ETCD_NS" etcd --name bench --data-dir "$WORK/etcd" --logger=zap --log-level=warn \
+  --listen-client-urls "$ENDPOINT" --advertise-client-urls "$ENDPOINT" \
+  --listen-peer-urls "http://$ETCD_IP:2380" --initial-advertise-peer-urls "http://$ETCD_IP:2380" \
+  --initial-cluster "bench=http://$ETCD_IP:2380" --initial-cluster-state new \
+  >"$WORK/etcd.log" 2>&1 &
+ctl() { in_ns "$ETCD_NS" env ETCDCTL_API=3 timeout 10 etcdctl --endpoints="$ENDPOINT" --dial-timeout=3s "$@"; }
+for _ in $(seq 100); do ctl endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
+ctl endpoint health >/dev/null 2>&1 || { log_tail "$WORK/etcd.log"; die "etcd did not become healthy"; }
+
+# ------------------------------------------------------------------------------------------------
+# 1. underlay
+wait_reachable "$H1" "$U2" || die "underlay not reachable"
+measure underlay "$U2"
+
+# ------------------------------------------------------------------------------------------------
+# 2. kernel VXLAN, configured as flanneld's vxlan backend does
+say "kernel_vxlan: flannel.1 on both hosts (10.244.1.0/24, 10.244.2.0/24)"
+MAC1=0e:6f:76:f4:01:00
+MAC2=0e:6f:76:f4:02:00
+kvx() { # NS LOCAL_IP MY_MAC MY_NET PEER_IP PEER_MAC PEER_NET
+  local ns=$1
+  ip -n "$ns" link add flannel.1 address "$3" mtu 1450 type vxlan id 1 dev eth0 local "$2" dstport 8472 nolearning
+  ip -n "$ns" addr add "$4/32" dev flannel.1
+  ip -n "$ns" link set flannel.1 up
+  ip -n "$ns" neigh replace "$7" lladdr "$6" dev flannel.1 nud permanent
+  bridge -n "$ns" fdb append "$6" dev flannel.1 dst "$5" self permanent
+  ip -n "$ns" route replace "$7/24" via "$7" dev flannel.1 onlink
+}
+kvx "$H1" "$U1" "$MAC1" 10.244.1.0 "$U2" "$MAC2" 10.244.2.0
+kvx "$H2" "$U2" "$MAC2" 10.244.2.0 "$U1" "$MAC1" 10.244.1.0
+if wait_reachable "$H1" 10.244.2.0; then
+  measure kernel_vxlan 10.244.2.0
+else
+  skip kernel_vxlan "10.244.2.0 not reachable over flannel.1"
+fi
+ip -n "$H1" link del flannel.1
+ip -n "$H2" link del flannel.1
+
+# ------------------------------------------------------------------------------------------------
+# 3-6. overlayd
+OVD_PEER=""
+record_rss() {
+  local i kb max=0
+  for i in 1 2; do
+    kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/${OVD_PIDS[i]}/status" 2>/dev/null || echo 0)
+    printf 'rss_h%s_kib\t%s\n' "$i" "${kb:-0}" >>"$EXTRA"
+    echo "overlayd h$i VmRSS: ${kb:-?} kB" >&2
+  done
+}
+
+stop_overlayd() {
+  local i
+  for i in 1 2; do kill -TERM "${OVD_PIDS[i]}" 2>/dev/null || true; done
+  for i in 1 2; do
+    for _ in $(seq 50); do kill -0 "${OVD_PIDS[i]}" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "${OVD_PIDS[i]}" 2>/dev/null; then
+      echo "overlayd h$i still running 5s after SIGTERM; killing it" >&2
+      kill -KILL "${OVD_PIDS[i]}" 2>/dev/null || true
+    fi
+    wait "${OVD_PIDS[i]}" 2>/dev/null || true
+  done
+}
+
+# overlayd_case CASE BACKEND [EXTRA_FLAGS...]
+overlayd_case() {
+  local name=$1 backend=$2 i f start subnet
+  shift 2
+  say "$name: overlayd --backend $backend $* (etcd prefix /bench/$name)"
+  mkdir -p "$WORK/$name"
+  for i in 1 2; do
+    # Straight `ip netns exec ... &`: $! is then overlayd's own pid.
+    ip netns exec "$P""h$i" "$BIN" --backend "$backend" --etcd-endpoints "$ENDPOINT" \
+      --etcd-prefix "/bench/$name" --network "$NETWORK" --subnet-len 24 --iface eth0 \
+      --subnet-file "$WORK/$name/h$i.env" "$@" >"$WORK/$name/h$i.log" 2>&1 &
+    OVD_PIDS[i]=$!
+  done
+  start=$(date +%s)
+  for i in 1 2; do
+    f=$WORK/$name/h$i.env
+    until grep -q '^FLANNEL_SUBNET=' "$f" 2>/dev/null; do
+      if ! kill -0 "${OVD_PIDS[i]}" 2>/dev/null || (($(date +%s) - start > 30)); then
+        log_tail "$WORK/$name/h$i.log"
+        stop_overlayd
+        skip "$name" "overlayd on h$i not ready"
+        return 0
+      fi
+      sleep 0.1
+    done
+  done
+  subnet=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/$name/h2.env")
+  OVD_PEER=$(net_addr "$subnet")
+  echo "h2 FLANNEL_SUBNET=$subnet, overlay address $OVD_PEER" >&2
+  if wait_reachable "$H1" "$OVD_PEER"; then
+    if [ "$name" = vxlan ]; then measure "$name" "$OVD_PEER" record_rss; else measure "$name" "$OVD_PEER"; fi
+  else
+    log_tail "$WORK/$name/h1.log"
+    skip "$name" "$OVD_PEER not reachable"
+  fi
+  stop_overlayd
+}
+
+overlayd_case vxlan vxlan
+overlayd_case udp udp
+overlayd_case gre gre
+overlayd_case vxlan_no_offload vxlan --no-offload
+
+# ------------------------------------------------------------------------------------------------
+# 7. tinc 1.0: router mode, no cipher, no digest
+tinc_case() {
+  command -v tincd >/dev/null 2>&1 || { apt-get install -y -qq tinc >/dev/null 2>&1 || true; }
+  command -v tincd >/dev/null 2>&1 || { skip tinc "tincd not installed and apt-get install tinc failed"; return 0; }
+  tincd --version 2>/dev/null | head -1 | grep -q 'version 1\.0' ||
+    { skip tinc "tincd is not tinc 1.0: $(tincd --version 2>/dev/null | head -1)"; return 0; }
+  say "tinc: $(tincd --version | head -1), Mode = router, Cipher = none, Digest = none"
+  local i d pids=()
+  for i in 1 2; do
+    d=$WORK/tinc/h$i
+    mkdir -p "$d/hosts"
+    cat >"$d/tinc.conf" <<EOF
+Name = h$i
+Mode = router
+AddressFamily = ipv4
+Interface = tinc0
+Device = /dev/net/tun
+BindToAddress = 192.168.77.$i
+EOF
+    [ "$i" = 1 ] && echo "ConnectTo = h2" >>"$d/tinc.conf"
+    cat >"$d/hosts/h$i" <<EOF
+Address = 192.168.77.$i
+Port = 655
+Subnet = 10.250.$i.0/24
+Cipher = none
+Digest = none
+EOF
+    cat >"$d/tinc-up" <<EOF
+#!/bin/sh
+ip link set "\$INTERFACE" mtu 1400
+ip addr add 10.250.$i.1/16 dev "\$INTERFACE"
+ip link set "\$INTERFACE" up
+EOF
+    chmod +x "$d/tinc-up"
+    timeout 30 tincd -c "$d" -K 2048 </dev/null >"$d/keygen.log" 2>&1 ||
+      { skip tinc "key generation failed: $(tail -1 "$d/keygen.log")"; return 0; }
+  done
+  cp "$WORK/tinc/h1/hosts/h1" "$WORK/tinc/h2/hosts/h1"
+  cp "$WORK/tinc/h2/hosts/h2" "$WORK/tinc/h1/hosts/h2"
+  for i in 2 1; do
+    d=$WORK/tinc/h$i
+    ip netns exec "$P""h$i" tincd -c "$d" -D --pidfile="$d/pid" --logfile="$d/tinc.log" -d1 \
+      >"$d/stdout.log" 2>&1 &
+    pids+=($!)
+    sleep 0.5
+  done
+  if wait_reachable "$H1" 10.250.2.1; then
+    sleep 2   # let tinc finish its UDP/PMTU probing so traffic is not carried over the meta TCP
+    measure tinc 10.250.2.1
+  else
+    log_tail "$WORK/tinc/h1/tinc.log"
+    skip tinc "10.250.2.1 not reachable over tinc0"
+  fi
+  for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
+  for i in "${pids[@]}"; do
+    for _ in $(seq 30); do kill -0 "$i" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$i" 2>/dev/null || true
+    wait "$i" 2>/dev/null || true
+  done
+}
+tinc_case
+
+# ------------------------------------------------------------------------------------------------
+say "results (h1 -> h2, iperf3 -t $DURATION receiver rate, ping -c 50 -i 0.02 avg)"
+python3 - "$RESULTS" "$EXTRA" "$DURATION" <<'EOF'
+import json, sys
+
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+extra = dict(l.rstrip("\n").split("\t", 1) for l in open(sys.argv[2]) if l.strip())
+duration = int(sys.argv[3])
+
+def num(s):
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+res = {r[0]: {"g1": num(r[1]), "g4": num(r[2]), "ping": num(r[3])} for r in rows}
+k = res.get("kernel_vxlan", {})
+k1, kping = k.get("g1"), k.get("ping")
+
+def ratio(c):
+    g = res.get(c, {}).get("g1")
+    return round(g / k1, 3) if g is not None and k1 else None
+
+def fmt(v, f):
+    return "-" if v is None else f % v
+
+print("%-18s %12s %12s %14s %18s" % ("case", "1-stream", "4-stream", "ping avg", "ratio to kernel"))
+print("%-18s %12s %12s %14s %18s" % ("", "Gbit/s", "Gbit/s", "µs", "vxlan 1-stream"))
+for name, r in res.items():
+    if r["g1"] is None and r["g4"] is None and r["ping"] is None:
+        reason = extra.get("skipped_" + name, "failed")
+        print("%-18s %s" % (name, "skipped (%s)" % reason))
+        continue
+    print("%-18s %12s %12s %14s %18s" % (
+        name, fmt(r["g1"], "%.2f"), fmt(r["g4"], "%.2f"), fmt(r["ping"], "%.0f"),
+        fmt(ratio(name), "%.2fx")))
+rss = [int(v) for key, v in extra.items() if key.startswith("rss_") and v.isdigit()]
+rss_mib = round(max(rss) / 1024, 1) if rss else None
+if rss_mib is not None:
+    print("\noverlayd VmRSS after the 1-stream vxlan run: %s MiB (max of h1, h2)" % rss_mib)
+
+cases = ["vxlan", "udp", "gre", "vxlan_no_offload", "tinc"]
+out = {
+    "kernel_vxlan_gbps": k1,
+    "ratios": {c: ratio(c) for c in cases},
+    "latency_delta_us": {
+        c: (round(res[c]["ping"] - kping) if c in res and res[c]["ping"] is not None and kping is not None else None)
+        for c in cases
+    },
+    "gbps_1_stream": {c: r["g1"] for c, r in res.items()},
+    "gbps_4_streams": {c: r["g4"] for c, r in res.items()},
+    "ping_avg_us": {c: r["ping"] for c, r in res.items()},
+    "overlayd_rss_mib": rss_mib,
+    "duration_s": duration,
+}
+print()
+print(json.dumps(out, separators=(",", ":")))
+EOF

@@ -1,0 +1,267 @@
+//! Observability: Prometheus metrics, `/healthz` and `/readyz` on one small HTTP listener
+//! (`--metrics-addr`, or flannel's `--healthz-ip/--healthz-port`), and systemd readiness.
+//!
+//! The data plane never touches this module: its workers bump plain atomic counters
+//! ([`WorkerStats`], [`PeerCounters`]) and a scrape copies them into the `metrics` recorder
+//! just before rendering, so counting costs the fast path one relaxed add per batch.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::dataplane::{totals, WorkerStats};
+use crate::drop::DropReason;
+use crate::fib::SharedFib;
+
+/// Per-peer traffic counters, shared by the snapshots that list the peer (they survive
+/// forwarding-table rebuilds) and bumped by the workers. Transmit and receive sides sit on
+/// separate cache lines so the two worker kinds do not contend.
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    pub tx: DirCounters,
+    pub rx: DirCounters,
+}
+
+/// Packets and bytes in one direction.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct DirCounters {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl DirCounters {
+    #[inline]
+    pub fn add(&self, packets: u64, bytes: u64) {
+        self.packets.fetch_add(packets, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Control-plane facts the exporter reports, updated by the daemon and the control loop.
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    /// Unix time at which our lease expires (0 = reservation or unknown).
+    pub lease_expiry_unix: AtomicI64,
+    pub lease_held: AtomicBool,
+    pub etcd_errors: AtomicU64,
+    pub watch_restarts: AtomicU64,
+    pub relists: AtomicU64,
+    pub reacquisitions: AtomicU64,
+    pub device_repairs: AtomicU64,
+}
+
+/// Everything a scrape or a readiness probe reads.
+#[derive(Debug, Default)]
+pub struct State {
+    pub ready: AtomicBool,
+    pub backend: OnceLock<&'static str>,
+    pub workers: Mutex<Option<Arc<Vec<WorkerStats>>>>,
+    pub fib: OnceLock<SharedFib>,
+    pub control: ControlStats,
+    /// Offload state: TUN TSO, UDP GSO, UDP GRO.
+    pub offloads: OnceLock<(bool, bool, bool)>,
+}
+
+impl State {
+    /// Copies every counter into the recorder (called per scrape).
+    fn refresh(&self) {
+        let backend = *self.backend.get().unwrap_or(&"");
+        if let Some(w) = self.workers.lock().ok().and_then(|g| g.clone()) {
+            let t = totals(&w);
+            metrics::counter!("overlayd_packets_total", "direction" => "tx", "backend" => backend)
+                .absolute(t.tx_packets);
+            metrics::counter!("overlayd_packets_total", "direction" => "rx", "backend" => backend)
+                .absolute(t.rx_packets);
+            metrics::counter!("overlayd_bytes_total", "direction" => "tx", "backend" => backend)
+                .absolute(t.tx_bytes);
+            metrics::counter!("overlayd_bytes_total", "direction" => "rx", "backend" => backend)
+                .absolute(t.rx_bytes);
+            metrics::counter!("overlayd_send_calls_total", "backend" => backend)
+                .absolute(t.tx_sends);
+            metrics::counter!("overlayd_receive_batches_total", "backend" => backend)
+                .absolute(t.rx_batches);
+            metrics::counter!("overlayd_icmp_unreachable_sent_total").absolute(t.icmp_unreachable);
+            metrics::counter!("overlayd_arp_replies_total").absolute(t.arp_replies);
+            for r in DropReason::ALL {
+                metrics::counter!("overlayd_drops_total", "reason" => r.as_str())
+                    .absolute(t.drops[r as usize]);
+            }
+        }
+        if let Some(fib) = self.fib.get() {
+            let fib = fib.load();
+            metrics::gauge!("overlayd_peers").set(fib.peers().len() as f64);
+            for p in fib.peers() {
+                let (subnet, ip) = (p.subnet.to_string(), p.public_ip.to_string());
+                let c = &p.counters;
+                for (dir, d) in [("tx", &c.tx), ("rx", &c.rx)] {
+                    let labels = [
+                        ("peer", subnet.clone()),
+                        ("public_ip", ip.clone()),
+                        ("direction", dir.to_string()),
+                    ];
+                    metrics::counter!("overlayd_peer_packets_total", &labels)
+                        .absolute(d.packets.load(Ordering::Relaxed));
+                    metrics::counter!("overlayd_peer_bytes_total", &labels)
+                        .absolute(d.bytes.load(Ordering::Relaxed));
+                }
+            }
+        }
+        if let Some((tso, gso, gro)) = self.offloads.get() {
+            for (k, on) in [("tun_tso", tso), ("udp_gso", gso), ("udp_gro", gro)] {
+                metrics::gauge!("overlayd_offload_enabled", "offload" => k).set(if *on {
+                    1.0
+                } else {
+                    0.0
+                });
+            }
+        }
+        let c = &self.control;
+        let expiry = c.lease_expiry_unix.load(Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        metrics::gauge!("overlayd_lease_held").set(if c.lease_held.load(Ordering::Relaxed) {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("overlayd_lease_expiry_seconds").set(if expiry > 0 {
+            (expiry - now) as f64
+        } else {
+            0.0
+        });
+        metrics::counter!("overlayd_etcd_errors_total")
+            .absolute(c.etcd_errors.load(Ordering::Relaxed));
+        metrics::counter!("overlayd_watch_restarts_total")
+            .absolute(c.watch_restarts.load(Ordering::Relaxed));
+        metrics::counter!("overlayd_relists_total").absolute(c.relists.load(Ordering::Relaxed));
+        metrics::counter!("overlayd_lease_reacquisitions_total")
+            .absolute(c.reacquisitions.load(Ordering::Relaxed));
+        metrics::counter!("overlayd_device_repairs_total")
+            .absolute(c.device_repairs.load(Ordering::Relaxed));
+        metrics::gauge!("overlayd_ready").set(if self.ready.load(Ordering::Relaxed) {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
+
+/// Installs the Prometheus recorder (once per process).
+pub fn install_recorder() -> Option<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| warn!(error = %e, "cannot install the metrics recorder"))
+        .ok()
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, state: Arc<State>) {
+    loop {
+        let Ok((mut conn, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (handle, state) = (handle.clone(), state.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            debug!(%peer, path, "http request");
+            let (status, ctype, body) = match path {
+                "/metrics" => {
+                    state.refresh();
+                    ("200 OK", "text/plain; version=0.0.4", handle.render())
+                }
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/readyz" if state.ready.load(Ordering::Relaxed) => {
+                    ("200 OK", "text/plain", "ready\n".to_string())
+                }
+                "/readyz" => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready\n".to_string(),
+                ),
+                _ => (
+                    "404 Not Found",
+                    "text/plain",
+                    "not found: try /metrics, /healthz or /readyz\n".to_string(),
+                ),
+            };
+            let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+/// Binds the listener (an error here is a startup error: the operator asked for it).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Tells systemd (`Type=notify`) that we are ready, when started by it (`$NOTIFY_SOCKET`).
+pub fn notify_ready() {
+    notify("READY=1\nSTATUS=forwarding");
+}
+
+/// Tells systemd that we are stopping.
+pub fn notify_stopping() {
+    notify("STOPPING=1");
+}
+
+fn notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return warn!(error = %e, "sd_notify: cannot create a socket"),
+    };
+    let res = if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), &path)
+    };
+    if let Err(e) = res {
+        warn!(error = %e, socket = %path, "sd_notify failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_reaches_a_socket() {
+        let dir = std::env::temp_dir().join(format!("ovd-notify-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        notify_ready();
+        std::env::remove_var("NOTIFY_SOCKET");
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1\nSTATUS=forwarding");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
