@@ -48,7 +48,8 @@ fn bench(c: &mut Criterion) {
     for (name, tx, rx) in backends() {
         let mut buf = vec![0u8; tx.header_len()];
         buf.extend_from_slice(&ip);
-        tx.encapsulate(&mut buf, PEER, 0).expect("valid inner packet");
+        tx.encapsulate(&mut buf, PEER, 0)
+            .expect("valid inner packet");
         assert_eq!(rx.decapsulate(&buf), Ok(Decapsulated::Ip(&ip[..])));
         let mut seq = 0u32;
         g.bench_function(format!("{name}_encap_decap_1400"), |b| {

@@ -40,7 +40,12 @@ fn bench(c: &mut Criterion) {
     let senders: Vec<(Ipv4Addr, Ipv4Addr)> = fib
         .peers()
         .iter()
-        .map(|p| (p.public_ip, Ipv4Addr::from(u32::from(p.subnet.network()) + 5)))
+        .map(|p| {
+            (
+                p.public_ip,
+                Ipv4Addr::from(u32::from(p.subnet.network()) + 5),
+            )
+        })
         .collect();
     assert!(hits.iter().all(|&d| fib.lookup(d).is_some()));
     assert!(misses.iter().all(|&d| fib.lookup(d).is_none()));
