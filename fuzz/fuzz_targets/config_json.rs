@@ -1,8 +1,8 @@
 //! Network configs from etcd: when one parses, its `to_json` parses to an equal config
 //! (`to_json` does not write the IPv6 part, so that is compared as absent).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
 use ipnet::Ipv4Net;
+use libfuzzer_sys::fuzz_target;
 use overlayd::control::config::NetworkConfig;
 
 fuzz_target!(|data: &[u8]| {

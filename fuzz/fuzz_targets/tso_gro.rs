@@ -181,9 +181,17 @@ fuzz_target!(|bytes: &[u8]| {
     assert!(got == input.data, "payload bytes changed in TSO+GRO");
 
     if input.flags & (0x01 | 0x80) == 0 {
-        assert_eq!(emitted.len(), 1, "segments of one super-packet were not all merged");
+        assert_eq!(
+            emitted.len(),
+            1,
+            "segments of one super-packet were not all merged"
+        );
         let (h, p) = &emitted[0];
-        assert_eq!(no_csum(p), no_csum(&sp), "merged packet differs from the original");
+        assert_eq!(
+            no_csum(p),
+            no_csum(&sp),
+            "merged packet differs from the original"
+        );
         if lay.count > 1 {
             assert_eq!(h.gso_type, hdr.gso_type);
             assert_eq!(h.gso_size, hdr.gso_size);

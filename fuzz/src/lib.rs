@@ -46,7 +46,10 @@ pub fn check_decap(e: Encap, payload: &[u8], seq: u32) -> Option<Vec<u8>> {
             Some(buf)
         }
         Ok(Decapsulated::Arp(frame)) => {
-            assert!(matches!(e, Encap::Vxlan { .. }), "ARP from a non-vxlan backend");
+            assert!(
+                matches!(e, Encap::Vxlan { .. }),
+                "ARP from a non-vxlan backend"
+            );
             assert!(within(frame, payload));
             assert!(frame.len() >= arp::FRAME_LEN);
             let f = ether::Frame::new_checked(frame).expect("ARP frame has an Ethernet header");
@@ -197,7 +200,11 @@ pub fn check_outer_ipv4(buf: &[u8]) {
     let hl = usize::from(buf[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
     assert!(within(gre_bytes, buf));
-    assert_eq!(gre_bytes.len(), total - hl, "GRE part is total length − header");
+    assert_eq!(
+        gre_bytes.len(),
+        total - hl,
+        "GRE part is total length − header"
+    );
     assert_eq!(gre_bytes.as_ptr(), buf[hl..].as_ptr());
     check_gre(gre_bytes);
 }
