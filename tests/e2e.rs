@@ -435,3 +435,121 @@ fn netns_bad_etcd_config_fails_clearly() {
         }
     }
 }
+
+/// Fetches `path` from `addr` inside `ns` with a bare HTTP/1.1 request.
+fn http_get(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
+    let (addr, path) = (addr.to_string(), path.to_string());
+    ns.in_ns(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the metrics listener");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).expect("send the request");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
+    })
+}
+
+/// Prometheus metrics, /healthz and /readyz, and JSON logs.
+#[test]
+fn netns_metrics_and_health() {
+    if skip_unless_root("netns_metrics_and_health") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    let addr = format!("{}:9108", topo.host(0).ip);
+    let mut a1 = overlayd_args("vxlan", &etcd);
+    a1.extend([
+        "--metrics-addr".into(),
+        addr.clone(),
+        "--log-format".into(),
+        "json".into(),
+    ]);
+    let mut d1 = Overlayd::spawn(topo.host(0), a1);
+    // flannel's spelling of the same listener.
+    let mut a2 = overlayd_args("vxlan", &etcd);
+    a2.extend([
+        "--healthz-ip".into(),
+        topo.host(1).ip.to_string(),
+        "--healthz-port".into(),
+        "9109".into(),
+    ]);
+    let mut d2 = Overlayd::spawn(topo.host(1), a2);
+    let _s1 = d1.wait_ready(READY);
+    let s2 = d2.wait_ready(READY);
+    assert_eq!(http_get(topo.host(0), &addr, "/healthz").0, 200);
+    assert_eq!(http_get(topo.host(0), &addr, "/readyz").0, 200);
+    assert_eq!(
+        http_get(
+            topo.host(1),
+            &format!("{}:9109", topo.host(1).ip),
+            "/readyz"
+        )
+        .0,
+        200
+    );
+    assert_eq!(http_get(topo.host(0), &addr, "/nope").0, 404);
+
+    assert!(ping_until(
+        topo.host(0),
+        overlay_ip_of(&s2),
+        Duration::from_secs(15)
+    ));
+    let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), overlay_ip_of(&s2), 0, 5 * MB);
+    assert_eq!(sent, got);
+    // A destination with no lease: counted as no_route, answered with ICMP.
+    let _ = topo
+        .host(0)
+        .output(&["ping", "-n", "-c", "1", "-W", "1", "10.244.250.9"]);
+    let (code, body) = http_get(topo.host(0), &addr, "/metrics");
+    assert_eq!(code, 200);
+    let value = |prefix: &str| -> f64 {
+        body.lines()
+            .find(|l| {
+                l.starts_with(prefix)
+                    && (!l.contains("direction") || l.contains("direction=\"tx\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("metric {prefix} missing in:\n{body}"))
+    };
+    assert!(value("overlayd_packets_total{direction=\"tx\",backend=\"vxlan\"}") > 1000.0);
+    assert!(value("overlayd_bytes_total{direction=\"tx\",backend=\"vxlan\"}") >= 5e6);
+    assert!(value("overlayd_drops_total{reason=\"no_route\"}") >= 1.0);
+    assert!(value("overlayd_icmp_unreachable_sent_total") >= 1.0);
+    assert_eq!(value("overlayd_peers"), 1.0);
+    assert_eq!(value("overlayd_lease_held"), 1.0);
+    assert!(
+        value("overlayd_lease_expiry_seconds") > 80_000.0,
+        "24 h lease"
+    );
+    assert_eq!(value("overlayd_ready"), 1.0);
+    assert_eq!(value("overlayd_offload_enabled{offload=\"udp_gso\"}"), 1.0);
+    let peer = format!("overlayd_peer_bytes_total{{peer=\"{}\"", subnet_of(&s2));
+    assert!(value(&peer) >= 5e6, "per-peer bytes");
+    assert!(body.contains("# TYPE overlayd_drops_total counter"));
+    // JSON logs: every line an object, the lease event among them.
+    let log = d1.log();
+    let json_lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(
+        json_lines
+            .iter()
+            .any(|l| l.contains("\"acquired subnet lease\"")),
+        "JSON log lines:\n{log}"
+    );
+    for l in json_lines {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+    }
+}
