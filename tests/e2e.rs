@@ -553,3 +553,97 @@ fn netns_metrics_and_health() {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
     }
 }
+
+/// A plain kernel VXLAN peer (learning, a `remote`, no static entries) resolves our device
+/// address with ARP: overlayd answers with its VtepMAC, and IP traffic then flows.
+#[test]
+fn netns_kernel_vxlan_peer_that_arps() {
+    if skip_unless_root("netns_kernel_vxlan_peer_that_arps") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    etcd.put_network_config(ETCD_PREFIX, OVERLAY_NETWORK, 24, "vxlan");
+    let mut d = Overlayd::spawn(topo.host(0), overlayd_args("vxlan", &etcd));
+    let ours = d.wait_ready(READY);
+    let (h1, h2) = (topo.host(0), topo.host(1));
+    let mac = "0e:6f:76:00:02:00";
+    h2.ip(&format!(
+        "link add vx0 address {mac} type vxlan id 1 dstport 8472 remote {} local {} dev eth0",
+        h1.ip, h2.ip
+    ));
+    h2.ip("link set vx0 mtu 1450 up");
+    h2.ip("addr add 10.244.200.1/24 dev vx0");
+    h2.ip("route add 10.244.0.0/16 dev vx0");
+    // Its lease, so that overlayd accepts it as a sender and routes 10.244.200.0/24 to it.
+    etcd.put(
+        &lease_key(ETCD_PREFIX, "10.244.200.0/24".parse().unwrap()),
+        &vxlan_lease_value(h2.ip, 1, mac),
+    );
+    let ours_ip = overlay_ip_of(&ours);
+    assert!(
+        ping_until(h2, ours_ip, Duration::from_secs(15)),
+        "kernel peer pings overlayd after ARP"
+    );
+    let neigh = h2.ip(&format!("neigh show {ours_ip} dev vx0"));
+    let our_mac = etcd
+        .leases(ETCD_PREFIX)
+        .into_iter()
+        .find(|l| l.public_ip == h1.ip)
+        .and_then(|l| l.vtep_mac)
+        .expect("our lease has a VtepMAC");
+    assert!(
+        neigh.contains(&our_mac),
+        "ARP resolved to our VtepMAC {our_mac}: {neigh}"
+    );
+    let (sent, got) = tcp_transfer(h2, h1, ours_ip, 0, 10 * MB);
+    assert_eq!(sent, got);
+}
+
+/// A key without an etcd lease is a reservation: the node whose PublicIP it names takes
+/// exactly that subnet (and leaves it without a lease); nobody else ever does.
+#[test]
+fn netns_reservations_are_respected() {
+    if skip_unless_root("netns_reservations_are_respected") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    // A tiny network: 3 subnets between SubnetMin and SubnetMax, one reserved for h2.
+    etcd.put(
+        &format!("{ETCD_PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/22","SubnetLen":24,"Backend":{"Type":"udp"}}"#,
+    );
+    let reserved = lease_key(ETCD_PREFIX, "10.244.2.0/24".parse().unwrap());
+    etcd.put(
+        &reserved,
+        &format!(r#"{{"PublicIP":"{}","PublicIPv6":null}}"#, topo.host(1).ip),
+    );
+    let mut args = overlayd_args("udp", &etcd);
+    let net = args.iter().position(|a| a == "--network").unwrap();
+    args.drain(net..net + 4); // the config is in etcd already
+    let mut d1 = Overlayd::spawn(topo.host(0), args.clone());
+    let s1 = d1.wait_ready(READY);
+    assert_ne!(
+        subnet_of(&s1).to_string(),
+        "10.244.2.0/24",
+        "h1 must not take h2's reservation"
+    );
+    let mut d2 = Overlayd::spawn(topo.host(1), args);
+    let s2 = d2.wait_ready(READY);
+    assert_eq!(
+        subnet_of(&s2).to_string(),
+        "10.244.2.0/24",
+        "h2 takes its reservation"
+    );
+    let lease = etcd.ctl(&["get", &reserved, "-w", "fields"]);
+    assert!(
+        lease.contains("\"Lease\" : 0"),
+        "the reservation stays without an etcd lease: {lease}"
+    );
+    assert!(ping_until(
+        topo.host(0),
+        overlay_ip_of(&s2),
+        Duration::from_secs(15)
+    ));
+}
