@@ -179,6 +179,10 @@ pub struct Args {
     )]
     pub log_format: LogFormat,
 
+    /// Optional config file: lines of FLAG=value (e.g. etcd-endpoints=http://10.0.0.5:2379, or OVERLAYD_ETCD_ENDPOINTS=...). Precedence: flags, then OVERLAYD_* and FLANNELD_* environment, then this file, then defaults.
+    #[arg(long, env = "OVERLAYD_CONFIG", help_heading = "Host")]
+    pub config: Option<PathBuf>,
+
     /// Log level: error, warn, info, debug, trace, or flannel's numeric -v (0 = info, 1-4 = debug, 5+ = trace).
     #[arg(short = 'v', long = "log-level", env = "OVERLAYD_LOG_LEVEL", default_value = "info", value_parser = parse_level, help_heading = "Logging")]
     pub log_level: tracing::Level,
@@ -221,6 +225,80 @@ pub fn import_flannel_env() {
     }
 }
 
+/// Where `--config`/`OVERLAYD_CONFIG` points, read from the raw arguments (before clap,
+/// since the file supplies defaults clap then sees as environment).
+fn config_path(argv: &[String]) -> Option<PathBuf> {
+    let mut it = argv.iter().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(v));
+        }
+    }
+    std::env::var_os("OVERLAYD_CONFIG").map(PathBuf::from)
+}
+
+/// Parses a config file's text into `(OVERLAYD_<FLAG>, value)` pairs. Lines are `key=value`
+/// where key is a flag name (`etcd-endpoints`), or its environment spelling
+/// (`OVERLAYD_ETCD_ENDPOINTS`, `FLANNELD_ETCD_ENDPOINTS`); `#` starts a comment; values may
+/// be quoted.
+pub fn parse_config_file(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!(
+                "line {}: {raw:?} is not key=value (e.g. etcd-endpoints=http://10.0.0.5:2379)",
+                n + 1
+            ));
+        };
+        let k = k.trim();
+        let k = k
+            .strip_prefix("OVERLAYD_")
+            .or_else(|| k.strip_prefix("FLANNELD_"))
+            .unwrap_or(k);
+        let k = k
+            .trim_start_matches("--")
+            .replace('-', "_")
+            .to_ascii_uppercase();
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("line {}: {raw:?} has no valid flag name", n + 1));
+        }
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        out.push((format!("OVERLAYD_{k}"), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// Loads the config file, if one is named, into the environment beneath what is already
+/// set there. Call after [`import_flannel_env`] and before any thread starts.
+pub fn load_config_file(argv: &[String]) -> Result<(), String> {
+    let Some(path) = config_path(argv) else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    for (k, v) in
+        parse_config_file(&text).map_err(|e| format!("config file {}: {e}", path.display()))?
+    {
+        if std::env::var_os(&k).is_none() {
+            // Single-threaded at this point (called first thing in main).
+            std::env::set_var(k, v);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +333,24 @@ mod tests {
         assert_eq!(a.etcd_endpoints, vec!["http://a:2379", "http://b:2379"]);
         assert_eq!(a.log_level, tracing::Level::DEBUG);
         assert_eq!(a.etcd_prefix, "/coreos.com/network");
+    }
+
+    #[test]
+    fn config_file_lines() {
+        let got = parse_config_file(
+            "# comment\netcd-endpoints=http://a:2379\nOVERLAYD_IFACE=eth1\nexport FLANNELD_PUBLIC_IP=\"10.0.0.1\"\n\n",
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("OVERLAYD_ETCD_ENDPOINTS".into(), "http://a:2379".into()),
+                ("OVERLAYD_IFACE".into(), "eth1".into()),
+                ("OVERLAYD_PUBLIC_IP".into(), "10.0.0.1".into()),
+            ]
+        );
+        let err = parse_config_file("just words").unwrap_err();
+        assert!(err.contains("line 1") && err.contains("key=value"), "{err}");
     }
 
     #[test]

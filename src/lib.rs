@@ -11,7 +11,7 @@
 //! - [`host`]: device address, MTU and routes through rtnetlink;
 //! - [`dataplane`]: the worker threads;
 //! - [`telemetry`]: metrics, health and readiness endpoints, systemd notification;
-//! - [`daemon`], [`cli`]: glue.
+//! - [`daemon`], [`cli`], [`status`]: glue and the `overlayd status` command.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -24,6 +24,7 @@ pub mod encap;
 pub mod fib;
 pub mod host;
 pub mod offload;
+pub mod status;
 pub mod sys;
 pub mod telemetry;
 pub mod wire;

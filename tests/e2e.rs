@@ -647,3 +647,104 @@ fn netns_reservations_are_respected() {
         Duration::from_secs(15)
     ));
 }
+
+/// Flags beat the environment (OVERLAYD_* and FLANNELD_*), which beats the config file,
+/// which beats the defaults. Observed through which bad value gets reported.
+#[test]
+fn config_file_precedence() {
+    let dir = std::env::temp_dir().join(format!("ovt-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("overlayd.conf");
+    // Flags that pass clap but fail right after, before touching the host.
+    let fail_late = ["--network", "10.0.0.0/16", "--subnet-len", "31"];
+    let run = |conf: &str, env: &[(&str, &str)], extra: &[&str]| {
+        std::fs::write(&file, conf).unwrap();
+        let mut c = overlayd_bin();
+        c.env_remove("OVERLAYD_LOG_LEVEL")
+            .env_remove("FLANNELD_LOG_LEVEL");
+        c.arg("--config").arg(&file).args(fail_late).args(extra);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().expect("run overlayd");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run("log-level=loud\n", &[], &[]);
+    assert_eq!(
+        code,
+        Some(2),
+        "file value used when nothing else sets it: {err}"
+    );
+    assert!(err.contains("loud"), "{err}");
+    let (code, err) = run("log-level=loud\n", &[("OVERLAYD_LOG_LEVEL", "debug")], &[]);
+    assert_eq!(code, Some(1), "environment beats the file: {err}");
+    assert!(err.contains("SubnetLen"), "{err}");
+    let (code, err) = run("log-level=debug\n", &[("FLANNELD_LOG_LEVEL", "loud")], &[]);
+    assert_eq!(
+        code,
+        Some(2),
+        "FLANNELD_ environment beats the file too: {err}"
+    );
+    let (code, err) = run("log-level=loud\n", &[], &["-v", "info"]);
+    assert_eq!(code, Some(1), "a flag beats the file: {err}");
+    let (code, err) = run("what is this\n", &[], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("line 1") && err.contains("key=value"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `overlayd status`: leases from etcd joined with the local per-peer counters.
+#[test]
+fn netns_status_command() {
+    if skip_unless_root("netns_status_command") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    let addr = format!("{}:9108", topo.host(0).ip);
+    let mut a1 = overlayd_args("vxlan", &etcd);
+    a1.extend(["--metrics-addr".into(), addr.clone()]);
+    let mut d1 = Overlayd::spawn(topo.host(0), a1);
+    let mut d2 = Overlayd::spawn(topo.host(1), overlayd_args("vxlan", &etcd));
+    let s1 = d1.wait_ready(READY);
+    let s2 = d2.wait_ready(READY);
+    let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), overlay_ip_of(&s2), 0, 2 * MB);
+    assert_eq!(sent, got);
+    let out = topo
+        .host(0)
+        .command(env!("CARGO_BIN_EXE_overlayd"))
+        .args([
+            "status",
+            "--etcd-endpoints",
+            &etcd.endpoint(),
+            "--metrics-addr",
+            &addr,
+        ])
+        .output()
+        .expect("overlayd status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("network 10.244.0.0/16"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&subnet_of(&s2).to_string()))
+        .unwrap_or_else(|| panic!("no row for h2:\n{text}"));
+    assert!(
+        row.contains(&topo.host(1).ip.to_string()) && row.contains("vxlan"),
+        "{row}"
+    );
+    let tx_bytes: u64 = row
+        .split_whitespace()
+        .nth(6)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(tx_bytes >= 2 * MB, "tx bytes to h2 in: {row}");
+    assert!(text.contains(&subnet_of(&s1).to_string()), "{text}");
+}

@@ -126,6 +126,17 @@ impl Registry {
         format!("{}/subnets/", self.prefix)
     }
 
+    /// Seconds left on etcd lease `id` (`None` when etcd does not know it).
+    pub async fn lease_ttl(&self, id: i64) -> Option<i64> {
+        let r = self
+            .client
+            .clone()
+            .lease_time_to_live(id, None)
+            .await
+            .ok()?;
+        (r.ttl() >= 0).then(|| r.ttl())
+    }
+
     /// The key of `subnet`'s lease.
     pub fn lease_key(&self, subnet: Ipv4Net) -> String {
         format!("{}{}", self.subnets_prefix(), subnet_key(subnet))

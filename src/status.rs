@@ -1,0 +1,225 @@
+//! `overlayd status`: this node's view of the cluster at a glance — every lease from etcd
+//! (subnet, public address, backend, VTEP MAC, time to expiry) joined with this node's
+//! per-peer counters from its metrics endpoint.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::control::config::NetworkConfig;
+use crate::control::etcd::{EtcdOptions, Registry};
+
+/// Flags of `overlayd status`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "overlayd status",
+    about = "Show this node's lease, the peers and their traffic counters"
+)]
+pub struct StatusArgs {
+    /// Comma-separated etcd endpoints.
+    #[arg(
+        long,
+        env = "OVERLAYD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// etcd key prefix.
+    #[arg(
+        long,
+        env = "OVERLAYD_ETCD_PREFIX",
+        default_value = "/coreos.com/network"
+    )]
+    pub etcd_prefix: String,
+    #[arg(long, env = "OVERLAYD_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<std::path::PathBuf>,
+    #[arg(long, env = "OVERLAYD_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<std::path::PathBuf>,
+    #[arg(long, env = "OVERLAYD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<std::path::PathBuf>,
+    #[arg(long, env = "OVERLAYD_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    #[arg(long, env = "OVERLAYD_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// The local daemon's metrics listener, for the traffic columns.
+    #[arg(long, env = "OVERLAYD_METRICS_ADDR", default_value = "127.0.0.1:9108")]
+    pub metrics_addr: SocketAddr,
+}
+
+/// Per-peer counters scraped from `/metrics`: subnet → (tx packets, tx bytes, rx packets, rx bytes).
+pub type PeerTraffic = HashMap<String, [u64; 4]>;
+
+/// Parses the `overlayd_peer_*` lines of a Prometheus text page.
+pub fn parse_peer_metrics(page: &str) -> PeerTraffic {
+    let mut out = PeerTraffic::new();
+    for line in page.lines() {
+        let (name, rest) = match line.split_once('{') {
+            Some(x) => x,
+            None => continue,
+        };
+        let col = match name {
+            "overlayd_peer_packets_total" => 0,
+            "overlayd_peer_bytes_total" => 1,
+            _ => continue,
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |k: &str| {
+            labels.split(',').find_map(|kv| {
+                kv.strip_prefix(k)
+                    .and_then(|v| v.strip_prefix("=\""))
+                    .map(|v| v.trim_end_matches('"').to_string())
+            })
+        };
+        let (Some(peer), Some(dir)) = (label("peer"), label("direction")) else {
+            continue;
+        };
+        let v = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        let off = if dir == "rx" { 2 } else { 0 };
+        out.entry(peer).or_default()[col + off] = v;
+    }
+    out
+}
+
+async fn scrape(addr: SocketAddr) -> Option<String> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: overlayd\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    };
+    tokio::time::timeout(Duration::from_secs(3), fut)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn human_ttl(secs: i64) -> String {
+    match secs {
+        s if s < 0 => "reserved".into(),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Renders the status table (the whole output of `overlayd status`).
+pub async fn run(args: StatusArgs) -> Result<String, String> {
+    let opts = EtcdOptions {
+        endpoints: args.etcd_endpoints.clone(),
+        prefix: args.etcd_prefix.clone(),
+        certfile: args.etcd_certfile.clone(),
+        keyfile: args.etcd_keyfile.clone(),
+        cafile: args.etcd_cafile.clone(),
+        username: args.etcd_username.clone(),
+        password: args.etcd_password.clone(),
+    };
+    let reg = tokio::time::timeout(Duration::from_secs(5), Registry::connect(&opts))
+        .await
+        .map_err(|_| format!("etcd at {:?} did not answer within 5 s", opts.endpoints))?
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    match reg.get_config().await.map_err(|e| e.to_string())? {
+        Some(raw) => match NetworkConfig::parse(&raw) {
+            Ok(c) => {
+                let _ = writeln!(
+                    out,
+                    "network {}  SubnetLen {}  backend {} (VNI/key {}, port {})",
+                    c.network, c.subnet_len, c.backend.kind, c.backend.vni, c.backend.port
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "network config: INVALID: {e}");
+            }
+        },
+        None => {
+            let _ = writeln!(out, "network config: none at {}/config", args.etcd_prefix);
+        }
+    }
+    let (leases, _) = reg.list().await.map_err(|e| e.to_string())?;
+    let traffic = match scrape(args.metrics_addr).await {
+        Some(page) => Some(parse_peer_metrics(&page)),
+        None => {
+            let _ = writeln!(
+                out,
+                "(no metrics at {}: traffic columns empty; start overlayd with --metrics-addr)",
+                args.metrics_addr
+            );
+            None
+        }
+    };
+    let _ = writeln!(
+        out,
+        "{:<18} {:<16} {:<7} {:<18} {:>9} {:>12} {:>14} {:>12} {:>14}",
+        "SUBNET",
+        "PUBLIC IP",
+        "BACKEND",
+        "VTEP MAC",
+        "EXPIRES",
+        "TX PACKETS",
+        "TX BYTES",
+        "RX PACKETS",
+        "RX BYTES"
+    );
+    for l in &leases {
+        let ttl = if l.lease_id == 0 {
+            -1
+        } else {
+            reg.lease_ttl(l.lease_id).await.unwrap_or(0)
+        };
+        let mac = l
+            .attrs
+            .backend_data
+            .as_ref()
+            .and_then(|v| v.get("VtepMAC"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("-")
+            .to_string();
+        let t = traffic.as_ref().and_then(|t| t.get(&l.subnet.to_string()));
+        let col = |i: usize| t.map(|v| v[i].to_string()).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<18} {:<16} {:<7} {:<18} {:>9} {:>12} {:>14} {:>12} {:>14}",
+            l.subnet.to_string(),
+            l.attrs.public_ip.to_string(),
+            l.attrs.backend_type.as_deref().unwrap_or("udp"),
+            mac,
+            human_ttl(ttl),
+            col(0),
+            col(1),
+            col(2),
+            col(3)
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_metrics_are_parsed() {
+        let page = "# TYPE overlayd_peer_packets_total counter\n\
+overlayd_peer_packets_total{peer=\"10.244.2.0/24\",public_ip=\"192.168.77.2\",direction=\"tx\"} 10\n\
+overlayd_peer_packets_total{peer=\"10.244.2.0/24\",public_ip=\"192.168.77.2\",direction=\"rx\"} 7\n\
+overlayd_peer_bytes_total{peer=\"10.244.2.0/24\",public_ip=\"192.168.77.2\",direction=\"tx\"} 1500\n\
+overlayd_peer_bytes_total{peer=\"10.244.2.0/24\",public_ip=\"192.168.77.2\",direction=\"rx\"} 700\n\
+overlayd_drops_total{reason=\"no_route\"} 3\n";
+        let t = parse_peer_metrics(page);
+        assert_eq!(t["10.244.2.0/24"], [10, 1500, 7, 700]);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn ttl_is_human() {
+        assert_eq!(human_ttl(86399), "23h59m");
+        assert_eq!(human_ttl(-1), "reserved");
+    }
+}
