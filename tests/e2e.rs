@@ -748,3 +748,46 @@ fn netns_status_command() {
     assert!(tx_bytes >= 2 * MB, "tx bytes to h2 in: {row}");
     assert!(text.contains(&subnet_of(&s1).to_string()), "{text}");
 }
+
+/// systemd `Type=notify`: READY=1 arrives on $NOTIFY_SOCKET only once subnet.env is written,
+/// and STOPPING=1 on SIGTERM.
+#[test]
+fn netns_systemd_notify() {
+    if skip_unless_root("netns_systemd_notify") {
+        return;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    let dir = TempDir::new("notify");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let subnet_file = dir.path().join("subnet.env");
+    let mut child = topo
+        .host(0)
+        .command(env!("CARGO_BIN_EXE_overlayd"))
+        .args(overlayd_args("udp", &etcd))
+        .arg("--subnet-file")
+        .arg(&subnet_file)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn overlayd");
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 30 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.starts_with("READY=1"), "{msg}");
+    assert!(subnet_file.exists(), "subnet.env is written before READY=1");
+    assert!(signal(child.id(), "TERM"));
+    let n = sock.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        child.try_wait().unwrap().is_some_and(|s| s.success()),
+        "exit 0 after SIGTERM"
+    );
+}

@@ -64,6 +64,14 @@ impl UnderlaySocket {
         sock.set_reuse_port(true)?;
         sock.set_reuse_address(true)?;
         Self::buffers(&sock, buffer_bytes);
+        // Outer DF clear, as the kernel's VXLAN sends: the underlay may fragment rather
+        // than drop when its MTU is smaller than ours assumed.
+        let _ = setsockopt_int(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        );
         sock.bind(&bind.into())?;
         sock.set_nonblocking(true)?;
         Ok(Self { sock, raw: false })
