@@ -499,9 +499,9 @@ pub fn version_json() -> Value {
 /// The first executable regular file named `name` in `path`.
 pub fn find_plugin(name: &str, path: &[PathBuf]) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    path.iter().map(|dir| dir.join(name)).find(|p| {
-        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    path.iter()
+        .map(|dir| dir.join(name))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// What the plugin prints on stdout and the exit code it ends with.
@@ -648,6 +648,48 @@ fn with_prev_result(mut config: Value, conf: &PluginConf) -> Value {
     config
 }
 
+/// Gives every route without `gw` in a result the gateway of the result's first address of the
+/// same family: the route the delegate installed goes through that gateway anyway (a route
+/// without `gw` means "the default gateway"). Reference plugins before v1.3.0 (Debian's among
+/// them) fail CHECK on gateway-less routes (containernetworking/plugins#886), and flannel's
+/// routes have no `gw`; this makes CHECK pass on them without changing what ADD configures.
+pub fn fill_route_gateways(result: &mut Value) {
+    let gateways: Vec<std::net::IpAddr> = result
+        .get("ips")
+        .and_then(Value::as_array)
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip.get("gateway")?.as_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(routes) = result.get_mut("routes").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for route in routes {
+        let Some(obj) = route.as_object_mut() else {
+            continue;
+        };
+        if obj.get("gw").is_some_and(|g| !g.is_null()) {
+            continue;
+        }
+        let Some(Ok(dst)) = obj
+            .get("dst")
+            .and_then(Value::as_str)
+            .map(str::parse::<IpNet>)
+        else {
+            continue;
+        };
+        let gw = gateways.iter().find(|g| match dst {
+            IpNet::V4(_) => g.is_ipv4(),
+            IpNet::V6(_) => g.is_ipv6(),
+        });
+        if let Some(gw) = gw {
+            obj.insert("gw".into(), Value::String(gw.to_string()));
+        }
+    }
+}
+
 fn finish(r: Result<Result<Vec<u8>, Outcome>, CniError>, v: &str) -> Outcome {
     match r {
         Ok(Ok(stdout)) => Outcome::ok(stdout),
@@ -738,20 +780,17 @@ pub fn run(var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
                     }
                     Err(e) => return Err(data_error("read", &saved, e)),
                 };
-                exec_delegate(
-                    &env,
-                    CniCommand::Check,
-                    &with_prev_result(config, &conf),
-                )
+                let mut config = with_prev_result(config, &conf);
+                if let Some(prev) = config.get_mut("prevResult") {
+                    fill_route_gateways(prev);
+                }
+                exec_delegate(&env, CniCommand::Check, &config)
             })(),
             &v,
         ),
         CniCommand::Status => match read_flannel_env(&conf.subnet_file) {
             Ok(_) => Outcome::ok(Vec::new()),
-            Err(e) => Outcome::error(
-                &CniError::new(ERR_NOT_AVAILABLE, e.msg, e.details),
-                &v,
-            ),
+            Err(e) => Outcome::error(&CniError::new(ERR_NOT_AVAILABLE, e.msg, e.details), &v),
         },
         // Saved configs are removed by DEL; there is nothing else of ours to collect.
         CniCommand::Gc => Outcome::ok(Vec::new()),
@@ -909,7 +948,13 @@ mod tests {
             let v: Vec<_> = ADD.iter().copied().filter(|(n, _)| *n != k).collect();
             CniEnv::from_vars(vars(&v))
         };
-        for k in ["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"] {
+        for k in [
+            "CNI_COMMAND",
+            "CNI_CONTAINERID",
+            "CNI_NETNS",
+            "CNI_IFNAME",
+            "CNI_PATH",
+        ] {
             assert_eq!(without(k).unwrap_err().code, ERR_INVALID_ENV, "{k}");
         }
         let with = |k: &str, val: &str| {
@@ -974,7 +1019,9 @@ mod tests {
             r#"{"type":"../bin/sh"}"#,
         ] {
             assert_eq!(
-                code(&format!(r#"{{"cniVersion":"1.0.0","name":"n","delegate":{d}}}"#)),
+                code(&format!(
+                    r#"{{"cniVersion":"1.0.0","name":"n","delegate":{d}}}"#
+                )),
                 ERR_INVALID_CONFIG,
                 "{d}"
             );
@@ -1028,10 +1075,37 @@ mod tests {
         add[4].1 = "/nonexistent/cni/bin";
         shape(&run(vars(&add), c.as_bytes()), 101, "1.0.0");
         // The delegate config was saved before the delegate ran (flannel does the same).
-        let saved: Value =
-            serde_json::from_slice(&fs::read(dir.join("data/c1")).unwrap()).unwrap();
+        let saved: Value = serde_json::from_slice(&fs::read(dir.join("data/c1")).unwrap()).unwrap();
         assert_eq!(saved["ipam"]["ranges"][0][0]["subnet"], "10.244.7.0/24");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn route_gateways_filled_for_check() {
+        let mut r = json!({
+            "cniVersion": "1.0.0",
+            "ips": [{"address": "10.244.7.2/24", "gateway": "10.244.7.1", "interface": 2}],
+            "routes": [
+                {"dst": "10.244.0.0/16"},
+                {"dst": "192.168.0.0/16", "gw": "10.244.7.254"},
+                {"dst": "fd00::/48"},
+                {"dst": "bogus"}
+            ]
+        });
+        fill_route_gateways(&mut r);
+        assert_eq!(
+            r["routes"],
+            json!([
+                {"dst": "10.244.0.0/16", "gw": "10.244.7.1"},
+                {"dst": "192.168.0.0/16", "gw": "10.244.7.254"},
+                {"dst": "fd00::/48"},
+                {"dst": "bogus"}
+            ])
+        );
+        // No routes or no ips: nothing to do, no panic.
+        let mut empty = json!({"cniVersion": "1.0.0"});
+        fill_route_gateways(&mut empty);
+        assert_eq!(empty, json!({"cniVersion": "1.0.0"}));
     }
 
     #[test]
