@@ -3,7 +3,8 @@
 # Idempotent and quiet: on a machine that has everything it does nothing (no apt-get update).
 #
 #   protoc (etcd-client's build), etcd + etcdctl, iperf3, ip/bridge, ping, tcpdump, tinc,
-#   pkill/sysctl (procps), killall (psmisc)
+#   pkill/sysctl (procps), killall (psmisc), the CNI reference plugins (bridge, host-local) that
+#   overlay-cni delegates to (containernetworking-plugins, in /usr/lib/cni)
 set -euo pipefail
 
 # command -> Debian package
@@ -26,6 +27,14 @@ PATH="$PATH:/usr/sbin:/sbin"
 missing=()
 for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
+done
+# file -> Debian package, for what is not on PATH
+declare -A NEED_FILE=(
+  [/usr/lib/cni/bridge]=containernetworking-plugins
+  [/usr/lib/cni/host-local]=containernetworking-plugins
+)
+for f in "${!NEED_FILE[@]}"; do
+  [ -x "$f" ] || missing+=("${NEED_FILE[$f]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -57,5 +66,8 @@ $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 
 for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "install-deps: $cmd still missing" >&2; exit 1; }
+done
+for f in "${!NEED_FILE[@]}"; do
+  [ -x "$f" ] || { echo "install-deps: $f still missing" >&2; exit 1; }
 done
 echo "install-deps: done"

@@ -16,6 +16,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod cli;
+pub mod cni;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;

@@ -1,0 +1,524 @@
+//! End-to-end tests of the `overlay-cni` plugin: it is run exactly as a container runtime runs
+//! a CNI plugin (`CNI_*` environment, config on stdin, inside the host's network namespace),
+//! against overlayd's real subnet.env, delegating to the reference `bridge` and `host-local`
+//! plugins from Debian's containernetworking-plugins (`scripts/install-deps.sh`).
+//!
+//! "Containers" are network namespaces made and removed by the test.
+
+mod common;
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+
+const READY: Duration = Duration::from_secs(30);
+const CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// Longest a single plugin invocation may take.
+const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// True (with a loud banner) when the reference plugins are not installed.
+fn skip_without_plugins(test: &str) -> bool {
+    let missing: Vec<&str> = ["bridge", "host-local"]
+        .into_iter()
+        .filter(|p| !Path::new(CNI_BIN_DIR).join(p).exists())
+        .collect();
+    if missing.is_empty() {
+        return false;
+    }
+    eprintln!();
+    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    eprintln!(
+        "!!! SKIPPED {test}: {CNI_BIN_DIR}/{{{}}} missing. Run scripts/install-deps.sh",
+        missing.join(",")
+    );
+    eprintln!("!!! (installs Debian's containernetworking-plugins).");
+    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    eprintln!();
+    true
+}
+
+fn plugin_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_overlay-cni")
+}
+
+fn cni_path() -> String {
+    let dir = Path::new(plugin_bin())
+        .parent()
+        .expect("overlay-cni has a directory");
+    format!("{CNI_BIN_DIR}:{}", dir.display())
+}
+
+/// One plugin invocation as a runtime makes it: `ip netns exec <host> env CNI_...=... overlay-cni`
+/// with `config` on stdin. `container` is `(CNI_CONTAINERID, netns)`.
+fn cni(
+    host: &Netns,
+    command: &str,
+    container: Option<(&str, &Netns)>,
+    config: &str,
+    cni_args: Option<&str>,
+) -> Output {
+    let mut cmd = host.command("env");
+    cmd.arg(format!("CNI_COMMAND={command}"));
+    if let Some((id, ns)) = container {
+        cmd.arg(format!("CNI_CONTAINERID={id}"))
+            .arg(format!("CNI_NETNS=/run/netns/{}", ns.name()))
+            .arg("CNI_IFNAME=eth0");
+    }
+    if let Some(a) = cni_args {
+        cmd.arg(format!("CNI_ARGS={a}"));
+    }
+    cmd.arg(format!("CNI_PATH={}", cni_path()))
+        .arg(plugin_bin())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(config.as_bytes())
+        .expect("write config");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PLUGIN_TIMEOUT) {
+        Ok(out) => out.expect("wait for overlay-cni"),
+        Err(_) => {
+            signal(pid, "KILL");
+            panic!("overlay-cni {command} did not finish within {PLUGIN_TIMEOUT:?}");
+        }
+    }
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "{}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    )
+}
+
+/// The JSON on stdout of a successful invocation.
+fn ok_json(what: &str, out: &Output) -> Value {
+    assert!(out.status.success(), "{what} failed: {}", show(out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}): {}", show(out)))
+}
+
+/// Asserts a spec-shaped error with `code`.
+fn assert_cni_error(what: &str, out: &Output, code: u64) {
+    assert!(!out.status.success(), "{what} must fail: {}", show(out));
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what}: error is not JSON ({e}): {}", show(out)));
+    assert_eq!(v["code"], code, "{what}: {v}");
+    assert!(v["cniVersion"].is_string(), "{what}: {v}");
+    assert!(
+        v["msg"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: {v}"
+    );
+    assert!(v["details"].is_string(), "{what}: {v}");
+}
+
+/// The network config a runtime would hand overlay-cni on host `dir`'s node.
+fn net_conf(subnet_file: &Path, dir: &Path) -> String {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "cbr0",
+        "type": "overlay-cni",
+        "subnetFile": subnet_file,
+        "dataDir": dir.join("data"),
+        // host-local keeps its store here instead of /var/lib/cni/networks.
+        "ipam": { "dataDir": dir.join("ipam") },
+    })
+    .to_string()
+}
+
+/// The config with the ADD result as `prevResult` (what CHECK and DEL get from a runtime).
+fn with_prev(conf: &str, result: &Value) -> String {
+    let mut v: Value = serde_json::from_str(conf).expect("conf is JSON");
+    v["prevResult"] = result.clone();
+    v.to_string()
+}
+
+/// The IPv4 address (with its prefix) the ADD result gives the container.
+fn result_addr(result: &Value) -> Ipv4Net {
+    let ip = result["ips"]
+        .as_array()
+        .and_then(|ips| ips.first())
+        .and_then(|ip| ip["address"].as_str())
+        .unwrap_or_else(|| panic!("no ips[0].address in {result}"));
+    ip.parse()
+        .unwrap_or_else(|e| panic!("bad address {ip:?} in result: {e}"))
+}
+
+/// A container: its namespace, id and ADD result.
+struct Container {
+    ns: Netns,
+    id: String,
+    result: Value,
+    addr: Ipv4Net,
+}
+
+impl Container {
+    fn ip(&self) -> Ipv4Addr {
+        self.addr.addr()
+    }
+}
+
+/// A node: its host namespace, overlayd, subnet and the plugin's config.
+struct Node<'a> {
+    host: &'a Host,
+    subnet: Ipv4Net,
+    conf: String,
+    dir: PathBuf,
+}
+
+impl Node<'_> {
+    fn add(&self, id: &str) -> Container {
+        let ns = Netns::new(id);
+        let out = cni(self.host, "ADD", Some((id, &ns)), &self.conf, None);
+        let result = ok_json(&format!("ADD {id}"), &out);
+        let addr = result_addr(&result);
+        Container {
+            ns,
+            id: id.to_owned(),
+            result,
+            addr,
+        }
+    }
+
+    fn ipam_store(&self) -> PathBuf {
+        self.dir.join("ipam").join("cbr0")
+    }
+}
+
+#[test]
+fn netns_cni_two_hosts_vxlan() {
+    let test = "netns_cni_two_hosts_vxlan";
+    if skip_unless_root(test) || skip_without_plugins(test) {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    // h1 as flannel's default (FLANNEL_IPMASQ=false: the bridge plugin masquerades),
+    // h2 with --ip-masq (FLANNEL_IPMASQ=true: it does not).
+    let mut d1 = Overlayd::spawn(topo.host(0), overlayd_args("vxlan", &etcd));
+    let mut args2 = overlayd_args("vxlan", &etcd);
+    args2.push("--ip-masq".into());
+    let mut d2 = Overlayd::spawn(topo.host(1), args2);
+    let s1 = subnet_of(&d1.wait_ready(READY));
+    let s2 = subnet_of(&d2.wait_ready(READY));
+    assert_ne!(s1, s2);
+    let tmp = TempDir::new("cni");
+    let nodes: Vec<Node> = [(&d1, s1), (&d2, s2)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (d, subnet))| {
+            let host = topo.host(i);
+            // The bridge plugin's gateway forwards between cni0 and the overlay.
+            host.sysctl("net.ipv4.ip_forward", "1");
+            let dir = tmp.path().join(format!("h{}", i + 1));
+            Node {
+                host,
+                subnet,
+                conf: net_conf(d.subnet_file(), &dir),
+                dir,
+            }
+        })
+        .collect();
+
+    // Two containers per host, each with an address of its host's FLANNEL_SUBNET.
+    let mut containers: Vec<Vec<Container>> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            (1..=2)
+                .map(|j| node.add(&format!("c{}{j}", i + 1)))
+                .collect()
+        })
+        .collect();
+    for (node, cs) in nodes.iter().zip(&containers) {
+        for c in cs {
+            assert!(
+                node.subnet.contains(&c.ip()) && c.addr.prefix_len() == node.subnet.prefix_len(),
+                "{}: {} not in {}",
+                c.id,
+                c.addr,
+                node.subnet
+            );
+            assert_ne!(c.ip(), node.subnet.network(), "{}: the TUN's address", c.id);
+            let shown = c.ns.ip("-4 addr show dev eth0");
+            assert!(
+                shown.contains(&c.addr.to_string()),
+                "{}: eth0 has {}: {shown}",
+                c.id,
+                c.addr
+            );
+            // The saved delegate config is what flannel's plugin saves.
+            let saved: Value = serde_json::from_slice(
+                &std::fs::read(node.dir.join("data").join(&c.id)).expect("saved config"),
+            )
+            .expect("saved config is JSON");
+            assert_eq!(saved["type"], "bridge");
+            assert_eq!(saved["bridge"], Value::Null, "default bridge name");
+            assert_eq!(
+                saved["ipam"]["ranges"][0][0]["subnet"],
+                node.subnet.to_string()
+            );
+        }
+        assert!(node.host.has_link("cni0"), "bridge cni0 on the host");
+    }
+    assert_eq!(
+        nodes[0].host.sh("sysctl -n net.ipv4.ip_forward").trim(),
+        "1"
+    );
+    {
+        let (c11, c12) = (&containers[0][0], &containers[0][1]);
+        let (c21, c22) = (&containers[1][0], &containers[1][1]);
+        // Across hosts both ways, and on one host.
+        for (a, b) in [(c11, c21), (c21, c11), (c12, c22), (c22, c12), (c11, c12)] {
+            assert!(
+                ping_until(&a.ns, b.ip(), Duration::from_secs(15)),
+                "{} ({}) cannot ping {} ({})",
+                a.id,
+                a.ip(),
+                b.id,
+                b.ip()
+            );
+        }
+        // Full-size packets through the overlay (the container MTU is FLANNEL_MTU).
+        let big = c11.ns.output(&[
+            "ping",
+            "-q",
+            "-n",
+            "-c",
+            "20",
+            "-i",
+            "0.01",
+            "-W",
+            "2",
+            "-s",
+            "1400",
+            &c21.ip().to_string(),
+        ]);
+        assert!(big.status.success(), "ping -s 1400: {}", show(&big));
+        let (sent, got) = tcp_transfer(&c11.ns, &c22.ns, c22.ip(), 0, 5_000_000);
+        assert_eq!(sent, got, "5 MB c11 -> c22 across the overlay");
+        let (sent, got) = tcp_transfer(&c21.ns, &c12.ns, c12.ip(), 0, 2_000_000);
+        assert_eq!(sent, got, "2 MB c21 -> c12 across the overlay");
+    }
+
+    // CHECK, with the ADD result as prevResult, as a runtime sends it.
+    for (node, cs) in nodes.iter().zip(&containers) {
+        for c in cs {
+            let out = cni(
+                node.host,
+                "CHECK",
+                Some((&c.id, &c.ns)),
+                &with_prev(&node.conf, &c.result),
+                None,
+            );
+            assert!(out.status.success(), "CHECK {}: {}", c.id, show(&out));
+        }
+    }
+
+    // DEL uses the saved config: it works with subnet.env gone.
+    let node = &nodes[0];
+    let (c11_ip, c21_ip) = (containers[0][0].ip(), containers[1][0].ip());
+    let c12 = containers[0].pop().expect("c12");
+    let store_file = node.ipam_store().join(c12.ip().to_string());
+    assert!(
+        store_file.exists(),
+        "host-local holds {}",
+        store_file.display()
+    );
+    let env_file = d1.subnet_file().to_owned();
+    let moved = env_file.with_extension("moved");
+    std::fs::rename(&env_file, &moved).expect("move subnet.env away");
+    let out = cni(
+        node.host,
+        "DEL",
+        Some((&c12.id, &c12.ns)),
+        &with_prev(&node.conf, &c12.result),
+        None,
+    );
+    // An ADD meanwhile is told to try again later.
+    let early = Netns::new("c19");
+    let add_early = cni(node.host, "ADD", Some(("c19", &early)), &node.conf, None);
+    std::fs::rename(&moved, &env_file).expect("restore subnet.env");
+    assert!(out.status.success(), "DEL c12: {}", show(&out));
+    assert_cni_error("ADD without subnet.env", &add_early, 11);
+    drop(early);
+    assert!(!c12.ns.has_link("eth0"), "DEL removes the container's eth0");
+    assert!(!store_file.exists(), "DEL frees {}", c12.ip());
+    assert!(
+        !node.dir.join("data/c12").exists(),
+        "DEL removes the saved config"
+    );
+    // DEL again is a no-op success, as the spec wants.
+    let again = cni(node.host, "DEL", Some((&c12.id, &c12.ns)), &node.conf, None);
+    assert!(again.status.success(), "second DEL: {}", show(&again));
+    // The freed address can be taken again (host-local refuses one still allocated).
+    let ns = Netns::new("c13");
+    let out = cni(
+        node.host,
+        "ADD",
+        Some(("c13", &ns)),
+        &node.conf,
+        Some(&format!("IgnoreUnknown=1;IP={}", c12.ip())),
+    );
+    let result = ok_json("ADD c13 reusing c12's address", &out);
+    assert_eq!(result_addr(&result), c12.addr);
+    let other = Netns::new("c14");
+    let out = cni(
+        node.host,
+        "ADD",
+        Some(("c14", &other)),
+        &node.conf,
+        Some(&format!("IgnoreUnknown=1;IP={c11_ip}")),
+    );
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&c11_ip.to_string()),
+        "an allocated address is not given twice: {}",
+        show(&out)
+    );
+    // A runtime cleans up a failed ADD with DEL.
+    let out = cni(node.host, "DEL", Some(("c14", &other)), &node.conf, None);
+    assert!(out.status.success(), "DEL after failed ADD: {}", show(&out));
+    drop(other);
+    containers[0].push(Container {
+        addr: result_addr(&result),
+        ns,
+        id: "c13".into(),
+        result,
+    });
+    assert!(
+        ping_until(&containers[0][1].ns, c21_ip, Duration::from_secs(15)),
+        "c13 reaches c21"
+    );
+
+    // A broken config gets a spec-shaped error and changes nothing.
+    let ns = Netns::new("c15");
+    let broken =
+        r#"{"cniVersion":"1.0.0","name":"cbr0","type":"overlay-cni","delegate":{"name":"x"}}"#;
+    assert_cni_error(
+        "ADD with delegate.name",
+        &cni(node.host, "ADD", Some(("c15", &ns)), broken, None),
+        7,
+    );
+    assert_cni_error(
+        "ADD with a config that is not JSON",
+        &cni(
+            node.host,
+            "ADD",
+            Some(("c15", &ns)),
+            "{\"cniVersion\":",
+            None,
+        ),
+        6,
+    );
+    assert!(!ns.has_link("eth0"));
+
+    // VERSION.
+    let out = cni(node.host, "VERSION", None, "", None);
+    assert_eq!(
+        ok_json("VERSION", &out),
+        json!({"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]})
+    );
+
+    // Tear everything down: every interface, saved config and address goes.
+    for (node, cs) in nodes.iter().zip(&containers) {
+        for c in cs {
+            let out = cni(
+                node.host,
+                "DEL",
+                Some((&c.id, &c.ns)),
+                &with_prev(&node.conf, &c.result),
+                None,
+            );
+            assert!(out.status.success(), "DEL {}: {}", c.id, show(&out));
+            assert!(!c.ns.has_link("eth0"), "{}: eth0 removed", c.id);
+        }
+        let left: Vec<_> = std::fs::read_dir(node.dir.join("data"))
+            .expect("data dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(left.is_empty(), "saved configs left: {left:?}");
+        let held: Vec<_> = std::fs::read_dir(node.ipam_store())
+            .expect("ipam store")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<Ipv4Addr>().is_ok())
+            .collect();
+        assert!(held.is_empty(), "addresses still allocated: {held:?}");
+    }
+    assert!(d1.is_running() && d2.is_running());
+}
+
+/// The plugin's answers that need no overlayd: VERSION, and spec-shaped errors for a bad
+/// environment, a bad config and a missing subnet.env.
+#[test]
+fn netns_cni_version_and_errors() {
+    let test = "netns_cni_version_and_errors";
+    if skip_unless_root(test) || skip_without_plugins(test) {
+        return;
+    }
+    let host = Netns::new("cnih");
+    let ctr = Netns::new("cnic");
+    let tmp = TempDir::new("cni");
+    let conf = net_conf(&tmp.path().join("subnet.env"), tmp.path());
+    let out = cni(&host, "VERSION", None, &conf, None);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        r#"{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}"#
+    );
+    assert_cni_error(
+        "ADD before overlayd wrote subnet.env",
+        &cni(&host, "ADD", Some(("x1", &ctr)), &conf, None),
+        11,
+    );
+    assert_cni_error(
+        "unknown command",
+        &cni(&host, "FROB", Some(("x1", &ctr)), &conf, None),
+        4,
+    );
+    assert_cni_error(
+        "ADD without a container",
+        &cni(&host, "ADD", None, &conf, None),
+        4,
+    );
+    assert_cni_error(
+        "ADD with an unsupported cniVersion",
+        &cni(
+            &host,
+            "ADD",
+            Some(("x1", &ctr)),
+            &conf.replace("1.0.0", "0.2.0"),
+            None,
+        ),
+        1,
+    );
+    std::fs::write(tmp.path().join("subnet.env"), "FLANNEL_MTU=1450\n").expect("write");
+    assert_cni_error(
+        "ADD with an incomplete subnet.env",
+        &cni(&host, "ADD", Some(("x1", &ctr)), &conf, None),
+        100,
+    );
+    // DEL of something never added succeeds.
+    let out = cni(&host, "DEL", Some(("x1", &ctr)), &conf, None);
+    assert!(out.status.success(), "DEL of nothing: {}", show(&out));
+    assert!(!ctr.has_link("eth0"));
+}
