@@ -21,6 +21,7 @@ declare -A NEED=(
   [pkill]=procps
   [sysctl]=procps
   [killall]=psmisc
+  [iptables]=iptables
 )
 
 PATH="$PATH:/usr/sbin:/sbin"
