@@ -131,7 +131,7 @@ pub struct Args {
     )]
     pub subnet_file: PathBuf,
 
-    /// Written to subnet.env as FLANNEL_IPMASQ=true: this node masquerades pod traffic itself, so the CNI plugin does not (flannel semantics).
+    /// Written to subnet.env as FLANNEL_IPMASQ=true, which tells the CNI plugin not to masquerade. flanneld then installs masquerade rules itself; overlayd does not (yet): see docs/operations.md.
     #[arg(long, env = "OVERLAYD_IP_MASQ", help_heading = "Host")]
     pub ip_masq: bool,
 
