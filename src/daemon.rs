@@ -149,17 +149,31 @@ fn peer_decoder(
     kind: BackendKind,
     vni: u32,
 ) -> impl Fn(&RemoteLease) -> Option<Peer> + Send + Sync {
+    // Called at every forwarding-table rebuild: an invalid lease is warned about once.
+    let warned = std::sync::Mutex::new(std::collections::HashSet::new());
     move |l: &RemoteLease| {
         let bt = l.attrs.backend_type.as_deref().unwrap_or("udp");
         let mac = match kind {
             BackendKind::Udp if bt == "udp" => [0; 6],
             BackendKind::Gre if bt == "gre" => [0; 6],
             BackendKind::Vxlan if bt == "vxlan" => {
-                let d = l
-                    .attrs
-                    .backend_data
-                    .as_ref()
-                    .and_then(|v| VxlanData::from_value(v).ok())?;
+                let parsed = match l.attrs.backend_data.as_ref() {
+                    Some(v) => VxlanData::from_value(v).map_err(|e| e.to_string()),
+                    None => Err("no BackendData".to_string()),
+                };
+                let d = match parsed {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let first = warned
+                            .lock()
+                            .map(|mut w| w.insert((l.key.clone(), l.mod_revision)))
+                            .unwrap_or(true);
+                        if first {
+                            warn!(key = %l.key, error = %e, "ignoring a vxlan lease with invalid BackendData");
+                        }
+                        return None;
+                    }
+                };
                 if d.vni != vni {
                     return None;
                 }

@@ -311,8 +311,19 @@ pub fn build_fib(
         .filter(|l| l.subnet != local)
         .filter_map(decode_peer);
     let (fib, skipped) = Fib::new(cfg.network, cfg.subnet_len, Some(local), peers);
+    // Rebuilt on every watch event: warn about each skipped lease once per process, not once
+    // per rebuild (a stray lease would otherwise be logged again at every peer change).
+    static WARNED: std::sync::OnceLock<std::sync::Mutex<HashSet<(Ipv4Net, Ipv4Addr)>>> =
+        std::sync::OnceLock::new();
+    let warned = WARNED.get_or_init(Default::default);
     for p in skipped {
-        warn!(subnet = %p.subnet, public_ip = %p.public_ip, "ignoring a lease that overlaps another or does not match SubnetLen");
+        let first = warned
+            .lock()
+            .map(|mut w| w.insert((p.subnet, p.public_ip)))
+            .unwrap_or(true);
+        if first {
+            warn!(subnet = %p.subnet, public_ip = %p.public_ip, "ignoring a lease that overlaps another or does not match SubnetLen");
+        }
     }
     fib
 }
