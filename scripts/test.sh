@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 TEST_TIMEOUT=${TEST_TIMEOUT:-40m}   # hard cap on the test run itself (the build comes before)
+FUZZ_SECONDS=${FUZZ_SECONDS:-10}    # per fuzz target after the tests; 0 skips fuzzing
 
 scripts/install-deps.sh
 scripts/cleanup-netns.sh ovt-
@@ -40,4 +41,9 @@ else
   echo "(cargo-nextest not installed: using cargo test)"
   timeout --signal=TERM --kill-after=30s "$TEST_TIMEOUT" \
     cargo test --no-fail-fast "$@"
+fi
+
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+  echo "==> fuzz: build every target, run each for ${FUZZ_SECONDS}s on the seed corpus"
+  scripts/fuzz.sh "$FUZZ_SECONDS"
 fi
