@@ -1047,6 +1047,8 @@ pub fn overlayd_args(backend: &str, etcd: &Etcd) -> Vec<String> {
 pub struct Overlayd {
     child: Option<Child>,
     ns: String,
+    /// Command words put before the binary (e.g. `setpriv ...` to drop capabilities).
+    wrapper: Vec<String>,
     args: Vec<String>,
     started: SystemTime,
     subnet_file: PathBuf,
@@ -1061,7 +1063,24 @@ impl Overlayd {
     }
 
     /// Starts overlayd in `ns` with `args`; adds `--subnet-file <tmp>/subnet.env` unless given.
+    /// Like [`Overlayd::spawn`], with `wrapper` words run in front of the binary.
+    pub fn spawn_wrapped<S: AsRef<str>>(
+        ns: &Netns,
+        wrapper: &[&str],
+        args: impl IntoIterator<Item = S>,
+    ) -> Overlayd {
+        Self::spawn_inner(ns, wrapper, args)
+    }
+
     pub fn spawn<S: AsRef<str>>(ns: &Netns, args: impl IntoIterator<Item = S>) -> Overlayd {
+        Self::spawn_inner(ns, &[], args)
+    }
+
+    fn spawn_inner<S: AsRef<str>>(
+        ns: &Netns,
+        wrapper: &[&str],
+        args: impl IntoIterator<Item = S>,
+    ) -> Overlayd {
         let mut args: Vec<String> = args.into_iter().map(|s| s.as_ref().to_owned()).collect();
         let dir = TempDir::new("overlayd");
         let subnet_file = match args.iter().position(|a| a == "--subnet-file") {
@@ -1076,6 +1095,7 @@ impl Overlayd {
         let mut d = Overlayd {
             child: None,
             ns: ns.name().to_owned(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             args,
             started: SystemTime::now(),
             subnet_file,
@@ -1095,7 +1115,9 @@ impl Overlayd {
         let _ = writeln!(log, "==== {} {}", Self::bin(), self.args.join(" "));
         self.started = SystemTime::now();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, Self::bin()])
+            .args(["netns", "exec", &self.ns])
+            .args(&self.wrapper)
+            .arg(Self::bin())
             .args(&self.args)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
