@@ -34,7 +34,9 @@ pub enum BackendArg {
 node's lease, and carries IP packets between hosts through a TUN device, encapsulated in UDP (flannel's udp \
 format), VXLAN (RFC 7348) or GRE (RFC 2784/2890). It writes flannel's subnet.env for the CNI plugin. It runs in \
 the foreground; SIGTERM or SIGINT removes its device and routes and keeps its lease for the next start.\n\n\
-Every flag can also be set in the environment as OVERLAYD_<FLAG> (e.g. OVERLAYD_ETCD_ENDPOINTS) or FLANNELD_<FLAG>."
+Every flag can also be set in the environment as OVERLAYD_<FLAG> (e.g. OVERLAYD_ETCD_ENDPOINTS) or FLANNELD_<FLAG>.",
+    after_help = "Also: `overlayd status` prints this node's view of the cluster (leases from etcd with the local \
+per-peer counters); see `overlayd status --help`. Documentation: docs/operations.md."
 )]
 pub struct Args {
     /// Encapsulation: udp, vxlan or gre. Must match Backend.Type of the network config in etcd when that names one.
