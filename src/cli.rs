@@ -8,6 +8,68 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use ipnet::Ipv4Net;
 
+/// How to reach etcd: shared by the daemon and `overlayd status`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "etcd")]
+pub struct EtcdArgs {
+    /// Comma-separated etcd endpoints.
+    #[arg(
+        long,
+        env = "OVERLAYD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// etcd key prefix holding config and subnets.
+    #[arg(
+        long,
+        env = "OVERLAYD_ETCD_PREFIX",
+        default_value = "/coreos.com/network"
+    )]
+    pub etcd_prefix: String,
+
+    /// Client certificate (PEM) for etcd TLS.
+    #[arg(long, env = "OVERLAYD_ETCD_CERTFILE", requires = "etcd_keyfile")]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// Client key (PEM) for etcd TLS.
+    #[arg(long, env = "OVERLAYD_ETCD_KEYFILE", requires = "etcd_certfile")]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// CA certificate (PEM) to verify etcd's server certificate.
+    #[arg(long, env = "OVERLAYD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// etcd username.
+    #[arg(long, env = "OVERLAYD_ETCD_USERNAME", requires = "etcd_password")]
+    pub etcd_username: Option<String>,
+
+    /// etcd password.
+    #[arg(
+        long,
+        env = "OVERLAYD_ETCD_PASSWORD",
+        requires = "etcd_username",
+        hide_env_values = true
+    )]
+    pub etcd_password: Option<String>,
+}
+
+impl EtcdArgs {
+    /// The client options these flags describe.
+    pub fn options(&self) -> crate::control::etcd::EtcdOptions {
+        crate::control::etcd::EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            certfile: self.etcd_certfile.clone(),
+            keyfile: self.etcd_keyfile.clone(),
+            cafile: self.etcd_cafile.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -56,65 +118,8 @@ pub struct Args {
     )]
     pub subnet_len: Option<u8>,
 
-    /// Comma-separated etcd endpoints.
-    #[arg(
-        long,
-        env = "OVERLAYD_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379",
-        help_heading = "etcd"
-    )]
-    pub etcd_endpoints: Vec<String>,
-
-    /// etcd key prefix holding config and subnets.
-    #[arg(
-        long,
-        env = "OVERLAYD_ETCD_PREFIX",
-        default_value = "/coreos.com/network",
-        help_heading = "etcd"
-    )]
-    pub etcd_prefix: String,
-
-    /// Client certificate (PEM) for etcd TLS.
-    #[arg(
-        long,
-        env = "OVERLAYD_ETCD_CERTFILE",
-        requires = "etcd_keyfile",
-        help_heading = "etcd"
-    )]
-    pub etcd_certfile: Option<PathBuf>,
-
-    /// Client key (PEM) for etcd TLS.
-    #[arg(
-        long,
-        env = "OVERLAYD_ETCD_KEYFILE",
-        requires = "etcd_certfile",
-        help_heading = "etcd"
-    )]
-    pub etcd_keyfile: Option<PathBuf>,
-
-    /// CA certificate (PEM) to verify etcd's server certificate.
-    #[arg(long, env = "OVERLAYD_ETCD_CAFILE", help_heading = "etcd")]
-    pub etcd_cafile: Option<PathBuf>,
-
-    /// etcd username.
-    #[arg(
-        long,
-        env = "OVERLAYD_ETCD_USERNAME",
-        requires = "etcd_password",
-        help_heading = "etcd"
-    )]
-    pub etcd_username: Option<String>,
-
-    /// etcd password.
-    #[arg(
-        long,
-        env = "OVERLAYD_ETCD_PASSWORD",
-        requires = "etcd_username",
-        hide_env_values = true,
-        help_heading = "etcd"
-    )]
-    pub etcd_password: Option<String>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
 
     /// Underlay interface: a name (eth0) or one of its IPv4 addresses. Default: the interface of the default route.
     #[arg(long, env = "OVERLAYD_IFACE", help_heading = "Host")]
@@ -332,9 +337,12 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.backend, Some(BackendArg::Vxlan));
-        assert_eq!(a.etcd_endpoints, vec!["http://a:2379", "http://b:2379"]);
+        assert_eq!(
+            a.etcd.etcd_endpoints,
+            vec!["http://a:2379", "http://b:2379"]
+        );
         assert_eq!(a.log_level, tracing::Level::DEBUG);
-        assert_eq!(a.etcd_prefix, "/coreos.com/network");
+        assert_eq!(a.etcd.etcd_prefix, "/coreos.com/network");
     }
 
     #[test]

@@ -113,7 +113,7 @@ async fn network_config(
     args: &Args,
     from_flags: Option<NetworkConfig>,
 ) -> Result<NetworkConfig, DaemonError> {
-    let key = format!("{}/config", args.etcd_prefix.trim_end_matches('/'));
+    let key = format!("{}/config", args.etcd.etcd_prefix.trim_end_matches('/'));
     let mut logged = false;
     loop {
         match reg.get_config().await {
@@ -224,15 +224,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     let public_ip = args.public_ip.unwrap_or(underlay.addr);
     info!(iface = %underlay.name, addr = %underlay.addr, mtu = underlay.mtu, public_ip = %public_ip, "underlay");
 
-    let opts = EtcdOptions {
-        endpoints: args.etcd_endpoints.clone(),
-        prefix: args.etcd_prefix.clone(),
-        certfile: args.etcd_certfile.clone(),
-        keyfile: args.etcd_keyfile.clone(),
-        cafile: args.etcd_cafile.clone(),
-        username: args.etcd_username.clone(),
-        password: args.etcd_password.clone(),
-    };
+    let opts = args.etcd.options();
     if opts.endpoints.iter().any(|e| e.starts_with("http://")) && opts.cafile.is_none() {
         warn!("talking to etcd without TLS: leases and the network config travel in clear text");
     }

@@ -11,7 +11,7 @@ use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::control::config::NetworkConfig;
-use crate::control::etcd::{EtcdOptions, Registry};
+use crate::control::etcd::Registry;
 
 /// Flags of `overlayd status`.
 #[derive(Debug, Clone, Parser)]
@@ -20,31 +20,8 @@ use crate::control::etcd::{EtcdOptions, Registry};
     about = "Show this node's lease, the peers and their traffic counters"
 )]
 pub struct StatusArgs {
-    /// Comma-separated etcd endpoints.
-    #[arg(
-        long,
-        env = "OVERLAYD_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
-    pub etcd_endpoints: Vec<String>,
-    /// etcd key prefix.
-    #[arg(
-        long,
-        env = "OVERLAYD_ETCD_PREFIX",
-        default_value = "/coreos.com/network"
-    )]
-    pub etcd_prefix: String,
-    #[arg(long, env = "OVERLAYD_ETCD_CERTFILE")]
-    pub etcd_certfile: Option<std::path::PathBuf>,
-    #[arg(long, env = "OVERLAYD_ETCD_KEYFILE")]
-    pub etcd_keyfile: Option<std::path::PathBuf>,
-    #[arg(long, env = "OVERLAYD_ETCD_CAFILE")]
-    pub etcd_cafile: Option<std::path::PathBuf>,
-    #[arg(long, env = "OVERLAYD_ETCD_USERNAME")]
-    pub etcd_username: Option<String>,
-    #[arg(long, env = "OVERLAYD_ETCD_PASSWORD", hide_env_values = true)]
-    pub etcd_password: Option<String>,
+    #[command(flatten)]
+    pub etcd: crate::cli::EtcdArgs,
     /// The local daemon's metrics listener, for the traffic columns.
     #[arg(long, env = "OVERLAYD_METRICS_ADDR", default_value = "127.0.0.1:9108")]
     pub metrics_addr: SocketAddr,
@@ -111,15 +88,7 @@ fn human_ttl(secs: i64) -> String {
 
 /// Renders the status table (the whole output of `overlayd status`).
 pub async fn run(args: StatusArgs) -> Result<String, String> {
-    let opts = EtcdOptions {
-        endpoints: args.etcd_endpoints.clone(),
-        prefix: args.etcd_prefix.clone(),
-        certfile: args.etcd_certfile.clone(),
-        keyfile: args.etcd_keyfile.clone(),
-        cafile: args.etcd_cafile.clone(),
-        username: args.etcd_username.clone(),
-        password: args.etcd_password.clone(),
-    };
+    let opts = args.etcd.options();
     let reg = tokio::time::timeout(Duration::from_secs(5), Registry::connect(&opts))
         .await
         .map_err(|_| format!("etcd at {:?} did not answer within 5 s", opts.endpoints))?
@@ -139,7 +108,11 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
             }
         },
         None => {
-            let _ = writeln!(out, "network config: none at {}/config", args.etcd_prefix);
+            let _ = writeln!(
+                out,
+                "network config: none at {}/config",
+                args.etcd.etcd_prefix
+            );
         }
     }
     let (leases, _) = reg.list().await.map_err(|e| e.to_string())?;
