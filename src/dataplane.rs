@@ -309,7 +309,7 @@ impl TxWorker {
 
         let layout = match tso::segment(&hdr, &self.read_buf[start..end], hl, &mut self.seg_buf) {
             Ok(l) => l,
-            Err(_) => return st.drop(DropReason::BadInner, 1),
+            Err(e) => return st.drop(e.drop_reason(), 1),
         };
         for i in 0..layout.count {
             let len = hl
@@ -662,6 +662,6 @@ fn write_partial(
                 write_counted(q, &scratch[i * l.stride..i * l.stride + len], 0, st);
             }
         }
-        Err(_) => st.drop(DropReason::BadInner, 1),
+        Err(e) => st.drop(e.drop_reason(), 1),
     }
 }
