@@ -510,7 +510,7 @@ impl RxWorker {
                 }
                 if let Some(g) = self.gro.as_mut() {
                     let q = &self.queue;
-                    g.flush(&mut |p| write_counted(q, p, virtio::LEN, st));
+                    g.flush(&mut |p| write_counted(q, p, st));
                 }
             }
         }
@@ -580,8 +580,8 @@ impl RxWorker {
                         continue;
                     }
                     match gro.as_mut() {
-                        Some(g) => g.push(inner, &mut |p| write_counted(queue, p, virtio::LEN, st)),
-                        None => write_counted(queue, inner, 0, st),
+                        Some(g) => g.push(inner, &mut |p| write_counted(queue, p, st)),
+                        None => write_counted(queue, inner, st),
                     }
                 }
                 Ok(Decapsulated::Arp(frame)) => {
@@ -613,7 +613,8 @@ impl RxWorker {
     }
 }
 
-fn write_counted(q: &Queue, pkt: &[u8], _hdr: usize, st: &WorkerStats) {
+/// Writes one packet (with its virtio header when the device has one) to the device.
+fn write_counted(q: &Queue, pkt: &[u8], st: &WorkerStats) {
     if q.write(pkt).is_err() {
         st.drop(DropReason::IoError, 1);
     }
@@ -642,7 +643,7 @@ fn write_partial(
     if vnet {
         // Keep the flow's order: anything held for it goes first.
         if let Some(g) = gro {
-            g.flush(&mut |p| write_counted(q, p, virtio::LEN, st));
+            g.flush(&mut |p| write_counted(q, p, st));
         }
         let mut hb = [0u8; virtio::LEN];
         h.emit(&mut hb);
@@ -659,7 +660,7 @@ fn write_partial(
                 } else {
                     l.seg_len
                 };
-                write_counted(q, &scratch[i * l.stride..i * l.stride + len], 0, st);
+                write_counted(q, &scratch[i * l.stride..i * l.stride + len], st);
             }
         }
         Err(e) => st.drop(e.drop_reason(), 1),
