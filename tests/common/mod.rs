@@ -1433,3 +1433,616 @@ pub fn tcp_transfer_stats(
         elapsed: start.elapsed(),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// L2 mode: bridges, containers, kernel L2 VXLAN, etcd keys, metrics, captures
+// ---------------------------------------------------------------------------------------------
+
+/// MTU of every L2 "container" interface (underlay 1500 − 50 of VXLAN).
+pub const L2_CONTAINER_MTU: u32 = 1450;
+/// Port of the metrics listener [`overlayd_l2_args`] adds (on each namespace's loopback).
+pub const L2_METRICS_PORT: u16 = 9477;
+/// The VXLAN UDP port L2 networks use by default (IANA's, as the kernel's `dstport 4789`).
+pub const L2_VXLAN_PORT: u16 = 4789;
+
+/// Turns IPv6 off in a namespace (before its interfaces exist), so captures see no router
+/// solicitations or MLD reports: only the frames a test makes.
+pub fn disable_ipv6(ns: &Netns) {
+    for key in ["all", "default"] {
+        ns.sysctl(&format!("net.ipv6.conf.{key}.disable_ipv6"), "1");
+    }
+}
+
+/// Creates Linux bridge `name` in `ns` and sets it up; `vlan_filtering` as
+/// `ip link add NAME type bridge vlan_filtering 1` (then every port needs `bridge vlan add`).
+pub fn add_bridge(ns: &Netns, name: &str, vlan_filtering: bool) {
+    let vf = if vlan_filtering {
+        " vlan_filtering 1"
+    } else {
+        ""
+    };
+    disable_ipv6(ns);
+    ns.ip(&format!("link add {name} type bridge{vf}"));
+    ns.ip(&format!("link set {name} up"));
+}
+
+/// Waits until interface `ifname` exists in `ns` (e.g. overlayd's TAP); false on timeout.
+pub fn wait_link(ns: &Netns, ifname: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ns.has_link(ifname) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The MTU of `ifname` in `ns` (None if absent).
+pub fn link_mtu(ns: &Netns, ifname: &str) -> Option<u32> {
+    let out = ns.try_ip(&format!("-o link show dev {ifname}")).ok()?;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == "mtu")?;
+    words.get(i + 1)?.parse().ok()
+}
+
+/// The bridge `ifname` is enslaved to in `ns` (None if none or absent).
+pub fn link_master(ns: &Netns, ifname: &str) -> Option<String> {
+    let out = ns.try_ip(&format!("-o link show dev {ifname}")).ok()?;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == "master")?;
+    words.get(i + 1).map(|s| s.to_string())
+}
+
+/// A locally administered unicast MAC `02:<a>:00:00:<b>:<c>`, e.g. `l2_mac(0xaa, 1, 2)`.
+pub fn l2_mac(tenant: u8, host: u8, n: u8) -> String {
+    format!("02:{tenant:02x}:00:00:{host:02x}:{n:02x}")
+}
+
+/// A "container": its own namespace, attached to a bridge in a host namespace by a veth pair
+/// (`eth0` inside, MTU [`L2_CONTAINER_MTU`], fixed MAC and address, IPv6 off). The namespace
+/// (and so the veth pair) is deleted on drop.
+#[derive(Debug)]
+pub struct Container {
+    pub ns: Netns,
+    /// Address with prefix, e.g. `10.50.0.1/24`.
+    pub cidr: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    /// Name of the veth end in the host namespace (the bridge port).
+    pub port: String,
+    /// Namespace currently holding the host end, and the bridge it is on.
+    host_ns: Option<String>,
+    bridge: String,
+    /// Access VLAN on a vlan_filtering bridge (pvid untagged), if any.
+    vlan: Option<u16>,
+}
+
+impl Deref for Container {
+    type Target = Netns;
+    fn deref(&self) -> &Netns {
+        &self.ns
+    }
+}
+
+impl Container {
+    /// New container `role` (≤ 11 chars) on `bridge` in `host`, with `cidr` (e.g.
+    /// `10.50.0.1/24`) and `mac` on its `eth0`.
+    pub fn attach(host: &Netns, bridge: &str, role: &str, cidr: &str, mac: &str) -> Container {
+        Self::make(host, bridge, role, cidr, mac, None)
+    }
+
+    /// Like [`Container::attach`], on a vlan_filtering bridge as an access port of `vid`
+    /// (`bridge vlan add dev PORT vid VID pvid untagged`, VLAN 1 removed).
+    pub fn attach_vlan(
+        host: &Netns,
+        bridge: &str,
+        role: &str,
+        cidr: &str,
+        mac: &str,
+        vid: u16,
+    ) -> Container {
+        Self::make(host, bridge, role, cidr, mac, Some(vid))
+    }
+
+    fn make(
+        host: &Netns,
+        bridge: &str,
+        role: &str,
+        cidr: &str,
+        mac: &str,
+        vlan: Option<u16>,
+    ) -> Container {
+        assert!(role.len() <= 11, "role {role:?} too long for a port name");
+        let ns = Netns::new(role);
+        disable_ipv6(&ns);
+        let ip = cidr
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("bad container address {cidr:?}"));
+        // Port names must be unique per host namespace: the sequence number of the namespace.
+        let seq = ns.name().split('-').nth(2).unwrap_or("0");
+        let port = format!("c{seq}{}", &role[..role.len().min(8)]);
+        let port = port[..port.len().min(15)].to_owned();
+        let mut c = Container {
+            ns,
+            cidr: cidr.to_owned(),
+            ip,
+            mac: mac.to_owned(),
+            port,
+            host_ns: None,
+            bridge: bridge.to_owned(),
+            vlan,
+        };
+        c.plug(host, bridge);
+        c.ns.ip(&format!("addr add {cidr} dev eth0"));
+        c
+    }
+
+    /// Makes the veth pair from `host` (peer `eth0` into the container), sets MAC/MTU/up and
+    /// enslaves the host end to `bridge` (with the access VLAN, if any).
+    fn plug(&mut self, host: &Netns, bridge: &str) {
+        let (port, mtu) = (&self.port, L2_CONTAINER_MTU);
+        host.ip(&format!(
+            "link add {port} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {}",
+            self.ns.name()
+        ));
+        self.ns.ip(&format!("link set eth0 address {}", self.mac));
+        host.ip(&format!("link set {port} master {bridge}"));
+        if let Some(vid) = self.vlan {
+            host.bridge(&format!("vlan add dev {port} vid {vid} pvid untagged"));
+            host.bridge(&format!("vlan del dev {port} vid 1"));
+        }
+        host.ip(&format!("link set {port} up"));
+        self.ns.ip("link set eth0 up");
+        self.host_ns = Some(host.name().to_owned());
+        self.bridge = bridge.to_owned();
+    }
+
+    /// Unplugs the container (deletes the veth pair: `eth0` disappears, its address and
+    /// neighbour entries with it).
+    pub fn unplug(&mut self) {
+        if let Some(h) = self.host_ns.take() {
+            must(run_cmd(
+                Command::new("ip").args(["-n", &h, "link", "del", &self.port]),
+            ));
+        }
+    }
+
+    /// Moves the container to `bridge` in `host` with the same MAC and address (a VM or
+    /// container migrating to another node).
+    pub fn move_to(&mut self, host: &Netns, bridge: &str) {
+        self.unplug();
+        self.plug(host, bridge);
+        self.ns.ip(&format!("addr add {} dev eth0", self.cidr));
+    }
+
+    /// The MAC the container's neighbour table has for `ip` (None if no usable entry).
+    pub fn neigh_mac(&self, ip: Ipv4Addr) -> Option<String> {
+        let out = self.ns.try_ip(&format!("neigh show {ip} dev eth0")).ok()?;
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let i = words.iter().position(|w| *w == "lladdr")?;
+        words.get(i + 1).map(|s| s.to_string())
+    }
+
+    /// Forgets every neighbour entry (so the next packet starts with an ARP request).
+    pub fn flush_neigh(&self) {
+        self.ns.ip("neigh flush dev eth0");
+    }
+}
+
+/// A kernel L2 VXLAN VTEP: `vx<VNI>` (`type vxlan id VNI dstport 4789 local IP dev eth0`,
+/// learning on, MTU 1450) enslaved to a bridge, with one all-zeros flood entry per peer — the
+/// classic head-end-replication setup a non-overlayd VTEP uses.
+#[derive(Debug)]
+pub struct KernelL2Vxlan {
+    ns: String,
+    pub dev: String,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+}
+
+impl KernelL2Vxlan {
+    /// Creates the device in `host` (underlay address `local`) and enslaves it to `bridge`
+    /// (which must exist).
+    pub fn setup(host: &Netns, local: Ipv4Addr, vni: u32, bridge: &str) -> KernelL2Vxlan {
+        let dev = format!("vx{vni}");
+        assert!(dev.len() <= 15);
+        host.ip(&format!(
+            "link add {dev} mtu {L2_CONTAINER_MTU} type vxlan id {vni} dstport {L2_VXLAN_PORT} local {local} dev eth0"
+        ));
+        host.ip(&format!("link set {dev} master {bridge}"));
+        host.ip(&format!("link set {dev} up"));
+        KernelL2Vxlan {
+            ns: host.name().to_owned(),
+            dev,
+            vni,
+            local,
+        }
+    }
+
+    /// Floods to `peer` too: `bridge fdb append 00:00:00:00:00:00 dev vxN dst PEER`.
+    pub fn add_peer(&self, peer: Ipv4Addr) {
+        must(run_cmd(Command::new("bridge").args([
+            "-n",
+            &self.ns,
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            &self.dev,
+            "dst",
+            &peer.to_string(),
+        ])));
+    }
+
+    /// Joins L2 network `network` by writing its member key by hand (24 h etcd lease).
+    pub fn register(&self, etcd: &Etcd, prefix: &str, network: &str) {
+        etcd.put_l2_member(prefix, network, self.local);
+    }
+}
+
+/// `<prefix>/l2/networks/<name>`.
+pub fn l2_network_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}/l2/networks/{name}")
+}
+
+/// `<prefix>/l2/members/<name>/<public_ip>`.
+pub fn l2_member_key(prefix: &str, name: &str, public_ip: Ipv4Addr) -> String {
+    format!("{prefix}/l2/members/{name}/{public_ip}")
+}
+
+impl Etcd {
+    /// Writes L2 network `name`: `{"VNI":vni,"Backend":backend}` (other fields default).
+    pub fn put_l2_network(&self, prefix: &str, name: &str, vni: u64, backend: &str) {
+        let cfg = serde_json::json!({ "VNI": vni, "Backend": backend });
+        self.put(&l2_network_key(prefix, name), &cfg.to_string());
+    }
+
+    /// Writes L2 network `name` with a raw JSON value (for all fields, or broken configs).
+    pub fn put_l2_network_json(&self, prefix: &str, name: &str, json: &str) {
+        self.put(&l2_network_key(prefix, name), json);
+    }
+
+    /// Writes a member key `{"PublicIP":"..."}` on a 24 h etcd lease (as an external VTEP).
+    pub fn put_l2_member(&self, prefix: &str, name: &str, public_ip: Ipv4Addr) {
+        let value = serde_json::json!({ "PublicIP": public_ip.to_string() });
+        self.put_with_lease(
+            &l2_member_key(prefix, name, public_ip),
+            &value.to_string(),
+            86_400,
+        );
+    }
+
+    /// Public IPs of network `name`'s members, from their keys.
+    pub fn l2_members(&self, prefix: &str, name: &str) -> Vec<Ipv4Addr> {
+        let dir = format!("{prefix}/l2/members/{name}/");
+        self.get_prefix(&dir)
+            .keys()
+            .filter_map(|k| k.strip_prefix(&dir)?.parse().ok())
+            .collect()
+    }
+
+    /// Waits until network `name` has exactly the members `want` (any order); false on timeout.
+    pub fn wait_l2_members(
+        &self,
+        prefix: &str,
+        name: &str,
+        want: &[Ipv4Addr],
+        timeout: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut want = want.to_vec();
+        want.sort();
+        loop {
+            let mut got = self.l2_members(prefix, name);
+            got.sort();
+            if got == want {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// [`overlayd_args`] (L3 vxlan, as usual) plus a metrics listener on
+/// 127.0.0.1:[`L2_METRICS_PORT`] and the given L2 flags, e.g. `&["--l2", "net@br-l2"]`.
+pub fn overlayd_l2_args(etcd: &Etcd, l2_flags: &[&str]) -> Vec<String> {
+    let mut a = overlayd_args("vxlan", etcd);
+    a.push("--metrics-addr".into());
+    a.push(format!("127.0.0.1:{L2_METRICS_PORT}"));
+    a.extend(l2_flags.iter().map(|s| s.to_string()));
+    a
+}
+
+/// GET /metrics at `addr` from inside namespace `ns` (bounded: 2 s connect, 5 s read).
+pub fn scrape_metrics(ns: &str, addr: SocketAddr) -> Result<String, String> {
+    run_in_netns(ns, move || -> io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })
+    .map_err(|e| format!("enter netns {ns}: {e}"))?
+    .map_err(|e| format!("scrape {addr} in {ns}: {e}"))
+}
+
+/// Sum of the series `name` whose label set contains every one of `labels` (e.g.
+/// `&["network=\"a\"", "kind=\"flood\""]`) in Prometheus text `text`; 0 when absent.
+pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let base = series.split('{').next().unwrap_or("");
+            base == name && labels.iter().all(|lab| series.contains(lab))
+        })
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+impl Overlayd {
+    /// The `--metrics-addr` it was started with, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let i = self.args.iter().position(|a| a == "--metrics-addr")?;
+        self.args.get(i + 1)?.parse().ok()
+    }
+
+    /// Its /metrics text (panics if it has no `--metrics-addr` or the scrape fails).
+    pub fn scrape(&self) -> String {
+        let addr = self
+            .metrics_addr()
+            .expect("overlayd started without --metrics-addr");
+        scrape_metrics(&self.ns, addr).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// One metric from [`Overlayd::scrape`], see [`metric_value`].
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        metric_value(&self.scrape(), name, labels)
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its status, or None (still
+    /// running; it is left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A bounded tcpdump in a namespace: at most `max_frames` frames, at most `timeout`; one line
+/// per frame (`-n -e`: MACs included). Killed on drop.
+#[derive(Debug)]
+pub struct Capture {
+    child: Option<Child>,
+    what: String,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: Arc<std::sync::Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Capture {
+    /// Starts `tcpdump -i IFACE -n -e -l -c MAX FILTER` in `ns` under `timeout` and waits
+    /// (≤ 5 s) until it is listening. `filter` is a pcap filter ("" = everything).
+    pub fn start(
+        ns: &Netns,
+        iface: &str,
+        filter: &str,
+        max_frames: u32,
+        timeout: Duration,
+    ) -> Capture {
+        use std::io::BufRead;
+        let secs = timeout.as_secs().max(1).to_string();
+        let mut cmd = ns.command("timeout");
+        cmd.args(["-s", "INT", &secs, "tcpdump", "-i", iface, "-n", "-e", "-l"])
+            .args(["-c", &max_frames.max(1).to_string()]);
+        cmd.args(filter.split_whitespace());
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tcpdump (installed?): {e}"));
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let out = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
+        let l2 = Arc::clone(&lines);
+        let e2 = Arc::clone(&stderr);
+        let readers = vec![
+            thread::spawn(move || {
+                for line in io::BufReader::new(out).lines().map_while(Result::ok) {
+                    l2.lock().expect("lines lock").push(line);
+                }
+            }),
+            thread::spawn(move || {
+                for line in io::BufReader::new(err).lines().map_while(Result::ok) {
+                    let mut s = e2.lock().expect("stderr lock");
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }),
+        ];
+        let cap = Capture {
+            child: Some(child),
+            what: format!("tcpdump -i {iface} {filter} in {}", ns.name()),
+            lines,
+            stderr,
+            readers,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cap
+            .stderr
+            .lock()
+            .expect("stderr lock")
+            .contains("listening on")
+        {
+            if Instant::now() >= deadline {
+                panic!(
+                    "{}: not listening after 5 s; stderr: {}",
+                    cap.what,
+                    cap.stderr.lock().expect("stderr lock")
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        cap
+    }
+
+    /// Lines captured so far.
+    pub fn so_far(&self) -> Vec<String> {
+        self.lines.lock().expect("lines lock").clone()
+    }
+
+    /// Waits `settle` (for frames in flight), stops tcpdump (SIGINT, bounded) and returns one
+    /// line per captured frame.
+    pub fn finish(mut self, settle: Duration) -> Vec<String> {
+        thread::sleep(settle);
+        if let Some(mut child) = self.child.take() {
+            if let Ok(None) = child.try_wait() {
+                signal(child.id(), "INT");
+            }
+            if wait_timeout(&mut child, Duration::from_secs(3)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let lines = self.lines.lock().expect("lines lock").clone();
+        eprintln!("capture [{}]: {} frame(s)", self.what, lines.len());
+        for l in lines.iter().take(10) {
+            eprintln!("    {l}");
+        }
+        lines
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `ping -c count -i interval -W 1` (a burst; root may go below 0.2 s); whether ≥ 1 reply.
+pub fn ping_burst(from: &Netns, to: impl Display, count: u32, interval: &str) -> bool {
+    from.output(&[
+        "ping",
+        "-q",
+        "-n",
+        "-c",
+        &count.to_string(),
+        "-W",
+        "1",
+        "-i",
+        interval,
+        &to.to_string(),
+    ])
+    .status
+    .success()
+}
+
+/// One ping with a reply wait of `wait_secs` seconds: the "first packet" probe.
+pub fn ping_once(from: &Netns, to: impl Display, wait_secs: u32) -> bool {
+    from.output(&[
+        "ping",
+        "-q",
+        "-n",
+        "-c",
+        "1",
+        "-W",
+        &wait_secs.to_string(),
+        &to.to_string(),
+    ])
+    .status
+    .success()
+}
+
+/// Builds a VXLAN datagram payload (RFC 7348: flags 0x08, VNI) around `frame`.
+pub fn vxlan_datagram(vni: u32, frame: &[u8]) -> Vec<u8> {
+    let mut d = vec![0x08, 0, 0, 0];
+    d.extend_from_slice(&(vni << 8).to_be_bytes());
+    d.extend_from_slice(frame);
+    d
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    assert_eq!(parts.len(), 6, "bad MAC {s:?}");
+    for (i, p) in parts.iter().enumerate() {
+        m[i] = u8::from_str_radix(p, 16).unwrap_or_else(|e| panic!("bad MAC {s:?}: {e}"));
+    }
+    m
+}
+
+/// An Ethernet frame carrying IPv4/UDP `src:sport → dst:dport` with `payload` (checksums
+/// right; UDP checksum 0 = none).
+pub fn udp_frame(
+    dst_mac: &str,
+    src_mac: &str,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&parse_mac(dst_mac));
+    f.extend_from_slice(&parse_mac(src_mac));
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Sends `payload` `copies` times from `ns` as UDP `src` (bound there, e.g. a host's underlay
+/// address with a port of its own) to `dst`.
+pub fn send_udp_from(ns: &Netns, src: SocketAddr, dst: SocketAddr, payload: Vec<u8>, copies: u32) {
+    ns.in_ns(move || -> io::Result<()> {
+        let s = std::net::UdpSocket::bind(src)?;
+        for _ in 0..copies {
+            s.send_to(&payload, dst)?;
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("send udp {src} -> {dst}: {e}"));
+}
