@@ -1826,7 +1826,8 @@ impl Overlayd {
 }
 
 /// A bounded tcpdump in a namespace: at most `max_frames` frames, at most `timeout`; one line
-/// per frame (`-n -e`: MACs included). Killed on drop.
+/// per frame (`-n -e -tt`: MACs included; decoded inner frames joined with " | "). Killed on
+/// drop.
 #[derive(Debug)]
 pub struct Capture {
     child: Option<Child>,
@@ -1837,7 +1838,7 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Starts `tcpdump -i IFACE -n -e -l -c MAX FILTER` in `ns` under `timeout` and waits
+    /// Starts `tcpdump -i IFACE -n -e -l -tt -c MAX FILTER` in `ns` under `timeout` and waits
     /// (≤ 5 s) until it is listening. `filter` is a pcap filter ("" = everything).
     pub fn start(
         ns: &Netns,
@@ -1849,8 +1850,10 @@ impl Capture {
         use std::io::BufRead;
         let secs = timeout.as_secs().max(1).to_string();
         let mut cmd = ns.command("timeout");
-        cmd.args(["-s", "INT", &secs, "tcpdump", "-i", iface, "-n", "-e", "-l"])
-            .args(["-c", &max_frames.max(1).to_string()]);
+        cmd.args([
+            "-s", "INT", &secs, "tcpdump", "-i", iface, "-n", "-e", "-l", "-tt",
+        ])
+        .args(["-c", &max_frames.max(1).to_string()]);
         cmd.args(filter.split_whitespace());
         let mut child = cmd
             .stdin(Stdio::null())
@@ -1858,7 +1861,7 @@ impl Capture {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start tcpdump (installed?): {e}"));
-        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let stderr = Arc::new(std::sync::Mutex::new(String::new()));
         let out = child.stdout.take().expect("piped stdout");
         let err = child.stderr.take().expect("piped stderr");
@@ -1866,8 +1869,21 @@ impl Capture {
         let e2 = Arc::clone(&stderr);
         let readers = vec![
             thread::spawn(move || {
+                // With -tt every frame starts with "<epoch>.<usec>"; tcpdump prints what it
+                // decodes inside (e.g. VXLAN's inner frame) on continuation lines: join them.
                 for line in io::BufReader::new(out).lines().map_while(Result::ok) {
-                    l2.lock().expect("lines lock").push(line);
+                    let starts_frame = line
+                        .split_whitespace()
+                        .next()
+                        .is_some_and(|t| t.parse::<f64>().is_ok());
+                    let mut v = l2.lock().expect("lines lock");
+                    match v.last_mut() {
+                        Some(last) if !starts_frame => {
+                            last.push_str(" | ");
+                            last.push_str(line.trim());
+                        }
+                        _ => v.push(line),
+                    }
                 }
             }),
             thread::spawn(move || {
