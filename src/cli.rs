@@ -154,6 +154,36 @@ pub struct Args {
     #[arg(long, env = "OVERLAYD_NO_OFFLOAD", help_heading = "Data plane")]
     pub no_offload: bool,
 
+    /// Attach L2 network NAME (defined at <prefix>/l2/networks/NAME in etcd) through its own TAP, l2v<VNI> or l2g<VNI>; with @BRIDGE the TAP is enslaved to BRIDGE (created if absent). Repeatable or comma-separated.
+    #[arg(
+        long = "l2",
+        value_name = "NAME[@BRIDGE]",
+        env = "OVERLAYD_L2",
+        value_delimiter = ',',
+        help_heading = "Layer 2"
+    )]
+    pub l2: Vec<crate::l2::config::AccessSpec>,
+
+    /// Map 802.1Q VLAN VID (1-4094) on the trunk TAP `l2trunk` to L2 network NAME: the tag is removed on the way out and restored on the way in; unmapped VLANs are dropped. Repeatable or comma-separated.
+    #[arg(
+        long = "l2-vlan",
+        value_name = "VID=NAME",
+        env = "OVERLAYD_L2_VLAN",
+        value_delimiter = ',',
+        help_heading = "Layer 2"
+    )]
+    pub l2_vlan: Vec<crate::l2::config::VlanSpec>,
+
+    /// Enslave the trunk TAP `l2trunk` to this bridge (created if absent; VLAN filtering is left to the operator).
+    #[arg(
+        long,
+        value_name = "BRIDGE",
+        env = "OVERLAYD_L2_TRUNK_BRIDGE",
+        requires = "l2_vlan",
+        help_heading = "Layer 2"
+    )]
+    pub l2_trunk_bridge: Option<String>,
+
     /// Serve Prometheus metrics (/metrics), /healthz and /readyz on this address, e.g. 127.0.0.1:9108. Off by default.
     #[arg(long, env = "OVERLAYD_METRICS_ADDR", help_heading = "Observability")]
     pub metrics_addr: Option<SocketAddr>,

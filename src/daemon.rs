@@ -62,6 +62,8 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    L2(#[from] crate::l2::L2StartError),
 }
 
 impl From<BackendArg> for BackendKind {
@@ -400,6 +402,24 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     let _ = telemetry.offloads.set((dev.offloads != 0, gso, gro));
     set_workers(&telemetry, &dp);
 
+    // Layer-2 networks, beside the routed overlay.
+    let l2_opts = crate::l2::L2Options {
+        access: args.l2.clone(),
+        vlans: args.l2_vlan.clone(),
+        trunk_bridge: args.l2_trunk_bridge.clone(),
+        offload,
+    };
+    let l2 = if l2_opts.is_empty() {
+        None
+    } else {
+        let l3_port = (kind != BackendKind::Gre).then_some(cfg.backend.port);
+        let node =
+            crate::l2::L2Node::start(&l2_opts, &registry, &nl, &underlay, public_ip, l3_port)
+                .await?;
+        let _ = telemetry.l2.set(node.shared.clone());
+        Some(node)
+    };
+
     let env = SubnetEnv {
         network: cfg.network,
         subnet,
@@ -503,6 +523,9 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     telemetry::notify_stopping();
     telemetry.ready.store(false, Ordering::Relaxed);
     control_task.abort();
+    if let Some(l2) = l2 {
+        l2.stop().await;
+    }
     let totals = dp.totals();
     dp.stop();
     drop(qs);

@@ -23,11 +23,13 @@ pub enum DropReason {
     TooBig,
     /// The kernel refused the write/send.
     IoError,
+    /// L2 trunk frame untagged or tagged with a VLAN ID that maps to no network.
+    UnmappedVlan,
 }
 
 impl DropReason {
     /// Number of reasons, for counter arrays.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -40,6 +42,7 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::TooBig,
         DropReason::IoError,
+        DropReason::UnmappedVlan,
     ];
 
     /// Stable snake_case label used in metrics and logs.
@@ -54,6 +57,7 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::TooBig => "too_big",
             DropReason::IoError => "io_error",
+            DropReason::UnmappedVlan => "unmapped_vlan",
         }
     }
 }

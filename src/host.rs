@@ -213,8 +213,60 @@ impl Netlink {
         Ok(index)
     }
 
+    /// Sets an L2 TAP's MTU and brings it up; with `bridge`, enslaves it to that bridge,
+    /// creating the bridge (up) when it does not exist yet.
+    pub async fn configure_tap(
+        &self,
+        name: &str,
+        mtu: u32,
+        bridge: Option<&str>,
+    ) -> Result<u32, HostError> {
+        let (index, _) = self
+            .link(name)
+            .await?
+            .ok_or_else(|| HostError::NoSuchInterface(name.to_string()))?;
+        let mut msg = LinkUnspec::new_with_index(index).mtu(mtu).up();
+        if let Some(br) = bridge {
+            let bi = match self.link(br).await? {
+                Some((i, _)) => i,
+                None => {
+                    self.handle
+                        .link()
+                        .add(rtnetlink::LinkBridge::new(br).up().build())
+                        .execute()
+                        .await
+                        .map_err(nl(format!("create bridge {br}")))?;
+                    self.link(br)
+                        .await?
+                        .ok_or_else(|| HostError::NoSuchInterface(br.to_string()))?
+                        .0
+                }
+            };
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(bi).up().build())
+                .execute()
+                .await
+                .map_err(nl(format!("set bridge {br} up")))?;
+            msg = msg.controller(bi);
+        }
+        self.handle
+            .link()
+            .set(msg.build())
+            .execute()
+            .await
+            .map_err(nl(format!(
+                "set {name} up with mtu {mtu}{}",
+                bridge
+                    .map(|b| format!(" on bridge {b}"))
+                    .unwrap_or_default()
+            )))?;
+        Ok(index)
+    }
+
     /// Whether the route for `network` through link `index` is still present.
     pub async fn has_route(&self, network: Ipv4Net, index: u32) -> Result<bool, HostError> {
+        let mut found = false;
         let mut routes = self
             .handle
             .route()
@@ -229,11 +281,11 @@ impl Netlink {
                 .attributes
                 .iter()
                 .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-            if dst && oif {
-                return Ok(true);
-            }
+            // Keep reading to the end of the dump: dropping the stream early leaves
+            // netlink-proto with responses it cannot deliver (and a warning per message).
+            found |= dst && oif;
         }
-        Ok(false)
+        Ok(found)
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`sys`]: TUN ioctls and socket options, the only `unsafe` code;
 //! - [`host`]: device address, MTU and routes through rtnetlink;
 //! - [`dataplane`]: the worker threads;
+//! - [`l2`]: layer-2 overlays (TAP, MAC learning, VLAN↔VNI), beside the routed mode;
 //! - [`telemetry`]: metrics, health and readiness endpoints, systemd notification;
 //! - [`daemon`], [`cli`], [`status`]: glue and the `overlayd status` command.
 
@@ -24,6 +25,7 @@ pub mod drop;
 pub mod encap;
 pub mod fib;
 pub mod host;
+pub mod l2;
 pub mod offload;
 pub mod status;
 pub mod sys;

@@ -66,6 +66,8 @@ pub struct State {
     pub control: ControlStats,
     /// Offload state: TUN TSO, UDP GSO, UDP GRO.
     pub offloads: OnceLock<(bool, bool, bool)>,
+    /// The L2 networks' shared state, when any is attached.
+    pub l2: OnceLock<Arc<crate::l2::dataplane::Shared>>,
 }
 
 impl State {
@@ -112,6 +114,9 @@ impl State {
                 }
             }
         }
+        if let Some(l2) = self.l2.get() {
+            refresh_l2(l2);
+        }
         if let Some((tso, gso, gro)) = self.offloads.get() {
             for (k, on) in [("tun_tso", tso), ("udp_gso", gso), ("udp_gro", gro)] {
                 metrics::gauge!("overlayd_offload_enabled", "offload" => k).set(if *on {
@@ -151,6 +156,43 @@ impl State {
         } else {
             0.0
         });
+    }
+}
+
+/// Copies the L2 networks' counters into the recorder.
+fn refresh_l2(l2: &crate::l2::dataplane::Shared) {
+    for (i, n) in l2.nets.iter().enumerate() {
+        let st = &n.stats;
+        let net = n.name.clone();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        metrics::counter!("overlayd_l2_rx_frames_total", "network" => net.clone())
+            .absolute(get(&st.rx_frames));
+        metrics::counter!("overlayd_l2_rx_bytes_total", "network" => net.clone())
+            .absolute(get(&st.rx_bytes));
+        metrics::counter!("overlayd_l2_tx_frames_total", "network" => net.clone(), "kind" => "unicast")
+            .absolute(get(&st.tx_unicast));
+        metrics::counter!("overlayd_l2_tx_frames_total", "network" => net.clone(), "kind" => "flood")
+            .absolute(get(&st.tx_flood));
+        metrics::counter!("overlayd_l2_tx_bytes_total", "network" => net.clone())
+            .absolute(get(&st.tx_bytes));
+        metrics::counter!("overlayd_l2_flood_copies_total", "network" => net.clone())
+            .absolute(get(&st.flood_copies));
+        metrics::counter!("overlayd_l2_learned_total", "network" => net.clone())
+            .absolute(get(&st.learned));
+        metrics::counter!("overlayd_l2_moves_total", "network" => net.clone())
+            .absolute(get(&st.moves));
+        metrics::counter!("overlayd_l2_arp_suppressed_total", "network" => net.clone())
+            .absolute(get(&st.arp_suppressed));
+        metrics::counter!("overlayd_l2_fdb_full_total", "network" => net.clone())
+            .absolute(get(&st.fdb_full));
+        metrics::gauge!("overlayd_l2_members", "network" => net.clone())
+            .set(n.members.load().ips().len() as f64);
+        metrics::gauge!("overlayd_l2_fdb_entries", "network" => net)
+            .set(l2.fdb_entries(i as u16) as f64);
+    }
+    for r in DropReason::ALL {
+        metrics::counter!("overlayd_l2_drops_total", "reason" => r.as_str())
+            .absolute(l2.drops[r as usize].load(Ordering::Relaxed));
     }
 }
 

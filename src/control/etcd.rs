@@ -118,6 +118,16 @@ impl Registry {
         })
     }
 
+    /// The etcd client (the L2 control plane shares the connection).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The key prefix, without a trailing slash.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn config_key(&self) -> String {
         format!("{}/config", self.prefix)
     }

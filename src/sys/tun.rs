@@ -195,6 +195,31 @@ impl Queue {
         }
     }
 
+    /// Writes one packet gathered from up to four slices (virtio header, Ethernet
+    /// addresses, an 802.1Q tag, the rest): the L2 path restores a VLAN tag this way
+    /// without copying the frame. Slices beyond the fourth are ignored.
+    pub fn write_parts(&self, parts: &[&[u8]]) -> io::Result<usize> {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 4];
+        let n = parts.len().min(4);
+        for (v, p) in iov.iter_mut().zip(parts) {
+            *v = libc::iovec {
+                iov_base: p.as_ptr() as *mut _,
+                iov_len: p.len(),
+            };
+        }
+        // SAFETY: the first `n` iovecs point at live slices of the given lengths; writev
+        // only reads them.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), n as libc::c_int) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
     /// Switches the queue to non-blocking mode (workers poll before reading).
     pub fn set_nonblocking(&self) -> io::Result<()> {
         set_nonblocking(self.file.as_raw_fd())

@@ -1,0 +1,354 @@
+//! The L2 control plane: reads each attached network's config from etcd, announces this
+//! node as a member of those networks (keys on an etcd lease, kept alive, deleted on a
+//! clean stop), and keeps every network's member snapshot current from a watch.
+//!
+//! Layout next to flannel's keys (default prefix `/coreos.com/network`):
+//! ```text
+//! <prefix>/config                          flannel's network config (L3)
+//! <prefix>/subnets/10.5.34.0-24            flannel's leases (L3)
+//! <prefix>/l2/networks/<name>              {"VNI":100,"Backend":"vxlan"}      operator
+//! <prefix>/l2/members/<name>/<PublicIP>    {"PublicIP":"192.168.1.10"}        each node
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
+use tracing::{debug, info, warn};
+
+use super::config::{L2ConfigError, L2NetworkConfig};
+use super::dataplane::{Members, Shared};
+use crate::control::etcd::EtcdError;
+
+/// Seconds a member key outlives its node's last keepalive.
+pub const MEMBER_TTL_SECS: i64 = 90;
+/// How often the member lease is kept alive.
+const KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// Why the L2 control plane cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum L2Error {
+    #[error("invalid L2 network config in etcd at {key}: {source}")]
+    Config { key: String, source: L2ConfigError },
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+}
+
+impl From<etcd_client::Error> for L2Error {
+    fn from(e: etcd_client::Error) -> Self {
+        L2Error::Etcd(e.into())
+    }
+}
+
+/// `<prefix>/l2/networks/<name>`.
+pub fn network_key(prefix: &str, name: &str) -> String {
+    format!("{}/l2/networks/{name}", prefix.trim_end_matches('/'))
+}
+
+/// `<prefix>/l2/members/` (every network's members).
+pub fn members_root(prefix: &str) -> String {
+    format!("{}/l2/members/", prefix.trim_end_matches('/'))
+}
+
+/// `<prefix>/l2/members/<name>/<ip>`.
+pub fn member_key(prefix: &str, name: &str, ip: Ipv4Addr) -> String {
+    format!("{}{name}/{ip}", members_root(prefix))
+}
+
+/// Splits a member key into network name and node address (`None`: not a member key).
+pub fn parse_member_key(prefix: &str, key: &str) -> Option<(String, Ipv4Addr)> {
+    let rest = key.strip_prefix(&members_root(prefix))?;
+    let (name, ip) = rest.split_once('/')?;
+    Some((name.to_string(), ip.parse().ok()?))
+}
+
+/// Reads network `name`'s config, waiting (and saying so once) while it is absent. An
+/// invalid config is an error: the operator must fix it.
+pub async fn wait_network(
+    client: &Client,
+    prefix: &str,
+    name: &str,
+) -> Result<L2NetworkConfig, L2Error> {
+    let key = network_key(prefix, name);
+    let mut logged = false;
+    loop {
+        match client.clone().get(key.clone(), None).await {
+            Ok(r) => {
+                if let Some(kv) = r.kvs().first() {
+                    return L2NetworkConfig::parse(kv.value())
+                        .map_err(|source| L2Error::Config { key, source });
+                }
+                if !logged {
+                    warn!(key = %key, "no L2 network config in etcd yet; waiting for one");
+                    logged = true;
+                }
+            }
+            Err(e) => {
+                if !logged {
+                    warn!(key = %key, error = %e, "cannot read the L2 network config; retrying");
+                    logged = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Keeps membership current until cancelled. `names[i]` is `shared.nets[i]`'s name.
+pub struct L2Control {
+    pub client: Client,
+    pub prefix: String,
+    pub names: Vec<String>,
+    pub self_ip: Ipv4Addr,
+    pub shared: Arc<Shared>,
+    lease: i64,
+}
+
+fn backoff(step: &mut u32) -> Duration {
+    *step = (*step + 1).min(6);
+    Duration::from_millis(250u64 << *step).min(Duration::from_secs(15))
+}
+
+impl L2Control {
+    pub fn new(
+        client: Client,
+        prefix: String,
+        names: Vec<String>,
+        self_ip: Ipv4Addr,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            client,
+            prefix,
+            names,
+            self_ip,
+            shared,
+            lease: 0,
+        }
+    }
+
+    fn member_value(&self) -> String {
+        serde_json::json!({ "PublicIP": self.self_ip.to_string() }).to_string()
+    }
+
+    /// Writes our member keys on a (new, if needed) lease.
+    pub async fn announce(&mut self) -> Result<(), L2Error> {
+        if self.lease == 0 {
+            self.lease = self
+                .client
+                .clone()
+                .lease_grant(MEMBER_TTL_SECS, None)
+                .await?
+                .id();
+        }
+        for name in &self.names {
+            self.client
+                .clone()
+                .put(
+                    member_key(&self.prefix, name, self.self_ip),
+                    self.member_value(),
+                    Some(PutOptions::new().with_lease(self.lease)),
+                )
+                .await?;
+        }
+        info!(networks = ?self.names, public_ip = %self.self_ip, "announced L2 membership");
+        Ok(())
+    }
+
+    /// Removes our member keys (clean stop): peers stop flooding to us at once.
+    pub async fn withdraw(client: Client, prefix: String, names: Vec<String>, ip: Ipv4Addr) {
+        for name in &names {
+            let _ = client
+                .clone()
+                .delete(member_key(&prefix, name, ip), None)
+                .await;
+        }
+    }
+
+    /// Lists every member of our networks; returns them with the listing's revision.
+    async fn list(&self) -> Result<(BTreeMap<String, BTreeSet<Ipv4Addr>>, i64), L2Error> {
+        let r = self
+            .client
+            .clone()
+            .get(
+                members_root(&self.prefix),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+        let mut m: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+        for kv in r.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            match parse_member_key(&self.prefix, &key) {
+                Some((name, ip)) => {
+                    m.entry(name).or_default().insert(ip);
+                }
+                None => debug!(key = %key, "ignoring a malformed L2 member key"),
+            }
+        }
+        Ok((m, rev))
+    }
+
+    /// Publishes every network's member snapshot (without ourselves).
+    fn publish(&self, all: &BTreeMap<String, BTreeSet<Ipv4Addr>>) {
+        for (i, name) in self.names.iter().enumerate() {
+            let ips: Vec<Ipv4Addr> = all
+                .get(name)
+                .map(|s| s.iter().copied().filter(|ip| *ip != self.self_ip).collect())
+                .unwrap_or_default();
+            let m = Members::new(ips);
+            let cur = self.shared.nets[i].members.load();
+            if **cur != m {
+                info!(network = %name, members = ?m.ips(), "L2 members");
+                self.shared.set_members(i as u16, m);
+            }
+        }
+    }
+
+    fn own_missing(&self, all: &BTreeMap<String, BTreeSet<Ipv4Addr>>) -> bool {
+        self.names
+            .iter()
+            .any(|n| !all.get(n).is_some_and(|s| s.contains(&self.self_ip)))
+    }
+
+    async fn keepalive(&mut self) -> Result<(), L2Error> {
+        let (mut keeper, mut stream) = self.client.clone().lease_keep_alive(self.lease).await?;
+        keeper.keep_alive().await?;
+        if let Some(resp) = stream.message().await? {
+            if resp.ttl() <= 0 {
+                warn!("the L2 member lease expired; announcing again");
+                self.lease = 0;
+                self.announce().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until cancelled: list, then watch; relist after compaction or a broken watch;
+    /// re-announce when our keys vanish or our lease expires. While etcd is unreachable the
+    /// last snapshots stay in force.
+    pub async fn run(mut self) {
+        let mut all: BTreeMap<String, BTreeSet<Ipv4Addr>>;
+        let mut step = 0;
+        let mut ka = tokio::time::interval(KEEPALIVE);
+        ka.tick().await;
+        loop {
+            let rev = match self.list().await {
+                Ok((m, rev)) => {
+                    all = m;
+                    if self.own_missing(&all) {
+                        if let Err(e) = self.announce().await {
+                            warn!(error = %e, "cannot announce L2 membership; retrying");
+                            tokio::time::sleep(backoff(&mut step)).await;
+                            continue;
+                        }
+                        continue;
+                    }
+                    self.publish(&all);
+                    step = 0;
+                    rev
+                }
+                Err(e) => {
+                    let d = backoff(&mut step);
+                    warn!(error = %e, retry_in = ?d, "cannot list L2 members; forwarding continues");
+                    tokio::time::sleep(d).await;
+                    continue;
+                }
+            };
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(rev + 1);
+            let mut stream = match self
+                .client
+                .clone()
+                .watch(members_root(&self.prefix), Some(opts))
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    let d = backoff(&mut step);
+                    warn!(error = %e, retry_in = ?d, "cannot watch L2 members; forwarding continues");
+                    tokio::time::sleep(d).await;
+                    continue;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = ka.tick() => {
+                        if let Err(e) = self.keepalive().await {
+                            warn!(error = %e, "L2 member keepalive failed; will retry");
+                        }
+                    }
+                    msg = stream.message() => match msg {
+                        Ok(Some(resp)) => {
+                            if resp.canceled() || resp.compact_revision() > 0 {
+                                warn!("L2 member watch cancelled (compaction); relisting");
+                                break;
+                            }
+                            let mut own_gone = false;
+                            for ev in resp.events() {
+                                let Some(kv) = ev.kv() else { continue };
+                                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                                let Some((name, ip)) = parse_member_key(&self.prefix, &key) else {
+                                    continue;
+                                };
+                                match ev.event_type() {
+                                    EventType::Put => {
+                                        all.entry(name).or_default().insert(ip);
+                                    }
+                                    EventType::Delete => {
+                                        if let Some(s) = all.get_mut(&name) {
+                                            s.remove(&ip);
+                                        }
+                                        if ip == self.self_ip && self.names.contains(&name) {
+                                            own_gone = true;
+                                        }
+                                    }
+                                }
+                            }
+                            if own_gone {
+                                warn!("our L2 member key was deleted; announcing again");
+                                break;
+                            }
+                            self.publish(&all);
+                        }
+                        Ok(None) | Err(_) => {
+                            let d = backoff(&mut step);
+                            warn!(retry_in = ?d, "L2 member watch broke; relisting");
+                            tokio::time::sleep(d).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        let p = "/coreos.com/network/";
+        assert_eq!(network_key(p, "a"), "/coreos.com/network/l2/networks/a");
+        let k = member_key(p, "tenant-a", Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(k, "/coreos.com/network/l2/members/tenant-a/10.0.0.1");
+        assert_eq!(
+            parse_member_key(p, &k),
+            Some(("tenant-a".into(), Ipv4Addr::new(10, 0, 0, 1)))
+        );
+        assert_eq!(
+            parse_member_key(p, "/coreos.com/network/l2/members/a/x"),
+            None
+        );
+        assert_eq!(
+            parse_member_key(p, "/coreos.com/network/l2/members/a"),
+            None
+        );
+        assert_eq!(parse_member_key(p, "/other/l2/members/a/10.0.0.1"), None);
+    }
+}

@@ -1,0 +1,351 @@
+//! The learning tables of the L2 data plane: which node each MAC lives behind (the
+//! forwarding database), and which MAC each IP has (for ARP suppression).
+//!
+//! A fixed-size open-addressing hash table of `(key, value)` pairs of `AtomicU64`, shared by
+//! the receive workers (which learn) and the transmit workers (which look up) without a
+//! lock and without allocating. Keys never return to 0, so a probe stops at the first empty
+//! slot; an entry is forgotten by ageing (its timestamp, kept in the low 16 bits of the
+//! value, is too old) and its slot reused by a later key. Memory is bounded: when the probe
+//! window of a key holds only live entries the key is not learned (counted), and frames to
+//! it are flooded, which is always correct.
+//!
+//! Writers: one receive worker per socket learns; two workers racing on one slot can at
+//! worst leave a stale mapping that the next frame from that MAC corrects (a wrong guess
+//! costs delivery to the wrong node, which drops it as unknown there, never a frame in the
+//! wrong network: the network is part of the key).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Slots probed from a key's home slot.
+const PROBE: usize = 16;
+
+/// What [`Table::learn`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// A key not known (or aged out) before.
+    New,
+    /// A live key whose value changed (a MAC moved to another node): the old value.
+    Moved(u64),
+    /// Same value as before; timestamp refreshed when it had changed.
+    Refreshed,
+    /// No free slot in the key's probe window.
+    Full,
+}
+
+#[derive(Default)]
+struct Slot {
+    key: AtomicU64,
+    /// `payload << 16 | seconds`; 0 = being written.
+    val: AtomicU64,
+}
+
+/// A lock-free learning table of `u64` keys (non-zero) to 48-bit payloads (non-zero).
+pub struct Table {
+    slots: Box<[Slot]>,
+    mask: usize,
+    ageing: u16,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("slots", &self.slots.len())
+            .field("ageing", &self.ageing)
+            .finish()
+    }
+}
+
+/// The key of a MAC in network `net`.
+pub fn mac_key(net: u16, mac: [u8; 6]) -> u64 {
+    let mut k = [0u8; 8];
+    k[..2].copy_from_slice(&(net + 1).to_be_bytes());
+    k[2..].copy_from_slice(&mac);
+    u64::from_be_bytes(k)
+}
+
+/// The key of an IPv4 address in network `net`.
+pub fn ip_key(net: u16, ip: [u8; 4]) -> u64 {
+    (u64::from(net) + 1) << 32 | u64::from(u32::from_be_bytes(ip))
+}
+
+/// A MAC as a payload.
+pub fn mac_payload(mac: [u8; 6]) -> u64 {
+    let mut k = [0u8; 8];
+    k[2..].copy_from_slice(&mac);
+    u64::from_be_bytes(k)
+}
+
+/// A payload back to a MAC.
+pub fn payload_mac(p: u64) -> [u8; 6] {
+    let b = p.to_be_bytes();
+    [b[2], b[3], b[4], b[5], b[6], b[7]]
+}
+
+fn age(now: u16, then: u16) -> u16 {
+    now.wrapping_sub(then)
+}
+
+impl Table {
+    /// A table of at least `capacity` slots (rounded up to a power of two) whose entries
+    /// live `ageing_secs` (≤ 30000) after they were last seen.
+    pub fn new(capacity: usize, ageing_secs: u32) -> Self {
+        let n = capacity.max(PROBE).next_power_of_two();
+        Self {
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            mask: n - 1,
+            ageing: ageing_secs.clamp(1, 30_000) as u16,
+        }
+    }
+
+    fn home(&self, key: u64) -> usize {
+        // Fibonacci hashing: MACs share their vendor prefix, so mix every bit.
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask
+    }
+
+    fn live(&self, val: u64, now: u16) -> bool {
+        val != 0 && age(now, val as u16) <= self.ageing
+    }
+
+    /// The payload learned for `key`, if it is still live at `now` (seconds, wrapping).
+    pub fn lookup(&self, key: u64, now: u16) -> Option<u64> {
+        let h = self.home(key);
+        for i in 0..PROBE {
+            let s = &self.slots[(h + i) & self.mask];
+            let k = s.key.load(Ordering::Acquire);
+            if k == 0 {
+                return None;
+            }
+            if k == key {
+                let v = s.val.load(Ordering::Acquire);
+                return self.live(v, now).then_some(v >> 16);
+            }
+        }
+        None
+    }
+
+    /// Records `key → payload` seen at `now`.
+    pub fn learn(&self, key: u64, payload: u64, now: u16) -> Learned {
+        debug_assert!(key != 0 && payload != 0 && payload < 1 << 48);
+        let new_val = payload << 16 | u64::from(now);
+        let h = self.home(key);
+        let mut reuse = None;
+        for i in 0..PROBE {
+            let s = &self.slots[(h + i) & self.mask];
+            let mut k = s.key.load(Ordering::Acquire);
+            if k == 0 {
+                if reuse.is_none() {
+                    match s
+                        .key
+                        .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
+                    {
+                        Ok(_) => {
+                            s.val.store(new_val, Ordering::Release);
+                            return Learned::New;
+                        }
+                        Err(other) => k = other,
+                    }
+                } else {
+                    break;
+                }
+            }
+            if k == key {
+                let old = s.val.load(Ordering::Acquire);
+                if old == new_val {
+                    return Learned::Refreshed;
+                }
+                s.val.store(new_val, Ordering::Release);
+                return if !self.live(old, now) {
+                    Learned::New
+                } else if old >> 16 != payload {
+                    Learned::Moved(old >> 16)
+                } else {
+                    Learned::Refreshed
+                };
+            }
+            if reuse.is_none() && !self.live(s.val.load(Ordering::Acquire), now) {
+                reuse = Some((h + i) & self.mask);
+            }
+        }
+        let Some(idx) = reuse else {
+            return Learned::Full;
+        };
+        let s = &self.slots[idx];
+        let old_key = s.key.load(Ordering::Acquire);
+        let old_val = s.val.load(Ordering::Acquire);
+        if self.live(old_val, now) {
+            return Learned::Full;
+        }
+        // Invalidate the value first so that a reader of the new key never sees the old
+        // key's payload.
+        s.val.store(0, Ordering::Release);
+        if s.key
+            .compare_exchange(old_key, key, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Learned::Full;
+        }
+        s.val.store(new_val, Ordering::Release);
+        Learned::New
+    }
+
+    /// Live entries at `now` whose key satisfies `pred` (a scan: for metrics, not per packet).
+    pub fn count(&self, now: u16, pred: impl Fn(u64) -> bool) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                let k = s.key.load(Ordering::Relaxed);
+                k != 0 && pred(k) && self.live(s.val.load(Ordering::Relaxed), now)
+            })
+            .count()
+    }
+
+    /// Forgets every entry whose payload satisfies `pred` (a node left its network).
+    pub fn forget(&self, pred: impl Fn(u64, u64) -> bool) {
+        for s in self.slots.iter() {
+            let k = s.key.load(Ordering::Relaxed);
+            let v = s.val.load(Ordering::Relaxed);
+            if k != 0 && v != 0 && pred(k, v >> 16) {
+                let _ = s
+                    .val
+                    .compare_exchange(v, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The network index a MAC or IP key belongs to.
+pub fn key_net(key: u64, is_mac: bool) -> u16 {
+    if is_mac {
+        (key >> 48) as u16 - 1
+    } else {
+        (key >> 32) as u16 - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const A: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+    const B: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+
+    #[test]
+    fn learn_lookup_move_age() {
+        let t = Table::new(64, 300);
+        let k = mac_key(0, A);
+        assert_eq!(t.lookup(k, 0), None);
+        assert_eq!(t.learn(k, 10, 0), Learned::New);
+        assert_eq!(t.lookup(k, 5), Some(10));
+        assert_eq!(t.learn(k, 10, 0), Learned::Refreshed);
+        assert_eq!(t.learn(k, 10, 7), Learned::Refreshed);
+        assert_eq!(t.learn(k, 11, 8), Learned::Moved(10));
+        assert_eq!(t.lookup(k, 8), Some(11));
+        // Aged out 300 s after the last sighting, then learned anew.
+        assert_eq!(t.lookup(k, 308), Some(11));
+        assert_eq!(t.lookup(k, 309), None);
+        assert_eq!(t.learn(k, 12, 400), Learned::New);
+        // The timestamp wraps around.
+        assert_eq!(t.learn(k, 13, 65_530), Learned::New);
+        assert_eq!(t.lookup(k, 100), Some(13));
+        assert_eq!(t.lookup(k, 300), None);
+    }
+
+    #[test]
+    fn networks_do_not_share_entries() {
+        let t = Table::new(64, 300);
+        t.learn(mac_key(0, A), 1, 0);
+        assert_eq!(t.lookup(mac_key(1, A), 0), None);
+        t.learn(mac_key(1, A), 2, 0);
+        assert_eq!(t.lookup(mac_key(0, A), 0), Some(1));
+        assert_eq!(t.lookup(mac_key(1, A), 0), Some(2));
+        assert_eq!(key_net(mac_key(7, A), true), 7);
+        assert_eq!(key_net(ip_key(9, [10, 0, 0, 1]), false), 9);
+        assert_eq!(t.count(0, |k| key_net(k, true) == 1), 1);
+    }
+
+    #[test]
+    fn full_window_refuses_then_reuses_aged_slots() {
+        let t = Table::new(16, 10);
+        for i in 0..16u8 {
+            assert_eq!(t.learn(mac_key(0, [2, 0, 0, 0, 1, i]), 5, 0), Learned::New);
+        }
+        assert_eq!(t.learn(mac_key(0, B), 5, 1), Learned::Full);
+        assert_eq!(t.lookup(mac_key(0, B), 1), None);
+        // After ageing every slot is reusable.
+        assert_eq!(t.learn(mac_key(0, B), 6, 20), Learned::New);
+        assert_eq!(t.lookup(mac_key(0, B), 20), Some(6));
+        assert_eq!(t.count(20, |_| true), 1);
+    }
+
+    #[test]
+    fn forget_by_payload() {
+        let t = Table::new(64, 300);
+        t.learn(mac_key(0, A), 1, 0);
+        t.learn(mac_key(0, B), 2, 0);
+        t.forget(|_, p| p == 1);
+        assert_eq!(t.lookup(mac_key(0, A), 0), None);
+        assert_eq!(t.lookup(mac_key(0, B), 0), Some(2));
+        assert_eq!(t.learn(mac_key(0, A), 3, 0), Learned::New);
+    }
+
+    #[test]
+    fn mac_payload_round_trip() {
+        assert_eq!(payload_mac(mac_payload(A)), A);
+    }
+
+    proptest! {
+        /// Against a model: with room to spare, every learned key reads back its last value.
+        #[test]
+        fn matches_a_map(ops in proptest::collection::vec((0u8..40, 1u64..5), 1..300)) {
+            let t = Table::new(1024, 300);
+            let mut m = std::collections::HashMap::new();
+            for (k, v) in ops {
+                let key = mac_key(0, [2, 0, 0, 0, 0, k]);
+                t.learn(key, v, 1);
+                m.insert(key, v);
+            }
+            for (k, v) in m {
+                prop_assert_eq!(t.lookup(k, 1), Some(v));
+            }
+        }
+    }
+
+    #[test]
+    fn concurrent_learners_and_readers_stay_consistent() {
+        // Two writers on disjoint keys plus a reader: every value read is one that was
+        // written for that key.
+        let t = std::sync::Arc::new(Table::new(4096, 300));
+        let mut hs = Vec::new();
+        for w in 0..2u8 {
+            let t = t.clone();
+            hs.push(std::thread::spawn(move || {
+                for round in 1..200u64 {
+                    for i in 0..200u8 {
+                        let key = mac_key(0, [2, w, 0, 0, 0, i]);
+                        t.learn(key, (u64::from(w) << 40) | round, 0);
+                    }
+                }
+            }));
+        }
+        let r = {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    for w in 0..2u8 {
+                        for i in 0..200u8 {
+                            if let Some(v) = t.lookup(mac_key(0, [2, w, 0, 0, 0, i]), 0) {
+                                assert_eq!(v >> 40, u64::from(w));
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        for h in hs {
+            h.join().unwrap();
+        }
+        r.join().unwrap();
+        assert_eq!(t.count(0, |_| true), 400);
+    }
+}

@@ -1,0 +1,358 @@
+//! Layer-2 overlays: Ethernet between hosts over VXLAN or GRE (gretap/NVGRE), with MAC
+//! learning, head-end replication, ARP suppression and VLAN↔VNI trunking, configured from
+//! etcd next to flannel's keys. Runs beside the routed (L3) mode in the same daemon.
+//!
+//! - [`config`]: the network JSON and the `--l2`/`--l2-vlan` flags (pure);
+//! - [`fdb`]: the lock-free learning tables (pure);
+//! - [`dataplane`]: the worker threads;
+//! - [`control`]: membership in etcd.
+//!
+//! See `docs/l2.md` for the model, the frame path and a worked two-tenant example.
+
+pub mod config;
+pub mod control;
+pub mod dataplane;
+pub mod fdb;
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use self::config::{AccessSpec, L2Backend, L2ConfigError, VlanSpec};
+use self::control::{L2Control, L2Error};
+use self::dataplane::{Dataplane, Network, Port, PortKind, Shared};
+use crate::control::etcd::Registry;
+use crate::host::{HostError, Netlink, Underlay};
+use crate::sys::socket::UnderlaySocket;
+use crate::sys::tun::{self, Device};
+
+/// Name of the trunk TAP.
+pub const TRUNK_TAP: &str = "l2trunk";
+/// Send sockets for vxlan, picked by inner flow hash (source-port entropy).
+const VXLAN_SEND_SOCKETS: usize = 4;
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// What the node was asked to attach.
+#[derive(Debug, Clone, Default)]
+pub struct L2Options {
+    pub access: Vec<AccessSpec>,
+    pub vlans: Vec<VlanSpec>,
+    pub trunk_bridge: Option<String>,
+    /// Open TAPs with a virtio header and TSO/checksum offloads.
+    pub offload: bool,
+}
+
+impl L2Options {
+    pub fn is_empty(&self) -> bool {
+        self.access.is_empty() && self.vlans.is_empty()
+    }
+}
+
+/// Why L2 could not start. Each message names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum L2StartError {
+    #[error(transparent)]
+    Control(#[from] L2Error),
+    #[error("L2 networks conflict: {0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(
+        "cannot open L2 device {name}: {source} (overlayd needs CAP_NET_ADMIN and /dev/net/tun)"
+    )]
+    Device {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open L2 underlay socket on {addr}: {source}")]
+    Socket {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// The running L2 side of the daemon.
+pub struct L2Node {
+    dp: Option<Dataplane>,
+    devices: Vec<Device>,
+    control: tokio::task::JoinHandle<()>,
+    client: etcd_client::Client,
+    prefix: String,
+    names: Vec<String>,
+    self_ip: Ipv4Addr,
+    pub shared: Arc<Shared>,
+}
+
+/// Checks that the networks can share this node's sockets: one vxlan port, distinct from
+/// the L3 backend's; one network per (backend, VNI).
+pub fn check_networks(
+    nets: &[(String, config::L2NetworkConfig)],
+    l3_port: Option<u16>,
+) -> Result<(), String> {
+    let mut ids = HashSet::new();
+    let mut port = None;
+    for (name, c) in nets {
+        if !ids.insert((c.backend, c.vni)) {
+            return Err(format!(
+                "network {name} uses {} VNI {}, like another attached network; give each network its own VNI",
+                c.backend, c.vni
+            ));
+        }
+        if c.backend == L2Backend::Vxlan {
+            if let Some(p) = port {
+                if p != c.port {
+                    return Err(format!(
+                        "network {name} uses vxlan port {}, another uses {p}; all L2 vxlan networks of a node share one port",
+                        c.port
+                    ));
+                }
+            }
+            if Some(c.port) == l3_port {
+                return Err(format!(
+                    "network {name} uses port {}, which the L3 backend already uses; pick another Port (4789 is the default)",
+                    c.port
+                ));
+            }
+            port = Some(c.port);
+        }
+    }
+    Ok(())
+}
+
+impl L2Node {
+    /// Reads the networks from etcd, opens the TAPs (enslaving them to bridges when asked)
+    /// and the underlay sockets, starts the workers, announces membership and starts the
+    /// control loop. `l3_port` is the L3 backend's UDP port (it must not be shared).
+    pub async fn start(
+        opts: &L2Options,
+        reg: &Registry,
+        nl: &Netlink,
+        underlay: &Underlay,
+        public_ip: Ipv4Addr,
+        l3_port: Option<u16>,
+    ) -> Result<L2Node, L2StartError> {
+        config::check_attachments(&opts.access, &opts.vlans).map_err(L2StartError::Conflict)?;
+        let client = reg.client();
+        let prefix = reg.prefix().to_string();
+        let names: Vec<String> = opts
+            .access
+            .iter()
+            .map(|a| a.network.clone())
+            .chain(opts.vlans.iter().map(|v| v.network.clone()))
+            .collect();
+        let mut cfgs = Vec::new();
+        for name in &names {
+            let c = control::wait_network(&client, &prefix, name).await?;
+            info!(network = %name, vni = c.vni, backend = %c.backend, "L2 network");
+            cfgs.push((name.clone(), c));
+        }
+        check_networks(&cfgs, l3_port).map_err(L2StartError::Conflict)?;
+        let shared = Arc::new(Shared::new(
+            cfgs.iter()
+                .map(|(n, c)| Network::new(n.clone(), c.clone()))
+                .collect(),
+        ));
+
+        // Devices.
+        let open = |name: &str| -> Result<Device, L2StartError> {
+            let mut dev = Device::open(&tun::Options {
+                name: name.to_string(),
+                kind: tun::Kind::Tap,
+                queues: 1,
+                vnet_hdr: opts.offload,
+            })
+            .map_err(|source| L2StartError::Device {
+                name: name.to_string(),
+                source,
+            })?;
+            if opts.offload {
+                let want = tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN;
+                if let Err(e) = dev.set_offload(want) {
+                    warn!(device = name, error = %e, "the kernel refused TAP offloads");
+                }
+            }
+            Ok(dev)
+        };
+        let mut devices = Vec::new();
+        let mut ports = Vec::new();
+        for (i, a) in opts.access.iter().enumerate() {
+            let c = &cfgs[i].1;
+            let name = c.backend.tap_name(c.vni);
+            let mut dev = open(&name)?;
+            let mtu = underlay.mtu.saturating_sub(c.backend.overhead());
+            nl.configure_tap(&dev.name, mtu, a.bridge.as_deref())
+                .await?;
+            info!(network = %a.network, device = %dev.name, mtu, bridge = ?a.bridge, "L2 access port");
+            ports.push(Port {
+                queue: Arc::new(dev.queues.remove(0)),
+                kind: PortKind::Access { net: i as u16 },
+            });
+            devices.push(dev);
+        }
+        if !opts.vlans.is_empty() {
+            let mut vid_to_net = [u16::MAX; 4096];
+            let mut overhead = 0;
+            for (j, v) in opts.vlans.iter().enumerate() {
+                let i = opts.access.len() + j;
+                vid_to_net[v.vid as usize] = i as u16;
+                overhead = overhead.max(cfgs[i].1.backend.overhead());
+            }
+            let mut dev = open(TRUNK_TAP)?;
+            let mtu = underlay.mtu.saturating_sub(overhead);
+            nl.configure_tap(&dev.name, mtu, opts.trunk_bridge.as_deref())
+                .await?;
+            info!(device = %dev.name, mtu, bridge = ?opts.trunk_bridge, vlans = ?opts.vlans, "L2 trunk port");
+            ports.push(Port {
+                queue: Arc::new(dev.queues.remove(0)),
+                kind: PortKind::Trunk {
+                    vid_to_net: Arc::new(vid_to_net),
+                },
+            });
+            devices.push(dev);
+        }
+
+        // Sockets.
+        let sock_err = |addr: String| move |source| L2StartError::Socket { addr, source };
+        let vxlan_port = cfgs
+            .iter()
+            .find(|(_, c)| c.backend == L2Backend::Vxlan)
+            .map(|(_, c)| c.port);
+        let (vxlan_recv, vxlan_send, gso) = match vxlan_port {
+            Some(port) => {
+                let bind = SocketAddrV4::new(underlay.addr, port);
+                let recv = Arc::new(
+                    UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(sock_err(bind.to_string()))?,
+                );
+                let mut send = Vec::new();
+                for _ in 0..VXLAN_SEND_SOCKETS {
+                    let b = SocketAddrV4::new(underlay.addr, 0);
+                    send.push(Arc::new(
+                        UnderlaySocket::udp(b, SOCKET_BUFFER).map_err(sock_err(b.to_string()))?,
+                    ));
+                }
+                let gso = opts.offload && send.iter().all(|s| s.probe_gso());
+                (Some(recv), send, gso)
+            }
+            None => (None, Vec::new(), false),
+        };
+        let gre = if cfgs.iter().any(|(_, c)| c.backend == L2Backend::Gre) {
+            Some(Arc::new(
+                UnderlaySocket::raw_gre(underlay.addr, SOCKET_BUFFER).map_err(sock_err(
+                    format!("{} (raw GRE; needs CAP_NET_RAW)", underlay.addr),
+                ))?,
+            ))
+        } else {
+            None
+        };
+        let dp = Dataplane::start(
+            dataplane::Config {
+                vnet_hdr: opts.offload,
+                gso,
+                vxlan_recv,
+                vxlan_send,
+                gre,
+            },
+            ports,
+            shared.clone(),
+        )
+        .map_err(|source| L2StartError::Device {
+            name: "L2 workers".into(),
+            source,
+        })?;
+
+        let mut ctl = L2Control::new(
+            client.clone(),
+            prefix.clone(),
+            names.clone(),
+            public_ip,
+            shared.clone(),
+        );
+        ctl.announce().await?;
+        let control = tokio::spawn(ctl.run());
+        info!(networks = ?names, gso, "L2 data plane running");
+        Ok(L2Node {
+            dp: Some(dp),
+            devices,
+            control,
+            client,
+            prefix,
+            names,
+            self_ip: public_ip,
+            shared,
+        })
+    }
+
+    /// Withdraws our membership (so peers stop flooding to us), stops the workers and
+    /// removes the TAPs.
+    pub async fn stop(mut self) {
+        self.control.abort();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            L2Control::withdraw(
+                self.client.clone(),
+                self.prefix.clone(),
+                self.names.clone(),
+                self.self_ip,
+            ),
+        )
+        .await;
+        if let Some(dp) = self.dp.take() {
+            dp.stop();
+        }
+        self.devices.clear();
+    }
+}
+
+impl From<L2ConfigError> for L2StartError {
+    fn from(e: L2ConfigError) -> Self {
+        L2StartError::Conflict(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config::{L2Backend, L2NetworkConfig};
+    use super::*;
+
+    fn net(name: &str, vni: u32, backend: L2Backend, port: u16) -> (String, L2NetworkConfig) {
+        (
+            name.into(),
+            L2NetworkConfig {
+                vni,
+                backend,
+                port,
+                arp_suppression: true,
+                ageing_secs: 300,
+            },
+        )
+    }
+
+    #[test]
+    fn network_conflicts() {
+        let ok = [
+            net("a", 100, L2Backend::Vxlan, 4789),
+            net("b", 200, L2Backend::Vxlan, 4789),
+            net("c", 100, L2Backend::Gre, 0),
+        ];
+        assert!(check_networks(&ok, Some(8472)).is_ok());
+        let dup = [
+            net("a", 100, L2Backend::Vxlan, 4789),
+            net("b", 100, L2Backend::Vxlan, 4789),
+        ];
+        assert!(check_networks(&dup, None).unwrap_err().contains("own VNI"));
+        let ports = [
+            net("a", 1, L2Backend::Vxlan, 4789),
+            net("b", 2, L2Backend::Vxlan, 4790),
+        ];
+        assert!(check_networks(&ports, None)
+            .unwrap_err()
+            .contains("share one port"));
+        let l3 = [net("a", 1, L2Backend::Vxlan, 8472)];
+        assert!(check_networks(&l3, Some(8472))
+            .unwrap_err()
+            .contains("L3 backend"));
+    }
+}
