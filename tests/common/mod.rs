@@ -1872,6 +1872,9 @@ impl Capture {
                 // With -tt every frame starts with "<epoch>.<usec>"; tcpdump prints what it
                 // decodes inside (e.g. VXLAN's inner frame) on continuation lines: join them.
                 for line in io::BufReader::new(out).lines().map_while(Result::ok) {
+                    if line.trim().is_empty() {
+                        continue;
+                    }
                     let starts_frame = line
                         .split_whitespace()
                         .next()
