@@ -28,6 +28,7 @@ use arc_swap::ArcSwap;
 use super::config::{L2Backend, L2NetworkConfig};
 use super::fdb::{self, Learned, Table};
 use crate::drop::DropReason;
+use crate::offload::gro::Coalescer;
 use crate::offload::tso;
 use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket, MAX_BATCH, MAX_GSO_SEGMENTS};
 use crate::sys::tun::{poll_readable, Queue};
@@ -630,6 +631,88 @@ struct RxWorker {
     deliver: Arc<Delivery>,
     shared: Arc<Shared>,
     batch: RecvBatch,
+    /// TCP coalescing into super-frames (TAPs with a virtio header only).
+    gro: Option<Gro>,
+}
+
+/// One coalescer for the worker: consecutive frames of one network with one Ethernet
+/// header are coalesced; a change of either flushes first, so what leaves always carries
+/// the header its segments arrived with.
+struct Gro {
+    coal: Coalescer,
+    cur: Option<(u16, [u8; ether::HEADER_LEN])>,
+}
+
+impl Gro {
+    fn flush(&mut self, sh: &Shared, ports: &[Port], deliver: &Delivery) {
+        if let Some((net, eth)) = self.cur.take() {
+            self.coal
+                .flush(&mut |p| emit_coalesced(sh, ports, deliver, net, &eth, p));
+        }
+    }
+
+    /// Offers a frame: IP frames are coalesced, anything else leaves after what is held.
+    fn push(&mut self, sh: &Shared, ports: &[Port], deliver: &Delivery, net: u16, frame: &[u8]) {
+        let et = u16::from_be_bytes([frame[12], frame[13]]);
+        if !matches!(et, ether::ETHERTYPE_IPV4 | ether::ETHERTYPE_IPV6) {
+            self.flush(sh, ports, deliver);
+            return deliver_frame(sh, ports, deliver, true, net, frame);
+        }
+        let mut eth = [0u8; ether::HEADER_LEN];
+        eth.copy_from_slice(&frame[..ether::HEADER_LEN]);
+        if self.cur != Some((net, eth)) {
+            self.flush(sh, ports, deliver);
+            self.cur = Some((net, eth));
+        }
+        let st = &sh.nets[net as usize].stats;
+        bump(&st.rx_frames, 1);
+        bump(&st.rx_bytes, frame.len() as u64);
+        self.coal.push(&frame[ether::HEADER_LEN..], &mut |p| {
+            emit_coalesced(sh, ports, deliver, net, &eth, p)
+        });
+    }
+}
+
+/// Writes what the coalescer emitted (virtio header + IP packet) as a frame: the Ethernet
+/// header (and VLAN tag on a trunk) goes back in front, and the virtio offsets move by
+/// their length.
+fn emit_coalesced(
+    sh: &Shared,
+    ports: &[Port],
+    deliver: &Delivery,
+    net: u16,
+    eth: &[u8; ether::HEADER_LEN],
+    p: &[u8],
+) {
+    let Some((pi, vid)) = deliver[net as usize] else {
+        return sh.dropped(DropReason::NoRoute, 1);
+    };
+    let Some(mut h) = virtio::VirtioNetHdr::parse(p) else {
+        return sh.dropped(DropReason::Truncated, 1);
+    };
+    let shift = (ether::HEADER_LEN + if vid.is_some() { 4 } else { 0 }) as u16;
+    if h.needs_csum() {
+        h.csum_start += shift;
+    }
+    if h.gso_kind() != virtio::GSO_NONE {
+        h.hdr_len += shift;
+    }
+    let mut hb = [0u8; virtio::LEN];
+    h.emit(&mut hb);
+    let ip = &p[virtio::LEN..];
+    let q = &ports[pi].queue;
+    let res = match vid {
+        None => q.write_parts(&[&hb, eth, ip]),
+        Some(vid) => {
+            let mut tag = [0u8; 4];
+            tag[..2].copy_from_slice(&ether::ETHERTYPE_VLAN.to_be_bytes());
+            tag[2..].copy_from_slice(&vid.to_be_bytes());
+            q.write_parts(&[&hb, &eth[..12], &tag, &eth[12..], ip])
+        }
+    };
+    if res.is_err() {
+        sh.dropped(DropReason::IoError, 1);
+    }
 }
 
 impl RxWorker {
@@ -641,6 +724,7 @@ impl RxWorker {
         deliver: Arc<Delivery>,
         shared: Arc<Shared>,
     ) -> Self {
+        let cfg_vnet = cfg.vnet_hdr;
         Self {
             cfg,
             sock,
@@ -649,6 +733,10 @@ impl RxWorker {
             deliver,
             shared,
             batch: RecvBatch::new(MAX_BATCH, 9216 + 64),
+            gro: cfg_vnet.then(|| Gro {
+                coal: Coalescer::new(),
+                cur: None,
+            }),
         }
     }
 
@@ -668,19 +756,36 @@ impl RxWorker {
                     }
                 };
                 let now = self.shared.now();
+                let RxWorker {
+                    cfg,
+                    sock,
+                    backend,
+                    ports,
+                    deliver,
+                    shared,
+                    batch,
+                    gro,
+                } = self;
                 for i in 0..n {
-                    let (data, _, from) = self.batch.get(i);
-                    receive(
-                        &self.shared,
-                        self.backend,
-                        &self.ports,
-                        &self.deliver,
-                        self.cfg.vnet_hdr,
-                        data,
-                        *from.ip(),
-                        self.sock.is_raw(),
-                        now,
-                    );
+                    let (data, _, from) = batch.get(i);
+                    let inb = match classify(shared, *backend, data, *from.ip(), sock.is_raw()) {
+                        Ok(Some(i)) => i,
+                        Ok(None) => continue,
+                        Err(r) => {
+                            shared.dropped(r, 1);
+                            continue;
+                        }
+                    };
+                    learn(shared, &inb, now);
+                    match gro.as_mut() {
+                        Some(g) => g.push(shared, ports, deliver, inb.net, inb.frame),
+                        None => {
+                            deliver_frame(shared, ports, deliver, cfg.vnet_hdr, inb.net, inb.frame)
+                        }
+                    }
+                }
+                if let Some(g) = gro.as_mut() {
+                    g.flush(shared, ports, deliver);
                 }
             }
         }
@@ -773,32 +878,23 @@ pub fn learn(sh: &Shared, inb: &Inbound<'_>, now: u16) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn receive(
+/// Writes one accepted frame into its network's port.
+fn deliver_frame(
     sh: &Shared,
-    backend: L2Backend,
     ports: &[Port],
-    deliver: &[Option<(usize, Option<u16>)>],
+    deliver: &Delivery,
     vnet: bool,
-    data: &[u8],
-    from: Ipv4Addr,
-    raw: bool,
-    now: u16,
+    net: u16,
+    frame: &[u8],
 ) {
-    let inb = match classify(sh, backend, data, from, raw) {
-        Ok(Some(i)) => i,
-        Ok(None) => return,
-        Err(r) => return sh.dropped(r, 1),
-    };
-    learn(sh, &inb, now);
-    let Some((pi, vid)) = deliver[inb.net as usize] else {
+    let Some((pi, vid)) = deliver[net as usize] else {
         return sh.dropped(DropReason::NoRoute, 1);
     };
-    match write_frame(&ports[pi].queue, vnet, vid, inb.frame) {
+    match write_frame(&ports[pi].queue, vnet, vid, frame) {
         Ok(_) => {
-            let st = &sh.nets[inb.net as usize].stats;
+            let st = &sh.nets[net as usize].stats;
             bump(&st.rx_frames, 1);
-            bump(&st.rx_bytes, inb.frame.len() as u64);
+            bump(&st.rx_bytes, frame.len() as u64);
         }
         Err(_) => sh.dropped(DropReason::IoError, 1),
     }
