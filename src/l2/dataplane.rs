@@ -96,15 +96,18 @@ fn bump(c: &AtomicU64, n: u64) {
 pub struct Network {
     pub name: String,
     pub cfg: L2NetworkConfig,
+    /// MTU of the network's port: a received super-frame is cut to fit it.
+    pub mtu: u32,
     pub members: ArcSwap<Members>,
     pub stats: NetStats,
 }
 
 impl Network {
-    pub fn new(name: String, cfg: L2NetworkConfig) -> Self {
+    pub fn new(name: String, cfg: L2NetworkConfig, mtu: u32) -> Self {
         Self {
             name,
             cfg,
+            mtu,
             members: ArcSwap::from_pointee(Members::default()),
             stats: NetStats::default(),
         }
@@ -633,6 +636,8 @@ struct RxWorker {
     batch: RecvBatch,
     /// TCP coalescing into super-frames (TAPs with a virtio header only).
     gro: Option<Gro>,
+    /// Where partial checksums are finished on the plain path.
+    scratch: Vec<u8>,
 }
 
 /// One coalescer for the worker: consecutive frames of one network with one Ethernet
@@ -684,35 +689,10 @@ fn emit_coalesced(
     eth: &[u8; ether::HEADER_LEN],
     p: &[u8],
 ) {
-    let Some((pi, vid)) = deliver[net as usize] else {
-        return sh.dropped(DropReason::NoRoute, 1);
-    };
-    let Some(mut h) = virtio::VirtioNetHdr::parse(p) else {
+    let Some(h) = virtio::VirtioNetHdr::parse(p) else {
         return sh.dropped(DropReason::Truncated, 1);
     };
-    let shift = (ether::HEADER_LEN + if vid.is_some() { 4 } else { 0 }) as u16;
-    if h.needs_csum() {
-        h.csum_start += shift;
-    }
-    if h.gso_kind() != virtio::GSO_NONE {
-        h.hdr_len += shift;
-    }
-    let mut hb = [0u8; virtio::LEN];
-    h.emit(&mut hb);
-    let ip = &p[virtio::LEN..];
-    let q = &ports[pi].queue;
-    let res = match vid {
-        None => q.write_parts(&[&hb, eth, ip]),
-        Some(vid) => {
-            let mut tag = [0u8; 4];
-            tag[..2].copy_from_slice(&ether::ETHERTYPE_VLAN.to_be_bytes());
-            tag[2..].copy_from_slice(&vid.to_be_bytes());
-            q.write_parts(&[&hb, &eth[..12], &tag, &eth[12..], ip])
-        }
-    };
-    if res.is_err() {
-        sh.dropped(DropReason::IoError, 1);
-    }
+    write_parts_with(sh, ports, deliver, net, eth, &p[virtio::LEN..], h);
 }
 
 impl RxWorker {
@@ -732,11 +712,14 @@ impl RxWorker {
             ports,
             deliver,
             shared,
-            batch: RecvBatch::new(MAX_BATCH, 9216 + 64),
+            // A kernel VXLAN peer over veth hands over whole tunnel-GSO super-frames
+            // (up to 64 KiB) even without UDP GRO: every buffer must hold one.
+            batch: RecvBatch::new(16, 65536 + 256),
             gro: cfg_vnet.then(|| Gro {
                 coal: Coalescer::new(),
                 cur: None,
             }),
+            scratch: vec![0; SEG_BUF],
         }
     }
 
@@ -765,6 +748,7 @@ impl RxWorker {
                     shared,
                     batch,
                     gro,
+                    scratch,
                 } = self;
                 for i in 0..n {
                     let (data, _, from) = batch.get(i);
@@ -777,10 +761,20 @@ impl RxWorker {
                         }
                     };
                     learn(shared, &inb, now);
-                    match gro.as_mut() {
-                        Some(g) => g.push(shared, ports, deliver, inb.net, inb.frame),
-                        None => {
-                            deliver_frame(shared, ports, deliver, cfg.vnet_hdr, inb.net, inb.frame)
+                    let mtu = shared.nets[inb.net as usize].mtu as usize;
+                    let (frame, partial) = trim_and_check(inb.frame, mtu);
+                    match (gro.as_mut(), partial) {
+                        (Some(g), None) => g.push(shared, ports, deliver, inb.net, frame),
+                        (None, None) => {
+                            deliver_frame(shared, ports, deliver, cfg.vnet_hdr, inb.net, frame)
+                        }
+                        (Some(g), Some(h)) => {
+                            // Keep the flow's order: what is held leaves first.
+                            g.flush(shared, ports, deliver);
+                            write_with_hdr(shared, ports, deliver, inb.net, frame, h);
+                        }
+                        (None, Some(h)) => {
+                            finish_and_deliver(shared, ports, deliver, inb.net, frame, &h, scratch)
                         }
                     }
                 }
@@ -878,6 +872,125 @@ pub fn learn(sh: &Shared, inb: &Inbound<'_>, now: u16) {
     }
 }
 
+/// Writes a frame whose checksum the kernel must finish (virtio header `h`, offsets
+/// relative to the IP packet), counted as received.
+fn write_with_hdr(
+    sh: &Shared,
+    ports: &[Port],
+    deliver: &Delivery,
+    net: u16,
+    frame: &[u8],
+    h: virtio::VirtioNetHdr,
+) {
+    let mut eth = [0u8; ether::HEADER_LEN];
+    eth.copy_from_slice(&frame[..ether::HEADER_LEN]);
+    let st = &sh.nets[net as usize].stats;
+    bump(&st.rx_frames, 1);
+    bump(&st.rx_bytes, frame.len() as u64);
+    write_parts_with(
+        sh,
+        ports,
+        deliver,
+        net,
+        &eth,
+        &frame[ether::HEADER_LEN..],
+        h,
+    );
+}
+
+/// Writes virtio header + Ethernet header (+ tag) + IP packet, moving the virtio offsets
+/// (relative to the IP packet) by what goes in front of it.
+fn write_parts_with(
+    sh: &Shared,
+    ports: &[Port],
+    deliver: &Delivery,
+    net: u16,
+    eth: &[u8; ether::HEADER_LEN],
+    ip: &[u8],
+    mut h: virtio::VirtioNetHdr,
+) {
+    let Some((pi, vid)) = deliver[net as usize] else {
+        return sh.dropped(DropReason::NoRoute, 1);
+    };
+    let shift = (ether::HEADER_LEN + if vid.is_some() { 4 } else { 0 }) as u16;
+    if h.needs_csum() {
+        h.csum_start += shift;
+    }
+    if h.gso_kind() != virtio::GSO_NONE {
+        h.hdr_len += shift;
+    }
+    let mut hb = [0u8; virtio::LEN];
+    h.emit(&mut hb);
+    let q = &ports[pi].queue;
+    let res = match vid {
+        None => q.write_parts(&[&hb, eth, ip]),
+        Some(vid) => {
+            let mut tag = [0u8; 4];
+            tag[..2].copy_from_slice(&ether::ETHERTYPE_VLAN.to_be_bytes());
+            tag[2..].copy_from_slice(&vid.to_be_bytes());
+            q.write_parts(&[&hb, &eth[..12], &tag, &eth[12..], ip])
+        }
+    };
+    if res.is_err() {
+        sh.dropped(DropReason::IoError, 1);
+    }
+}
+
+/// Trims Ethernet padding after an IPv4 packet and recognises a transport checksum left
+/// partial by a sending kernel with checksum offload (a kernel VXLAN peer over veth): such
+/// a frame gets the virtio header that makes our kernel finish it. A whole TCP
+/// super-frame (longer than the port's `mtu`, as a kernel peer's tunnel GSO hands it over)
+/// also gets a segment size that fits the MTU.
+pub fn trim_and_check(frame: &[u8], mtu: usize) -> (&[u8], Option<virtio::VirtioNetHdr>) {
+    let et = u16::from_be_bytes([frame[12], frame[13]]);
+    if et != ether::ETHERTYPE_IPV4 || frame.len() < ether::HEADER_LEN + 20 {
+        return (frame, None);
+    }
+    let ip = &frame[ether::HEADER_LEN..];
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let frame = if total >= 20 && total < ip.len() {
+        &frame[..ether::HEADER_LEN + total]
+    } else {
+        frame
+    };
+    let ip = &frame[ether::HEADER_LEN..];
+    let gso = if ip.len() > mtu && ip[9] == 6 {
+        let ihl = (ip[0] & 0x0f) as usize * 4;
+        let tcp = ip
+            .get(ihl + 12)
+            .map(|b| (b >> 4) as usize * 4)
+            .unwrap_or(20);
+        mtu.saturating_sub(ihl + tcp).max(1)
+    } else {
+        0
+    };
+    (frame, crate::offload::partial_checksum_hdr(ip, gso))
+}
+
+/// Plain path: finishes a partial checksum (segmenting a super-frame) in `scratch` and
+/// writes the frame(s).
+fn finish_and_deliver(
+    sh: &Shared,
+    ports: &[Port],
+    deliver: &Delivery,
+    net: u16,
+    frame: &[u8],
+    h: &virtio::VirtioNetHdr,
+    scratch: &mut [u8],
+) {
+    const EH: usize = ether::HEADER_LEN;
+    match tso::segment(h, &frame[EH..], EH, scratch) {
+        Ok(l) => {
+            for i in 0..l.count {
+                let d = l.datagram(i);
+                scratch[d.start..d.start + EH].copy_from_slice(&frame[..EH]);
+                deliver_frame(sh, ports, deliver, false, net, &scratch[d]);
+            }
+        }
+        Err(e) => sh.dropped(e.drop_reason(), 1),
+    }
+}
+
 /// Writes one accepted frame into its network's port.
 fn deliver_frame(
     sh: &Shared,
@@ -920,9 +1033,9 @@ mod tests {
 
     fn shared() -> Shared {
         let sh = Shared::new(vec![
-            Network::new("a".into(), cfg(100, L2Backend::Vxlan)),
-            Network::new("b".into(), cfg(200, L2Backend::Vxlan)),
-            Network::new("g".into(), cfg(100, L2Backend::Gre)),
+            Network::new("a".into(), cfg(100, L2Backend::Vxlan), 1450),
+            Network::new("b".into(), cfg(200, L2Backend::Vxlan), 1450),
+            Network::new("g".into(), cfg(100, L2Backend::Gre), 1458),
         ]);
         for i in 0..3 {
             sh.set_members(i, Members::new(vec![PEER]));
@@ -1091,6 +1204,53 @@ mod tests {
         // The node leaves: what was learned behind it is forgotten.
         sh.set_members(0, Members::new(vec![PEER]));
         assert_eq!(sh.macs.lookup(fdb::mac_key(0, M1), now), None);
+    }
+
+    /// An Ethernet frame carrying IPv4/TCP with `payload` bytes whose TCP checksum is left
+    /// partial (the pseudo-header sum), as a kernel with checksum offload sends it.
+    fn partial_tcp_frame(payload: usize, pad: usize) -> Vec<u8> {
+        use crate::wire::checksum;
+        let (src, dst) = (Ipv4Addr::new(10, 50, 0, 2), Ipv4Addr::new(10, 50, 0, 1));
+        let mut ip = vec![0u8; 20 + 20 + payload];
+        ipv4::Repr {
+            src_addr: src,
+            dst_addr: dst,
+            protocol: 6,
+            payload_len: (20 + payload) as u16,
+            ttl: 64,
+        }
+        .emit(&mut ip);
+        ip[20 + 12] = 5 << 4;
+        ip[20 + 13] = 0x10;
+        let pseudo = checksum::fold(checksum::pseudo_header_v4(
+            src,
+            dst,
+            6,
+            (20 + payload) as u16,
+        ));
+        ip[20 + 16..20 + 18].copy_from_slice(&pseudo.to_be_bytes());
+        let mut f = frame(M1, M2, ether::ETHERTYPE_IPV4, &ip);
+        f.extend(std::iter::repeat_n(0, pad));
+        f
+    }
+
+    #[test]
+    fn partial_checksums_and_super_frames_are_recognised() {
+        // A small ACK padded to Ethernet's minimum: trimmed, checksum to be finished.
+        let f = partial_tcp_frame(0, 6);
+        let (t, h) = trim_and_check(&f, 1450);
+        assert_eq!(t.len(), f.len() - 6);
+        let h = h.unwrap();
+        assert!(h.needs_csum());
+        assert_eq!(h.gso_kind(), virtio::GSO_NONE);
+        // A 20000-byte super-frame: cut to the MTU (1450 - 20 - 20 = 1410 per segment).
+        let f = partial_tcp_frame(20_000, 0);
+        let h = trim_and_check(&f, 1450).1.unwrap();
+        assert_eq!(h.gso_kind(), virtio::GSO_TCPV4);
+        assert_eq!(h.gso_size, 1410);
+        // A finished checksum or a non-IP frame: left alone.
+        let arp = frame(M1, M2, ether::ETHERTYPE_ARP, &[0; 28]);
+        assert_eq!(trim_and_check(&arp, 1450), (&arp[..], None));
     }
 
     #[test]
