@@ -42,6 +42,8 @@ const SEG_BUF: usize = 256 * 1024;
 const MAX_GSO_BYTES: usize = 65000;
 /// How long a worker blocks before re-checking the stop flag.
 const POLL_MS: i32 = 100;
+/// The GRE protocol field of L2 (gretap) traffic.
+const ETHERTYPE_TEB_BYTES: [u8; 2] = crate::wire::ether::ETHERTYPE_TEB.to_be_bytes();
 
 /// Counters of one worker, bumped by it alone and read by the metrics exporter.
 #[derive(Debug, Default)]
@@ -552,6 +554,11 @@ impl RxWorker {
             } else {
                 (*from.ip(), d)
             };
+            // Transparent Ethernet bridging (gretap) on the same raw socket belongs to the L2
+            // networks, which read it from their own socket: not ours, not a drop.
+            if sock.is_raw() && payload.get(2..4) == Some(&ETHERTYPE_TEB_BYTES[..]) {
+                continue;
+            }
             if !fib.is_known_sender(src_ip) {
                 st.drop(DropReason::UnknownSender, 1);
                 continue;

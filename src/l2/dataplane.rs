@@ -28,6 +28,7 @@ use arc_swap::ArcSwap;
 use super::config::{L2Backend, L2NetworkConfig};
 use super::fdb::{self, Learned, Table};
 use crate::drop::DropReason;
+use crate::offload::gro::Coalescer;
 use crate::offload::tso;
 use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket, MAX_BATCH, MAX_GSO_SEGMENTS};
 use crate::sys::tun::{poll_readable, Queue};
@@ -95,15 +96,18 @@ fn bump(c: &AtomicU64, n: u64) {
 pub struct Network {
     pub name: String,
     pub cfg: L2NetworkConfig,
+    /// MTU of the network's port: a received super-frame is cut to fit it.
+    pub mtu: u32,
     pub members: ArcSwap<Members>,
     pub stats: NetStats,
 }
 
 impl Network {
-    pub fn new(name: String, cfg: L2NetworkConfig) -> Self {
+    pub fn new(name: String, cfg: L2NetworkConfig, mtu: u32) -> Self {
         Self {
             name,
             cfg,
+            mtu,
             members: ArcSwap::from_pointee(Members::default()),
             stats: NetStats::default(),
         }
@@ -630,6 +634,65 @@ struct RxWorker {
     deliver: Arc<Delivery>,
     shared: Arc<Shared>,
     batch: RecvBatch,
+    /// TCP coalescing into super-frames (TAPs with a virtio header only).
+    gro: Option<Gro>,
+    /// Where partial checksums are finished on the plain path.
+    scratch: Vec<u8>,
+}
+
+/// One coalescer for the worker: consecutive frames of one network with one Ethernet
+/// header are coalesced; a change of either flushes first, so what leaves always carries
+/// the header its segments arrived with.
+struct Gro {
+    coal: Coalescer,
+    cur: Option<(u16, [u8; ether::HEADER_LEN])>,
+}
+
+impl Gro {
+    fn flush(&mut self, sh: &Shared, ports: &[Port], deliver: &Delivery) {
+        if let Some((net, eth)) = self.cur.take() {
+            self.coal
+                .flush(&mut |p| emit_coalesced(sh, ports, deliver, net, &eth, p));
+        }
+    }
+
+    /// Offers a frame: IP frames are coalesced, anything else leaves after what is held.
+    fn push(&mut self, sh: &Shared, ports: &[Port], deliver: &Delivery, net: u16, frame: &[u8]) {
+        let et = u16::from_be_bytes([frame[12], frame[13]]);
+        if !matches!(et, ether::ETHERTYPE_IPV4 | ether::ETHERTYPE_IPV6) {
+            self.flush(sh, ports, deliver);
+            return deliver_frame(sh, ports, deliver, true, net, frame);
+        }
+        let mut eth = [0u8; ether::HEADER_LEN];
+        eth.copy_from_slice(&frame[..ether::HEADER_LEN]);
+        if self.cur != Some((net, eth)) {
+            self.flush(sh, ports, deliver);
+            self.cur = Some((net, eth));
+        }
+        let st = &sh.nets[net as usize].stats;
+        bump(&st.rx_frames, 1);
+        bump(&st.rx_bytes, frame.len() as u64);
+        self.coal.push(&frame[ether::HEADER_LEN..], &mut |p| {
+            emit_coalesced(sh, ports, deliver, net, &eth, p)
+        });
+    }
+}
+
+/// Writes what the coalescer emitted (virtio header + IP packet) as a frame: the Ethernet
+/// header (and VLAN tag on a trunk) goes back in front, and the virtio offsets move by
+/// their length.
+fn emit_coalesced(
+    sh: &Shared,
+    ports: &[Port],
+    deliver: &Delivery,
+    net: u16,
+    eth: &[u8; ether::HEADER_LEN],
+    p: &[u8],
+) {
+    let Some(h) = virtio::VirtioNetHdr::parse(p) else {
+        return sh.dropped(DropReason::Truncated, 1);
+    };
+    write_parts_with(sh, ports, deliver, net, eth, &p[virtio::LEN..], h);
 }
 
 impl RxWorker {
@@ -641,6 +704,7 @@ impl RxWorker {
         deliver: Arc<Delivery>,
         shared: Arc<Shared>,
     ) -> Self {
+        let cfg_vnet = cfg.vnet_hdr;
         Self {
             cfg,
             sock,
@@ -648,7 +712,14 @@ impl RxWorker {
             ports,
             deliver,
             shared,
-            batch: RecvBatch::new(MAX_BATCH, 9216 + 64),
+            // A kernel VXLAN peer over veth hands over whole tunnel-GSO super-frames
+            // (up to 64 KiB) even without UDP GRO: every buffer must hold one.
+            batch: RecvBatch::new(16, 65536 + 256),
+            gro: cfg_vnet.then(|| Gro {
+                coal: Coalescer::new(),
+                cur: None,
+            }),
+            scratch: vec![0; SEG_BUF],
         }
     }
 
@@ -668,19 +739,47 @@ impl RxWorker {
                     }
                 };
                 let now = self.shared.now();
+                let RxWorker {
+                    cfg,
+                    sock,
+                    backend,
+                    ports,
+                    deliver,
+                    shared,
+                    batch,
+                    gro,
+                    scratch,
+                } = self;
                 for i in 0..n {
-                    let (data, _, from) = self.batch.get(i);
-                    receive(
-                        &self.shared,
-                        self.backend,
-                        &self.ports,
-                        &self.deliver,
-                        self.cfg.vnet_hdr,
-                        data,
-                        *from.ip(),
-                        self.sock.is_raw(),
-                        now,
-                    );
+                    let (data, _, from) = batch.get(i);
+                    let inb = match classify(shared, *backend, data, *from.ip(), sock.is_raw()) {
+                        Ok(Some(i)) => i,
+                        Ok(None) => continue,
+                        Err(r) => {
+                            shared.dropped(r, 1);
+                            continue;
+                        }
+                    };
+                    learn(shared, &inb, now);
+                    let mtu = shared.nets[inb.net as usize].mtu as usize;
+                    let (frame, partial) = trim_and_check(inb.frame, mtu);
+                    match (gro.as_mut(), partial) {
+                        (Some(g), None) => g.push(shared, ports, deliver, inb.net, frame),
+                        (None, None) => {
+                            deliver_frame(shared, ports, deliver, cfg.vnet_hdr, inb.net, frame)
+                        }
+                        (Some(g), Some(h)) => {
+                            // Keep the flow's order: what is held leaves first.
+                            g.flush(shared, ports, deliver);
+                            write_with_hdr(shared, ports, deliver, inb.net, frame, h);
+                        }
+                        (None, Some(h)) => {
+                            finish_and_deliver(shared, ports, deliver, inb.net, frame, &h, scratch)
+                        }
+                    }
+                }
+                if let Some(g) = gro.as_mut() {
+                    g.flush(shared, ports, deliver);
                 }
             }
         }
@@ -773,32 +872,142 @@ pub fn learn(sh: &Shared, inb: &Inbound<'_>, now: u16) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn receive(
+/// Writes a frame whose checksum the kernel must finish (virtio header `h`, offsets
+/// relative to the IP packet), counted as received.
+fn write_with_hdr(
     sh: &Shared,
-    backend: L2Backend,
     ports: &[Port],
-    deliver: &[Option<(usize, Option<u16>)>],
-    vnet: bool,
-    data: &[u8],
-    from: Ipv4Addr,
-    raw: bool,
-    now: u16,
+    deliver: &Delivery,
+    net: u16,
+    frame: &[u8],
+    h: virtio::VirtioNetHdr,
 ) {
-    let inb = match classify(sh, backend, data, from, raw) {
-        Ok(Some(i)) => i,
-        Ok(None) => return,
-        Err(r) => return sh.dropped(r, 1),
-    };
-    learn(sh, &inb, now);
-    let Some((pi, vid)) = deliver[inb.net as usize] else {
+    let mut eth = [0u8; ether::HEADER_LEN];
+    eth.copy_from_slice(&frame[..ether::HEADER_LEN]);
+    let st = &sh.nets[net as usize].stats;
+    bump(&st.rx_frames, 1);
+    bump(&st.rx_bytes, frame.len() as u64);
+    write_parts_with(
+        sh,
+        ports,
+        deliver,
+        net,
+        &eth,
+        &frame[ether::HEADER_LEN..],
+        h,
+    );
+}
+
+/// Writes virtio header + Ethernet header (+ tag) + IP packet, moving the virtio offsets
+/// (relative to the IP packet) by what goes in front of it.
+fn write_parts_with(
+    sh: &Shared,
+    ports: &[Port],
+    deliver: &Delivery,
+    net: u16,
+    eth: &[u8; ether::HEADER_LEN],
+    ip: &[u8],
+    mut h: virtio::VirtioNetHdr,
+) {
+    let Some((pi, vid)) = deliver[net as usize] else {
         return sh.dropped(DropReason::NoRoute, 1);
     };
-    match write_frame(&ports[pi].queue, vnet, vid, inb.frame) {
+    let shift = (ether::HEADER_LEN + if vid.is_some() { 4 } else { 0 }) as u16;
+    if h.needs_csum() {
+        h.csum_start += shift;
+    }
+    if h.gso_kind() != virtio::GSO_NONE {
+        h.hdr_len += shift;
+    }
+    let mut hb = [0u8; virtio::LEN];
+    h.emit(&mut hb);
+    let q = &ports[pi].queue;
+    let res = match vid {
+        None => q.write_parts(&[&hb, eth, ip]),
+        Some(vid) => {
+            let mut tag = [0u8; 4];
+            tag[..2].copy_from_slice(&ether::ETHERTYPE_VLAN.to_be_bytes());
+            tag[2..].copy_from_slice(&vid.to_be_bytes());
+            q.write_parts(&[&hb, &eth[..12], &tag, &eth[12..], ip])
+        }
+    };
+    if res.is_err() {
+        sh.dropped(DropReason::IoError, 1);
+    }
+}
+
+/// Trims Ethernet padding after an IPv4 packet and recognises a transport checksum left
+/// partial by a sending kernel with checksum offload (a kernel VXLAN peer over veth): such
+/// a frame gets the virtio header that makes our kernel finish it. A whole TCP
+/// super-frame (longer than the port's `mtu`, as a kernel peer's tunnel GSO hands it over)
+/// also gets a segment size that fits the MTU.
+pub fn trim_and_check(frame: &[u8], mtu: usize) -> (&[u8], Option<virtio::VirtioNetHdr>) {
+    let et = u16::from_be_bytes([frame[12], frame[13]]);
+    if et != ether::ETHERTYPE_IPV4 || frame.len() < ether::HEADER_LEN + 20 {
+        return (frame, None);
+    }
+    let ip = &frame[ether::HEADER_LEN..];
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let frame = if total >= 20 && total < ip.len() {
+        &frame[..ether::HEADER_LEN + total]
+    } else {
+        frame
+    };
+    let ip = &frame[ether::HEADER_LEN..];
+    let gso = if ip.len() > mtu && ip[9] == 6 {
+        let ihl = (ip[0] & 0x0f) as usize * 4;
+        let tcp = ip
+            .get(ihl + 12)
+            .map(|b| (b >> 4) as usize * 4)
+            .unwrap_or(20);
+        mtu.saturating_sub(ihl + tcp).max(1)
+    } else {
+        0
+    };
+    (frame, crate::offload::partial_checksum_hdr(ip, gso))
+}
+
+/// Plain path: finishes a partial checksum (segmenting a super-frame) in `scratch` and
+/// writes the frame(s).
+fn finish_and_deliver(
+    sh: &Shared,
+    ports: &[Port],
+    deliver: &Delivery,
+    net: u16,
+    frame: &[u8],
+    h: &virtio::VirtioNetHdr,
+    scratch: &mut [u8],
+) {
+    const EH: usize = ether::HEADER_LEN;
+    match tso::segment(h, &frame[EH..], EH, scratch) {
+        Ok(l) => {
+            for i in 0..l.count {
+                let d = l.datagram(i);
+                scratch[d.start..d.start + EH].copy_from_slice(&frame[..EH]);
+                deliver_frame(sh, ports, deliver, false, net, &scratch[d]);
+            }
+        }
+        Err(e) => sh.dropped(e.drop_reason(), 1),
+    }
+}
+
+/// Writes one accepted frame into its network's port.
+fn deliver_frame(
+    sh: &Shared,
+    ports: &[Port],
+    deliver: &Delivery,
+    vnet: bool,
+    net: u16,
+    frame: &[u8],
+) {
+    let Some((pi, vid)) = deliver[net as usize] else {
+        return sh.dropped(DropReason::NoRoute, 1);
+    };
+    match write_frame(&ports[pi].queue, vnet, vid, frame) {
         Ok(_) => {
-            let st = &sh.nets[inb.net as usize].stats;
+            let st = &sh.nets[net as usize].stats;
             bump(&st.rx_frames, 1);
-            bump(&st.rx_bytes, inb.frame.len() as u64);
+            bump(&st.rx_bytes, frame.len() as u64);
         }
         Err(_) => sh.dropped(DropReason::IoError, 1),
     }
@@ -824,9 +1033,9 @@ mod tests {
 
     fn shared() -> Shared {
         let sh = Shared::new(vec![
-            Network::new("a".into(), cfg(100, L2Backend::Vxlan)),
-            Network::new("b".into(), cfg(200, L2Backend::Vxlan)),
-            Network::new("g".into(), cfg(100, L2Backend::Gre)),
+            Network::new("a".into(), cfg(100, L2Backend::Vxlan), 1450),
+            Network::new("b".into(), cfg(200, L2Backend::Vxlan), 1450),
+            Network::new("g".into(), cfg(100, L2Backend::Gre), 1458),
         ]);
         for i in 0..3 {
             sh.set_members(i, Members::new(vec![PEER]));
@@ -995,6 +1204,53 @@ mod tests {
         // The node leaves: what was learned behind it is forgotten.
         sh.set_members(0, Members::new(vec![PEER]));
         assert_eq!(sh.macs.lookup(fdb::mac_key(0, M1), now), None);
+    }
+
+    /// An Ethernet frame carrying IPv4/TCP with `payload` bytes whose TCP checksum is left
+    /// partial (the pseudo-header sum), as a kernel with checksum offload sends it.
+    fn partial_tcp_frame(payload: usize, pad: usize) -> Vec<u8> {
+        use crate::wire::checksum;
+        let (src, dst) = (Ipv4Addr::new(10, 50, 0, 2), Ipv4Addr::new(10, 50, 0, 1));
+        let mut ip = vec![0u8; 20 + 20 + payload];
+        ipv4::Repr {
+            src_addr: src,
+            dst_addr: dst,
+            protocol: 6,
+            payload_len: (20 + payload) as u16,
+            ttl: 64,
+        }
+        .emit(&mut ip);
+        ip[20 + 12] = 5 << 4;
+        ip[20 + 13] = 0x10;
+        let pseudo = checksum::fold(checksum::pseudo_header_v4(
+            src,
+            dst,
+            6,
+            (20 + payload) as u16,
+        ));
+        ip[20 + 16..20 + 18].copy_from_slice(&pseudo.to_be_bytes());
+        let mut f = frame(M1, M2, ether::ETHERTYPE_IPV4, &ip);
+        f.extend(std::iter::repeat_n(0, pad));
+        f
+    }
+
+    #[test]
+    fn partial_checksums_and_super_frames_are_recognised() {
+        // A small ACK padded to Ethernet's minimum: trimmed, checksum to be finished.
+        let f = partial_tcp_frame(0, 6);
+        let (t, h) = trim_and_check(&f, 1450);
+        assert_eq!(t.len(), f.len() - 6);
+        let h = h.unwrap();
+        assert!(h.needs_csum());
+        assert_eq!(h.gso_kind(), virtio::GSO_NONE);
+        // A 20000-byte super-frame: cut to the MTU (1450 - 20 - 20 = 1410 per segment).
+        let f = partial_tcp_frame(20_000, 0);
+        let h = trim_and_check(&f, 1450).1.unwrap();
+        assert_eq!(h.gso_kind(), virtio::GSO_TCPV4);
+        assert_eq!(h.gso_size, 1410);
+        // A finished checksum or a non-IP frame: left alone.
+        let arp = frame(M1, M2, ether::ETHERTYPE_ARP, &[0; 28]);
+        assert_eq!(trim_and_check(&arp, 1450), (&arp[..], None));
     }
 
     #[test]

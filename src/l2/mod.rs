@@ -150,9 +150,25 @@ impl L2Node {
             cfgs.push((name.clone(), c));
         }
         check_networks(&cfgs, l3_port).map_err(L2StartError::Conflict)?;
+        // Port MTUs: the access TAP's own, or the trunk's (the largest overhead of its
+        // networks).
+        let trunk_overhead = cfgs[opts.access.len()..]
+            .iter()
+            .map(|(_, c)| c.backend.overhead())
+            .max()
+            .unwrap_or(0);
+        let mtu_of = |i: usize, c: &config::L2NetworkConfig| {
+            let overhead = if i < opts.access.len() {
+                c.backend.overhead()
+            } else {
+                trunk_overhead
+            };
+            underlay.mtu.saturating_sub(overhead)
+        };
         let shared = Arc::new(Shared::new(
             cfgs.iter()
-                .map(|(n, c)| Network::new(n.clone(), c.clone()))
+                .enumerate()
+                .map(|(i, (n, c))| Network::new(n.clone(), c.clone(), mtu_of(i, c)))
                 .collect(),
         ));
 
@@ -182,7 +198,7 @@ impl L2Node {
             let c = &cfgs[i].1;
             let name = c.backend.tap_name(c.vni);
             let mut dev = open(&name)?;
-            let mtu = underlay.mtu.saturating_sub(c.backend.overhead());
+            let mtu = shared.nets[i].mtu;
             nl.configure_tap(&dev.name, mtu, a.bridge.as_deref())
                 .await?;
             info!(network = %a.network, device = %dev.name, mtu, bridge = ?a.bridge, "L2 access port");
@@ -194,14 +210,11 @@ impl L2Node {
         }
         if !opts.vlans.is_empty() {
             let mut vid_to_net = [u16::MAX; 4096];
-            let mut overhead = 0;
             for (j, v) in opts.vlans.iter().enumerate() {
-                let i = opts.access.len() + j;
-                vid_to_net[v.vid as usize] = i as u16;
-                overhead = overhead.max(cfgs[i].1.backend.overhead());
+                vid_to_net[v.vid as usize] = (opts.access.len() + j) as u16;
             }
             let mut dev = open(TRUNK_TAP)?;
-            let mtu = underlay.mtu.saturating_sub(overhead);
+            let mtu = underlay.mtu.saturating_sub(trunk_overhead);
             nl.configure_tap(&dev.name, mtu, opts.trunk_bridge.as_deref())
                 .await?;
             info!(device = %dev.name, mtu, bridge = ?opts.trunk_bridge, vlans = ?opts.vlans, "L2 trunk port");

@@ -195,15 +195,16 @@ impl Queue {
         }
     }
 
-    /// Writes one packet gathered from up to four slices (virtio header, Ethernet
-    /// addresses, an 802.1Q tag, the rest): the L2 path restores a VLAN tag this way
-    /// without copying the frame. Slices beyond the fourth are ignored.
+    /// Writes one packet gathered from up to six slices (virtio header, Ethernet
+    /// addresses, an 802.1Q tag, EtherType, the rest): the L2 path restores a VLAN tag or
+    /// an Ethernet header this way without copying the frame. Slices beyond the sixth are
+    /// ignored.
     pub fn write_parts(&self, parts: &[&[u8]]) -> io::Result<usize> {
         let mut iov = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
-        }; 4];
-        let n = parts.len().min(4);
+        }; 6];
+        let n = parts.len().min(6);
         for (v, p) in iov.iter_mut().zip(parts) {
             *v = libc::iovec {
                 iov_base: p.as_ptr() as *mut _,
