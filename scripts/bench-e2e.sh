@@ -11,6 +11,14 @@
 #   6. vxlan_no_offload    overlayd --backend vxlan --no-offload (no TUN TSO/GRO, no UDP GSO/GRO)
 #   7. tinc                tinc 1.0, router mode, Cipher = none, Digest = none (userspace reference)
 #
+# L2 rows (issue 6): on each host a bridge brl2 with a "container" namespace (ovb-c1, ovb-c2:
+# veth, mtu 1450, 10.50.0.1/.2 in one /24), measured container to container:
+#   8. kernel_l2_vxlan     kernel VXLAN vx100 (VNI 100, dstport 4789, learning) on brl2, one
+#                          all-zeros flood entry to the peer; no overlayd
+#   9. l2_vxlan            overlayd --l2 net@brl2, network VNI 100 Backend vxlan
+#  10. l2_gre              overlayd --l2 net@brl2, network VNI 100 Backend gre
+# Their ratios are to kernel_l2_vxlan (table column and the JSON's "l2_ratios").
+#
 # For each: iperf3 one TCP stream and 4 streams (-P 4), -t $DURATION, h1 -> h2 (receiver rate),
 # and ping -c 50 -i 0.02 (avg RTT in µs). Also overlayd's VmRSS after the 1-stream vxlan run.
 # Prints a table and one final JSON line.
@@ -125,15 +133,17 @@ ping_us() {
   if [ -n "$avg" ]; then awk -v a="$avg" 'BEGIN { printf "%.0f", a * 1000 }'; else echo FAIL; fi
 }
 
-# measure CASE DST_ADDR [HOOK]: ping, 1-stream and 4-stream iperf3 from h1 to DST_ADDR on h2.
-# HOOK (a function name) runs right after the 1-stream run.
+# measure CASE DST_ADDR [HOOK]: ping, 1-stream and 4-stream iperf3 from $SRC_NS (h1) to
+# DST_ADDR in $DST_NS (h2). HOOK (a function name) runs right after the 1-stream run.
+SRC_NS=$H1
+DST_NS=$H2
 measure() {
   local name=$1 addr=$2 hook=${3:-} p g1 g4
-  say "$name: ping + iperf3 h1 -> $addr (${DURATION}s, 1 and 4 streams)"
-  p=$(ping_us "$H1" "$addr")
-  g1=$(iperf_gbps "$H1" "$H2" "$addr" 1 "$name")
+  say "$name: ping + iperf3 $SRC_NS -> $addr (${DURATION}s, 1 and 4 streams)"
+  p=$(ping_us "$SRC_NS" "$addr")
+  g1=$(iperf_gbps "$SRC_NS" "$DST_NS" "$addr" 1 "$name")
   [ -n "$hook" ] && "$hook"
-  g4=$(iperf_gbps "$H1" "$H2" "$addr" 4 "$name")
+  g4=$(iperf_gbps "$SRC_NS" "$DST_NS" "$addr" 4 "$name")
   printf '%s: 1-stream %s Gbit/s, 4-stream %s Gbit/s, ping avg %s µs\n' "$name" "$g1" "$g4" "$p" >&2
   printf '%s\t%s\t%s\t%s\n' "$name" "$g1" "$g4" "$p" >>"$RESULTS"
 }
@@ -354,6 +364,86 @@ EOF
 tinc_case
 
 # ------------------------------------------------------------------------------------------------
+# 8-10. L2: containers on a bridge per host, one Ethernet segment across the hosts
+C1=${P}c1
+C2=${P}c2
+L2_IP1=10.50.0.1
+L2_IP2=10.50.0.2
+say "L2 layout: brl2 on h1/h2, containers $C1 ($L2_IP1) and $C2 ($L2_IP2), mtu 1450"
+l2_container() { # HOST_NS CONTAINER_NS IP MAC
+  ip -n "$1" link add brl2 type bridge mcast_snooping 0 2>/dev/null || true
+  ip -n "$1" link set brl2 up
+  ip netns add "$2"
+  ip -n "$2" link set lo up
+  ip -n "$1" link add veth-l2 mtu 1450 type veth peer name eth0 mtu 1450 netns "$2"
+  ip -n "$1" link set veth-l2 master brl2
+  ip -n "$1" link set veth-l2 up
+  ip -n "$2" link set eth0 address "$4"
+  ip -n "$2" addr add "$3/24" dev eth0
+  ip -n "$2" link set eth0 up
+}
+l2_container "$H1" "$C1" "$L2_IP1" 02:50:00:00:01:01
+l2_container "$H2" "$C2" "$L2_IP2" 02:50:00:00:02:01
+SRC_NS=$C1
+DST_NS=$C2
+
+# 8. kernel L2 VXLAN: vxN on the bridge, head-end replication by a flood entry per peer
+say "kernel_l2_vxlan: vx100 (VNI 100, dstport 4789) on brl2 in both hosts"
+kl2() { # NS LOCAL_IP PEER_IP
+  ip -n "$1" link add vx100 mtu 1450 type vxlan id 100 dstport 4789 local "$2" dev eth0
+  ip -n "$1" link set vx100 master brl2
+  ip -n "$1" link set vx100 up
+  bridge -n "$1" fdb append 00:00:00:00:00:00 dev vx100 dst "$3"
+}
+kl2 "$H1" "$U1" "$U2"
+kl2 "$H2" "$U2" "$U1"
+if wait_reachable "$C1" "$L2_IP2"; then
+  measure kernel_l2_vxlan "$L2_IP2"
+else
+  skip kernel_l2_vxlan "$L2_IP2 not reachable over vx100"
+fi
+ip -n "$H1" link del vx100
+ip -n "$H2" link del vx100
+
+# 9-10. overlayd L2 (the L3 side runs as usual, with its own subnet leases)
+# l2_case CASE L2_BACKEND
+l2_case() {
+  local name=$1 backend=$2 i tap
+  say "$name: overlayd --l2 net@brl2, network VNI 100 Backend $backend (etcd prefix /bench/$name)"
+  mkdir -p "$WORK/$name"
+  ctl put "/bench/$name/l2/networks/net" "{\"VNI\":100,\"Backend\":\"$backend\"}" >/dev/null
+  for i in 1 2; do
+    ip netns exec "$P""h$i" "$BIN" --backend vxlan --etcd-endpoints "$ENDPOINT" \
+      --etcd-prefix "/bench/$name" --network "$NETWORK" --subnet-len 24 --iface eth0 \
+      --subnet-file "$WORK/$name/h$i.env" --l2 net@brl2 >"$WORK/$name/h$i.log" 2>&1 &
+    OVD_PIDS[i]=$!
+  done
+  if [ "$backend" = gre ]; then tap=l2g100; else tap=l2v100; fi
+  for i in 1 2; do
+    for _ in $(seq 300); do
+      ip -n "$P""h$i" link show "$tap" >/dev/null 2>&1 && break
+      kill -0 "${OVD_PIDS[i]}" 2>/dev/null || break
+      sleep 0.1
+    done
+    if ! ip -n "$P""h$i" link show "$tap" >/dev/null 2>&1; then
+      log_tail "$WORK/$name/h$i.log"
+      stop_overlayd
+      skip "$name" "overlayd on h$i made no $tap"
+      return 0
+    fi
+  done
+  if wait_reachable "$C1" "$L2_IP2"; then
+    measure "$name" "$L2_IP2"
+  else
+    log_tail "$WORK/$name/h1.log"
+    skip "$name" "$L2_IP2 not reachable over $tap"
+  fi
+  stop_overlayd
+}
+l2_case l2_vxlan vxlan
+l2_case l2_gre gre
+
+# ------------------------------------------------------------------------------------------------
 say "results (h1 -> h2, iperf3 -t $DURATION receiver rate, ping -c 50 -i 0.02 avg)"
 python3 - "$RESULTS" "$EXTRA" "$DURATION" <<'EOF'
 import json, sys
@@ -372,9 +462,17 @@ res = {r[0]: {"g1": num(r[1]), "g4": num(r[2]), "ping": num(r[3])} for r in rows
 k = res.get("kernel_vxlan", {})
 k1, kping = k.get("g1"), k.get("ping")
 
+kl2 = res.get("kernel_l2_vxlan", {})
+kl2_1, kl2_ping = kl2.get("g1"), kl2.get("ping")
+L2_CASES = ["l2_vxlan", "l2_gre"]
+
 def ratio(c):
     g = res.get(c, {}).get("g1")
     return round(g / k1, 3) if g is not None and k1 else None
+
+def l2_ratio(c):
+    g = res.get(c, {}).get("g1")
+    return round(g / kl2_1, 3) if g is not None and kl2_1 else None
 
 def fmt(v, f):
     return "-" if v is None else f % v
@@ -382,13 +480,16 @@ def fmt(v, f):
 print("%-18s %12s %12s %14s %18s" % ("case", "1-stream", "4-stream", "ping avg", "ratio to kernel"))
 print("%-18s %12s %12s %14s %18s" % ("", "Gbit/s", "Gbit/s", "µs", "vxlan 1-stream"))
 for name, r in res.items():
+    if name == "kernel_l2_vxlan":
+        print("-- L2, container to container (ratio to kernel_l2_vxlan 1-stream) --")
     if r["g1"] is None and r["g4"] is None and r["ping"] is None:
         reason = extra.get("skipped_" + name, "failed")
         print("%-18s %s" % (name, "skipped (%s)" % reason))
         continue
+    rt = l2_ratio(name) if name in L2_CASES else ratio(name)
     print("%-18s %12s %12s %14s %18s" % (
         name, fmt(r["g1"], "%.2f"), fmt(r["g4"], "%.2f"), fmt(r["ping"], "%.0f"),
-        fmt(ratio(name), "%.2fx")))
+        fmt(rt, "%.2fx")))
 rss = [int(v) for key, v in extra.items() if key.startswith("rss_") and v.isdigit()]
 rss_mib = round(max(rss) / 1024, 1) if rss else None
 if rss_mib is not None:
@@ -405,6 +506,12 @@ out = {
     "gbps_1_stream": {c: r["g1"] for c, r in res.items()},
     "gbps_4_streams": {c: r["g4"] for c, r in res.items()},
     "ping_avg_us": {c: r["ping"] for c, r in res.items()},
+    "kernel_l2_vxlan_gbps": kl2_1,
+    "l2_ratios": {c: l2_ratio(c) for c in L2_CASES},
+    "l2_latency_delta_us": {
+        c: (round(res[c]["ping"] - kl2_ping) if c in res and res[c]["ping"] is not None and kl2_ping is not None else None)
+        for c in L2_CASES
+    },
     "overlayd_rss_mib": rss_mib,
     "duration_s": duration,
 }
