@@ -1630,6 +1630,14 @@ impl Container {
         words.get(i + 1).map(|s| s.to_string())
     }
 
+    /// A permanent neighbour entry `ip → mac` (no ARP requests or probes for `ip` ever: the
+    /// container stays silent when idle).
+    pub fn static_neigh(&self, ip: Ipv4Addr, mac: &str) {
+        self.ns.ip(&format!(
+            "neigh replace {ip} lladdr {mac} dev eth0 nud permanent"
+        ));
+    }
+
     /// Forgets every neighbour entry (so the next packet starts with an ARP request).
     pub fn flush_neigh(&self) {
         self.ns.ip("neigh flush dev eth0");
