@@ -366,6 +366,51 @@ fn isolation_access() {
         "{what}: drops{{reason=unknown_sender}} must count the non-member's 3 datagrams (+{unknown})"
     );
 
+    // From a member, but a VNI h2 does not attach (300): dropped as wrong_vni, nowhere seen.
+    let caps: Vec<Capture> = [&a2, &b2]
+        .iter()
+        .map(|c| Capture::start(c, "eth0", "udp port 7777", 20, Duration::from_secs(30)))
+        .collect();
+    let drops = |r: &str| d2.metric("overlayd_l2_drops_total", &[&format!("reason=\"{r}\"")]);
+    let wrong0 = drops("wrong_vni");
+    replay(300, h1, h1.ip, b"ovt-wrong-vni");
+    for c in caps {
+        let got = c.finish(Duration::from_millis(500));
+        assert!(got.is_empty(), "{what}: VNI 300 was delivered: {got:?}");
+    }
+    let wrong = drops("wrong_vni") - wrong0;
+    assert!(
+        wrong >= 3.0,
+        "{what}: drops{{reason=wrong_vni}} must count 3 datagrams (+{wrong})"
+    );
+
+    // Runts from a member: a bare VXLAN header, and one with a 5-byte "frame": counted, and the
+    // daemon carries on.
+    let bad0 = drops("truncated") + drops("bad_inner") + drops("bad_header");
+    for payload in [
+        vxlan_datagram(200, &[]),
+        vxlan_datagram(200, &[1, 2, 3, 4, 5]),
+        vec![8, 0],
+    ] {
+        send_udp_from(
+            h1,
+            SocketAddr::from((h1.ip, 40123)),
+            SocketAddr::from((h2.ip, L2_VXLAN_PORT)),
+            payload,
+            1,
+        );
+    }
+    thread::sleep(Duration::from_millis(300));
+    let bad = drops("truncated") + drops("bad_inner") + drops("bad_header") - bad0;
+    assert!(
+        bad >= 3.0,
+        "{what}: 3 runt datagrams must be counted as truncated/bad_inner/bad_header (+{bad})"
+    );
+    assert!(
+        ping_until(&b1, b2.ip, REACH),
+        "{what}: B still works after the runts"
+    );
+
     assert!(d1.is_running() && d2.is_running());
 }
 
@@ -971,6 +1016,34 @@ fn netns_l2_interop_kernel_vxlan() {
     assert!(rx_frames(&d1, "net") > 0.0);
 }
 
+/// overlayd L2 gre and the kernel's gretap with key VNI<<8 (skipped, loudly, on kernels
+/// without gretap).
+#[test]
+fn netns_l2_interop_kernel_gretap() {
+    if skip_unless_root("netns_l2_interop_kernel_gretap") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    if !gretap_supported(topo.host(1)) {
+        eprintln!("!!! SKIPPED netns_l2_interop_kernel_gretap: this kernel has no gretap devices");
+        return;
+    }
+    let etcd = topo.start_etcd();
+    etcd.put_l2_network(P, "net", 100, "gre");
+    let (h1, h2) = (topo.host(0), topo.host(1));
+    add_bridge(h1, "brl2", false);
+    add_bridge(h2, "brl2", false);
+    let k2 = KernelL2Gretap::setup(h2, h2.ip, h1.ip, 100, "brl2");
+    etcd.put_l2_member(P, "net", k2.local);
+    let c1 = Container::attach(h1, "brl2", "c1", "10.50.0.1/24", &l2_mac(0x50, 1, 1));
+    let c2 = Container::attach(h2, "brl2", "c2", "10.50.0.2/24", &l2_mac(0x50, 2, 1));
+    let d1 = start(h1, &etcd, &["--l2", "net@brl2"], &["l2g100"]);
+    wait_members(&etcd, "net", &[h1.ip, h2.ip]);
+    ping_both(&c1, &c2, "overlayd gre <-> kernel gretap");
+    tcp_both(&c1, &c2, 5 * MB, "overlayd gre <-> kernel gretap");
+    assert!(rx_frames(&d1, "net") > 0.0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // e. VNI and VID ranges
 // ---------------------------------------------------------------------------------------------
@@ -1098,6 +1171,21 @@ fn netns_l2_vni_range() {
         tail(d.log_path(), 20)
     );
     println!("--l2 n1 --l2-vlan 10=n1: {}", tail(d.log_path(), 1));
+
+    // Two vxlan networks on one node with different UDP ports: refused.
+    etcd.put_l2_network_json(P, "p4789", r#"{"VNI":501,"Port":4789}"#);
+    etcd.put_l2_network_json(P, "p4790", r#"{"VNI":502,"Port":4790}"#);
+    let mut d = Overlayd::spawn(
+        topo.host(2),
+        overlayd_l2_args(&etcd, &["--l2", "p4789@brp1", "--l2", "p4790@brp2"]),
+    );
+    let st = d.wait_exit(Duration::from_secs(20));
+    assert!(
+        exited_nonzero(st),
+        "vxlan networks with ports 4789 and 4790 on one node must be refused, got {st:?}; log:\n{}",
+        tail(d.log_path(), 20)
+    );
+    println!("--l2 p4789 --l2 p4790: {}", tail(d.log_path(), 1));
 
     // A network that does not exist yet is waited for, then attached when it appears.
     let h4 = topo.host(3);

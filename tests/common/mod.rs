@@ -1695,6 +1695,45 @@ impl KernelL2Vxlan {
     }
 }
 
+/// Whether the kernel can make gretap devices (tries one in `ns` and removes it).
+pub fn gretap_supported(ns: &Netns) -> bool {
+    let ok = ns
+        .try_ip("link add ovtgtprobe type gretap local 127.0.0.1 remote 127.0.0.2 key 1")
+        .is_ok();
+    if ok {
+        let _ = ns.try_ip("link del ovtgtprobe");
+    }
+    ok
+}
+
+/// A kernel gretap VTEP for L2 network VNI `vni` towards one peer: `gt<VNI>` (`type gretap
+/// local L remote R key VNI<<8`, NVGRE's VSID in the key's top 24 bits), MTU 1450, on a bridge.
+#[derive(Debug)]
+pub struct KernelL2Gretap {
+    pub dev: String,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+}
+
+impl KernelL2Gretap {
+    pub fn setup(
+        host: &Netns,
+        local: Ipv4Addr,
+        remote: Ipv4Addr,
+        vni: u32,
+        bridge: &str,
+    ) -> KernelL2Gretap {
+        let dev = format!("gt{vni}");
+        let key = vni << 8;
+        host.ip(&format!(
+            "link add {dev} mtu {L2_CONTAINER_MTU} type gretap local {local} remote {remote} key {key}"
+        ));
+        host.ip(&format!("link set {dev} master {bridge}"));
+        host.ip(&format!("link set {dev} up"));
+        KernelL2Gretap { dev, vni, local }
+    }
+}
+
 /// `<prefix>/l2/networks/<name>`.
 pub fn l2_network_key(prefix: &str, name: &str) -> String {
     format!("{prefix}/l2/networks/{name}")
