@@ -28,6 +28,7 @@
 # Environment: DURATION=8            seconds per iperf3 run
 #              OVERLAYD_BIN=path     binary (default target/release/overlayd; built if missing)
 #              KEEP_LOGS=1           keep the work directory (its path is printed)
+#              CASES="a b"           run only these cases (default: all), e.g. CASES="kernel_l2_vxlan l2_vxlan"
 #
 # Everything lives in namespaces named ovb-*; the root namespace is not touched. Everything is
 # removed on exit, also on Ctrl-C or failure (or later: scripts/cleanup-netns.sh ovb-).
@@ -148,6 +149,9 @@ measure() {
   printf '%s\t%s\t%s\t%s\n' "$name" "$g1" "$g4" "$p" >>"$RESULTS"
 }
 
+# want CASE: whether CASE is selected by $CASES (all when unset)
+want() { [ -z "${CASES:-}" ] || [[ " $CASES " == *" $1 "* ]]; }
+
 skip() { # CASE REASON
   echo "$1: skipped ($2)"
   printf 'skipped_%s\t%s\n' "$1" "$2" >>"$EXTRA"
@@ -206,7 +210,7 @@ ctl endpoint health >/dev/null 2>&1 || { log_tail "$WORK/etcd.log"; die "etcd di
 # ------------------------------------------------------------------------------------------------
 # 1. underlay
 wait_reachable "$H1" "$U2" || die "underlay not reachable"
-measure underlay "$U2"
+want underlay && measure underlay "$U2"
 
 # ------------------------------------------------------------------------------------------------
 # 2. kernel VXLAN, configured as flanneld's vxlan backend does
@@ -224,7 +228,9 @@ kvx() { # NS LOCAL_IP MY_MAC MY_NET PEER_IP PEER_MAC PEER_NET
 }
 kvx "$H1" "$U1" "$MAC1" 10.244.1.0 "$U2" "$MAC2" 10.244.2.0
 kvx "$H2" "$U2" "$MAC2" 10.244.2.0 "$U1" "$MAC1" 10.244.1.0
-if wait_reachable "$H1" 10.244.2.0; then
+if ! want kernel_vxlan; then
+  :
+elif wait_reachable "$H1" 10.244.2.0; then
   measure kernel_vxlan 10.244.2.0
 else
   skip kernel_vxlan "10.244.2.0 not reachable over flannel.1"
@@ -260,6 +266,7 @@ stop_overlayd() {
 # overlayd_case CASE BACKEND [EXTRA_FLAGS...]
 overlayd_case() {
   local name=$1 backend=$2 i f start subnet
+  want "$name" || return 0
   shift 2
   say "$name: overlayd --backend $backend $* (etcd prefix /bench/$name)"
   mkdir -p "$WORK/$name"
@@ -303,6 +310,7 @@ overlayd_case vxlan_no_offload vxlan --no-offload
 # ------------------------------------------------------------------------------------------------
 # 7. tinc 1.0: router mode, no cipher, no digest
 tinc_case() {
+  want tinc || return 0
   command -v tincd >/dev/null 2>&1 || { apt-get install -y -qq tinc >/dev/null 2>&1 || true; }
   command -v tincd >/dev/null 2>&1 || { skip tinc "tincd not installed and apt-get install tinc failed"; return 0; }
   tincd --version 2>/dev/null | head -1 | grep -q 'version 1\.0' ||
@@ -397,7 +405,9 @@ kl2() { # NS LOCAL_IP PEER_IP
 }
 kl2 "$H1" "$U1" "$U2"
 kl2 "$H2" "$U2" "$U1"
-if wait_reachable "$C1" "$L2_IP2"; then
+if ! want kernel_l2_vxlan; then
+  :
+elif wait_reachable "$C1" "$L2_IP2"; then
   measure kernel_l2_vxlan "$L2_IP2"
 else
   skip kernel_l2_vxlan "$L2_IP2 not reachable over vx100"
@@ -409,6 +419,7 @@ ip -n "$H2" link del vx100
 # l2_case CASE L2_BACKEND
 l2_case() {
   local name=$1 backend=$2 i tap
+  want "$name" || return 0
   say "$name: overlayd --l2 net@brl2, network VNI 100 Backend $backend (etcd prefix /bench/$name)"
   mkdir -p "$WORK/$name"
   ctl put "/bench/$name/l2/networks/net" "{\"VNI\":100,\"Backend\":\"$backend\"}" >/dev/null
