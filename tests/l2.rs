@@ -157,7 +157,18 @@ fn same_subnet(backend: &str) {
     };
     let flags = ["--l2", "net@brl2"];
     let mut d1 = start(h1, &etcd, &flags, &[tap]);
-    let mut d2 = start(h2, &etcd, &flags, &[tap]);
+    // h2 gets its network from the environment instead of --l2.
+    let mut d2 = Overlayd::spawn_wrapped(
+        h2,
+        &["env", "OVERLAYD_L2=net@brl2"],
+        overlayd_l2_args(&etcd, &[]),
+    );
+    d2.wait_ready(READY);
+    assert!(
+        wait_link(h2, tap, TAP_WAIT),
+        "OVERLAYD_L2=net@brl2: no {tap}; log:\n{}",
+        tail(d2.log_path(), 30)
+    );
     for h in [h1, h2] {
         assert_eq!(link_mtu(h, tap), Some(mtu), "{backend}: MTU of {tap}");
         assert_eq!(
@@ -722,6 +733,10 @@ fn isolation_trunk() {
         !in_b.is_empty() || b_rx >= 3.0,
         "trunk: VNI 200 must reach B (b2 capture {in_b:?}, rx +{b_rx})"
     );
+    let mut d1 = d1;
+    let st = d1.terminate(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "trunk: clean exit");
+    assert!(!h1.has_link("l2trunk"), "trunk: l2trunk removed on exit");
 }
 
 #[test]
@@ -1014,6 +1029,32 @@ fn netns_l2_interop_kernel_vxlan() {
     assert_eq!(c2.neigh_mac(c1.ip).as_deref(), Some(c1.mac.as_str()));
     tcp_both(&c1, &c2, 5 * MB, "overlayd <-> kernel vxlan");
     assert!(rx_frames(&d1, "net") > 0.0);
+
+    // The kernel node leaves (its member key deleted by hand): h1 stops sending to it and no
+    // longer accepts its frames.
+    assert_eq!(etcd.del(&l2_member_key(P, "net", h2.ip)), 1);
+    let l = net_label("net");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d1.metric("overlayd_l2_members", &[&l]) != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "h1's members gauge must drop to 0 once the kernel node's key is gone"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !ping_burst(&c1, c2.ip, 3, "0.3"),
+        "c1 must not reach c2 once h2 is no member"
+    );
+    // The kernel still sends to h1 (its flood entry stays): refused.
+    assert!(
+        !ping_burst(&c2, c1.ip, 3, "0.3"),
+        "c2 must not reach c1 once h2 is no member"
+    );
+    assert!(
+        d1.metric("overlayd_l2_drops_total", &["reason=\"unknown_sender\""]) > 0.0,
+        "frames from the former member must count as unknown_sender"
+    );
 }
 
 /// overlayd L2 gre and the kernel's gretap with key VNI<<8 (skipped, loudly, on kernels
