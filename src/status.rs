@@ -170,7 +170,63 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
             col(3)
         );
     }
+    l2_section(&reg, &mut out).await;
     Ok(out)
+}
+
+/// The L2 networks defined in etcd and their members (omitted when there are none).
+async fn l2_section(reg: &Registry, out: &mut String) {
+    use crate::l2::config::L2NetworkConfig;
+    use crate::l2::control::{members_root, parse_member_key};
+    let prefix = reg.prefix().to_string();
+    let nets_prefix = format!("{prefix}/l2/networks/");
+    let opts = || Some(etcd_client::GetOptions::new().with_prefix());
+    let (Ok(nets), Ok(members)) = (
+        reg.client().get(nets_prefix.clone(), opts()).await,
+        reg.client().get(members_root(&prefix), opts()).await,
+    ) else {
+        let _ = writeln!(out, "L2 networks: cannot read them from etcd");
+        return;
+    };
+    if nets.kvs().is_empty() {
+        return;
+    }
+    let mut by_net: HashMap<String, Vec<String>> = HashMap::new();
+    for kv in members.kvs() {
+        if let Some((name, ip)) = parse_member_key(&prefix, &String::from_utf8_lossy(kv.key())) {
+            by_net.entry(name).or_default().push(ip.to_string());
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<24} {:<6} {:>9}  MEMBERS",
+        "L2 NETWORK", "BACKEND", "VNI"
+    );
+    for kv in nets.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let name = key.strip_prefix(&nets_prefix).unwrap_or(&key).to_string();
+        let mut m = by_net.remove(&name).unwrap_or_default();
+        m.sort();
+        match L2NetworkConfig::parse(kv.value()) {
+            Ok(c) => {
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:<6} {:>9}  {}",
+                    name,
+                    c.backend.as_str(),
+                    c.vni,
+                    if m.is_empty() {
+                        "-".into()
+                    } else {
+                        m.join(" ")
+                    }
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "{name:<24} INVALID: {e}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
