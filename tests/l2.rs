@@ -747,6 +747,91 @@ fn netns_l2_isolation_trunk() {
     isolation_trunk();
 }
 
+/// The spec's trunk layout: on each host a vlan_filtering bridge br0, A's container an access
+/// port of VLAN 10, B's of VLAN 20, `l2trunk` tagged in both. Skipped (loudly) on kernels
+/// without bridge VLAN filtering; [`isolation_trunk`] covers the trunk there.
+#[test]
+fn netns_l2_isolation_trunk_vlan_filtering() {
+    if skip_unless_root("netns_l2_isolation_trunk_vlan_filtering") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    if !vlan_filtering_supported(topo.host(0)) {
+        eprintln!(
+            "!!! SKIPPED netns_l2_isolation_trunk_vlan_filtering: no bridge VLAN filtering in this kernel"
+        );
+        return;
+    }
+    let etcd = topo.start_etcd();
+    etcd.put_l2_network(P, "tenant-a", 100, "vxlan");
+    etcd.put_l2_network(P, "tenant-b", 200, "vxlan");
+    let (h1, h2) = (topo.host(0), topo.host(1));
+    let (a_mac1, a_mac2) = (l2_mac(0xaa, 1, 1), l2_mac(0xaa, 2, 1));
+    let (b_mac1, b_mac2) = (l2_mac(0xbb, 1, 1), l2_mac(0xbb, 2, 1));
+    for h in [h1, h2] {
+        add_bridge(h, "br0", true);
+    }
+    let a1 = Container::attach_vlan(h1, "br0", "a1", "192.168.0.1/24", &a_mac1, 10);
+    let a2 = Container::attach_vlan(h2, "br0", "a2", "192.168.0.2/24", &a_mac2, 10);
+    let b1 = Container::attach_vlan(h1, "br0", "b1", "192.168.0.1/24", &b_mac1, 20);
+    let b2 = Container::attach_vlan(h2, "br0", "b2", "192.168.0.2/24", &b_mac2, 20);
+    let flags = [
+        "--l2-vlan",
+        "10=tenant-a",
+        "--l2-vlan",
+        "20=tenant-b",
+        "--l2-trunk-bridge",
+        "br0",
+    ];
+    let _d1 = start(h1, &etcd, &flags, &["l2trunk"]);
+    let _d2 = start(h2, &etcd, &flags, &["l2trunk"]);
+    for h in [h1, h2] {
+        let deadline = Instant::now() + TAP_WAIT;
+        while link_master(h, "l2trunk").as_deref() != Some("br0") {
+            assert!(
+                Instant::now() < deadline,
+                "l2trunk not on br0 in {}",
+                h.name()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        h.bridge("vlan add dev l2trunk vid 10");
+        h.bridge("vlan add dev l2trunk vid 20");
+    }
+    wait_members(&etcd, "tenant-a", &[h1.ip, h2.ip]);
+    wait_members(&etcd, "tenant-b", &[h1.ip, h2.ip]);
+
+    let not_b = format!(
+        "ether host {a_mac1} or ether host {a_mac2} or \
+         (arp and not ether src {b_mac1} and not ether src {b_mac2})"
+    );
+    let b_caps: Vec<Capture> = [&b1, &b2]
+        .iter()
+        .map(|b| Capture::start(b, "eth0", &not_b, 50, Duration::from_secs(60)))
+        .collect();
+    ping_both(&a1, &a2, "vlan_filtering tenant A");
+    assert_eq!(a1.neigh_mac(a2.ip).as_deref(), Some(a_mac2.as_str()));
+    let a2_arp = Capture::start(
+        &a2,
+        "eth0",
+        &format!("arp and ether src {a_mac1}"),
+        20,
+        Duration::from_secs(30),
+    );
+    assert!(!ping_burst(&a1, "192.168.0.99", 3, "0.3"));
+    let seen = a2_arp.finish(Duration::from_millis(300));
+    assert!(
+        seen.iter().any(|l| l.contains("192.168.0.99")),
+        "A's broadcast must reach a2: {seen:?}"
+    );
+    ping_both(&b1, &b2, "vlan_filtering tenant B");
+    assert_eq!(b1.neigh_mac(b2.ip).as_deref(), Some(b_mac2.as_str()));
+    for cap in b_caps {
+        let leaked = cap.finish(Duration::from_millis(300));
+        assert!(leaked.is_empty(), "B received A's frames: {leaked:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // c. Learning: unicast goes only where the MAC is; a moved MAC is followed at once
 // ---------------------------------------------------------------------------------------------

@@ -1695,6 +1695,18 @@ impl KernelL2Vxlan {
     }
 }
 
+/// Whether the kernel's bridge supports VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING): tries
+/// one in `ns` and removes it.
+pub fn vlan_filtering_supported(ns: &Netns) -> bool {
+    let ok = ns
+        .try_ip("link add ovtvfprobe type bridge vlan_filtering 1")
+        .is_ok();
+    if ok {
+        let _ = ns.try_ip("link del ovtvfprobe");
+    }
+    ok
+}
+
 /// Whether the kernel can make gretap devices (tries one in `ns` and removes it).
 pub fn gretap_supported(ns: &Netns) -> bool {
     let ok = ns
