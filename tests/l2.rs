@@ -187,6 +187,38 @@ fn same_subnet(backend: &str) {
     );
     tcp_both(&c1, &c2, 5 * MB, backend);
 
+    // Full-size frames: containers at the TAP's MTU, DF pings of exactly that size both ways
+    // (the encapsulated datagram is then exactly the underlay's 1500 bytes).
+    c1.set_mtu(mtu);
+    c2.set_mtu(mtu);
+    let size = (mtu - 28).to_string();
+    for (a, b) in [(&c1, &c2), (&c2, &c1)] {
+        let out = a.output(&[
+            "ping",
+            "-q",
+            "-n",
+            "-M",
+            "do",
+            "-s",
+            &size,
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &b.ip.to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{backend}: {mtu}-byte DF packets {} -> {}: {}{}",
+            a.ip,
+            b.ip,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     let m = d1.scrape();
     let l = net_label("net");
     assert!(
@@ -1181,15 +1213,18 @@ fn netns_l2_vni_range() {
     }
     let mut topo = Topology::new(4);
     let etcd = topo.start_etcd();
-    let nets: [(&str, u32, &str); 3] = [
-        ("n1", 1, "br1"),
-        ("n4096", 4096, "br2"),
-        ("nmax", 16_777_215, "br3"),
+    // Both ends of the VNI range, and the 12-bit boundary; vxlan and gre side by side on the
+    // same nodes (gre's key is VNI<<8: the largest VNI fills all 32 bits of it).
+    let nets: [(&str, u32, &str, &str); 4] = [
+        ("n1", 1, "br1", "vxlan"),
+        ("n4096", 4096, "br2", "gre"),
+        ("nmax", 16_777_215, "br3", "vxlan"),
+        ("gmax", 16_777_214, "br4", "gre"),
     ];
     let (h1, h2) = (topo.host(0), topo.host(1));
     let mut pairs = Vec::new();
-    for (i, (name, vni, br)) in nets.iter().enumerate() {
-        etcd.put_l2_network(P, name, u64::from(*vni), "vxlan");
+    for (i, (name, vni, br, backend)) in nets.iter().enumerate() {
+        etcd.put_l2_network(P, name, u64::from(*vni), backend);
         add_bridge(h1, br, false);
         add_bridge(h2, br, false);
         let tag = 0x60 + i as u8;
@@ -1209,12 +1244,12 @@ fn netns_l2_vni_range() {
         );
         pairs.push((name.to_string(), x1, x2));
     }
-    let flag_vals: Vec<String> = nets.iter().map(|(n, _, b)| format!("{n}@{b}")).collect();
+    let flag_vals: Vec<String> = nets.iter().map(|(n, _, b, _)| format!("{n}@{b}")).collect();
     let mut flags: Vec<&str> = Vec::new();
     for v in &flag_vals {
         flags.extend(["--l2", v.as_str()]);
     }
-    let taps = ["l2v1", "l2v4096", "l2v16777215"];
+    let taps = ["l2v1", "l2g4096", "l2v16777215", "l2g16777214"];
     let _d1 = start(h1, &etcd, &flags, &taps);
     let _d2 = start(h2, &etcd, &flags, &taps);
     for (name, x1, x2) in &pairs {

@@ -1638,6 +1638,22 @@ impl Container {
         ));
     }
 
+    /// Sets the MTU of both veth ends (the bridge follows its smallest port).
+    pub fn set_mtu(&self, mtu: u32) {
+        if let Some(h) = &self.host_ns {
+            must(run_cmd(Command::new("ip").args([
+                "-n",
+                h,
+                "link",
+                "set",
+                &self.port,
+                "mtu",
+                &mtu.to_string(),
+            ])));
+        }
+        self.ns.ip(&format!("link set eth0 mtu {mtu}"));
+    }
+
     /// Forgets every neighbour entry (so the next packet starts with an ARP request).
     pub fn flush_neigh(&self) {
         self.ns.ip("neigh flush dev eth0");
