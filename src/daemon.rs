@@ -409,7 +409,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         trunk_bridge: args.l2_trunk_bridge.clone(),
         offload,
     };
-    let l2 = if l2_opts.is_empty() {
+    let mut l2 = if l2_opts.is_empty() {
         None
     } else {
         let l3_port = (kind != BackendKind::Gre).then_some(cfg.backend.port);
@@ -481,6 +481,15 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
                 }
             }
             _ = check.tick() => {
+                if let Some(node) = l2.as_mut() {
+                    if let Some(dev) = node.missing_device(&nl).await {
+                        warn!(device = %dev, "L2 device vanished; recreating the L2 ports");
+                        telemetry.control.device_repairs.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = node.repair(&nl).await {
+                            error!(error = %e, "cannot recreate the L2 ports; retrying");
+                        }
+                    }
+                }
                 // The device or its route deleted under us (host network scripts do that):
                 // recreate them; the forwarding table is untouched, so every peer is kept.
                 match nl.link(&name).await {

@@ -77,6 +77,9 @@ pub enum L2StartError {
 /// The running L2 side of the daemon.
 pub struct L2Node {
     dp: Option<Dataplane>,
+    dp_cfg: dataplane::Config,
+    opts: L2Options,
+    underlay_mtu: u32,
     devices: Vec<Device>,
     control: tokio::task::JoinHandle<()>,
     client: etcd_client::Client,
@@ -172,60 +175,7 @@ impl L2Node {
                 .collect(),
         ));
 
-        // Devices.
-        let open = |name: &str| -> Result<Device, L2StartError> {
-            let mut dev = Device::open(&tun::Options {
-                name: name.to_string(),
-                kind: tun::Kind::Tap,
-                queues: 1,
-                vnet_hdr: opts.offload,
-            })
-            .map_err(|source| L2StartError::Device {
-                name: name.to_string(),
-                source,
-            })?;
-            if opts.offload {
-                let want = tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN;
-                if let Err(e) = dev.set_offload(want) {
-                    warn!(device = name, error = %e, "the kernel refused TAP offloads");
-                }
-            }
-            Ok(dev)
-        };
-        let mut devices = Vec::new();
-        let mut ports = Vec::new();
-        for (i, a) in opts.access.iter().enumerate() {
-            let c = &cfgs[i].1;
-            let name = c.backend.tap_name(c.vni);
-            let mut dev = open(&name)?;
-            let mtu = shared.nets[i].mtu;
-            nl.configure_tap(&dev.name, mtu, a.bridge.as_deref())
-                .await?;
-            info!(network = %a.network, device = %dev.name, mtu, bridge = ?a.bridge, "L2 access port");
-            ports.push(Port {
-                queue: Arc::new(dev.queues.remove(0)),
-                kind: PortKind::Access { net: i as u16 },
-            });
-            devices.push(dev);
-        }
-        if !opts.vlans.is_empty() {
-            let mut vid_to_net = [u16::MAX; 4096];
-            for (j, v) in opts.vlans.iter().enumerate() {
-                vid_to_net[v.vid as usize] = (opts.access.len() + j) as u16;
-            }
-            let mut dev = open(TRUNK_TAP)?;
-            let mtu = underlay.mtu.saturating_sub(trunk_overhead);
-            nl.configure_tap(&dev.name, mtu, opts.trunk_bridge.as_deref())
-                .await?;
-            info!(device = %dev.name, mtu, bridge = ?opts.trunk_bridge, vlans = ?opts.vlans, "L2 trunk port");
-            ports.push(Port {
-                queue: Arc::new(dev.queues.remove(0)),
-                kind: PortKind::Trunk {
-                    vid_to_net: Arc::new(vid_to_net),
-                },
-            });
-            devices.push(dev);
-        }
+        let (devices, ports) = open_ports(opts, &shared, nl, underlay.mtu).await?;
 
         // Sockets.
         let sock_err = |addr: String| move |source| L2StartError::Socket { addr, source };
@@ -260,20 +210,18 @@ impl L2Node {
         } else {
             None
         };
-        let dp = Dataplane::start(
-            dataplane::Config {
-                vnet_hdr: opts.offload,
-                gso,
-                vxlan_recv,
-                vxlan_send,
-                gre,
-            },
-            ports,
-            shared.clone(),
-        )
-        .map_err(|source| L2StartError::Device {
-            name: "L2 workers".into(),
-            source,
+        let dp_cfg = dataplane::Config {
+            vnet_hdr: opts.offload,
+            gso,
+            vxlan_recv,
+            vxlan_send,
+            gre,
+        };
+        let dp = Dataplane::start(dp_cfg.clone(), ports, shared.clone()).map_err(|source| {
+            L2StartError::Device {
+                name: "L2 workers".into(),
+                source,
+            }
         })?;
 
         let mut ctl = L2Control::new(
@@ -288,6 +236,9 @@ impl L2Node {
         info!(networks = ?names, gso, "L2 data plane running");
         Ok(L2Node {
             dp: Some(dp),
+            dp_cfg,
+            opts: opts.clone(),
+            underlay_mtu: underlay.mtu,
             devices,
             control,
             client,
@@ -296,6 +247,39 @@ impl L2Node {
             self_ip: public_ip,
             shared,
         })
+    }
+
+    /// The first of our TAPs that no longer exists (deleted under us), if any.
+    pub async fn missing_device(&self, nl: &Netlink) -> Option<String> {
+        if self.dp.is_none() {
+            return Some("(L2 ports, after a failed repair)".into());
+        }
+        for d in &self.devices {
+            if let Ok(None) = nl.link(&d.name).await {
+                return Some(d.name.clone());
+            }
+        }
+        None
+    }
+
+    /// Recreates every TAP (and its bridge attachment) and restarts the workers, keeping
+    /// the sockets, the learned tables, the counters and the membership.
+    pub async fn repair(&mut self, nl: &Netlink) -> Result<(), L2StartError> {
+        if let Some(dp) = self.dp.take() {
+            dp.stop();
+        }
+        self.devices.clear();
+        let (devices, ports) = open_ports(&self.opts, &self.shared, nl, self.underlay_mtu).await?;
+        self.devices = devices;
+        self.dp = Some(
+            Dataplane::start(self.dp_cfg.clone(), ports, self.shared.clone()).map_err(
+                |source| L2StartError::Device {
+                    name: "L2 workers".into(),
+                    source,
+                },
+            )?,
+        );
+        Ok(())
     }
 
     /// Withdraws our membership (so peers stop flooding to us), stops the workers and
@@ -317,6 +301,74 @@ impl L2Node {
         }
         self.devices.clear();
     }
+}
+
+/// Opens one TAP per access port and the trunk TAP when VLANs are mapped, sets their MTU,
+/// brings them up and enslaves them to their bridges.
+async fn open_ports(
+    opts: &L2Options,
+    shared: &Shared,
+    nl: &Netlink,
+    underlay_mtu: u32,
+) -> Result<(Vec<Device>, Vec<Port>), L2StartError> {
+    let open = |name: &str| -> Result<Device, L2StartError> {
+        let mut dev = Device::open(&tun::Options {
+            name: name.to_string(),
+            kind: tun::Kind::Tap,
+            queues: 1,
+            vnet_hdr: opts.offload,
+        })
+        .map_err(|source| L2StartError::Device {
+            name: name.to_string(),
+            source,
+        })?;
+        if opts.offload {
+            let want = tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN;
+            if let Err(e) = dev.set_offload(want) {
+                warn!(device = name, error = %e, "the kernel refused TAP offloads");
+            }
+        }
+        Ok(dev)
+    };
+    let mut devices = Vec::new();
+    let mut ports = Vec::new();
+    for (i, a) in opts.access.iter().enumerate() {
+        let c = &shared.nets[i].cfg;
+        let mut dev = open(&c.backend.tap_name(c.vni))?;
+        let mtu = shared.nets[i].mtu;
+        nl.configure_tap(&dev.name, mtu, a.bridge.as_deref())
+            .await?;
+        info!(network = %a.network, device = %dev.name, mtu, bridge = ?a.bridge, "L2 access port");
+        ports.push(Port {
+            queue: Arc::new(dev.queues.remove(0)),
+            kind: PortKind::Access { net: i as u16 },
+        });
+        devices.push(dev);
+    }
+    if !opts.vlans.is_empty() {
+        let mut vid_to_net = [u16::MAX; 4096];
+        for (j, v) in opts.vlans.iter().enumerate() {
+            vid_to_net[v.vid as usize] = (opts.access.len() + j) as u16;
+        }
+        let mut dev = open(TRUNK_TAP)?;
+        // Every trunk network has the trunk's MTU.
+        let mtu = shared
+            .nets
+            .get(opts.access.len())
+            .map(|n| n.mtu)
+            .unwrap_or(underlay_mtu);
+        nl.configure_tap(&dev.name, mtu, opts.trunk_bridge.as_deref())
+            .await?;
+        info!(device = %dev.name, mtu, bridge = ?opts.trunk_bridge, vlans = ?opts.vlans, "L2 trunk port");
+        ports.push(Port {
+            queue: Arc::new(dev.queues.remove(0)),
+            kind: PortKind::Trunk {
+                vid_to_net: Arc::new(vid_to_net),
+            },
+        });
+        devices.push(dev);
+    }
+    Ok((devices, ports))
 }
 
 impl From<L2ConfigError> for L2StartError {
