@@ -230,6 +230,33 @@ fn same_subnet(backend: &str) {
     assert_eq!(metric_value(&m, "overlayd_l2_members", &[&l]), 1.0);
     assert!(metric_value(&m, "overlayd_l2_fdb_entries", &[&l]) >= 1.0);
 
+    // The TAP deleted under the daemon: recreated on the bridge, what was learned kept.
+    let repairs0 = d1.metric("overlayd_device_repairs_total", &[]);
+    h1.ip(&format!("link del {tap}"));
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(6);
+    while link_master(h1, tap).as_deref() != Some("brl2") {
+        assert!(
+            Instant::now() < deadline,
+            "{backend}: {tap} deleted by hand must come back on brl2 (docs: within 2 s); log:\n{}",
+            tail(d1.log_path(), 20)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    println!("{backend}: {tap} back on brl2 after {:?}", t.elapsed());
+    assert!(
+        ping_until(&c1, c2.ip, Duration::from_secs(5)),
+        "{backend}: c1 -> c2 over the recreated {tap}"
+    );
+    assert!(
+        d1.metric("overlayd_device_repairs_total", &[]) > repairs0,
+        "{backend}: the repair must be counted in overlayd_device_repairs_total"
+    );
+
+    // Its own member key deleted by hand: re-announced.
+    assert_eq!(etcd.del(&l2_member_key(P, "net", h1.ip)), 1);
+    wait_members(&etcd, "net", &[h1.ip, h2.ip]);
+
     // Clean shutdown: the TAP goes, the member key goes.
     let st = d1.terminate(Duration::from_secs(10));
     assert!(st.is_some_and(|s| s.success()), "{backend}: clean exit");
@@ -1290,6 +1317,25 @@ fn netns_l2_vni_range() {
             l2_network_key(P, name),
             tail(d.log_path(), 30)
         );
+    }
+
+    // Bad JSON and an unknown backend: the same kind of error, one after the other on h3.
+    etcd.put_l2_network_json(P, "badjson", r#"{"VNI": 100,"#);
+    etcd.put_l2_network_json(P, "geneve", r#"{"VNI": 100, "Backend": "geneve"}"#);
+    for name in ["badjson", "geneve"] {
+        let mut d = Overlayd::spawn(topo.host(2), overlayd_l2_args(&etcd, &["--l2", name]));
+        let st = d.wait_exit(bound);
+        assert!(
+            exited_nonzero(st),
+            "--l2 {name} (invalid config) must exit non-zero within {bound:?}, got {st:?}; log:\n{}",
+            tail(d.log_path(), 30)
+        );
+        assert!(
+            d.log().contains(&l2_network_key(P, name)),
+            "--l2 {name}: the error must name the key; log:\n{}",
+            tail(d.log_path(), 30)
+        );
+        println!("--l2 {name}: {}", tail(d.log_path(), 1));
     }
 
     // VLAN ids outside 1..=4094 (and bad syntax) are usage errors.
