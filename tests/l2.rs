@@ -1229,6 +1229,43 @@ fn netns_l2_interop_kernel_gretap() {
     assert!(rx_frames(&d1, "net") > 0.0);
 }
 
+/// "L3 keeps running as before": a node told to attach an L2 network that is not defined yet
+/// waits for it — but its routed overlay must not wait with it (subnet file, readiness, peers).
+#[test]
+fn netns_l2_missing_network_does_not_block_l3() {
+    if skip_unless_root("netns_l2_missing_network_does_not_block_l3") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    let (h1, h2) = (topo.host(0), topo.host(1));
+    add_bridge(h1, "brl2", false);
+    let mut d1 = Overlayd::spawn(h1, overlayd_l2_args(&etcd, &["--l2", "later@brl2"]));
+    let mut d2 = Overlayd::spawn(h2, overlayd_args("vxlan", &etcd));
+    let s2 = d2.wait_ready(READY);
+    let ready = wait_ready_since(
+        d1.subnet_file(),
+        std::time::SystemTime::UNIX_EPOCH,
+        Duration::from_secs(15),
+    );
+    assert!(
+        ready.is_some(),
+        "L3 must become ready (subnet file) while --l2 later waits for its network; log:\n{}",
+        tail(d1.log_path(), 20)
+    );
+    assert!(
+        ping_until(h1, overlay_ip_of(&s2), REACH),
+        "L3 h1 -> h2 while L2 waits"
+    );
+    assert!(!h1.has_link("l2v42"));
+    etcd.put_l2_network(P, "later", 42, "vxlan");
+    assert!(
+        wait_link(h1, "l2v42", TAP_WAIT),
+        "TAP l2v42 once the network is written"
+    );
+    assert!(d1.is_running());
+}
+
 // ---------------------------------------------------------------------------------------------
 // e. VNI and VID ranges
 // ---------------------------------------------------------------------------------------------
