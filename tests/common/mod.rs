@@ -19,6 +19,12 @@
 //!   the namespace is deleted;
 //! - every probe is bounded in count and time.
 //!
+//! For L2 mode (tests/l2.rs): [`add_bridge`] makes a bridge inside a host, [`Container`] a
+//! namespace plugged into it by a veth (fixed MAC/IP, MTU 1450, movable to another host),
+//! [`KernelL2Vxlan`] / [`KernelL2Gretap`] a kernel VTEP on a bridge, [`Etcd::put_l2_network`] /
+//! [`Etcd::put_l2_member`] the etcd keys, [`Overlayd::metric`] one Prometheus value, and
+//! [`Capture`] a bounded tcpdump (one line per frame).
+//!
 //! Tests that need root call [`skip_unless_root`] first. A typical end-to-end test:
 //!
 //! ```ignore
