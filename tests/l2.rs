@@ -296,7 +296,7 @@ fn netns_l2_same_subnet_gre() {
 /// Tenants A (VNI 100) and B (VNI 200) with the same addresses on the same two hosts, one
 /// bridge per tenant per host (access ports).
 fn isolation_access() {
-    let mut topo = Topology::new(2);
+    let mut topo = Topology::new(3);
     let etcd = topo.start_etcd();
     etcd.put_l2_network(P, "tenant-a", 100, "vxlan");
     etcd.put_l2_network(P, "tenant-b", 200, "vxlan");
@@ -316,8 +316,12 @@ fn isolation_access() {
     let flags = ["--l2", "tenant-a@bra", "--l2", "tenant-b@brb"];
     let mut d1 = start(h1, &etcd, &flags, &["l2v100", "l2v200"]);
     let mut d2 = start(h2, &etcd, &flags, &["l2v100", "l2v200"]);
+    // h3 is a member of tenant A only.
+    let h3 = topo.host(2);
+    add_bridge(h3, "bra", false);
+    let _d3 = start(h3, &etcd, &["--l2", "tenant-a@bra"], &["l2v100"]);
     let what = "access";
-    wait_members(&etcd, "tenant-a", &[h1.ip, h2.ip]);
+    wait_members(&etcd, "tenant-a", &[h1.ip, h2.ip, h3.ip]);
     wait_members(&etcd, "tenant-b", &[h1.ip, h2.ip]);
 
     // Every frame to or from A's MACs, and any ARP not from B, in B's containers: must stay
@@ -434,6 +438,21 @@ fn isolation_access() {
     assert!(
         unknown >= 3.0,
         "{what}: drops{{reason=unknown_sender}} must count the non-member's 3 datagrams (+{unknown})"
+    );
+
+    // From h3, a member of A but not of B, with B's VNI: refused as unknown_sender.
+    let b_cap = Capture::start(&b2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let unknown0 = d2.metric("overlayd_l2_drops_total", &["reason=\"unknown_sender\""]);
+    replay(200, h3, h3.ip, b"ovt-not-b-member");
+    let in_b = b_cap.finish(Duration::from_millis(500));
+    let unknown = d2.metric("overlayd_l2_drops_total", &["reason=\"unknown_sender\""]) - unknown0;
+    assert!(
+        in_b.is_empty(),
+        "{what}: VNI 200 from a node that is no member of B reached B: {in_b:?}"
+    );
+    assert!(
+        unknown >= 3.0,
+        "{what}: VNI 200 from A-only h3 must count as unknown_sender (+{unknown})"
     );
 
     // From a member, but a VNI h2 does not attach (300): dropped as wrong_vni, nowhere seen.
