@@ -29,6 +29,9 @@
 #              OVERLAYD_BIN=path     binary (default target/release/overlayd; built if missing)
 #              KEEP_LOGS=1           keep the work directory (its path is printed)
 #              CASES="a b"           run only these cases (default: all), e.g. CASES="kernel_l2_vxlan l2_vxlan"
+#              BENCH_PREFIX=ovb-     namespace prefix; a run refuses to start while namespaces with
+#                                    this prefix have processes in them (another run), rather than
+#                                    removing them
 #
 # Everything lives in namespaces named ovb-*; the root namespace is not touched. Everything is
 # removed on exit, also on Ctrl-C or failure (or later: scripts/cleanup-netns.sh ovb-).
@@ -42,7 +45,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 DURATION=${DURATION:-8}
-P=ovb-
+P=${BENCH_PREFIX:-ovb-}
 SW=${P}sw
 H1=${P}h1
 H2=${P}h2
@@ -68,8 +71,9 @@ cleanup() {
   trap - EXIT INT TERM
   say "cleaning up"
   disown -a 2>/dev/null || true
-  # Kill every process in our namespaces (TERM first, then KILL) and delete them.
-  scripts/cleanup-netns.sh "$P" >&2 || true
+  # Kill every process in our namespaces (TERM first, then KILL) and delete them; only once
+  # this run owns the prefix (never another run's namespaces).
+  [ -n "${OWN_NETNS:-}" ] && { scripts/cleanup-netns.sh "$P" >&2 || true; }
   if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
   exit $rc
 }
@@ -176,6 +180,11 @@ echo "binary: $BIN" >&2
 
 # ------------------------------------------------------------------------------------------------
 say "building the network: $SW (bridge br0), $ETCD_NS, $H1, $H2"
+for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+  [[ $ns == "$P"* ]] && [ -n "$(ip netns pids "$ns" 2>/dev/null)" ] &&
+    die "namespace $ns has processes: another bench-e2e run? Not touching it (BENCH_PREFIX=... runs beside it; scripts/cleanup-netns.sh $P removes leftovers)"
+done
+OWN_NETNS=1
 scripts/cleanup-netns.sh "$P" >&2 || true
 
 ip netns add "$SW"
