@@ -506,7 +506,7 @@ for name, r in res.items():
         reason = extra.get("skipped_" + name, "failed")
         print("%-18s %s" % (name, "skipped (%s)" % reason))
         continue
-    rt = l2_ratio(name) if name in L2_CASES else ratio(name)
+    rt = l2_ratio(name) if name in L2_CASES or name == "kernel_l2_vxlan" else ratio(name)
     print("%-18s %12s %12s %14s %18s" % (
         name, fmt(r["g1"], "%.2f"), fmt(r["g4"], "%.2f"), fmt(r["ping"], "%.0f"),
         fmt(rt, "%.2fx")))
