@@ -207,6 +207,8 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    crate::l2::config::check_attachments(&args.l2, &args.l2_vlan)
+        .map_err(|e| DaemonError::L2(crate::l2::L2StartError::Conflict(e)))?;
     // Metrics and health first, so that a probe sees "alive, not ready" during startup.
     let telemetry = Arc::new(telemetry::State::default());
     if let Some(addr) = args.telemetry_addr() {
@@ -409,16 +411,18 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         trunk_bridge: args.l2_trunk_bridge.clone(),
         offload,
     };
-    let mut l2 = if l2_opts.is_empty() {
-        None
-    } else {
+    // Started in the background: an L2 network not defined yet must not hold back the
+    // routed overlay (and the subnet file the CNI plugin waits for). An invalid one still
+    // stops the daemon with its error, from the main loop below.
+    let mut l2: Option<crate::l2::L2Node> = None;
+    let mut l2_starting = (!l2_opts.is_empty()).then(|| {
         let l3_port = (kind != BackendKind::Gre).then_some(cfg.backend.port);
-        let node =
-            crate::l2::L2Node::start(&l2_opts, &registry, &nl, &underlay, public_ip, l3_port)
-                .await?;
-        let _ = telemetry.l2.set(node.shared.clone());
-        Some(node)
-    };
+        let (registry, nl, underlay) = (registry.clone(), nl.clone(), underlay.clone());
+        tokio::spawn(async move {
+            crate::l2::L2Node::start(&l2_opts, &registry, &nl, &underlay, public_ip, l3_port).await
+        })
+    });
+    let mut failure: Option<DaemonError> = None;
 
     let env = SubnetEnv {
         network: cfg.network,
@@ -464,6 +468,25 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
 
     loop {
         tokio::select! {
+            started = async { l2_starting.as_mut().expect("guarded").await }, if l2_starting.is_some() => {
+                l2_starting = None;
+                match started {
+                    Ok(Ok(node)) => {
+                        let _ = telemetry.l2.set(node.shared.clone());
+                        l2 = Some(node);
+                    }
+                    Ok(Err(e)) => {
+                        error!(error = %e, "cannot start the L2 networks; stopping");
+                        failure = Some(e.into());
+                        break;
+                    }
+                    Err(e) => {
+                        error!(error = %e, "the L2 start task failed; stopping");
+                        failure = Some(DaemonError::L2(crate::l2::L2StartError::Conflict(e.to_string())));
+                        break;
+                    }
+                }
+            }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             changed = subnet_rx.changed() => {
@@ -529,6 +552,9 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
             }
         }
     }
+    if let Some(t) = l2_starting.take() {
+        t.abort();
+    }
     telemetry::notify_stopping();
     telemetry.ready.store(false, Ordering::Relaxed);
     control_task.abort();
@@ -545,7 +571,10 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         drops = totals.drops.iter().sum::<u64>(),
         "stopped; device and routes removed, lease kept for the next start"
     );
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn set_workers(t: &telemetry::State, dp: &Dataplane) {
