@@ -3,7 +3,7 @@
 # Idempotent and quiet: on a machine that has everything it does nothing (no apt-get update).
 #
 #   protoc (etcd-client's build), etcd + etcdctl, iperf3, ip/bridge, ping, tcpdump, tinc,
-#   pkill/sysctl (procps), killall (psmisc), the CNI reference plugins (bridge, host-local) that
+#   pkill/sysctl (procps), killall (psmisc), python3 (the L2 trunk test's tagged station), the CNI reference plugins (bridge, host-local) that
 #   overlay-cni delegates to (containernetworking-plugins, in /usr/lib/cni)
 set -euo pipefail
 
@@ -22,6 +22,7 @@ declare -A NEED=(
   [sysctl]=procps
   [killall]=psmisc
   [iptables]=iptables
+  [python3]=python3
 )
 
 PATH="$PATH:/usr/sbin:/sbin"
