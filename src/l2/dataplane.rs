@@ -751,30 +751,40 @@ impl RxWorker {
                     scratch,
                 } = self;
                 for i in 0..n {
-                    let (data, _, from) = batch.get(i);
-                    let inb = match classify(shared, *backend, data, *from.ip(), sock.is_raw()) {
-                        Ok(Some(i)) => i,
-                        Ok(None) => continue,
-                        Err(r) => {
-                            shared.dropped(r, 1);
-                            continue;
-                        }
+                    let (data, seg, from) = batch.get(i);
+                    // With UDP GRO the kernel hands over runs of datagrams, `seg` bytes
+                    // each; a kernel VXLAN peer's whole tunnel-GSO frame comes as one
+                    // buffer longer than `seg` whose inner packet covers it: keep it whole.
+                    let chunk = if seg == 0 || (data.len() > seg && covers_whole(data)) {
+                        data.len().max(1)
+                    } else {
+                        seg
                     };
-                    learn(shared, &inb, now);
-                    let mtu = shared.nets[inb.net as usize].mtu as usize;
-                    let (frame, partial) = trim_and_check(inb.frame, mtu);
-                    match (gro.as_mut(), partial) {
-                        (Some(g), None) => g.push(shared, ports, deliver, inb.net, frame),
-                        (None, None) => {
-                            deliver_frame(shared, ports, deliver, cfg.vnet_hdr, inb.net, frame)
-                        }
-                        (Some(g), Some(h)) => {
-                            // Keep the flow's order: what is held leaves first.
-                            g.flush(shared, ports, deliver);
-                            write_with_hdr(shared, ports, deliver, inb.net, frame, h);
-                        }
-                        (None, Some(h)) => {
-                            finish_and_deliver(shared, ports, deliver, inb.net, frame, &h, scratch)
+                    for d in data.chunks(chunk) {
+                        let inb = match classify(shared, *backend, d, *from.ip(), sock.is_raw()) {
+                            Ok(Some(i)) => i,
+                            Ok(None) => continue,
+                            Err(r) => {
+                                shared.dropped(r, 1);
+                                continue;
+                            }
+                        };
+                        learn(shared, &inb, now);
+                        let mtu = shared.nets[inb.net as usize].mtu as usize;
+                        let (frame, partial) = trim_and_check(inb.frame, mtu);
+                        match (gro.as_mut(), partial) {
+                            (Some(g), None) => g.push(shared, ports, deliver, inb.net, frame),
+                            (None, None) => {
+                                deliver_frame(shared, ports, deliver, cfg.vnet_hdr, inb.net, frame)
+                            }
+                            (Some(g), Some(h)) => {
+                                // Keep the flow's order: what is held leaves first.
+                                g.flush(shared, ports, deliver);
+                                write_with_hdr(shared, ports, deliver, inb.net, frame, h);
+                            }
+                            (None, Some(h)) => finish_and_deliver(
+                                shared, ports, deliver, inb.net, frame, &h, scratch,
+                            ),
                         }
                     }
                 }
@@ -783,6 +793,24 @@ impl RxWorker {
                 }
             }
         }
+    }
+}
+
+/// Whether a received VXLAN datagram holds exactly one Ethernet frame whose IPv4/IPv6
+/// packet covers the rest of the buffer (a peer kernel's whole tunnel-GSO frame).
+fn covers_whole(data: &[u8]) -> bool {
+    const OFF: usize = vxlan::HEADER_LEN + ether::HEADER_LEN;
+    let Some(ip) = data.get(OFF..) else {
+        return false;
+    };
+    match (data.get(OFF - 2..OFF), ip.first().map(|b| b >> 4)) {
+        (Some([0x08, 0x00]), Some(4)) if ip.len() >= 20 => {
+            u16::from_be_bytes([ip[2], ip[3]]) as usize == ip.len()
+        }
+        (Some([0x86, 0xdd]), Some(6)) if ip.len() >= 40 => {
+            40 + u16::from_be_bytes([ip[4], ip[5]]) as usize == ip.len()
+        }
+        _ => false,
     }
 }
 

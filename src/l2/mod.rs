@@ -197,6 +197,10 @@ impl L2Node {
                     ));
                 }
                 let gso = opts.offload && send.iter().all(|s| s.probe_gso());
+                // UDP GRO: runs of datagrams per receive (split again by segment size).
+                if opts.offload && !recv.enable_gro() {
+                    warn!("UDP GRO refused on the L2 vxlan socket; receiving datagram by datagram");
+                }
                 (Some(recv), send, gso)
             }
             None => (None, Vec::new(), false),
