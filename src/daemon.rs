@@ -377,6 +377,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         gso,
         gro,
         local_mac: mac,
+        busy_poll_us: args.busy_poll_us,
     };
     let tun_opts = tun::Options {
         name: name.clone(),

@@ -1,14 +1,23 @@
 //! The data plane: per-queue worker threads moving packets between the overlay device and
 //! the underlay sockets, with no lock and no heap allocation per packet.
 //!
-//! Transmit (device → underlay), one thread per device queue: read packets (64 KiB TSO
+//! One thread per queue index `i` carries both directions: it polls device queue `i` and
+//! receive socket `i` together and runs the transmit or receive batch for whichever is
+//! readable. A receive socket writes into the queue of the same index, and the device hands
+//! a flow's return packets to the queue it was last written on (symmetric flow hash), so a
+//! request and its reply meet in the same thread. After handling traffic a worker keeps
+//! polling without blocking for [`Config::busy_poll_us`] microseconds (yielding the CPU
+//! between polls), so a reply arriving within that window needs no thread wakeup; an idle
+//! worker blocks in `poll`.
+//!
+//! Transmit (device → underlay), per device queue: read packets (64 KiB TSO
 //! super-packets when offloads are on), look the destination up in the current
 //! [`Fib`](crate::fib::Fib) snapshot, segment straight into encapsulation slots, write the
 //! headers, and hand the whole run of equal-size datagrams to the kernel in one `sendmmsg`
 //! carrying a `UDP_SEGMENT` (GSO) message. No lease for the destination: an ICMP
 //! net-unreachable goes back into the device.
 //!
-//! Receive (underlay → device), one thread per socket: `recvmmsg` a batch (UDP GRO hands
+//! Receive (underlay → device), per socket: `recvmmsg` a batch (UDP GRO hands
 //! over runs of datagrams in one buffer), accept only datagrams from a current lease's
 //! public address, decapsulate through checked views, accept only inner sources inside that
 //! sender's subnet and destinations inside ours, coalesce TCP segments back into
@@ -20,6 +29,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::drop::DropReason;
 use crate::encap::{Decapsulated, Encap};
@@ -95,7 +105,14 @@ pub struct Config {
     pub gro: bool,
     /// Our VTEP MAC (vxlan), for ARP replies.
     pub local_mac: [u8; 6],
+    /// After handling traffic, a worker polls without blocking for this long before it
+    /// blocks again, so that a quick reply needs no wakeup. 0 turns busy polling off.
+    pub busy_poll_us: u32,
 }
+
+/// Default of [`Config::busy_poll_us`]: covers the round trip to a peer whose worker must
+/// first be woken (~50–70 µs on a VM whose idle vCPUs halt) plus its processing.
+pub const DEFAULT_BUSY_POLL_US: u32 = 200;
 
 /// Running workers.
 pub struct Dataplane {
@@ -105,10 +122,11 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Starts one transmit worker per device queue and one receive worker per receive
-    /// socket. `send` are the sockets transmit workers pick from by flow hash (the source
-    /// port spreads flows as the kernel's VXLAN does); `recv[i]` writes into queue
-    /// `i % queues`.
+    /// Starts one worker per queue index: worker `i` transmits from device queue `i` and
+    /// receives on `recv[i]`, writing into queue `i % queues` (there are as many workers as
+    /// the larger of the two counts). `send` are the sockets transmit picks from by flow hash
+    /// (the source port spreads flows as the kernel's VXLAN does). Counters: `stats[i]` for
+    /// transmit on queue `i`, `stats[queues + j]` for receive on `recv[j]`.
     pub fn start(
         cfg: Config,
         queues: Vec<Arc<Queue>>,
@@ -123,44 +141,36 @@ impl Dataplane {
                 .collect(),
         );
         let gso = Arc::new(AtomicBool::new(cfg.gso));
-        let mut threads = Vec::new();
-        for (i, q) in queues.iter().enumerate() {
+        for q in &queues {
             q.set_nonblocking()?;
-            let (cfg, q, send, fib, stop, stats, gso) = (
-                cfg.clone(),
-                q.clone(),
-                send.clone(),
-                fib.clone(),
-                stop.clone(),
-                stats.clone(),
-                gso.clone(),
-            );
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("tx{i}"))
-                    .spawn(move || {
-                        let mut w = TxWorker::new(cfg, q, send, fib, gso);
-                        w.run(&stop, &stats[i]);
-                    })?,
-            );
         }
-        for (j, s) in recv.iter().enumerate() {
-            let idx = queues.len() + j;
-            let (cfg, q, s, fib, stop, stats) = (
-                cfg.clone(),
-                queues[j % queues.len()].clone(),
-                s.clone(),
-                fib.clone(),
-                stop.clone(),
-                stats.clone(),
-            );
+        let mut threads = Vec::new();
+        for i in 0..queues.len().max(recv.len()) {
+            let tx = queues.get(i).map(|q| {
+                (
+                    TxWorker::new(
+                        cfg.clone(),
+                        q.clone(),
+                        send.clone(),
+                        fib.clone(),
+                        gso.clone(),
+                    ),
+                    i,
+                )
+            });
+            let rx = recv.get(i).map(|s| {
+                let q = queues[i % queues.len()].clone();
+                (
+                    RxWorker::new(cfg.clone(), q, s.clone(), fib.clone()),
+                    queues.len() + i,
+                )
+            });
+            let (stop, stats) = (stop.clone(), stats.clone());
+            let busy = Duration::from_micros(cfg.busy_poll_us.into());
             threads.push(
                 std::thread::Builder::new()
-                    .name(format!("rx{j}"))
-                    .spawn(move || {
-                        let mut w = RxWorker::new(cfg, q, s, fib);
-                        w.run(&stop, &stats[idx]);
-                    })?,
+                    .name(format!("dp{i}"))
+                    .spawn(move || run_worker(tx, rx, busy, &stop, &stats))?,
             );
         }
         Ok(Dataplane {
@@ -203,6 +213,63 @@ pub fn totals(stats: &[WorkerStats]) -> Totals {
     t
 }
 
+/// One worker's loop: polls its device queue and its receive socket together, runs the
+/// batch of whichever is readable, and after any traffic keeps polling without blocking
+/// (yielding the CPU between polls) until `busy` passes with nothing to do.
+fn run_worker(
+    mut tx: Option<(TxWorker, usize)>,
+    mut rx: Option<(RxWorker, usize)>,
+    busy: Duration,
+    stop: &AtomicBool,
+    stats: &[WorkerStats],
+) {
+    // Own handles on the two fds, so that polling borrows nothing from the workers.
+    let tx_q = tx.as_ref().map(|(w, _)| w.queue.clone());
+    let rx_s = rx.as_ref().map(|(w, _)| w.sock.clone());
+    let mut fds = Vec::with_capacity(2);
+    let mut tx_bit = 0;
+    let mut rx_bit = 0;
+    if let Some(q) = &tx_q {
+        tx_bit = 1 << fds.len();
+        fds.push(q.as_fd());
+    }
+    if let Some(s) = &rx_s {
+        rx_bit = 1 << fds.len();
+        fds.push(s.as_fd());
+    }
+    // Busy polling until this instant (None: block).
+    let mut until: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let timeout = if until.is_some() { 0 } else { POLL_MS };
+        let ready = poll_readable(&fds, timeout).unwrap_or(0);
+        let mut worked = false;
+        if ready & tx_bit != 0 {
+            if let Some((w, i)) = tx.as_mut() {
+                worked |= w.drain(&stats[*i]);
+            }
+        }
+        if ready & rx_bit != 0 {
+            if let Some((w, i)) = rx.as_mut() {
+                worked |= w.drain(&stats[*i]);
+            }
+        }
+        if busy.is_zero() {
+            continue;
+        }
+        if worked {
+            until = Some(Instant::now() + busy);
+        } else if let Some(t) = until {
+            if Instant::now() >= t {
+                until = None;
+            } else {
+                // Let anything runnable on this CPU (the application, the peer's worker) go
+                // first: spinning must not delay the very reply it waits for.
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted
 }
@@ -240,29 +307,27 @@ impl TxWorker {
         }
     }
 
-    fn run(&mut self, stop: &AtomicBool, st: &WorkerStats) {
-        while !stop.load(Ordering::Relaxed) {
-            match poll_readable(&[self.queue.as_fd()], POLL_MS) {
-                Ok(0) => continue,
-                Ok(_) => {}
-                Err(_) => continue,
-            }
-            let fib = self.fib.load();
-            for _ in 0..MAX_BATCH {
-                let n = match self.queue.read(&mut self.read_buf[HEADROOM..]) {
-                    Ok(n) => n,
-                    Err(e) if would_block(&e) => break,
-                    Err(_) => {
-                        // The device is gone or broken (the daemon's watchdog recreates it):
-                        // do not spin on it meanwhile.
-                        st.drop(DropReason::IoError, 1);
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                        break;
-                    }
-                };
-                self.forward(&fib, n, st);
-            }
+    /// Reads and forwards up to a batch of packets from the (readable) device queue; returns
+    /// whether it forwarded any.
+    fn drain(&mut self, st: &WorkerStats) -> bool {
+        let fib = self.fib.load();
+        let mut any = false;
+        for _ in 0..MAX_BATCH {
+            let n = match self.queue.read(&mut self.read_buf[HEADROOM..]) {
+                Ok(n) => n,
+                Err(e) if would_block(&e) => break,
+                Err(_) => {
+                    // The device is gone or broken (the daemon's watchdog recreates it):
+                    // do not spin on it meanwhile.
+                    st.drop(DropReason::IoError, 1);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    break;
+                }
+            };
+            any = true;
+            self.forward(&fib, n, st);
         }
+        any
     }
 
     /// Forwards the `n` bytes just read at `read_buf[HEADROOM..]`.
@@ -490,32 +555,31 @@ impl RxWorker {
         }
     }
 
-    fn run(&mut self, stop: &AtomicBool, st: &WorkerStats) {
-        while !stop.load(Ordering::Relaxed) {
-            match poll_readable(&[self.sock.as_fd()], POLL_MS) {
-                Ok(0) | Err(_) => continue,
-                Ok(_) => {}
+    /// Receives and delivers up to 16 batches from the (readable) socket; returns whether it
+    /// received any.
+    fn drain(&mut self, st: &WorkerStats) -> bool {
+        let fib = self.fib.load();
+        let mut any = false;
+        for _ in 0..16 {
+            let n = match self.sock.recv_batch(&mut self.batch) {
+                Ok(n) => n,
+                Err(e) if would_block(&e) => break,
+                Err(_) => {
+                    st.drop(DropReason::IoError, 1);
+                    break;
+                }
+            };
+            any = true;
+            st.rx_batches.fetch_add(1, Ordering::Relaxed);
+            for i in 0..n {
+                self.handle_message(&fib, i, st);
             }
-            let fib = self.fib.load();
-            for _ in 0..16 {
-                let n = match self.sock.recv_batch(&mut self.batch) {
-                    Ok(n) => n,
-                    Err(e) if would_block(&e) => break,
-                    Err(_) => {
-                        st.drop(DropReason::IoError, 1);
-                        break;
-                    }
-                };
-                st.rx_batches.fetch_add(1, Ordering::Relaxed);
-                for i in 0..n {
-                    self.handle_message(&fib, i, st);
-                }
-                if let Some(g) = self.gro.as_mut() {
-                    let q = &self.queue;
-                    g.flush(&mut |p| write_counted(q, p, st));
-                }
+            if let Some(g) = self.gro.as_mut() {
+                let q = &self.queue;
+                g.flush(&mut |p| write_counted(q, p, st));
             }
         }
+        any
     }
 
     fn handle_message(&mut self, fib: &Fib, i: usize, st: &WorkerStats) {

@@ -97,6 +97,7 @@ fn node(host: &Host, me: u8, peer_ip: Ipv4Addr, peer: u8) -> Dataplane {
         gso,
         gro,
         local_mac: mac(me),
+        busy_poll_us: overlayd::dataplane::DEFAULT_BUSY_POLL_US,
     };
     let queues = dev.queues.drain(..).map(Arc::new).collect();
     std::mem::forget(dev); // the queues keep the device; it goes with the namespace
