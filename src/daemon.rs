@@ -411,6 +411,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         vlans: args.l2_vlan.clone(),
         trunk_bridge: args.l2_trunk_bridge.clone(),
         offload,
+        busy_poll_us: args.busy_poll_us,
     };
     // Started in the background: an L2 network not defined yet must not hold back the
     // routed overlay (and the subnet file the CNI plugin waits for). An invalid one still

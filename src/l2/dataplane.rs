@@ -21,7 +21,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -196,6 +196,8 @@ pub struct Port {
 pub struct Config {
     /// TAPs were opened with a virtio-net header (and offloads on).
     pub vnet_hdr: bool,
+    /// Busy-poll window after traffic, µs (0 = block at once), as `--busy-poll-us`.
+    pub busy_poll_us: u32,
     /// UDP GSO usable on the vxlan send sockets.
     pub gso: bool,
     /// Receiving vxlan socket (bound to the networks' port) and the send pool.
@@ -237,34 +239,39 @@ impl Dataplane {
     pub fn start(cfg: Config, ports: Vec<Port>, shared: Arc<Shared>) -> io::Result<Dataplane> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        for (i, p) in ports.iter().enumerate() {
-            p.queue.set_nonblocking()?;
-            let (cfg, p, shared, stop) = (cfg.clone(), p.clone(), shared.clone(), stop.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("l2tx{i}"))
-                    .spawn(move || TxWorker::new(cfg, p, shared).run(&stop))?,
-            );
-        }
         let deliver = Arc::new(delivery(ports.iter().map(|p| &p.kind), shared.nets.len()));
-        let socks = [
+        let socks: Vec<(Arc<UnderlaySocket>, L2Backend)> = [
             cfg.vxlan_recv.clone().map(|s| (s, L2Backend::Vxlan)),
             cfg.gre.clone().map(|s| (s, L2Backend::Gre)),
-        ];
-        for (sock, backend) in socks.into_iter().flatten() {
-            let (cfg, ports, shared, stop, deliver) = (
-                cfg.clone(),
-                ports.clone(),
-                shared.clone(),
-                stop.clone(),
-                deliver.clone(),
-            );
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for p in &ports {
+            p.queue.set_nonblocking()?;
+        }
+        // Worker i carries port i's transmit side and socket i's receive side: with one
+        // network (the common case) a request and its reply meet in one thread, which the
+        // busy-poll window then catches without a wakeup (as on the L3 path).
+        for i in 0..ports.len().max(socks.len()) {
+            let tx = ports
+                .get(i)
+                .map(|p| TxWorker::new(cfg.clone(), p.clone(), shared.clone()));
+            let rx = socks.get(i).map(|(sock, backend)| {
+                RxWorker::new(
+                    cfg.clone(),
+                    sock.clone(),
+                    *backend,
+                    ports.clone(),
+                    deliver.clone(),
+                    shared.clone(),
+                )
+            });
+            let (stop, busy) = (stop.clone(), Duration::from_micros(cfg.busy_poll_us.into()));
             threads.push(
                 std::thread::Builder::new()
-                    .name(format!("l2rx-{}", backend.as_str()))
-                    .spawn(move || {
-                        RxWorker::new(cfg, sock, backend, ports, deliver, shared).run(&stop)
-                    })?,
+                    .name(format!("l2dp{i}"))
+                    .spawn(move || run_worker(tx, rx, busy, &stop))?,
             );
         }
         Ok(Dataplane { stop, threads })
@@ -282,6 +289,57 @@ impl Dataplane {
 impl Drop for Dataplane {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One L2 worker: polls its TAP and/or socket, drains whichever is readable, and after any
+/// traffic keeps polling without blocking for `busy` (yielding between polls) before
+/// blocking again.
+fn run_worker(
+    mut tx: Option<TxWorker>,
+    mut rx: Option<RxWorker>,
+    busy: Duration,
+    stop: &AtomicBool,
+) {
+    let q = tx.as_ref().map(|w| w.port.queue.clone());
+    let sock = rx.as_ref().map(|w| w.sock.clone());
+    let mut fds = Vec::with_capacity(2);
+    let (mut tx_bit, mut rx_bit) = (0, 0);
+    if let Some(q) = &q {
+        tx_bit = 1 << fds.len();
+        fds.push(q.as_fd());
+    }
+    if let Some(s) = &sock {
+        rx_bit = 1 << fds.len();
+        fds.push(s.as_fd());
+    }
+    let mut until: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let timeout = if until.is_some() { 0 } else { POLL_MS };
+        let ready = poll_readable(&fds, timeout).unwrap_or(0);
+        let mut worked = false;
+        if ready & tx_bit != 0 {
+            if let Some(w) = tx.as_mut() {
+                worked |= w.drain();
+            }
+        }
+        if ready & rx_bit != 0 {
+            if let Some(w) = rx.as_mut() {
+                worked |= w.drain();
+            }
+        }
+        if busy.is_zero() {
+            continue;
+        }
+        if worked {
+            until = Some(Instant::now() + busy);
+        } else if let Some(t) = until {
+            if Instant::now() >= t {
+                until = None;
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 }
 
@@ -342,25 +400,23 @@ impl TxWorker {
         }
     }
 
-    fn run(&mut self, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            match poll_readable(&[self.port.queue.as_fd()], POLL_MS) {
-                Ok(0) | Err(_) => continue,
-                Ok(_) => {}
-            }
-            for _ in 0..MAX_BATCH {
-                let n = match self.port.queue.read(&mut self.read_buf[HEADROOM..]) {
-                    Ok(n) => n,
-                    Err(e) if would_block(&e) => break,
-                    Err(_) => {
-                        self.shared.dropped(DropReason::IoError, 1);
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                        break;
-                    }
-                };
-                self.forward(n);
-            }
+    /// Forwards up to a batch of frames from the TAP; whether there was any.
+    fn drain(&mut self) -> bool {
+        let mut worked = false;
+        for _ in 0..MAX_BATCH {
+            let n = match self.port.queue.read(&mut self.read_buf[HEADROOM..]) {
+                Ok(n) => n,
+                Err(e) if would_block(&e) => break,
+                Err(_) => {
+                    self.shared.dropped(DropReason::IoError, 1);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    break;
+                }
+            };
+            worked = true;
+            self.forward(n);
         }
+        worked
     }
 
     /// Forwards the `n` bytes just read at `read_buf[HEADROOM..]`.
@@ -723,12 +779,10 @@ impl RxWorker {
         }
     }
 
-    fn run(&mut self, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            match poll_readable(&[self.sock.as_fd()], POLL_MS) {
-                Ok(0) | Err(_) => continue,
-                Ok(_) => {}
-            }
+    /// Receives and delivers up to 16 batches; whether there was anything.
+    fn drain(&mut self) -> bool {
+        let mut worked = false;
+        {
             for _ in 0..16 {
                 let n = match self.sock.recv_batch(&mut self.batch) {
                     Ok(n) => n,
@@ -738,6 +792,7 @@ impl RxWorker {
                         break;
                     }
                 };
+                worked = true;
                 let now = self.shared.now();
                 let RxWorker {
                     cfg,
@@ -793,6 +848,7 @@ impl RxWorker {
                 }
             }
         }
+        worked
     }
 }
 

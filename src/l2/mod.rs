@@ -43,6 +43,8 @@ pub struct L2Options {
     pub trunk_bridge: Option<String>,
     /// Open TAPs with a virtio header and TSO/checksum offloads.
     pub offload: bool,
+    /// Busy-poll window of the workers after traffic, µs.
+    pub busy_poll_us: u32,
 }
 
 impl L2Options {
@@ -216,6 +218,7 @@ impl L2Node {
         };
         let dp_cfg = dataplane::Config {
             vnet_hdr: opts.offload,
+            busy_poll_us: opts.busy_poll_us,
             gso,
             vxlan_recv,
             vxlan_send,
