@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # overlayd in five minutes: three hosts and an etcd, each in its own network namespace on a
 # virtual switch, overlayd on every host; then pings between every pair of hosts over the
-# overlay and an iperf3 run host1 -> host2 (overlay, then underlay for comparison).
+# overlay and an iperf3 run host1 -> host2 (overlay, then underlay for comparison). Then
+# layer 2: two tenants (VNI 100 and 200) with the SAME addresses 192.168.0.0/24, a
+# "container" of each on every host's tenant bridge; each reaches only its own tenant.
 #
 #   sudo scripts/demo.sh [udp|vxlan|gre]        (default: vxlan)
 #
@@ -125,12 +127,20 @@ ctl endpoint health >/dev/null 2>&1 || { log_tail "$WORK/etcd.log"; die "etcd di
 echo "etcd is healthy"
 
 # ------------------------------------------------------------------------------------------------
+L2B=vxlan; [ "$BACKEND" = gre ] && L2B=gre
+say "defining two L2 networks in etcd ($L2B): tenant-a VNI 100, tenant-b VNI 200"
+ctl put "$PREFIX/l2/networks/tenant-a" "{\"VNI\": 100, \"Backend\": \"$L2B\"}" >/dev/null
+ctl put "$PREFIX/l2/networks/tenant-b" "{\"VNI\": 200, \"Backend\": \"$L2B\"}" >/dev/null
+ctl get --prefix "$PREFIX/l2/networks/" | paste - - | sed 's/\t/  /; s/^/    /'
+
+# ------------------------------------------------------------------------------------------------
 say "starting overlayd --backend $BACKEND on ${P}h1..${P}h$N"
 for i in $(seq 1 $N); do
   mkdir -p "$WORK/h$i"
   # Straight `ip netns exec ... &` (no shell function): $! is then overlayd's own pid.
   ip netns exec "$P""h$i" "$BIN" --backend "$BACKEND" --etcd-endpoints "$ENDPOINT" --etcd-prefix "$PREFIX" \
     --iface eth0 --subnet-file "$WORK/h$i/subnet.env" --network "$NETWORK" --subnet-len 24 \
+    --l2 tenant-a@br-a --l2 tenant-b@br-b \
     >"$WORK/h$i/overlayd.log" 2>&1 &
   PIDS[i]=$!
   echo "h$i: pid ${PIDS[i]}, log $WORK/h$i/overlayd.log"
@@ -210,6 +220,48 @@ echo "underlay: $UND_RATE Mbit/s"
 [ "$OVL_RATE" = FAIL ] && FAILED=1
 
 # ------------------------------------------------------------------------------------------------
+say "layer 2: tenants A and B, both 192.168.0.0/24, a container of each on every host"
+declare -A L2PING=() L2MAC=()
+for i in $(seq 1 $N); do
+  for _ in $(seq 100); do
+    ip -n "$P""h$i" link show br-a >/dev/null 2>&1 && ip -n "$P""h$i" link show br-b >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  for t in a b; do
+    ns=$P$t$i
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip -n "$P""h$i" link add "c$t" type veth peer name eth0 netns "$ns"
+    ip -n "$P""h$i" link set "c$t" master "br-$t"
+    ip -n "$P""h$i" link set "c$t" up
+    ip -n "$ns" link set eth0 mtu 1400 up
+    ip -n "$ns" addr add "192.168.0.$i/24" dev eth0
+    L2MAC[$t$i]=$(ip -n "$ns" -br link show eth0 | awk '{ print $3 }')
+  done
+  echo "h$i: ${P}a$i (tenant A, ${L2MAC[a$i]}) on br-a, ${P}b$i (tenant B, ${L2MAC[b$i]}) on br-b, both 192.168.0.$i"
+done
+for t in a b; do
+  for j in $(seq 2 $N); do
+    for _ in $(seq 10); do
+      in_ns "$P$t""1" ping -q -n -c 1 -W 1 "192.168.0.$j" >/dev/null 2>&1 && break
+    done
+    out=$(in_ns "$P$t""1" ping -q -n -c 3 -W 1 -i 0.2 "192.168.0.$j" 2>&1 || true)
+    rx=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' <<<"$out")
+    mac=$(in_ns "$P$t""1" ip neigh show "192.168.0.$j" | awk '{ for (k = 1; k < NF; k++) if ($k == "lladdr") print $(k + 1) }')
+    if [ "${rx:-0}" -gt 0 ] && [ "$mac" = "${L2MAC[$t$j]}" ]; then
+      L2PING[$t,$j]="ok ($rx/3, answered by $t$j)"
+    else
+      L2PING[$t,$j]="FAIL (rx ${rx:-0}/3, MAC ${mac:-none}, want ${L2MAC[$t$j]})"
+      FAILED=1
+    fi
+    echo "tenant ${t^^}: ${t}1 -> 192.168.0.$j: ${L2PING[$t,$j]}"
+  done
+done
+echo "(the same address answers with tenant A's MAC inside A and tenant B's inside B: isolated by VNI)"
+echo "L2 members in etcd:"
+ctl get --prefix --keys-only "$PREFIX/l2/members/" | sed '/^$/d; s/^/    /'
+
+# ------------------------------------------------------------------------------------------------
 say "stopping overlayd (SIGTERM)"
 declare -a STOP=()
 for i in $(seq 1 $N); do
@@ -249,6 +301,9 @@ for i in $(seq 1 $N); do
 done
 echo
 echo "iperf3 h1 -> h2: overlay $OVL_RATE Mbit/s, underlay $UND_RATE Mbit/s"
+for t in a b; do
+  for j in $(seq 2 $N); do echo "L2 tenant ${t^^} ${t}1 -> ${t}$j: ${L2PING[$t,$j]}"; done
+done
 
 if [ $FAILED -ne 0 ]; then
   echo
