@@ -25,7 +25,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -226,33 +226,60 @@ fn run_worker(
     // Own handles on the two fds, so that polling borrows nothing from the workers.
     let tx_q = tx.as_ref().map(|(w, _)| w.queue.clone());
     let rx_s = rx.as_ref().map(|(w, _)| w.sock.clone());
+    poll_loop(
+        tx_q.as_ref().map(|q| q.as_fd()),
+        rx_s.as_ref().map(|s| s.as_fd()),
+        busy,
+        stop,
+        |tx_ready, rx_ready| {
+            let mut worked = false;
+            if tx_ready {
+                if let Some((w, i)) = tx.as_mut() {
+                    worked |= w.drain(&stats[*i]);
+                }
+            }
+            if rx_ready {
+                if let Some((w, i)) = rx.as_mut() {
+                    worked |= w.drain(&stats[*i]);
+                }
+            }
+            worked
+        },
+    );
+}
+
+/// The loop every data-plane worker (L3 and L2) runs: poll the device fd and the socket fd
+/// (either may be absent), call `work(device_ready, socket_ready)` (true = it handled
+/// traffic), and after traffic keep polling with a zero timeout, yielding the CPU between
+/// polls, until `busy` passes with nothing to do; then block for up to [`POLL_MS`] again.
+/// Returns when `stop` is set.
+pub(crate) fn poll_loop(
+    device: Option<BorrowedFd<'_>>,
+    socket: Option<BorrowedFd<'_>>,
+    busy: Duration,
+    stop: &AtomicBool,
+    mut work: impl FnMut(bool, bool) -> bool,
+) {
+    // Made once per thread, before the loop.
     let mut fds = Vec::with_capacity(2);
-    let mut tx_bit = 0;
-    let mut rx_bit = 0;
-    if let Some(q) = &tx_q {
-        tx_bit = 1 << fds.len();
-        fds.push(q.as_fd());
+    let (mut dev_bit, mut sock_bit) = (0, 0);
+    if let Some(d) = device {
+        dev_bit = 1 << fds.len();
+        fds.push(d);
     }
-    if let Some(s) = &rx_s {
-        rx_bit = 1 << fds.len();
-        fds.push(s.as_fd());
+    if let Some(s) = socket {
+        sock_bit = 1 << fds.len();
+        fds.push(s);
+    }
+    if fds.is_empty() {
+        return;
     }
     // Busy polling until this instant (None: block).
     let mut until: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let timeout = if until.is_some() { 0 } else { POLL_MS };
         let ready = poll_readable(&fds, timeout).unwrap_or(0);
-        let mut worked = false;
-        if ready & tx_bit != 0 {
-            if let Some((w, i)) = tx.as_mut() {
-                worked |= w.drain(&stats[*i]);
-            }
-        }
-        if ready & rx_bit != 0 {
-            if let Some((w, i)) = rx.as_mut() {
-                worked |= w.drain(&stats[*i]);
-            }
-        }
+        let worked = work(ready & dev_bit != 0, ready & sock_bit != 0);
         if busy.is_zero() {
             continue;
         }

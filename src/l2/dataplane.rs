@@ -31,7 +31,7 @@ use crate::drop::DropReason;
 use crate::offload::gro::Coalescer;
 use crate::offload::tso;
 use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket, MAX_BATCH, MAX_GSO_SEGMENTS};
-use crate::sys::tun::{poll_readable, Queue};
+use crate::sys::tun::Queue;
 use crate::wire::{arp, ether, flow, gre, ipv4, virtio, vxlan};
 
 /// Room kept in front of every frame read from a TAP for the encapsulation header.
@@ -44,8 +44,6 @@ const ENCAP_LEN: usize = 8;
 const SEG_BUF: usize = 256 * 1024;
 /// Largest UDP payload one GSO send may carry.
 const MAX_GSO_BYTES: usize = 65000;
-/// How long a worker blocks before re-checking the stop flag.
-const POLL_MS: i32 = 100;
 /// Slots of the MAC and IP learning tables.
 pub const TABLE_SLOTS: usize = 1 << 16;
 
@@ -292,9 +290,8 @@ impl Drop for Dataplane {
     }
 }
 
-/// One L2 worker: polls its TAP and/or socket, drains whichever is readable, and after any
-/// traffic keeps polling without blocking for `busy` (yielding between polls) before
-/// blocking again.
+/// One L2 worker: polls its TAP and/or socket and drains whichever is readable, with the
+/// same busy-poll window as the L3 workers ([`crate::dataplane::poll_loop`]).
 fn run_worker(
     mut tx: Option<TxWorker>,
     mut rx: Option<RxWorker>,
@@ -303,44 +300,26 @@ fn run_worker(
 ) {
     let q = tx.as_ref().map(|w| w.port.queue.clone());
     let sock = rx.as_ref().map(|w| w.sock.clone());
-    let mut fds = Vec::with_capacity(2);
-    let (mut tx_bit, mut rx_bit) = (0, 0);
-    if let Some(q) = &q {
-        tx_bit = 1 << fds.len();
-        fds.push(q.as_fd());
-    }
-    if let Some(s) = &sock {
-        rx_bit = 1 << fds.len();
-        fds.push(s.as_fd());
-    }
-    let mut until: Option<Instant> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let timeout = if until.is_some() { 0 } else { POLL_MS };
-        let ready = poll_readable(&fds, timeout).unwrap_or(0);
-        let mut worked = false;
-        if ready & tx_bit != 0 {
-            if let Some(w) = tx.as_mut() {
-                worked |= w.drain();
+    crate::dataplane::poll_loop(
+        q.as_ref().map(|q| q.as_fd()),
+        sock.as_ref().map(|s| s.as_fd()),
+        busy,
+        stop,
+        |tx_ready, rx_ready| {
+            let mut worked = false;
+            if tx_ready {
+                if let Some(w) = tx.as_mut() {
+                    worked |= w.drain();
+                }
             }
-        }
-        if ready & rx_bit != 0 {
-            if let Some(w) = rx.as_mut() {
-                worked |= w.drain();
+            if rx_ready {
+                if let Some(w) = rx.as_mut() {
+                    worked |= w.drain();
+                }
             }
-        }
-        if busy.is_zero() {
-            continue;
-        }
-        if worked {
-            until = Some(Instant::now() + busy);
-        } else if let Some(t) = until {
-            if Instant::now() >= t {
-                until = None;
-            } else {
-                std::thread::yield_now();
-            }
-        }
-    }
+            worked
+        },
+    );
 }
 
 fn would_block(e: &io::Error) -> bool {
