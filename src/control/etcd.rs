@@ -358,7 +358,9 @@ pub struct ControlLoop {
     pub stats: Arc<crate::telemetry::State>,
 }
 
-fn backoff(step: &mut u32) -> Duration {
+/// Retry delay after `step` failures in a row: 1 s doubling to 30 s (shared with the L2
+/// control loop).
+pub(crate) fn backoff(step: &mut u32) -> Duration {
     *step = (*step + 1).min(6);
     Duration::from_millis(500u64 << *step).min(Duration::from_secs(30))
 }

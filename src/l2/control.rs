@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::config::{L2ConfigError, L2NetworkConfig};
 use super::dataplane::{Members, Shared};
-use crate::control::etcd::EtcdError;
+use crate::control::etcd::{backoff, EtcdError};
 
 /// Seconds a member key outlives its node's last keepalive.
 pub const MEMBER_TTL_SECS: i64 = 90;
@@ -104,11 +104,6 @@ pub struct L2Control {
     pub self_ip: Ipv4Addr,
     pub shared: Arc<Shared>,
     lease: i64,
-}
-
-fn backoff(step: &mut u32) -> Duration {
-    *step = (*step + 1).min(6);
-    Duration::from_millis(250u64 << *step).min(Duration::from_secs(15))
 }
 
 impl L2Control {

@@ -341,6 +341,13 @@ fn emit_encap(cfg: &L2NetworkConfig, hdr: &mut [u8]) {
     }
 }
 
+/// The 802.1Q tag (TPID, then PCP/DEI 0 and `vid`) restored on a trunk.
+fn vlan_tag(vid: u16) -> [u8; 4] {
+    let [a, b] = ether::ETHERTYPE_VLAN.to_be_bytes();
+    let [c, d] = vid.to_be_bytes();
+    [a, b, c, d]
+}
+
 /// Writes a frame to a port: with the virtio header the device expects, and the VLAN tag
 /// restored between the addresses and the EtherType on a trunk.
 fn write_frame(q: &Queue, vnet: bool, vid: Option<u16>, frame: &[u8]) -> io::Result<usize> {
@@ -350,9 +357,7 @@ fn write_frame(q: &Queue, vnet: bool, vid: Option<u16>, frame: &[u8]) -> io::Res
         None if vnet => q.write2(h, frame),
         None => q.write(frame),
         Some(vid) => {
-            let mut tag = [0u8; 4];
-            tag[..2].copy_from_slice(&ether::ETHERTYPE_VLAN.to_be_bytes());
-            tag[2..].copy_from_slice(&vid.to_be_bytes());
+            let tag = vlan_tag(vid);
             q.write_parts(&[h, &frame[..12], &tag, &frame[12..]])
         }
     }
@@ -988,9 +993,7 @@ fn write_parts_with(
     let res = match vid {
         None => q.write_parts(&[&hb, eth, ip]),
         Some(vid) => {
-            let mut tag = [0u8; 4];
-            tag[..2].copy_from_slice(&ether::ETHERTYPE_VLAN.to_be_bytes());
-            tag[2..].copy_from_slice(&vid.to_be_bytes());
+            let tag = vlan_tag(vid);
             q.write_parts(&[&hb, &eth[..12], &tag, &eth[12..], ip])
         }
     };

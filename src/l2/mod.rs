@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use self::config::{AccessSpec, L2Backend, L2ConfigError, VlanSpec};
+use self::config::{AccessSpec, L2Backend, VlanSpec};
 use self::control::{L2Control, L2Error};
 use self::dataplane::{Dataplane, Network, Port, PortKind, Shared};
 use crate::control::etcd::Registry;
@@ -376,12 +376,6 @@ async fn open_ports(
         devices.push(dev);
     }
     Ok((devices, ports))
-}
-
-impl From<L2ConfigError> for L2StartError {
-    fn from(e: L2ConfigError) -> Self {
-        L2StartError::Conflict(e.to_string())
-    }
 }
 
 #[cfg(test)]
