@@ -1,5 +1,6 @@
 //! Offload throughput: TSO split of a 64 KiB TCPv4 super-packet into 1398-byte segments
-//! (50 bytes of headroom each), and GRO coalescing of those segments back into one.
+//! (50 bytes of headroom each), GRO coalescing of those segments back into one, and the
+//! Internet checksum over the same 64 KiB.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use overlayd::offload::{segment, Coalescer};
@@ -50,6 +51,9 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("offload");
     g.throughput(Throughput::Bytes(sp.len() as u64));
+    g.bench_function("checksum_64k", |b| {
+        b.iter(|| checksum::fold(checksum::add(0, black_box(&sp))))
+    });
     g.bench_function("tso_split_64k_v4", |b| {
         b.iter(|| segment(black_box(&hdr), black_box(&sp), HEADROOM, &mut out).expect("valid"))
     });
