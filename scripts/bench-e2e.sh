@@ -20,7 +20,10 @@
 # Their ratios are to kernel_l2_vxlan (table column and the JSON's "l2_ratios").
 #
 # For each: iperf3 one TCP stream and 4 streams (-P 4), -t $DURATION, h1 -> h2 (receiver rate),
-# and ping -c 50 -i 0.02 (avg RTT in µs). Also overlayd's VmRSS after the 1-stream vxlan run.
+# and ping -c 50 -i 0.02 (avg RTT in µs). For every overlayd case also: both daemons' CPU
+# time per GiB moved in the 1-stream run (user + system from /proc/PID/stat), their CPU during
+# the ping run, and VmRSS sampled every second over the 1-stream run (DURATION=60 makes that
+# the 60 s sustained-load check); VmRSS after the 1-stream vxlan run as before.
 # Prints a table and one final JSON line.
 #
 #   sudo scripts/bench-e2e.sh
@@ -29,6 +32,8 @@
 #              OVERLAYD_BIN=path     binary (default target/release/overlayd; built if missing)
 #              KEEP_LOGS=1           keep the work directory (its path is printed)
 #              CASES="a b"           run only these cases (default: all), e.g. CASES="kernel_l2_vxlan l2_vxlan"
+#              OVERLAYD_FLAGS="..."  extra flags for every L3 overlayd case, e.g. "--busy-poll-us 0"
+#              IPERF_FLAGS="..."     extra iperf3 client flags for every case, e.g. "-C cubic"
 #              BENCH_PREFIX=ovb-     namespace prefix; a run refuses to start while namespaces with
 #                                    this prefix have processes in them (another run), rather than
 #                                    removing them
@@ -61,6 +66,7 @@ EXTRA=$WORK/extra.tsv        # key <tab> value (rss, skipped reasons)
 : >"$RESULTS"
 : >"$EXTRA"
 declare -a OVD_PIDS=()
+OVD_ON=0 # 1 while both daemons of a case run: measure() then also counts their CPU and RSS
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 die() { echo "bench-e2e: $*" >&2; exit 1; }
@@ -118,7 +124,7 @@ iperf_gbps() {
     in_ns "$dst" ss -ltn 2>/dev/null | grep -q "$addr:5201" && break
     sleep 0.1
   done
-  in_ns "$src" timeout $((DURATION + 20)) iperf3 -c "$addr" -t "$DURATION" -P "$par" -J >"$json" 2>&1 || true
+  in_ns "$src" timeout $((DURATION + 20)) iperf3 -c "$addr" -t "$DURATION" -P "$par" ${IPERF_FLAGS:-} -J >"$json" 2>&1 || true
   wait "$srv" 2>/dev/null || true
   python3 - "$json" <<'EOF'
 import json, sys
@@ -143,10 +149,27 @@ ping_us() {
 SRC_NS=$H1
 DST_NS=$H2
 measure() {
-  local name=$1 addr=$2 hook=${3:-} p g1 g4
+  local name=$1 addr=$2 hook=${3:-} p g1 g4 t0 w0 sampler
   say "$name: ping + iperf3 $SRC_NS -> $addr (${DURATION}s, 1 and 4 streams)"
+  if ((OVD_ON)); then
+    t0=$(ovd_cpu_ticks)
+    w0=$(date +%s%N)
+  fi
   p=$(ping_us "$SRC_NS" "$addr")
+  if ((OVD_ON)); then
+    # Both daemons' CPU over the ping run, in % of one CPU (what busy-polling costs).
+    printf 'ping_cpu_pct_%s\t%s\n' "$name" \
+      "$((($(ovd_cpu_ticks) - t0) * 100 * 1000000000 / $(getconf CLK_TCK) / ($(date +%s%N) - w0)))" >>"$EXTRA"
+    t0=$(ovd_cpu_ticks)
+    rss_sampler "$WORK/rss-$name.tsv" &
+    sampler=$!
+  fi
   g1=$(iperf_gbps "$SRC_NS" "$DST_NS" "$addr" 1 "$name")
+  if ((OVD_ON)); then
+    printf 'cpu_ticks_%s\t%s\n' "$name" "$(($(ovd_cpu_ticks) - t0))" >>"$EXTRA"
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+  fi
   [ -n "$hook" ] && "$hook"
   g4=$(iperf_gbps "$SRC_NS" "$DST_NS" "$addr" 4 "$name")
   printf '%s: 1-stream %s Gbit/s, 4-stream %s Gbit/s, ping avg %s µs\n' "$name" "$g1" "$g4" "$p" >&2
@@ -250,6 +273,30 @@ ip -n "$H2" link del flannel.1
 # ------------------------------------------------------------------------------------------------
 # 3-6. overlayd
 OVD_PEER=""
+
+# ovd_cpu_ticks: user + system CPU time of both daemons (all threads), in clock ticks
+ovd_cpu_ticks() {
+  local i sum=0 t
+  for i in 1 2; do
+    # Fields 14 and 15 of /proc/PID/stat; the command name (field 2) has no spaces here.
+    t=$(awk '{ print $14 + $15 }' "/proc/${OVD_PIDS[i]}/stat" 2>/dev/null || echo 0)
+    sum=$((sum + ${t:-0}))
+  done
+  echo "$sum"
+}
+
+# rss_sampler FILE: every second, "seconds <tab> VmRSS h1 kB <tab> VmRSS h2 kB" until killed
+# (the caller kills it after the 1-stream run)
+rss_sampler() {
+  local s=0 a b
+  while :; do
+    a=$(awk '/^VmRSS:/ { print $2 }' "/proc/${OVD_PIDS[1]}/status" 2>/dev/null || echo 0)
+    b=$(awk '/^VmRSS:/ { print $2 }' "/proc/${OVD_PIDS[2]}/status" 2>/dev/null || echo 0)
+    printf '%s\t%s\t%s\n' "$s" "${a:-0}" "${b:-0}" >>"$1"
+    sleep 1
+    s=$((s + 1))
+  done
+}
 record_rss() {
   local i kb max=0
   for i in 1 2; do
@@ -261,6 +308,7 @@ record_rss() {
 
 stop_overlayd() {
   local i
+  OVD_ON=0
   for i in 1 2; do kill -TERM "${OVD_PIDS[i]}" 2>/dev/null || true; done
   for i in 1 2; do
     for _ in $(seq 50); do kill -0 "${OVD_PIDS[i]}" 2>/dev/null || break; sleep 0.1; done
@@ -283,7 +331,7 @@ overlayd_case() {
     # Straight `ip netns exec ... &`: $! is then overlayd's own pid.
     ip netns exec "$P""h$i" "$BIN" --backend "$backend" --etcd-endpoints "$ENDPOINT" \
       --etcd-prefix "/bench/$name" --network "$NETWORK" --subnet-len 24 --iface eth0 \
-      --subnet-file "$WORK/$name/h$i.env" "$@" >"$WORK/$name/h$i.log" 2>&1 &
+      --subnet-file "$WORK/$name/h$i.env" "$@" ${OVERLAYD_FLAGS:-} >"$WORK/$name/h$i.log" 2>&1 &
     OVD_PIDS[i]=$!
   done
   start=$(date +%s)
@@ -302,6 +350,7 @@ overlayd_case() {
   subnet=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/$name/h2.env")
   OVD_PEER=$(net_addr "$subnet")
   echo "h2 FLANNEL_SUBNET=$subnet, overlay address $OVD_PEER" >&2
+  OVD_ON=1
   if wait_reachable "$H1" "$OVD_PEER"; then
     if [ "$name" = vxlan ]; then measure "$name" "$OVD_PEER" record_rss; else measure "$name" "$OVD_PEER"; fi
   else
@@ -452,6 +501,7 @@ l2_case() {
       return 0
     fi
   done
+  OVD_ON=1
   if wait_reachable "$C1" "$L2_IP2"; then
     measure "$name" "$L2_IP2"
   else
@@ -465,12 +515,36 @@ l2_case l2_gre gre
 
 # ------------------------------------------------------------------------------------------------
 say "results (h1 -> h2, iperf3 -t $DURATION receiver rate, ping -c 50 -i 0.02 avg)"
-python3 - "$RESULTS" "$EXTRA" "$DURATION" <<'EOF'
-import json, sys
+python3 - "$RESULTS" "$EXTRA" "$DURATION" "$WORK" "$(getconf CLK_TCK)" <<'EOF'
+import json, os, sys
 
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 extra = dict(l.rstrip("\n").split("\t", 1) for l in open(sys.argv[2]) if l.strip())
 duration = int(sys.argv[3])
+work, clk_tck = sys.argv[4], int(sys.argv[5])
+
+def cpu_s_per_gib(c):
+    """Both daemons' CPU seconds (user + system, all threads) per GiB received in the
+    1-stream run: a cost per byte that does not swing with the throughput as much."""
+    ticks = extra.get("cpu_ticks_" + c)
+    try:
+        got = json.load(open(os.path.join(work, "iperf-%s-P1.json" % c)))["end"]["sum_received"]["bytes"]
+    except Exception:
+        return None
+    if ticks is None or not got:
+        return None
+    return round(int(ticks) / clk_tck / (got / 2**30), 3)
+
+def rss_during(c):
+    """(min, max) VmRSS in MiB over the 1-stream run, both daemons, sampled every second."""
+    try:
+        rows = [l.split("\t") for l in open(os.path.join(work, "rss-%s.tsv" % c)) if l.strip()]
+    except OSError:
+        return None
+    kib = [int(v) for r in rows for v in r[1:] if v.strip().isdigit() and int(v) > 0]
+    if not kib:
+        return None
+    return (round(min(kib) / 1024, 1), round(max(kib) / 1024, 1), len(rows))
 
 def num(s):
     try:
@@ -497,8 +571,8 @@ def l2_ratio(c):
 def fmt(v, f):
     return "-" if v is None else f % v
 
-print("%-18s %12s %12s %14s %18s" % ("case", "1-stream", "4-stream", "ping avg", "ratio to kernel"))
-print("%-18s %12s %12s %14s %18s" % ("", "Gbit/s", "Gbit/s", "µs", "vxlan 1-stream"))
+print("%-18s %12s %12s %14s %18s %14s" % ("case", "1-stream", "4-stream", "ping avg", "ratio to kernel", "overlayd CPU"))
+print("%-18s %12s %12s %14s %18s %14s" % ("", "Gbit/s", "Gbit/s", "µs", "vxlan 1-stream", "s per GiB"))
 for name, r in res.items():
     if name == "kernel_l2_vxlan":
         print("-- L2, container to container (ratio to kernel_l2_vxlan 1-stream) --")
@@ -507,13 +581,20 @@ for name, r in res.items():
         print("%-18s %s" % (name, "skipped (%s)" % reason))
         continue
     rt = l2_ratio(name) if name in L2_CASES or name == "kernel_l2_vxlan" else ratio(name)
-    print("%-18s %12s %12s %14s %18s" % (
+    print("%-18s %12s %12s %14s %18s %14s" % (
         name, fmt(r["g1"], "%.2f"), fmt(r["g4"], "%.2f"), fmt(r["ping"], "%.0f"),
-        fmt(rt, "%.2fx")))
+        fmt(rt, "%.2fx"), fmt(cpu_s_per_gib(name), "%.3f")))
 rss = [int(v) for key, v in extra.items() if key.startswith("rss_") and v.isdigit()]
 rss_mib = round(max(rss) / 1024, 1) if rss else None
 if rss_mib is not None:
     print("\noverlayd VmRSS after the 1-stream vxlan run: %s MiB (max of h1, h2)" % rss_mib)
+for name in res:
+    if "ping_cpu_pct_" + name in extra:
+        print("overlayd CPU during the %s ping run: %s %% of one CPU (both daemons)" % (name, extra["ping_cpu_pct_" + name]))
+for name in res:
+    d = rss_during(name)
+    if d:
+        print("overlayd VmRSS during the 1-stream %s run: %s..%s MiB (%d samples, 1/s, both hosts)" % (name, *d))
 
 cases = ["vxlan", "udp", "gre", "vxlan_no_offload", "tinc"]
 out = {
@@ -533,6 +614,9 @@ out = {
         for c in L2_CASES
     },
     "overlayd_rss_mib": rss_mib,
+    "overlayd_rss_during_1_stream_mib": {c: list(rss_during(c)[:2]) for c in res if rss_during(c)},
+    "overlayd_cpu_s_per_gib": {c: cpu_s_per_gib(c) for c in res if cpu_s_per_gib(c) is not None},
+    "overlayd_ping_cpu_pct": {c: int(extra["ping_cpu_pct_" + c]) for c in res if "ping_cpu_pct_" + c in extra},
     "duration_s": duration,
 }
 print()
