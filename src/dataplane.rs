@@ -422,88 +422,8 @@ impl TxWorker {
                 return st.drop(r, layout.count as u64);
             }
         }
-        self.send_segments(sock, dst_addr, &layout, hl, st, &peer.counters.tx);
-    }
-
-    /// Sends `layout.count` encapsulated segments from `seg_buf`: as GSO runs when the
-    /// socket allows, else as one datagram per message, in `sendmmsg` batches.
-    fn send_segments(
-        &self,
-        sock: &UnderlaySocket,
-        dst: SocketAddrV4,
-        layout: &tso::Layout,
-        hl: usize,
-        st: &WorkerStats,
-        pc: &DirCounters,
-    ) {
-        let stride = layout.stride;
-        let full = hl + layout.seg_len;
-        let total_bytes = (layout.count - 1) * stride + hl + layout.last_len;
-        let mut msgs = [Msg {
-            buf: &[],
-            dst,
-            segment: 0,
-        }; MAX_BATCH];
-        if self.gso.load(Ordering::Relaxed) && layout.count > 1 && stride == full {
-            // Runs of at most MAX_GSO_SEGMENTS datagrams and MAX_GSO_BYTES bytes.
-            let per_run = (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS);
-            let mut n = 0;
-            let mut i = 0;
-            while i < layout.count {
-                let k = per_run.min(layout.count - i);
-                let start = i * stride;
-                let end = (start + k * stride).min(total_bytes);
-                msgs[n] = Msg {
-                    buf: &self.seg_buf[start..end],
-                    dst,
-                    segment: stride as u16,
-                };
-                n += 1;
-                i += k;
-            }
-            match sock.send_batch(&msgs[..n]) {
-                Ok(_) => {
-                    pc.add(layout.count as u64, total_bytes as u64);
-                    st.tx_packets
-                        .fetch_add(layout.count as u64, Ordering::Relaxed);
-                    st.tx_bytes.fetch_add(total_bytes as u64, Ordering::Relaxed);
-                    st.tx_sends.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EIO)
-                        || e.raw_os_error() == Some(libc::EINVAL) =>
-                {
-                    // The kernel refused GSO here: remember it and resend one by one below.
-                    tracing::warn!(error = %e, "UDP GSO refused by the kernel; falling back to one datagram per segment");
-                    self.gso.store(false, Ordering::Relaxed);
-                }
-                Err(e) if would_block(&e) || e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    return st.drop(DropReason::IoError, layout.count as u64);
-                }
-                Err(_) => return st.drop(DropReason::IoError, layout.count as u64),
-            }
-        }
-        let mut i = 0;
-        while i < layout.count {
-            let k = MAX_BATCH.min(layout.count - i);
-            for (j, m) in msgs.iter_mut().enumerate().take(k) {
-                let s = (i + j) * stride;
-                let len = if i + j + 1 == layout.count {
-                    hl + layout.last_len
-                } else {
-                    full
-                };
-                *m = Msg {
-                    buf: &self.seg_buf[s..s + len],
-                    dst,
-                    segment: 0,
-                };
-            }
-            let bytes = msgs[..k].iter().map(|m| m.buf.len()).sum();
-            send_counted(sock, &msgs[..k], k, bytes, st, pc);
-            i += k;
-        }
+        let r = send_layout(sock, &self.seg_buf, &layout, dst_addr, Some(&self.gso));
+        pc_sent(st, &peer.counters.tx, &r);
     }
 
     /// Answers a packet with no lease for its destination with ICMP net-unreachable.
@@ -526,6 +446,115 @@ impl TxWorker {
                 st.icmp_unreachable.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// What [`send_layout`] did with a layout's datagrams.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sent {
+    /// Datagrams (segments) the kernel took, and their bytes.
+    pub packets: u64,
+    pub bytes: u64,
+    /// `sendmmsg` calls that succeeded.
+    pub calls: u64,
+    /// Datagrams not sent (socket full, or an error).
+    pub dropped: u64,
+}
+
+/// Sends the `layout.count` datagrams of `buf` (each `layout.datagram(i)`: the headroom
+/// holds the encapsulation) to `dst`, for the L3 and the L2 data planes alike.
+///
+/// While `gso` is `Some(true)` they go as UDP GSO runs (at most [`MAX_GSO_SEGMENTS`]
+/// datagrams and [`MAX_GSO_BYTES`] bytes each, all runs in one `sendmmsg`); a kernel that
+/// refuses GSO (EIO/EINVAL) clears the flag for good and the same datagrams go out one per
+/// message. A full socket drops the lot rather than retrying. `None` (a raw GRE socket) and
+/// a flag already cleared send one datagram per message, in `sendmmsg` batches.
+pub(crate) fn send_layout(
+    sock: &UnderlaySocket,
+    buf: &[u8],
+    layout: &tso::Layout,
+    dst: SocketAddrV4,
+    gso: Option<&AtomicBool>,
+) -> Sent {
+    let stride = layout.stride;
+    let total = layout.out_len();
+    let mut msgs = [Msg {
+        buf: &[],
+        dst,
+        segment: 0,
+    }; MAX_BATCH];
+    let per_run = (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS);
+    // More runs than one sendmmsg takes cannot come from a TCP MSS into SEG_BUF, but a
+    // layout that would need them goes the per-datagram way rather than off the array.
+    let fits = layout.count.div_ceil(per_run) <= MAX_BATCH;
+    if let Some(flag) = gso.filter(|g| g.load(Ordering::Relaxed) && layout.count > 1 && fits) {
+        let (mut n, mut i) = (0, 0);
+        while i < layout.count {
+            let k = per_run.min(layout.count - i);
+            let start = i * stride;
+            msgs[n] = Msg {
+                buf: &buf[start..(start + k * stride).min(total)],
+                dst,
+                segment: stride as u16,
+            };
+            n += 1;
+            i += k;
+        }
+        match sock.send_batch(&msgs[..n]) {
+            Ok(_) => {
+                return Sent {
+                    packets: layout.count as u64,
+                    bytes: total as u64,
+                    calls: 1,
+                    dropped: 0,
+                }
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
+                // The kernel refused GSO here: remember it and resend one by one below.
+                tracing::warn!(error = %e, "UDP GSO refused by the kernel; falling back to one datagram per segment");
+                flag.store(false, Ordering::Relaxed);
+            }
+            Err(_) => {
+                return Sent {
+                    dropped: layout.count as u64,
+                    ..Sent::default()
+                }
+            }
+        }
+    }
+    let mut sent = Sent::default();
+    let mut i = 0;
+    while i < layout.count {
+        let k = MAX_BATCH.min(layout.count - i);
+        for (j, m) in msgs.iter_mut().enumerate().take(k) {
+            *m = Msg {
+                buf: &buf[layout.datagram(i + j)],
+                dst,
+                segment: 0,
+            };
+        }
+        match sock.send_batch(&msgs[..k]) {
+            Ok(n) => {
+                sent.packets += n as u64;
+                sent.bytes += msgs[..n].iter().map(|m| m.buf.len() as u64).sum::<u64>();
+                sent.calls += 1;
+                sent.dropped += (k - n) as u64;
+            }
+            Err(_) => sent.dropped += k as u64,
+        }
+        i += k;
+    }
+    sent
+}
+
+/// Counts what [`send_layout`] did on the worker's and the peer's counters.
+fn pc_sent(st: &WorkerStats, pc: &DirCounters, r: &Sent) {
+    pc.add(r.packets, r.bytes);
+    st.tx_packets.fetch_add(r.packets, Ordering::Relaxed);
+    st.tx_bytes.fetch_add(r.bytes, Ordering::Relaxed);
+    st.tx_sends.fetch_add(r.calls, Ordering::Relaxed);
+    if r.dropped > 0 {
+        st.drop(DropReason::IoError, r.dropped);
     }
 }
 
@@ -615,8 +644,9 @@ impl RxWorker {
         // inner MSS as the "segment size": recognise one by its inner IPv4 length covering
         // the whole buffer, and keep it whole (the MSS then segments the inner packet).
         let hl = self.cfg.encap.header_len();
-        let whole_frame =
-            seg > 0 && data.len() > seg && !self.sock.is_raw() && inner_len_covers(data, hl);
+        let whole_frame = seg > 0 && data.len() > seg && !self.sock.is_raw() && {
+            data.get(hl..).is_some_and(crate::offload::ip_len_covers)
+        };
         let inner_gso = if whole_frame { seg } else { 0 };
         let seg = if seg == 0 || whole_frame {
             data.len().max(1)
@@ -715,14 +745,6 @@ impl RxWorker {
 fn write_counted(q: &Queue, pkt: &[u8], st: &WorkerStats) {
     if q.write(pkt).is_err() {
         st.drop(DropReason::IoError, 1);
-    }
-}
-
-/// Whether the buffer holds exactly one encapsulated IPv4 packet (after `hl` header bytes).
-fn inner_len_covers(data: &[u8], hl: usize) -> bool {
-    match data.get(hl..hl + 4) {
-        Some(h) if h[0] >> 4 == 4 => hl + u16::from_be_bytes([h[2], h[3]]) as usize == data.len(),
-        _ => false,
     }
 }
 

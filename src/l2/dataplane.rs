@@ -27,10 +27,11 @@ use arc_swap::ArcSwap;
 
 use super::config::{L2Backend, L2NetworkConfig};
 use super::fdb::{self, Learned, Table};
+use crate::dataplane::send_layout;
 use crate::drop::DropReason;
 use crate::offload::gro::Coalescer;
 use crate::offload::tso;
-use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket, MAX_BATCH, MAX_GSO_SEGMENTS};
+use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket, MAX_BATCH};
 use crate::sys::tun::Queue;
 use crate::wire::{arp, ether, flow, gre, ipv4, virtio, vxlan};
 
@@ -42,8 +43,6 @@ const MAX_READ: usize = 65535 + 18 + virtio::LEN;
 const ENCAP_LEN: usize = 8;
 /// Bytes of segment slots per transmit.
 const SEG_BUF: usize = 256 * 1024;
-/// Largest UDP payload one GSO send may carry.
-const MAX_GSO_BYTES: usize = 65000;
 /// Slots of the MAC and IP learning tables.
 pub const TABLE_SLOTS: usize = 1 << 16;
 
@@ -370,11 +369,14 @@ struct TxWorker {
     read_buf: Vec<u8>,
     seg_buf: Vec<u8>,
     arp_buf: [u8; 64],
+    /// UDP GSO for the vxlan socket: on unless `--no-offload`, cleared if the kernel refuses.
+    gso: AtomicBool,
 }
 
 impl TxWorker {
     fn new(cfg: Config, port: Port, shared: Arc<Shared>) -> Self {
         Self {
+            gso: AtomicBool::new(cfg.gso),
             cfg,
             port,
             shared,
@@ -535,9 +537,13 @@ impl TxWorker {
                 );
                 self.seg_buf[d.start + ENCAP_LEN..d.start + hl].copy_from_slice(&eth);
             }
-            let gso = self.cfg.gso && network.cfg.backend == L2Backend::Vxlan;
+            let gso = (network.cfg.backend == L2Backend::Vxlan).then_some(&self.gso);
             for dst in dsts {
-                send_segments(sock, &self.seg_buf, &layout, hl, gso, *dst, port, sh);
+                let dst = SocketAddrV4::new(*dst, port);
+                let sent = send_layout(sock, &self.seg_buf, &layout, dst, gso);
+                if sent.dropped > 0 {
+                    sh.dropped(DropReason::IoError, sent.dropped);
+                }
             }
             frames = layout.count as u64;
             let bytes = (layout.out_len() - ENCAP_LEN * layout.count) as u64;
@@ -612,60 +618,6 @@ fn send_to_all(
 /// Sends `layout.count` encapsulated segments of `buf` to `dst`: as GSO runs when allowed
 /// and the segments are equal, else one datagram per message in `sendmmsg` batches.
 #[allow(clippy::too_many_arguments)]
-fn send_segments(
-    sock: &UnderlaySocket,
-    buf: &[u8],
-    layout: &tso::Layout,
-    hl: usize,
-    gso: bool,
-    dst: Ipv4Addr,
-    port: u16,
-    sh: &Shared,
-) {
-    let dst = SocketAddrV4::new(dst, port);
-    let stride = layout.stride;
-    let full = hl + layout.seg_len;
-    let total = layout.out_len();
-    let mut msgs = [Msg {
-        buf: &[],
-        dst,
-        segment: 0,
-    }; MAX_BATCH];
-    if gso && layout.count > 1 && stride == full {
-        let per_run = (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS);
-        let (mut n, mut i) = (0, 0);
-        while i < layout.count {
-            let k = per_run.min(layout.count - i);
-            let s = i * stride;
-            msgs[n] = Msg {
-                buf: &buf[s..(s + k * stride).min(total)],
-                dst,
-                segment: stride as u16,
-            };
-            n += 1;
-            i += k;
-        }
-        if sock.send_batch(&msgs[..n]).is_ok() {
-            return;
-        }
-        // Refused (or full): fall through to one datagram per segment.
-    }
-    let mut i = 0;
-    while i < layout.count {
-        let k = MAX_BATCH.min(layout.count - i);
-        for (j, m) in msgs.iter_mut().enumerate().take(k) {
-            m.buf = &buf[layout.datagram(i + j)];
-            m.segment = 0;
-        }
-        match sock.send_batch(&msgs[..k]) {
-            Ok(sent) if sent < k => sh.dropped(DropReason::IoError, (k - sent) as u64),
-            Ok(_) => {}
-            Err(_) => sh.dropped(DropReason::IoError, k as u64),
-        }
-        i += k;
-    }
-}
-
 struct RxWorker {
     cfg: Config,
     sock: Arc<UnderlaySocket>,
@@ -840,18 +792,15 @@ impl RxWorker {
 /// packet covers the rest of the buffer (a peer kernel's whole tunnel-GSO frame).
 fn covers_whole(data: &[u8]) -> bool {
     const OFF: usize = vxlan::HEADER_LEN + ether::HEADER_LEN;
-    let Some(ip) = data.get(OFF..) else {
+    let (Some(et), Some(ip)) = (data.get(OFF - 2..OFF), data.get(OFF..)) else {
         return false;
     };
-    match (data.get(OFF - 2..OFF), ip.first().map(|b| b >> 4)) {
-        (Some([0x08, 0x00]), Some(4)) if ip.len() >= 20 => {
-            u16::from_be_bytes([ip[2], ip[3]]) as usize == ip.len()
-        }
-        (Some([0x86, 0xdd]), Some(6)) if ip.len() >= 40 => {
-            40 + u16::from_be_bytes([ip[4], ip[5]]) as usize == ip.len()
-        }
-        _ => false,
-    }
+    let version = match et {
+        [0x08, 0x00] => 4,
+        [0x86, 0xdd] => 6,
+        _ => return false,
+    };
+    ip.first().map(|b| b >> 4) == Some(version) && crate::offload::ip_len_covers(ip)
 }
 
 /// What one received datagram carries, once checked.

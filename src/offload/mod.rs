@@ -167,6 +167,17 @@ pub(crate) fn pseudo_sum(ip: &[u8], v6: bool, proto: u8, l4_len: usize) -> u64 {
     }
 }
 
+/// Whether `ip` is exactly one IPv4 or IPv6 packet: the length in its header covers the
+/// whole buffer. A received datagram bigger than its GRO segment size is either a run of
+/// merged datagrams or, when this holds, one whole tunnel-GSO frame from a peer kernel.
+pub fn ip_len_covers(ip: &[u8]) -> bool {
+    match ip.first().map(|b| b >> 4) {
+        Some(4) if ip.len() >= 20 => usize::from(be16(ip, 2)) == ip.len(),
+        Some(6) if ip.len() >= 40 => 40 + usize::from(be16(ip, 4)) == ip.len(),
+        _ => false,
+    }
+}
+
 // Big-endian field access. Callers have checked the length first; the indexing is the
 // invariant's assertion, not a data-dependent panic.
 pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
@@ -315,5 +326,27 @@ pub(crate) mod testutil {
             let c = !checksum::fold(checksum::add(0, &pkt[start..]));
             super::set_be16(pkt, at, if c == 0 { 0xffff } else { c });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::tcp;
+    use super::*;
+
+    #[test]
+    fn ip_len_covers_whole_packets_only() {
+        for v6 in [false, true] {
+            let p = tcp(v6, 1, &[], false, &[7u8; 300]);
+            assert!(ip_len_covers(&p), "v6 {v6}");
+            // A run of merged datagrams is longer than the first packet says.
+            let mut two = p.clone();
+            two.extend_from_slice(&p);
+            assert!(!ip_len_covers(&two), "v6 {v6}");
+            assert!(!ip_len_covers(&p[..p.len() - 1]), "v6 {v6}");
+        }
+        assert!(!ip_len_covers(&[]));
+        assert!(!ip_len_covers(&[0x45, 0, 0, 4]));
+        assert!(!ip_len_covers(&[0x55; 64]));
     }
 }
