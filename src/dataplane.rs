@@ -786,3 +786,82 @@ fn write_partial(
         Err(e) => st.drop(e.drop_reason(), 1),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offload::testutil::{as_tso, payload, tcp};
+    use std::net::UdpSocket;
+
+    /// A 64 KiB TSO super-packet segmented with 8 bytes of headroom (as for vxlan), and a
+    /// receiver on loopback.
+    fn setup() -> (Vec<u8>, tso::Layout, UdpSocket, UnderlaySocket) {
+        let (hdr, sp) = as_tso(tcp(false, 1, &[], true, &payload(60_000, 3)), 1398);
+        let mut buf = vec![0u8; SEG_BUF];
+        let layout = tso::segment(&hdr, &sp, 8, &mut buf).expect("valid super-packet");
+        for i in 0..layout.count {
+            let d = layout.datagram(i);
+            buf[d.start..d.start + 8].copy_from_slice(&(i as u64).to_be_bytes());
+        }
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let tx = UnderlaySocket::udp("127.0.0.1:0".parse().unwrap(), 4 << 20).expect("udp");
+        (buf, layout, rx, tx)
+    }
+
+    /// Every datagram arrives once, in order, byte for byte as laid out.
+    fn receive_all(rx: &UdpSocket, buf: &[u8], layout: &tso::Layout) {
+        let mut got = vec![0u8; 65536];
+        for i in 0..layout.count {
+            let n = rx.recv(&mut got).expect("datagram within 2 s");
+            assert_eq!(&got[..n], &buf[layout.datagram(i)], "datagram {i}");
+        }
+    }
+
+    #[test]
+    fn send_layout_sends_gso_runs() {
+        let (buf, layout, rx, tx) = setup();
+        assert!(tx.probe_gso(), "this kernel has UDP_SEGMENT");
+        let dst = match rx.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            a => panic!("{a}"),
+        };
+        let gso = AtomicBool::new(true);
+        let sent = send_layout(&tx, &buf, &layout, dst, Some(&gso));
+        assert_eq!(
+            sent,
+            Sent {
+                packets: layout.count as u64,
+                bytes: layout.out_len() as u64,
+                calls: 1,
+                dropped: 0
+            }
+        );
+        assert!(gso.load(Ordering::Relaxed));
+        receive_all(&rx, &buf, &layout);
+    }
+
+    /// The kernel refuses UDP GSO on a socket without UDP checksums (EINVAL): the same
+    /// datagrams go out one per message, and GSO stays off for later sends.
+    #[test]
+    fn send_layout_falls_back_when_the_kernel_refuses_gso() {
+        let (buf, layout, rx, tx) = setup();
+        tx.disable_tx_checksum().expect("SO_NO_CHECK");
+        let dst = match rx.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            a => panic!("{a}"),
+        };
+        let gso = AtomicBool::new(true);
+        let sent = send_layout(&tx, &buf, &layout, dst, Some(&gso));
+        assert!(!gso.load(Ordering::Relaxed), "the refusal is remembered");
+        assert_eq!(sent.packets, layout.count as u64);
+        assert_eq!(sent.bytes, layout.out_len() as u64);
+        assert_eq!(sent.dropped, 0);
+        assert!(sent.calls >= 1);
+        receive_all(&rx, &buf, &layout);
+        // The next layout goes straight the plain way.
+        let sent = send_layout(&tx, &buf, &layout, dst, Some(&gso));
+        assert_eq!(sent.packets, layout.count as u64);
+        receive_all(&rx, &buf, &layout);
+    }
+}

@@ -103,6 +103,18 @@ impl UnderlaySocket {
         }
     }
 
+    /// Sends without UDP checksums (`SO_NO_CHECK`). The kernel refuses UDP GSO on such a
+    /// socket (EINVAL): the tests use it to make a real kernel refuse the offload.
+    #[cfg(test)]
+    pub(crate) fn disable_tx_checksum(&self) -> io::Result<()> {
+        setsockopt_int(
+            self.sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NO_CHECK,
+            1,
+        )
+    }
+
     pub fn is_raw(&self) -> bool {
         self.raw
     }
@@ -112,8 +124,10 @@ impl UnderlaySocket {
         !self.raw && setsockopt_int(self.sock.as_raw_fd(), libc::SOL_UDP, UDP_GRO, 1).is_ok()
     }
 
-    /// Whether the kernel knows `UDP_SEGMENT` on this socket (a cheap probe; a send may still
-    /// fail with EIO on a device without checksum offload, which callers treat as a fallback).
+    /// Whether the kernel knows `UDP_SEGMENT` on this socket (a cheap probe). A GSO send may
+    /// still be refused (EIO through an IPsec policy, or on kernels before 6.2 a device
+    /// without checksum offload; EINVAL with UDP checksums off), which callers treat as a
+    /// fallback to one datagram per message.
     pub fn probe_gso(&self) -> bool {
         if self.raw {
             return false;
