@@ -34,6 +34,8 @@
 #              CASES="a b"           run only these cases (default: all), e.g. CASES="kernel_l2_vxlan l2_vxlan"
 #              OVERLAYD_FLAGS="..."  extra flags for every L3 overlayd case, e.g. "--busy-poll-us 0"
 #              IPERF_FLAGS="..."     extra iperf3 client flags for every case, e.g. "-C cubic"
+#              REPEAT=1              iperf3 runs per case and stream count; the table shows the
+#                                    median (CPU and RSS come from the first single-stream run)
 #              BENCH_PREFIX=ovb-     namespace prefix; a run refuses to start while namespaces with
 #                                    this prefix have processes in them (another run), rather than
 #                                    removing them
@@ -50,6 +52,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 DURATION=${DURATION:-8}
+REPEAT=${REPEAT:-1}
+[[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || { echo "REPEAT must be a whole number >= 1, not '$REPEAT'" >&2; exit 2; }
 P=${BENCH_PREFIX:-ovb-}
 SW=${P}sw
 H1=${P}h1
@@ -149,7 +153,7 @@ ping_us() {
 SRC_NS=$H1
 DST_NS=$H2
 measure() {
-  local name=$1 addr=$2 hook=${3:-} p g1 g4 t0 w0 sampler
+  local name=$1 addr=$2 hook=${3:-} p g1 g4 t0 w0 sampler k tag all1 all4
   say "$name: ping + iperf3 $SRC_NS -> $addr (${DURATION}s, 1 and 4 streams)"
   if ((OVD_ON)); then
     t0=$(ovd_cpu_ticks)
@@ -164,16 +168,37 @@ measure() {
     rss_sampler "$WORK/rss-$name.tsv" &
     sampler=$!
   fi
-  g1=$(iperf_gbps "$SRC_NS" "$DST_NS" "$addr" 1 "$name")
+  all1=("$(iperf_gbps "$SRC_NS" "$DST_NS" "$addr" 1 "$name")")
   if ((OVD_ON)); then
     printf 'cpu_ticks_%s\t%s\n' "$name" "$(($(ovd_cpu_ticks) - t0))" >>"$EXTRA"
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
   fi
+  for ((k = 2; k <= REPEAT; k++)); do
+    all1+=("$(iperf_gbps "$SRC_NS" "$DST_NS" "$addr" 1 "$name-r$k")")
+  done
   [ -n "$hook" ] && "$hook"
-  g4=$(iperf_gbps "$SRC_NS" "$DST_NS" "$addr" 4 "$name")
+  all4=()
+  for ((k = 1; k <= REPEAT; k++)); do
+    tag=$name
+    ((k > 1)) && tag=$name-r$k
+    all4+=("$(iperf_gbps "$SRC_NS" "$DST_NS" "$addr" 4 "$tag")")
+  done
+  g1=$(median "${all1[@]}")
+  g4=$(median "${all4[@]}")
+  if ((REPEAT > 1)); then
+    printf 'runs_%s\t%s / %s\n' "$name" "${all1[*]}" "${all4[*]}" >>"$EXTRA"
+  fi
   printf '%s: 1-stream %s Gbit/s, 4-stream %s Gbit/s, ping avg %s µs\n' "$name" "$g1" "$g4" "$p" >&2
   printf '%s\t%s\t%s\t%s\n' "$name" "$g1" "$g4" "$p" >>"$RESULTS"
+}
+
+# median VALUE...: the middle value (mean of the two middle ones for an even count), FAIL
+# entries left out; FAIL when nothing is left
+median() {
+  printf '%s\n' "$@" | grep -v FAIL | sort -g | awk '{ a[NR] = $1 }
+    END { if (NR == 0) print "FAIL"; else if (NR % 2) print a[(NR + 1) / 2];
+          else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
 # want CASE: whether CASE is selected by $CASES (all when unset)
@@ -514,7 +539,7 @@ l2_case l2_vxlan vxlan
 l2_case l2_gre gre
 
 # ------------------------------------------------------------------------------------------------
-say "results (h1 -> h2, iperf3 -t $DURATION receiver rate, ping -c 50 -i 0.02 avg)"
+say "results (h1 -> h2, iperf3 -t $DURATION receiver rate, median of $REPEAT run(s), ping -c 50 -i 0.02 avg)"
 python3 - "$RESULTS" "$EXTRA" "$DURATION" "$WORK" "$(getconf CLK_TCK)" <<'EOF'
 import json, os, sys
 
@@ -589,6 +614,9 @@ rss_mib = round(max(rss) / 1024, 1) if rss else None
 if rss_mib is not None:
     print("\noverlayd VmRSS after the 1-stream vxlan run: %s MiB (max of h1, h2)" % rss_mib)
 for name in res:
+    if "runs_" + name in extra:
+        print("%s runs (1-stream / 4-stream Gbit/s): %s" % (name, extra["runs_" + name]))
+for name in res:
     if "ping_cpu_pct_" + name in extra:
         print("overlayd CPU during the %s ping run: %s %% of one CPU (both daemons)" % (name, extra["ping_cpu_pct_" + name]))
 for name in res:
@@ -618,6 +646,7 @@ out = {
     "overlayd_cpu_s_per_gib": {c: cpu_s_per_gib(c) for c in res if cpu_s_per_gib(c) is not None},
     "overlayd_ping_cpu_pct": {c: int(extra["ping_cpu_pct_" + c]) for c in res if "ping_cpu_pct_" + c in extra},
     "duration_s": duration,
+    "runs": {c: extra["runs_" + c] for c in res if "runs_" + c in extra},
 }
 print()
 print(json.dumps(out, separators=(",", ":")))
