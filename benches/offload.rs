@@ -1,9 +1,10 @@
 //! Offload throughput: TSO split of a 64 KiB TCPv4 super-packet into 1398-byte segments
-//! (50 bytes of headroom each), GRO coalescing of those segments back into one, and the
+//! (50 bytes of headroom each) and its headers-only variant for the zero-copy send, GRO
+//! coalescing of those segments back into one, and the
 //! Internet checksum over the same 64 KiB.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use overlayd::offload::{segment, Coalescer};
+use overlayd::offload::{segment, segment_headers, Coalescer};
 use overlayd::wire::checksum;
 use overlayd::wire::virtio::{self, VirtioNetHdr};
 use std::hint::black_box;
@@ -56,6 +57,14 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("tso_split_64k_v4", |b| {
         b.iter(|| segment(black_box(&hdr), black_box(&sp), HEADROOM, &mut out).expect("valid"))
+    });
+    let mut hdrs = vec![0u8; 32 * 1024];
+    g.bench_function("tso_headers_64k_v4", |b| {
+        b.iter(|| {
+            segment_headers(black_box(&hdr), black_box(&sp), HEADROOM, &mut hdrs)
+                .expect("valid")
+                .expect("a super-packet")
+        })
     });
     let mut co = Coalescer::new();
     g.bench_function(format!("gro_coalesce_{}_segments_v4", segs.len()), |b| {

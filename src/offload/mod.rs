@@ -15,7 +15,7 @@ pub mod gro;
 pub mod tso;
 
 pub use gro::{Coalescer, GroStats};
-pub use tso::{finish_checksum, plan, segment, Layout};
+pub use tso::{finish_checksum, plan, segment, segment_headers, HeaderLayout, Layout};
 
 use crate::drop::DropReason;
 

@@ -272,55 +272,174 @@ fn write_segments(
     lay: &Layout,
     out: &mut [u8],
 ) {
-    let headers = &pkt[..hdr_len];
+    let fix = SegmentFix::new(pkt, ip, l4, hdr_len, gso, lay.count);
     let payload = &pkt[hdr_len..ip.total];
-    let t = ip.hdr_len; // transport header offset
-    let id0 = if ip.v6 { 0 } else { be16(pkt, 4) };
-    let seq0 = if l4 == L4::Tcp { be32(pkt, t + 4) } else { 0 };
-    let flags0 = if l4 == L4::Tcp { pkt[t + 13] } else { 0 };
-    let last = lay.count - 1;
     for i in 0..lay.count {
         let from = (i * gso).min(payload.len());
         let chunk = &payload[from..(from + gso).min(payload.len())];
-        let seg = &mut out[lay.packet(i)];
-        seg[..hdr_len].copy_from_slice(headers);
-        seg[hdr_len..].copy_from_slice(chunk);
-        let len = seg.len();
+        let (h, body) = out[lay.packet(i)].split_at_mut(hdr_len);
+        body.copy_from_slice(chunk);
+        fix.header(h, i, chunk);
+    }
+}
+
+/// What every segment's header derives from: the super-packet's header fields that change
+/// per segment, read once.
+struct SegmentFix<'a> {
+    headers: &'a [u8],
+    ip: IpInfo,
+    l4: L4,
+    gso: usize,
+    last: usize,
+    id0: u16,
+    seq0: u32,
+    flags0: u8,
+}
+
+impl<'a> SegmentFix<'a> {
+    fn new(pkt: &'a [u8], ip: IpInfo, l4: L4, hdr_len: usize, gso: usize, count: usize) -> Self {
+        let t = ip.hdr_len;
+        SegmentFix {
+            headers: &pkt[..hdr_len],
+            ip,
+            l4,
+            gso,
+            last: count - 1,
+            id0: if ip.v6 { 0 } else { be16(pkt, 4) },
+            seq0: if l4 == L4::Tcp { be32(pkt, t + 4) } else { 0 },
+            flags0: if l4 == L4::Tcp { pkt[t + 13] } else { 0 },
+        }
+    }
+
+    /// Writes segment `i`'s IP + transport header into `h` (`hdr_len` bytes) for the payload
+    /// `chunk`: lengths, IPv4 ID and header checksum, TCP sequence and flags, and the
+    /// transport checksum over the header and `chunk` (which need not follow `h` in memory:
+    /// the header's length is even, so the two sums add up).
+    fn header(&self, h: &mut [u8], i: usize, chunk: &[u8]) {
+        let (ip, t) = (self.ip, self.ip.hdr_len);
+        h.copy_from_slice(self.headers);
+        let len = h.len() + chunk.len();
         if ip.v6 {
-            set_be16(seg, 4, (len - 40) as u16);
+            set_be16(h, 4, (len - 40) as u16);
         } else {
-            set_be16(seg, 2, len as u16);
-            set_be16(seg, 4, id0.wrapping_add(i as u16));
-            set_be16(seg, 10, 0);
-            let c = checksum::checksum(&seg[..t]);
-            set_be16(seg, 10, c);
+            set_be16(h, 2, len as u16);
+            set_be16(h, 4, self.id0.wrapping_add(i as u16));
+            set_be16(h, 10, 0);
+            let c = checksum::checksum(&h[..t]);
+            set_be16(h, 10, c);
         }
         let l4_len = len - t;
-        let csum_at = match l4 {
+        let csum_at = match self.l4 {
             L4::Tcp => {
-                set_be32(seg, t + 4, seq0.wrapping_add((i * gso) as u32));
-                let mut flags = flags0;
-                if i != last {
+                set_be32(h, t + 4, self.seq0.wrapping_add((i * self.gso) as u32));
+                let mut flags = self.flags0;
+                if i != self.last {
                     flags &= !(tcp_flags::FIN | tcp_flags::PSH);
                 }
                 if i != 0 {
                     flags &= !tcp_flags::CWR;
                 }
-                seg[t + 13] = flags;
+                h[t + 13] = flags;
                 t + 16
             }
             L4::Udp => {
-                set_be16(seg, t + 4, l4_len as u16);
+                set_be16(h, t + 4, l4_len as u16);
                 t + 6
             }
         };
-        set_be16(seg, csum_at, 0);
-        let proto = if l4 == L4::Tcp { PROTO_TCP } else { PROTO_UDP };
-        let sum = checksum::add(pseudo_sum(seg, ip.v6, proto, l4_len), &seg[t..]);
-        let c = !checksum::fold(sum);
-        let c = if c == 0 && l4 == L4::Udp { 0xffff } else { c };
-        set_be16(seg, csum_at, c);
+        set_be16(h, csum_at, 0);
+        let proto = if self.l4 == L4::Tcp {
+            PROTO_TCP
+        } else {
+            PROTO_UDP
+        };
+        let sum = checksum::add(pseudo_sum(h, ip.v6, proto, l4_len), &h[t..]);
+        let c = !checksum::fold(checksum::add(sum, chunk));
+        let c = if c == 0 && self.l4 == L4::Udp {
+            0xffff
+        } else {
+            c
+        };
+        set_be16(h, csum_at, c);
     }
+}
+
+/// Where [`segment_headers`] put each segment's headers, and where its payload stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderLayout {
+    /// Number of segments (at least 2).
+    pub count: usize,
+    /// Bytes left free before each header block (for the encapsulation).
+    pub headroom: usize,
+    /// IP + transport header bytes of every segment.
+    pub hdr_len: usize,
+    /// Payload bytes of every segment but the last.
+    pub gso: usize,
+    /// Where the payload starts and ends in the super-packet.
+    pub payload_start: usize,
+    pub payload_end: usize,
+}
+
+impl HeaderLayout {
+    /// Segment `i`'s header block in the output, headroom included.
+    pub fn header(&self, i: usize) -> Range<usize> {
+        let start = i * (self.headroom + self.hdr_len);
+        start..start + self.headroom + self.hdr_len
+    }
+
+    /// Segment `i`'s payload in the super-packet.
+    pub fn chunk(&self, i: usize) -> Range<usize> {
+        let from = self.payload_start + i * self.gso;
+        from..(from + self.gso).min(self.payload_end)
+    }
+}
+
+/// Like [`segment`] for a GSO super-packet, but without copying its payload: only each
+/// segment's headers are written to `out` (at [`HeaderLayout::header`], after `headroom`
+/// bytes left for the encapsulation), complete with the checksums over their payload, which
+/// stays in `pkt` at [`HeaderLayout::chunk`]. Header `i` followed by chunk `i` is exactly
+/// the packet [`segment`] writes. For a sender that hands the kernel (header, payload)
+/// pairs as an iovec.
+///
+/// `Ok(None)` for a packet that needs no segmenting (then use [`segment`]).
+pub fn segment_headers(
+    hdr: &VirtioNetHdr,
+    pkt: &[u8],
+    headroom: usize,
+    out: &mut [u8],
+) -> Result<Option<HeaderLayout>, OffloadError> {
+    let plan = analyse(hdr, pkt)?;
+    let Plan::Gso {
+        ip,
+        l4,
+        hdr_len,
+        gso,
+    } = plan
+    else {
+        return Ok(None);
+    };
+    let count = layout(&plan, headroom).count;
+    let hl = HeaderLayout {
+        count,
+        headroom,
+        hdr_len,
+        gso,
+        payload_start: hdr_len,
+        payload_end: ip.total,
+    };
+    let needed = count * (headroom + hdr_len);
+    if needed > out.len() {
+        return Err(OffloadError::OutTooSmall {
+            needed,
+            have: out.len(),
+        });
+    }
+    let fix = SegmentFix::new(pkt, ip, l4, hdr_len, gso, count);
+    for i in 0..count {
+        let r = hl.header(i);
+        fix.header(&mut out[r.start + headroom..r.end], i, &pkt[hl.chunk(i)]);
+    }
+    Ok(Some(hl))
 }
 
 #[cfg(test)]
@@ -659,5 +778,53 @@ mod tests {
             let mut out = vec![0u8; 16_384];
             let _ = segment(&hdr, &sp, 14, &mut out);
         }
+    }
+
+    /// Header i + chunk i from `segment_headers` is byte for byte segment i of `segment`,
+    /// for TCP over IPv4 (with options) and over IPv6.
+    #[test]
+    fn headers_plus_chunks_equal_segments() {
+        let cases = [
+            as_tso(
+                tcp(
+                    false,
+                    7,
+                    &[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2],
+                    true,
+                    &payload(65_000, 1),
+                ),
+                1398,
+            ),
+            as_tso(tcp(true, 9, &[], false, &payload(20_001, 2)), 1200),
+            as_tso(tcp(false, 1, &[], true, &payload(3000, 3)), 1000),
+        ];
+        for (hdr, sp) in cases {
+            let mut out = vec![0u8; 200_000];
+            let lay = segment(&hdr, &sp, HEADROOM, &mut out).unwrap();
+            let mut hbuf = vec![0u8; 20_000];
+            let hl = segment_headers(&hdr, &sp, HEADROOM, &mut hbuf)
+                .unwrap()
+                .unwrap();
+            assert_eq!(hl.count, lay.count);
+            for i in 0..lay.count {
+                let mut joined = hbuf[hl.header(i)][HEADROOM..].to_vec();
+                joined.extend_from_slice(&sp[hl.chunk(i)]);
+                assert_eq!(joined, &out[lay.packet(i)], "segment {i}");
+                assert!(tcp_csum_ok(&joined));
+            }
+        }
+        // A packet that needs no segmenting is left to `segment`.
+        let plain = tcp(false, 1, &[], true, &payload(100, 4));
+        let mut hbuf = vec![0u8; 200];
+        assert_eq!(
+            segment_headers(&VirtioNetHdr::default(), &plain, 8, &mut hbuf),
+            Ok(None)
+        );
+        // Too small an output is an error, not a panic.
+        let (hdr, sp) = as_tso(tcp(false, 1, &[], true, &payload(10_000, 5)), 1000);
+        assert!(matches!(
+            segment_headers(&hdr, &sp, 8, &mut hbuf),
+            Err(OffloadError::OutTooSmall { .. })
+        ));
     }
 }

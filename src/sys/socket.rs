@@ -203,6 +203,51 @@ impl UnderlaySocket {
         }
     }
 
+    /// Sends one message gathered from `iov` with one `sendmsg`; with `segment` non-zero and
+    /// smaller than the total, as UDP GSO datagrams of `segment` bytes (the last may be
+    /// shorter). The kernel copies the slices once, straight into its buffers: a sender can
+    /// pass each datagram as (header, payload slice) without assembling it first. Returns
+    /// the bytes sent.
+    pub fn send_vectored(
+        &self,
+        iov: &[std::io::IoSlice<'_>],
+        dst: SocketAddrV4,
+        segment: u16,
+    ) -> io::Result<usize> {
+        let total: usize = iov.iter().map(|s| s.len()).sum();
+        let mut addr = sockaddr(dst);
+        let mut cmsg = CmsgBuf([0u8; CMSG_SPACE]);
+        // SAFETY: all-zero is a valid msghdr.
+        let mut h: libc::msghdr = unsafe { zeroed() };
+        h.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
+        h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // IoSlice is ABI-compatible with iovec on Unix (std documents it); sendmsg only reads.
+        h.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        h.msg_iovlen = iov.len() as _;
+        if segment != 0 && (segment as usize) < total {
+            h.msg_control = cmsg.0.as_mut_ptr().cast();
+            h.msg_controllen = CMSG_SPACE as _;
+            // SAFETY: msg_control points at CMSG_SPACE bytes, enough for one u16 cmsg;
+            // CMSG_FIRSTHDR/CMSG_DATA stay inside that buffer.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&h);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+                h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
+            }
+        }
+        // SAFETY: h points at the address, the caller's iovecs and the control buffer, all
+        // alive for the call.
+        let rc = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &h, 0) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc as usize)
+        }
+    }
+
     /// Receives up to `batch.capacity()` messages with one `recvmmsg`.
     pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         batch.recv(self.sock.as_raw_fd())
