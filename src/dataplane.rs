@@ -477,8 +477,9 @@ impl TxWorker {
             }
         }
         let seg = hl + lay.hdr_len + lay.gso;
-        let per_run = (MAX_GSO_BYTES / seg).clamp(1, MAX_GSO_SEGMENTS);
+        let per_run = gso_run_len(seg);
         let mut iov = [IoSlice::new(&[]); 2 * MAX_GSO_SEGMENTS];
+        let mut sent = Sent::default();
         let mut i = 0;
         while i < lay.count {
             let k = per_run.min(lay.count - i);
@@ -491,23 +492,17 @@ impl TxWorker {
             }
             match sock.send_vectored(&iov[..2 * k], dst, seg as u16) {
                 Ok(_) => {
-                    peer.counters.tx.add(k as u64, bytes as u64);
-                    st.tx_packets.fetch_add(k as u64, Ordering::Relaxed);
-                    st.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                    st.tx_sends.fetch_add(1, Ordering::Relaxed);
+                    sent.packets += k as u64;
+                    sent.bytes += bytes as u64;
+                    sent.calls += 1;
                 }
-                Err(e)
-                    if i == 0
-                        && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
-                {
-                    tracing::warn!(error = %e, "UDP GSO refused by the kernel; falling back to one datagram per segment");
-                    self.gso.store(false, Ordering::Relaxed);
-                    return false;
-                }
-                Err(_) => st.drop(DropReason::IoError, k as u64),
+                // Nothing sent yet: the copying path takes the whole super-packet.
+                Err(e) if i == 0 && gso_refused(&e, &self.gso) => return false,
+                Err(_) => sent.dropped += k as u64,
             }
             i += k;
         }
+        pc_sent(st, &peer.counters.tx, &sent);
         true
     }
 
@@ -568,7 +563,7 @@ pub(crate) fn send_layout(
         dst,
         segment: 0,
     }; MAX_BATCH];
-    let per_run = (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS);
+    let per_run = gso_run_len(stride);
     // More runs than one sendmmsg takes cannot come from a TCP MSS into SEG_BUF, but a
     // layout that would need them goes the per-datagram way rather than off the array.
     let fits = layout.count.div_ceil(per_run) <= MAX_BATCH;
@@ -594,11 +589,8 @@ pub(crate) fn send_layout(
                     dropped: 0,
                 }
             }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
-                // The kernel refused GSO here: remember it and resend one by one below.
-                tracing::warn!(error = %e, "UDP GSO refused by the kernel; falling back to one datagram per segment");
-                flag.store(false, Ordering::Relaxed);
-            }
+            // Refused: resend one by one below.
+            Err(e) if gso_refused(&e, flag) => {}
             Err(_) => {
                 return Sent {
                     dropped: layout.count as u64,
@@ -630,6 +622,23 @@ pub(crate) fn send_layout(
         i += k;
     }
     sent
+}
+
+/// Datagrams of `seg` bytes per UDP GSO send: at most [`MAX_GSO_SEGMENTS`] and
+/// [`MAX_GSO_BYTES`] in all, at least one.
+fn gso_run_len(seg: usize) -> usize {
+    (MAX_GSO_BYTES / seg.max(1)).clamp(1, MAX_GSO_SEGMENTS)
+}
+
+/// Whether `e` is the kernel refusing UDP GSO (EIO/EINVAL); if so, clears `flag` for good
+/// (every later send goes one datagram per message) and says so in the log.
+fn gso_refused(e: &io::Error, flag: &AtomicBool) -> bool {
+    let refused = matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL));
+    if refused {
+        tracing::warn!(error = %e, "UDP GSO refused by the kernel; falling back to one datagram per segment");
+        flag.store(false, Ordering::Relaxed);
+    }
+    refused
 }
 
 /// Counts what [`send_layout`] did on the worker's and the peer's counters.

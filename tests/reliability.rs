@@ -11,8 +11,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -38,15 +37,7 @@ fn args_with_metrics(backend: &str, etcd: &Etcd) -> Vec<String> {
 
 /// GET /metrics from inside `host`'s namespace.
 fn scrape(host: &Netns, addr: SocketAddr) -> String {
-    host.in_ns(move || -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
-    })
-    .unwrap_or_else(|e| panic!("scrape {addr} in {}: {e}", host.name()))
+    scrape_metrics(host.name(), addr).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn metrics_addr() -> SocketAddr {
