@@ -36,6 +36,8 @@
 #              IPERF_FLAGS="..."     extra iperf3 client flags for every case, e.g. "-C cubic"
 #              REPEAT=1              iperf3 runs per case and stream count; the table shows the
 #                                    median (CPU and RSS come from the first single-stream run)
+#              BRIDGE_NF=1           leave br_netfilter's hooks on for the switch's bridge (off by
+#                                    default: a switch runs no iptables; runs A-H had them on)
 #              BENCH_PREFIX=ovb-     namespace prefix; a run refuses to start while namespaces with
 #                                    this prefix have processes in them (another run), rather than
 #                                    removing them
@@ -239,6 +241,15 @@ ip netns add "$SW"
 ip -n "$SW" link set lo up
 ip -n "$SW" link add br0 type bridge
 ip -n "$SW" link set br0 up
+# The switch is a switch: a bridge does not run frames through iptables unless
+# br_netfilter's bridge-nf-call-* are on, which they are by default in every namespace
+# where it is built in. A real switch runs no netfilter hooks on the hosts' traffic.
+# BRIDGE_NF=1 keeps them on (as runs A-H did).
+if [ "${BRIDGE_NF:-0}" != 1 ] && [ -e /proc/sys/net/bridge ]; then
+  for k in iptables ip6tables arptables; do
+    in_ns "$SW" sysctl -qw "net.bridge.bridge-nf-call-$k=0"
+  done
+fi
 
 attach() { # NAME IP
   local ns=$P$1
