@@ -477,33 +477,14 @@ impl TxWorker {
             }
         }
         let seg = hl + lay.hdr_len + lay.gso;
-        let per_run = gso_run_len(seg);
-        let mut iov = [IoSlice::new(&[]); 2 * MAX_GSO_SEGMENTS];
-        let mut sent = Sent::default();
-        let mut i = 0;
-        while i < lay.count {
-            let k = per_run.min(lay.count - i);
-            let mut bytes = 0;
-            for j in 0..k {
-                let (h, c) = (&self.hdr_buf[lay.header(i + j)], &data[lay.chunk(i + j)]);
-                bytes += h.len() + c.len();
-                iov[2 * j] = IoSlice::new(h);
-                iov[2 * j + 1] = IoSlice::new(c);
+        match send_header_runs(sock, &self.hdr_buf, &lay, data, seg, dst, &self.gso) {
+            Some(sent) => {
+                pc_sent(st, &peer.counters.tx, &sent);
+                true
             }
-            match sock.send_vectored(&iov[..2 * k], dst, seg as u16) {
-                Ok(_) => {
-                    sent.packets += k as u64;
-                    sent.bytes += bytes as u64;
-                    sent.calls += 1;
-                }
-                // Nothing sent yet: the copying path takes the whole super-packet.
-                Err(e) if i == 0 && gso_refused(&e, &self.gso) => return false,
-                Err(_) => sent.dropped += k as u64,
-            }
-            i += k;
+            // Nothing sent: the copying path takes the whole super-packet.
+            None => false,
         }
-        pc_sent(st, &peer.counters.tx, &sent);
-        true
     }
 
     /// Answers a packet with no lease for its destination with ICMP net-unreachable.
@@ -622,6 +603,49 @@ pub(crate) fn send_layout(
         i += k;
     }
     sent
+}
+
+/// Sends the `lay.count` datagrams of `seg` bytes (the last may be shorter), datagram i
+/// being `hdr_buf[lay.header(i)]` followed by `data[lay.chunk(i)]`, to `dst` as UDP GSO runs
+/// of (header, payload) iovecs: the payload's one copy is the kernel's.
+///
+/// Returns `None`, having sent nothing, when the kernel refuses GSO on the first run (the
+/// refusal clears `gso` for good, see [`gso_refused`]); the caller then sends the copying
+/// way. A later run that fails is counted as dropped.
+pub(crate) fn send_header_runs(
+    sock: &UnderlaySocket,
+    hdr_buf: &[u8],
+    lay: &tso::HeaderLayout,
+    data: &[u8],
+    seg: usize,
+    dst: SocketAddrV4,
+    gso: &AtomicBool,
+) -> Option<Sent> {
+    let per_run = gso_run_len(seg);
+    let mut iov = [IoSlice::new(&[]); 2 * MAX_GSO_SEGMENTS];
+    let mut sent = Sent::default();
+    let mut i = 0;
+    while i < lay.count {
+        let k = per_run.min(lay.count - i);
+        let mut bytes = 0;
+        for j in 0..k {
+            let (h, c) = (&hdr_buf[lay.header(i + j)], &data[lay.chunk(i + j)]);
+            bytes += h.len() + c.len();
+            iov[2 * j] = IoSlice::new(h);
+            iov[2 * j + 1] = IoSlice::new(c);
+        }
+        match sock.send_vectored(&iov[..2 * k], dst, seg as u16) {
+            Ok(_) => {
+                sent.packets += k as u64;
+                sent.bytes += bytes as u64;
+                sent.calls += 1;
+            }
+            Err(e) if i == 0 && gso_refused(&e, gso) => return None,
+            Err(_) => sent.dropped += k as u64,
+        }
+        i += k;
+    }
+    Some(sent)
 }
 
 /// Datagrams of `seg` bytes per UDP GSO send: at most [`MAX_GSO_SEGMENTS`] and
@@ -957,5 +981,51 @@ mod tests {
         let sent = send_layout(&tx, &buf, &layout, dst, Some(&gso));
         assert_eq!(sent.packets, layout.count as u64);
         receive_all(&rx, &buf, &layout);
+    }
+
+    /// The zero-copy sender's runs of (header, payload) iovecs arrive as the copying
+    /// segmenter lays the datagrams out; on a socket where the kernel refuses GSO it sends
+    /// nothing, says so (`None`) and clears the flag, so the caller can copy instead.
+    #[test]
+    fn send_header_runs_match_the_copying_layout_and_report_a_refusal() {
+        let (hdr, sp) = as_tso(tcp(false, 1, &[], true, &payload(60_000, 3)), 1398);
+        let (buf, layout, rx, tx) = setup();
+        let mut hdr_buf = vec![0u8; 32 * 1024];
+        let lay = tso::segment_headers(&hdr, &sp, 8, &mut hdr_buf)
+            .expect("valid super-packet")
+            .expect("needs segmenting");
+        assert_eq!(lay.count, layout.count);
+        for i in 0..lay.count {
+            let h = lay.header(i);
+            hdr_buf[h.start..h.start + 8].copy_from_slice(&(i as u64).to_be_bytes());
+        }
+        let dst = match rx.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            a => panic!("{a}"),
+        };
+        let seg = 8 + lay.hdr_len + lay.gso;
+        let gso = AtomicBool::new(true);
+        let sent = send_header_runs(&tx, &hdr_buf, &lay, &sp, seg, dst, &gso)
+            .expect("GSO accepted on loopback");
+        assert_eq!(sent.packets, layout.count as u64);
+        assert_eq!(sent.bytes, layout.out_len() as u64);
+        assert_eq!(sent.dropped, 0);
+        assert!(gso.load(Ordering::Relaxed));
+        receive_all(&rx, &buf, &layout);
+
+        tx.disable_tx_checksum().expect("SO_NO_CHECK");
+        assert_eq!(
+            send_header_runs(&tx, &hdr_buf, &lay, &sp, seg, dst, &gso),
+            None,
+            "a refused first run sends nothing"
+        );
+        assert!(!gso.load(Ordering::Relaxed), "the refusal is remembered");
+        let mut got = [0u8; 16];
+        rx.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        assert!(
+            rx.recv(&mut got).is_err(),
+            "nothing arrived after the refusal"
+        );
     }
 }
