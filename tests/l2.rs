@@ -60,6 +60,47 @@ fn wait_members(etcd: &Etcd, network: &str, want: &[Ipv4Addr]) {
     );
 }
 
+/// Three hosts on one L2 segment: each with bridge `brl2` and a daemon serving `net@brl2`
+/// (network `net`, from `json`), container c1 (10.50.0.1) on h1, c2 (10.50.0.2) on h2 and
+/// nobody on h3, every host a member.
+struct Segment3 {
+    topo: Topology,
+    etcd: Etcd,
+    c1: Container,
+    c2: Container,
+    d1: Overlayd,
+    d2: Overlayd,
+    d3: Overlayd,
+}
+
+impl Segment3 {
+    fn new(json: &str) -> Segment3 {
+        let mut topo = Topology::new(3);
+        let etcd = topo.start_etcd();
+        etcd.put_l2_network_json(P, "net", json);
+        let (h1, h2, h3) = (topo.host(0), topo.host(1), topo.host(2));
+        for h in [h1, h2, h3] {
+            add_bridge(h, "brl2", false);
+        }
+        let c1 = Container::attach(h1, "brl2", "c1", "10.50.0.1/24", &l2_mac(0x50, 1, 1));
+        let c2 = Container::attach(h2, "brl2", "c2", "10.50.0.2/24", &l2_mac(0x50, 2, 1));
+        let flags = ["--l2", "net@brl2"];
+        let d1 = start(h1, &etcd, &flags, &["l2v100"]);
+        let d2 = start(h2, &etcd, &flags, &["l2v100"]);
+        let d3 = start(h3, &etcd, &flags, &["l2v100"]);
+        wait_members(&etcd, "net", &[h1.ip, h2.ip, h3.ip]);
+        Segment3 {
+            topo,
+            etcd,
+            c1,
+            c2,
+            d1,
+            d2,
+            d3,
+        }
+    }
+}
+
 /// Pings a→b and b→a (each until a reply or [`REACH`]).
 fn ping_both(a: &Container, b: &Container, what: &str) {
     assert!(
@@ -919,20 +960,17 @@ fn netns_l2_learning_and_move() {
     if skip_unless_root("netns_l2_learning_and_move") {
         return;
     }
-    let mut topo = Topology::new(3);
-    let etcd = topo.start_etcd();
-    etcd.put_l2_network(P, "net", 100, "vxlan");
-    let (h1, h2, h3) = (topo.host(0), topo.host(1), topo.host(2));
-    for h in [h1, h2, h3] {
-        add_bridge(h, "brl2", false);
-    }
-    let mut c1 = Container::attach(h1, "brl2", "c1", "10.50.0.1/24", &l2_mac(0x50, 1, 1));
-    let c2 = Container::attach(h2, "brl2", "c2", "10.50.0.2/24", &l2_mac(0x50, 2, 1));
-    let flags = ["--l2", "net@brl2"];
-    let d1 = start(h1, &etcd, &flags, &["l2v100"]);
-    let d2 = start(h2, &etcd, &flags, &["l2v100"]);
-    let d3 = start(h3, &etcd, &flags, &["l2v100"]);
-    wait_members(&etcd, "net", &[h1.ip, h2.ip, h3.ip]);
+    // Bound in the order the set-up made them, so they drop in reverse: daemons first.
+    let Segment3 {
+        topo,
+        etcd: _etcd,
+        mut c1,
+        c2,
+        d1,
+        d2,
+        d3,
+    } = Segment3::new(r#"{"VNI": 100, "Backend": "vxlan"}"#);
+    let h3 = topo.host(2);
 
     ping_both(&c1, &c2, "first exchange");
 
@@ -1018,20 +1056,17 @@ fn netns_l2_ageing() {
     if skip_unless_root("netns_l2_ageing") {
         return;
     }
-    let mut topo = Topology::new(3);
-    let etcd = topo.start_etcd();
-    etcd.put_l2_network_json(P, "net", r#"{"VNI": 100, "AgeingSecs": 2}"#);
-    let (h1, h2, h3) = (topo.host(0), topo.host(1), topo.host(2));
-    for h in [h1, h2, h3] {
-        add_bridge(h, "brl2", false);
-    }
-    let c1 = Container::attach(h1, "brl2", "c1", "10.50.0.1/24", &l2_mac(0x50, 1, 1));
-    let c2 = Container::attach(h2, "brl2", "c2", "10.50.0.2/24", &l2_mac(0x50, 2, 1));
-    let flags = ["--l2", "net@brl2"];
-    let d1 = start(h1, &etcd, &flags, &["l2v100"]);
-    let d2 = start(h2, &etcd, &flags, &["l2v100"]);
-    let d3 = start(h3, &etcd, &flags, &["l2v100"]);
-    wait_members(&etcd, "net", &[h1.ip, h2.ip, h3.ip]);
+    // Bound in the order the set-up made them, so they drop in reverse: daemons first.
+    let Segment3 {
+        topo,
+        etcd: _etcd,
+        c1,
+        c2,
+        d1,
+        d2,
+        d3,
+    } = Segment3::new(r#"{"VNI": 100, "AgeingSecs": 2}"#);
+    let h3 = topo.host(2);
     // Static ARP both ways: no ARP probes refresh the entries while the test waits.
     c1.static_neigh(c2.ip, &c2.mac);
     c2.static_neigh(c1.ip, &c1.mac);
@@ -1096,24 +1131,19 @@ fn netns_l2_arp_suppression() {
     if skip_unless_root("netns_l2_arp_suppression") {
         return;
     }
-    let mut topo = Topology::new(3);
-    let etcd = topo.start_etcd();
-    etcd.put_l2_network_json(
-        P,
-        "net",
+    // Bound in the order the set-up made them, so they drop in reverse: daemons first.
+    let Segment3 {
+        topo,
+        etcd: _etcd,
+        c1,
+        c2,
+        d1,
+        d2: _d2,
+        d3,
+    } = Segment3::new(
         r#"{"VNI": 100, "Backend": "vxlan", "Port": 4789, "ArpSuppression": true, "AgeingSecs": 300}"#,
     );
-    let (h1, h2, h3) = (topo.host(0), topo.host(1), topo.host(2));
-    for h in [h1, h2, h3] {
-        add_bridge(h, "brl2", false);
-    }
-    let c1 = Container::attach(h1, "brl2", "c1", "10.50.0.1/24", &l2_mac(0x50, 1, 1));
-    let c2 = Container::attach(h2, "brl2", "c2", "10.50.0.2/24", &l2_mac(0x50, 2, 1));
-    let flags = ["--l2", "net@brl2"];
-    let d1 = start(h1, &etcd, &flags, &["l2v100"]);
-    let _d2 = start(h2, &etcd, &flags, &["l2v100"]);
-    let d3 = start(h3, &etcd, &flags, &["l2v100"]);
-    wait_members(&etcd, "net", &[h1.ip, h2.ip, h3.ip]);
+    let h3 = topo.host(2);
 
     // c2 answers c1's ARP (h1 sees c2's ARP reply from remote: 10.50.0.2 is learned).
     ping_both(&c1, &c2, "first exchange");
