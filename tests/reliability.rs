@@ -127,6 +127,18 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration
     }
 }
 
+/// overlayd --backend vxlan on `topo`'s h1 and h2, both ready and h1 reaching h2's overlay
+/// address: the two daemons and their FLANNEL_SUBNETs.
+fn vxlan_pair(topo: &Topology, etcd: &Etcd) -> (Overlayd, Overlayd, String, String) {
+    let (h1, h2) = (topo.host(0), topo.host(1));
+    let mut d1 = Overlayd::spawn(h1, overlayd_args("vxlan", etcd));
+    let mut d2 = Overlayd::spawn(h2, overlayd_args("vxlan", etcd));
+    let s1 = d1.wait_ready(READY);
+    let s2 = d2.wait_ready(READY);
+    assert!(ping_until(h1, overlay_ip_of(&s2), Duration::from_secs(10)));
+    (d1, d2, s1, s2)
+}
+
 /// Pids in the namespace whose command name is overlayd.
 fn overlayd_pids(ns: &Netns) -> Vec<u32> {
     ns.pids()
@@ -155,11 +167,7 @@ fn netns_etcd_outage() {
     let mut topo = Topology::new(3);
     let etcd = topo.start_etcd();
     let (h1, h2, h3) = (topo.host(0), topo.host(1), topo.host(2));
-    let mut d1 = Overlayd::spawn(h1, overlayd_args("vxlan", &etcd));
-    let mut d2 = Overlayd::spawn(h2, overlayd_args("vxlan", &etcd));
-    let s1 = d1.wait_ready(READY);
-    let s2 = d2.wait_ready(READY);
-    assert!(ping_until(h1, overlay_ip_of(&s2), Duration::from_secs(10)));
+    let (mut d1, mut d2, s1, s2) = vxlan_pair(&topo, &etcd);
 
     etcd.pause();
     let t0 = Instant::now();
@@ -295,11 +303,7 @@ fn netns_kill9_restart() {
     let mut topo = Topology::new(2);
     let etcd = topo.start_etcd();
     let (h1, h2) = (topo.host(0), topo.host(1));
-    let mut d1 = Overlayd::spawn(h1, overlayd_args("vxlan", &etcd));
-    let mut d2 = Overlayd::spawn(h2, overlayd_args("vxlan", &etcd));
-    d1.wait_ready(READY);
-    let s2 = d2.wait_ready(READY);
-    assert!(ping_until(h1, overlay_ip_of(&s2), Duration::from_secs(10)));
+    let (_d1, mut d2, _, s2) = vxlan_pair(&topo, &etcd);
     let before = lease_of(&etcd, subnet_of(&s2));
 
     d2.kill();
@@ -468,11 +472,7 @@ fn netns_sigterm_under_load() {
     let mut topo = Topology::new(2);
     let etcd = topo.start_etcd();
     let (h1, h2) = (topo.host(0), topo.host(1));
-    let mut d1 = Overlayd::spawn(h1, overlayd_args("vxlan", &etcd));
-    let mut d2 = Overlayd::spawn(h2, overlayd_args("vxlan", &etcd));
-    d1.wait_ready(READY);
-    let s2 = d2.wait_ready(READY);
-    assert!(ping_until(h1, overlay_ip_of(&s2), Duration::from_secs(10)));
+    let (_d1, mut d2, _, s2) = vxlan_pair(&topo, &etcd);
     let to = overlay_ip_of(&s2);
 
     thread::scope(|sc| {
@@ -785,11 +785,7 @@ fn netns_malformed_etcd_data() {
     let mut topo = Topology::new(3);
     let etcd = topo.start_etcd();
     let (h1, h2, h3) = (topo.host(0), topo.host(1), topo.host(2));
-    let mut d1 = Overlayd::spawn(h1, overlayd_args("vxlan", &etcd));
-    let mut d2 = Overlayd::spawn(h2, overlayd_args("vxlan", &etcd));
-    let s1 = d1.wait_ready(READY);
-    let s2 = d2.wait_ready(READY);
-    assert!(ping_until(h1, overlay_ip_of(&s2), Duration::from_secs(10)));
+    let (mut d1, mut d2, s1, s2) = vxlan_pair(&topo, &etcd);
     let n2 = subnet_of(&s2);
     let o = n2.network().octets();
     let hijack = format!("{}.{}.{}.128-25", o[0], o[1], o[2]);
