@@ -975,16 +975,32 @@ fn netns_l2_learning_and_move() {
     ping_both(&c1, &c2, "first exchange");
 
     // A broadcast is sent once per member but self: kind="flood" +1, flood copies +2 each.
+    // Both counters come from one scrape, read once they have stopped moving: the kernel
+    // keeps resolving 10.50.0.99 after ping gives up (ARP broadcasts 1 s apart), and one
+    // of those falling between two scrapes would break the pairing.
     let l = net_label("net");
     let flood = |d: &Overlayd| {
+        let m = d.scrape();
         (
-            d.metric("overlayd_l2_tx_frames_total", &[&l, "kind=\"flood\""]),
-            d.metric("overlayd_l2_flood_copies_total", &[&l]),
+            metric_value(&m, "overlayd_l2_tx_frames_total", &[&l, "kind=\"flood\""]),
+            metric_value(&m, "overlayd_l2_flood_copies_total", &[&l]),
         )
     };
-    let (f0, copies0) = flood(&d1);
+    let settled = |d: &Overlayd| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = flood(d);
+        loop {
+            thread::sleep(Duration::from_millis(1200));
+            let now = flood(d);
+            if now == last || Instant::now() >= deadline {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let (f0, copies0) = settled(&d1);
     assert!(!ping_once(&c1, "10.50.0.99", 1), "nobody has 10.50.0.99");
-    let (f1, copies1) = flood(&d1);
+    let (f1, copies1) = settled(&d1);
     let (f, copies) = (f1 - f0, copies1 - copies0);
     assert!(
         f >= 1.0 && copies == 2.0 * f,
