@@ -62,15 +62,17 @@ fn wait_members(etcd: &Etcd, network: &str, want: &[Ipv4Addr]) {
 
 /// Three hosts on one L2 segment: each with bridge `brl2` and a daemon serving `net@brl2`
 /// (network `net`, from `json`), container c1 (10.50.0.1) on h1, c2 (10.50.0.2) on h2 and
-/// nobody on h3, every host a member.
+/// nobody on h3, every host a member. Fields drop in the order they are declared: the
+/// daemons first, the hosts last.
 struct Segment3 {
-    topo: Topology,
-    etcd: Etcd,
-    c1: Container,
-    c2: Container,
     d1: Overlayd,
     d2: Overlayd,
     d3: Overlayd,
+    c1: Container,
+    c2: Container,
+    /// Held so etcd outlives the daemons.
+    _etcd: Etcd,
+    topo: Topology,
 }
 
 impl Segment3 {
@@ -90,13 +92,13 @@ impl Segment3 {
         let d3 = start(h3, &etcd, &flags, &["l2v100"]);
         wait_members(&etcd, "net", &[h1.ip, h2.ip, h3.ip]);
         Segment3 {
-            topo,
-            etcd,
-            c1,
-            c2,
             d1,
             d2,
             d3,
+            c1,
+            c2,
+            _etcd: etcd,
+            topo,
         }
     }
 }
@@ -960,19 +962,10 @@ fn netns_l2_learning_and_move() {
     if skip_unless_root("netns_l2_learning_and_move") {
         return;
     }
-    // Bound in the order the set-up made them, so they drop in reverse: daemons first.
-    let Segment3 {
-        topo,
-        etcd: _etcd,
-        mut c1,
-        c2,
-        d1,
-        d2,
-        d3,
-    } = Segment3::new(r#"{"VNI": 100, "Backend": "vxlan"}"#);
-    let h3 = topo.host(2);
+    let mut s = Segment3::new(r#"{"VNI": 100, "Backend": "vxlan"}"#);
+    let (c1, c2, d1, d2, d3, h3) = (&mut s.c1, &s.c2, &s.d1, &s.d2, &s.d3, s.topo.host(2));
 
-    ping_both(&c1, &c2, "first exchange");
+    ping_both(c1, c2, "first exchange");
 
     // A broadcast is sent once per member but self: kind="flood" +1, flood copies +2 each.
     // Both counters come from one scrape, read once they have stopped moving: the kernel
@@ -998,9 +991,9 @@ fn netns_l2_learning_and_move() {
             last = now;
         }
     };
-    let (f0, copies0) = settled(&d1);
-    assert!(!ping_once(&c1, "10.50.0.99", 1), "nobody has 10.50.0.99");
-    let (f1, copies1) = settled(&d1);
+    let (f0, copies0) = settled(d1);
+    assert!(!ping_once(c1, "10.50.0.99", 1), "nobody has 10.50.0.99");
+    let (f1, copies1) = settled(d1);
     let (f, copies) = (f1 - f0, copies1 - copies0);
     assert!(
         f >= 1.0 && copies == 2.0 * f,
@@ -1009,7 +1002,7 @@ fn netns_l2_learning_and_move() {
     assert_eq!(d1.metric("overlayd_l2_members", &[&l]), 2.0);
 
     thread::sleep(Duration::from_millis(300));
-    let rx3_0 = rx_frames(&d3, "net");
+    let rx3_0 = rx_frames(d3, "net");
     let uni1_0 = d1.metric(
         "overlayd_l2_tx_frames_total",
         &[&net_label("net"), "kind=\"unicast\""],
@@ -1022,11 +1015,11 @@ fn netns_l2_learning_and_move() {
         Duration::from_secs(30),
     );
     assert!(
-        ping_burst(&c1, c2.ip, 100, "0.01"),
+        ping_burst(c1, c2.ip, 100, "0.01"),
         "100 pings c1 -> c2 after learning"
     );
     let on_h3 = cap3.finish(Duration::from_millis(300));
-    let rx3 = rx_frames(&d3, "net") - rx3_0;
+    let rx3 = rx_frames(d3, "net") - rx3_0;
     let uni1 = d1.metric(
         "overlayd_l2_tx_frames_total",
         &[&net_label("net"), "kind=\"unicast\""],
@@ -1050,11 +1043,11 @@ fn netns_l2_learning_and_move() {
     c1.move_to(h3, "brl2");
     let t = Instant::now();
     assert!(
-        ping_once(&c1, c2.ip, 2),
+        ping_once(c1, c2.ip, 2),
         "moved c1 (now on h3) -> c2: the first ping must succeed"
     );
     assert!(
-        ping_once(&c2, c1.ip, 2),
+        ping_once(c2, c1.ip, 2),
         "c2 -> moved c1: the first ping must succeed (h2 followed the move)"
     );
     println!("reachable after the move in {:?}", t.elapsed());
@@ -1072,41 +1065,32 @@ fn netns_l2_ageing() {
     if skip_unless_root("netns_l2_ageing") {
         return;
     }
-    // Bound in the order the set-up made them, so they drop in reverse: daemons first.
-    let Segment3 {
-        topo,
-        etcd: _etcd,
-        c1,
-        c2,
-        d1,
-        d2,
-        d3,
-    } = Segment3::new(r#"{"VNI": 100, "AgeingSecs": 2}"#);
-    let h3 = topo.host(2);
+    let s = Segment3::new(r#"{"VNI": 100, "AgeingSecs": 2}"#);
+    let (c1, c2, d1, d2, d3, h3) = (&s.c1, &s.c2, &s.d1, &s.d2, &s.d3, s.topo.host(2));
     // Static ARP both ways: no ARP probes refresh the entries while the test waits.
     c1.static_neigh(c2.ip, &c2.mac);
     c2.static_neigh(c1.ip, &c1.mac);
-    ping_both(&c1, &c2, "first exchange");
+    ping_both(c1, c2, "first exchange");
     // Learned: a ping now goes to h2 only.
     thread::sleep(Duration::from_millis(300));
-    let rx0 = rx_frames(&d3, "net");
-    assert!(ping_once(&c1, c2.ip, 1));
+    let rx0 = rx_frames(d3, "net");
+    assert!(ping_once(c1, c2.ip, 1));
     assert_eq!(
-        rx_frames(&d3, "net") - rx0,
+        rx_frames(d3, "net") - rx0,
         0.0,
         "learned unicast reached h3"
     );
     // Idle for 3 x AgeingSecs: both MACs are forgotten; the next echo request is unknown
     // unicast, flooded to h3 too.
     thread::sleep(Duration::from_secs(6));
-    let rx1 = rx_frames(&d3, "net");
+    let rx1 = rx_frames(d3, "net");
     let fl = |d: &Overlayd| {
         d.metric(
             "overlayd_l2_tx_frames_total",
             &[&net_label("net"), "kind=\"flood\""],
         )
     };
-    let (f1, f2) = (fl(&d1), fl(&d2));
+    let (f1, f2) = (fl(d1), fl(d2));
     let cap3 = Capture::start(
         h3,
         "eth0",
@@ -1114,13 +1098,13 @@ fn netns_l2_ageing() {
         100,
         Duration::from_secs(20),
     );
-    assert!(ping_once(&c1, c2.ip, 1), "c1 -> c2 after ageing");
+    assert!(ping_once(c1, c2.ip, 1), "c1 -> c2 after ageing");
     let at_h3 = cap3.finish(Duration::from_millis(300));
-    let flooded = rx_frames(&d3, "net") - rx1;
+    let flooded = rx_frames(d3, "net") - rx1;
     println!(
         "after ageing: h1 flood +{}, h2 flood +{}, h3 rx +{flooded}, h3 underlay {}",
-        fl(&d1) - f1,
-        fl(&d2) - f2,
+        fl(d1) - f1,
+        fl(d2) - f2,
         at_h3.len()
     );
     assert!(
@@ -1129,10 +1113,10 @@ fn netns_l2_ageing() {
     );
     // Relearned from that exchange.
     thread::sleep(Duration::from_millis(300));
-    let rx2 = rx_frames(&d3, "net");
-    assert!(ping_once(&c1, c2.ip, 1));
+    let rx2 = rx_frames(d3, "net");
+    assert!(ping_once(c1, c2.ip, 1));
     assert_eq!(
-        rx_frames(&d3, "net") - rx2,
+        rx_frames(d3, "net") - rx2,
         0.0,
         "relearned unicast reached h3"
     );
@@ -1147,27 +1131,18 @@ fn netns_l2_arp_suppression() {
     if skip_unless_root("netns_l2_arp_suppression") {
         return;
     }
-    // Bound in the order the set-up made them, so they drop in reverse: daemons first.
-    let Segment3 {
-        topo,
-        etcd: _etcd,
-        c1,
-        c2,
-        d1,
-        d2: _d2,
-        d3,
-    } = Segment3::new(
+    let s = Segment3::new(
         r#"{"VNI": 100, "Backend": "vxlan", "Port": 4789, "ArpSuppression": true, "AgeingSecs": 300}"#,
     );
-    let h3 = topo.host(2);
+    let (c1, c2, d1, d3, h3) = (&s.c1, &s.c2, &s.d1, &s.d3, s.topo.host(2));
 
     // c2 answers c1's ARP (h1 sees c2's ARP reply from remote: 10.50.0.2 is learned).
-    ping_both(&c1, &c2, "first exchange");
+    ping_both(c1, c2, "first exchange");
     c1.flush_neigh();
     thread::sleep(Duration::from_millis(300));
     let l = net_label("net");
     let supp0 = d1.metric("overlayd_l2_arp_suppressed_total", &[&l]);
-    let rx3_0 = rx_frames(&d3, "net");
+    let rx3_0 = rx_frames(d3, "net");
     let h3_cap = Capture::start(
         h3,
         "eth0",
@@ -1176,20 +1151,20 @@ fn netns_l2_arp_suppression() {
         Duration::from_secs(20),
     );
     let c2_arp = Capture::start(
-        &c2,
+        c2,
         "eth0",
         &format!("arp and ether src {}", c1.mac),
         20,
         Duration::from_secs(20),
     );
     assert!(
-        ping_once(&c1, c2.ip, 2),
+        ping_once(c1, c2.ip, 2),
         "c1 -> c2 after flushing c1's ARP cache"
     );
     let arp_at_c2 = c2_arp.finish(Duration::from_millis(300));
     let at_h3 = h3_cap.finish(Duration::from_millis(10));
     let supp = d1.metric("overlayd_l2_arp_suppressed_total", &[&l]) - supp0;
-    let rx3 = rx_frames(&d3, "net") - rx3_0;
+    let rx3 = rx_frames(d3, "net") - rx3_0;
     assert_eq!(
         c1.neigh_mac(c2.ip).as_deref(),
         Some(c2.mac.as_str()),
