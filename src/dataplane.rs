@@ -405,7 +405,7 @@ impl TxWorker {
                 dst: dst_addr,
                 segment: 0,
             }];
-            return send_counted(sock, &msg, 1, pkt.len(), st, &peer.counters.tx);
+            return pc_sent(st, &peer.counters.tx, &send_msgs(sock, &msg));
         }
 
         if self.send_zero_copy(&hdr, start..end, hl, si, dst_addr, peer, st) {
@@ -417,19 +417,9 @@ impl TxWorker {
             Err(e) => return st.drop(e.drop_reason(), 1),
         };
         for i in 0..layout.count {
-            let len = hl
-                + if i + 1 == layout.count {
-                    layout.last_len
-                } else {
-                    layout.seg_len
-                };
-            let off = i * layout.stride;
             self.seq = self.seq.wrapping_add(1);
-            if let Err(r) =
-                self.cfg
-                    .encap
-                    .encapsulate(&mut self.seg_buf[off..off + len], peer.mac, self.seq)
-            {
+            let d = &mut self.seg_buf[layout.datagram(i)];
+            if let Err(r) = self.cfg.encap.encapsulate(d, peer.mac, self.seq) {
                 return st.drop(r, layout.count as u64);
             }
         }
@@ -510,16 +500,25 @@ impl TxWorker {
     }
 }
 
-/// What [`send_layout`] did with a layout's datagrams.
+/// What a send ([`send_layout`], [`send_header_runs`], [`send_msgs`]) did with its datagrams.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Sent {
     /// Datagrams (segments) the kernel took, and their bytes.
     pub packets: u64,
     pub bytes: u64,
-    /// `sendmmsg` calls that succeeded.
+    /// Send calls that succeeded.
     pub calls: u64,
     /// Datagrams not sent (socket full, or an error).
     pub dropped: u64,
+}
+
+impl Sent {
+    fn add(&mut self, o: Sent) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.calls += o.calls;
+        self.dropped += o.dropped;
+    }
 }
 
 /// Sends the `layout.count` datagrams of `buf` (each `layout.datagram(i)`: the headroom
@@ -591,15 +590,7 @@ pub(crate) fn send_layout(
                 segment: 0,
             };
         }
-        match sock.send_batch(&msgs[..k]) {
-            Ok(n) => {
-                sent.packets += n as u64;
-                sent.bytes += msgs[..n].iter().map(|m| m.buf.len() as u64).sum::<u64>();
-                sent.calls += 1;
-                sent.dropped += (k - n) as u64;
-            }
-            Err(_) => sent.dropped += k as u64,
-        }
+        sent.add(send_msgs(sock, &msgs[..k]));
         i += k;
     }
     sent
@@ -665,7 +656,7 @@ fn gso_refused(e: &io::Error, flag: &AtomicBool) -> bool {
     refused
 }
 
-/// Counts what [`send_layout`] did on the worker's and the peer's counters.
+/// Counts a [`Sent`] on the worker's and the peer's counters.
 fn pc_sent(st: &WorkerStats, pc: &DirCounters, r: &Sent) {
     pc.add(r.packets, r.bytes);
     st.tx_packets.fetch_add(r.packets, Ordering::Relaxed);
@@ -676,25 +667,19 @@ fn pc_sent(st: &WorkerStats, pc: &DirCounters, r: &Sent) {
     }
 }
 
-fn send_counted(
-    sock: &UnderlaySocket,
-    msgs: &[Msg<'_>],
-    packets: usize,
-    bytes: usize,
-    st: &WorkerStats,
-    pc: &DirCounters,
-) {
+/// One `sendmmsg` of `msgs`, one datagram each: what the kernel took, the rest dropped.
+fn send_msgs(sock: &UnderlaySocket, msgs: &[Msg<'_>]) -> Sent {
     match sock.send_batch(msgs) {
-        Ok(sent) => {
-            pc.add(sent as u64, bytes as u64);
-            st.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
-            st.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-            st.tx_sends.fetch_add(1, Ordering::Relaxed);
-            if sent < packets {
-                st.drop(DropReason::IoError, (packets - sent) as u64);
-            }
-        }
-        Err(_) => st.drop(DropReason::IoError, packets as u64),
+        Ok(n) => Sent {
+            packets: n as u64,
+            bytes: msgs[..n].iter().map(|m| m.buf.len() as u64).sum(),
+            calls: 1,
+            dropped: (msgs.len() - n) as u64,
+        },
+        Err(_) => Sent {
+            dropped: msgs.len() as u64,
+            ..Sent::default()
+        },
     }
 }
 
@@ -893,12 +878,7 @@ fn write_partial(
     match tso::segment(h, inner, 0, scratch) {
         Ok(l) => {
             for i in 0..l.count {
-                let len = if i + 1 == l.count {
-                    l.last_len
-                } else {
-                    l.seg_len
-                };
-                write_counted(q, &scratch[i * l.stride..i * l.stride + len], st);
+                write_counted(q, &scratch[l.datagram(i)], st);
             }
         }
         Err(e) => st.drop(e.drop_reason(), 1),

@@ -615,9 +615,6 @@ fn send_to_all(
     }
 }
 
-/// Sends `layout.count` encapsulated segments of `buf` to `dst`: as GSO runs when allowed
-/// and the segments are equal, else one datagram per message in `sendmmsg` batches.
-#[allow(clippy::too_many_arguments)]
 struct RxWorker {
     cfg: Config,
     sock: Arc<UnderlaySocket>,
