@@ -375,8 +375,8 @@ pub struct HeaderLayout {
     pub hdr_len: usize,
     /// Payload bytes of every segment but the last.
     pub gso: usize,
-    /// Where the payload starts and ends in the super-packet.
-    pub payload_start: usize,
+    /// Where the payload ends in the super-packet (it starts right after the headers,
+    /// at `hdr_len`).
     pub payload_end: usize,
 }
 
@@ -389,7 +389,7 @@ impl HeaderLayout {
 
     /// Segment `i`'s payload in the super-packet.
     pub fn chunk(&self, i: usize) -> Range<usize> {
-        let from = self.payload_start + i * self.gso;
+        let from = self.hdr_len + i * self.gso;
         from..(from + self.gso).min(self.payload_end)
     }
 }
@@ -424,7 +424,6 @@ pub fn segment_headers(
         headroom,
         hdr_len,
         gso,
-        payload_start: hdr_len,
         payload_end: ip.total,
     };
     let needed = count * (headroom + hdr_len);

@@ -173,18 +173,7 @@ impl UnderlaySocket {
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
             if m.segment != 0 && (m.segment as usize) < m.buf.len() {
-                h.msg_control = cmsgs[i].0.as_mut_ptr().cast();
-                h.msg_controllen = CMSG_SPACE as _;
-                // SAFETY: msg_control points at CMSG_SPACE bytes, enough for one u16 cmsg;
-                // CMSG_FIRSTHDR/CMSG_DATA stay inside that buffer.
-                unsafe {
-                    let c = libc::CMSG_FIRSTHDR(h);
-                    (*c).cmsg_level = libc::SOL_UDP;
-                    (*c).cmsg_type = UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), m.segment);
-                    h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
-                }
+                set_udp_segment(h, &mut cmsgs[i], m.segment);
             }
         }
         // SAFETY: hdrs[..n] point at iovecs, addresses and control buffers that outlive the call.
@@ -225,18 +214,7 @@ impl UnderlaySocket {
         h.msg_iov = iov.as_ptr() as *mut libc::iovec;
         h.msg_iovlen = iov.len() as _;
         if segment != 0 && (segment as usize) < total {
-            h.msg_control = cmsg.0.as_mut_ptr().cast();
-            h.msg_controllen = CMSG_SPACE as _;
-            // SAFETY: msg_control points at CMSG_SPACE bytes, enough for one u16 cmsg;
-            // CMSG_FIRSTHDR/CMSG_DATA stay inside that buffer.
-            unsafe {
-                let c = libc::CMSG_FIRSTHDR(&h);
-                (*c).cmsg_level = libc::SOL_UDP;
-                (*c).cmsg_type = UDP_SEGMENT;
-                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
-                h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
-            }
+            set_udp_segment(&mut h, &mut cmsg, segment);
         }
         // SAFETY: h points at the address, the caller's iovecs and the control buffer, all
         // alive for the call.
@@ -264,6 +242,24 @@ const CMSG_SPACE: usize = 64;
 #[derive(Clone, Copy)]
 #[repr(C, align(8))]
 struct CmsgBuf([u8; CMSG_SPACE]);
+
+/// Points `h`'s control data at `cmsg` and writes into it one `UDP_SEGMENT` message of
+/// `segment` bytes: the send then goes out as UDP GSO datagrams of that size. `cmsg` must
+/// stay alive (and unmoved) until `h` has been sent.
+fn set_udp_segment(h: &mut libc::msghdr, cmsg: &mut CmsgBuf, segment: u16) {
+    h.msg_control = cmsg.0.as_mut_ptr().cast();
+    h.msg_controllen = CMSG_SPACE as _;
+    // SAFETY: msg_control points at CMSG_SPACE bytes, enough for one u16 cmsg;
+    // CMSG_FIRSTHDR/CMSG_DATA stay inside that buffer.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(h);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+        h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
+    }
+}
 
 fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     // SAFETY: all-zero is a valid sockaddr_in.
