@@ -2,7 +2,7 @@
 # Installs what the build, the namespace tests and the demo need, only if something is missing.
 # Idempotent and quiet: on a machine that has everything it does nothing (no apt-get update).
 #
-#   protoc (etcd-client's build), etcd + etcdctl, iperf3, ip/bridge, ping, tcpdump, tinc,
+#   protoc and the well-known .proto files (etcd-client's build), etcd + etcdctl, iperf3, ip/bridge, ping, tcpdump, tinc,
 #   pkill/sysctl (procps), killall (psmisc), python3 (the L2 trunk test's tagged station), the CNI reference plugins (bridge, host-local) that
 #   overlay-cni delegates to (containernetworking-plugins, in /usr/lib/cni)
 set -euo pipefail
@@ -31,12 +31,17 @@ for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
 done
 # file -> Debian package, for what is not on PATH
+# The well-known .proto files that etcd-client's build script imports (google/protobuf/*.proto):
+# protoc alone does not bring them, and apt's --no-install-recommends leaves them out.
+# tests/install_deps.rs checks this list against the imports in etcd-client's own proto files.
 declare -A NEED_FILE=(
+  [/usr/include/google/protobuf/descriptor.proto]=libprotobuf-dev
+  [/usr/include/google/protobuf/struct.proto]=libprotobuf-dev
   [/usr/lib/cni/bridge]=containernetworking-plugins
   [/usr/lib/cni/host-local]=containernetworking-plugins
 )
 for f in "${!NEED_FILE[@]}"; do
-  [ -x "$f" ] || missing+=("${NEED_FILE[$f]}")
+  [ -e "$f" ] || missing+=("${NEED_FILE[$f]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -70,6 +75,6 @@ for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "install-deps: $cmd still missing" >&2; exit 1; }
 done
 for f in "${!NEED_FILE[@]}"; do
-  [ -x "$f" ] || { echo "install-deps: $f still missing" >&2; exit 1; }
+  [ -e "$f" ] || { echo "install-deps: $f still missing" >&2; exit 1; }
 done
 echo "install-deps: done"
