@@ -112,8 +112,9 @@ impl BackendConfig {
     }
 }
 
-/// The IPv6 half of a dual-stack config (`EnableIPv6`), validated as flannel does. overlayd
-/// does not carry IPv6 yet; the daemon refuses such configs, but they parse.
+/// The IPv6 half of a dual-stack or IPv6-only config (`EnableIPv6`), validated as flannel's
+/// `CheckNetworkConfig` does (pkg/subnet/config.go). The control plane leases IPv6 subnets
+/// from it; the data plane does not carry IPv6 packets yet (see docs/operations.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ipv6Config {
     /// `IPv6Network`.
@@ -126,9 +127,34 @@ pub struct Ipv6Config {
     pub subnet_max: Ipv6Addr,
 }
 
+impl Ipv6Config {
+    /// Whether `sn` is an IPv6 subnet this config hands out: a network address inside
+    /// `IPv6Network`, `IPv6SubnetLen` long, between `IPv6SubnetMin` and `IPv6SubnetMax`.
+    pub fn contains(&self, sn: Ipv6Net) -> bool {
+        sn.prefix_len() == self.subnet_len
+            && sn.addr() == sn.network()
+            && self.network.contains(&sn)
+            && sn.addr() >= self.subnet_min
+            && sn.addr() <= self.subnet_max
+    }
+
+    /// Number of IPv6 subnets between `IPv6SubnetMin` and `IPv6SubnetMax`.
+    pub fn subnet_count(&self) -> u128 {
+        // min <= max (checked when parsing) and subnet_len >= 3, so the count is at most 2^126.
+        ((u128::from(self.subnet_max) - u128::from(self.subnet_min)) >> (128 - self.subnet_len)) + 1
+    }
+}
+
 /// A validated network config, defaults applied.
+///
+/// The IPv4 fields (`network`, `subnet_len`, `subnet_min`, `subnet_max`) are meaningful only
+/// when `enable_ipv4` is true; with `EnableIPv4: false` they hold flannel's zero values
+/// (0.0.0.0/0, 0, 0.0.0.0), exactly as flannel's `Config` does, and [`contains`](Self::contains)
+/// is false for every IPv4 subnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
+    /// `EnableIPv4` (default true).
+    pub enable_ipv4: bool,
     /// `Network`: the whole overlay, e.g. 10.244.0.0/16 (host bits cleared).
     pub network: Ipv4Net,
     /// `SubnetLen`: each node's subnet prefix length.
@@ -169,9 +195,9 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
-    /// `EnableIPv4` is false: overlayd needs the IPv4 network.
-    #[error("EnableIPv4 is false: overlayd needs an IPv4 Network (IPv6-only configs are not supported); remove EnableIPv4 or set it to true")]
-    Ipv4Disabled,
+    /// `EnableIPv4` and `EnableIPv6` both false: no network at all.
+    #[error("EnableIPv4 and EnableIPv6 are both false: enable at least one (EnableIPv4 defaults to true)")]
+    NoFamily,
     /// The network has too few addresses to split.
     #[error("{field} {network} is too small: its prefix must be /{max_prefix} or shorter")]
     NetworkTooSmall {
@@ -297,16 +323,21 @@ fn prefix_len(field: &'static str, v: Option<&Member>) -> Result<u64, ConfigErro
 }
 
 const V4_EXAMPLE: &str = "10.244.0.0/16";
+/// flannel's zero `IP4Net`, what the IPv4 network reads as when `EnableIPv4` is false.
+const V4_UNSET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0);
 const V6_EXAMPLE: &str = "fd00:10:244::/56";
 
 impl NetworkConfig {
     /// Parse and validate the JSON stored at `<prefix>/config`.
     ///
     /// Compatible with flannel v0.28's `ParseConfig` + `CheckNetworkConfig`, with these
-    /// deliberate differences: `EnableIPv4: false` is refused (overlayd needs IPv4);
-    /// a `Backend` without `Type` (or with `"Type":""`, or `"Backend":null`) means udp where
-    /// flannel fails on the empty type; `SubnetMin > SubnetMax`, out-of-range ports, VNIs
-    /// and MTUs are refused up front; `null` for an address field counts as absent.
+    /// deliberate differences: a `Backend` without `Type` (or with `"Type":""`, or
+    /// `"Backend":null`) means udp where flannel fails on the empty type; `SubnetMin >
+    /// SubnetMax` (and the IPv6 pair), out-of-range ports, VNIs and MTUs are refused up front;
+    /// `null` for an address field counts as absent; `EnableIPv4` and `EnableIPv6` both false
+    /// is refused here (flannel refuses it at startup: "none defined stack"). As in Go, a field
+    /// of the family that is not enabled must still have the right type and form (flannel's
+    /// decoder fails on it), but is otherwise ignored.
     pub fn parse(json: &[u8]) -> Result<NetworkConfig, ConfigError> {
         let top: Members = serde_json::from_slice(json)?;
 
@@ -314,21 +345,16 @@ impl NetworkConfig {
             Some(v) => boolean("EnableIPv4", v)?,
             None => true,
         };
-        if !enable_v4 {
-            return Err(ConfigError::Ipv4Disabled);
-        }
         let enable_v6 = match top.last_non_null("EnableIPv6") {
             Some(v) => boolean("EnableIPv6", v)?,
             None => false,
         };
+        if !enable_v4 && !enable_v6 {
+            return Err(ConfigError::NoFamily);
+        }
 
         let network = match top.last_non_null("Network") {
-            None => {
-                return Err(ConfigError::MissingNetwork {
-                    field: "Network",
-                    example: V4_EXAMPLE,
-                })
-            }
+            None => None,
             Some(v) => {
                 let s = string("Network", v)?;
                 let net = Ipv4Net::from_str(s).map_err(|_| ConfigError::BadValue {
@@ -337,25 +363,40 @@ impl NetworkConfig {
                     expected: "an IPv4 CIDR such as \"10.244.0.0/16\"",
                 })?;
                 // Go's ParseCIDR clears host bits.
-                net.trunc()
+                Some(net.trunc())
             }
         };
-        if network.prefix_len() == 0 {
-            // flannel treats 0.0.0.0/0 as "no network".
-            return Err(ConfigError::BadValue {
-                field: "Network",
-                value: network.to_string(),
-                expected: "a CIDR narrower than /0, such as \"10.244.0.0/16\"",
-            });
-        }
         let subnet_len = prefix_len("SubnetLen", top.last_non_null("SubnetLen"))?;
         let subnet_min = v4_addr("SubnetMin", top.last_non_null("SubnetMin"))?;
         let subnet_max = v4_addr("SubnetMax", top.last_non_null("SubnetMax"))?;
-        let (subnet_len, subnet_min, subnet_max) =
-            check_v4(network, subnet_len, subnet_min, subnet_max)?;
+        let v6_fields = V6Fields::decode(&top)?;
+
+        let (network, subnet_len, subnet_min, subnet_max) = if enable_v4 {
+            let network = match network {
+                // flannel treats 0.0.0.0/0 as "no network" (IP4Net.Empty).
+                None => {
+                    return Err(ConfigError::MissingNetwork {
+                        field: "Network",
+                        example: V4_EXAMPLE,
+                    })
+                }
+                Some(n) if n.prefix_len() == 0 => {
+                    return Err(ConfigError::BadValue {
+                        field: "Network",
+                        value: n.to_string(),
+                        expected: "a CIDR narrower than /0, such as \"10.244.0.0/16\"",
+                    })
+                }
+                Some(n) => n,
+            };
+            let (len, min, max) = check_v4(network, subnet_len, subnet_min, subnet_max)?;
+            (network, len, min, max)
+        } else {
+            (V4_UNSET, 0, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED)
+        };
 
         let ipv6 = if enable_v6 {
-            Some(parse_v6(&top)?)
+            Some(v6_fields.check()?)
         } else {
             None
         };
@@ -373,6 +414,7 @@ impl NetworkConfig {
         };
 
         Ok(NetworkConfig {
+            enable_ipv4: enable_v4,
             network,
             subnet_len,
             subnet_min,
@@ -410,6 +452,7 @@ impl NetworkConfig {
             Ipv4Addr::UNSPECIFIED,
         )?;
         Ok(NetworkConfig {
+            enable_ipv4: true,
             network,
             subnet_len,
             subnet_min,
@@ -420,18 +463,38 @@ impl NetworkConfig {
     }
 
     /// flannel-style JSON for this config: `Network`, `SubnetLen`, `SubnetMin`/`SubnetMax` when
-    /// not the defaults, and `Backend` with `Type` plus any non-default backend field.
-    /// [`parse`](Self::parse) of the result gives back an equal config (IPv6 is not written).
+    /// not the defaults (or `"EnableIPv4":false`), then `EnableIPv6` with `IPv6Network`,
+    /// `IPv6SubnetLen` and `IPv6SubnetMin`/`IPv6SubnetMax` when not the defaults, and
+    /// `Backend` with `Type` plus any non-default backend field. [`parse`](Self::parse) of the
+    /// result gives back an equal config.
     pub fn to_json(&self) -> String {
-        let mut o = String::from("{\"Network\":");
-        gojson::write_str(&mut o, &self.network.to_string());
-        o.push_str(&format!(",\"SubnetLen\":{}", self.subnet_len));
-        let (dmin, dmax) = default_min_max(self.network, self.subnet_len);
-        if self.subnet_min != dmin {
-            o.push_str(&format!(",\"SubnetMin\":\"{}\"", self.subnet_min));
+        let mut o = String::from("{");
+        if self.enable_ipv4 {
+            o.push_str("\"Network\":");
+            gojson::write_str(&mut o, &self.network.to_string());
+            o.push_str(&format!(",\"SubnetLen\":{}", self.subnet_len));
+            let (dmin, dmax) = default_min_max(self.network, self.subnet_len);
+            if self.subnet_min != dmin {
+                o.push_str(&format!(",\"SubnetMin\":\"{}\"", self.subnet_min));
+            }
+            if self.subnet_max != dmax {
+                o.push_str(&format!(",\"SubnetMax\":\"{}\"", self.subnet_max));
+            }
+        } else {
+            o.push_str("\"EnableIPv4\":false");
         }
-        if self.subnet_max != dmax {
-            o.push_str(&format!(",\"SubnetMax\":\"{}\"", self.subnet_max));
+        if let Some(v6) = &self.ipv6 {
+            o.push_str(&format!(
+                ",\"EnableIPv6\":true,\"IPv6Network\":\"{}\",\"IPv6SubnetLen\":{}",
+                v6.network, v6.subnet_len
+            ));
+            let (dmin, dmax) = default_min_max_v6(v6.network, v6.subnet_len);
+            if v6.subnet_min != dmin {
+                o.push_str(&format!(",\"IPv6SubnetMin\":\"{}\"", v6.subnet_min));
+            }
+            if v6.subnet_max != dmax {
+                o.push_str(&format!(",\"IPv6SubnetMax\":\"{}\"", v6.subnet_max));
+            }
         }
         let b = &self.backend;
         o.push_str(&format!(",\"Backend\":{{\"Type\":\"{}\"", b.kind));
@@ -456,27 +519,40 @@ impl NetworkConfig {
         o
     }
 
-    /// Every subnet that may be handed out, SubnetMin to SubnetMax in address order.
+    /// Every IPv4 subnet that may be handed out, SubnetMin to SubnetMax in address order
+    /// (none when IPv4 is disabled).
     pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
         let size = 1u64 << (32 - self.subnet_len);
         let len = self.subnet_len;
-        (u64::from(u32::from(self.subnet_min))..=u64::from(u32::from(self.subnet_max)))
+        let (first, last) = if self.enable_ipv4 {
+            (
+                u64::from(u32::from(self.subnet_min)),
+                u64::from(u32::from(self.subnet_max)),
+            )
+        } else {
+            (1, 0)
+        };
+        (first..=last)
             .step_by(size as usize)
             // The range ends at SubnetMax <= u32::MAX, so every value fits.
             .map(move |a| Ipv4Net::new(Ipv4Addr::from(a as u32), len).expect("len <= 30"))
     }
 
-    /// Number of subnets between SubnetMin and SubnetMax.
+    /// Number of IPv4 subnets between SubnetMin and SubnetMax (0 when IPv4 is disabled).
     pub fn subnet_count(&self) -> u64 {
+        if !self.enable_ipv4 {
+            return 0;
+        }
         (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min)))
             / (1u64 << (32 - self.subnet_len))
             + 1
     }
 
-    /// Whether `sn` is a subnet this config hands out: a network address inside `Network`,
-    /// `SubnetLen` long, between `SubnetMin` and `SubnetMax`.
+    /// Whether `sn` is an IPv4 subnet this config hands out: IPv4 enabled, a network address
+    /// inside `Network`, `SubnetLen` long, between `SubnetMin` and `SubnetMax`.
     pub fn contains(&self, sn: Ipv4Net) -> bool {
-        sn.prefix_len() == self.subnet_len
+        self.enable_ipv4
+            && sn.prefix_len() == self.subnet_len
             && sn.addr() == sn.network()
             && self.network.contains(&sn)
             && sn.addr() >= self.subnet_min
@@ -581,35 +657,105 @@ fn check_v4(
     Ok((subnet_len, min, max))
 }
 
-/// flannel's `CheckNetworkConfig` for IPv6, plus min <= max.
-fn parse_v6(top: &Members) -> Result<Ipv6Config, ConfigError> {
-    let network = match top.last_non_null("IPv6Network") {
-        None => {
-            return Err(ConfigError::MissingNetwork {
-                field: "IPv6Network",
-                example: V6_EXAMPLE,
-            })
-        }
-        Some(v) => {
-            let s = string("IPv6Network", v)?;
-            Ipv6Net::from_str(s)
-                .map_err(|_| ConfigError::BadValue {
-                    field: "IPv6Network",
-                    value: s.to_owned(),
-                    expected: "an IPv6 CIDR such as \"fd00:10:244::/56\"",
-                })?
-                .trunc()
-        }
-    };
-    if network.prefix_len() == 0 {
-        return Err(ConfigError::BadValue {
-            field: "IPv6Network",
-            value: network.to_string(),
-            expected: "a CIDR narrower than /0, such as \"fd00:10:244::/56\"",
-        });
+/// The IPv6 fields as decoded (type and form checked, as Go's decoder does), before
+/// flannel's `CheckNetworkConfig` applies defaults and range checks.
+struct V6Fields {
+    network: Option<Ipv6Net>,
+    subnet_len: u64,
+    subnet_min: Option<Ipv6Addr>,
+    subnet_max: Option<Ipv6Addr>,
+}
+
+/// An optional IPv6 address field (`IPv6SubnetMin`/`Max`); absent or `::` means "default".
+fn v6_addr(field: &'static str, v: Option<&Member>) -> Result<Option<Ipv6Addr>, ConfigError> {
+    let Some(v) = v else { return Ok(None) };
+    let s = string(field, v)?;
+    let a = Ipv6Addr::from_str(s).map_err(|_| ConfigError::BadValue {
+        field,
+        value: s.to_owned(),
+        expected: "an IPv6 address such as \"fd00:10:244:1::\"",
+    })?;
+    // flannel's ip.IsEmpty: nil or zero means unset.
+    Ok(Some(a).filter(|a| !a.is_unspecified()))
+}
+
+impl V6Fields {
+    fn decode(top: &Members) -> Result<V6Fields, ConfigError> {
+        let network = match top.last_non_null("IPv6Network") {
+            None => None,
+            Some(v) => {
+                let s = string("IPv6Network", v)?;
+                Some(
+                    Ipv6Net::from_str(s)
+                        .map_err(|_| ConfigError::BadValue {
+                            field: "IPv6Network",
+                            value: s.to_owned(),
+                            expected: "an IPv6 CIDR such as \"fd00:10:244::/56\"",
+                        })?
+                        .trunc(),
+                )
+            }
+        };
+        Ok(V6Fields {
+            network,
+            subnet_len: prefix_len("IPv6SubnetLen", top.last_non_null("IPv6SubnetLen"))?,
+            subnet_min: v6_addr("IPv6SubnetMin", top.last_non_null("IPv6SubnetMin"))?,
+            subnet_max: v6_addr("IPv6SubnetMax", top.last_non_null("IPv6SubnetMax"))?,
+        })
     }
+
+    /// flannel's `CheckNetworkConfig` for IPv6 (pkg/subnet/config.go), plus min <= max.
+    fn check(self) -> Result<Ipv6Config, ConfigError> {
+        let network = match self.network {
+            // flannel: IP6Net.Empty() is "::/0", refused as "no IPv6Network".
+            None => {
+                return Err(ConfigError::MissingNetwork {
+                    field: "IPv6Network",
+                    example: V6_EXAMPLE,
+                })
+            }
+            Some(n) if n.prefix_len() == 0 => {
+                return Err(ConfigError::BadValue {
+                    field: "IPv6Network",
+                    value: n.to_string(),
+                    expected: "a CIDR narrower than /0, such as \"fd00:10:244::/56\"",
+                })
+            }
+            Some(n) => n,
+        };
+        let (subnet_len, subnet_min, subnet_max) =
+            check_v6(network, self.subnet_len, self.subnet_min, self.subnet_max)?;
+        Ok(Ipv6Config {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+        })
+    }
+}
+
+/// The default `IPv6SubnetMin`/`IPv6SubnetMax`: the second subnet and the last one.
+fn default_min_max_v6(network: Ipv6Net, subnet_len: u8) -> (Ipv6Addr, Ipv6Addr) {
+    let size = 1u128 << (128 - subnet_len);
+    let base = u128::from(network.network());
+    // prefix >= 1, so the span fits in u128.
+    let span = 1u128 << (128 - network.prefix_len());
+    (
+        Ipv6Addr::from(base + size),
+        Ipv6Addr::from(base + (span - size)),
+    )
+}
+
+/// flannel's `CheckNetworkConfig` for IPv6: `IPv6SubnetLen` 64 by default (prefix+2 for
+/// networks narrower than /62), at most 126, at least prefix+2; networks narrower than /124
+/// refused; min/max inside the network and on a subnet boundary; plus min <= max.
+fn check_v6(
+    network: Ipv6Net,
+    req: u64,
+    min: Option<Ipv6Addr>,
+    max: Option<Ipv6Addr>,
+) -> Result<(u8, Ipv6Addr, Ipv6Addr), ConfigError> {
     let prefix = network.prefix_len();
-    let req = prefix_len("IPv6SubnetLen", top.last_non_null("IPv6SubnetLen"))?;
     let subnet_len: u8 = if req > 0 {
         if req > 126 {
             return Err(ConfigError::SubnetLenTooLong {
@@ -638,26 +784,10 @@ fn parse_v6(top: &Members) -> Result<Ipv6Config, ConfigError> {
     } else {
         prefix + 2
     };
-    let size = 1u128 << (128 - subnet_len);
-    let base = u128::from(network.network());
-    // prefix >= 1, so the span fits in u128.
-    let span = 1u128 << (128 - prefix);
-    let dmin = Ipv6Addr::from(base + size);
-    let dmax = Ipv6Addr::from(base + (span - size));
+    let (dmin, dmax) = default_min_max_v6(network, subnet_len);
     let mask = u128::MAX << (128 - subnet_len);
-    let check = |field: &'static str, default: Ipv6Addr| -> Result<Ipv6Addr, ConfigError> {
-        let Some(v) = top.last_non_null(field) else {
-            return Ok(default);
-        };
-        let s = string(field, v)?;
-        let a = Ipv6Addr::from_str(s).map_err(|_| ConfigError::BadValue {
-            field,
-            value: s.to_owned(),
-            expected: "an IPv6 address such as \"fd00:10:244:1::\"",
-        })?;
-        if a.is_unspecified() {
-            return Ok(default);
-        }
+    let check = |field: &'static str, v: Option<Ipv6Addr>, default: Ipv6Addr| {
+        let Some(a) = v else { return Ok(default) };
         if !network.contains(&a) {
             return Err(ConfigError::OutsideNetwork {
                 field,
@@ -675,8 +805,8 @@ fn parse_v6(top: &Members) -> Result<Ipv6Config, ConfigError> {
         }
         Ok(a)
     };
-    let subnet_min = check("IPv6SubnetMin", dmin)?;
-    let subnet_max = check("IPv6SubnetMax", dmax)?;
+    let subnet_min = check("IPv6SubnetMin", min, dmin)?;
+    let subnet_max = check("IPv6SubnetMax", max, dmax)?;
     if subnet_min > subnet_max {
         return Err(ConfigError::MinAboveMax {
             min_field: "IPv6SubnetMin",
@@ -685,12 +815,7 @@ fn parse_v6(top: &Members) -> Result<Ipv6Config, ConfigError> {
             max: subnet_max.into(),
         });
     }
-    Ok(Ipv6Config {
-        network,
-        subnet_len,
-        subnet_min,
-        subnet_max,
-    })
+    Ok((subnet_len, subnet_min, subnet_max))
 }
 
 fn parse_backend(m: &Members) -> Result<BackendConfig, ConfigError> {
@@ -832,6 +957,83 @@ mod tests {
             e.contains("IPv6SubnetMin fd00:0:0:1::1 is not on a /64 boundary"),
             "{e}"
         );
+    }
+
+    /// flannel's documented dual-stack and IPv6-only net-conf.json (Documentation/configuration.md,
+    /// "Dual-stack" and "IPv6 only" sections), and flannel's e2e dual-stack config.
+    #[test]
+    fn ipv6_only_and_dual_stack_like_flannel() {
+        let c = parse(
+            r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "2001:cafe:42::/56",
+                "Backend": {"Type": "vxlan"}}"#,
+        );
+        assert!(!c.enable_ipv4);
+        // flannel's zero values for the disabled family.
+        assert_eq!(c.network, net("0.0.0.0/0"));
+        assert_eq!(
+            (c.subnet_len, c.subnet_min, c.subnet_max),
+            (0, ip("0.0.0.0"), ip("0.0.0.0"))
+        );
+        assert_eq!(c.subnet_count(), 0);
+        assert_eq!(c.subnets().count(), 0);
+        assert!(!c.contains(net("0.0.0.0/0")));
+        let v6 = c.ipv6.as_ref().unwrap();
+        assert_eq!(v6.network, "2001:cafe:42::/56".parse::<Ipv6Net>().unwrap());
+        assert_eq!(v6.subnet_count(), 255);
+        assert!(v6.contains("2001:cafe:42:1::/64".parse().unwrap()));
+        assert!(v6.contains("2001:cafe:42:ff::/64".parse().unwrap()));
+        assert!(!v6.contains("2001:cafe:42::/64".parse().unwrap()));
+        assert!(!v6.contains("2001:cafe:42:5::/65".parse().unwrap()));
+        assert!(!v6.contains("2001:cafe:42:5::1/64".parse().unwrap()));
+        assert!(!v6.contains("2001:cafe:43:5::/64".parse().unwrap()));
+        // A Network given with EnableIPv4 false is decoded but ignored, as in flannel.
+        let c2 = parse(
+            r#"{"EnableIPv4":false,"Network":"10.0.0.0/30","EnableIPv6":true,"IPv6Network":"2001:cafe:42::/56"}"#,
+        );
+        assert_eq!(
+            c2,
+            NetworkConfig {
+                backend: BackendConfig::new(BackendKind::Udp),
+                ..c.clone()
+            }
+        );
+        // Explicit range, case-insensitive keys.
+        let c = parse(
+            r#"{"network":"10.42.0.0/16","enableipv6":true,"ipv6network":"fd00:10::/48",
+                "ipv6subnetlen":80,"IPV6SUBNETMIN":"fd00:10:0:5::","ipv6SubnetMax":"fd00:10:0:9::"}"#,
+        );
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 80);
+        assert_eq!(v6.subnet_min, "fd00:10:0:5::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.subnet_max, "fd00:10:0:9::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.subnet_count(), (4 << 16) + 1);
+        // "::" for min/max means the default, like flannel's ip.IsEmpty.
+        let c = parse(
+            r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/60","IPv6SubnetMin":"::"}"#,
+        );
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(v6.subnet_min, "fd00:0:0:1::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.subnet_max, "fd00:0:0:f::".parse::<Ipv6Addr>().unwrap());
+        // The v6 network's host bits are cleared, as Go's ParseCIDR does.
+        let c =
+            parse(r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::77/56"}"#);
+        assert_eq!(
+            c.ipv6.unwrap().network,
+            "fd00::/56".parse::<Ipv6Net>().unwrap()
+        );
+    }
+
+    #[test]
+    fn ipv6_to_json_round_trips() {
+        for json in [
+            r#"{"Network":"10.42.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10::/56","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/48","IPv6SubnetLen":80,"IPv6SubnetMin":"fd00:10:0:5::","IPv6SubnetMax":"fd00:10:0:9::","Backend":{"Type":"gre","VNI":3}}"#,
+        ] {
+            let c = parse(json);
+            assert_eq!(c.to_json(), json);
+            assert_eq!(parse(&c.to_json()), c);
+        }
     }
 
     #[test]
@@ -976,7 +1178,74 @@ mod tests {
             ),
             (
                 r#"{"Network":"10.0.0.0/16","EnableIPv4":false}"#,
-                &["EnableIPv4 is false"],
+                &[
+                    "EnableIPv4 and EnableIPv6 are both false",
+                    "enable at least one",
+                ],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv4":false,"EnableIPv6":false,"IPv6Network":"fd00::/56"}"#,
+                &["EnableIPv4 and EnableIPv6 are both false"],
+            ),
+            (
+                r#"{"EnableIPv4":false,"EnableIPv6":true}"#,
+                &["IPv6Network is missing", "fd00:10:244::/56"],
+            ),
+            (
+                r#"{"EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
+                &["Network is missing"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":"yes","IPv6Network":"fd00::/56"}"#,
+                &["EnableIPv6 is string \"yes\"", "true or false"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"10.1.0.0/16"}"#,
+                &["IPv6Network \"10.1.0.0/16\" is not valid", "IPv6 CIDR"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"::/0"}"#,
+                &["IPv6Network \"::/0\"", "narrower"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127}"#,
+                &["IPv6SubnetLen 127 is too long", "126 or less"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":57}"#,
+                &["IPv6SubnetLen 57 is too short for fd00::/56", "at least 58"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd01::"}"#,
+                &["IPv6SubnetMin fd01:: is outside the network fd00::/56"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMax":"fd00:0:0:9::1"}"#,
+                &[
+                    "IPv6SubnetMax fd00:0:0:9::1 is not on a /64 boundary",
+                    "fd00:0:0:9::",
+                ],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:3::"}"#,
+                &["IPv6SubnetMin fd00:0:0:9:: is above IPv6SubnetMax fd00:0:0:3::"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"10.0.0.0"}"#,
+                &["IPv6SubnetMin \"10.0.0.0\" is not valid", "IPv6 address"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":"64"}"#,
+                &["IPv6SubnetLen is string \"64\"", "integer"],
+            ),
+            // A disabled family's fields must still decode, as Go's decoder requires.
+            (
+                r#"{"EnableIPv4":false,"Network":"banana","EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
+                &["Network \"banana\" is not valid"],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","IPv6Network":"garbage"}"#,
+                &["IPv6Network \"garbage\" is not valid"],
             ),
             (
                 r#"{"Network":"10.0.0.0/16","EnableIPv4":"no"}"#,
@@ -1114,6 +1383,40 @@ mod tests {
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
             let _ = NetworkConfig::parse(&bytes);
+        }
+
+        #[test]
+        fn ipv6_configs_are_consistent(
+            addr in proptest::prelude::any::<u128>(),
+            prefix in 1u8..=128,
+            len in 0u64..140,
+            min in proptest::option::of(proptest::prelude::any::<u128>()),
+            max in proptest::option::of(proptest::prelude::any::<u128>()),
+            v4 in proptest::prelude::any::<bool>(),
+        ) {
+            let net = Ipv6Net::new(Ipv6Addr::from(addr), prefix).unwrap();
+            let field = |k: &str, a: Option<u128>| a.map(|a| format!(r#","{k}":"{}""#, Ipv6Addr::from(a))).unwrap_or_default();
+            let json = format!(
+                r#"{{"EnableIPv4":{v4},"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"{net}","IPv6SubnetLen":{len}{}{}}}"#,
+                field("IPv6SubnetMin", min),
+                field("IPv6SubnetMax", max),
+            );
+            if let Ok(c) = NetworkConfig::parse(json.as_bytes()) {
+                let v6 = c.ipv6.clone().unwrap();
+                proptest::prop_assert!(v6.subnet_len <= 126 && v6.subnet_len >= v6.network.prefix_len() + 2);
+                proptest::prop_assert!(v6.subnet_min <= v6.subnet_max);
+                proptest::prop_assert!(v6.contains(Ipv6Net::new(v6.subnet_min, v6.subnet_len).unwrap()));
+                proptest::prop_assert!(v6.contains(Ipv6Net::new(v6.subnet_max, v6.subnet_len).unwrap()));
+                proptest::prop_assert!(v6.subnet_count() >= 1);
+                proptest::prop_assert_eq!(NetworkConfig::parse(c.to_json().as_bytes()).unwrap(), c);
+            } else {
+                // Refused only for a reason flannel's CheckNetworkConfig (or min <= max) gives.
+                let refused = prefix > 124 && len == 0
+                    || len > 126
+                    || (len > 0 && len < u64::from(prefix) + 2)
+                    || min.is_some() || max.is_some();
+                proptest::prop_assert!(refused, "{json}");
+            }
         }
 
         #[test]
