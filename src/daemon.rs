@@ -19,7 +19,7 @@ use crate::control::etcd::{
     build_fib, stable_vtep_mac, ControlLoop, EtcdError, EtcdOptions, Registry, RemoteLease,
     LEASE_TTL_SECS,
 };
-use crate::control::lease::{LeaseAttrs, VxlanData};
+use crate::control::lease::{GreData, LeaseAttrs, VxlanData};
 use crate::control::subnet_env::{read_previous_subnet, SubnetEnv};
 use crate::dataplane::{self, Dataplane};
 use crate::encap::Encap;
@@ -268,24 +268,9 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         .mtu
         .unwrap_or(underlay.mtu.saturating_sub(encap.overhead() as u32));
     let attrs = match kind {
-        BackendKind::Udp => LeaseAttrs {
-            public_ip,
-            public_ipv6: None,
-            backend_type: None,
-            backend_data: None,
-        },
-        BackendKind::Vxlan => LeaseAttrs {
-            public_ip,
-            public_ipv6: None,
-            backend_type: Some("vxlan".into()),
-            backend_data: Some(VxlanData { vni, vtep_mac: mac }.to_value()),
-        },
-        BackendKind::Gre => LeaseAttrs {
-            public_ip,
-            public_ipv6: None,
-            backend_type: Some("gre".into()),
-            backend_data: Some(serde_json::json!({ "VNI": vni })),
-        },
+        BackendKind::Udp => LeaseAttrs::udp(public_ip),
+        BackendKind::Vxlan => LeaseAttrs::vxlan(public_ip, &VxlanData { vni, vtep_mac: mac }),
+        BackendKind::Gre => LeaseAttrs::gre(public_ip, &GreData { vni }),
     };
 
     let previous = read_previous_subnet(&args.subnet_file);

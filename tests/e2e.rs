@@ -291,12 +291,7 @@ fn netns_concurrent_acquisition() {
                 let (cfg, opts) = (cfg.clone(), opts.clone());
                 tasks.push(tokio::spawn(async move {
                     let reg = Registry::connect(&opts).await.unwrap();
-                    let attrs = LeaseAttrs {
-                        public_ip: Ipv4Addr::new(10, 0, 0, i + 1),
-                        public_ipv6: None,
-                        backend_type: None,
-                        backend_data: None,
-                    };
+                    let attrs = LeaseAttrs::udp(Ipv4Addr::new(10, 0, 0, i + 1));
                     reg.acquire(&cfg, &attrs, None)
                         .await
                         .unwrap()

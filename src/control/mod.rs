@@ -257,9 +257,47 @@ pub(crate) mod gojson {
             .and_then(|a| a.to_ipv4_mapped())
     }
 
+    /// An IPv6 address as flannel's `ip.IP6.String()` writes it (pkg/ip/ip6net.go), in lease
+    /// keys, `PublicIPv6` and subnet.env: Go's `net.IP.String()` (RFC 5952: lower case, the
+    /// first longest run of two or more zero groups compressed, which is also what Rust's
+    /// `Display` does), except that IPv4-mapped addresses are written dotted (`1.2.3.4`), and
+    /// so are addresses from `::1.0.0.0` to `::255.255.255.255`: flannel keeps IPv6 addresses
+    /// as big integers, and one whose minimal big-endian form is 4 bytes long is turned back
+    /// into a 4-byte (IPv4) `net.IP`.
+    pub(crate) fn format_ipv6(a: std::net::Ipv6Addr) -> String {
+        let v = u128::from(a);
+        if let Some(v4) = a.to_ipv4_mapped() {
+            return v4.to_string();
+        }
+        if (1u128 << 24..1u128 << 32).contains(&v) {
+            // The range guarantees the value fits in 32 bits.
+            return std::net::Ipv4Addr::from(v as u32).to_string();
+        }
+        a.to_string()
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn ipv6_formats_like_flannel() {
+            let f = |s: &str| format_ipv6(s.parse().unwrap());
+            // RFC 5952, as Go's net.IP.String().
+            assert_eq!(f("fd00:12:13::"), "fd00:12:13::");
+            assert_eq!(f("FD00:0:0:5:0:0:0:1"), "fd00:0:0:5::1");
+            assert_eq!(f("2001:db8:0:0:1:0:0:1"), "2001:db8::1:0:0:1");
+            assert_eq!(f("2001:db8:0:1:1:1:1:1"), "2001:db8:0:1:1:1:1:1");
+            assert_eq!(f("::"), "::");
+            assert_eq!(f("::1"), "::1");
+            assert_eq!(f("::a0b"), "::a0b");
+            // flannel's big-integer quirks: dotted for mapped and for 4-byte values.
+            assert_eq!(f("::ffff:10.1.2.3"), "10.1.2.3");
+            assert_eq!(f("::1.0.0.0"), "1.0.0.0");
+            assert_eq!(f("::255.255.255.255"), "255.255.255.255");
+            assert_eq!(f("::1:0:0"), "::1:0:0");
+            assert_eq!(f("::ff:ffff"), "::ff:ffff");
+        }
 
         #[test]
         fn keys_fold_like_go() {
