@@ -2,7 +2,7 @@
 //! also come from the environment as `OVERLAYD_<FLAG>` or, for flannel compatibility,
 //! `FLANNELD_<FLAG>` (the `OVERLAYD_` one wins).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
@@ -121,13 +121,17 @@ pub struct Args {
     #[command(flatten)]
     pub etcd: EtcdArgs,
 
-    /// Underlay interface: a name (eth0) or one of its IPv4 addresses. Default: the interface of the default route.
+    /// Underlay interface: a name (eth0) or one of its IPv4 or IPv6 addresses. Default: the interface of the default route.
     #[arg(long, env = "OVERLAYD_IFACE", help_heading = "Host")]
     pub iface: Option<String>,
 
     /// Address published to peers (default: the underlay interface's first IPv4 address).
     #[arg(long, env = "OVERLAYD_PUBLIC_IP", help_heading = "Host")]
     pub public_ip: Option<Ipv4Addr>,
+
+    /// IPv6 address published to peers as the lease's PublicIPv6 when the network config has EnableIPv6 (default: the underlay interface's preferred global IPv6 address, or the one --iface names).
+    #[arg(long, env = "OVERLAYD_PUBLIC_IPV6", help_heading = "Host")]
+    pub public_ipv6: Option<Ipv6Addr>,
 
     /// Where to write flannel's subnet.env.
     #[arg(
@@ -377,6 +381,19 @@ mod tests {
         );
         assert_eq!(a.log_level, tracing::Level::DEBUG);
         assert_eq!(a.etcd.etcd_prefix, "/coreos.com/network");
+        assert_eq!(a.public_ipv6, None);
+        let a = Args::try_parse_from([
+            "overlayd",
+            "--public-ip",
+            "192.168.1.5",
+            "--public-ipv6",
+            "fd00:1::5",
+            "--iface",
+            "fd00:1::5",
+        ])
+        .unwrap();
+        assert_eq!(a.public_ipv6, Some("fd00:1::5".parse().unwrap()));
+        assert_eq!(a.iface.as_deref(), Some("fd00:1::5"));
     }
 
     #[test]
@@ -406,5 +423,6 @@ mod tests {
             "--subnet-len needs --network"
         );
         assert!(Args::try_parse_from(["overlayd", "-v", "loud"]).is_err());
+        assert!(Args::try_parse_from(["overlayd", "--public-ipv6", "10.0.0.1"]).is_err());
     }
 }

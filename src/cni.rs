@@ -886,12 +886,12 @@ mod tests {
             }
         );
         // What overlayd itself writes parses the same way.
-        let written = crate::control::subnet_env::SubnetEnv {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.7.0/24".parse().unwrap(),
-            mtu: 1450,
-            ipmasq: false,
-        }
+        let written = crate::control::subnet_env::SubnetEnv::v4(
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.7.0/24".parse().unwrap(),
+            1450,
+            false,
+        )
         .render();
         assert_eq!(parse_subnet_env(&written).unwrap(), e);
         // IPMASQ is true only for "true"; unknown keys and junk lines are ignored.

@@ -16,11 +16,11 @@ use tracing::{debug, error, info, warn};
 use crate::cli::{Args, BackendArg};
 use crate::control::config::{BackendKind, ConfigError, NetworkConfig};
 use crate::control::etcd::{
-    build_fib, stable_vtep_mac, ControlLoop, EtcdError, EtcdOptions, Registry, RemoteLease,
-    LEASE_TTL_SECS,
+    build_fib, stable_vtep_mac, stable_vtep_mac_v6, ControlLoop, EtcdError, EtcdOptions, Registry,
+    RemoteLease, LEASE_TTL_SECS,
 };
 use crate::control::lease::{GreData, LeaseAttrs, VxlanData};
-use crate::control::subnet_env::{read_previous_subnet, SubnetEnv};
+use crate::control::subnet_env::{read_previous, SubnetEnv};
 use crate::dataplane::{self, Dataplane};
 use crate::encap::Encap;
 use crate::fib::{self, Peer};
@@ -36,6 +36,10 @@ pub enum DaemonError {
     EtcdConfig { key: String, source: ConfigError },
     #[error("invalid --network/--subnet-len: {0}")]
     FlagConfig(ConfigError),
+    #[error("the network config in etcd at {key} has EnableIPv4 false (IPv6 only), but overlayd's data plane does not carry IPv6 yet; use a dual-stack config (EnableIPv4 true with EnableIPv6) or keep flanneld on this node")]
+    Ipv6Only { key: String },
+    #[error("the network config enables IPv6 but interface {iface} has no usable global IPv6 address: give --public-ipv6, or --iface an interface (or IPv6 address) that has one")]
+    NoIpv6Address { iface: String },
     #[error("--backend {flag} conflicts with the network config in etcd, whose Backend.Type is {etcd}; drop --backend or use --backend {etcd}")]
     BackendMismatch {
         flag: BackendKind,
@@ -234,9 +238,20 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     }
     let registry = connect_etcd(&opts).await?;
     let cfg = network_config(&registry, &args, from_flags).await?;
-    if cfg.ipv6.is_some() {
-        warn!("EnableIPv6 is set in the network config; overlayd carries the IPv4 overlay only");
+    if !cfg.enable_ipv4 {
+        return Err(DaemonError::Ipv6Only {
+            key: format!("{}/config", args.etcd.etcd_prefix.trim_end_matches('/')),
+        });
     }
+    let public_ipv6 =
+        match &cfg.ipv6 {
+            None => None,
+            Some(_) => Some(args.public_ipv6.or(underlay.addr6).ok_or_else(|| {
+                DaemonError::NoIpv6Address {
+                    iface: underlay.name.clone(),
+                }
+            })?),
+        };
     let kind = cfg.backend.kind;
     if let Some(flag) = args.backend.map(BackendKind::from) {
         if flag != kind {
@@ -267,15 +282,33 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         .backend
         .mtu
         .unwrap_or(underlay.mtu.saturating_sub(encap.overhead() as u32));
-    let attrs = match kind {
+    let mut attrs = match kind {
         BackendKind::Udp => LeaseAttrs::udp(public_ip),
         BackendKind::Vxlan => LeaseAttrs::vxlan(public_ip, &VxlanData { vni, vtep_mac: mac }),
         BackendKind::Gre => LeaseAttrs::gre(public_ip, &GreData { vni }),
     };
+    if let Some(ip6) = public_ipv6 {
+        // flannel's vxlan backend publishes its flannel-v6.<VNI> device in BackendV6Data.
+        let v6_data = match kind {
+            BackendKind::Udp => None,
+            BackendKind::Vxlan => Some(
+                VxlanData {
+                    vni,
+                    vtep_mac: stable_vtep_mac_v6(ip6, vni),
+                }
+                .to_value(),
+            ),
+            BackendKind::Gre => Some(GreData { vni }.to_value()),
+        };
+        attrs = attrs.with_ipv6(ip6, v6_data);
+    }
 
-    let previous = read_previous_subnet(&args.subnet_file);
+    let previous = read_previous(&args.subnet_file);
     let acquired = registry.acquire(&cfg, &attrs, previous).await?;
     let subnet = acquired.subnet;
+    if let (Some(sn6), Some(ip6)) = (acquired.ipv6_subnet, public_ipv6) {
+        warn!(ipv6_subnet = %sn6, public_ipv6 = %ip6, "dual stack: this node holds an IPv6 subnet and writes it to subnet.env for pods, but overlayd does not forward IPv6 between nodes yet; IPv6 packets to and from other nodes are dropped (IPv4 is carried as usual)");
+    }
 
     // Device and host setup.
     let name = device_name(kind, vni);
@@ -411,12 +444,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     });
     let mut failure: Option<DaemonError> = None;
 
-    let env = SubnetEnv {
-        network: cfg.network,
-        subnet,
-        mtu,
-        ipmasq: args.ip_masq,
-    };
+    let env = SubnetEnv::for_lease(&cfg, acquired.key(), mtu, args.ip_masq);
     env.write_atomic(&args.subnet_file)
         .map_err(|source| DaemonError::SubnetFile {
             path: args.subnet_file.display().to_string(),
@@ -434,7 +462,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     info!(subnet = %subnet, device = %dev.name, subnet_file = %args.subnet_file.display(), "ready");
 
     // Background control: lease keepalive, peers, re-acquisition.
-    let (subnet_tx, mut subnet_rx) = tokio::sync::watch::channel(subnet);
+    let (subnet_tx, mut subnet_rx) = tokio::sync::watch::channel(acquired.key());
     let keepalive_every =
         Duration::from_secs((args.subnet_lease_renew_margin * 60 / 4).clamp(30, 15 * 60));
     let control = ControlLoop {
@@ -480,12 +508,13 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
                 if changed.is_err() {
                     continue;
                 }
-                current = *subnet_rx.borrow();
+                let held = *subnet_rx.borrow();
+                current = held.ipv4.unwrap_or(current);
                 telemetry.control.reacquisitions.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = nl.configure_overlay(&name, current.network(), mtu, cfg.network).await {
                     error!(error = %e, "cannot move the device to the re-acquired subnet");
                 }
-                let env = SubnetEnv { network: cfg.network, subnet: current, mtu, ipmasq: args.ip_masq };
+                let env = SubnetEnv::for_lease(&cfg, held, mtu, args.ip_masq);
                 if let Err(e) = env.write_atomic(&args.subnet_file) {
                     error!(error = %e, "cannot rewrite the subnet file");
                 }

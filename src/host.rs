@@ -1,11 +1,12 @@
-//! Host network setup through rtnetlink: find the underlay interface, and give the overlay
-//! device its address, MTU and the route for the whole network. Never runs `ip`.
+//! Host network setup through rtnetlink: find the underlay interface (and its IPv4 and
+//! IPv6 addresses), and give the overlay device its address, MTU and the route for the whole
+//! network. Never runs `ip`.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressScope};
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{RouteAttribute, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -20,7 +21,7 @@ pub enum HostError {
         what: String,
         source: rtnetlink::Error,
     },
-    #[error("no interface named or addressed {0:?} (give --iface a name such as eth0 or one of this host's IPv4 addresses)")]
+    #[error("no interface named or addressed {0:?} (give --iface a name such as eth0 or one of this host's addresses)")]
     NoSuchInterface(String),
     #[error("interface {0} has no IPv4 address (give --public-ip or choose another --iface)")]
     NoAddress(String),
@@ -34,7 +35,41 @@ pub struct Underlay {
     pub name: String,
     pub index: u32,
     pub addr: Ipv4Addr,
+    /// Its preferred global IPv6 address (see [`pick_ipv6`]), or the one `--iface` named.
+    pub addr6: Option<Ipv6Addr>,
     pub mtu: u32,
+}
+
+/// One IPv6 address of an interface, as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6AddrInfo {
+    pub addr: Ipv6Addr,
+    /// `RT_SCOPE_UNIVERSE` (global, including ULAs).
+    pub global: bool,
+    /// `IFA_F_PERMANENT`: configured by hand, not by SLAAC/DHCP.
+    pub permanent: bool,
+    /// `IFA_F_TEMPORARY`: an RFC 8981 privacy address.
+    pub temporary: bool,
+    /// `IFA_F_DEPRECATED`: its preferred lifetime is over.
+    pub deprecated: bool,
+    /// `IFA_F_DADFAILED`: duplicate address detection failed; unusable.
+    pub dad_failed: bool,
+    /// `IFA_F_TENTATIVE`: duplicate address detection still running.
+    pub tentative: bool,
+}
+
+/// The address to publish as `PublicIPv6` among an interface's IPv6 addresses (kernel order):
+/// global scope only (a link-local address cannot be reached from other links), neither
+/// deprecated nor failed DAD, in flannel's order of preference (`compareAddrs` in
+/// pkg/ip/iface.go: manually configured before auto-configured, non-temporary before
+/// temporary), then an address past DAD before a tentative one, then kernel order. flannel also
+/// accepts a link-local address when there is no global one; overlayd does not.
+pub fn pick_ipv6(addrs: &[Ipv6AddrInfo]) -> Option<Ipv6Addr> {
+    addrs
+        .iter()
+        .filter(|a| a.global && !a.deprecated && !a.dad_failed)
+        .min_by_key(|a| (!a.permanent, a.temporary, a.tentative))
+        .map(|a| a.addr)
 }
 
 /// A netlink connection, driven by a task on the current tokio runtime.
@@ -111,18 +146,69 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Resolves `--iface` (a name, an address, or absent = the default route's interface).
+    /// IPv6 addresses on the link `index` (all links when `None`), in kernel order.
+    pub async fn ipv6_addrs(
+        &self,
+        index: Option<u32>,
+    ) -> Result<Vec<(u32, Ipv6AddrInfo)>, HostError> {
+        let mut req = self.handle.address().get();
+        if let Some(i) = index {
+            req = req.set_link_index_filter(i);
+        }
+        let mut s = req.execute();
+        let mut out = Vec::new();
+        while let Some(a) = s.try_next().await.map_err(nl("addresses"))? {
+            let mut addr = None;
+            let mut flags = AddressFlags::from_bits_retain(u32::from(a.header.flags.bits()));
+            for attr in &a.attributes {
+                match attr {
+                    // IFA_LOCAL only exists for point-to-point peers; IFA_ADDRESS is the address.
+                    AddressAttribute::Address(IpAddr::V6(ip)) => addr = Some(*ip),
+                    AddressAttribute::Flags(f) => flags = *f,
+                    _ => {}
+                }
+            }
+            if let Some(addr) = addr {
+                out.push((
+                    a.header.index,
+                    Ipv6AddrInfo {
+                        addr,
+                        global: a.header.scope == AddressScope::Universe,
+                        permanent: flags.contains(AddressFlags::Permanent),
+                        // IFA_F_TEMPORARY shares its bit with IFA_F_SECONDARY.
+                        temporary: flags.contains(AddressFlags::Secondary),
+                        deprecated: flags.contains(AddressFlags::Deprecated),
+                        dad_failed: flags.contains(AddressFlags::Dadfailed),
+                        tentative: flags.contains(AddressFlags::Tentative),
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves `--iface` (a name, an IPv4 or IPv6 address, or absent = the default route's
+    /// interface) to the interface, its first IPv4 address (or the one named) and its
+    /// preferred global IPv6 address (or the one named).
     pub async fn underlay(&self, iface: Option<&str>) -> Result<Underlay, HostError> {
+        let named6 = iface.and_then(|s| s.parse::<Ipv6Addr>().ok());
         let index = match iface {
-            Some(s) => match s.parse::<Ipv4Addr>() {
-                Ok(ip) => self
+            Some(s) => match (s.parse::<Ipv4Addr>(), named6) {
+                (Ok(ip), _) => self
                     .addrs(None)
                     .await?
                     .into_iter()
                     .find(|(_, a)| *a == ip)
                     .map(|(i, _)| i)
                     .ok_or_else(|| HostError::NoSuchInterface(s.to_string()))?,
-                Err(_) => {
+                (Err(_), Some(ip6)) => self
+                    .ipv6_addrs(None)
+                    .await?
+                    .into_iter()
+                    .find(|(_, a)| a.addr == ip6)
+                    .map(|(i, _)| i)
+                    .ok_or_else(|| HostError::NoSuchInterface(s.to_string()))?,
+                (Err(_), None) => {
                     self.link(s)
                         .await?
                         .ok_or_else(|| HostError::NoSuchInterface(s.to_string()))?
@@ -141,10 +227,23 @@ impl Netlink {
                 .map(|(_, a)| *a)
                 .ok_or_else(|| HostError::NoAddress(name.clone()))?,
         };
+        let addr6 = match named6 {
+            Some(a) => Some(a),
+            None => {
+                let infos: Vec<Ipv6AddrInfo> = self
+                    .ipv6_addrs(Some(index))
+                    .await?
+                    .into_iter()
+                    .map(|(_, a)| a)
+                    .collect();
+                pick_ipv6(&infos)
+            }
+        };
         Ok(Underlay {
             name,
             index,
             addr,
+            addr6,
             mtu,
         })
     }
@@ -300,4 +399,68 @@ fn mtu_of(attrs: &[LinkAttribute]) -> u32 {
             }
         })
         .unwrap_or(1500)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(addr: &str) -> Ipv6AddrInfo {
+        Ipv6AddrInfo {
+            addr: addr.parse().unwrap(),
+            global: true,
+            permanent: true,
+            temporary: false,
+            deprecated: false,
+            dad_failed: false,
+            tentative: false,
+        }
+    }
+
+    #[test]
+    fn ipv6_pick_order() {
+        let ll = Ipv6AddrInfo {
+            global: false,
+            ..info("fe80::1")
+        };
+        let slaac = Ipv6AddrInfo {
+            permanent: false,
+            ..info("2001:db8::aa")
+        };
+        let temp = Ipv6AddrInfo {
+            permanent: false,
+            temporary: true,
+            ..info("2001:db8::bb")
+        };
+        let manual = info("fd00:77::1");
+        let old = Ipv6AddrInfo {
+            deprecated: true,
+            ..info("fd00:77::2")
+        };
+        let dup = Ipv6AddrInfo {
+            dad_failed: true,
+            ..info("fd00:77::3")
+        };
+        let fresh = Ipv6AddrInfo {
+            tentative: true,
+            ..info("fd00:77::4")
+        };
+        let pick = |v: &[Ipv6AddrInfo]| pick_ipv6(v).map(|a| a.to_string());
+        assert_eq!(pick(&[]), None);
+        assert_eq!(pick(&[ll]), None, "link-local is not published");
+        assert_eq!(pick(&[old, dup]), None);
+        assert_eq!(pick(&[ll, temp, slaac]).as_deref(), Some("2001:db8::aa"));
+        assert_eq!(pick(&[temp]).as_deref(), Some("2001:db8::bb"));
+        assert_eq!(
+            pick(&[ll, temp, slaac, old, manual]).as_deref(),
+            Some("fd00:77::1")
+        );
+        assert_eq!(pick(&[fresh, slaac]).as_deref(), Some("fd00:77::4"));
+        assert_eq!(pick(&[fresh, manual]).as_deref(), Some("fd00:77::1"));
+        // Kernel order breaks ties.
+        assert_eq!(
+            pick(&[info("fd00::9"), info("fd00::8")]).as_deref(),
+            Some("fd00::9")
+        );
+    }
 }

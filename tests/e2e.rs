@@ -292,7 +292,7 @@ fn netns_concurrent_acquisition() {
                 tasks.push(tokio::spawn(async move {
                     let reg = Registry::connect(&opts).await.unwrap();
                     let attrs = LeaseAttrs::udp(Ipv4Addr::new(10, 0, 0, i + 1));
-                    reg.acquire(&cfg, &attrs, None)
+                    reg.acquire(&cfg, &attrs, Default::default())
                         .await
                         .unwrap()
                         .subnet

@@ -18,13 +18,13 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions,
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::control::config::NetworkConfig;
-use crate::control::lease::{parse_subnet_key, subnet_key, LeaseAttrs};
-use crate::control::subnet::{choose, stale_own, Choice, ExistingLease};
+use crate::control::lease::{LeaseAttrs, SubnetKey};
+use crate::control::subnet::{choose, stale_own, Choice, ExistingLease, Identity, NoFreeSubnet};
 use crate::fib::{Fib, Peer, SharedFib};
 
 /// Lease time to live, as flannel: 24 hours.
@@ -52,27 +52,63 @@ pub enum EtcdError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("no free subnet left in the network")]
-    Exhausted,
+    #[error(transparent)]
+    Exhausted(#[from] NoFreeSubnet),
 }
+
+/// flannel's zero `IP4Net`: the IPv4 subnet of an IPv6-only lease, as its key reads.
+const NO_IPV4: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0);
 
 /// One lease as read from etcd.
 #[derive(Debug, Clone)]
 pub struct RemoteLease {
     pub key: String,
+    /// The IPv4 subnet; 0.0.0.0/0 for an IPv6-only lease (its key reads `0.0.0.0-0&...`).
     pub subnet: Ipv4Net,
+    /// The IPv6 subnet of a dual-stack or IPv6-only lease.
+    pub ipv6_subnet: Option<Ipv6Net>,
     pub attrs: LeaseAttrs,
     /// etcd lease id; 0 = a reservation.
     pub lease_id: i64,
     pub mod_revision: i64,
+    /// The revision that created the key (orders racing acquisitions).
+    pub create_revision: i64,
+}
+
+impl RemoteLease {
+    /// Whether the lease has an IPv4 subnet (it is not IPv6-only).
+    pub fn has_ipv4(&self) -> bool {
+        self.subnet != NO_IPV4
+    }
+
+    /// The subnets its key names.
+    pub fn subnets(&self) -> SubnetKey {
+        SubnetKey {
+            ipv4: self.has_ipv4().then_some(self.subnet),
+            ipv6: self.ipv6_subnet,
+        }
+    }
 }
 
 /// The result of an acquisition.
 #[derive(Debug, Clone)]
 pub struct Acquired {
+    /// The IPv4 subnet; 0.0.0.0/0 when the config disables IPv4.
     pub subnet: Ipv4Net,
+    /// The IPv6 subnet, when the config enables IPv6.
+    pub ipv6_subnet: Option<Ipv6Net>,
     pub lease_id: i64,
     pub reservation: bool,
+}
+
+impl Acquired {
+    /// The subnets of the key we hold.
+    pub fn key(&self) -> SubnetKey {
+        SubnetKey {
+            ipv4: (self.subnet != NO_IPV4).then_some(self.subnet),
+            ipv6: self.ipv6_subnet,
+        }
+    }
 }
 
 /// A connected etcd client plus our prefix.
@@ -147,9 +183,9 @@ impl Registry {
         (r.ttl() >= 0).then(|| r.ttl())
     }
 
-    /// The key of `subnet`'s lease.
-    pub fn lease_key(&self, subnet: Ipv4Net) -> String {
-        format!("{}{}", self.subnets_prefix(), subnet_key(subnet))
+    /// The etcd key of the lease for `subnets`.
+    pub fn lease_key(&self, subnets: &SubnetKey) -> String {
+        format!("{}{}", self.subnets_prefix(), subnets.to_key())
     }
 
     /// The raw network config, if present.
@@ -179,7 +215,13 @@ impl Registry {
         let leases = resp
             .kvs()
             .iter()
-            .filter_map(|kv| self.decode(kv.key(), kv.value(), kv.lease(), kv.mod_revision()))
+            .filter_map(|kv| {
+                self.decode(kv.key(), kv.value(), kv.lease(), kv.mod_revision())
+                    .map(|l| RemoteLease {
+                        create_revision: kv.create_revision(),
+                        ..l
+                    })
+            })
             .collect();
         Ok((leases, rev))
     }
@@ -193,20 +235,22 @@ impl Registry {
     ) -> Option<RemoteLease> {
         let key = String::from_utf8_lossy(key).into_owned();
         let name = key.strip_prefix(&self.subnets_prefix()).unwrap_or(&key);
-        let parsed = parse_subnet_key(name)
+        let parsed = SubnetKey::parse(name)
             .map_err(|e| e.to_string())
-            .and_then(|subnet| {
+            .and_then(|subnets| {
                 LeaseAttrs::from_json(value)
-                    .map(|attrs| (subnet, attrs))
+                    .map(|attrs| (subnets, attrs))
                     .map_err(|e| e.to_string())
             });
         match parsed {
-            Ok((subnet, attrs)) => Some(RemoteLease {
+            Ok((subnets, attrs)) => Some(RemoteLease {
                 key,
-                subnet,
+                subnet: subnets.ipv4.unwrap_or(NO_IPV4),
+                ipv6_subnet: subnets.ipv6,
                 attrs,
                 lease_id,
                 mod_revision,
+                create_revision: 0,
             }),
             Err(e) => {
                 if self
@@ -222,39 +266,47 @@ impl Registry {
         }
     }
 
-    /// Acquires a subnet in flannel's order: our existing lease or reservation, then
-    /// `previous`, then a random free one; created or updated with a compare-and-swap
-    /// transaction, choosing again whenever another node wins the race.
+    /// Acquires this node's subnets (IPv4, IPv6 or both, in one key as flannel keeps them) in
+    /// flannel's order: our existing lease or reservation, then `previous` (per family), then
+    /// random free ones; created or updated with a compare-and-swap transaction, choosing
+    /// again whenever another node wins the race.
+    ///
+    /// Two nodes can create different keys naming the same IPv4 (or IPv6) subnet when their
+    /// other halves differ, which no single-key transaction prevents (flannel has this race):
+    /// after creating a key, the listing is checked for an overlapping key created earlier,
+    /// and if there is one ours is withdrawn and the choice made again.
     pub async fn acquire(
         &self,
         cfg: &NetworkConfig,
         attrs: &LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: SubnetKey,
     ) -> Result<Acquired, EtcdError> {
         let value = attrs.to_json();
+        let me = Identity {
+            public_ip: cfg.enable_ipv4.then_some(attrs.public_ip),
+            public_ipv6: attrs.public_ipv6,
+        };
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
         for attempt in 0.. {
             let (leases, _) = self.list().await?;
             let mut existing: Vec<ExistingLease> = leases
                 .iter()
                 .map(|l| ExistingLease {
-                    subnet: l.subnet,
+                    key: l.subnets(),
                     public_ip: l.attrs.public_ip,
+                    public_ipv6: l.attrs.public_ipv6,
                     reservation: l.lease_id == 0,
                 })
                 .collect();
-            for s in stale_own(cfg, &existing, attrs.public_ip) {
+            for s in stale_own(cfg, &existing, &me) {
                 info!(subnet = %s, "deleting our old lease that no longer fits the network config");
-                self.client.clone().delete(self.lease_key(s), None).await?;
-                existing.retain(|e| e.subnet != s);
+                self.client.clone().delete(self.lease_key(&s), None).await?;
+                existing.retain(|e| e.key != s);
             }
-            let choice = choose(cfg, &existing, attrs.public_ip, previous, &mut rng)
-                .map_err(|_| EtcdError::Exhausted)?;
-            let subnet = match choice {
-                Choice::Reuse(s) | Choice::New(s) => s,
-            };
-            let key = self.lease_key(subnet);
-            let current = leases.iter().find(|l| l.subnet == subnet);
+            let choice = choose(cfg, &existing, &me, previous, &mut rng)?;
+            let subnets = choice.key();
+            let key = self.lease_key(&subnets);
+            let current = leases.iter().find(|l| l.key == key);
             let reservation = current.is_some_and(|l| l.lease_id == 0);
             let (cmp, lease_id) = match current {
                 Some(l) if reservation => (
@@ -293,19 +345,46 @@ impl Registry {
                     .when([cmp])
                     .and_then([TxnOp::put(key.clone(), value.clone(), put)]);
             if self.client.clone().txn(txn).await?.succeeded() {
-                info!(subnet = %subnet, reservation, attempt, "acquired subnet lease");
+                if matches!(choice, Choice::New(_)) && self.lost_overlap(&key, &subnets).await? {
+                    debug!(subnet = %subnets, "another node created an overlapping key first; choosing again");
+                    if lease_id != 0 {
+                        // Revoking the lease deletes our key with it.
+                        let _ = self.client.clone().lease_revoke(lease_id).await;
+                    }
+                    continue;
+                }
+                info!(subnet = %subnets, reservation, attempt, "acquired subnet lease");
                 return Ok(Acquired {
-                    subnet,
+                    subnet: subnets.ipv4.unwrap_or(NO_IPV4),
+                    ipv6_subnet: subnets.ipv6,
                     lease_id,
                     reservation,
                 });
             }
-            debug!(subnet = %subnet, "lost the race for a subnet; choosing again");
+            debug!(subnet = %subnets, "lost the race for a subnet; choosing again");
             if lease_id != 0 {
                 let _ = self.client.clone().lease_revoke(lease_id).await;
             }
         }
         unreachable!("the acquisition loop only exits by returning")
+    }
+
+    /// After creating `key` (naming `subnets`): whether another key overlapping either of
+    /// its subnets was created before it, i.e. a racing node got there first.
+    async fn lost_overlap(&self, key: &str, subnets: &SubnetKey) -> Result<bool, EtcdError> {
+        let (leases, _) = self.list().await?;
+        let Some(ours) = leases.iter().find(|l| l.key == key) else {
+            // Gone already (deleted by an operator): choose again.
+            return Ok(true);
+        };
+        Ok(leases.iter().any(|l| {
+            l.key != key && l.create_revision < ours.create_revision && {
+                let theirs = l.subnets();
+                let v4 = matches!((theirs.ipv4, subnets.ipv4), (Some(a), Some(b)) if a.contains(&b) || b.contains(&a));
+                let v6 = matches!((theirs.ipv6, subnets.ipv6), (Some(a), Some(b)) if a.contains(&b) || b.contains(&a));
+                v4 || v6
+            }
+        }))
     }
 }
 
@@ -318,7 +397,7 @@ pub fn build_fib(
 ) -> Fib {
     let peers = leases
         .values()
-        .filter(|l| l.subnet != local)
+        .filter(|l| l.has_ipv4() && l.subnet != local)
         .filter_map(decode_peer);
     let (fib, skipped) = Fib::new(cfg.network, cfg.subnet_len, Some(local), peers);
     // Rebuilt on every watch event: warn about each skipped lease once per process, not once
@@ -350,8 +429,8 @@ pub struct ControlLoop {
     pub fib: SharedFib,
     /// Maps a lease to a data-plane peer (checks backend type and data), `None` = ignore.
     pub decode_peer: PeerDecoder,
-    /// Told about every change of our own subnet (re-acquisition).
-    pub subnet_tx: watch::Sender<Ipv4Net>,
+    /// Told about every change of our own subnets (re-acquisition).
+    pub subnet_tx: watch::Sender<SubnetKey>,
     /// Own-lease keepalive period.
     pub keepalive_every: Duration,
     /// Counters and lease state for the metrics exporter.
@@ -385,7 +464,7 @@ impl ControlLoop {
                         revision = rev;
                         relist = false;
                         step = 0;
-                        if !peers.contains_key(&self.registry.lease_key(self.acquired.subnet)) {
+                        if !peers.contains_key(&self.registry.lease_key(&self.acquired.key())) {
                             self.reacquire().await;
                             continue;
                         }
@@ -466,7 +545,7 @@ impl ControlLoop {
                                         if let Some(l) = peers.remove(&key) {
                                             info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer removed");
                                         }
-                                        if key == self.registry.lease_key(self.acquired.subnet) {
+                                        if key == self.registry.lease_key(&self.acquired.key()) {
                                             own_gone = true;
                                         }
                                         changed = true;
@@ -542,17 +621,17 @@ impl ControlLoop {
         loop {
             match self
                 .registry
-                .acquire(&self.cfg, &self.attrs, Some(self.acquired.subnet))
+                .acquire(&self.cfg, &self.attrs, self.acquired.key())
                 .await
             {
                 Ok(a) => {
-                    if a.subnet != self.acquired.subnet {
-                        warn!(old = %self.acquired.subnet, new = %a.subnet, "re-acquired a different subnet");
+                    if a.key() != self.acquired.key() {
+                        warn!(old = %self.acquired.key(), new = %a.key(), "re-acquired a different subnet");
                     } else {
-                        info!(subnet = %a.subnet, "re-acquired our subnet");
+                        info!(subnet = %a.key(), "re-acquired our subnet");
                     }
                     self.acquired = a;
-                    let _ = self.subnet_tx.send(self.acquired.subnet);
+                    let _ = self.subnet_tx.send(self.acquired.key());
                     return;
                 }
                 Err(e) => {
@@ -591,9 +670,33 @@ pub fn stable_vtep_mac(public_ip: Ipv4Addr, vni: u32) -> [u8; 6] {
     [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
 }
 
+/// [`stable_vtep_mac`] for the IPv6 side: the MAC published in `BackendV6Data`, derived
+/// from `PublicIPv6` and the VNI. flannel's `flannel-v6.<VNI>` device has a MAC of its own,
+/// distinct from `flannel.<VNI>`'s; this one differs from the IPv4 one as well.
+pub fn stable_vtep_mac_v6(public_ipv6: std::net::Ipv6Addr, vni: u32) -> [u8; 6] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in public_ipv6.octets().into_iter().chain(vni.to_be_bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vtep_mac_v6_is_stable_local_unicast() {
+        let ip6: std::net::Ipv6Addr = "fd00:77::1".parse().unwrap();
+        let a = stable_vtep_mac_v6(ip6, 1);
+        assert_eq!(a, stable_vtep_mac_v6(ip6, 1));
+        assert_ne!(a, stable_vtep_mac_v6("fd00:77::2".parse().unwrap(), 1));
+        assert_ne!(a, stable_vtep_mac_v6(ip6, 2));
+        assert_ne!(a, stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 1), 1));
+        assert_eq!(a[0] & 0x03, 0x02, "locally administered, unicast");
+    }
 
     #[test]
     fn vtep_mac_is_stable_local_unicast() {

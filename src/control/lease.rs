@@ -146,6 +146,14 @@ impl LeaseAttrs {
         }
     }
 
+    /// This lease with the IPv6 half added: `PublicIPv6` and the backend's `BackendV6Data`
+    /// (`None` for udp, which has no backend data).
+    pub fn with_ipv6(mut self, public_ipv6: Ipv6Addr, backend_v6_data: Option<Value>) -> Self {
+        self.public_ipv6 = Some(public_ipv6);
+        self.backend_v6_data = backend_v6_data;
+        self
+    }
+
     /// The value bytes exactly as flannel's Go encoder writes them, e.g.
     /// `{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}`.
     pub fn to_json(&self) -> String {
@@ -420,7 +428,7 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 /// flannel's `MakeSubnetKey`/`ParseSubnetKey` (pkg/subnet/subnet.go): the IPv4 subnet as
 /// `a.b.c.d-len`, then for an IPv6 subnet `&` and the IPv6 subnet as `<address>-len`. An
 /// IPv6-only node's key starts with flannel's zero IPv4 subnet, `0.0.0.0-0`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubnetKey {
     /// The IPv4 subnet; `None` for an IPv6-only lease (written `0.0.0.0-0`).
     pub ipv4: Option<Ipv4Net>,

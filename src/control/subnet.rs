@@ -1,158 +1,331 @@
-//! Which subnet this node should hold, decided from the leases already in etcd: flannel's
-//! order (own lease, previous subnet, random free one) as a pure function.
+//! Which subnets this node should hold, decided from the leases already in etcd: flannel's
+//! order (own lease, previous subnet, random free one) as a pure function, for IPv4, IPv6
+//! or both (one key holds both subnets of a dual-stack node).
 //!
 //! No etcd and no clock: the caller lists `<prefix>/subnets`, calls [`stale_own`] and
 //! [`choose`], and then creates or refreshes the key. Randomness comes from the caller's rng,
 //! so tests are deterministic.
+//!
+//! flannel's `tryAcquireLease`/`allocateSubnet` (pkg/subnet/etcd/local_manager.go) with
+//! these deliberate differences, each marked **better** in docs/wire.md: reservations are
+//! never deleted; the previous subnet must be free of overlapping keys (flannel only checks
+//! the IPv4 key for equality) and is kept per family (flannel drops both when the IPv6 one is
+//! missing, e.g. on the first dual-stack start); an IPv6-only node is identified by its
+//! `PublicIPv6` (flannel compares `PublicIP`, which is 0.0.0.0 on every IPv6-only node).
 
-use super::config::NetworkConfig;
-use ipnet::Ipv4Net;
+use super::config::{Ipv6Config, NetworkConfig};
+use super::lease::SubnetKey;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::Rng;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// How many free subnets flannel collects before picking one at random.
+/// How many free subnets (per family) flannel collects before picking one at random.
 pub const CANDIDATES: usize = 100;
 
 /// A key found under `<prefix>/subnets`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ExistingLease {
-    /// The subnet the key names.
-    pub subnet: Ipv4Net,
-    /// Its holder's `PublicIP`.
+    /// The subnets the key names.
+    pub key: SubnetKey,
+    /// Its holder's `PublicIP` (0.0.0.0 for an IPv6-only holder).
     pub public_ip: Ipv4Addr,
+    /// Its holder's `PublicIPv6`.
+    pub public_ipv6: Option<Ipv6Addr>,
     /// The key has no etcd lease attached: an operator's reservation, which never expires.
     pub reservation: bool,
+}
+
+/// This node's identity, as flannel matches leases to nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// `PublicIP`, when IPv4 is enabled: flannel's identity (`findLeaseByIP`).
+    pub public_ip: Option<Ipv4Addr>,
+    /// `PublicIPv6`: the identity of an IPv6-only node.
+    pub public_ipv6: Option<Ipv6Addr>,
+}
+
+impl Identity {
+    /// An IPv4 (or dual-stack) node, identified by its `PublicIP`.
+    pub fn v4(public_ip: Ipv4Addr) -> Self {
+        Identity {
+            public_ip: Some(public_ip),
+            public_ipv6: None,
+        }
+    }
+
+    /// Whether `l` is held by this node: same `PublicIP`, or for an IPv6-only node (no
+    /// `PublicIP`) the same `PublicIPv6`.
+    pub fn holds(&self, l: &ExistingLease) -> bool {
+        match (self.public_ip, self.public_ipv6) {
+            (Some(ip), _) => l.public_ip == ip,
+            (None, Some(ip6)) => l.public_ipv6 == Some(ip6),
+            (None, None) => false,
+        }
+    }
 }
 
 /// What [`choose`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Choice {
-    /// A lease or reservation already holding our public IP and fitting the config: refresh it.
-    Reuse(Ipv4Net),
-    /// A free subnet: create its key (it may be lost to a racing node; then choose again).
-    New(Ipv4Net),
+    /// A lease or reservation already held by this node and fitting the config: refresh it.
+    Reuse(SubnetKey),
+    /// Free subnets: create their key (it may be lost to a racing node; then choose again).
+    New(SubnetKey),
 }
 
 impl Choice {
-    /// The chosen subnet.
-    pub fn subnet(self) -> Ipv4Net {
+    /// The chosen subnets.
+    pub fn key(self) -> SubnetKey {
         match self {
-            Choice::Reuse(s) | Choice::New(s) => s,
+            Choice::Reuse(k) | Choice::New(k) => k,
         }
+    }
+
+    /// The chosen IPv4 subnet (`None` for an IPv6-only config).
+    pub fn subnet(self) -> Option<Ipv4Net> {
+        self.key().ipv4
     }
 }
 
-/// Every subnet between SubnetMin and SubnetMax is taken.
+/// Every subnet of one family between its min and max is taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("no free /{subnet_len} subnet between SubnetMin {min} and SubnetMax {max}: all {total} are taken by leases or reservations; widen Network or the range, or remove stale keys")]
+#[error("no free /{subnet_len} subnet between {min_field} {min} and {max_field} {max}: all {total} are taken by leases or reservations; widen {network_field} or the range, or remove stale keys")]
 pub struct NoFreeSubnet {
-    /// `SubnetLen`.
+    /// `Network` or `IPv6Network`.
+    pub network_field: &'static str,
+    /// `SubnetMin` or `IPv6SubnetMin`.
+    pub min_field: &'static str,
+    /// `SubnetMax` or `IPv6SubnetMax`.
+    pub max_field: &'static str,
+    /// `SubnetLen` or `IPv6SubnetLen`.
     pub subnet_len: u8,
-    /// `SubnetMin`.
-    pub min: Ipv4Addr,
-    /// `SubnetMax`.
-    pub max: Ipv4Addr,
+    /// The range's first subnet.
+    pub min: IpAddr,
+    /// The range's last subnet.
+    pub max: IpAddr,
     /// How many subnets the range holds.
-    pub total: u64,
+    pub total: u128,
 }
 
-/// `[start, end)` of a subnet as u64, so the end of 255.255.255.0/24 does not overflow.
-fn span(sn: Ipv4Net) -> (u64, u64) {
-    let start = u64::from(u32::from(sn.network()));
-    (start, start + (1u64 << (32 - sn.prefix_len())))
+/// Whether `key` is what this config hands out: each enabled family's subnet present and
+/// inside its range, no subnet of a disabled family (flannel's `isSubnetConfigCompat` and
+/// `isIPv6SubnetConfigCompat`).
+pub fn fits(cfg: &NetworkConfig, key: &SubnetKey) -> bool {
+    let v4 = if cfg.enable_ipv4 {
+        key.ipv4.is_some_and(|s| cfg.contains(s))
+    } else {
+        key.ipv4.is_none()
+    };
+    let v6 = match &cfg.ipv6 {
+        Some(c) => key.ipv6.is_some_and(|s| c.contains(s)),
+        None => key.ipv6.is_none(),
+    };
+    v4 && v6
 }
 
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    let (a0, a1) = span(a);
-    let (b0, b1) = span(b);
-    a0 < b1 && b0 < a1
+/// `[first, last]` of an IPv4 subnet in the u128 address line.
+fn span4(sn: Ipv4Net) -> (u128, u128) {
+    (
+        u128::from(u32::from(sn.network())),
+        u128::from(u32::from(sn.broadcast())),
+    )
+}
+
+/// `[first, last]` of an IPv6 subnet.
+fn span6(sn: Ipv6Net) -> (u128, u128) {
+    (u128::from(sn.network()), u128::from(sn.broadcast()))
+}
+
+fn overlaps((a0, a1): (u128, u128), (b0, b1): (u128, u128)) -> bool {
+    a0 <= b1 && b0 <= a1
 }
 
 /// Our own leases (not reservations) that no longer fit the config: delete them before
 /// choosing. Reservations are the operator's and are never deleted.
-pub fn stale_own(
-    cfg: &NetworkConfig,
-    existing: &[ExistingLease],
-    our_ip: Ipv4Addr,
-) -> Vec<Ipv4Net> {
+pub fn stale_own(cfg: &NetworkConfig, existing: &[ExistingLease], me: &Identity) -> Vec<SubnetKey> {
     existing
         .iter()
-        .filter(|l| l.public_ip == our_ip && !l.reservation && !cfg.contains(l.subnet))
-        .map(|l| l.subnet)
+        .filter(|l| me.holds(l) && !l.reservation && !fits(cfg, &l.key))
+        .map(|l| l.key)
         .collect()
 }
 
-/// Choose this node's subnet, in flannel's order:
-/// 1. a lease or reservation whose `PublicIP` is ours and which fits the config (a
-///    reservation is preferred over a lease when both exist);
-/// 2. `previous` (from subnet.env) if it fits the config and overlaps no existing key;
-/// 3. one at random among the first [`CANDIDATES`] free subnets from SubnetMin up, a subnet
-///    being free when it overlaps no existing key of any length (leases of any holder and
-///    reservations alike; stale keys still in `existing` count as taken).
+/// Choose this node's subnets, in flannel's order:
+/// 1. a lease or reservation held by this node (see [`Identity::holds`]) which fits the
+///    config (a reservation is preferred over a lease when both exist);
+/// 2. for each enabled family, the `previous` subnet (from subnet.env) if it fits the config
+///    and overlaps no existing key's subnet of that family;
+/// 3. otherwise one at random among the first [`CANDIDATES`] free subnets from the family's
+///    min up, a subnet being free when it overlaps no existing key's subnet of that family, of
+///    any length (leases of any holder and reservations alike; stale keys still in `existing`
+///    count as taken). IPv4 is drawn first, then IPv6, as flannel's `allocateSubnet` does.
 pub fn choose(
     cfg: &NetworkConfig,
     existing: &[ExistingLease],
-    our_ip: Ipv4Addr,
-    previous: Option<Ipv4Net>,
+    me: &Identity,
+    previous: SubnetKey,
     rng: &mut impl Rng,
 ) -> Result<Choice, NoFreeSubnet> {
     let own = |reservation: bool| {
-        existing.iter().find(|l| {
-            l.public_ip == our_ip && l.reservation == reservation && cfg.contains(l.subnet)
-        })
+        existing
+            .iter()
+            .find(|l| me.holds(l) && l.reservation == reservation && fits(cfg, &l.key))
     };
     if let Some(l) = own(true).or_else(|| own(false)) {
-        return Ok(Choice::Reuse(l.subnet));
+        return Ok(Choice::Reuse(l.key));
     }
 
-    if let Some(p) = previous {
-        if cfg.contains(p) && !existing.iter().any(|l| overlaps(l.subnet, p)) {
-            return Ok(Choice::New(p));
-        }
-    }
-
-    let free = free_subnets(cfg, existing, CANDIDATES);
-    if free.is_empty() {
-        return Err(NoFreeSubnet {
-            subnet_len: cfg.subnet_len,
-            min: cfg.subnet_min,
-            max: cfg.subnet_max,
-            total: cfg.subnet_count(),
+    let ipv4 = if cfg.enable_ipv4 {
+        let prev = previous.ipv4.filter(|p| {
+            cfg.contains(*p)
+                && !existing
+                    .iter()
+                    .filter_map(|l| l.key.ipv4)
+                    .any(|s| overlaps(span4(s), span4(*p)))
         });
-    }
-    Ok(Choice::New(free[rng.random_range(0..free.len())]))
+        Some(match prev {
+            Some(p) => p,
+            None => {
+                let free = free_subnets(cfg, existing, CANDIDATES);
+                if free.is_empty() {
+                    return Err(NoFreeSubnet {
+                        network_field: "Network",
+                        min_field: "SubnetMin",
+                        max_field: "SubnetMax",
+                        subnet_len: cfg.subnet_len,
+                        min: cfg.subnet_min.into(),
+                        max: cfg.subnet_max.into(),
+                        total: cfg.subnet_count().into(),
+                    });
+                }
+                free[rng.random_range(0..free.len())]
+            }
+        })
+    } else {
+        None
+    };
+
+    let ipv6 = match &cfg.ipv6 {
+        None => None,
+        Some(c6) => {
+            let prev = previous.ipv6.filter(|p| {
+                c6.contains(*p)
+                    && !existing
+                        .iter()
+                        .filter_map(|l| l.key.ipv6)
+                        .any(|s| overlaps(span6(s), span6(*p)))
+            });
+            Some(match prev {
+                Some(p) => p,
+                None => {
+                    let free = free_subnets_v6(c6, existing, CANDIDATES);
+                    if free.is_empty() {
+                        return Err(NoFreeSubnet {
+                            network_field: "IPv6Network",
+                            min_field: "IPv6SubnetMin",
+                            max_field: "IPv6SubnetMax",
+                            subnet_len: c6.subnet_len,
+                            min: c6.subnet_min.into(),
+                            max: c6.subnet_max.into(),
+                            total: c6.subnet_count(),
+                        });
+                    }
+                    free[rng.random_range(0..free.len())]
+                }
+            })
+        }
+    };
+    Ok(Choice::New(SubnetKey { ipv4, ipv6 }))
 }
 
-/// The first `limit` subnets from SubnetMin to SubnetMax overlapping no existing key, in
-/// address order. Runs in O(n log n + limit + keys), however large the range.
+/// The first `limit` IPv4 subnets from SubnetMin to SubnetMax overlapping no existing key's
+/// IPv4 subnet, in address order (none when IPv4 is disabled). Runs in O(k log k + limit)
+/// for k keys, however large the range.
 pub fn free_subnets(cfg: &NetworkConfig, existing: &[ExistingLease], limit: usize) -> Vec<Ipv4Net> {
-    let size = 1u64 << (32 - cfg.subnet_len);
-    let mut taken: Vec<(u64, u64)> = existing.iter().map(|l| span(l.subnet)).collect();
-    taken.sort_unstable();
+    if !cfg.enable_ipv4 {
+        return Vec::new();
+    }
+    let taken = existing
+        .iter()
+        .filter_map(|l| l.key.ipv4)
+        .map(span4)
+        .collect();
+    first_free(
+        u128::from(u32::from(cfg.subnet_min)),
+        u128::from(u32::from(cfg.subnet_max)),
+        32 - u32::from(cfg.subnet_len),
+        taken,
+        limit,
+    )
+    .into_iter()
+    // Candidates lie between SubnetMin and SubnetMax, so they fit in 32 bits.
+    .map(|a| Ipv4Net::new_assert(Ipv4Addr::from(a as u32), cfg.subnet_len))
+    .collect()
+}
 
+/// [`free_subnets`] for IPv6: the first `limit` subnets from IPv6SubnetMin to
+/// IPv6SubnetMax overlapping no existing key's IPv6 subnet (flannel's `OuterLoopv6`).
+pub fn free_subnets_v6(c6: &Ipv6Config, existing: &[ExistingLease], limit: usize) -> Vec<Ipv6Net> {
+    let taken = existing
+        .iter()
+        .filter_map(|l| l.key.ipv6)
+        .map(span6)
+        .collect();
+    first_free(
+        u128::from(c6.subnet_min),
+        u128::from(c6.subnet_max),
+        128 - u32::from(c6.subnet_len),
+        taken,
+        limit,
+    )
+    .into_iter()
+    .map(|a| Ipv6Net::new_assert(Ipv6Addr::from(a), c6.subnet_len))
+    .collect()
+}
+
+/// The first `limit` aligned blocks of `2^host_bits` addresses from `min` (aligned) to `max`
+/// that overlap none of the inclusive `taken` spans. One sorted sweep: O(k log k + limit).
+fn first_free(
+    min: u128,
+    max: u128,
+    host_bits: u32,
+    mut taken: Vec<(u128, u128)>,
+    limit: usize,
+) -> Vec<u128> {
+    taken.sort_unstable();
+    // host_bits <= 125 (IPv6SubnetLen >= 3), so the block size fits.
+    let last_off = (1u128 << host_bits) - 1;
+    let align_up = |n: u128| -> Option<u128> {
+        if n & last_off == 0 {
+            Some(n)
+        } else {
+            (n | last_off).checked_add(1)
+        }
+    };
     let mut out = Vec::new();
-    let mut a = u64::from(u32::from(cfg.subnet_min));
-    let max = u64::from(u32::from(cfg.subnet_max));
+    let mut a = min;
     let mut j = 0;
     while a <= max && out.len() < limit {
-        // Skip keys that end at or before this candidate.
-        while j < taken.len() && taken[j].1 <= a {
+        // Skip keys that end before this candidate.
+        while j < taken.len() && taken[j].1 < a {
             j += 1;
         }
-        match taken.get(j) {
-            Some(&(start, end)) if start < a + size => {
-                // Overlap: jump to the first subnet boundary at or after the key's end
-                // (boundaries are absolute: SubnetMin is aligned). Later keys sorted by start
-                // have start >= this one's, so the next round rechecks them.
-                a = end.div_ceil(size) * size;
+        // a <= max, an aligned block start, so the block's last address does not overflow.
+        let a_last = a + last_off;
+        let next = match taken.get(j) {
+            Some(&(start, end)) if start <= a_last => {
+                // Overlap: jump to the first block boundary after the key's end. Later keys
+                // sorted by start have start >= this one's, so the next round rechecks them.
+                end.checked_add(1).and_then(align_up)
             }
             _ => {
-                // a <= max <= u32::MAX and subnet_len <= 30.
-                out.push(
-                    Ipv4Net::new(Ipv4Addr::from(a as u32), cfg.subnet_len).expect("len <= 32"),
-                );
-                a += size;
+                out.push(a);
+                a_last.checked_add(1)
             }
+        };
+        match next {
+            Some(n) => a = n,
+            None => break,
         }
     }
     out
@@ -169,6 +342,10 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn net6(s: &str) -> Ipv6Net {
+        s.parse().unwrap()
+    }
+
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
     }
@@ -177,12 +354,43 @@ mod tests {
         NetworkConfig::from_cli(net(network), len, BackendKind::Vxlan).unwrap()
     }
 
-    fn lease(sn: &str, ip_: &str) -> ExistingLease {
+    fn dual(v6: &str) -> NetworkConfig {
+        NetworkConfig::parse(
+            format!(r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"{v6}"}}"#)
+                .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn v6_only(v6: &str) -> NetworkConfig {
+        NetworkConfig::parse(
+            format!(r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"{v6}"}}"#).as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn key4(sn: &str) -> SubnetKey {
+        SubnetKey::v4(net(sn))
+    }
+
+    fn key(sn: &str, sn6: &str) -> SubnetKey {
+        SubnetKey {
+            ipv4: (!sn.is_empty()).then(|| net(sn)),
+            ipv6: (!sn6.is_empty()).then(|| net6(sn6)),
+        }
+    }
+
+    fn lease_k(k: SubnetKey, ip_: &str) -> ExistingLease {
         ExistingLease {
-            subnet: net(sn),
+            key: k,
             public_ip: ip(ip_),
+            public_ipv6: None,
             reservation: false,
         }
+    }
+
+    fn lease(sn: &str, ip_: &str) -> ExistingLease {
+        lease_k(key4(sn), ip_)
     }
 
     fn reservation(sn: &str, ip_: &str) -> ExistingLease {
@@ -194,19 +402,30 @@ mod tests {
 
     const ME: &str = "192.168.1.10";
 
+    fn me() -> Identity {
+        Identity::v4(ip(ME))
+    }
+
+    fn pick_with(
+        c: &NetworkConfig,
+        ex: &[ExistingLease],
+        prev: SubnetKey,
+        seed: u64,
+    ) -> Result<Choice, NoFreeSubnet> {
+        choose(c, ex, &me(), prev, &mut StdRng::seed_from_u64(seed))
+    }
+
     fn pick(
         c: &NetworkConfig,
         ex: &[ExistingLease],
         prev: Option<&str>,
         seed: u64,
     ) -> Result<Choice, NoFreeSubnet> {
-        choose(
-            c,
-            ex,
-            ip(ME),
-            prev.map(net),
-            &mut StdRng::seed_from_u64(seed),
-        )
+        pick_with(c, ex, prev.map(key4).unwrap_or_default(), seed)
+    }
+
+    fn overlaps4(a: Ipv4Net, b: Ipv4Net) -> bool {
+        overlaps(span4(a), span4(b))
     }
 
     #[test]
@@ -218,13 +437,13 @@ mod tests {
         ];
         assert_eq!(
             pick(&c, &ex, Some("10.244.9.0/24"), 1),
-            Ok(Choice::Reuse(net("10.244.7.0/24")))
+            Ok(Choice::Reuse(key4("10.244.7.0/24")))
         );
         // A reservation for our IP wins over a lease.
         let ex = [lease("10.244.7.0/24", ME), reservation("10.244.8.0/24", ME)];
         assert_eq!(
             pick(&c, &ex, None, 1),
-            Ok(Choice::Reuse(net("10.244.8.0/24")))
+            Ok(Choice::Reuse(key4("10.244.8.0/24")))
         );
     }
 
@@ -238,17 +457,20 @@ mod tests {
             lease("10.245.0.0/25", ME),
         ];
         assert_eq!(
-            stale_own(&c, &ex, ip(ME)),
-            vec![net("10.244.7.0/24"), net("10.245.0.0/25")]
+            stale_own(&c, &ex, &me()),
+            vec![key4("10.244.7.0/24"), key4("10.245.0.0/25")]
         );
         // Neither the stale lease nor the misfit reservation is reused.
         let got = pick(&c, &ex, None, 3).unwrap();
         assert!(matches!(got, Choice::New(_)));
-        let sn = got.subnet();
+        let sn = got.subnet().unwrap();
         assert!(c.contains(sn));
-        assert!(ex.iter().all(|l| !overlaps(l.subnet, sn)), "{sn}");
+        assert!(
+            ex.iter().all(|l| !overlaps4(l.key.ipv4.unwrap(), sn)),
+            "{sn}"
+        );
         // A lease of ours fitting the config is not stale.
-        assert!(stale_own(&c, &[lease("10.244.1.0/25", ME)], ip(ME)).is_empty());
+        assert!(stale_own(&c, &[lease("10.244.1.0/25", ME)], &me()).is_empty());
     }
 
     #[test]
@@ -257,25 +479,25 @@ mod tests {
         let ex = [lease("10.244.3.0/24", "192.168.1.9")];
         assert_eq!(
             pick(&c, &ex, Some("10.244.9.0/24"), 1),
-            Ok(Choice::New(net("10.244.9.0/24")))
+            Ok(Choice::New(key4("10.244.9.0/24")))
         );
         // Taken exactly, or overlapped by a key of another length: not reused.
         for other in ["10.244.9.0/24", "10.244.8.0/23", "10.244.9.128/25"] {
             let ex = [lease(other, "192.168.1.9")];
             let got = pick(&c, &ex, Some("10.244.9.0/24"), 1).unwrap();
-            assert_ne!(got.subnet(), net("10.244.9.0/24"), "{other}");
+            assert_ne!(got.subnet(), Some(net("10.244.9.0/24")), "{other}");
         }
         // A reservation of another node blocks it too.
         let ex = [reservation("10.244.9.0/24", "192.168.1.9")];
         assert_ne!(
             pick(&c, &ex, Some("10.244.9.0/24"), 1).unwrap().subnet(),
-            net("10.244.9.0/24")
+            Some(net("10.244.9.0/24"))
         );
         // Outside the config (wrong length, below SubnetMin, outside Network): ignored.
         for p in ["10.244.9.0/25", "10.244.0.0/24", "10.245.9.0/24"] {
-            let got = pick(&c, &[], Some(p), 1).unwrap();
-            assert_ne!(got.subnet(), net(p));
-            assert!(c.contains(got.subnet()));
+            let got = pick(&c, &[], Some(p), 1).unwrap().subnet().unwrap();
+            assert_ne!(got, net(p));
+            assert!(c.contains(got));
         }
     }
 
@@ -293,11 +515,12 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for seed in 0..200 {
             let got = pick(&c, &ex, None, seed).unwrap();
-            let Choice::New(sn) = got else {
+            let Choice::New(k) = got else {
                 panic!("{got:?}")
             };
-            assert!(free.contains(&sn));
-            seen.insert(sn);
+            assert_eq!(k.ipv6, None);
+            assert!(free.contains(&k.ipv4.unwrap()));
+            seen.insert(k);
         }
         assert!(seen.len() > 50, "only {} distinct picks", seen.len());
         // Deterministic for one seed.
@@ -341,21 +564,22 @@ mod tests {
         assert_eq!(e.total, 3);
         let msg = e.to_string();
         assert!(
-            msg.contains("no free /30 subnet between SubnetMin 10.0.0.4 and SubnetMax 10.0.0.12"),
+            msg.contains("no free /30 subnet between SubnetMin 10.0.0.4 and SubnetMax 10.0.0.12")
+                && msg.contains("widen Network"),
             "{msg}"
         );
         // Our own reservation still works when everything else is full.
         let ex2 = [ex[0], reservation("10.0.0.8/30", ME), ex[2]];
         assert_eq!(
             pick(&c, &ex2, None, 0),
-            Ok(Choice::Reuse(net("10.0.0.8/30")))
+            Ok(Choice::Reuse(key4("10.0.0.8/30")))
         );
         // One free slot: that one, whatever the seed.
         let ex3 = [ex[0], ex[2]];
         for seed in 0..10 {
             assert_eq!(
                 pick(&c, &ex3, None, seed),
-                Ok(Choice::New(net("10.0.0.8/30")))
+                Ok(Choice::New(key4("10.0.0.8/30")))
             );
         }
     }
@@ -364,16 +588,192 @@ mod tests {
     fn top_of_address_space() {
         let c = NetworkConfig::parse(br#"{"Network":"255.255.0.0/16"}"#).unwrap();
         let ex: Vec<ExistingLease> = (1..=254u8)
-            .map(|i| ExistingLease {
-                subnet: Ipv4Net::new(Ipv4Addr::new(255, 255, i, 0), 24).unwrap(),
-                public_ip: ip("1.1.1.1"),
-                reservation: false,
+            .map(|i| {
+                lease_k(
+                    SubnetKey::v4(Ipv4Net::new(Ipv4Addr::new(255, 255, i, 0), 24).unwrap()),
+                    "1.1.1.1",
+                )
             })
             .collect();
         assert_eq!(
             pick(&c, &ex, None, 0),
-            Ok(Choice::New(net("255.255.255.0/24")))
+            Ok(Choice::New(key4("255.255.255.0/24")))
         );
+        // The same at the top of the IPv6 space: no overflow past ffff:...:ffff.
+        let c = v6_only("ffff:ffff:ffff:ff00::/56");
+        let ex: Vec<ExistingLease> = (1..=254u16)
+            .map(|i| ExistingLease {
+                public_ipv6: Some("fd00::1".parse().unwrap()),
+                ..lease_k(
+                    SubnetKey {
+                        ipv4: None,
+                        ipv6: Some(
+                            Ipv6Net::new(
+                                Ipv6Addr::new(0xffff, 0xffff, 0xffff, 0xff00 | i, 0, 0, 0, 0),
+                                64,
+                            )
+                            .unwrap(),
+                        ),
+                    },
+                    "0.0.0.0",
+                )
+            })
+            .collect();
+        assert_eq!(
+            pick(&c, &ex, None, 0),
+            Ok(Choice::New(key("", "ffff:ffff:ffff:ffff::/64")))
+        );
+        let all = [lease_k(key("", "ffff:ffff:ffff:ff00::/56"), "0.0.0.0")];
+        assert!(free_subnets_v6(c.ipv6.as_ref().unwrap(), &all, 100).is_empty());
+    }
+
+    /// flannel's `allocateSubnet` for a dual-stack config: an IPv4 and an IPv6 subnet, each
+    /// random among the first 100 free of its family, IPv6 subnets taken only by keys' IPv6
+    /// parts (a key without one takes none).
+    #[test]
+    fn dual_stack_new_lease() {
+        let c = dual("fd00:10::/56");
+        let ex = [
+            lease("10.244.1.0/24", "192.168.1.9"),
+            lease_k(key("10.244.2.0/24", "fd00:10:0:1::/64"), "192.168.1.8"),
+            lease_k(key("", "fd00:10:0:2::/63"), "0.0.0.0"),
+        ];
+        let free6 = free_subnets_v6(c.ipv6.as_ref().unwrap(), &ex, CANDIDATES);
+        assert_eq!(free6.len(), 100);
+        assert_eq!(free6[0], net6("fd00:10:0:4::/64"));
+        assert_eq!(free6[99], net6("fd00:10:0:67::/64"));
+        let mut seen6 = std::collections::HashSet::new();
+        for seed in 0..100 {
+            let Choice::New(k) = pick(&c, &ex, None, seed).unwrap() else {
+                panic!("new")
+            };
+            let (v4, v6) = (k.ipv4.unwrap(), k.ipv6.unwrap());
+            assert!(c.contains(v4) && c.ipv6.as_ref().unwrap().contains(v6));
+            assert!(v4 != net("10.244.1.0/24") && v4 != net("10.244.2.0/24"));
+            assert!(free6.contains(&v6), "{v6}");
+            assert!(fits(&c, &k));
+            seen6.insert(v6);
+        }
+        assert!(seen6.len() > 30, "only {} distinct IPv6 picks", seen6.len());
+        // Exhausting the IPv6 range fails with an IPv6 message, even with IPv4 left.
+        let c = dual("fd00:10::/62");
+        let full = [lease_k(key("10.244.9.0/24", "fd00:10::/62"), "192.168.1.9")];
+        let e = pick(&c, &full, None, 0).unwrap_err().to_string();
+        assert!(
+            e.contains("no free /64 subnet between IPv6SubnetMin fd00:10:0:1:: and IPv6SubnetMax fd00:10:0:3::")
+                && e.contains("all 3 are taken")
+                && e.contains("widen IPv6Network"),
+            "{e}"
+        );
+    }
+
+    /// Own dual-stack leases: reused when both halves fit; a lease without its IPv6 half
+    /// (written before EnableIPv6 was set) is stale, as flannel's isIPv6SubnetConfigCompat
+    /// says, and so is a dual-stack lease once IPv6 is switched off again.
+    #[test]
+    fn dual_stack_own_lease_fit() {
+        let c = dual("fd00:10::/56");
+        let mine = lease_k(key("10.244.7.0/24", "fd00:10:0:7::/64"), ME);
+        assert_eq!(pick(&c, &[mine], None, 0), Ok(Choice::Reuse(mine.key)));
+        assert!(stale_own(&c, &[mine], &me()).is_empty());
+        let v4_only = lease("10.244.7.0/24", ME);
+        assert_eq!(stale_own(&c, &[v4_only], &me()), vec![v4_only.key]);
+        let wrong_len = lease_k(key("10.244.7.0/24", "fd00:10:0:7::/65"), ME);
+        assert_eq!(stale_own(&c, &[wrong_len], &me()), vec![wrong_len.key]);
+        let c4 = cfg("10.244.0.0/16", None);
+        assert_eq!(stale_own(&c4, &[mine], &me()), vec![mine.key]);
+        // Reservations are never stale, and a misfit one is not reused.
+        let r = ExistingLease {
+            reservation: true,
+            ..v4_only
+        };
+        assert!(stale_own(&c, &[r], &me()).is_empty());
+        let got = pick(&c, &[r], None, 0).unwrap();
+        assert!(matches!(got, Choice::New(_)));
+        assert_ne!(
+            got.subnet(),
+            Some(net("10.244.7.0/24")),
+            "the reservation still holds it"
+        );
+        // A dual-stack reservation for us is reused.
+        let r = ExistingLease {
+            reservation: true,
+            ..mine
+        };
+        assert_eq!(pick(&c, &[r], None, 0), Ok(Choice::Reuse(mine.key)));
+    }
+
+    /// The previous subnets from subnet.env are kept per family: a dual-stack start after a
+    /// v4-only run keeps the IPv4 subnet and draws an IPv6 one (flannel drops both).
+    #[test]
+    fn dual_stack_previous_per_family() {
+        let c = dual("fd00:10::/56");
+        let ex = [lease_k(
+            key("10.244.3.0/24", "fd00:10:0:3::/64"),
+            "192.168.1.9",
+        )];
+        let both = key("10.244.9.0/24", "fd00:10:0:9::/64");
+        assert_eq!(pick_with(&c, &ex, both, 0), Ok(Choice::New(both)));
+        let got = pick_with(&c, &ex, key4("10.244.9.0/24"), 0).unwrap().key();
+        assert_eq!(got.ipv4, Some(net("10.244.9.0/24")));
+        assert!(got.ipv6.is_some_and(|s| s != net6("fd00:10:0:3::/64")));
+        // A taken previous IPv6 subnet is not reused; the free IPv4 one still is.
+        let taken6 = key("10.244.9.0/24", "fd00:10:0:3::/64");
+        let got = pick_with(&c, &ex, taken6, 0).unwrap().key();
+        assert_eq!(got.ipv4, Some(net("10.244.9.0/24")));
+        assert_ne!(got.ipv6, Some(net6("fd00:10:0:3::/64")));
+        // Outside the IPv6 range: ignored.
+        let out6 = key("10.244.9.0/24", "fd00:11:0:9::/64");
+        let got = pick_with(&c, &ex, out6, 0).unwrap().key();
+        assert!(c.ipv6.as_ref().unwrap().contains(got.ipv6.unwrap()));
+    }
+
+    /// IPv6 only: keys `0.0.0.0-0&...`, identity by PublicIPv6 (flannel would match every
+    /// IPv6-only node's PublicIP 0.0.0.0 and take another node's lease).
+    #[test]
+    fn ipv6_only() {
+        let c = v6_only("fd00:10::/56");
+        let ip6 = |s: &str| -> Option<Ipv6Addr> { Some(s.parse().unwrap()) };
+        let me6 = Identity {
+            public_ip: None,
+            public_ipv6: ip6("fd00:77::10"),
+        };
+        let other = ExistingLease {
+            public_ipv6: ip6("fd00:77::9"),
+            ..lease_k(key("", "fd00:10:0:3::/64"), "0.0.0.0")
+        };
+        let mine = ExistingLease {
+            public_ipv6: ip6("fd00:77::10"),
+            ..lease_k(key("", "fd00:10:0:8::/64"), "0.0.0.0")
+        };
+        let mut rng = StdRng::seed_from_u64(0);
+        assert_eq!(
+            choose(&c, &[other, mine], &me6, SubnetKey::default(), &mut rng),
+            Ok(Choice::Reuse(mine.key))
+        );
+        let got = choose(&c, &[other], &me6, SubnetKey::default(), &mut rng).unwrap();
+        let Choice::New(k) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(k.ipv4, None);
+        assert!(k.ipv6.is_some_and(|s| s != net6("fd00:10:0:3::/64")));
+        // An old dual-stack lease of ours does not fit an IPv6-only config.
+        let old = ExistingLease {
+            public_ipv6: ip6("fd00:77::10"),
+            ..lease_k(key("10.244.1.0/24", "fd00:10:0:8::/64"), "192.168.1.10")
+        };
+        assert_eq!(stale_own(&c, &[old, other], &me6), vec![old.key]);
+        // Previous IPv6 subnet.
+        let prev = key("", "fd00:10:0:20::/64");
+        assert_eq!(
+            choose(&c, &[other], &me6, prev, &mut rng),
+            Ok(Choice::New(prev))
+        );
+        assert!(!Identity {
+            public_ip: None,
+            public_ipv6: None
+        }
+        .holds(&other));
     }
 
     proptest::proptest! {
@@ -385,16 +785,49 @@ mod tests {
         ) {
             let c = cfg("10.9.0.0/24", Some(len));
             let ex: Vec<ExistingLease> = keys.iter().map(|&(o, l, r)| ExistingLease {
-                subnet: Ipv4Net::new(Ipv4Addr::from(0x0a09_0000 | o), l).unwrap().trunc(),
-                public_ip: ip("1.1.1.1"),
                 reservation: r,
+                ..lease_k(SubnetKey::v4(Ipv4Net::new(Ipv4Addr::from(0x0a09_0000 | o), l).unwrap().trunc()), "1.1.1.1")
             }).collect();
-            let brute: Vec<Ipv4Net> = c.subnets().filter(|s| ex.iter().all(|l| !overlaps(l.subnet, *s))).collect();
+            let brute: Vec<Ipv4Net> = c.subnets().filter(|s| ex.iter().all(|l| !overlaps4(l.key.ipv4.unwrap(), *s))).collect();
             proptest::prop_assert_eq!(free_subnets(&c, &ex, 1000), brute.clone());
             match pick(&c, &ex, None, seed) {
-                Ok(Choice::New(sn)) => proptest::prop_assert!(brute.contains(&sn)),
+                Ok(Choice::New(k)) => proptest::prop_assert!(brute.contains(&k.ipv4.unwrap())),
                 Ok(other) => proptest::prop_assert!(false, "{:?}", other),
                 Err(_) => proptest::prop_assert!(brute.is_empty()),
+            }
+        }
+
+        /// The IPv6 sweep against brute force over a small range of a large network, keys of
+        /// any length (including ones covering the whole range, and IPv4-only keys).
+        #[test]
+        fn chosen_v6_is_free_and_fits(
+            len in 116u8..=124,
+            keys in proptest::collection::vec((0u128..4096, 100u8..=128, proptest::prelude::any::<bool>()), 0..20),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let base: u128 = u128::from("fd00:aa::".parse::<Ipv6Addr>().unwrap());
+            let c = NetworkConfig::parse(format!(
+                r#"{{"Network":"10.9.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:aa::/114","IPv6SubnetLen":{len}}}"#
+            ).as_bytes()).unwrap();
+            let c6 = c.ipv6.clone().unwrap();
+            let ex: Vec<ExistingLease> = keys.iter().map(|&(o, l, v6)| {
+                let sn6 = Ipv6Net::new(Ipv6Addr::from(base | o), l).unwrap().trunc();
+                lease_k(SubnetKey { ipv4: Some(net("10.9.200.0/24")), ipv6: v6.then_some(sn6) }, "1.1.1.1")
+            }).collect();
+            let size = 1u128 << (128 - len);
+            let brute: Vec<Ipv6Net> = (0..c6.subnet_count())
+                .map(|i| Ipv6Net::new(Ipv6Addr::from(u128::from(c6.subnet_min) + i * size), len).unwrap())
+                .filter(|s| ex.iter().filter_map(|l| l.key.ipv6).all(|k| !overlaps(span6(k), span6(*s))))
+                .collect();
+            proptest::prop_assert_eq!(free_subnets_v6(&c6, &ex, 10_000), brute.clone());
+            proptest::prop_assert_eq!(free_subnets_v6(&c6, &ex, 3), brute.iter().copied().take(3).collect::<Vec<_>>());
+            match pick(&c, &ex, None, seed) {
+                Ok(Choice::New(k)) => {
+                    proptest::prop_assert!(brute[..brute.len().min(CANDIDATES)].contains(&k.ipv6.unwrap()));
+                    proptest::prop_assert!(fits(&c, &k));
+                }
+                Ok(other) => proptest::prop_assert!(false, "{:?}", other),
+                Err(e) => proptest::prop_assert!(brute.is_empty(), "{}", e),
             }
         }
     }

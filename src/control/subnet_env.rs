@@ -4,37 +4,111 @@
 //! The only I/O in the control plane's pure layer: the file itself. The daemon leaves the file
 //! in place on exit (as flannel does), so a restart can ask for the same subnet again.
 
-use ipnet::Ipv4Net;
+use super::config::NetworkConfig;
+use super::gojson;
+use super::lease::SubnetKey;
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-/// The contents of subnet.env (IPv4 only).
+/// The contents of subnet.env: the IPv4 part, the IPv6 part, or both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubnetEnv {
-    /// `FLANNEL_NETWORK`: the whole overlay.
+    /// `FLANNEL_NETWORK`: the whole IPv4 overlay (ignored when `ipv4` is false).
     pub network: Ipv4Net,
-    /// This node's subnet; written as its first host address with the subnet's length.
+    /// This node's IPv4 subnet (`FLANNEL_SUBNET`); written as its first host address with the
+    /// subnet's length.
     pub subnet: Ipv4Net,
+    /// Whether the IPv4 lines are written (`EnableIPv4`).
+    pub ipv4: bool,
+    /// `FLANNEL_IPV6_NETWORK` and this node's IPv6 subnet (`FLANNEL_IPV6_SUBNET`, written as
+    /// its first host address), when IPv6 is enabled.
+    pub ipv6: Option<Ipv6Subnets>,
     /// `FLANNEL_MTU`: the overlay device's MTU.
     pub mtu: u32,
     /// `FLANNEL_IPMASQ`: whether overlayd masquerades (so the CNI plugin should not).
     pub ipmasq: bool,
 }
 
+/// The IPv6 lines of subnet.env.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Subnets {
+    /// `FLANNEL_IPV6_NETWORK`: the whole IPv6 overlay.
+    pub network: Ipv6Net,
+    /// This node's IPv6 subnet.
+    pub subnet: Ipv6Net,
+}
+
 impl SubnetEnv {
-    /// The file's text, e.g. `FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n`.
+    /// An IPv4-only subnet.env.
+    pub fn v4(network: Ipv4Net, subnet: Ipv4Net, mtu: u32, ipmasq: bool) -> Self {
+        SubnetEnv {
+            network,
+            subnet,
+            ipv4: true,
+            ipv6: None,
+            mtu,
+            ipmasq,
+        }
+    }
+
+    /// subnet.env for the subnets `held` under `cfg`: the IPv4 lines when `EnableIPv4`, the
+    /// IPv6 lines when `EnableIPv6` and an IPv6 subnet is held.
+    pub fn for_lease(cfg: &NetworkConfig, held: SubnetKey, mtu: u32, ipmasq: bool) -> Self {
+        SubnetEnv {
+            network: cfg.network,
+            subnet: held.ipv4.unwrap_or(cfg.network),
+            ipv4: cfg.enable_ipv4 && held.ipv4.is_some(),
+            ipv6: cfg
+                .ipv6
+                .as_ref()
+                .zip(held.ipv6)
+                .map(|(c6, subnet)| Ipv6Subnets {
+                    network: c6.network,
+                    subnet,
+                }),
+            mtu,
+            ipmasq,
+        }
+    }
+
+    /// The file's text as flannel's `WriteSubnetFile` (pkg/subnet/subnet.go) writes it, e.g.
+    /// `FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n`;
+    /// a dual-stack node adds `FLANNEL_IPV6_NETWORK=fd00:5::/56\nFLANNEL_IPV6_SUBNET=fd00:5:0:34::1/64\n`
+    /// after the IPv4 lines, an IPv6-only node has only those.
     pub fn render(&self) -> String {
-        let first = Ipv4Addr::from(u32::from(self.subnet.network()).wrapping_add(1));
-        format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
-            self.network,
-            first,
-            self.subnet.prefix_len(),
-            self.mtu,
-            self.ipmasq
-        )
+        let mut o = String::with_capacity(160);
+        // Writing to a String cannot fail.
+        if self.ipv4 {
+            let first = Ipv4Addr::from(u32::from(self.subnet.network()).wrapping_add(1));
+            let _ = write!(
+                o,
+                "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
+                self.network,
+                first,
+                self.subnet.prefix_len()
+            );
+        }
+        if let Some(v6) = &self.ipv6 {
+            let first = Ipv6Addr::from(u128::from(v6.subnet.network()).wrapping_add(1));
+            let _ = write!(
+                o,
+                "FLANNEL_IPV6_NETWORK={}/{}\nFLANNEL_IPV6_SUBNET={}/{}\n",
+                gojson::format_ipv6(v6.network.network()),
+                v6.network.prefix_len(),
+                gojson::format_ipv6(first),
+                v6.subnet.prefix_len()
+            );
+        }
+        let _ = write!(
+            o,
+            "FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.mtu, self.ipmasq
+        );
+        o
     }
 
     /// Write the file atomically: parent directories created, a temporary file in the same
@@ -72,31 +146,67 @@ impl SubnetEnv {
     }
 }
 
-/// The subnet named by `FLANNEL_SUBNET` in an existing subnet file (`10.5.52.1/24` gives
-/// `10.5.52.0/24`), to ask for the same subnet after a restart. `None` when the file is
-/// missing, unreadable or has no well-formed `FLANNEL_SUBNET`.
-pub fn read_previous_subnet(path: &Path) -> Option<Ipv4Net> {
-    let text = fs::read_to_string(path).ok()?;
-    parse_previous_subnet(&text)
+/// The subnets named by `FLANNEL_SUBNET` and `FLANNEL_IPV6_SUBNET` in an existing subnet
+/// file (`10.5.52.1/24` gives `10.5.52.0/24`), to ask for the same subnets after a restart,
+/// as flanneld does (`ReadCIDRFromSubnetFile`/`ReadIP6CIDRFromSubnetFile` in its main.go).
+/// Each is `None` when the file is missing, unreadable or has no well-formed value for it.
+pub fn read_previous(path: &Path) -> SubnetKey {
+    match fs::read_to_string(path) {
+        Ok(text) => parse_previous(&text),
+        Err(_) => SubnetKey::default(),
+    }
 }
 
-/// [`read_previous_subnet`] on the file's text. The last `FLANNEL_SUBNET` line wins; surrounding
-/// blanks and one pair of quotes around the value are tolerated (dotenv style).
-pub fn parse_previous_subnet(text: &str) -> Option<Ipv4Net> {
+/// [`read_previous`] on the file's text.
+pub fn parse_previous(text: &str) -> SubnetKey {
+    SubnetKey {
+        ipv4: parse_previous_subnet(text),
+        ipv6: parse_previous_ipv6_subnet(text),
+    }
+}
+
+/// The subnet named by `FLANNEL_SUBNET` in an existing subnet file (`10.5.52.1/24` gives
+/// `10.5.52.0/24`). `None` when the file is missing, unreadable or has no well-formed
+/// `FLANNEL_SUBNET`.
+pub fn read_previous_subnet(path: &Path) -> Option<Ipv4Net> {
+    read_previous(path).ipv4
+}
+
+/// The value of the last `key=` line, dotenv style: surrounding blanks, an `export ` prefix
+/// and one pair of quotes around the value are tolerated.
+fn env_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     let value = text
         .lines()
         .filter_map(|l| {
             let l = l.trim();
             let l = l.strip_prefix("export ").map_or(l, str::trim_start);
             let (k, v) = l.split_once('=')?;
-            (k.trim() == "FLANNEL_SUBNET").then(|| v.trim())
+            (k.trim() == key).then(|| v.trim())
         })
         .next_back()?;
-    let value = ['"', '\'']
-        .iter()
-        .find_map(|q| value.strip_prefix(*q)?.strip_suffix(*q))
-        .unwrap_or(value);
-    value.parse::<Ipv4Net>().ok().map(|n| n.trunc())
+    Some(
+        ['"', '\'']
+            .iter()
+            .find_map(|q| value.strip_prefix(*q)?.strip_suffix(*q))
+            .unwrap_or(value),
+    )
+}
+
+/// [`read_previous_subnet`] on the file's text. The last `FLANNEL_SUBNET` line wins.
+pub fn parse_previous_subnet(text: &str) -> Option<Ipv4Net> {
+    env_value(text, "FLANNEL_SUBNET")?
+        .parse::<Ipv4Net>()
+        .ok()
+        .map(|n| n.trunc())
+}
+
+/// The IPv6 subnet named by `FLANNEL_IPV6_SUBNET` (`fd00:5:0:34::1/64` gives
+/// `fd00:5:0:34::/64`). The last such line wins.
+pub fn parse_previous_ipv6_subnet(text: &str) -> Option<Ipv6Net> {
+    env_value(text, "FLANNEL_IPV6_SUBNET")?
+        .parse::<Ipv6Net>()
+        .ok()
+        .map(|n| n.trunc())
 }
 
 #[cfg(test)]
@@ -105,12 +215,12 @@ mod tests {
     use std::path::PathBuf;
 
     fn env() -> SubnetEnv {
-        SubnetEnv {
-            network: "10.5.0.0/16".parse().unwrap(),
-            subnet: "10.5.52.0/24".parse().unwrap(),
-            mtu: 1450,
-            ipmasq: false,
-        }
+        SubnetEnv::v4(
+            "10.5.0.0/16".parse().unwrap(),
+            "10.5.52.0/24".parse().unwrap(),
+            1450,
+            false,
+        )
     }
 
     /// A unique scratch directory, removed on drop.
@@ -141,16 +251,71 @@ mod tests {
             env().render(),
             "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
         );
-        let e = SubnetEnv {
-            network: "10.0.0.0/28".parse().unwrap(),
-            subnet: "10.0.0.12/30".parse().unwrap(),
-            mtu: 8950,
-            ipmasq: true,
-        };
+        let e = SubnetEnv::v4(
+            "10.0.0.0/28".parse().unwrap(),
+            "10.0.0.12/30".parse().unwrap(),
+            8950,
+            true,
+        );
         assert_eq!(
             e.render(),
             "FLANNEL_NETWORK=10.0.0.0/28\nFLANNEL_SUBNET=10.0.0.13/30\nFLANNEL_MTU=8950\nFLANNEL_IPMASQ=true\n"
         );
+    }
+
+    /// What flannel's `WriteSubnetFile` (pkg/subnet/subnet.go) writes for a dual-stack and an
+    /// IPv6-only node: the IPv4 pair, then the IPv6 pair (each subnet's first address, via
+    /// `IncrementIP`, printed by `IP6Net.String`), then MTU and IPMASQ.
+    #[test]
+    fn renders_flannel_ipv6_format() {
+        let v6 = Ipv6Subnets {
+            network: "fd00:5::/56".parse().unwrap(),
+            subnet: "fd00:5:0:34::/64".parse().unwrap(),
+        };
+        let dual = SubnetEnv {
+            ipv6: Some(v6),
+            ..env()
+        };
+        let text = "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_IPV6_NETWORK=fd00:5::/56\nFLANNEL_IPV6_SUBNET=fd00:5:0:34::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+        assert_eq!(dual.render(), text);
+        assert_eq!(
+            parse_previous(text),
+            SubnetKey {
+                ipv4: Some("10.5.52.0/24".parse().unwrap()),
+                ipv6: Some("fd00:5:0:34::/64".parse().unwrap()),
+            }
+        );
+        let only6 = SubnetEnv {
+            ipv4: false,
+            mtu: 1430,
+            ipmasq: true,
+            ..dual
+        };
+        let text = "FLANNEL_IPV6_NETWORK=fd00:5::/56\nFLANNEL_IPV6_SUBNET=fd00:5:0:34::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n";
+        assert_eq!(only6.render(), text);
+        assert_eq!(parse_previous(text).ipv4, None);
+        // A /126 subnet's first address; flannel's uncompressed-zero rules.
+        let small = SubnetEnv {
+            ipv4: false,
+            ipv6: Some(Ipv6Subnets {
+                network: "2001:db8:0:0:1::/124".parse().unwrap(),
+                subnet: "2001:db8::1:0:0:4/126".parse().unwrap(),
+            }),
+            ..env()
+        };
+        assert_eq!(
+            small.render(),
+            "FLANNEL_IPV6_NETWORK=2001:db8:0:0:1::/124\nFLANNEL_IPV6_SUBNET=2001:db8::1:0:0:5/126\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        // The file overlayd read back is what flannel's CNI plugin reads too.
+        let p = |t: &str| parse_previous_ipv6_subnet(t);
+        assert_eq!(
+            p("FLANNEL_IPV6_SUBNET=\"fd00:5:0:34::1/64\""),
+            Some("fd00:5:0:34::/64".parse().unwrap())
+        );
+        assert_eq!(p("FLANNEL_IPV6_SUBNET=10.5.52.1/24\n"), None);
+        assert_eq!(p("FLANNEL_IPV6_SUBNET=fd00::1\n"), None);
+        assert_eq!(p("FLANNEL_SUBNET=10.5.52.1/24\n"), None);
     }
 
     #[test]
@@ -216,8 +381,24 @@ mod tests {
         #[test]
         fn render_then_parse(a in proptest::prelude::any::<u32>(), len in 1u8..=30, mtu in 0u32..70000) {
             let subnet = Ipv4Net::new(Ipv4Addr::from(a), len).unwrap().trunc();
-            let e = SubnetEnv { network: subnet.supernet().unwrap().trunc(), subnet, mtu, ipmasq: a % 2 == 0 };
+            let e = SubnetEnv::v4(subnet.supernet().unwrap().trunc(), subnet, mtu, a % 2 == 0);
             proptest::prop_assert_eq!(parse_previous_subnet(&e.render()), Some(subnet));
+        }
+
+        #[test]
+        fn render_then_parse_dual(a in proptest::prelude::any::<u128>(), len in 1u8..=126, v4 in proptest::prelude::any::<bool>()) {
+            let subnet = Ipv6Net::new(Ipv6Addr::from(a), len).unwrap().trunc();
+            let network = subnet.supernet().unwrap().trunc();
+            let e = SubnetEnv { ipv4: v4, ipv6: Some(Ipv6Subnets { network, subnet }), ..env() };
+            let text = e.render();
+            // flannel writes a few addresses dotted (gojson::format_ipv6); Go's and our CIDR
+            // parsers read those back as IPv4, as flannel's own reader does.
+            if !text.contains("FLANNEL_IPV6_SUBNET=") || text.lines().any(|l| l.starts_with("FLANNEL_IPV6_SUBNET=") && l.contains('.')) {
+                proptest::prop_assert_eq!(parse_previous_ipv6_subnet(&text), None);
+            } else {
+                proptest::prop_assert_eq!(parse_previous_ipv6_subnet(&text), Some(subnet));
+            }
+            proptest::prop_assert_eq!(parse_previous_subnet(&text), v4.then_some(env().subnet));
         }
 
         #[test]
