@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::mpsc;
@@ -16,7 +16,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::*;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{json, Value};
 
 const READY: Duration = Duration::from_secs(30);
@@ -466,6 +466,132 @@ fn netns_cni_two_hosts_vxlan() {
         assert!(held.is_empty(), "addresses still allocated: {held:?}");
     }
     assert!(d1.is_running() && d2.is_running());
+}
+
+/// Dual stack as flannel's CNI plugin does it: overlayd with flannel's dual-stack config
+/// writes FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET, and overlay-cni hands host-local one range
+/// per family and a route to each overlay network, so a container gets an IPv4 and an IPv6
+/// address from this node's subnets, the reference bridge plugin gives it both gateways, and
+/// DEL frees both addresses.
+#[test]
+fn netns_cni_dual_stack() {
+    let test = "netns_cni_dual_stack";
+    if skip_unless_root(test) || skip_without_plugins(test) {
+        return;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    common::ipv6::put_dual_stack_config(&etcd, ETCD_PREFIX, "vxlan");
+    let host = topo.host(0);
+    common::ipv6::add_underlay_ipv6(host, 0);
+    let mut d = Overlayd::spawn(host, overlayd_args("vxlan", &etcd));
+    let subnet = subnet_of(&d.wait_ready(READY));
+    let subnet6 = common::ipv6::ipv6_subnet_in(d.subnet_file()).expect("FLANNEL_IPV6_SUBNET");
+    let network6: Ipv6Net = common::ipv6::OVERLAY_NETWORK6.parse().unwrap();
+    let tmp = TempDir::new("cni6");
+    let node = Node {
+        host,
+        subnet,
+        conf: net_conf(d.subnet_file(), &tmp.path().join("h1")),
+        dir: tmp.path().join("h1"),
+    };
+    let gw6 = Ipv6Addr::from(u128::from(subnet6.network()) + 1);
+
+    let containers: Vec<Container> = ["d1", "d2"].iter().map(|id| node.add(id)).collect();
+    let mut addrs6 = Vec::new();
+    for c in &containers {
+        // One address per family, each from this node's subnet of that family, with its gateway.
+        let ips = c.result["ips"].as_array().expect("ips");
+        assert_eq!(ips.len(), 2, "{}: {}", c.id, c.result);
+        assert!(
+            subnet.contains(&c.ip()),
+            "{}: {} not in {subnet}",
+            c.id,
+            c.addr
+        );
+        let v6 = ips
+            .iter()
+            .find_map(|ip| ip["address"].as_str()?.parse::<Ipv6Net>().ok())
+            .unwrap_or_else(|| panic!("{}: no IPv6 address in {}", c.id, c.result));
+        assert!(
+            subnet6.contains(&v6.addr()) && v6.prefix_len() == subnet6.prefix_len(),
+            "{}: {v6} not in {subnet6}",
+            c.id
+        );
+        assert_ne!(v6.addr(), gw6, "{}: the gateway's address", c.id);
+        assert!(
+            ips.iter().any(|ip| ip["gateway"] == gw6.to_string()),
+            "{}: IPv6 gateway {gw6}: {}",
+            c.id,
+            c.result
+        );
+        // The container has both, and routes to both overlay networks.
+        let shown = c.ns.ip("-6 addr show dev eth0 scope global");
+        assert!(shown.contains(&v6.to_string()), "{}: {shown}", c.id);
+        let routes6 = c.ns.ip("-6 route show");
+        assert!(
+            routes6.contains(&format!("{network6} via {gw6}")),
+            "{}: no route to {network6}: {routes6}",
+            c.id
+        );
+        let routes4 = c.ns.ip("-4 route show");
+        assert!(routes4.contains(OVERLAY_NETWORK), "{}: {routes4}", c.id);
+        // The delegate config: flannel's ranges (v4 then v6) and routes.
+        let saved: Value = serde_json::from_slice(
+            &std::fs::read(node.dir.join("data").join(&c.id)).expect("saved config"),
+        )
+        .expect("saved config is JSON");
+        assert_eq!(
+            saved["ipam"]["ranges"],
+            json!([[{"subnet": subnet.to_string()}], [{"subnet": subnet6.to_string()}]])
+        );
+        assert_eq!(
+            saved["ipam"]["routes"],
+            json!([{"dst": OVERLAY_NETWORK}, {"dst": network6.to_string()}])
+        );
+        addrs6.push(v6.addr());
+    }
+    assert_ne!(addrs6[0], addrs6[1]);
+    // Both families work between the two containers on the node's bridge.
+    let (c1, c2) = (&containers[0], &containers[1]);
+    assert!(ping_until(&c1.ns, c2.ip(), Duration::from_secs(15)));
+    assert!(
+        ping_until(&c1.ns, addrs6[1], Duration::from_secs(15)),
+        "{} cannot ping6 {}",
+        c1.id,
+        addrs6[1]
+    );
+    assert!(ping_until(&c2.ns, addrs6[0], Duration::from_secs(15)));
+    // CHECK passes on the dual-stack result.
+    for c in &containers {
+        let out = cni(
+            node.host,
+            "CHECK",
+            Some((&c.id, &c.ns)),
+            &with_prev(&node.conf, &c.result),
+            None,
+        );
+        assert!(out.status.success(), "CHECK {}: {}", c.id, show(&out));
+    }
+    // DEL frees both addresses of each container.
+    for c in &containers {
+        let out = cni(
+            node.host,
+            "DEL",
+            Some((&c.id, &c.ns)),
+            &with_prev(&node.conf, &c.result),
+            None,
+        );
+        assert!(out.status.success(), "DEL {}: {}", c.id, show(&out));
+        assert!(!c.ns.has_link("eth0"));
+    }
+    let held: Vec<_> = std::fs::read_dir(node.ipam_store())
+        .expect("ipam store")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    assert!(held.is_empty(), "addresses still allocated: {held:?}");
+    assert!(d.is_running());
 }
 
 /// The plugin's answers that need no overlayd: VERSION, and spec-shaped errors for a bad
