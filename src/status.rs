@@ -1,5 +1,6 @@
 //! `overlayd status`: this node's view of the cluster at a glance — every lease from etcd
-//! (subnet, public address, backend, VTEP MAC, time to expiry) joined with this node's
+//! (subnet, public address, backend, VTEP MAC, time to expiry; a dual-stack lease's IPv6
+//! subnet, PublicIPv6 and IPv6 VTEP MAC on a `+` line below it) joined with this node's
 //! per-peer counters from its metrics endpoint.
 
 use std::collections::HashMap;
@@ -97,10 +98,25 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
     match reg.get_config().await.map_err(|e| e.to_string())? {
         Some(raw) => match NetworkConfig::parse(&raw) {
             Ok(c) => {
+                let v4 = if c.enable_ipv4 {
+                    format!("network {}  SubnetLen {}", c.network, c.subnet_len)
+                } else {
+                    "IPv4 disabled".to_owned()
+                };
+                let v6 = c
+                    .ipv6
+                    .as_ref()
+                    .map(|v6| {
+                        format!(
+                            "  IPv6Network {}  IPv6SubnetLen {}",
+                            v6.network, v6.subnet_len
+                        )
+                    })
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "network {}  SubnetLen {}  backend {} (VNI/key {}, port {})",
-                    c.network, c.subnet_len, c.backend.kind, c.backend.vni, c.backend.port
+                    "{v4}{v6}  backend {} (VNI/key {}, port {})",
+                    c.backend.kind, c.backend.vni, c.backend.port
                 );
             }
             Err(e) => {
@@ -156,12 +172,30 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
             .to_string();
         let t = traffic.as_ref().and_then(|t| t.get(&l.subnet.to_string()));
         let col = |i: usize| t.map(|v| v[i].to_string()).unwrap_or_else(|| "-".into());
+        let mac6 = l
+            .attrs
+            .backend_v6_data
+            .as_ref()
+            .and_then(|v| v.get("VtepMAC"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("-")
+            .to_string();
+        let ip6 = l
+            .attrs
+            .public_ipv6
+            .map_or_else(|| "-".to_string(), |a| a.to_string());
+        let bt = l.attrs.backend_type.as_deref().unwrap_or("udp");
+        let (subnet, public, mac) = match l.ipv6_subnet {
+            // An IPv6-only lease: its IPv6 half in the main columns.
+            Some(sn6) if !l.has_ipv4() => (sn6.to_string(), ip6.clone(), mac6.clone()),
+            _ => (l.subnet.to_string(), l.attrs.public_ip.to_string(), mac),
+        };
         let _ = writeln!(
             out,
             "{:<18} {:<16} {:<7} {:<18} {:>9} {:>12} {:>14} {:>12} {:>14}",
-            l.subnet.to_string(),
-            l.attrs.public_ip.to_string(),
-            l.attrs.backend_type.as_deref().unwrap_or("udp"),
+            subnet,
+            public,
+            bt,
             mac,
             human_ttl(ttl),
             col(0),
@@ -169,6 +203,16 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
             col(2),
             col(3)
         );
+        if let (Some(sn6), true) = (l.ipv6_subnet, l.has_ipv4()) {
+            let _ = writeln!(
+                out,
+                "{:<18} {:<16} {:<7} {:<18}",
+                format!("+{sn6}"),
+                ip6,
+                bt,
+                mac6
+            );
+        }
     }
     l2_section(&reg, &mut out).await;
     Ok(out)

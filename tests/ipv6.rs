@@ -395,6 +395,29 @@ fn netns_dual_stack_daemons() {
         d1.log()
     );
 
+    // `overlayd status` shows both halves of the dual-stack leases.
+    let out = topo
+        .host(0)
+        .command(env!("CARGO_BIN_EXE_overlayd"))
+        .args(["status", "--etcd-endpoints", &etcd.endpoint()])
+        .output()
+        .expect("overlayd status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("IPv6Network {OVERLAY_NETWORK6}  IPv6SubnetLen 64")),
+        "{text}"
+    );
+    let row6 = text
+        .lines()
+        .find(|l| l.starts_with(&format!("+{v6_2}")))
+        .unwrap_or_else(|| panic!("no IPv6 row for h2:\n{text}"));
+    assert!(row6.contains(&pub6_2.to_string()), "{row6}");
+    assert!(
+        row6.contains(&format_mac(&stable_vtep_mac_v6(pub6_2, 1))),
+        "{row6}"
+    );
+
     // Restart with the key gone: the subnets come from subnet.env (FLANNEL_SUBNET and
     // FLANNEL_IPV6_SUBNET), as flanneld asks for its previous subnets.
     assert!(d1
