@@ -524,6 +524,40 @@ fn netns_ipv6_refusals_are_clear() {
             "fd00:77::99",
         ],
     );
-    d.wait_ready(READY);
-    assert!(ipv6_subnet_in(d.subnet_file()).is_some());
+    let s = subnet_of(&d.wait_ready(READY));
+    let s6 = ipv6_subnet_in(d.subnet_file()).expect("an IPv6 subnet");
+    let key = format!(
+        "{ETCD_PREFIX}/subnets/{}",
+        SubnetKey {
+            ipv4: Some(s),
+            ipv6: Some(s6)
+        }
+        .to_key()
+    );
+    let value = etcd.get(&key).unwrap_or_default();
+    assert!(value.contains(r#""PublicIPv6":"fd00:77::99""#), "{value}");
+    // --iface given as an IPv6 address: that address is published, the interface's IPv4
+    // address stays PublicIP, and the node keeps its lease (found by PublicIP).
+    assert!(d
+        .terminate(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    let ip6 = add_underlay_ipv6(topo.host(0), 0);
+    let mut d = Overlayd::spawn(
+        topo.host(0),
+        [
+            "--etcd-endpoints",
+            &etcd.endpoint(),
+            "--iface",
+            &ip6.to_string(),
+        ],
+    );
+    assert_eq!(subnet_of(&d.wait_ready(READY)), s);
+    let value = etcd.get(&key).unwrap_or_default();
+    assert!(
+        value.starts_with(&format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":"{ip6}""#,
+            host_ip(0)
+        )),
+        "{value}"
+    );
 }
