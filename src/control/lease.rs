@@ -649,6 +649,21 @@ mod tests {
         );
     }
 
+    /// A number in BackendData is kept through a decode/encode round trip, however many digits
+    /// it was written with (found by the lease_json fuzz target: without correctly rounded
+    /// float parsing the re-encoded value decoded to a different float).
+    #[test]
+    fn long_numbers_round_trip() {
+        let json = format!(
+            r#"{{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1{},"VtepMAC":"c6:d2:32:6f:8f:44"}}}}"#,
+            "7".repeat(75)
+        );
+        let a = LeaseAttrs::from_json(json.as_bytes()).unwrap();
+        let b = LeaseAttrs::from_json(a.to_json().as_bytes()).unwrap();
+        assert_eq!(b, a);
+        assert_eq!(b.to_json(), a.to_json());
+    }
+
     #[test]
     fn strict_types_and_errors() {
         let cases: &[(&[u8], &str)] = &[
