@@ -150,6 +150,13 @@ def main():
         '{"PublicIP":"10.0.0.7","PublicIPv6":"10.0.0.7","BackendType":"udp"}',
         '{"PublicIP":"10.0.0.8","BackendType":"vxlan","BackendData":{"VNI":16777215,'
         '"VtepMAC":"02:42:0a:f4:01:00","Unicode":"\\u00e9\\ud83d\\ude00"}}',
+        # Dual stack and IPv6 only, as flannel's vxlan backend writes them.
+        '{"PublicIP":"192.168.64.3","PublicIPv6":"fd00:64::3","BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},'
+        '"BackendV6Data":{"VNI":1,"VtepMAC":"6a:0b:1e:22:7c:01"}}',
+        '{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:64::3","BackendType":"vxlan",'
+        '"BackendV6Data":{"VNI":1,"VtepMAC":"6a:0b:1e:22:7c:01"}}',
+        '{"PublicIP":"192.168.0.1","PublicIPv6":"fc00::1"}',
     ])
     write("config_json", [
         '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}',
@@ -161,10 +168,25 @@ def main():
         '"Backend":{"Type":"vxlan"}}',
         '{"network":"10.0.0.0/8","subnetlen":20,"Backend":null}',
         '{"Network":"192.168.0.0/30"}',
+        '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:cafe:42::/56",'
+        '"Backend":{"Type":"vxlan"}}',
+        '{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48",'
+        '"IPv6SubnetLen":80,"IPv6SubnetMin":"fd00:10:0:5::","IPv6SubnetMax":"fd00:10:0:9::"}',
     ])
     write("subnet_key", [
         "10.244.37.0-24", "10.5.34.0-24&fd00:12:13::-56", "0.0.0.0-0",
         "255.255.255.255-32", "10.244.37.1-24", "10.244.0.0-16&::-0",
+        "0.0.0.0-0&fd00:12:13:7::-64", "10.5.1.0-24&fc00::-64",
+    ])
+    write("subnet_env", [
+        "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\n"
+        "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+        "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\n"
+        "FLANNEL_IPV6_NETWORK=fd00:5::/56\nFLANNEL_IPV6_SUBNET=fd00:5:0:34::1/64\n"
+        "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+        "FLANNEL_IPV6_NETWORK=fd00:5::/56\nFLANNEL_IPV6_SUBNET=fd00:5:0:34::1/64\n"
+        "FLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n",
+        'export FLANNEL_SUBNET="10.5.52.1/24"\nFLANNEL_NETWORK=10.5.0.0/16\n',
     ])
     # tso_gro: [flags, words, gso(2), seq(4), len(2), tos, ttl, ident(2), headroom, opts+pattern]
     ts = bytes([1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2])
