@@ -461,7 +461,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         decode_peer: Box::new(decode),
         subnet_tx,
         keepalive_every,
-        stats: telemetry.clone(),
+        stats: telemetry.control.clone(),
     };
     let control_task = tokio::spawn(control.run());
     let mut current = subnet;

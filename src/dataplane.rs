@@ -26,11 +26,12 @@
 use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::counters::{totals, DirCounters, Totals, WorkerStats};
 use crate::drop::DropReason;
 use crate::encap::{Decapsulated, Encap};
 use crate::fib::{Fib, SharedFib};
@@ -38,7 +39,6 @@ use crate::offload::gro::Coalescer;
 use crate::offload::{self, tso};
 use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket, MAX_BATCH, MAX_GSO_SEGMENTS};
 use crate::sys::tun::{poll_readable, Queue};
-use crate::telemetry::DirCounters;
 use crate::wire::{arp, flow, icmp, ipv4, virtio};
 
 /// Room kept in front of every packet read from the device for the encapsulation header.
@@ -57,40 +57,6 @@ const MAX_GSO_BYTES: usize = 65000;
 const POLL_MS: i32 = 100;
 /// The GRE protocol field of L2 (gretap) traffic.
 const ETHERTYPE_TEB_BYTES: [u8; 2] = crate::wire::ether::ETHERTYPE_TEB.to_be_bytes();
-
-/// Counters of one worker, bumped by it alone and read by the metrics exporter.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    pub tx_packets: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    pub tx_sends: AtomicU64,
-    pub rx_packets: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    pub rx_batches: AtomicU64,
-    pub icmp_unreachable: AtomicU64,
-    pub arp_replies: AtomicU64,
-    pub drops: [AtomicU64; DropReason::COUNT],
-}
-
-impl WorkerStats {
-    fn drop(&self, r: DropReason, n: u64) {
-        self.drops[r as usize].fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// Totals over all workers, for logs, tests and metrics.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Totals {
-    pub tx_sends: u64,
-    pub rx_batches: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub icmp_unreachable: u64,
-    pub arp_replies: u64,
-    pub drops: [u64; DropReason::COUNT],
-}
 
 /// What the workers need to know about this node.
 #[derive(Debug, Clone)]
@@ -195,25 +161,6 @@ impl Dataplane {
             let _ = t.join();
         }
     }
-}
-
-/// Sums worker counters.
-pub fn totals(stats: &[WorkerStats]) -> Totals {
-    let mut t = Totals::default();
-    for s in stats {
-        t.tx_sends += s.tx_sends.load(Ordering::Relaxed);
-        t.rx_batches += s.rx_batches.load(Ordering::Relaxed);
-        t.tx_packets += s.tx_packets.load(Ordering::Relaxed);
-        t.tx_bytes += s.tx_bytes.load(Ordering::Relaxed);
-        t.rx_packets += s.rx_packets.load(Ordering::Relaxed);
-        t.rx_bytes += s.rx_bytes.load(Ordering::Relaxed);
-        t.icmp_unreachable += s.icmp_unreachable.load(Ordering::Relaxed);
-        t.arp_replies += s.arp_replies.load(Ordering::Relaxed);
-        for (d, a) in t.drops.iter_mut().zip(&s.drops) {
-            *d += a.load(Ordering::Relaxed);
-        }
-    }
-    t
 }
 
 /// One worker's loop: polls its device queue and its receive socket together, runs the
@@ -488,8 +435,10 @@ impl TxWorker {
             icmp::net_unreachable_v4(&self.read_buf[start..end], from, &mut self.icmp_buf)
         {
             let res = if self.cfg.vnet_hdr {
-                self.queue
-                    .write2(&[0u8; virtio::LEN], &self.icmp_buf[..len])
+                self.queue.write_vectored(&[
+                    IoSlice::new(&[0u8; virtio::LEN]),
+                    IoSlice::new(&self.icmp_buf[..len]),
+                ])
             } else {
                 self.queue.write(&self.icmp_buf[..len])
             };
@@ -870,7 +819,9 @@ fn write_partial(
         }
         let mut hb = [0u8; virtio::LEN];
         h.emit(&mut hb);
-        if q.write2(&hb, inner).is_err() {
+        if q.write_vectored(&[IoSlice::new(&hb), IoSlice::new(inner)])
+            .is_err()
+        {
             st.drop(DropReason::IoError, 1);
         }
         return;

@@ -5,7 +5,7 @@
 //! - [`encap`]: the udp/vxlan/gre encapsulations (pure);
 //! - [`offload`]: TSO segmentation and GRO coalescing (pure);
 //! - [`fib`]: the forwarding-table snapshot (pure);
-//! - [`mod@drop`]: the drop-reason vocabulary;
+//! - [`mod@drop`]: the drop-reason vocabulary; [`counters`]: the atomics everyone bumps and telemetry reads;
 //! - [`control`]: config, leases and subnet choice (pure) and the etcd client loop (async);
 //! - [`sys`]: TUN ioctls and socket options, the only `unsafe` code;
 //! - [`host`]: device address, MTU and routes through rtnetlink;
@@ -14,11 +14,15 @@
 //! - [`telemetry`]: metrics, health and readiness endpoints, systemd notification;
 //! - [`daemon`], [`cli`], [`status`]: glue and the `overlayd status` command.
 
+// `unsafe` is refused everywhere but in `sys`, which allows it and requires a `// SAFETY:`
+// comment on every block (see src/sys/mod.rs).
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod cli;
 pub mod cni;
 pub mod control;
+pub mod counters;
 pub mod daemon;
 pub mod dataplane;
 pub mod drop;

@@ -2,11 +2,11 @@
 //! (`--metrics-addr`, or flannel's `--healthz-ip/--healthz-port`), and systemd readiness.
 //!
 //! The data plane never touches this module: its workers bump plain atomic counters
-//! ([`WorkerStats`], [`PeerCounters`]) and a scrape copies them into the `metrics` recorder
+//! ([`crate::counters`]) and a scrape copies them into the `metrics` recorder
 //! just before rendering, so counting costs the fast path one relaxed add per batch.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -14,47 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::dataplane::{totals, WorkerStats};
+use crate::counters::{totals, ControlStats, WorkerStats};
 use crate::drop::DropReason;
 use crate::fib::SharedFib;
-
-/// Per-peer traffic counters, shared by the snapshots that list the peer (they survive
-/// forwarding-table rebuilds) and bumped by the workers. Transmit and receive sides sit on
-/// separate cache lines so the two worker kinds do not contend.
-#[derive(Debug, Default)]
-pub struct PeerCounters {
-    pub tx: DirCounters,
-    pub rx: DirCounters,
-}
-
-/// Packets and bytes in one direction.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub struct DirCounters {
-    pub packets: AtomicU64,
-    pub bytes: AtomicU64,
-}
-
-impl DirCounters {
-    #[inline]
-    pub fn add(&self, packets: u64, bytes: u64) {
-        self.packets.fetch_add(packets, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-}
-
-/// Control-plane facts the exporter reports, updated by the daemon and the control loop.
-#[derive(Debug, Default)]
-pub struct ControlStats {
-    /// Unix time at which our lease expires (0 = reservation or unknown).
-    pub lease_expiry_unix: AtomicI64,
-    pub lease_held: AtomicBool,
-    pub etcd_errors: AtomicU64,
-    pub watch_restarts: AtomicU64,
-    pub relists: AtomicU64,
-    pub reacquisitions: AtomicU64,
-    pub device_repairs: AtomicU64,
-}
 
 /// Everything a scrape or a readiness probe reads.
 #[derive(Debug, Default)]
@@ -63,7 +25,7 @@ pub struct State {
     pub backend: OnceLock<&'static str>,
     pub workers: Mutex<Option<Arc<Vec<WorkerStats>>>>,
     pub fib: OnceLock<SharedFib>,
-    pub control: ControlStats,
+    pub control: Arc<ControlStats>,
     /// Offload state: TUN TSO, UDP GSO, UDP GRO.
     pub offloads: OnceLock<(bool, bool, bool)>,
     /// The L2 networks' shared state, when any is attached.

@@ -355,7 +355,7 @@ pub struct ControlLoop {
     /// Own-lease keepalive period.
     pub keepalive_every: Duration,
     /// Counters and lease state for the metrics exporter.
-    pub stats: Arc<crate::telemetry::State>,
+    pub stats: Arc<crate::counters::ControlStats>,
 }
 
 /// Retry delay after `step` failures in a row: 1 s doubling to 30 s (shared with the L2
@@ -392,10 +392,7 @@ impl ControlLoop {
                         self.publish(&peers);
                     }
                     Err(e) => {
-                        self.stats
-                            .control
-                            .etcd_errors
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
                         let d = backoff(&mut step);
                         warn!(error = %e, retry_in = ?d, "cannot list leases; forwarding to known peers continues");
                         tokio::time::sleep(d).await;
@@ -415,10 +412,7 @@ impl ControlLoop {
             {
                 Ok(s) => s,
                 Err(e) => {
-                    self.stats
-                        .control
-                        .etcd_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
                     let d = backoff(&mut step);
                     warn!(error = %e, retry_in = ?d, "cannot watch leases; forwarding to known peers continues");
                     tokio::time::sleep(d).await;
@@ -429,7 +423,7 @@ impl ControlLoop {
                 tokio::select! {
                     _ = ka.tick() => {
                         if let Err(e) = self.keepalive().await {
-                            self.stats.control.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                            self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
                             warn!(error = %e, "lease keepalive failed; will retry");
                         }
                     }
@@ -437,7 +431,7 @@ impl ControlLoop {
                         Ok(Some(resp)) => {
                             if resp.canceled() || resp.compact_revision() > 0 {
                                 warn!(compact_revision = resp.compact_revision(), reason = resp.cancel_reason(), "lease watch cancelled (compaction); relisting");
-                                self.stats.control.relists.fetch_add(1, Ordering::Relaxed);
+                                self.stats.relists.fetch_add(1, Ordering::Relaxed);
                                 relist = true;
                                 break;
                             }
@@ -484,7 +478,7 @@ impl ControlLoop {
                             }
                         }
                         Ok(None) | Err(_) => {
-                            self.stats.control.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                            self.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
                             let d = backoff(&mut step);
                             warn!(retry_in = ?d, "lease watch broke; resuming");
                             tokio::time::sleep(d).await;
@@ -528,7 +522,6 @@ impl ControlLoop {
                     .map(|d| d.as_secs() as i64)
                     .unwrap_or(0);
                 self.stats
-                    .control
                     .lease_expiry_unix
                     .store(now + resp.ttl(), Ordering::Relaxed);
             }

@@ -15,7 +15,7 @@
 //! learn source MAC → sender (and, from ARP, IP → MAC), and write the frame into the
 //! network's TAP (re-tagged on the trunk). Everything refused is counted by reason.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,24 +69,7 @@ impl Members {
     }
 }
 
-/// Counters of one network, bumped by the workers.
-#[derive(Debug, Default)]
-pub struct NetStats {
-    pub rx_frames: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    pub tx_unicast: AtomicU64,
-    pub tx_flood: AtomicU64,
-    pub flood_copies: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    pub learned: AtomicU64,
-    pub moves: AtomicU64,
-    pub arp_suppressed: AtomicU64,
-    pub fdb_full: AtomicU64,
-}
-
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
+use crate::counters::{bump, NetStats};
 
 /// One attached network.
 #[derive(Debug)]
@@ -353,11 +336,16 @@ fn write_frame(q: &Queue, vnet: bool, vid: Option<u16>, frame: &[u8]) -> io::Res
     const ZERO: [u8; virtio::LEN] = [0; virtio::LEN];
     let h: &[u8] = if vnet { &ZERO } else { &[] };
     match vid {
-        None if vnet => q.write2(h, frame),
+        None if vnet => q.write_vectored(&[IoSlice::new(h), IoSlice::new(frame)]),
         None => q.write(frame),
         Some(vid) => {
             let tag = vlan_tag(vid);
-            q.write_parts(&[h, &frame[..12], &tag, &frame[12..]])
+            q.write_vectored(&[
+                IoSlice::new(h),
+                IoSlice::new(&frame[..12]),
+                IoSlice::new(&tag),
+                IoSlice::new(&frame[12..]),
+            ])
         }
     }
 }
@@ -937,10 +925,16 @@ fn write_parts_with(
     h.emit(&mut hb);
     let q = &ports[pi].queue;
     let res = match vid {
-        None => q.write_parts(&[&hb, eth, ip]),
+        None => q.write_vectored(&[IoSlice::new(&hb), IoSlice::new(eth), IoSlice::new(ip)]),
         Some(vid) => {
             let tag = vlan_tag(vid);
-            q.write_parts(&[&hb, &eth[..12], &tag, &eth[12..], ip])
+            q.write_vectored(&[
+                IoSlice::new(&hb),
+                IoSlice::new(&eth[..12]),
+                IoSlice::new(&tag),
+                IoSlice::new(&eth[12..]),
+                IoSlice::new(ip),
+            ])
         }
     };
     if res.is_err() {
