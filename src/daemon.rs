@@ -4,7 +4,6 @@
 //!
 //! Glue only: every decision it makes is delegated to a tested module.
 
-use std::net::SocketAddrV4;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,19 +12,17 @@ use ipnet::Ipv4Net;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
+use crate::backend::{Backend, SocketError, Sockets};
 use crate::cli::{Args, BackendArg};
 use crate::control::config::{BackendKind, ConfigError, NetworkConfig};
 use crate::control::etcd::{
-    build_fib, stable_vtep_mac, ControlLoop, EtcdError, EtcdOptions, Registry, RemoteLease,
+    build_fib, ControlLoop, EtcdError, EtcdOptions, PeerDecoder, Registry, RemoteLease,
     LEASE_TTL_SECS,
 };
-use crate::control::lease::{LeaseAttrs, VxlanData};
 use crate::control::subnet_env::{read_previous_subnet, SubnetEnv};
-use crate::dataplane::{self, Dataplane};
-use crate::encap::Encap;
 use crate::fib::{self, Peer};
 use crate::host::{HostError, Netlink};
-use crate::sys::socket::UnderlaySocket;
+use crate::l3::{self, Dataplane};
 use crate::sys::tun::{self, Device};
 use crate::telemetry;
 
@@ -55,6 +52,8 @@ pub enum DaemonError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sockets(#[from] SocketError),
     #[error("cannot write subnet file {path}: {source}")]
     SubnetFile {
         path: String,
@@ -75,21 +74,6 @@ impl From<BackendArg> for BackendKind {
         }
     }
 }
-
-/// The overlay device's name for a backend: flannel's names where flannel has the backend.
-pub fn device_name(kind: BackendKind, vni: u32) -> String {
-    match kind {
-        BackendKind::Udp => "flannel0".to_string(),
-        BackendKind::Vxlan => format!("flannel.{vni}"),
-        BackendKind::Gre => format!("ovgre.{vni}"),
-    }
-}
-
-/// Sockets to send on: one per queue for udp (flannel sends from its port); a pool bound to
-/// ephemeral ports for vxlan, picked by inner flow hash (source-port entropy as the kernel's
-/// VXLAN gives it); the single raw socket for gre.
-const VXLAN_SEND_SOCKETS: usize = 8;
-const SOCKET_BUFFER: usize = 8 << 20;
 
 async fn connect_etcd(opts: &EtcdOptions) -> Result<Registry, DaemonError> {
     let mut delay = Duration::from_millis(500);
@@ -146,45 +130,24 @@ async fn network_config(
     }
 }
 
-/// Maps a lease to a peer of our backend; others are ignored (logged once by the caller).
-fn peer_decoder(
-    kind: BackendKind,
-    vni: u32,
-) -> impl Fn(&RemoteLease) -> Option<Peer> + Send + Sync {
-    // Called at every forwarding-table rebuild: an invalid lease is warned about once.
+/// Maps a lease to a peer of our backend; others are ignored, and an invalid lease of
+/// ours is warned about once (the decoder runs at every forwarding-table rebuild).
+fn peer_decoder(backend: Backend) -> PeerDecoder {
     let warned = std::sync::Mutex::new(std::collections::HashSet::new());
-    move |l: &RemoteLease| {
-        let bt = l.attrs.backend_type.as_deref().unwrap_or("udp");
-        let mac = match kind {
-            BackendKind::Udp if bt == "udp" => [0; 6],
-            BackendKind::Gre if bt == "gre" => [0; 6],
-            BackendKind::Vxlan if bt == "vxlan" => {
-                let parsed = match l.attrs.backend_data.as_ref() {
-                    Some(v) => VxlanData::from_value(v).map_err(|e| e.to_string()),
-                    None => Err("no BackendData".to_string()),
-                };
-                let d = match parsed {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let first = warned
-                            .lock()
-                            .map(|mut w| w.insert((l.key.clone(), l.mod_revision)))
-                            .unwrap_or(true);
-                        if first {
-                            warn!(key = %l.key, error = %e, "ignoring a vxlan lease with invalid BackendData");
-                        }
-                        return None;
-                    }
-                };
-                if d.vni != vni {
-                    return None;
-                }
-                d.vtep_mac
+    Box::new(move |l: &RemoteLease| match backend.peer_mac(&l.attrs) {
+        Ok(Some(mac)) => Some(Peer::new(l.subnet, l.attrs.public_ip, mac)),
+        Ok(None) => None,
+        Err(e) => {
+            let first = warned
+                .lock()
+                .map(|mut w| w.insert((l.key.clone(), l.mod_revision)))
+                .unwrap_or(true);
+            if first {
+                warn!(key = %l.key, backend = %backend.kind.as_str(), error = %e, "ignoring a lease with invalid BackendData");
             }
-            _ => return None,
-        };
-        Some(Peer::new(l.subnet, l.attrs.public_ip, mac))
-    }
+            None
+        }
+    })
 }
 
 /// Runs the daemon until a signal; returns an error for anything that prevents it from
@@ -250,50 +213,19 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
             "flannel nodes read the lease's VNI as 16 bits: flanneld peers will ignore this node"
         );
     }
-    let mac = stable_vtep_mac(public_ip, vni);
-    let encap = match kind {
-        BackendKind::Udp => Encap::Udp,
-        BackendKind::Vxlan => Encap::Vxlan {
-            vni,
-            local_mac: mac,
-        },
-        BackendKind::Gre => Encap::Gre {
-            key: Some(vni),
-            checksum: cfg.backend.checksum,
-            sequence: cfg.backend.sequence,
-        },
-    };
+    let backend = Backend::new(&cfg.backend, public_ip);
     let mtu = cfg
         .backend
         .mtu
-        .unwrap_or(underlay.mtu.saturating_sub(encap.overhead() as u32));
-    let attrs = match kind {
-        BackendKind::Udp => LeaseAttrs {
-            public_ip,
-            public_ipv6: None,
-            backend_type: None,
-            backend_data: None,
-        },
-        BackendKind::Vxlan => LeaseAttrs {
-            public_ip,
-            public_ipv6: None,
-            backend_type: Some("vxlan".into()),
-            backend_data: Some(VxlanData { vni, vtep_mac: mac }.to_value()),
-        },
-        BackendKind::Gre => LeaseAttrs {
-            public_ip,
-            public_ipv6: None,
-            backend_type: Some("gre".into()),
-            backend_data: Some(serde_json::json!({ "VNI": vni })),
-        },
-    };
+        .unwrap_or_else(|| backend.inner_mtu(underlay.mtu));
+    let attrs = backend.lease_attrs(public_ip);
 
     let previous = read_previous_subnet(&args.subnet_file);
     let acquired = registry.acquire(&cfg, &attrs, previous).await?;
     let subnet = acquired.subnet;
 
     // Device and host setup.
-    let name = device_name(kind, vni);
+    let name = backend.device_name();
     let queues = args.queues.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -322,46 +254,14 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         .await?;
 
     // Sockets.
-    let sock_err = |addr: String| move |source| DaemonError::Socket { addr, source };
-    let (send, recv): (Vec<Arc<UnderlaySocket>>, Vec<Arc<UnderlaySocket>>) = match kind {
-        BackendKind::Gre => {
-            let s = Arc::new(
-                UnderlaySocket::raw_gre(underlay.addr, SOCKET_BUFFER).map_err(sock_err(
-                    format!("{} (raw GRE; needs CAP_NET_RAW)", underlay.addr),
-                ))?,
-            );
-            (vec![s.clone()], vec![s])
-        }
-        BackendKind::Udp | BackendKind::Vxlan => {
-            let bind = SocketAddrV4::new(underlay.addr, cfg.backend.port);
-            let mut recv = Vec::new();
-            for _ in 0..queues {
-                recv.push(Arc::new(
-                    UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(sock_err(bind.to_string()))?,
-                ));
-            }
-            let send = if kind == BackendKind::Vxlan {
-                let mut v = Vec::new();
-                for _ in 0..VXLAN_SEND_SOCKETS {
-                    let b = SocketAddrV4::new(underlay.addr, 0);
-                    v.push(Arc::new(
-                        UnderlaySocket::udp(b, SOCKET_BUFFER).map_err(sock_err(b.to_string()))?,
-                    ));
-                }
-                v
-            } else {
-                recv.clone()
-            };
-            (send, recv)
-        }
-    };
+    let Sockets { send, recv } = backend.sockets(underlay.addr, queues)?;
     let gso = offload && send.iter().all(|s| s.probe_gso());
     let gro = offload && !recv[0].is_raw() && recv.iter().all(|s| s.enable_gro());
     info!(device = %dev.name, queues, mtu, offloads = dev.offloads, gso, gro, "data plane configured");
 
     // Forwarding table, then the workers.
     let fib = fib::shared();
-    let decode = peer_decoder(kind, vni);
+    let decode = peer_decoder(backend.clone());
     match registry.list().await {
         Ok((leases, _)) => {
             let map = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
@@ -369,14 +269,14 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         }
         Err(e) => warn!(error = %e, "cannot list peers yet; the watch will fill them in"),
     }
-    let dp_cfg = dataplane::Config {
-        encap,
-        port: cfg.backend.port,
+    let dp_cfg = l3::Config {
+        encap: backend.encap,
+        port: backend.port,
         tun_addr,
         vnet_hdr: offload,
         gso,
         gro,
-        local_mac: mac,
+        local_mac: backend.vtep_mac,
         busy_poll_us: args.busy_poll_us,
     };
     let tun_opts = tun::Options {
@@ -458,7 +358,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         attrs,
         acquired,
         fib: fib.clone(),
-        decode_peer: Box::new(decode),
+        decode_peer: decode,
         subnet_tx,
         keepalive_every,
         stats: telemetry.control.clone(),

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use overlayd::dataplane::{Config, Dataplane};
-use overlayd::encap::Encap;
+use overlayd::backend::Encap;
 use overlayd::fib::{self, Fib, Peer};
+use overlayd::l3::{Config, Dataplane};
 use overlayd::sys::netns::run_in_netns;
 use overlayd::sys::socket::UnderlaySocket;
 use overlayd::sys::tun::{self, Device};
@@ -97,7 +97,7 @@ fn node(host: &Host, me: u8, peer_ip: Ipv4Addr, peer: u8) -> Dataplane {
         gso,
         gro,
         local_mac: mac(me),
-        busy_poll_us: overlayd::dataplane::DEFAULT_BUSY_POLL_US,
+        busy_poll_us: overlayd::datapath::DEFAULT_BUSY_POLL_US,
     };
     let queues = dev.queues.drain(..).map(Arc::new).collect();
     std::mem::forget(dev); // the queues keep the device; it goes with the namespace

@@ -571,31 +571,9 @@ fn log_diff(old: &BTreeMap<String, RemoteLease>, new: &BTreeMap<String, RemoteLe
     }
 }
 
-/// A VTEP MAC that stays the same across restarts: derived from the public address and the
-/// VNI (FNV-1a), locally administered and unicast. flannel draws a random one at each start,
-/// which forces every peer to relearn; a node's identity is already its public address.
-pub fn stable_vtep_mac(public_ip: Ipv4Addr, vni: u32) -> [u8; 6] {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in public_ip.octets().into_iter().chain(vni.to_be_bytes()) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    let b = h.to_be_bytes();
-    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vtep_mac_is_stable_local_unicast() {
-        let a = stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 1), 1);
-        assert_eq!(a, stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 1), 1));
-        assert_ne!(a, stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 2), 1));
-        assert_ne!(a, stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 1), 2));
-        assert_eq!(a[0] & 0x03, 0x02, "locally administered, unicast");
-    }
 
     #[test]
     fn backoff_grows_and_caps() {

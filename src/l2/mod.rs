@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use self::config::{AccessSpec, L2Backend, VlanSpec};
 use self::control::{L2Control, L2Error};
 use self::dataplane::{Dataplane, Network, Port, PortKind, Shared};
+use crate::backend::{self, SocketError, SOCKET_BUFFER};
 use crate::control::etcd::Registry;
 use crate::host::{HostError, Netlink, Underlay};
 use crate::sys::socket::UnderlaySocket;
@@ -31,10 +32,6 @@ use crate::sys::tun::{self, Device};
 
 /// Name of the trunk TAP.
 pub const TRUNK_TAP: &str = "l2trunk";
-/// Send sockets for vxlan, picked by inner flow hash (source-port entropy).
-const VXLAN_SEND_SOCKETS: usize = 4;
-const SOCKET_BUFFER: usize = 8 << 20;
-
 /// What the node was asked to attach.
 #[derive(Debug, Clone, Default)]
 pub struct L2Options {
@@ -74,6 +71,15 @@ pub enum L2StartError {
         addr: String,
         source: std::io::Error,
     },
+}
+
+impl From<SocketError> for L2StartError {
+    fn from(e: SocketError) -> Self {
+        L2StartError::Socket {
+            addr: e.addr,
+            source: e.source,
+        }
+    }
 }
 
 /// The running L2 side of the daemon.
@@ -191,13 +197,7 @@ impl L2Node {
                 let recv = Arc::new(
                     UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(sock_err(bind.to_string()))?,
                 );
-                let mut send = Vec::new();
-                for _ in 0..VXLAN_SEND_SOCKETS {
-                    let b = SocketAddrV4::new(underlay.addr, 0);
-                    send.push(Arc::new(
-                        UnderlaySocket::udp(b, SOCKET_BUFFER).map_err(sock_err(b.to_string()))?,
-                    ));
-                }
+                let send = backend::vxlan::send_pool(underlay.addr)?;
                 let gso = opts.offload && send.iter().all(|s| s.probe_gso());
                 // UDP GRO: runs of datagrams per receive (split again by segment size).
                 if opts.offload && !recv.enable_gro() {
@@ -208,11 +208,7 @@ impl L2Node {
             None => (None, Vec::new(), false),
         };
         let gre = if cfgs.iter().any(|(_, c)| c.backend == L2Backend::Gre) {
-            Some(Arc::new(
-                UnderlaySocket::raw_gre(underlay.addr, SOCKET_BUFFER).map_err(sock_err(
-                    format!("{} (raw GRE; needs CAP_NET_RAW)", underlay.addr),
-                ))?,
-            ))
+            Some(backend::gre::raw_socket(underlay.addr)?)
         } else {
             None
         };

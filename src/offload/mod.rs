@@ -250,6 +250,22 @@ pub fn partial_checksum_hdr(
     Some(hdr)
 }
 
+/// The segment size that makes every segment of the IPv4 TCP packet `ip` fit `mtu`
+/// (what is left after its IP and TCP headers); 0 when `ip` is not IPv4 TCP.
+pub fn tcp_mss_for_mtu(ip: &[u8], mtu: usize) -> usize {
+    let Ok(info) = parse_ip(ip) else {
+        return 0;
+    };
+    let Some(doff) = ip.get(info.hdr_len + 12) else {
+        return 0;
+    };
+    if info.v6 || info.proto != PROTO_TCP {
+        return 0;
+    }
+    let tcp_len = usize::from(doff >> 4) * 4;
+    mtu.saturating_sub(info.hdr_len + tcp_len).max(1)
+}
+
 #[cfg(test)]
 pub(crate) mod testutil {
     use crate::wire::checksum;
