@@ -55,6 +55,8 @@ pub struct WorkerStats {
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
     pub tx_sends: AtomicU64,
+    /// Of `tx_sends`: whole super-packets written through the tunnel-GSO TAP.
+    pub tx_tunnel_gso: AtomicU64,
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub rx_batches: AtomicU64,
@@ -75,6 +77,7 @@ impl WorkerStats {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Totals {
     pub tx_sends: u64,
+    pub tx_tunnel_gso: u64,
     pub rx_batches: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
@@ -91,6 +94,7 @@ pub fn totals(stats: &[WorkerStats]) -> Totals {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     for s in stats {
         t.tx_sends += get(&s.tx_sends);
+        t.tx_tunnel_gso += get(&s.tx_tunnel_gso);
         t.rx_batches += get(&s.rx_batches);
         t.tx_packets += get(&s.tx_packets);
         t.tx_bytes += get(&s.tx_bytes);
@@ -114,6 +118,8 @@ pub struct NetStats {
     pub tx_flood: AtomicU64,
     pub flood_copies: AtomicU64,
     pub tx_bytes: AtomicU64,
+    /// Whole super-frames written through the tunnel-GSO TAP.
+    pub tx_tunnel_gso: AtomicU64,
     pub learned: AtomicU64,
     pub moves: AtomicU64,
     pub arp_suppressed: AtomicU64,

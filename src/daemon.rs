@@ -21,6 +21,7 @@ use crate::control::etcd::{
 };
 use crate::control::subnet_env::{read_previous_subnet, SubnetEnv};
 use crate::fib::{self, Peer};
+use crate::gso_tap::{self, GsoTap};
 use crate::host::{HostError, Netlink};
 use crate::l3::{self, Dataplane};
 use crate::sys::tun::{self, Device};
@@ -54,6 +55,10 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Sockets(#[from] SocketError),
+    #[error(
+        "--tunnel-gso on, but {0}; use --tunnel-gso auto to fall back to userspace segmentation"
+    )]
+    TunnelGso(String),
     #[error("cannot write subnet file {path}: {source}")]
     SubnetFile {
         path: String,
@@ -238,6 +243,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         kind: tun::Kind::Tun,
         queues,
         vnet_hdr: offload,
+        tunnel_hdr: false,
     })
     .map_err(|source| DaemonError::Device {
         name: name.clone(),
@@ -259,6 +265,35 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     let gro = offload && !recv[0].is_raw() && recv.iter().all(|s| s.enable_gro());
     info!(device = %dev.name, queues, mtu, offloads = dev.offloads, gso, gro, "data plane configured");
 
+    // The kernel segments whole super-packets (udp and vxlan, and L2 vxlan networks).
+    let wants_tunnel = offload
+        && args.tunnel_gso != gso_tap::Mode::Off
+        && (kind != BackendKind::Gre || !args.l2.is_empty() || !args.l2_vlan.is_empty());
+    let gso_tap = if wants_tunnel {
+        match GsoTap::open(&nl, &underlay, queues).await {
+            Ok(t) => {
+                info!(
+                    device = gso_tap::NAME,
+                    "tunnel GSO on: the kernel segments whole super-packets"
+                );
+                Some(t)
+            }
+            Err(reason) if args.tunnel_gso == gso_tap::Mode::On => {
+                return Err(DaemonError::TunnelGso(reason));
+            }
+            Err(reason) => {
+                warn!(%reason, "tunnel GSO unavailable; segmenting in userspace");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let tunnel = gso_tap.as_ref().map(|t| t.tunnel.clone());
+    if let Some(t) = &tunnel {
+        let _ = telemetry.tunnel_gso.set(t.on.clone());
+    }
+
     // Forwarding table, then the workers.
     let fib = fib::shared();
     let decode = peer_decoder(backend.clone());
@@ -278,12 +313,15 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         gro,
         local_mac: backend.vtep_mac,
         busy_poll_us: args.busy_poll_us,
+        tunnel: tunnel.clone(),
+        mtu,
     };
     let tun_opts = tun::Options {
         name: name.clone(),
         kind: tun::Kind::Tun,
         queues,
         vnet_hdr: offload,
+        tunnel_hdr: false,
     };
     let mut qs: Vec<Arc<tun::Queue>> = std::mem::take(&mut dev.queues)
         .into_iter()
@@ -312,6 +350,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         trunk_bridge: args.l2_trunk_bridge.clone(),
         offload,
         busy_poll_us: args.busy_poll_us,
+        tunnel: tunnel.clone(),
     };
     // Started in the background: an L2 network not defined yet must not hold back the
     // routed overlay (and the subnet file the CNI plugin waits for). An invalid one still
@@ -467,6 +506,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     dp.stop();
     drop(qs);
     drop(dev);
+    drop(gso_tap);
     info!(
         tx_packets = totals.tx_packets,
         rx_packets = totals.rx_packets,

@@ -23,6 +23,7 @@ use crate::backend::{Decapsulated, Encap};
 use crate::counters::{bump, totals, DirCounters, Totals, WorkerStats};
 use crate::datapath::recv::{self, Delivery, Link, Target};
 use crate::datapath::send::{send_msgs, Outgoing, Sent, TxPath};
+use crate::datapath::tunnel::Tunnel;
 use crate::datapath::{would_block, Side, Workers};
 use crate::drop::DropReason;
 use crate::fib::{Fib, SharedFib};
@@ -50,6 +51,11 @@ pub struct Config {
     /// After handling traffic, a worker polls without blocking for this long before it
     /// blocks again, so that a quick reply needs no wakeup. 0 turns busy polling off.
     pub busy_poll_us: u32,
+    /// The tunnel-GSO TAP: super-packets go to the kernel whole (udp and vxlan).
+    pub tunnel: Option<Tunnel>,
+    /// The overlay device's MTU: a whole super-packet received from a peer that let the
+    /// kernel segment is handed on with segments that fit it.
+    pub mtu: u32,
 }
 
 /// Running workers and their counters.
@@ -87,7 +93,7 @@ impl Dataplane {
                     queue: q.clone(),
                     send: send.clone(),
                     fib: fib.clone(),
-                    path: TxPath::new(gso.clone()),
+                    path: TxPath::new(gso.clone(), cfg.tunnel.as_ref().map(|t| t.for_worker(i))),
                     icmp_buf: [0; 600],
                     seq: 0,
                     stats: stats.clone(),
@@ -180,13 +186,15 @@ impl TxWorker {
         let Some(peer) = fib.lookup(dst) else {
             return self.unreachable(dst, start, end);
         };
-        let sock = &self.send[flow::hash(pkt) as usize % self.send.len()];
+        let hash = flow::hash(pkt);
+        let sock = &self.send[hash as usize % self.send.len()];
         let out = Outgoing {
             vh,
             start,
             end,
             link: 0,
             encap: self.cfg.encap.header_len(),
+            flow: hash,
         };
         let (encap, seq) = (&self.cfg.encap, &mut self.seq);
         let mut fill = |d: &mut [u8]| {
@@ -224,10 +232,14 @@ fn count_sent(st: &WorkerStats, pc: &DirCounters, r: &Sent) {
     bump(&st.tx_packets, r.packets);
     bump(&st.tx_bytes, r.bytes);
     bump(&st.tx_sends, r.calls);
+    bump(&st.tx_tunnel_gso, r.tunnel_writes);
     if r.dropped > 0 {
         st.drop(DropReason::IoError, r.dropped);
     }
 }
+
+/// Bytes of one receive slot: an IPv4 packet's largest size, plus room.
+const RECV_SLOT: usize = 65536 + 256;
 
 struct RxWorker {
     cfg: Config,
@@ -250,10 +262,12 @@ impl RxWorker {
         stats: Arc<Vec<WorkerStats>>,
         me: usize,
     ) -> Self {
+        // Every slot holds the largest datagram: a peer whose kernel segments (tunnel GSO
+        // over veth) or a NIC that merges (GRO, also GRE) hands over up to 64 KiB at once.
         let batch = if cfg.gro {
-            RecvBatch::new(8, 65536)
+            RecvBatch::new(8, RECV_SLOT)
         } else {
-            RecvBatch::new(MAX_BATCH, 9216)
+            RecvBatch::new(16, RECV_SLOT)
         };
         Self {
             delivery: Delivery::new(cfg.vnet_hdr),
@@ -278,6 +292,7 @@ impl RxWorker {
         let hl = self.cfg.encap.header_len();
         let split = recv::split(data, seg, (!raw).then_some(hl));
         let inner_gso = if split.whole { seg } else { 0 };
+        let mtu = self.cfg.mtu as usize;
         let queues = std::slice::from_ref(&self.queue);
         let to_tun = Target {
             queue: 0,
@@ -323,7 +338,13 @@ impl RxWorker {
                     bump(&st.rx_packets, 1);
                     bump(&st.rx_bytes, inner.len() as u64);
                     peer.counters.rx.add(1, inner.len() as u64);
-                    let partial = offload::partial_checksum_hdr(inner, inner_gso);
+                    // A super-packet longer than our MTU (a peer that let its kernel
+                    // segment, over veth) leaves in segments that fit the MTU.
+                    let gso = match inner_gso {
+                        0 if inner.len() > mtu => offload::tcp_mss_for_mtu(inner, mtu),
+                        g => g,
+                    };
+                    let partial = offload::partial_checksum_hdr(inner, gso);
                     self.delivery.ip(queues, to_tun, inner, partial, &st.drops);
                 }
                 Ok(Decapsulated::Arp(frame)) => {

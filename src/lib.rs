@@ -10,6 +10,7 @@
 //! - [`control`]: config, leases and subnet choice (pure) and the etcd client loop (async);
 //! - [`sys`]: TUN ioctls and socket options, the only `unsafe` code;
 //! - [`host`]: device address, MTU and routes through rtnetlink;
+//! - [`gso_tap`]: the TAP through which whole UDP-tunnel super-packets go to the kernel;
 //! - [`datapath`]: the data path both data planes share (workers, send paths, receive
 //!   splitting and delivery); [`l3`]: the routed data plane on it;
 //! - [`l2`]: layer-2 overlays (TAP, MAC learning, VLAN↔VNI), beside the routed mode;
@@ -30,6 +31,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod drop;
 pub mod fib;
+pub mod gso_tap;
 pub mod host;
 pub mod l2;
 pub mod l3;

@@ -28,6 +28,8 @@ pub struct State {
     pub control: Arc<ControlStats>,
     /// Offload state: TUN TSO, UDP GSO, UDP GRO.
     pub offloads: OnceLock<(bool, bool, bool)>,
+    /// Tunnel GSO in use (cleared at run time by a kernel refusal); absent = not set up.
+    pub tunnel_gso: OnceLock<Arc<AtomicBool>>,
     /// The L2 networks' shared state, when any is attached.
     pub l2: OnceLock<Arc<crate::l2::dataplane::Shared>>,
 }
@@ -48,6 +50,8 @@ impl State {
                 .absolute(t.rx_bytes);
             metrics::counter!("overlayd_send_calls_total", "backend" => backend)
                 .absolute(t.tx_sends);
+            metrics::counter!("overlayd_tunnel_gso_writes_total", "backend" => backend)
+                .absolute(t.tx_tunnel_gso);
             metrics::counter!("overlayd_receive_batches_total", "backend" => backend)
                 .absolute(t.rx_batches);
             metrics::counter!("overlayd_icmp_unreachable_sent_total").absolute(t.icmp_unreachable);
@@ -80,7 +84,16 @@ impl State {
             refresh_l2(l2);
         }
         if let Some((tso, gso, gro)) = self.offloads.get() {
-            for (k, on) in [("tun_tso", tso), ("udp_gso", gso), ("udp_gro", gro)] {
+            let tunnel = self
+                .tunnel_gso
+                .get()
+                .is_some_and(|t| t.load(Ordering::Relaxed));
+            for (k, on) in [
+                ("tun_tso", tso),
+                ("udp_gso", gso),
+                ("udp_gro", gro),
+                ("tunnel_gso", &tunnel),
+            ] {
                 metrics::gauge!("overlayd_offload_enabled", "offload" => k).set(if *on {
                     1.0
                 } else {
@@ -137,6 +150,8 @@ fn refresh_l2(l2: &crate::l2::dataplane::Shared) {
             .absolute(get(&st.tx_flood));
         metrics::counter!("overlayd_l2_tx_bytes_total", "network" => net.clone())
             .absolute(get(&st.tx_bytes));
+        metrics::counter!("overlayd_l2_tunnel_gso_writes_total", "network" => net.clone())
+            .absolute(get(&st.tx_tunnel_gso));
         metrics::counter!("overlayd_l2_flood_copies_total", "network" => net.clone())
             .absolute(get(&st.flood_copies));
         metrics::counter!("overlayd_l2_learned_total", "network" => net.clone())

@@ -59,6 +59,7 @@ fn node(host: &Host, me: u8, peer_ip: Ipv4Addr, peer: u8) -> Dataplane {
             kind: tun::Kind::Tun,
             queues: 1,
             vnet_hdr: true,
+            tunnel_hdr: false,
         })
         .expect("open tun");
         dev.set_offload(tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN)
@@ -98,6 +99,8 @@ fn node(host: &Host, me: u8, peer_ip: Ipv4Addr, peer: u8) -> Dataplane {
         gro,
         local_mac: mac(me),
         busy_poll_us: overlayd::datapath::DEFAULT_BUSY_POLL_US,
+        tunnel: None,
+        mtu: 1450,
     };
     let queues = dev.queues.drain(..).map(Arc::new).collect();
     std::mem::forget(dev); // the queues keep the device; it goes with the namespace

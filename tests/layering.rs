@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["control", "host"],
     &["backend"],
     &["datapath"],
+    &["gso_tap"],
     &["l3", "l2"],
     &["telemetry", "cni"],
     &["cli"],

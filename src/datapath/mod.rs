@@ -10,6 +10,7 @@
 
 pub mod recv;
 pub mod send;
+pub mod tunnel;
 
 use std::io;
 use std::os::fd::AsFd;

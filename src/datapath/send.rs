@@ -24,11 +24,13 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::tunnel::{TunnelFrame, TunnelTx, OUTER_LEN};
 use super::{HEADROOM, MAX_READ, SEG_BUF};
 use crate::drop::DropReason;
 use crate::offload::{tso, OffloadError};
 use crate::sys::socket::{Msg, UnderlaySocket, MAX_BATCH, MAX_GSO_SEGMENTS};
 use crate::sys::tun::Queue;
+use crate::wire::flow;
 use crate::wire::virtio::{self, VirtioNetHdr};
 
 /// Bytes of per-segment header blocks for the zero-copy send (47 segments of a 64 KiB
@@ -47,6 +49,8 @@ pub struct Sent {
     pub calls: u64,
     /// Datagrams not sent (socket full, or an error).
     pub dropped: u64,
+    /// Of `calls`, the writes of whole super-packets through the tunnel-GSO TAP.
+    pub tunnel_writes: u64,
 }
 
 impl Sent {
@@ -55,6 +59,7 @@ impl Sent {
         self.bytes += o.bytes;
         self.calls += o.calls;
         self.dropped += o.dropped;
+        self.tunnel_writes += o.tunnel_writes;
     }
 }
 
@@ -72,6 +77,9 @@ pub struct Outgoing {
     pub link: usize,
     /// Bytes of encapsulation the `fill` callback writes in front of each datagram.
     pub encap: usize,
+    /// The inner flow's hash: the outer UDP source port when the kernel segments
+    /// ([`super::tunnel`]); the caller has used it to pick the socket.
+    pub flow: u32,
 }
 
 /// Fills the first [`Outgoing::encap`] bytes of a datagram; the rest (link header, IP
@@ -85,17 +93,20 @@ pub struct TxPath {
     seg_buf: Vec<u8>,
     hdr_buf: Vec<u8>,
     gso: Arc<AtomicBool>,
+    /// Whole super-packets to the kernel through the tunnel-GSO TAP, when set up.
+    tunnel: Option<TunnelTx>,
 }
 
 impl TxPath {
     /// Buffers for one worker; `gso` is shared by the workers of one data plane (UDP GSO
     /// probed at start, cleared by the first refusal).
-    pub fn new(gso: Arc<AtomicBool>) -> Self {
+    pub fn new(gso: Arc<AtomicBool>, tunnel: Option<TunnelTx>) -> Self {
         Self {
             buf: vec![0; HEADROOM + MAX_READ],
             seg_buf: vec![0; SEG_BUF],
             hdr_buf: vec![0; HDR_BUF],
             gso,
+            tunnel,
         }
     }
 
@@ -152,6 +163,30 @@ impl TxPath {
         let mut vh = out.vh;
         vh.csum_start = vh.csum_start.saturating_sub(out.link as u16);
         vh.hdr_len = vh.hdr_len.saturating_sub(out.link as u16);
+
+        // 0. The kernel segments: one write of the whole encapsulated super-packet.
+        if let Some(t) = self.tunnel.as_ref().filter(|t| t.on() && !sock.is_raw()) {
+            let ip = &self.buf[out.start + out.link..out.end];
+            match tso::gso_shape(&vh, ip) {
+                Ok(Some(shape)) if shape.count > 1 && out.start >= out.encap + OUTER_LEN => {
+                    let at = out.start - out.encap;
+                    fill(&mut self.buf[at..out.end]).map_err(|r| (r, shape.count as u64))?;
+                    let f = TunnelFrame {
+                        at,
+                        end: out.end,
+                        inner_ip: out.encap + out.link,
+                        shape,
+                        vh,
+                    };
+                    let src_port = flow::src_port(out.flow);
+                    if let Some(sent) = t.send(&mut self.buf, &f, dsts, port, src_port) {
+                        return Ok(sent);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err((e.drop_reason(), 1)),
+            }
+        }
         let room = out.encap + out.link;
         let (link, ip) = self.buf[out.start..out.end].split_at(out.link);
 
@@ -256,7 +291,7 @@ pub fn send_layout(
                     packets: layout.count as u64,
                     bytes: total as u64,
                     calls: 1,
-                    dropped: 0,
+                    ..Sent::default()
                 }
             }
             // Refused: resend one by one below.
@@ -354,6 +389,7 @@ pub fn send_msgs(sock: &UnderlaySocket, msgs: &[Msg<'_>]) -> Sent {
             bytes: msgs[..n].iter().map(|m| m.buf.len() as u64).sum(),
             calls: 1,
             dropped: (msgs.len() - n) as u64,
+            ..Sent::default()
         },
         Err(_) => Sent {
             dropped: msgs.len() as u64,
@@ -410,7 +446,7 @@ mod tests {
                 packets: layout.count as u64,
                 bytes: layout.out_len() as u64,
                 calls: 1,
-                dropped: 0
+                ..Sent::default()
             }
         );
         assert!(gso.load(Ordering::Relaxed));
@@ -524,7 +560,7 @@ mod tests {
         let (rx, port) = receivers(2);
         let dsts = [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)];
         let tx = UnderlaySocket::udp("127.0.0.1:0".parse().unwrap(), 4 << 20).expect("udp");
-        let mut path = TxPath::new(Arc::new(AtomicBool::new(tx.probe_gso())));
+        let mut path = TxPath::new(Arc::new(AtomicBool::new(tx.probe_gso())), None);
         let mut got = vec![0u8; 65536];
         for round in 0..2 {
             if round == 1 {
@@ -543,6 +579,7 @@ mod tests {
                 end: start + 14 + sp.len(),
                 link: 14,
                 encap: 8,
+                flow: 0,
             };
             let mut calls = 0;
             let mut fill = |d: &mut [u8]| {
@@ -575,7 +612,7 @@ mod tests {
     fn tx_path_sends_a_single_packet_in_place() {
         let (rx, port) = receivers(1);
         let tx = UnderlaySocket::udp("127.0.0.1:0".parse().unwrap(), 1 << 20).expect("udp");
-        let mut path = TxPath::new(Arc::new(AtomicBool::new(false)));
+        let mut path = TxPath::new(Arc::new(AtomicBool::new(false)), None);
         let pkt = tcp(false, 1, &[], true, &payload(100, 1));
         path.buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
         let out = Outgoing {
@@ -584,6 +621,7 @@ mod tests {
             end: HEADROOM + pkt.len(),
             link: 0,
             encap: 4,
+            flow: 0,
         };
         let sent = path
             .send(

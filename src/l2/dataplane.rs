@@ -31,6 +31,7 @@ use crate::backend;
 use crate::counters::{bump, count_drop, DropCounters, NetStats};
 use crate::datapath::recv::{self, Delivery, Link, Target};
 use crate::datapath::send::{Outgoing, TxPath};
+use crate::datapath::tunnel::Tunnel;
 use crate::datapath::{would_block, Side, Workers};
 use crate::drop::DropReason;
 use crate::sys::socket::{RecvBatch, UnderlaySocket, MAX_BATCH};
@@ -179,6 +180,8 @@ pub struct Config {
     pub vxlan_send: Vec<Arc<UnderlaySocket>>,
     /// The raw GRE socket (sends and receives).
     pub gre: Option<Arc<UnderlaySocket>>,
+    /// The tunnel-GSO TAP: vxlan super-frames go to the kernel whole.
+    pub tunnel: Option<Tunnel>,
 }
 
 /// Where frames of each network are written: port index, and the VLAN tag on a trunk.
@@ -227,7 +230,10 @@ impl Dataplane {
         let pairs = (0..ports.len().max(socks.len()))
             .map(|i| {
                 let tx = ports.get(i).map(|p| TxWorker {
-                    path: TxPath::new(Arc::new(AtomicBool::new(cfg.gso))),
+                    path: TxPath::new(
+                        Arc::new(AtomicBool::new(cfg.gso)),
+                        cfg.tunnel.as_ref().map(|t| t.for_worker(i)),
+                    ),
                     cfg: cfg.clone(),
                     port: p.clone(),
                     shared: shared.clone(),
@@ -364,9 +370,10 @@ impl TxWorker {
         if dsts.is_empty() {
             return sh.dropped(DropReason::NoRoute, 1);
         }
+        let hash = flow::hash(frame.payload());
         let (sock, port) = match network.cfg.backend {
             L2Backend::Vxlan => {
-                let i = flow::hash(frame.payload()) as usize % self.cfg.vxlan_send.len().max(1);
+                let i = hash as usize % self.cfg.vxlan_send.len().max(1);
                 match self.cfg.vxlan_send.get(i) {
                     Some(s) => (s, network.cfg.port),
                     None => return sh.dropped(DropReason::IoError, 1),
@@ -383,6 +390,7 @@ impl TxWorker {
             end,
             link: ether::HEADER_LEN,
             encap: ENCAP_LEN,
+            flow: hash,
         };
         let mut fill = |d: &mut [u8]| {
             emit_encap(&network.cfg, &mut d[..ENCAP_LEN]);

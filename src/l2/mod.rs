@@ -42,6 +42,8 @@ pub struct L2Options {
     pub offload: bool,
     /// Busy-poll window of the workers after traffic, µs.
     pub busy_poll_us: u32,
+    /// The tunnel-GSO TAP, shared with the routed data plane, when set up.
+    pub tunnel: Option<crate::datapath::tunnel::Tunnel>,
 }
 
 impl L2Options {
@@ -219,6 +221,7 @@ impl L2Node {
             vxlan_recv,
             vxlan_send,
             gre,
+            tunnel: opts.tunnel.clone(),
         };
         let dp = Dataplane::start(dp_cfg.clone(), ports, shared.clone()).map_err(|source| {
             L2StartError::Device {
@@ -320,6 +323,7 @@ async fn open_ports(
             kind: tun::Kind::Tap,
             queues: 1,
             vnet_hdr: opts.offload,
+            tunnel_hdr: false,
         })
         .map_err(|source| L2StartError::Device {
             name: name.to_string(),

@@ -30,6 +30,10 @@ pub const TUN_F_TSO6: u32 = 0x04;
 pub const TUN_F_TSO_ECN: u32 = 0x08;
 pub const TUN_F_USO4: u32 = 0x20;
 pub const TUN_F_USO6: u32 = 0x40;
+/// Linux ≥ 6.17: UDP-tunnel GSO packets (and their outer UDP checksum) may cross the
+/// device, described by the 24-byte tunnel header ([`crate::wire::virtio::TUNNEL_LEN`]).
+pub const TUN_F_UDP_TUNNEL_GSO: u32 = 0x80;
+pub const TUN_F_UDP_TUNNEL_GSO_CSUM: u32 = 0x100;
 
 /// Layer of the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +53,9 @@ pub struct Options {
     pub queues: usize,
     /// Prefix every packet with a `virtio_net_hdr` and ask for TSO/checksum offload.
     pub vnet_hdr: bool,
+    /// With `vnet_hdr`: the 24-byte header with the UDP-tunnel fields
+    /// (`virtio_net_hdr_v1_hash_tunnel`) instead of the 10-byte one.
+    pub tunnel_hdr: bool,
 }
 
 #[repr(C)]
@@ -121,7 +128,11 @@ impl Device {
                 .unwrap_or(libc::IFNAMSIZ);
             name = String::from_utf8_lossy(&req.name[..end]).into_owned();
             if opts.vnet_hdr {
-                let size: libc::c_int = crate::wire::virtio::LEN as libc::c_int;
+                let size = if opts.tunnel_hdr {
+                    crate::wire::virtio::TUNNEL_LEN
+                } else {
+                    crate::wire::virtio::LEN
+                } as libc::c_int;
                 // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, valid for the call.
                 let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &size) };
                 if rc < 0 {
