@@ -20,6 +20,7 @@ use crate::control::etcd::{
     LEASE_TTL_SECS,
 };
 use crate::control::subnet_env::{read_previous_subnet, SubnetEnv};
+use crate::datapath;
 use crate::fib::{self, Peer};
 use crate::gso_tap::{self, GsoTap};
 use crate::host::{HostError, Netlink};
@@ -250,8 +251,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         source,
     })?;
     if offload {
-        let want = tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN;
-        if let Err(e) = dev.set_offload(want) {
+        if let Err(e) = datapath::enable_offloads(&mut dev) {
             warn!(error = %e, "the kernel refused TUN offloads; packets are handled one by one");
         }
     }
@@ -340,7 +340,12 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     })?;
     let _ = telemetry.backend.set(kind.as_str());
     let _ = telemetry.fib.set(fib.clone());
-    let _ = telemetry.offloads.set((dev.offloads != 0, gso, gro));
+    let _ = telemetry.offloads.set(telemetry::Offloads {
+        tun_tso: dev.offloads & tun::TUN_F_TSO4 != 0,
+        tun_uso: dev.offloads & tun::TUN_F_USO4 != 0,
+        udp_gso: gso,
+        udp_gro: gro,
+    });
     set_workers(&telemetry, &dp);
 
     // Layer-2 networks, beside the routed overlay.
@@ -547,8 +552,7 @@ async fn reopen(
         source,
     })?;
     if offload {
-        let want = tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN;
-        if let Err(e) = dev.set_offload(want) {
+        if let Err(e) = datapath::enable_offloads(&mut dev) {
             warn!(error = %e, "the kernel refused TUN offloads on the recreated device");
         }
     }

@@ -18,6 +18,19 @@ use crate::counters::{totals, ControlStats, WorkerStats};
 use crate::drop::DropReason;
 use crate::fib::SharedFib;
 
+/// Which offloads the data plane got from the kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Offloads {
+    /// The TUN hands over TCP super-packets.
+    pub tun_tso: bool,
+    /// ... and UDP ones (applications sending with UDP_SEGMENT).
+    pub tun_uso: bool,
+    /// Datagrams leave in UDP GSO runs.
+    pub udp_gso: bool,
+    /// Datagrams arrive in UDP GRO runs.
+    pub udp_gro: bool,
+}
+
 /// Everything a scrape or a readiness probe reads.
 #[derive(Debug, Default)]
 pub struct State {
@@ -26,8 +39,8 @@ pub struct State {
     pub workers: Mutex<Option<Arc<Vec<WorkerStats>>>>,
     pub fib: OnceLock<SharedFib>,
     pub control: Arc<ControlStats>,
-    /// Offload state: TUN TSO, UDP GSO, UDP GRO.
-    pub offloads: OnceLock<(bool, bool, bool)>,
+    /// Offload state, set once the data plane is configured.
+    pub offloads: OnceLock<Offloads>,
     /// Tunnel GSO in use (cleared at run time by a kernel refusal); absent = not set up.
     pub tunnel_gso: OnceLock<Arc<AtomicBool>>,
     /// The L2 networks' shared state, when any is attached.
@@ -83,15 +96,16 @@ impl State {
         if let Some(l2) = self.l2.get() {
             refresh_l2(l2);
         }
-        if let Some((tso, gso, gro)) = self.offloads.get() {
+        if let Some(o) = self.offloads.get() {
             let tunnel = self
                 .tunnel_gso
                 .get()
                 .is_some_and(|t| t.load(Ordering::Relaxed));
             for (k, on) in [
-                ("tun_tso", tso),
-                ("udp_gso", gso),
-                ("udp_gro", gro),
+                ("tun_tso", &o.tun_tso),
+                ("tun_uso", &o.tun_uso),
+                ("udp_gso", &o.udp_gso),
+                ("udp_gro", &o.udp_gro),
                 ("tunnel_gso", &tunnel),
             ] {
                 metrics::gauge!("overlayd_offload_enabled", "offload" => k).set(if *on {

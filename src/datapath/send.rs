@@ -168,7 +168,10 @@ impl TxPath {
         if let Some(t) = self.tunnel.as_ref().filter(|t| t.on() && !sock.is_raw()) {
             let ip = &self.buf[out.start + out.link..out.end];
             match tso::gso_shape(&vh, ip) {
-                Ok(Some(shape)) if shape.count > 1 && out.start >= out.encap + OUTER_LEN => {
+                // TCP only: inner UDP (USO) super-packets are segmented here (below).
+                Ok(Some(shape))
+                    if shape.tcp && shape.count > 1 && out.start >= out.encap + OUTER_LEN =>
+                {
                     let at = out.start - out.encap;
                     fill(&mut self.buf[at..out.end]).map_err(|r| (r, shape.count as u64))?;
                     let f = TunnelFrame {

@@ -330,8 +330,7 @@ async fn open_ports(
             source,
         })?;
         if opts.offload {
-            let want = tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN;
-            if let Err(e) = dev.set_offload(want) {
+            if let Err(e) = crate::datapath::enable_offloads(&mut dev) {
                 warn!(device = name, error = %e, "the kernel refused TAP offloads");
             }
         }
