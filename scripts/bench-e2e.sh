@@ -47,6 +47,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH="$PATH:/usr/sbin:/sbin"
+# shellcheck source=lib/topology.sh
+. scripts/lib/topology.sh
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "bench-e2e: needs root (it creates network namespaces); try: sudo $0" >&2
@@ -61,10 +63,10 @@ SW=${P}sw
 H1=${P}h1
 H2=${P}h2
 ETCD_NS=${P}etcd
-U1=192.168.77.1
-U2=192.168.77.2
-ETCD_IP=192.168.77.250
-ENDPOINT=http://$ETCD_IP:2379
+U1=$(topo_host_ip 1)          # 192.168.77.1
+U2=$(topo_host_ip 2)          # 192.168.77.2
+ETCD_IP=$TOPO_ETCD_IP          # 192.168.77.250
+ENDPOINT=$TOPO_ETCD_ENDPOINT
 NETWORK=10.244.0.0/16
 WORK=$(mktemp -d /tmp/ovb-bench.XXXXXX)
 RESULTS=$WORK/results.tsv    # case <tab> gbps_1 <tab> gbps_4 <tab> ping_us
@@ -85,7 +87,7 @@ cleanup() {
   disown -a 2>/dev/null || true
   # Kill every process in our namespaces (TERM first, then KILL) and delete them; only once
   # this run owns the prefix (never another run's namespaces).
-  [ -n "${OWN_NETNS:-}" ] && { scripts/cleanup-netns.sh "$P" >&2 || true; }
+  [ -n "${OWN_NETNS:-}" ] && { topo_teardown "$P" >&2 || true; }
   if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
   exit $rc
 }
@@ -95,16 +97,6 @@ trap 'echo "bench-e2e: interrupted" >&2; exit 130' INT TERM
 log_tail() {
   echo "---- last lines of $1 ----" >&2
   tail -n 20 "$1" >&2 2>/dev/null || true
-}
-
-# 10.244.37.1/24 -> 10.244.37.0
-net_addr() {
-  local ip=${1%/*} len=${1#*/} a b c d n mask
-  IFS=. read -r a b c d <<<"$ip"
-  n=$(((a << 24) | (b << 16) | (c << 8) | d))
-  mask=$(((0xffffffff << (32 - len)) & 0xffffffff))
-  n=$((n & mask))
-  echo "$((n >> 24 & 255)).$((n >> 16 & 255)).$((n >> 8 & 255)).$((n & 255))"
 }
 
 # ------------------------------------------------------------------------------------------------
@@ -235,45 +227,22 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
     die "namespace $ns has processes: another bench-e2e run? Not touching it (BENCH_PREFIX=... runs beside it; scripts/cleanup-netns.sh $P removes leftovers)"
 done
 OWN_NETNS=1
-scripts/cleanup-netns.sh "$P" >&2 || true
+topo_teardown "$P" >&2 || true
 
-ip netns add "$SW"
-ip -n "$SW" link set lo up
-ip -n "$SW" link add br0 type bridge
-ip -n "$SW" link set br0 up
+topo_switch "$P"
 # The switch is a switch: a bridge does not run frames through iptables unless
 # br_netfilter's bridge-nf-call-* are on, which they are by default in every namespace
 # where it is built in. A real switch runs no netfilter hooks on the hosts' traffic.
 # BRIDGE_NF=1 keeps them on (as runs A-H did).
-if [ "${BRIDGE_NF:-0}" != 1 ] && [ -e /proc/sys/net/bridge ]; then
-  for k in iptables ip6tables arptables; do
-    in_ns "$SW" sysctl -qw "net.bridge.bridge-nf-call-$k=0"
-  done
+if [ "${BRIDGE_NF:-0}" != 1 ]; then
+  topo_bridge_nf_off "$P"
 fi
-
-attach() { # NAME IP
-  local ns=$P$1
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip -n "$SW" link add "$1" mtu 1500 type veth peer name eth0 mtu 1500 netns "$ns"
-  ip -n "$SW" link set "$1" master br0
-  ip -n "$SW" link set "$1" up
-  ip -n "$ns" addr add "$2/24" dev eth0
-  ip -n "$ns" link set eth0 up
-}
-attach etcd "$ETCD_IP"
-attach h1 "$U1"
-attach h2 "$U2"
+topo_attach "$P" etcd "$ETCD_IP"
+topo_hosts "$P" 2
 
 say "starting etcd in $ETCD_NS"
-in_ns "$ETCD_NS" etcd --name bench --data-dir "$WORK/etcd" --logger=zap --log-level=warn \
-  --listen-client-urls "$ENDPOINT" --advertise-client-urls "$ENDPOINT" \
-  --listen-peer-urls "http://$ETCD_IP:2380" --initial-advertise-peer-urls "http://$ETCD_IP:2380" \
-  --initial-cluster "bench=http://$ETCD_IP:2380" --initial-cluster-state new \
-  >"$WORK/etcd.log" 2>&1 &
-ctl() { in_ns "$ETCD_NS" env ETCDCTL_API=3 timeout 10 etcdctl --endpoints="$ENDPOINT" --dial-timeout=3s "$@"; }
-for _ in $(seq 100); do ctl endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
-ctl endpoint health >/dev/null 2>&1 || { log_tail "$WORK/etcd.log"; die "etcd did not become healthy"; }
+topo_etcd_start "$P" bench "$WORK" || { log_tail "$WORK/etcd.log"; die "etcd did not become healthy"; }
+ctl() { topo_etcdctl "$P" "$@"; }
 
 # ------------------------------------------------------------------------------------------------
 # 1. underlay
@@ -384,7 +353,7 @@ overlayd_case() {
     done
   done
   subnet=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/$name/h2.env")
-  OVD_PEER=$(net_addr "$subnet")
+  OVD_PEER=$(topo_net_addr "$subnet")
   echo "h2 FLANNEL_SUBNET=$subnet, overlay address $OVD_PEER" >&2
   OVD_ON=1
   if wait_reachable "$H1" "$OVD_PEER"; then
