@@ -272,10 +272,16 @@ print(n)
         .spawn()
         .expect("receiver");
     std::thread::sleep(Duration::from_millis(500));
-    let sent = topo.host(0).run(&["timeout", "20", "python3", "-c", &sender]);
+    let sent = topo
+        .host(0)
+        .run(&["timeout", "20", "python3", "-c", &sender]);
     let out = rx.wait_with_output().expect("receiver output");
     let got = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(sent.trim(), (SENDS * PER_SEND).to_string(), "sender sent all");
+    assert_eq!(
+        sent.trim(),
+        (SENDS * PER_SEND).to_string(),
+        "sender sent all"
+    );
     assert_eq!(
         got.trim(),
         format!("{} 0", SENDS * PER_SEND),
