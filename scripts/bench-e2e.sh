@@ -47,6 +47,10 @@
 #                                    median (CPU and RSS come from the first single-stream run)
 #              BRIDGE_NF=1           leave br_netfilter's hooks on for the switch's bridge (off by
 #                                    default: a switch runs no iptables; runs A-H had them on)
+#              PIN=none              where the daemons run (taskset): split = h1's on CPU 0, h2's on
+#                                    CPU 1; cross = the other way round; same = both on CPU 0;
+#                                    none = wherever the scheduler puts them (the applications
+#                                    are never pinned)
 #              BENCH_PREFIX=ovb-     namespace prefix; a run refuses to start while namespaces with
 #                                    this prefix have processes in them (another run), rather than
 #                                    removing them
@@ -387,6 +391,17 @@ stop_overlayd() {
   done
 }
 
+# pin HOST_NUMBER: the command words that place that host's daemon as $PIN says
+pin() {
+  case "${PIN:-none}" in
+    none) ;;
+    split) echo taskset -c $(($1 - 1)) ;;
+    cross) echo taskset -c $((2 - $1)) ;;
+    same) echo taskset -c 0 ;;
+    *) die "PIN must be none, split, cross or same, not '$PIN'" ;;
+  esac
+}
+
 # record_path CASE: how h1's daemon sends super-packets, from its log
 record_path() {
   local log=$WORK/$1/h1.log path
@@ -405,7 +420,8 @@ overlayd_case() {
   mkdir -p "$WORK/$name"
   for i in 1 2; do
     # Straight `ip netns exec ... &`: $! is then overlayd's own pid.
-    ip netns exec "$P""h$i" "$BIN" --backend "$backend" --etcd-endpoints "$ENDPOINT" \
+    # shellcheck disable=SC2046 # pin's words are meant to split
+    ip netns exec "$P""h$i" $(pin "$i") "$BIN" --backend "$backend" --etcd-endpoints "$ENDPOINT" \
       --etcd-prefix "/bench/$name" --network "$NETWORK" --subnet-len 24 --iface eth0 \
       --subnet-file "$WORK/$name/h$i.env" "$@" ${OVERLAYD_FLAGS:-} >"$WORK/$name/h$i.log" 2>&1 &
     OVD_PIDS[i]=$!
@@ -563,7 +579,8 @@ l2_case() {
   mkdir -p "$WORK/$name"
   ctl put "/bench/$name/l2/networks/net" "{\"VNI\":100,\"Backend\":\"$backend\"}" >/dev/null
   for i in 1 2; do
-    ip netns exec "$P""h$i" "$BIN" --backend vxlan --etcd-endpoints "$ENDPOINT" \
+    # shellcheck disable=SC2046 # pin's words are meant to split
+    ip netns exec "$P""h$i" $(pin "$i") "$BIN" --backend vxlan --etcd-endpoints "$ENDPOINT" \
       --etcd-prefix "/bench/$name" --network "$NETWORK" --subnet-len 24 --iface eth0 \
       --subnet-file "$WORK/$name/h$i.env" --l2 net@brl2 "$@" >"$WORK/$name/h$i.log" 2>&1 &
     OVD_PIDS[i]=$!
