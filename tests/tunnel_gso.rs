@@ -28,9 +28,9 @@ fn tunnel_gauge(d: &Overlayd) -> f64 {
     d.metric("overlayd_offload_enabled", &["offload=\"tunnel_gso\""])
 }
 
-/// Two nodes of `backend` with `--tunnel-gso mode`: byte-identical TCP both ways; returns
-/// the daemons (then etcd, in drop order) after the transfers.
-fn pair(topo: &mut Topology, backend: &str, mode: &str) -> (Vec<Overlayd>, Etcd) {
+/// Two ready nodes of `backend` with `--tunnel-gso mode` that ping each other: the daemons,
+/// their overlay addresses (then etcd, in drop order).
+fn nodes(topo: &mut Topology, backend: &str, mode: &str) -> (Vec<Overlayd>, Vec<Ipv4Addr>, Etcd) {
     let etcd = topo.start_etcd();
     let mut ds: Vec<Overlayd> = (0..2)
         .map(|i| Overlayd::spawn(topo.host(i), args(backend, &etcd, mode)))
@@ -43,6 +43,12 @@ fn pair(topo: &mut Topology, backend: &str, mode: &str) -> (Vec<Overlayd>, Etcd)
         ping_until(topo.host(0), ips[1], Duration::from_secs(15)),
         "{backend}: ping"
     );
+    (ds, ips, etcd)
+}
+
+/// [`nodes`], then byte-identical TCP both ways.
+fn pair(topo: &mut Topology, backend: &str, mode: &str) -> (Vec<Overlayd>, Etcd) {
+    let (ds, ips, etcd) = nodes(topo, backend, mode);
     let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), ips[1], 0, 30 * MB);
     assert_eq!(sent, got, "{backend} {mode}: 30 MB h1 -> h2 byte-identical");
     let (sent, got) = tcp_transfer(topo.host(1), topo.host(0), ips[0], 0, 10 * MB);
@@ -138,25 +144,8 @@ fn netns_tunnel_gso_interop_kernel_vxlan() {
     if skip_unless_root("netns_tunnel_gso_interop_kernel_vxlan") {
         return;
     }
-    let mut topo = Topology::new(2);
-    let etcd = topo.start_etcd();
-    etcd.put_network_config(ETCD_PREFIX, OVERLAY_NETWORK, 24, "vxlan");
-    let kernel_subnet: ipnet::Ipv4Net = "10.244.200.0/24".parse().unwrap();
-    let kernel = KernelVxlanNode::setup(topo.host(1), topo.host(1).ip, kernel_subnet);
-    kernel.register(&etcd, ETCD_PREFIX);
-    let d = Overlayd::spawn(topo.host(0), args("vxlan", &etcd, "on"));
-    let mut d = d;
-    let ours = overlay_ip_of(&d.wait_ready(READY));
-    kernel.sync_from_etcd(&etcd, ETCD_PREFIX);
-    assert!(ping_until(
-        topo.host(0),
-        kernel.overlay_ip(),
-        Duration::from_secs(15)
-    ));
-    let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), kernel.overlay_ip(), 0, 20 * MB);
-    assert_eq!(sent, got, "TCP overlayd (tunnel GSO) -> kernel VXLAN");
-    let (sent, got) = tcp_transfer(topo.host(1), topo.host(0), ours, 0, 20 * MB);
-    assert_eq!(sent, got, "TCP kernel VXLAN -> overlayd");
+    let (d, _kernel, _etcd, _topo) =
+        interop_kernel_vxlan(&["--tunnel-gso", "on", "--metrics-addr", METRICS]);
     assert!(tunnel_writes(&d) > 100.0, "the kernel segmented for us");
 }
 
@@ -206,15 +195,7 @@ fn netns_inner_udp_gso_is_carried() {
         return;
     }
     let mut topo = Topology::new(2);
-    let etcd = topo.start_etcd();
-    let mut ds: Vec<Overlayd> = (0..2)
-        .map(|i| Overlayd::spawn(topo.host(i), args("vxlan", &etcd, "auto")))
-        .collect();
-    let ips: Vec<Ipv4Addr> = ds
-        .iter_mut()
-        .map(|d| overlay_ip_of(&d.wait_ready(READY)))
-        .collect();
-    assert!(ping_until(topo.host(0), ips[1], Duration::from_secs(15)));
+    let (ds, ips, _etcd) = nodes(&mut topo, "vxlan", "auto");
     assert_eq!(
         ds[0].metric("overlayd_offload_enabled", &["offload=\"tun_uso\""]),
         1.0,
@@ -298,15 +279,7 @@ fn netns_gre_receives_frames_larger_than_the_mtu_whole() {
         return;
     }
     let mut topo = Topology::new(2);
-    let etcd = topo.start_etcd();
-    let mut ds: Vec<Overlayd> = (0..2)
-        .map(|i| Overlayd::spawn(topo.host(i), args("gre", &etcd, "auto")))
-        .collect();
-    let ips: Vec<Ipv4Addr> = ds
-        .iter_mut()
-        .map(|d| overlay_ip_of(&d.wait_ready(READY)))
-        .collect();
-    assert!(ping_until(topo.host(1), ips[0], Duration::from_secs(15)));
+    let (ds, ips, _etcd) = nodes(&mut topo, "gre", "auto");
     let receiver = format!(
         r#"
 import socket
@@ -350,12 +323,16 @@ print("sent")
         .spawn()
         .expect("receiver");
     std::thread::sleep(Duration::from_millis(500));
-    topo.host(1).run(&["timeout", "10", "python3", "-c", &sender]);
+    topo.host(1)
+        .run(&["timeout", "10", "python3", "-c", &sender]);
     let out = rx.wait_with_output().expect("receiver output");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "30000 True",
         "the 30 000-byte datagram arrived whole"
     );
-    assert_eq!(ds[0].metric("overlayd_drops_total", &["reason=\"truncated\""]), 0.0);
+    assert_eq!(
+        ds[0].metric("overlayd_drops_total", &["reason=\"truncated\""]),
+        0.0
+    );
 }

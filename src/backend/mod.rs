@@ -41,6 +41,23 @@ impl SocketError {
     }
 }
 
+/// `queues` UDP sockets bound to `addr`:`port` (`SO_REUSEPORT` spreads flows over them),
+/// one per receive worker.
+fn udp_sockets(
+    addr: Ipv4Addr,
+    port: u16,
+    queues: usize,
+) -> Result<Vec<Arc<UnderlaySocket>>, SocketError> {
+    let bind = SocketAddrV4::new(addr, port);
+    (0..queues.max(1))
+        .map(|_| {
+            UnderlaySocket::udp(bind, SOCKET_BUFFER)
+                .map(Arc::new)
+                .map_err(SocketError::at(bind))
+        })
+        .collect()
+}
+
 /// A backend's underlay sockets: the ones transmit picks from, and one per receive
 /// worker.
 #[derive(Debug, Clone)]

@@ -2,13 +2,11 @@
 //! from and to the same port on every node (8285 by default) on a TUN device `flannel0`.
 //! Leases carry only `PublicIP` (no `BackendType`).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
+use std::net::Ipv4Addr;
 
-use super::{Decapsulated, SocketError, Sockets, SOCKET_BUFFER};
+use super::{Decapsulated, SocketError, Sockets};
 use crate::control::lease::LeaseAttrs;
 use crate::drop::DropReason;
-use crate::sys::socket::UnderlaySocket;
 use crate::wire::ipv4;
 
 /// The TUN device, as flannel names it.
@@ -38,12 +36,7 @@ pub fn is_peer(attrs: &LeaseAttrs) -> bool {
 /// (`SO_REUSEPORT`): each both receives and sends, since peers expect datagrams from the
 /// port they send to.
 pub fn sockets(addr: Ipv4Addr, port: u16, queues: usize) -> Result<Sockets, SocketError> {
-    let bind = SocketAddrV4::new(addr, port);
-    let mut recv = Vec::with_capacity(queues);
-    for _ in 0..queues.max(1) {
-        let s = UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(SocketError::at(bind))?;
-        recv.push(Arc::new(s));
-    }
+    let recv = super::udp_sockets(addr, port, queues)?;
     Ok(Sockets {
         send: recv.clone(),
         recv,

@@ -138,18 +138,11 @@ pub fn send_pool(addr: Ipv4Addr) -> Result<Vec<Arc<UnderlaySocket>>, SocketError
         .collect()
 }
 
-/// Receive sockets, one per queue, bound to the VXLAN port (`SO_REUSEPORT` spreads flows
-/// over them), and the send pool.
+/// Receive sockets, one per queue, bound to the VXLAN port, and the send pool.
 pub fn sockets(addr: Ipv4Addr, port: u16, queues: usize) -> Result<Sockets, SocketError> {
-    let bind = SocketAddrV4::new(addr, port);
-    let mut recv = Vec::with_capacity(queues);
-    for _ in 0..queues.max(1) {
-        let s = UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(SocketError::at(bind))?;
-        recv.push(Arc::new(s));
-    }
     Ok(Sockets {
         send: send_pool(addr)?,
-        recv,
+        recv: super::udp_sockets(addr, port, queues)?,
     })
 }
 

@@ -4,14 +4,56 @@
 
 use std::net::Ipv4Addr;
 use std::process::Command;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
-use super::etcd::{lease_key, vxlan_lease_value, Etcd, Lease};
+use super::daemon::{overlay_ip_of, overlayd_args, Overlayd, OVERLAY_NETWORK};
+use super::etcd::{lease_key, vxlan_lease_value, Etcd, Lease, ETCD_PREFIX};
 use super::l2::{L2_CONTAINER_MTU, L2_VXLAN_PORT};
 use super::netns::Netns;
 use super::process::{must, run_cmd};
-use super::topology::UNDERLAY_MTU;
+use super::topology::{Topology, UNDERLAY_MTU};
+use super::traffic::{ping_until, tcp_transfer};
+
+/// A two-host interop run: overlayd vxlan (with `extra` flags) on h1 and a flanneld-style
+/// kernel VXLAN node on h2, sharing one etcd. Checks that the kernel node reads our lease
+/// in flannel's schema, pings both ways and 20 MB of TCP each way, byte-identical. Returns
+/// the daemon and the rest, in drop order, for further checks.
+pub fn interop_kernel_vxlan(extra: &[&str]) -> (Overlayd, KernelVxlanNode, Etcd, Topology) {
+    const MB: u64 = 1_000_000;
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    // The config as a flannel cluster has it.
+    etcd.put_network_config(ETCD_PREFIX, OVERLAY_NETWORK, 24, "vxlan");
+    let kernel_subnet: Ipv4Net = "10.244.200.0/24".parse().unwrap();
+    let kernel = KernelVxlanNode::setup(topo.host(1), topo.host(1).ip, kernel_subnet);
+    kernel.register(&etcd, ETCD_PREFIX);
+    let mut args = overlayd_args("vxlan", &etcd);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut d = Overlayd::spawn(topo.host(0), args);
+    let ours = d.wait_ready(Duration::from_secs(30));
+    // The kernel node learns our lease as flanneld would (static neighbour, fdb, route).
+    let learned = kernel.sync_from_etcd(&etcd, ETCD_PREFIX);
+    assert!(
+        learned.iter().any(|l| l.public_ip == topo.host(0).ip),
+        "our lease in flannel's schema: {learned:?}"
+    );
+    let our_ip = overlay_ip_of(&ours);
+    assert!(
+        ping_until(topo.host(0), kernel.overlay_ip(), Duration::from_secs(15)),
+        "overlayd -> kernel vxlan"
+    );
+    assert!(
+        ping_until(topo.host(1), our_ip, Duration::from_secs(15)),
+        "kernel vxlan -> overlayd"
+    );
+    let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), kernel.overlay_ip(), 0, 20 * MB);
+    assert_eq!(sent, got, "TCP overlayd -> kernel");
+    let (sent, got) = tcp_transfer(topo.host(1), topo.host(0), our_ip, 0, 20 * MB);
+    assert_eq!(sent, got, "TCP kernel -> overlayd");
+    (d, kernel, etcd, topo)
+}
 
 /// A namespace configured exactly like a flanneld vxlan node, using the kernel VXLAN driver.
 ///
