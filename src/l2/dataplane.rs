@@ -410,6 +410,7 @@ impl TxWorker {
             &network.stats.tx_bytes,
             sent.bytes - ENCAP_LEN as u64 * sent.packets,
         );
+        bump(&network.stats.tx_tunnel_gso, sent.tunnel_writes);
         if unicast_to.is_some() {
             bump(&network.stats.tx_unicast, frames);
         } else {
