@@ -481,13 +481,13 @@ fn netns_cni_dual_stack() {
     }
     let mut topo = Topology::new(1);
     let etcd = topo.start_etcd();
-    common::ipv6::put_dual_stack_config(&etcd, ETCD_PREFIX, "vxlan");
+    put_dual_stack_config(&etcd, ETCD_PREFIX, "vxlan");
     let host = topo.host(0);
-    common::ipv6::add_underlay_ipv6(host, 0);
+    add_underlay_ipv6(host, 0);
     let mut d = Overlayd::spawn(host, overlayd_args("vxlan", &etcd));
     let subnet = subnet_of(&d.wait_ready(READY));
-    let subnet6 = common::ipv6::ipv6_subnet_in(d.subnet_file()).expect("FLANNEL_IPV6_SUBNET");
-    let network6: Ipv6Net = common::ipv6::OVERLAY_NETWORK6.parse().unwrap();
+    let subnet6 = ipv6_subnet_in(d.subnet_file()).expect("FLANNEL_IPV6_SUBNET");
+    let network6: Ipv6Net = OVERLAY_NETWORK6.parse().unwrap();
     let tmp = TempDir::new("cni6");
     let node = Node {
         host,

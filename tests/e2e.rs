@@ -139,34 +139,7 @@ fn netns_interop_kernel_vxlan() {
     if skip_unless_root("netns_interop_kernel_vxlan") {
         return;
     }
-    let mut topo = Topology::new(2);
-    let etcd = topo.start_etcd();
-    // The config as a flannel cluster has it.
-    etcd.put_network_config(ETCD_PREFIX, OVERLAY_NETWORK, 24, "vxlan");
-    let kernel_subnet: ipnet::Ipv4Net = "10.244.200.0/24".parse().unwrap();
-    let kernel = KernelVxlanNode::setup(topo.host(1), topo.host(1).ip, kernel_subnet);
-    kernel.register(&etcd, ETCD_PREFIX);
-    let mut d = Overlayd::spawn(topo.host(0), overlayd_args("vxlan", &etcd));
-    let ours = d.wait_ready(READY);
-    // The kernel node learns our lease as flanneld would (static neighbour, fdb, route).
-    let learned = kernel.sync_from_etcd(&etcd, ETCD_PREFIX);
-    assert!(
-        learned.iter().any(|l| l.public_ip == topo.host(0).ip),
-        "our lease in flannel's schema: {learned:?}"
-    );
-    let our_ip = overlay_ip_of(&ours);
-    assert!(
-        ping_until(topo.host(0), kernel.overlay_ip(), Duration::from_secs(15)),
-        "overlayd -> kernel vxlan"
-    );
-    assert!(
-        ping_until(topo.host(1), our_ip, Duration::from_secs(15)),
-        "kernel vxlan -> overlayd"
-    );
-    let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), kernel.overlay_ip(), 0, 20 * MB);
-    assert_eq!(sent, got, "TCP overlayd -> kernel");
-    let (sent, got) = tcp_transfer(topo.host(1), topo.host(0), our_ip, 0, 20 * MB);
-    assert_eq!(sent, got, "TCP kernel -> overlayd");
+    interop_kernel_vxlan(&[]);
 }
 
 /// Joining, leaving, restarting, and the own lease deleted under a running node.

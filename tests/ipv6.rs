@@ -13,11 +13,11 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use common::ipv6::*;
 use common::*;
 use ipnet::{Ipv4Net, Ipv6Net};
+use overlayd::backend::vxlan::{stable_vtep_mac, stable_vtep_mac_v6};
 use overlayd::control::config::NetworkConfig;
-use overlayd::control::etcd::{stable_vtep_mac, stable_vtep_mac_v6, EtcdOptions, Registry};
+use overlayd::control::etcd::{EtcdOptions, Registry};
 use overlayd::control::lease::{format_mac, LeaseAttrs, SubnetKey, VxlanData};
 
 const READY: Duration = Duration::from_secs(30);

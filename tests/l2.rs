@@ -272,6 +272,17 @@ fn same_subnet(backend: &str) {
     assert!(metric_value(&m, "overlayd_l2_tx_frames_total", &[&l, "kind=\"flood\""]) > 0.0);
     assert_eq!(metric_value(&m, "overlayd_l2_members", &[&l]), 1.0);
     assert!(metric_value(&m, "overlayd_l2_fdb_entries", &[&l]) >= 1.0);
+    // The 5 MB TCP super-frames: vxlan hands them whole to the kernel (tunnel GSO, on by
+    // default where the kernel has it, as here); gre cannot.
+    let tunnel = metric_value(&m, "overlayd_l2_tunnel_gso_writes_total", &[&l]);
+    if backend == "vxlan" {
+        assert!(
+            tunnel > 10.0,
+            "{backend}: super-frames through the tunnel-GSO TAP: {tunnel}"
+        );
+    } else {
+        assert_eq!(tunnel, 0.0, "{backend}: no tunnel GSO for GRE");
+    }
 
     // The TAP deleted under the daemon: recreated on the bridge, what was learned kept.
     let repairs0 = d1.metric("overlayd_device_repairs_total", &[]);

@@ -434,7 +434,7 @@ pub struct ControlLoop {
     /// Own-lease keepalive period.
     pub keepalive_every: Duration,
     /// Counters and lease state for the metrics exporter.
-    pub stats: Arc<crate::telemetry::State>,
+    pub stats: Arc<crate::counters::ControlStats>,
 }
 
 /// Retry delay after `step` failures in a row: 1 s doubling to 30 s (shared with the L2
@@ -471,10 +471,7 @@ impl ControlLoop {
                         self.publish(&peers);
                     }
                     Err(e) => {
-                        self.stats
-                            .control
-                            .etcd_errors
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
                         let d = backoff(&mut step);
                         warn!(error = %e, retry_in = ?d, "cannot list leases; forwarding to known peers continues");
                         tokio::time::sleep(d).await;
@@ -494,10 +491,7 @@ impl ControlLoop {
             {
                 Ok(s) => s,
                 Err(e) => {
-                    self.stats
-                        .control
-                        .etcd_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
                     let d = backoff(&mut step);
                     warn!(error = %e, retry_in = ?d, "cannot watch leases; forwarding to known peers continues");
                     tokio::time::sleep(d).await;
@@ -508,7 +502,7 @@ impl ControlLoop {
                 tokio::select! {
                     _ = ka.tick() => {
                         if let Err(e) = self.keepalive().await {
-                            self.stats.control.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                            self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
                             warn!(error = %e, "lease keepalive failed; will retry");
                         }
                     }
@@ -516,7 +510,7 @@ impl ControlLoop {
                         Ok(Some(resp)) => {
                             if resp.canceled() || resp.compact_revision() > 0 {
                                 warn!(compact_revision = resp.compact_revision(), reason = resp.cancel_reason(), "lease watch cancelled (compaction); relisting");
-                                self.stats.control.relists.fetch_add(1, Ordering::Relaxed);
+                                self.stats.relists.fetch_add(1, Ordering::Relaxed);
                                 relist = true;
                                 break;
                             }
@@ -563,7 +557,7 @@ impl ControlLoop {
                             }
                         }
                         Ok(None) | Err(_) => {
-                            self.stats.control.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                            self.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
                             let d = backoff(&mut step);
                             warn!(retry_in = ?d, "lease watch broke; resuming");
                             tokio::time::sleep(d).await;
@@ -607,7 +601,6 @@ impl ControlLoop {
                     .map(|d| d.as_secs() as i64)
                     .unwrap_or(0);
                 self.stats
-                    .control
                     .lease_expiry_unix
                     .store(now + resp.ttl(), Ordering::Relaxed);
             }
@@ -657,55 +650,9 @@ fn log_diff(old: &BTreeMap<String, RemoteLease>, new: &BTreeMap<String, RemoteLe
     }
 }
 
-/// A VTEP MAC that stays the same across restarts: derived from the public address and the
-/// VNI (FNV-1a), locally administered and unicast. flannel draws a random one at each start,
-/// which forces every peer to relearn; a node's identity is already its public address.
-pub fn stable_vtep_mac(public_ip: Ipv4Addr, vni: u32) -> [u8; 6] {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in public_ip.octets().into_iter().chain(vni.to_be_bytes()) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    let b = h.to_be_bytes();
-    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
-}
-
-/// [`stable_vtep_mac`] for the IPv6 side: the MAC published in `BackendV6Data`, derived
-/// from `PublicIPv6` and the VNI. flannel's `flannel-v6.<VNI>` device has a MAC of its own,
-/// distinct from `flannel.<VNI>`'s; this one differs from the IPv4 one as well.
-pub fn stable_vtep_mac_v6(public_ipv6: std::net::Ipv6Addr, vni: u32) -> [u8; 6] {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in public_ipv6.octets().into_iter().chain(vni.to_be_bytes()) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    let b = h.to_be_bytes();
-    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vtep_mac_v6_is_stable_local_unicast() {
-        let ip6: std::net::Ipv6Addr = "fd00:77::1".parse().unwrap();
-        let a = stable_vtep_mac_v6(ip6, 1);
-        assert_eq!(a, stable_vtep_mac_v6(ip6, 1));
-        assert_ne!(a, stable_vtep_mac_v6("fd00:77::2".parse().unwrap(), 1));
-        assert_ne!(a, stable_vtep_mac_v6(ip6, 2));
-        assert_ne!(a, stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 1), 1));
-        assert_eq!(a[0] & 0x03, 0x02, "locally administered, unicast");
-    }
-
-    #[test]
-    fn vtep_mac_is_stable_local_unicast() {
-        let a = stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 1), 1);
-        assert_eq!(a, stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 1), 1));
-        assert_ne!(a, stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 2), 1));
-        assert_ne!(a, stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 1), 2));
-        assert_eq!(a[0] & 0x03, 0x02, "locally administered, unicast");
-    }
 
     #[test]
     fn backoff_grows_and_caps() {
