@@ -697,7 +697,7 @@ impl RxWorker {
         // the whole buffer, and keep it whole (the MSS then segments the inner packet).
         let hl = self.cfg.encap.header_len();
         let whole_frame = seg > 0 && data.len() > seg && !self.sock.is_raw() && {
-            data.get(hl..).is_some_and(crate::offload::ip_len_covers)
+            data.get(hl..).is_some_and(crate::wire::ip::len_covers)
         };
         let inner_gso = if whole_frame { seg } else { 0 };
         let seg = if seg == 0 || whole_frame {

@@ -13,7 +13,7 @@
 //! data plane's job.
 
 use crate::drop::DropReason;
-use crate::wire::{ether, gre, ipv4, vxlan};
+use crate::wire::{ether, gre, ip, vxlan};
 
 /// Outer IPv4 header length, counted in [`Encap::overhead`].
 const OUTER_IPV4_LEN: usize = 20;
@@ -149,7 +149,7 @@ impl Encap {
     /// ARP frames may be broadcast and are returned whole for the ARP responder.
     pub fn decapsulate<'a>(&self, payload: &'a [u8]) -> Result<Decapsulated<'a>, DropReason> {
         match *self {
-            Encap::Udp => Ok(Decapsulated::Ip(ipv4::inner_packet(payload)?.packet())),
+            Encap::Udp => Ok(Decapsulated::Ip(ip::inner_packet(payload)?.packet())),
             Encap::Vxlan { vni, local_mac } => {
                 let v = vxlan::Packet::new_checked(payload)?;
                 if vxlan::Repr::parse(&v)?.vni != vni {
@@ -168,7 +168,7 @@ impl Encap {
                         if frame.dst_addr().0 != local_mac {
                             return Err(DropReason::BadInner);
                         }
-                        let inner = ipv4::inner_packet(&frame_bytes[ether::HEADER_LEN..])?;
+                        let inner = ip::inner_packet(&frame_bytes[ether::HEADER_LEN..])?;
                         if inner.ethertype() != et {
                             return Err(DropReason::BadInner);
                         }
@@ -183,7 +183,7 @@ impl Encap {
                 if r.key != key {
                     return Err(DropReason::WrongVni);
                 }
-                let inner = ipv4::inner_packet(&payload[g.header_len()..])?;
+                let inner = ip::inner_packet(&payload[g.header_len()..])?;
                 if inner.ethertype() != r.protocol {
                     return Err(DropReason::BadInner);
                 }
@@ -196,6 +196,7 @@ impl Encap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ipv4;
     use proptest::prelude::*;
     use std::net::Ipv4Addr;
 
@@ -208,7 +209,7 @@ mod tests {
         ipv4::Repr {
             src_addr: Ipv4Addr::new(10, 244, 1, 1),
             dst_addr: Ipv4Addr::new(10, 244, 2, 1),
-            protocol: ipv4::PROTO_ICMP,
+            protocol: ip::PROTO_ICMP,
             payload_len: n as u16,
             ttl: 64,
         }
@@ -460,7 +461,7 @@ mod tests {
         #[test]
         fn decapsulate_never_panics(e in encap_strategy(), buf in proptest::collection::vec(any::<u8>(), 0..120)) {
             match e.decapsulate(&buf) {
-                Ok(Decapsulated::Ip(p)) => prop_assert!(ipv4::inner_packet(p).is_ok()),
+                Ok(Decapsulated::Ip(p)) => prop_assert!(ip::inner_packet(p).is_ok()),
                 Ok(Decapsulated::Arp(f)) => prop_assert!(f.len() >= 42),
                 Err(_) => {}
             }

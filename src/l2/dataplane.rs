@@ -785,7 +785,7 @@ fn covers_whole(data: &[u8]) -> bool {
         [0x86, 0xdd] => 6,
         _ => return false,
     };
-    ip.first().map(|b| b >> 4) == Some(version) && crate::offload::ip_len_covers(ip)
+    ip.first().map(|b| b >> 4) == Some(version) && crate::wire::ip::len_covers(ip)
 }
 
 /// What one received datagram carries, once checked.
@@ -1117,7 +1117,7 @@ mod tests {
         ipv4::Repr {
             src_addr: PEER,
             dst_addr: Ipv4Addr::new(10, 0, 0, 1),
-            protocol: ipv4::PROTO_GRE,
+            protocol: crate::wire::ip::PROTO_GRE,
             payload_len: g.len() as u16,
             ttl: 64,
         }
