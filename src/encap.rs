@@ -108,11 +108,11 @@ impl Encap {
         seq: u32,
     ) -> Result<(), DropReason> {
         let h = self.header_len();
-        let ethertype = match pkt.get(h).map(|b| b >> 4) {
-            None => return Err(DropReason::Truncated),
-            Some(4) => ether::ETHERTYPE_IPV4,
-            Some(6) => ether::ETHERTYPE_IPV6,
-            Some(_) => return Err(DropReason::BadInner),
+        let ethertype = match pkt.get(h..) {
+            None | Some([]) => return Err(DropReason::Truncated),
+            Some(inner) => ip::Version::of(inner)
+                .ok_or(DropReason::BadInner)?
+                .ethertype(),
         };
         match *self {
             Encap::Udp => {}

@@ -369,12 +369,12 @@ impl Slot {
 
 /// Decides whether `pkt` is a mergeable TCP segment. Reads only within checked bounds.
 fn classify(pkt: &[u8]) -> Class {
-    let Some(&first) = pkt.first() else {
+    let Some(version) = Version::of(pkt) else {
         return Class::Other;
     };
     let mut key = FlowKey::default();
-    let (ip_len, total, mergeable_ip) = match first >> 4 {
-        4 => {
+    let (ip_len, total, mergeable_ip) = match version {
+        Version::Ipv4 => {
             if pkt.len() < ipv4::HEADER_LEN {
                 return Class::Other;
             }
@@ -395,7 +395,7 @@ fn classify(pkt: &[u8]) -> Class {
                 ihl == ipv4::HEADER_LEN && !p.more_frags(),
             )
         }
-        6 => {
+        Version::Ipv6 => {
             if pkt.len() < ipv6::HEADER_LEN {
                 return Class::Other;
             }
@@ -413,7 +413,6 @@ fn classify(pkt: &[u8]) -> Class {
             }
             (ipv6::HEADER_LEN, p.total_len(), true)
         }
-        _ => return Class::Other,
     };
     // At least the four bytes of the ports are there (checked above).
     let t = tcp::Packet::new_unchecked(&pkt[ip_len..]);

@@ -8,7 +8,7 @@
 //! chosen collisions. Pure, allocation-free, reads the headers through the
 //! [`ipv4`]/[`ipv6`] views after checking their fixed length; never panics.
 
-use crate::wire::ip::{PROTO_DCCP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE};
+use crate::wire::ip::{Version, PROTO_DCCP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE};
 use crate::wire::{ipv4, ipv6, udp};
 
 /// Lowest port of the kernel's default ephemeral range (`ip_local_port_range`).
@@ -30,9 +30,9 @@ fn has_ports(proto: u8) -> bool {
 /// IPv4/IPv6 hashes to 0.
 #[inline]
 pub fn hash(inner: &[u8]) -> u32 {
-    match inner.first().map(|b| b >> 4) {
-        Some(4) if inner.len() >= ipv4::HEADER_LEN => hash_v4(inner),
-        Some(6) if inner.len() >= ipv6::HEADER_LEN => hash_v6(inner),
+    match Version::of(inner) {
+        Some(Version::Ipv4) if inner.len() >= ipv4::HEADER_LEN => hash_v4(inner),
+        Some(Version::Ipv6) if inner.len() >= ipv6::HEADER_LEN => hash_v6(inner),
         _ => 0,
     }
 }

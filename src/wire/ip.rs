@@ -32,6 +32,25 @@ pub enum Version {
 }
 
 impl Version {
+    /// The version of the packet starting at `pkt`, by its first nibble; `None` when `pkt`
+    /// is empty or the nibble is neither 4 nor 6.
+    #[inline]
+    pub fn of(pkt: &[u8]) -> Option<Version> {
+        match pkt.first()? >> 4 {
+            4 => Some(Version::Ipv4),
+            6 => Some(Version::Ipv6),
+            _ => None,
+        }
+    }
+
+    /// The EtherType that carries this version.
+    pub fn ethertype(self) -> u16 {
+        match self {
+            Version::Ipv4 => crate::wire::ether::ETHERTYPE_IPV4,
+            Version::Ipv6 => crate::wire::ether::ETHERTYPE_IPV6,
+        }
+    }
+
     /// The version number as in the header's first nibble.
     pub fn number(self) -> u8 {
         match self {
@@ -317,6 +336,14 @@ mod tests {
         );
         assert!(h.is_v6());
         assert_eq!((Version::Ipv4.number(), Version::Ipv6.number()), (4, 6));
+        assert_eq!(Version::of(&v4()), Some(Version::Ipv4));
+        assert_eq!(Version::of(&v6()[..1]), Some(Version::Ipv6));
+        assert_eq!(Version::of(&[]), None);
+        assert_eq!(Version::of(&[0x50]), None);
+        assert_eq!(
+            (Version::Ipv4.ethertype(), Version::Ipv6.ethertype()),
+            (0x0800, 0x86dd)
+        );
     }
 
     #[test]
