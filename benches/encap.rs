@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use overlayd::backend::{Decapsulated, Encap};
-use overlayd::wire::ipv4;
+use overlayd::wire::{ip, ipv4};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 
@@ -17,7 +17,7 @@ fn inner() -> Vec<u8> {
     ipv4::Repr {
         src_addr: Ipv4Addr::new(10, 244, 1, 2),
         dst_addr: Ipv4Addr::new(10, 244, 2, 3),
-        protocol: ipv4::PROTO_UDP,
+        protocol: ip::PROTO_UDP,
         payload_len: (INNER_LEN - ipv4::HEADER_LEN) as u16,
         ttl: 64,
     }

@@ -25,7 +25,7 @@ use crate::host::{self, Netlink, Underlay};
 use crate::offload::tso;
 use crate::sys::tun::{self, Device};
 use crate::wire::virtio::{self, VirtioNetHdr};
-use crate::wire::{checksum, ipv4};
+use crate::wire::{checksum, ip, ipv4, tcp};
 
 /// The TAP's name.
 pub const NAME: &str = "ovgso0";
@@ -123,21 +123,27 @@ fn probe(t: &Tunnel, addr: Ipv4Addr) -> Result<(), String> {
     ipv4::Repr {
         src_addr: src,
         dst_addr: dst,
-        protocol: ipv4::PROTO_TCP,
+        protocol: ip::PROTO_TCP,
         payload_len: tcp_len as u16,
         ttl: 64,
     }
     .emit(&mut buf[ip_at..]);
-    let tcp = &mut buf[ip_at + 20..];
-    tcp[12] = 5 << 4; // data offset: 20 bytes
-    tcp[13] = 0x10; // ACK
+    tcp::Repr {
+        src_port: 1,
+        dst_port: 2,
+        seq_number: 0,
+        ack_number: 0,
+        flags: tcp::flags::ACK,
+        window_len: 0,
+    }
+    .emit(&mut buf[ip_at + 20..]);
     let partial = checksum::fold(checksum::pseudo_header_v4(
         src,
         dst,
-        ipv4::PROTO_TCP,
+        ip::PROTO_TCP,
         tcp_len as u16,
     ));
-    tcp[16..18].copy_from_slice(&partial.to_be_bytes());
+    tcp::Packet::new_unchecked(&mut buf[ip_at + 20..]).set_checksum(partial);
     let vh = VirtioNetHdr {
         flags: virtio::F_NEEDS_CSUM,
         gso_type: virtio::GSO_TCPV4,

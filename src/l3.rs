@@ -30,7 +30,7 @@ use crate::fib::{Fib, SharedFib};
 use crate::offload;
 use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket, MAX_BATCH};
 use crate::sys::tun::Queue;
-use crate::wire::{arp, ether, flow, icmp, ipv4, virtio, vxlan};
+use crate::wire::{arp, ether, flow, gre, icmp, ipv4, virtio, vxlan};
 
 /// What the workers need to know about this node.
 #[derive(Debug, Clone)]
@@ -312,7 +312,10 @@ impl RxWorker {
             };
             // Transparent Ethernet bridging (gretap) on the same raw socket belongs to the L2
             // networks, which read it from their own socket: not ours, not a drop.
-            if raw && payload.get(2..4) == Some(&ether::ETHERTYPE_TEB.to_be_bytes()[..]) {
+            if raw
+                && gre::Packet::new_checked(payload)
+                    .is_ok_and(|g| g.protocol() == ether::ETHERTYPE_TEB)
+            {
                 continue;
             }
             if !fib.is_known_sender(src_ip) {

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use overlayd::backend::{Decapsulated, Encap};
-use overlayd::wire::{arp, ether, ipv4, vxlan};
+use overlayd::wire::{arp, ether, ip, ipv4, udp, vxlan};
 
 /// Outer Ethernet + IPv4 (no options) + UDP in front of the VXLAN header.
 const OUTER_LEN: usize = 14 + 20 + 8;
@@ -62,16 +62,17 @@ fn outer(frame: &[u8]) -> Captured<'_> {
     assert_eq!(eth.ethertype(), ether::ETHERTYPE_IPV4);
     let ip = ipv4::Packet::new_checked(eth.payload()).unwrap();
     assert_eq!(ip.header_len(), 20);
-    assert_eq!(ip.protocol(), ipv4::PROTO_UDP);
+    assert_eq!(ip.protocol(), ip::PROTO_UDP);
     assert!(ip.verify_checksum(), "outer IPv4 checksum");
     let udp = &frame[14 + 20..14 + ip.total_len() as usize];
     assert_eq!(udp, ip.payload());
-    let udp_len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+    let dgram = udp::Packet::new_checked(udp).unwrap();
+    let udp_len = usize::from(dgram.length());
     assert_eq!(udp_len, udp.len());
-    assert_eq!(frame.len(), OUTER_LEN + udp_len - 8);
+    assert_eq!(frame.len(), OUTER_LEN + udp_len - udp::HEADER_LEN);
     Captured {
-        udp_dst_port: u16::from_be_bytes([udp[2], udp[3]]),
-        udp_payload: &udp[8..],
+        udp_dst_port: dgram.dst_port(),
+        udp_payload: &udp[udp::HEADER_LEN..],
     }
 }
 
@@ -122,13 +123,13 @@ fn check_capture(name: &str, vni: u32, port: u16) -> Counts {
                     inner_eth.payload(),
                     "frame {i}: kernel VXLAN frames carry no padding"
                 );
-                match ipv4::inner_packet(ip).unwrap() {
-                    ipv4::InnerIp::V4(p) => {
+                match ip::inner_packet(ip).unwrap() {
+                    ip::InnerIp::V4(p) => {
                         let p = ipv4::Packet::new_checked(p).unwrap();
                         assert!(p.verify_checksum(), "frame {i}: inner IPv4 checksum");
                         n.ipv4 += 1;
                     }
-                    ipv4::InnerIp::V6(_) => n.ipv6 += 1,
+                    ip::InnerIp::V6(_) => n.ipv6 += 1,
                 }
                 // Re-encapsulate as the sender did: we are the inner source MAC.
                 let tx = Encap::Vxlan {

@@ -3,7 +3,7 @@
 //! reports logic bugs as crashes too.
 
 use overlayd::backend::{Decapsulated, Encap};
-use overlayd::wire::{arp, ether, gre, ipv4};
+use overlayd::wire::{arp, ether, gre, ip, ipv4};
 use std::cell::Cell;
 use std::net::Ipv4Addr;
 
@@ -19,14 +19,14 @@ fn within(inner: &[u8], outer: &[u8]) -> bool {
 }
 
 /// Decapsulates `payload` with `e` and checks what comes out. On `Ip(inner)`: `inner` is a
-/// sub-slice of `payload`, passes `ipv4::inner_packet` unchanged, and re-encapsulating it
+/// sub-slice of `payload`, passes `ip::inner_packet` unchanged, and re-encapsulating it
 /// (with `seq`, addressed to our own MAC) gives a payload that decapsulates to the same
 /// bytes. Returns the re-encapsulated payload for backend-specific checks.
 pub fn check_decap(e: Encap, payload: &[u8], seq: u32) -> Option<Vec<u8>> {
     match e.decapsulate(payload) {
         Ok(Decapsulated::Ip(inner)) => {
             assert!(within(inner, payload), "inner packet outside the payload");
-            let ip = ipv4::inner_packet(inner).expect("decapsulated packet is valid IP");
+            let ip = ip::inner_packet(inner).expect("decapsulated packet is valid IP");
             assert_eq!(ip.packet(), inner, "decapsulated packet was not trimmed");
             // The receiver only accepts vxlan frames addressed to its local MAC.
             let peer_mac = match e {
@@ -194,7 +194,7 @@ pub fn check_outer_ipv4(buf: &[u8]) {
         return;
     };
     let p = ipv4::Packet::new_checked(buf).expect("outer_payload accepted it");
-    assert_eq!(p.protocol(), ipv4::PROTO_GRE);
+    assert_eq!(p.protocol(), ip::PROTO_GRE);
     assert_eq!(src, p.src_addr());
     assert_eq!(Ipv4Addr::from([buf[12], buf[13], buf[14], buf[15]]), src);
     let hl = usize::from(buf[0] & 0x0f) * 4;

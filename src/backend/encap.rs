@@ -10,7 +10,7 @@
 
 use super::{gre as gre_backend, udp, vxlan as vxlan_backend};
 use crate::drop::DropReason;
-use crate::wire::{ether, gre, vxlan};
+use crate::wire::{ether, gre, ip, vxlan};
 
 /// Outer IPv4 header length, counted in [`Encap::overhead`].
 const OUTER_IPV4_LEN: usize = 20;
@@ -87,11 +87,11 @@ impl Encap {
         seq: u32,
     ) -> Result<(), DropReason> {
         let h = self.header_len();
-        let ethertype = match pkt.get(h).map(|b| b >> 4) {
-            None => return Err(DropReason::Truncated),
-            Some(4) => ether::ETHERTYPE_IPV4,
-            Some(6) => ether::ETHERTYPE_IPV6,
-            Some(_) => return Err(DropReason::BadInner),
+        let ethertype = match pkt.get(h..) {
+            None | Some([]) => return Err(DropReason::Truncated),
+            Some(inner) => ip::Version::of(inner)
+                .ok_or(DropReason::BadInner)?
+                .ethertype(),
         };
         match *self {
             Encap::Udp => {}
@@ -141,7 +141,7 @@ mod tests {
         ipv4::Repr {
             src_addr: Ipv4Addr::new(10, 244, 1, 1),
             dst_addr: Ipv4Addr::new(10, 244, 2, 1),
-            protocol: ipv4::PROTO_ICMP,
+            protocol: ip::PROTO_ICMP,
             payload_len: n as u16,
             ttl: 64,
         }
@@ -393,7 +393,7 @@ mod tests {
         #[test]
         fn decapsulate_never_panics(e in encap_strategy(), buf in proptest::collection::vec(any::<u8>(), 0..120)) {
             match e.decapsulate(&buf) {
-                Ok(Decapsulated::Ip(p)) => prop_assert!(ipv4::inner_packet(p).is_ok()),
+                Ok(Decapsulated::Ip(p)) => prop_assert!(ip::inner_packet(p).is_ok()),
                 Ok(Decapsulated::Arp(f)) => prop_assert!(f.len() >= 42),
                 Err(_) => {}
             }

@@ -13,7 +13,7 @@ use super::{Decapsulated, SocketError, Sockets, SOCKET_BUFFER};
 use crate::control::lease::LeaseAttrs;
 use crate::drop::DropReason;
 use crate::sys::socket::UnderlaySocket;
-use crate::wire::{ether, gre, ipv4};
+use crate::wire::{ether, gre, ip};
 
 /// The routed overlay device.
 pub fn device_name(key: u32) -> String {
@@ -49,7 +49,7 @@ pub fn decapsulate(payload: &[u8], key: Option<u32>) -> Result<Decapsulated<'_>,
     if r.key != key {
         return Err(DropReason::WrongVni);
     }
-    let inner = ipv4::inner_packet(&payload[g.header_len()..])?;
+    let inner = ip::inner_packet(&payload[g.header_len()..])?;
     if inner.ethertype() != r.protocol {
         return Err(DropReason::BadInner);
     }

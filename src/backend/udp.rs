@@ -7,14 +7,14 @@ use std::net::Ipv4Addr;
 use super::{Decapsulated, SocketError, Sockets};
 use crate::control::lease::LeaseAttrs;
 use crate::drop::DropReason;
-use crate::wire::ipv4;
+use crate::wire::ip;
 
 /// The TUN device, as flannel names it.
 pub const DEVICE: &str = "flannel0";
 
 /// Checks a received payload: it must be one whole inner IP packet.
 pub fn decapsulate(payload: &[u8]) -> Result<Decapsulated<'_>, DropReason> {
-    Ok(Decapsulated::Ip(ipv4::inner_packet(payload)?.packet()))
+    Ok(Decapsulated::Ip(ip::inner_packet(payload)?.packet()))
 }
 
 /// Our lease's attributes: the public address only, as flannel's udp backend writes.

@@ -14,7 +14,7 @@ use super::{Decapsulated, SocketError, Sockets, SOCKET_BUFFER};
 use crate::control::lease::{LeaseAttrs, VxlanData};
 use crate::drop::DropReason;
 use crate::sys::socket::UnderlaySocket;
-use crate::wire::{arp, ether, ipv4, vxlan};
+use crate::wire::{arp, ether, ip, vxlan};
 
 /// Sockets in the send pool, each on its own ephemeral port: a flow's hash picks one, so
 /// the outer source port spreads flows over a NIC's receive queues and ECMP paths.
@@ -94,7 +94,7 @@ pub fn decapsulate(
             if frame.dst_addr().0 != local_mac {
                 return Err(DropReason::BadInner);
             }
-            let inner = ipv4::inner_packet(&frame_bytes[ether::HEADER_LEN..])?;
+            let inner = ip::inner_packet(&frame_bytes[ether::HEADER_LEN..])?;
             if inner.ethertype() != et {
                 return Err(DropReason::BadInner);
             }

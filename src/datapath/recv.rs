@@ -17,7 +17,7 @@ use std::sync::Arc;
 use super::SEG_BUF;
 use crate::counters::{count_drop, DropCounters};
 use crate::drop::DropReason;
-use crate::offload::{self, tso, Coalescer};
+use crate::offload::{tso, Coalescer};
 use crate::sys::tun::Queue;
 use crate::wire::{
     ether,
@@ -40,7 +40,7 @@ pub fn split(data: &[u8], seg: usize, inner_ip_at: Option<usize>) -> Split {
         && data.len() > seg
         && inner_ip_at
             .and_then(|at| data.get(at..))
-            .is_some_and(offload::ip_len_covers);
+            .is_some_and(crate::wire::ip::len_covers);
     let chunk = if seg == 0 || whole {
         data.len().max(1)
     } else {

@@ -23,7 +23,7 @@ use super::send::Sent;
 use crate::offload::tso::GsoShape;
 use crate::sys::tun::Queue;
 use crate::wire::virtio::{self, TunnelHdr, VirtioNetHdr};
-use crate::wire::{checksum, ether, ipv4, udp};
+use crate::wire::{checksum, ether, ip, ipv4, udp};
 
 /// Outer bytes in front of the encapsulation: Ethernet, IPv4, UDP.
 pub const OUTER_LEN: usize = ether::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN;
@@ -100,7 +100,8 @@ impl TunnelTx {
         let udp_len = udp::HEADER_LEN + (f.end - f.at);
         let inner_nh = OUTER_LEN + f.inner_ip;
         let tunnel_type = virtio::GSO_UDP_TUNNEL_IPV4;
-        let inner_type = f.vh.gso_type & (virtio::GSO_ECN | 0x0f);
+        let inner_type =
+            f.vh.gso_type & !(virtio::GSO_UDP_TUNNEL_IPV4 | virtio::GSO_UDP_TUNNEL_IPV6);
         let hdr = TunnelHdr {
             base: VirtioNetHdr {
                 flags: virtio::F_NEEDS_CSUM | virtio::F_UDP_TUNNEL_CSUM,
@@ -124,20 +125,22 @@ impl TunnelTx {
             ipv4::Repr {
                 src_addr: self.src,
                 dst_addr: *dst,
-                protocol: ipv4::PROTO_UDP,
+                protocol: ip::PROTO_UDP,
                 payload_len: udp_len as u16,
                 ttl: OUTER_TTL,
             }
             .emit(&mut buf[ip_at..]);
-            let pseudo =
-                checksum::pseudo_header_v4(self.src, *dst, ipv4::PROTO_UDP, udp_len as u16);
+            let pseudo = checksum::pseudo_header_v4(self.src, *dst, ip::PROTO_UDP, udp_len as u16);
+            let udp_at = ip_at + ipv4::HEADER_LEN;
             udp::Repr {
                 src_port,
                 dst_port: port,
-                length: udp_len as u16,
-                checksum: checksum::fold(pseudo),
+                payload_len: (udp_len - udp::HEADER_LEN) as u16,
             }
-            .emit(&mut buf[ip_at + ipv4::HEADER_LEN..]);
+            .emit(&mut buf[udp_at..]);
+            // The pseudo-header sum, left for the kernel to finish per segment.
+            udp::Packet::new_unchecked(&mut buf[udp_at..udp_at + udp::HEADER_LEN])
+                .set_checksum(checksum::fold(pseudo));
             let frame = &buf[o..f.end];
             match self
                 .queue

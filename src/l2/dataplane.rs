@@ -313,25 +313,27 @@ impl TxWorker {
         let Some((mut vh, mut start, end)) = self.path.frame(n, self.cfg.vnet_hdr) else {
             return sh.dropped(DropReason::Truncated, 1);
         };
-        let Ok(frame) = ether::Frame::new_checked(&self.path.buf[start..end]) else {
+        if ether::Frame::new_checked(&self.path.buf[start..end]).is_err() {
             return sh.dropped(DropReason::Truncated, 1);
-        };
+        }
         let (net, vid) = match &self.port.kind {
             PortKind::Access { net } => (*net, None),
             PortKind::Trunk { vid_to_net } => {
-                let Some(vid) = frame.vlan_id() else {
+                // Remove the tag (the addresses move over it); untagged: no network.
+                let Some(tag) = ether::remove_vlan_tag(&mut self.path.buf[start..end]) else {
                     return sh.dropped(DropReason::UnmappedVlan, 1);
                 };
-                let net = vid_to_net[vid as usize];
+                let net = vid_to_net[usize::from(tag.vid)];
                 if net == u16::MAX {
                     return sh.dropped(DropReason::UnmappedVlan, 1);
                 }
-                // Remove the tag: move the addresses over it.
-                self.path.buf.copy_within(start..start + 12, start + 4);
                 start += ether::VLAN_TAG_LEN;
                 vh.csum_start = vh.csum_start.saturating_sub(ether::VLAN_TAG_LEN as u16);
                 vh.hdr_len = vh.hdr_len.saturating_sub(ether::VLAN_TAG_LEN as u16);
-                (net, Some(vid))
+                if end - start < ether::HEADER_LEN {
+                    return sh.dropped(DropReason::Truncated, 1);
+                }
+                (net, Some(tag.vid))
             }
         };
         let network = &sh.nets[net as usize];
@@ -733,7 +735,7 @@ mod tests {
         ipv4::Repr {
             src_addr: PEER,
             dst_addr: Ipv4Addr::new(10, 0, 0, 1),
-            protocol: ipv4::PROTO_GRE,
+            protocol: crate::wire::ip::PROTO_GRE,
             payload_len: g.len() as u16,
             ttl: 64,
         }

@@ -26,9 +26,11 @@
 //! other flows and non-TCP packets may overtake segments still held; [`Coalescer::flush`]
 //! at the end of each receive batch bounds that delay to one batch.
 
-use super::{be16, be32, pseudo_sum, set_be16, tcp_flags, MAX_IP_PACKET, PROTO_TCP};
-use crate::wire::checksum;
+use super::MAX_IP_PACKET;
+use crate::wire::ip::{self, Version, PROTO_TCP};
+use crate::wire::tcp::{self, flags};
 use crate::wire::virtio::{self, VirtioNetHdr};
+use crate::wire::{checksum, ipv4, ipv6};
 
 /// Number of flows held at once; the least recently used is emitted to make room.
 pub const SLOTS: usize = 8;
@@ -60,8 +62,18 @@ struct FlowKey {
     v6: bool,
     src: [u8; 16],
     dst: [u8; 16],
-    /// Source and destination port.
-    ports: [u8; 4],
+    src_port: u16,
+    dst_port: u16,
+}
+
+impl FlowKey {
+    fn version(&self) -> Version {
+        if self.v6 {
+            Version::Ipv6
+        } else {
+            Version::Ipv4
+        }
+    }
 }
 
 /// A TCP segment that may be merged.
@@ -186,7 +198,7 @@ impl Coalescer {
             Some(i) if self.slots[i].can_append(pkt, &c) => {
                 self.append(i, pkt, &c);
                 let s = &self.slots[i];
-                if c.flags & tcp_flags::PSH != 0 || c.payload < s.gso {
+                if c.flags & flags::PSH != 0 || c.payload < s.gso {
                     self.emit_slot(i, emit);
                 }
                 return;
@@ -201,7 +213,7 @@ impl Coalescer {
                 i
             }
         };
-        if c.flags & tcp_flags::PSH != 0 {
+        if c.flags & flags::PSH != 0 {
             // Nothing may follow it: no point holding it.
             return self.pass(pkt, emit);
         }
@@ -269,8 +281,9 @@ impl Coalescer {
         s.next_seq = s.next_seq.wrapping_add(c.payload as u32);
         s.segs += 1;
         s.stamp = self.clock;
-        if c.flags & tcp_flags::PSH != 0 {
-            s.buf[virtio::LEN + s.ip_len + 13] |= tcp_flags::PSH;
+        if c.flags & flags::PSH != 0 {
+            let mut t = tcp::Packet::new_unchecked(&mut s.buf[virtio::LEN + s.ip_len..]);
+            t.set_flags(t.flags() | flags::PSH);
         }
         self.stats.merged += 1;
     }
@@ -288,19 +301,19 @@ impl Coalescer {
             self.stats.passed += 1;
             return emit(&s.buf[..virtio::LEN + len]);
         }
-        let (head, ip) = s.buf.split_at_mut(virtio::LEN);
-        let ip = &mut ip[..len];
+        let (head, held) = s.buf.split_at_mut(virtio::LEN);
+        let pkt = &mut held[..len];
         let v6 = s.key.v6;
         if v6 {
-            set_be16(ip, 4, (len - 40) as u16);
+            ipv6::Packet::new_unchecked(&mut *pkt).set_payload_len((len - ipv6::HEADER_LEN) as u16);
         } else {
-            set_be16(ip, 2, len as u16);
-            set_be16(ip, 10, 0);
-            let c = checksum::checksum(&ip[..20]);
-            set_be16(ip, 10, c);
+            // Held IPv4 packets have no options: the header checksum covers 20 bytes.
+            let mut p = ipv4::Packet::new_unchecked(&mut *pkt);
+            p.set_total_len(len as u16);
+            p.fill_checksum();
         }
-        let partial = checksum::fold(pseudo_sum(ip, v6, PROTO_TCP, len - s.ip_len));
-        set_be16(ip, s.ip_len + 16, partial);
+        let sum = ip::pseudo_header_sum(pkt, s.key.version(), PROTO_TCP, len - s.ip_len);
+        tcp::Packet::new_unchecked(&mut pkt[s.ip_len..]).set_checksum(checksum::fold(sum));
         VirtioNetHdr {
             flags: virtio::F_NEEDS_CSUM,
             gso_type: if v6 {
@@ -311,7 +324,7 @@ impl Coalescer {
             hdr_len: s.hdr_len as u16,
             gso_size: s.gso as u16,
             csum_start: s.ip_len as u16,
-            csum_offset: 16,
+            csum_offset: tcp::CHECKSUM_OFFSET as u16,
         }
         .emit(head);
         self.stats.super_packets += 1;
@@ -323,21 +336,32 @@ impl Slot {
     /// `pkt` (described by `c`, same flow key) continues exactly what this slot holds.
     fn can_append(&self, pkt: &[u8], c: &Candidate) -> bool {
         let held = &self.buf[virtio::LEN..virtio::LEN + self.len];
-        let t = self.ip_len;
         let same_ip = if self.key.v6 {
-            // Version, traffic class, flow label; hop limit.
-            held[..4] == pkt[..4] && held[7] == pkt[7]
+            let (h, p) = (
+                ipv6::Packet::new_unchecked(held),
+                ipv6::Packet::new_unchecked(pkt),
+            );
+            h.traffic_class() == p.traffic_class()
+                && h.flow_label() == p.flow_label()
+                && h.hop_limit() == p.hop_limit()
         } else {
-            // TOS; DF (flags/fragment word, MF and offset known 0); TTL.
-            held[1] == pkt[1] && held[6..8] == pkt[6..8] && held[8] == pkt[8]
+            // TOS; DF (the flags/fragment word, MF and offset known 0); TTL.
+            let (h, p) = (
+                ipv4::Packet::new_unchecked(held),
+                ipv4::Packet::new_unchecked(pkt),
+            );
+            h.tos() == p.tos() && h.frag_field() == p.frag_field() && h.ttl() == p.ttl()
         };
-        same_ip
-            && c.hdr_len == self.hdr_len
-            && c.seq == self.next_seq
-            && held[t + 8..t + 12] == pkt[t + 8..t + 12] // ACK number
-            && held[t + 12] == pkt[t + 12] // data offset, NS
-            && held[t + 13] == c.flags & !tcp_flags::PSH
-            && held[t + 20..self.hdr_len] == pkt[t + 20..c.hdr_len] // options
+        if !same_ip || c.hdr_len != self.hdr_len || c.seq != self.next_seq {
+            return false;
+        }
+        // Same header length on both: the data offsets agree.
+        let h = tcp::Packet::new_unchecked(&held[self.ip_len..self.hdr_len]);
+        let p = tcp::Packet::new_unchecked(&pkt[c.ip_len..c.hdr_len]);
+        h.ack_number() == p.ack_number()
+            && h.reserved() == p.reserved()
+            && h.flags() == c.flags & !flags::PSH
+            && h.options() == p.options()
             && c.payload <= self.gso
             && self.len + c.payload <= MAX_IP_PACKET
     }
@@ -345,61 +369,66 @@ impl Slot {
 
 /// Decides whether `pkt` is a mergeable TCP segment. Reads only within checked bounds.
 fn classify(pkt: &[u8]) -> Class {
-    let Some(&first) = pkt.first() else {
+    let Some(version) = Version::of(pkt) else {
         return Class::Other;
     };
     let mut key = FlowKey::default();
-    let (ip_len, total, mergeable_ip) = match first >> 4 {
-        4 => {
-            if pkt.len() < 20 || pkt[9] != PROTO_TCP {
+    let (ip_len, total, mergeable_ip) = match version {
+        Version::Ipv4 => {
+            if pkt.len() < ipv4::HEADER_LEN {
                 return Class::Other;
             }
-            let ihl = usize::from(first & 0x0f) * 4;
-            if ihl < 20 {
+            let p = ipv4::Packet::new_unchecked(pkt);
+            let ihl = p.header_len();
+            if p.protocol() != PROTO_TCP || ihl < ipv4::HEADER_LEN {
                 return Class::Other;
             }
-            key.src[..4].copy_from_slice(&pkt[12..16]);
-            key.dst[..4].copy_from_slice(&pkt[16..20]);
-            let frag = be16(pkt, 6);
-            if frag & 0x1fff != 0 || pkt.len() < ihl + 4 {
+            key.src[..4].copy_from_slice(&p.src_addr().octets());
+            key.dst[..4].copy_from_slice(&p.dst_addr().octets());
+            if p.frag_offset() != 0 || pkt.len() < ihl + 4 {
                 return Class::MaybeTcp(key);
             }
             // No options, no MF.
             (
                 ihl,
-                usize::from(be16(pkt, 2)),
-                ihl == 20 && frag & 0x2000 == 0,
+                usize::from(p.total_len()),
+                ihl == ipv4::HEADER_LEN && !p.more_frags(),
             )
         }
-        6 => {
-            if pkt.len() < 40 {
+        Version::Ipv6 => {
+            if pkt.len() < ipv6::HEADER_LEN {
                 return Class::Other;
             }
+            let p = ipv6::Packet::new_unchecked(pkt);
             key.v6 = true;
-            key.src.copy_from_slice(&pkt[8..24]);
-            key.dst.copy_from_slice(&pkt[24..40]);
-            match pkt[6] {
+            key.src = p.src_addr().octets();
+            key.dst = p.dst_addr().octets();
+            match p.next_header() {
                 // Extension headers are not walked: only TCP right after the fixed header
                 // can be merged, TCP behind extension headers flushes the host pair.
-                PROTO_TCP if pkt.len() >= 44 => {}
-                PROTO_TCP | 0 | 43 | 44 | 51 | 60 | 135 | 139 | 140 => return Class::MaybeTcp(key),
+                PROTO_TCP if pkt.len() >= ipv6::HEADER_LEN + 4 => {}
+                PROTO_TCP => return Class::MaybeTcp(key),
+                nh if ipv6::is_extension_header(nh) => return Class::MaybeTcp(key),
                 _ => return Class::Other,
             }
-            (40, 40 + usize::from(be16(pkt, 4)), true)
+            (ipv6::HEADER_LEN, p.total_len(), true)
         }
-        _ => return Class::Other,
     };
-    key.ports.copy_from_slice(&pkt[ip_len..ip_len + 4]);
+    // At least the four bytes of the ports are there (checked above).
+    let t = tcp::Packet::new_unchecked(&pkt[ip_len..]);
+    key.src_port = t.src_port();
+    key.dst_port = t.dst_port();
     let unmergeable = Class::TcpUnmergeable(key);
-    if !mergeable_ip || total != pkt.len() || pkt.len() < ip_len + 20 {
+    if !mergeable_ip || total != pkt.len() || pkt.len() < ip_len + tcp::HEADER_LEN {
         return unmergeable;
     }
-    let t = ip_len;
-    let hdr_len = t + usize::from(pkt[t + 12] >> 4) * 4;
-    let flags = pkt[t + 13];
-    let refused =
-        tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST | tcp_flags::URG | tcp_flags::CWR;
-    if hdr_len < t + 20 || hdr_len >= pkt.len() || flags & refused != 0 || pkt.len() > MAX_IP_PACKET
+    let hdr_len = ip_len + t.header_len();
+    let fl = t.flags();
+    let refused = flags::SYN | flags::FIN | flags::RST | flags::URG | flags::CWR;
+    if hdr_len < ip_len + tcp::HEADER_LEN
+        || hdr_len >= pkt.len()
+        || fl & refused != 0
+        || pkt.len() > MAX_IP_PACKET
     {
         // Also a segment without payload (pure ACK): nothing to merge.
         return unmergeable;
@@ -408,26 +437,28 @@ fn classify(pkt: &[u8]) -> Class {
         key,
         ip_len,
         hdr_len,
-        seq: be32(pkt, t + 4),
-        flags,
+        seq: t.seq_number(),
+        flags: fl,
         payload: pkt.len() - hdr_len,
     })
 }
 
 /// The IPv4 header checksum (if any) and the TCP checksum of a candidate verify.
 fn checksums_ok(pkt: &[u8], c: &Candidate) -> bool {
-    if !c.key.v6 && checksum::checksum(&pkt[..c.ip_len]) != 0 {
+    if !c.key.v6 && !ipv4::Packet::new_unchecked(pkt).verify_checksum() {
         return false;
     }
     let l4 = &pkt[c.ip_len..];
-    let sum = checksum::add(pseudo_sum(pkt, c.key.v6, PROTO_TCP, l4.len()), l4);
+    let sum = checksum::add(
+        ip::pseudo_header_sum(pkt, c.key.version(), PROTO_TCP, l4.len()),
+        l4,
+    );
     checksum::fold(sum) == 0xffff
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offload::set_be16;
     use crate::offload::testutil::*;
     use crate::offload::tso::segment;
     use proptest::prelude::*;
@@ -457,12 +488,8 @@ mod tests {
 
     /// Zeroes the TCP checksum field so packets can be compared apart from it.
     fn no_csum(mut p: Vec<u8>) -> Vec<u8> {
-        let t = if p[0] >> 4 == 6 {
-            40
-        } else {
-            usize::from(p[0] & 15) * 4
-        };
-        set_be16(&mut p, t + 16, 0);
+        let t = ip::parse(&p).unwrap().header_len;
+        tcp::Packet::new_unchecked(&mut p[t..]).set_checksum(0);
         p
     }
 
@@ -558,27 +585,18 @@ mod tests {
         (a, b)
     }
 
-    fn fix_v4_csum(p: &mut [u8]) {
-        set_be16(p, 10, 0);
-        let c = checksum::checksum(&p[..20]);
-        set_be16(p, 10, c);
-    }
-
     fn fix_tcp_csum(p: &mut [u8]) {
-        let t = if p[0] >> 4 == 6 {
-            40
-        } else {
-            usize::from(p[0] & 15) * 4
-        };
-        set_be16(p, t + 16, 0);
-        let s = pseudo_sum(p, p[0] >> 4 == 6, PROTO_TCP, p.len() - t);
+        let h = ip::parse(p).unwrap();
+        let t = h.header_len;
+        tcp::Packet::new_unchecked(&mut p[t..]).set_checksum(0);
+        let s = ip::pseudo_header_sum(p, h.version, PROTO_TCP, p.len() - t);
         let c = !checksum::fold(checksum::add(s, &p[t..]));
-        set_be16(p, t + 16, c);
+        tcp::Packet::new_unchecked(&mut p[t..]).set_checksum(c);
     }
 
     fn refix(p: &mut [u8]) {
-        if p[0] >> 4 == 4 {
-            fix_v4_csum(p);
+        if ip::parse(p).unwrap().version == Version::Ipv4 {
+            ipv4::Packet::new_unchecked(&mut *p).fill_checksum();
         }
         fix_tcp_csum(p);
     }
@@ -604,6 +622,12 @@ mod tests {
         assert_eq!(out[1], (VirtioNetHdr::default(), b), "{what}");
     }
 
+    /// Sets `bits` in the flags of the TCP header at `t`.
+    fn add_flags(p: &mut [u8], t: usize, bits: u8) {
+        let mut h = tcp::Packet::new_unchecked(&mut p[t..]);
+        h.set_flags(h.flags() | bits);
+    }
+
     #[test]
     fn refusals_v4() {
         let t = 20;
@@ -614,23 +638,23 @@ mod tests {
         refuses(false, "ttl", |p| p[8] = 63);
         refuses(false, "df", |p| p[6] ^= 0x40);
         refuses(false, "seq gap", |p| p[t + 7] ^= 1);
-        refuses(false, "syn", |p| p[t + 13] |= tcp_flags::SYN);
-        refuses(false, "fin", |p| p[t + 13] |= tcp_flags::FIN);
-        refuses(false, "rst", |p| p[t + 13] |= tcp_flags::RST);
-        refuses(false, "urg", |p| p[t + 13] |= tcp_flags::URG);
-        refuses(false, "cwr", |p| p[t + 13] |= tcp_flags::CWR);
-        refuses(false, "ece", |p| p[t + 13] |= 0x40);
+        refuses(false, "syn", |p| add_flags(p, t, flags::SYN));
+        refuses(false, "fin", |p| add_flags(p, t, flags::FIN));
+        refuses(false, "rst", |p| add_flags(p, t, flags::RST));
+        refuses(false, "urg", |p| add_flags(p, t, flags::URG));
+        refuses(false, "cwr", |p| add_flags(p, t, flags::CWR));
+        refuses(false, "ece", |p| add_flags(p, t, flags::ECE));
         refuses(false, "mf", |p| p[6] |= 0x20);
         refuses(false, "longer", |p| {
             p.push(0);
             let l = p.len() as u16;
-            set_be16(p, 2, l);
+            ipv4::Packet::new_unchecked(&mut p[..]).set_total_len(l);
         });
         refuses(false, "ip options", |p| {
             p.splice(20..20, [1, 1, 1, 0]);
             p[0] = 0x46;
             let l = p.len() as u16;
-            set_be16(p, 2, l);
+            ipv4::Packet::new_unchecked(&mut p[..]).set_total_len(l);
         });
     }
 
@@ -641,13 +665,13 @@ mod tests {
         refuses(true, "flow label", |p| p[3] ^= 1);
         refuses(true, "hop limit", |p| p[7] = 1);
         refuses(true, "ack", |p| p[t + 11] ^= 1);
-        refuses(true, "fin", |p| p[t + 13] |= tcp_flags::FIN);
+        refuses(true, "fin", |p| add_flags(p, t, flags::FIN));
         refuses(true, "ext header", |p| {
             // Hop-by-hop options header (8 bytes of padding) before TCP.
             p.splice(40..40, [PROTO_TCP, 0, 1, 4, 0, 0, 0, 0]);
             p[6] = 0;
             let l = (p.len() - 40) as u16;
-            set_be16(p, 4, l);
+            ipv6::Packet::new_unchecked(&mut p[..]).set_payload_len(l);
         });
     }
 
@@ -697,7 +721,8 @@ mod tests {
         let c3 = tcp(false, 3000, &[], false, &payload(1000, 3));
         let out = run(&[a, b, c3]);
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0].1[33] & tcp_flags::PSH, tcp_flags::PSH);
+        let t = tcp::Packet::new_unchecked(&out[0].1[20..]);
+        assert_eq!(t.flags() & flags::PSH, flags::PSH);
         assert_eq!(out[0].0.gso_type, virtio::GSO_TCPV4);
         assert_eq!(out[1].0, VirtioNetHdr::default());
     }
@@ -763,7 +788,7 @@ mod tests {
         let flows: Vec<Vec<u8>> = (0..9u16)
             .map(|f| {
                 let mut p = tcp(false, 1, &[], false, &payload(100, 0));
-                set_be16(&mut p, 20, 1000 + f);
+                tcp::Packet::new_unchecked(&mut p[20..]).set_src_port(1000 + f);
                 refix(&mut p);
                 p
             })

@@ -9,7 +9,9 @@
 //! Pure functions and state over caller-owned byte buffers: no I/O, no clock, and no heap
 //! allocation once a [`Coalescer`] exists. Untrusted bytes never panic; they give an
 //! [`OffloadError`] (transmit) or are passed through unmerged for the kernel to judge
-//! (receive).
+//! (receive). Headers are read and rewritten only through the `wire` views
+//! ([`ip::parse`], [`ipv4`], [`ipv6`](crate::wire::ipv6), [`tcp`], [`udp`]); this layer
+//! holds the offload rules, not header layouts.
 
 pub mod gro;
 pub mod tso;
@@ -18,6 +20,8 @@ pub use gro::{Coalescer, GroStats};
 pub use tso::{finish_checksum, plan, segment, segment_headers, HeaderLayout, Layout};
 
 use crate::drop::DropReason;
+use crate::wire::virtio::{self, VirtioNetHdr};
+use crate::wire::{checksum, ip, ipv4, tcp, udp};
 
 /// Largest IP packet either direction produces: the IPv4 total-length limit, also applied
 /// to IPv6 so that one buffer size fits both and no jumbogram is ever built.
@@ -73,69 +77,13 @@ impl OffloadError {
     }
 }
 
-/// IP protocol numbers used here.
-pub(crate) const PROTO_TCP: u8 = 6;
-pub(crate) const PROTO_UDP: u8 = 17;
-
-/// TCP flag bits (byte 13 of the TCP header).
-pub(crate) mod tcp_flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const URG: u8 = 0x20;
-    pub const CWR: u8 = 0x80;
-}
-
-/// The parts of an IP header both directions need.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct IpInfo {
-    pub v6: bool,
-    /// IP header length (IPv4 IHL·4; 40 for IPv6, extension headers are not walked).
-    pub hdr_len: usize,
-    /// Packet length according to the IP length field (≤ the buffer length).
-    pub total: usize,
-    /// IPv4 protocol or IPv6 next header.
-    pub proto: u8,
-}
-
-/// Parses the IP header of `pkt` and checks that its lengths fit inside the buffer.
-pub(crate) fn parse_ip(pkt: &[u8]) -> Result<IpInfo, OffloadError> {
-    let first = *pkt
-        .first()
-        .ok_or(OffloadError::Truncated { needed: 1, len: 0 })?;
-    match first >> 4 {
-        4 => {
-            need(pkt, 20)?;
-            let hdr_len = usize::from(first & 0x0f) * 4;
-            if hdr_len < 20 {
-                return Err(OffloadError::BadIpHeader);
-            }
-            need(pkt, hdr_len)?;
-            let total = usize::from(be16(pkt, 2));
-            if total < hdr_len {
-                return Err(OffloadError::BadIpHeader);
-            }
-            need(pkt, total)?;
-            Ok(IpInfo {
-                v6: false,
-                hdr_len,
-                total,
-                proto: pkt[9],
-            })
+impl From<ip::Error> for OffloadError {
+    fn from(e: ip::Error) -> Self {
+        match e {
+            ip::Error::Truncated { needed, len } => OffloadError::Truncated { needed, len },
+            ip::Error::NotIp(v) => OffloadError::NotIp(v),
+            ip::Error::BadHeader => OffloadError::BadIpHeader,
         }
-        6 => {
-            need(pkt, 40)?;
-            let total = 40 + usize::from(be16(pkt, 4));
-            need(pkt, total)?;
-            Ok(IpInfo {
-                v6: true,
-                hdr_len: 40,
-                total,
-                proto: pkt[6],
-            })
-        }
-        v => Err(OffloadError::NotIp(v)),
     }
 }
 
@@ -150,50 +98,6 @@ pub(crate) fn need(pkt: &[u8], needed: usize) -> Result<(), OffloadError> {
     Ok(())
 }
 
-/// Pseudo-header sum for a transport segment of `l4_len` bytes in the IP packet `ip`
-/// (whose header has been checked to be complete).
-pub(crate) fn pseudo_sum(ip: &[u8], v6: bool, proto: u8, l4_len: usize) -> u64 {
-    use crate::wire::checksum::{pseudo_header_v4, pseudo_header_v6};
-    if v6 {
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        src.copy_from_slice(&ip[8..24]);
-        dst.copy_from_slice(&ip[24..40]);
-        pseudo_header_v6(src.into(), dst.into(), proto, l4_len as u32)
-    } else {
-        let src = [ip[12], ip[13], ip[14], ip[15]];
-        let dst = [ip[16], ip[17], ip[18], ip[19]];
-        pseudo_header_v4(src.into(), dst.into(), proto, l4_len as u16)
-    }
-}
-
-/// Whether `ip` is exactly one IPv4 or IPv6 packet: the length in its header covers the
-/// whole buffer. A received datagram bigger than its GRO segment size is either a run of
-/// merged datagrams or, when this holds, one whole tunnel-GSO frame from a peer kernel.
-pub fn ip_len_covers(ip: &[u8]) -> bool {
-    match ip.first().map(|b| b >> 4) {
-        Some(4) if ip.len() >= 20 => usize::from(be16(ip, 2)) == ip.len(),
-        Some(6) if ip.len() >= 40 => 40 + usize::from(be16(ip, 4)) == ip.len(),
-        _ => false,
-    }
-}
-
-// Big-endian field access. Callers have checked the length first; the indexing is the
-// invariant's assertion, not a data-dependent panic.
-pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-pub(crate) fn set_be16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-pub(crate) fn set_be32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
-}
-
-/// Packet builders shared by the tests of both directions.
 /// Recognises an IPv4 TCP or UDP packet whose transport checksum is only *partial*: the
 /// field holds the folded pseudo-header sum that a sender with checksum offload leaves for
 /// the NIC to finish (Linux `CHECKSUM_PARTIAL`). Over veth no NIC ever finishes it, and a
@@ -201,7 +105,8 @@ pub(crate) fn set_be32(b: &mut [u8], at: usize, v: u32) {
 /// (or handed to the TUN with `NEEDS_CSUM`) before the kernel sees them, or it drops them.
 ///
 /// Returns the virtio header that makes the kernel finish the checksum (and segment the
-/// packet when it is longer than `gso_size` allows, for tunnelled GSO super-frames).
+/// packet when its TCP payload is longer than `gso_size` allows, for tunnelled GSO
+/// super-frames).
 ///
 /// Only the checksum field is read, not the payload: a field equal to the pseudo-header
 /// sum is taken as partial. A complete checksum that happens to equal it (1 in 65 536) is
@@ -209,46 +114,47 @@ pub(crate) fn set_be32(b: &mut [u8], at: usize, v: u32) {
 /// complete checksum by definition), so a second pass over the data to tell the two apart
 /// would change no outcome; this is what lets a peer's whole 64 KiB tunnel-GSO frame go to
 /// the device with no checksum work at all.
-pub fn partial_checksum_hdr(
-    pkt: &[u8],
-    gso_size: usize,
-) -> Option<crate::wire::virtio::VirtioNetHdr> {
-    use crate::wire::{checksum, virtio};
-    let ihl = (*pkt.first()? & 0x0f) as usize * 4;
-    if pkt[0] >> 4 != 4 || ihl < 20 || pkt.len() < ihl + 8 {
+pub fn partial_checksum_hdr(pkt: &[u8], gso_size: usize) -> Option<VirtioNetHdr> {
+    if pkt.is_empty() {
         return None;
     }
-    let total = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
-    let frag = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff;
-    if total != pkt.len() || frag != 0 {
+    // Only the first byte is read before the length check below.
+    let v4 = ipv4::Packet::new_unchecked(pkt);
+    let ihl = v4.header_len();
+    if v4.version() != 4 || ihl < ipv4::HEADER_LEN || pkt.len() < ihl + udp::HEADER_LEN {
         return None;
     }
-    let proto = pkt[9];
-    let csum_offset = match proto {
-        6 => 16,
-        17 => 6,
+    if usize::from(v4.total_len()) != pkt.len() || v4.is_fragment() {
+        return None;
+    }
+    let proto = v4.protocol();
+    let l4 = &pkt[ihl..];
+    let (csum_offset, field) = match proto {
+        ip::PROTO_TCP if l4.len() >= tcp::HEADER_LEN => (
+            tcp::CHECKSUM_OFFSET,
+            tcp::Packet::new_unchecked(l4).checksum(),
+        ),
+        ip::PROTO_UDP => (
+            udp::CHECKSUM_OFFSET,
+            udp::Packet::new_unchecked(l4).checksum(),
+        ),
         _ => return None,
     };
-    let l4 = &pkt[ihl..];
-    if l4.len() < csum_offset + 2 || (proto == 6 && l4.len() < 20) {
-        return None;
-    }
-    let src = std::net::Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-    let dst = std::net::Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
-    let field = u16::from_be_bytes([l4[csum_offset], l4[csum_offset + 1]]);
+    let (src, dst) = (v4.src_addr(), v4.dst_addr());
     let pseudo = checksum::fold(checksum::pseudo_header_v4(src, dst, proto, l4.len() as u16));
     if field != pseudo {
         return None;
     }
-    let mut hdr = virtio::VirtioNetHdr {
+    let mut hdr = VirtioNetHdr {
         flags: virtio::F_NEEDS_CSUM,
         csum_start: ihl as u16,
         csum_offset: csum_offset as u16,
         ..Default::default()
     };
-    if proto == 6 && gso_size > 0 {
-        let tcp_len = ((l4[12] >> 4) as usize) * 4;
-        if l4.len() - tcp_len > gso_size {
+    if proto == ip::PROTO_TCP && gso_size > 0 {
+        let tcp_len = tcp::Packet::new_unchecked(l4).header_len();
+        // A data offset beyond the segment leaves nothing to segment (and must not wrap).
+        if l4.len().checked_sub(tcp_len).is_some_and(|n| n > gso_size) {
             hdr.gso_type = virtio::GSO_TCPV4;
             hdr.gso_size = gso_size as u16;
             hdr.hdr_len = (ihl + tcp_len) as u16;
@@ -259,24 +165,27 @@ pub fn partial_checksum_hdr(
 
 /// The segment size that makes every segment of the IPv4 TCP packet `ip` fit `mtu`
 /// (what is left after its IP and TCP headers); 0 when `ip` is not IPv4 TCP.
-pub fn tcp_mss_for_mtu(ip: &[u8], mtu: usize) -> usize {
-    let Ok(info) = parse_ip(ip) else {
+pub fn tcp_mss_for_mtu(pkt: &[u8], mtu: usize) -> usize {
+    let Ok(h) = ip::parse(pkt) else {
         return 0;
     };
-    let Some(doff) = ip.get(info.hdr_len + 12) else {
-        return 0;
-    };
-    if info.v6 || info.proto != PROTO_TCP {
+    if h.is_v6() || h.protocol != ip::PROTO_TCP {
         return 0;
     }
-    let tcp_len = usize::from(doff >> 4) * 4;
-    mtu.saturating_sub(info.hdr_len + tcp_len).max(1)
+    let Some(l4) = pkt
+        .get(h.header_len..)
+        .filter(|l| l.len() >= tcp::HEADER_LEN)
+    else {
+        return 0;
+    };
+    let tcp_len = tcp::Packet::new_unchecked(l4).header_len();
+    mtu.saturating_sub(h.header_len + tcp_len).max(1)
 }
 
 #[cfg(test)]
 pub(crate) mod testutil {
-    use crate::wire::checksum;
     use crate::wire::virtio::{self, VirtioNetHdr};
+    use crate::wire::{checksum, ip, tcp};
     use etherparse::PacketBuilder;
 
     pub const SRC4: [u8; 4] = [10, 244, 1, 2];
@@ -311,32 +220,33 @@ pub(crate) mod testutil {
     }
 
     /// The TCP checksum of `ip` verifies (pseudo-header + segment sums to 0xffff).
-    pub fn tcp_csum_ok(ip: &[u8]) -> bool {
-        let info = super::parse_ip(ip).expect("valid IP");
-        let l4 = &ip[info.hdr_len..info.total];
-        let s = super::pseudo_sum(ip, info.v6, info.proto, l4.len());
+    pub fn tcp_csum_ok(pkt: &[u8]) -> bool {
+        let h = ip::parse(pkt).expect("valid IP");
+        let l4 = &pkt[h.header_len..h.total_len];
+        let s = ip::pseudo_header_sum(pkt, h.version, h.protocol, l4.len());
         checksum::fold(checksum::add(s, l4)) == 0xffff
     }
 
     /// What the kernel hands us for a TSO super-packet: the TCP checksum field holds the
     /// folded pseudo-header sum, and the virtio header describes the segmentation.
     pub fn as_tso(mut pkt: Vec<u8>, gso_size: u16) -> (VirtioNetHdr, Vec<u8>) {
-        let info = super::parse_ip(&pkt).expect("valid IP");
-        let l4_len = info.total - info.hdr_len;
-        let partial = checksum::fold(super::pseudo_sum(&pkt, info.v6, info.proto, l4_len));
-        super::set_be16(&mut pkt, info.hdr_len + 16, partial);
-        let doff = usize::from(pkt[info.hdr_len + 12] >> 4) * 4;
+        let h = ip::parse(&pkt).expect("valid IP");
+        let l4_len = h.total_len - h.header_len;
+        let partial = checksum::fold(ip::pseudo_header_sum(&pkt, h.version, h.protocol, l4_len));
+        let mut t = tcp::Packet::new_unchecked(&mut pkt[h.header_len..]);
+        t.set_checksum(partial);
+        let doff = t.header_len();
         let hdr = VirtioNetHdr {
             flags: virtio::F_NEEDS_CSUM,
-            gso_type: if info.v6 {
+            gso_type: if h.is_v6() {
                 virtio::GSO_TCPV6
             } else {
                 virtio::GSO_TCPV4
             },
-            hdr_len: (info.hdr_len + doff) as u16,
+            hdr_len: (h.header_len + doff) as u16,
             gso_size,
-            csum_start: info.hdr_len as u16,
-            csum_offset: 16,
+            csum_start: h.header_len as u16,
+            csum_offset: tcp::CHECKSUM_OFFSET as u16,
         };
         (hdr, pkt)
     }
@@ -347,14 +257,15 @@ pub(crate) mod testutil {
             let start = usize::from(hdr.csum_start);
             let at = start + usize::from(hdr.csum_offset);
             let c = !checksum::fold(checksum::add(0, &pkt[start..]));
-            super::set_be16(pkt, at, if c == 0 { 0xffff } else { c });
+            let c = if c == 0 { 0xffff } else { c };
+            pkt[at..at + 2].copy_from_slice(&c.to_be_bytes());
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::testutil::tcp;
+    use super::testutil::{payload, tcp as tcp_pkt, SRC4};
     use super::*;
 
     proptest::proptest! {
@@ -368,34 +279,107 @@ mod tests {
             seq in proptest::prelude::any::<u32>(),
         ) {
             use crate::wire::checksum;
-            let complete = tcp(false, seq, &[], false, &data);
+            let complete = super::testutil::tcp(false, seq, &[], false, &data);
             let l4_len = complete.len() - 20;
-            let pseudo = checksum::fold(pseudo_sum(&complete, false, PROTO_TCP, l4_len));
+            let v4 = ipv4::Packet::new_unchecked(&complete[..]);
+            let pseudo = checksum::fold(checksum::pseudo_header_v4(
+                v4.src_addr(), v4.dst_addr(), ip::PROTO_TCP, l4_len as u16));
             let mut partial = complete.clone();
-            set_be16(&mut partial, 20 + 16, pseudo);
+            tcp::Packet::new_unchecked(&mut partial[20..]).set_checksum(pseudo);
             let h = partial_checksum_hdr(&partial, 0).expect("taken as partial");
             proptest::prop_assert_eq!((h.csum_start, h.csum_offset), (20, 16));
             tso::finish_checksum(&h, &mut partial).unwrap();
             proptest::prop_assert_eq!(&partial, &complete);
-            if be16(&complete, 20 + 16) != pseudo {
+            if tcp::Packet::new_unchecked(&complete[20..]).checksum() != pseudo {
                 proptest::prop_assert!(partial_checksum_hdr(&complete, 0).is_none());
             }
         }
     }
 
     #[test]
-    fn ip_len_covers_whole_packets_only() {
-        for v6 in [false, true] {
-            let p = tcp(v6, 1, &[], false, &[7u8; 300]);
-            assert!(ip_len_covers(&p), "v6 {v6}");
-            // A run of merged datagrams is longer than the first packet says.
-            let mut two = p.clone();
-            two.extend_from_slice(&p);
-            assert!(!ip_len_covers(&two), "v6 {v6}");
-            assert!(!ip_len_covers(&p[..p.len() - 1]), "v6 {v6}");
-        }
-        assert!(!ip_len_covers(&[]));
-        assert!(!ip_len_covers(&[0x45, 0, 0, 4]));
-        assert!(!ip_len_covers(&[0x55; 64]));
+    fn ip_errors_keep_their_offload_names() {
+        assert_eq!(
+            OffloadError::from(ip::parse(&[0x45; 10]).unwrap_err()),
+            OffloadError::Truncated {
+                needed: 20,
+                len: 10
+            }
+        );
+        assert_eq!(
+            OffloadError::from(ip::parse(&[0x20; 40]).unwrap_err()),
+            OffloadError::NotIp(2)
+        );
+        assert_eq!(
+            OffloadError::from(ip::parse(&[0x44; 40]).unwrap_err()),
+            OffloadError::BadIpHeader
+        );
+    }
+
+    /// A TCPv4 packet whose checksum field holds the pseudo-header sum, as a sender with
+    /// checksum offload leaves it.
+    fn partial(data: &[u8]) -> Vec<u8> {
+        let mut p = tcp_pkt(false, 1, &[], false, data);
+        let h = ip::parse(&p).unwrap();
+        let s = ip::pseudo_header_sum(&p, h.version, h.protocol, h.total_len - h.header_len);
+        tcp::Packet::new_unchecked(&mut p[20..]).set_checksum(checksum::fold(s));
+        p
+    }
+
+    #[test]
+    fn partial_checksum_recognised() {
+        let p = partial(&payload(3000, 1));
+        let h = partial_checksum_hdr(&p, 0).unwrap();
+        assert_eq!(
+            (h.flags, h.csum_start, h.csum_offset, h.gso_type),
+            (virtio::F_NEEDS_CSUM, 20, 16, virtio::GSO_NONE)
+        );
+        let h = partial_checksum_hdr(&p, 1400).unwrap();
+        assert_eq!(
+            (h.gso_type, h.gso_size, h.hdr_len),
+            (virtio::GSO_TCPV4, 1400, 40)
+        );
+        // Short enough for one segment: no GSO.
+        assert_eq!(
+            partial_checksum_hdr(&p, 3000).unwrap().gso_type,
+            virtio::GSO_NONE
+        );
+        // A complete checksum, padding, a fragment, another protocol: nothing to do.
+        let full = tcp_pkt(false, 1, &[], false, &payload(3000, 1));
+        assert_eq!(partial_checksum_hdr(&full, 1400), None);
+        let mut padded = p.clone();
+        padded.push(0);
+        assert_eq!(partial_checksum_hdr(&padded, 1400), None);
+        let mut frag = p.clone();
+        frag[6] |= 0x20;
+        assert_eq!(partial_checksum_hdr(&frag, 1400), None);
+        let mut udp_pkt = Vec::new();
+        etherparse::PacketBuilder::ipv4(SRC4, [10, 244, 2, 3], 64)
+            .udp(1, 2)
+            .write(&mut udp_pkt, &payload(100, 2))
+            .unwrap();
+        let s = checksum::fold(checksum::pseudo_header_v4(
+            SRC4.into(),
+            [10, 244, 2, 3].into(),
+            ip::PROTO_UDP,
+            108,
+        ));
+        udp::Packet::new_unchecked(&mut udp_pkt[20..]).set_checksum(s);
+        let h = partial_checksum_hdr(&udp_pkt, 1400).unwrap();
+        assert_eq!((h.csum_offset, h.gso_type), (6, virtio::GSO_NONE));
+        assert_eq!(partial_checksum_hdr(&[], 1400), None);
+        assert_eq!(partial_checksum_hdr(&[0x45; 27], 1400), None);
+    }
+
+    /// A data offset that claims more header than the segment holds must not wrap the
+    /// payload length (it panicked with overflow checks on).
+    #[test]
+    fn partial_checksum_bad_data_offset() {
+        let mut p = partial(&[]);
+        tcp::Packet::new_unchecked(&mut p[20..]).set_header_len(60);
+        let h = ip::parse(&p).unwrap();
+        let s = ip::pseudo_header_sum(&p, h.version, h.protocol, 20);
+        tcp::Packet::new_unchecked(&mut p[20..]).set_checksum(checksum::fold(s));
+        let h = partial_checksum_hdr(&p, 1).unwrap();
+        assert_eq!(h.gso_type, virtio::GSO_NONE);
     }
 }

@@ -13,12 +13,11 @@
 //! IPv6 extension headers are refused for GSO packets (Linux does not build such TSO
 //! packets on a TUN; refusing keeps the pseudo-header exact). No allocation.
 
-use super::{
-    be16, be32, need, parse_ip, pseudo_sum, set_be16, set_be32, tcp_flags, IpInfo, OffloadError,
-    PROTO_TCP, PROTO_UDP,
-};
-use crate::wire::checksum;
+use super::{need, OffloadError};
+use crate::wire::ip::{self, PROTO_TCP, PROTO_UDP};
+use crate::wire::tcp::{self, flags};
 use crate::wire::virtio::{self, VirtioNetHdr};
+use crate::wire::{checksum, ipv4, ipv6, udp};
 use std::ops::Range;
 
 /// Where [`segment`] put the segments in the output buffer.
@@ -78,7 +77,7 @@ enum Plan {
     },
     /// A super-packet: headers of `hdr_len` bytes, payload cut in `gso`-byte pieces.
     Gso {
-        ip: IpInfo,
+        ip: ip::Header,
         l4: L4,
         hdr_len: usize,
         gso: usize,
@@ -87,25 +86,25 @@ enum Plan {
 
 /// Checks `pkt` against `hdr` and decides what to do with it.
 fn analyse(hdr: &VirtioNetHdr, pkt: &[u8]) -> Result<Plan, OffloadError> {
-    let ip = parse_ip(pkt)?;
+    let ip = ip::parse(pkt)?;
     let kind = hdr.gso_kind();
     if kind == virtio::GSO_NONE {
         if !hdr.needs_csum() {
             return Ok(Plan::Single {
-                total: ip.total,
+                total: ip.total_len,
                 csum: None,
             });
         }
         let (start, offset) = (usize::from(hdr.csum_start), usize::from(hdr.csum_offset));
-        if start < ip.hdr_len || start + offset + 2 > ip.total {
+        if start < ip.header_len || start + offset + 2 > ip.total_len {
             return Err(OffloadError::BadCsumOffsets {
                 start: hdr.csum_start,
                 offset: hdr.csum_offset,
-                len: ip.total,
+                len: ip.total_len,
             });
         }
         return Ok(Plan::Single {
-            total: ip.total,
+            total: ip.total_len,
             csum: Some((start, start + offset)),
         });
     }
@@ -117,33 +116,34 @@ fn analyse(hdr: &VirtioNetHdr, pkt: &[u8]) -> Result<Plan, OffloadError> {
         other => return Err(OffloadError::UnsupportedGso(other)),
     };
     let proto = if l4 == L4::Tcp { PROTO_TCP } else { PROTO_UDP };
-    if ip.proto != proto || want_v6.is_some_and(|v6| v6 != ip.v6) {
+    if ip.protocol != proto || want_v6.is_some_and(|v6| v6 != ip.is_v6()) {
         return Err(OffloadError::GsoMismatch {
             gso_type: hdr.gso_type,
-            version: if ip.v6 { 6 } else { 4 },
-            proto: ip.proto,
+            version: ip.version.number(),
+            proto: ip.protocol,
         });
     }
     if hdr.gso_size == 0 {
         return Err(OffloadError::ZeroGsoSize);
     }
     // MF set or a fragment offset: a fragment cannot be segmented.
-    if !ip.v6 && be16(pkt, 6) & 0x3fff != 0 {
+    if !ip.is_v6() && ipv4::Packet::new_unchecked(pkt).is_fragment() {
         return Err(OffloadError::Fragment);
     }
-    let l4_start = ip.hdr_len;
+    let pkt = &pkt[..ip.total_len];
+    let l4_start = ip.header_len;
     let hdr_len = match l4 {
         L4::Tcp => {
-            need(&pkt[..ip.total], l4_start + 20)?;
-            let doff = pkt[l4_start + 12] >> 4;
-            if doff < 5 {
-                return Err(OffloadError::BadTcpHeader(doff));
+            need(pkt, l4_start + tcp::HEADER_LEN)?;
+            let t = tcp::Packet::new_unchecked(&pkt[l4_start..]);
+            if t.header_len() < tcp::HEADER_LEN {
+                return Err(OffloadError::BadTcpHeader(t.data_offset()));
             }
-            l4_start + usize::from(doff) * 4
+            l4_start + t.header_len()
         }
-        L4::Udp => l4_start + 8,
+        L4::Udp => l4_start + udp::HEADER_LEN,
     };
-    need(&pkt[..ip.total], hdr_len)?;
+    need(pkt, hdr_len)?;
     Ok(Plan::Gso {
         ip,
         l4,
@@ -185,12 +185,12 @@ pub fn gso_shape(hdr: &VirtioNetHdr, pkt: &[u8]) -> Result<Option<GsoShape>, Off
         return Ok(None);
     };
     Ok(Some(GsoShape {
-        v6: ip.v6,
+        v6: ip.is_v6(),
         tcp: l4 == L4::Tcp,
-        ip_hdr_len: ip.hdr_len,
+        ip_hdr_len: ip.header_len,
         hdr_len,
         gso,
-        total: ip.total,
+        total: ip.total_len,
         count: layout(&p, 0).count,
     }))
 }
@@ -214,7 +214,7 @@ fn layout(p: &Plan, headroom: usize) -> Layout {
         Plan::Gso {
             ip, hdr_len, gso, ..
         } => {
-            let payload = ip.total - hdr_len;
+            let payload = ip.total_len - hdr_len;
             let count = payload.div_ceil(gso).max(1);
             let seg_len = hdr_len + gso.min(payload);
             Layout {
@@ -303,12 +303,13 @@ pub fn finish_checksum(hdr: &VirtioNetHdr, pkt: &mut [u8]) -> Result<(), Offload
 /// `skb_checksum_help` (required for UDP, equivalent for the others).
 fn store_finished(pkt: &mut [u8], start: usize, at: usize) {
     let c = !checksum::fold(checksum::add(0, &pkt[start..]));
-    set_be16(pkt, at, if c == 0 { 0xffff } else { c });
+    let c = if c == 0 { 0xffff } else { c };
+    pkt[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 fn write_segments(
     pkt: &[u8],
-    ip: IpInfo,
+    ip: ip::Header,
     l4: L4,
     hdr_len: usize,
     gso: usize,
@@ -316,7 +317,7 @@ fn write_segments(
     out: &mut [u8],
 ) {
     let fix = SegmentFix::new(pkt, ip, l4, hdr_len, gso, lay.count);
-    let payload = &pkt[hdr_len..ip.total];
+    let payload = &pkt[hdr_len..ip.total_len];
     for i in 0..lay.count {
         let from = (i * gso).min(payload.len());
         let chunk = &payload[from..(from + gso).min(payload.len())];
@@ -330,7 +331,7 @@ fn write_segments(
 /// per segment, read once.
 struct SegmentFix<'a> {
     headers: &'a [u8],
-    ip: IpInfo,
+    ip: ip::Header,
     l4: L4,
     gso: usize,
     last: usize,
@@ -340,17 +341,31 @@ struct SegmentFix<'a> {
 }
 
 impl<'a> SegmentFix<'a> {
-    fn new(pkt: &'a [u8], ip: IpInfo, l4: L4, hdr_len: usize, gso: usize, count: usize) -> Self {
-        let t = ip.hdr_len;
+    /// `pkt` passed [`analyse`]: its IP header and the `hdr_len` bytes of IP and transport
+    /// headers are complete.
+    fn new(
+        pkt: &'a [u8],
+        ip: ip::Header,
+        l4: L4,
+        hdr_len: usize,
+        gso: usize,
+        count: usize,
+    ) -> Self {
+        let headers = &pkt[..hdr_len];
+        let t = tcp::Packet::new_unchecked(&headers[ip.header_len..]);
         SegmentFix {
-            headers: &pkt[..hdr_len],
+            headers,
             ip,
             l4,
             gso,
             last: count - 1,
-            id0: if ip.v6 { 0 } else { be16(pkt, 4) },
-            seq0: if l4 == L4::Tcp { be32(pkt, t + 4) } else { 0 },
-            flags0: if l4 == L4::Tcp { pkt[t + 13] } else { 0 },
+            id0: if ip.is_v6() {
+                0
+            } else {
+                ipv4::Packet::new_unchecked(headers).ident()
+            },
+            seq0: if l4 == L4::Tcp { t.seq_number() } else { 0 },
+            flags0: if l4 == L4::Tcp { t.flags() } else { 0 },
         }
     }
 
@@ -359,51 +374,48 @@ impl<'a> SegmentFix<'a> {
     /// transport checksum over the header and `chunk` (which need not follow `h` in memory:
     /// the header's length is even, so the two sums add up).
     fn header(&self, h: &mut [u8], i: usize, chunk: &[u8]) {
-        let (ip, t) = (self.ip, self.ip.hdr_len);
+        let (ip, t) = (self.ip, self.ip.header_len);
         h.copy_from_slice(self.headers);
         let len = h.len() + chunk.len();
-        if ip.v6 {
-            set_be16(h, 4, (len - 40) as u16);
+        if ip.is_v6() {
+            ipv6::Packet::new_unchecked(&mut *h).set_payload_len((len - ipv6::HEADER_LEN) as u16);
         } else {
-            set_be16(h, 2, len as u16);
-            set_be16(h, 4, self.id0.wrapping_add(i as u16));
-            set_be16(h, 10, 0);
-            let c = checksum::checksum(&h[..t]);
-            set_be16(h, 10, c);
+            let mut p = ipv4::Packet::new_unchecked(&mut *h);
+            p.set_total_len(len as u16);
+            p.set_ident(self.id0.wrapping_add(i as u16));
+            p.fill_checksum();
         }
         let l4_len = len - t;
-        let csum_at = match self.l4 {
+        let (proto, csum_at) = match self.l4 {
             L4::Tcp => {
-                set_be32(h, t + 4, self.seq0.wrapping_add((i * self.gso) as u32));
-                let mut flags = self.flags0;
+                let mut p = tcp::Packet::new_unchecked(&mut h[t..]);
+                p.set_seq_number(self.seq0.wrapping_add((i * self.gso) as u32));
+                let mut fl = self.flags0;
                 if i != self.last {
-                    flags &= !(tcp_flags::FIN | tcp_flags::PSH);
+                    fl &= !(flags::FIN | flags::PSH);
                 }
                 if i != 0 {
-                    flags &= !tcp_flags::CWR;
+                    fl &= !flags::CWR;
                 }
-                h[t + 13] = flags;
-                t + 16
+                p.set_flags(fl);
+                p.set_checksum(0);
+                (PROTO_TCP, t + tcp::CHECKSUM_OFFSET)
             }
             L4::Udp => {
-                set_be16(h, t + 4, l4_len as u16);
-                t + 6
+                let mut p = udp::Packet::new_unchecked(&mut h[t..]);
+                p.set_length(l4_len as u16);
+                p.set_checksum(0);
+                (PROTO_UDP, t + udp::CHECKSUM_OFFSET)
             }
         };
-        set_be16(h, csum_at, 0);
-        let proto = if self.l4 == L4::Tcp {
-            PROTO_TCP
-        } else {
-            PROTO_UDP
-        };
-        let sum = checksum::add(pseudo_sum(h, ip.v6, proto, l4_len), &h[t..]);
+        let sum = checksum::add(ip::pseudo_header_sum(h, ip.version, proto, l4_len), &h[t..]);
         let c = !checksum::fold(checksum::add(sum, chunk));
         let c = if c == 0 && self.l4 == L4::Udp {
             0xffff
         } else {
             c
         };
-        set_be16(h, csum_at, c);
+        h[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
     }
 }
 
@@ -467,7 +479,7 @@ pub fn segment_headers(
         headroom,
         hdr_len,
         gso,
-        payload_end: ip.total,
+        payload_end: ip.total_len,
     };
     let needed = count * (headroom + hdr_len);
     if needed > out.len() {
@@ -516,7 +528,12 @@ mod tests {
                 Some(NetSlice::Ipv4(ref v4)) => {
                     let h = v4.header();
                     assert_eq!(usize::from(h.total_len()), seg.len());
-                    assert_eq!(h.identification(), be16(&sp, 4).wrapping_add(i as u16));
+                    assert_eq!(
+                        h.identification(),
+                        ipv4::Packet::new_unchecked(&sp[..])
+                            .ident()
+                            .wrapping_add(i as u16)
+                    );
                     assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum());
                 }
                 Some(NetSlice::Ipv6(ref v6h)) => {
@@ -587,23 +604,20 @@ mod tests {
     #[test]
     fn fin_and_cwr_placement() {
         let mut sp = tcp(false, 1, &[], true, &payload(3000, 1));
-        sp[20 + 13] |= tcp_flags::FIN | tcp_flags::CWR;
+        let mut t = tcp::Packet::new_unchecked(&mut sp[20..]);
+        t.set_flags(t.flags() | flags::FIN | flags::CWR);
         let (hdr, sp) = as_tso(sp, 1000);
         let mut out = vec![0u8; 8000];
         let lay = segment(&hdr, &sp, 0, &mut out).unwrap();
         assert_eq!(lay.count, 3);
-        let flags: Vec<u8> = (0..3).map(|i| out[lay.packet(i)][33]).collect();
+        let fl: Vec<u8> = (0..3)
+            .map(|i| tcp::Packet::new_unchecked(&out[lay.packet(i)][20..]).flags())
+            .collect();
+        assert_eq!(fl[0] & (flags::FIN | flags::PSH | flags::CWR), flags::CWR);
+        assert_eq!(fl[1] & (flags::FIN | flags::PSH | flags::CWR), 0);
         assert_eq!(
-            flags[0] & (tcp_flags::FIN | tcp_flags::PSH | tcp_flags::CWR),
-            tcp_flags::CWR
-        );
-        assert_eq!(
-            flags[1] & (tcp_flags::FIN | tcp_flags::PSH | tcp_flags::CWR),
-            0
-        );
-        assert_eq!(
-            flags[2] & (tcp_flags::FIN | tcp_flags::PSH | tcp_flags::CWR),
-            tcp_flags::FIN | tcp_flags::PSH
+            fl[2] & (flags::FIN | flags::PSH | flags::CWR),
+            flags::FIN | flags::PSH
         );
     }
 
@@ -631,8 +645,9 @@ mod tests {
             let ip_len = if v6 { 40 } else { 20 };
             // What the kernel writes: the pseudo-header sum in the checksum field.
             let mut partial = good.clone();
-            let s = crate::wire::checksum::fold(pseudo_sum(&good, v6, PROTO_UDP, 8 + 333));
-            set_be16(&mut partial, ip_len + 6, s);
+            let version = ip::parse(&good).unwrap().version;
+            let s = checksum::fold(ip::pseudo_header_sum(&good, version, PROTO_UDP, 8 + 333));
+            udp::Packet::new_unchecked(&mut partial[ip_len..]).set_checksum(s);
             let hdr = VirtioNetHdr {
                 flags: virtio::F_NEEDS_CSUM,
                 csum_start: ip_len as u16,
@@ -724,7 +739,7 @@ mod tests {
             Err(OffloadError::UnsupportedGso(3))
         );
         let mut bad = sp.clone();
-        bad[32] = 0x40; // data offset 4
+        tcp::Packet::new_unchecked(&mut bad[20..]).set_header_len(16); // data offset 4
         assert_eq!(
             segment(&hdr, &bad, 0, &mut out),
             Err(OffloadError::BadTcpHeader(4))
@@ -776,7 +791,7 @@ mod tests {
         sp.extend_from_slice(&base[20..]);
         sp[0] = 0x46;
         let total = sp.len() as u16;
-        set_be16(&mut sp, 2, total);
+        ipv4::Packet::new_unchecked(&mut sp[..]).set_total_len(total);
         let (hdr, sp) = as_tso(sp, 1000);
         let mut out = vec![0u8; 8000];
         let lay = segment(&hdr, &sp, 0, &mut out).unwrap();

@@ -1,8 +1,10 @@
 //! Ethernet II frames (the inner frame of VXLAN) and MAC addresses.
 //!
 //! A checked, zero-copy [`Frame`] view over a byte buffer, an [`emit`] helper that writes
-//! the 14-byte header in place, and [`MacAddr`] for formatting and parsing the
-//! `aa:bb:cc:dd:ee:ff` form flannel stores in etcd (`VtepMAC`). Pure: no I/O, no allocation.
+//! the 14-byte header in place, the [`ethertype`] of a raw frame, 802.1Q VLAN tags (the
+//! [`VlanTag`] view, [`VlanRepr`], [`vlan_tag`] to restore one, [`remove_vlan_tag`] to
+//! strip one in place), and [`MacAddr`] for formatting and parsing the `aa:bb:cc:dd:ee:ff`
+//! form flannel stores in etcd (`VtepMAC`). Pure: no I/O, no allocation.
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,6 +25,11 @@ pub const ETHERTYPE_IPV6: u16 = 0x86DD;
 /// Transparent Ethernet Bridging: an Ethernet frame carried inside GRE.
 pub const ETHERTYPE_TEB: u16 = 0x6558;
 
+/// Length of an 802.1Q tag: the TPID ([`ETHERTYPE_VLAN`]) and the TCI.
+pub const VLAN_TAG_LEN: usize = 4;
+/// Largest VLAN ID (4095 is reserved, 0 means priority tag only).
+pub const VLAN_VID_MAX: u16 = 0x0fff;
+
 mod field {
     use std::ops::Range;
 
@@ -30,6 +37,12 @@ mod field {
     pub const SRC: Range<usize> = 6..12;
     pub const ETHERTYPE: Range<usize> = 12..14;
     pub const PAYLOAD: usize = 14;
+
+    /// An 802.1Q tag, at the offset of the EtherType it pushes back.
+    pub const VLAN_TAG: Range<usize> = 12..16;
+    /// Within the tag: TPID, then PCP (3 bits), DEI (1) and VID (12).
+    pub const TPID: Range<usize> = 0..2;
+    pub const TCI: Range<usize> = 2..4;
 }
 
 /// A read/write view of an Ethernet II frame.
@@ -86,14 +99,16 @@ impl<T: AsRef<[u8]>> Frame<T> {
         &self.buffer.as_ref()[field::PAYLOAD..]
     }
 
-    /// The VLAN ID of an 802.1Q-tagged frame (EtherType 0x8100 and a whole tag after it);
-    /// `None` for an untagged or cut-short frame.
-    pub fn vlan_id(&self) -> Option<u16> {
+    /// The 802.1Q tag, when the EtherType is [`ETHERTYPE_VLAN`] and the frame holds the
+    /// whole tag (the TCI as well).
+    pub fn vlan_tag(&self) -> Option<VlanTag<&[u8]>> {
         if self.ethertype() != ETHERTYPE_VLAN {
             return None;
         }
-        let tci = self.payload().get(..2)?;
-        Some(u16::from_be_bytes([tci[0], tci[1]]) & 0x0fff)
+        self.buffer
+            .as_ref()
+            .get(field::VLAN_TAG)
+            .map(VlanTag::new_unchecked)
     }
 }
 
@@ -131,16 +146,150 @@ pub fn emit(buf: &mut [u8], dst: [u8; 6], src: [u8; 6], ethertype: u16) {
     b[field::ETHERTYPE].copy_from_slice(&ethertype.to_be_bytes());
 }
 
-/// Length of an 802.1Q tag (TPID + TCI).
-pub const VLAN_TAG_LEN: usize = 4;
+/// The EtherType of a raw frame (the TPID when it is VLAN-tagged); `None` when `frame` is
+/// shorter than the Ethernet header.
+#[inline]
+pub fn ethertype(frame: &[u8]) -> Option<u16> {
+    Frame::new_checked(frame).ok().map(|f| f.ethertype())
+}
 
-/// The 802.1Q tag for `vid` (PCP and DEI 0), as it sits between a frame's source address
-/// and its EtherType.
+/// A read/write view of an 802.1Q tag: the four bytes between a frame's source address and
+/// the EtherType of its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VlanTag<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> VlanTag<T> {
+    /// Wraps a buffer without checking it; accessors may panic until [`Self::check_len`]
+    /// passes.
+    pub const fn new_unchecked(buffer: T) -> Self {
+        VlanTag { buffer }
+    }
+
+    /// Wraps a buffer after [`Self::check_len`].
+    pub fn new_checked(buffer: T) -> Result<Self, DropReason> {
+        let t = Self::new_unchecked(buffer);
+        t.check_len()?;
+        Ok(t)
+    }
+
+    /// `Truncated` unless the buffer holds the 4-byte tag.
+    pub fn check_len(&self) -> Result<(), DropReason> {
+        if self.buffer.as_ref().len() < VLAN_TAG_LEN {
+            Err(DropReason::Truncated)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Tag protocol identifier ([`ETHERTYPE_VLAN`] for 802.1Q).
+    pub fn tpid(&self) -> u16 {
+        let b = &self.buffer.as_ref()[field::TPID];
+        u16::from_be_bytes([b[0], b[1]])
+    }
+
+    /// Tag control information: PCP, DEI and VID.
+    pub fn tci(&self) -> u16 {
+        let b = &self.buffer.as_ref()[field::TCI];
+        u16::from_be_bytes([b[0], b[1]])
+    }
+
+    /// Priority code point (3 bits).
+    pub fn pcp(&self) -> u8 {
+        (self.tci() >> 13) as u8
+    }
+
+    /// Drop eligible indicator.
+    pub fn dei(&self) -> bool {
+        self.tci() & 0x1000 != 0
+    }
+
+    /// VLAN identifier (12 bits).
+    pub fn vid(&self) -> u16 {
+        self.tci() & VLAN_VID_MAX
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> VlanTag<T> {
+    /// Sets the tag protocol identifier.
+    pub fn set_tpid(&mut self, tpid: u16) {
+        self.buffer.as_mut()[field::TPID].copy_from_slice(&tpid.to_be_bytes());
+    }
+
+    /// Sets the whole tag control information.
+    pub fn set_tci(&mut self, tci: u16) {
+        self.buffer.as_mut()[field::TCI].copy_from_slice(&tci.to_be_bytes());
+    }
+
+    /// Sets the VLAN identifier, keeping PCP and DEI.
+    pub fn set_vid(&mut self, vid: u16) {
+        let tci = (self.tci() & !VLAN_VID_MAX) | (vid & VLAN_VID_MAX);
+        self.set_tci(tci);
+    }
+}
+
+/// The fields of an 802.1Q tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VlanRepr {
+    /// Priority code point (3 bits).
+    pub pcp: u8,
+    /// Drop eligible indicator.
+    pub dei: bool,
+    /// VLAN identifier (12 bits).
+    pub vid: u16,
+}
+
+impl VlanRepr {
+    /// Reads a checked tag; `None` unless its TPID is [`ETHERTYPE_VLAN`].
+    pub fn parse<T: AsRef<[u8]>>(t: &VlanTag<T>) -> Option<VlanRepr> {
+        (t.tpid() == ETHERTYPE_VLAN).then(|| VlanRepr {
+            pcp: t.pcp(),
+            dei: t.dei(),
+            vid: t.vid(),
+        })
+    }
+
+    /// Bytes [`Self::emit`] writes.
+    pub const fn buffer_len(&self) -> usize {
+        VLAN_TAG_LEN
+    }
+
+    /// Writes the 4-byte tag (TPID [`ETHERTYPE_VLAN`]) at the start of `buf`; fields are
+    /// masked to their widths.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than [`VLAN_TAG_LEN`].
+    pub fn emit(&self, buf: &mut [u8]) {
+        let mut t = VlanTag::new_unchecked(&mut buf[..VLAN_TAG_LEN]);
+        t.set_tpid(ETHERTYPE_VLAN);
+        let tci = (u16::from(self.pcp & 0x07) << 13)
+            | (u16::from(self.dei) << 12)
+            | (self.vid & VLAN_VID_MAX);
+        t.set_tci(tci);
+    }
+}
+
+/// The 802.1Q tag a trunk port's frames carry for `vid` (PCP and DEI 0), ready to be
+/// written between the addresses and the EtherType.
 #[inline]
 pub fn vlan_tag(vid: u16) -> [u8; VLAN_TAG_LEN] {
-    let [a, b] = ETHERTYPE_VLAN.to_be_bytes();
-    let [c, d] = (vid & 0x0fff).to_be_bytes();
-    [a, b, c, d]
+    let mut b = [0u8; VLAN_TAG_LEN];
+    VlanRepr {
+        vid,
+        ..Default::default()
+    }
+    .emit(&mut b);
+    b
+}
+
+/// Strips an 802.1Q tag in place: when `frame` is tagged ([`ETHERTYPE_VLAN`]) and holds
+/// the whole tag, moves the two addresses over it and returns the tag; the untagged frame
+/// is then `frame[VLAN_TAG_LEN..]`. `None` (and `frame` untouched) otherwise.
+pub fn remove_vlan_tag(frame: &mut [u8]) -> Option<VlanRepr> {
+    let tag = VlanRepr::parse(&Frame::new_checked(&*frame).ok()?.vlan_tag()?)?;
+    frame.copy_within(field::DST.start..field::SRC.end, VLAN_TAG_LEN);
+    Some(tag)
 }
 
 /// The six bytes at `off`; the caller has checked the length.
@@ -303,6 +452,88 @@ mod tests {
             .is_empty());
     }
 
+    /// A tagged frame as a trunk port hands it over: broadcast dst, e6:a2:bb:28:cb:02 src,
+    /// 802.1Q tag PCP 5, DEI 0, VID 100, then ARP.
+    const TAGGED: [u8; 20] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xe6, 0xa2, 0xbb, 0x28, 0xcb, 0x02, 0x81, 0x00, 0xa0,
+        0x64, 0x08, 0x06, 0x00, 0x01,
+    ];
+
+    #[test]
+    fn vlan_deconstruct() {
+        let f = Frame::new_checked(&TAGGED[..]).unwrap();
+        assert_eq!(f.ethertype(), ETHERTYPE_VLAN);
+        assert_eq!(ethertype(&TAGGED), Some(ETHERTYPE_VLAN));
+        let t = f.vlan_tag().unwrap();
+        assert_eq!((t.tpid(), t.tci()), (0x8100, 0xa064));
+        assert_eq!((t.pcp(), t.dei(), t.vid()), (5, false, 100));
+        assert_eq!(
+            VlanRepr::parse(&t),
+            Some(VlanRepr {
+                pcp: 5,
+                dei: false,
+                vid: 100
+            })
+        );
+        // Untagged, or the TCI cut off: no tag.
+        assert!(Frame::new_checked(&FRAME[..]).unwrap().vlan_tag().is_none());
+        assert!(Frame::new_checked(&TAGGED[..15])
+            .unwrap()
+            .vlan_tag()
+            .is_none());
+        assert_eq!(ethertype(&TAGGED[..13]), None);
+        assert_eq!(ethertype(&FRAME), Some(ETHERTYPE_ARP));
+    }
+
+    #[test]
+    fn vlan_construct() {
+        let r = VlanRepr {
+            pcp: 5,
+            dei: false,
+            vid: 100,
+        };
+        let mut b = [0u8; VLAN_TAG_LEN];
+        r.emit(&mut b);
+        assert_eq!(b, TAGGED[12..16]);
+        assert_eq!(r.buffer_len(), VLAN_TAG_LEN);
+        assert_eq!(vlan_tag(100), [0x81, 0x00, 0x00, 0x64]);
+        assert_eq!(vlan_tag(4094), [0x81, 0x00, 0x0f, 0xfe]);
+        let mut t = VlanTag::new_checked(&mut b[..]).unwrap();
+        t.set_vid(4094);
+        assert_eq!((t.pcp(), t.vid()), (5, 4094));
+        t.set_tci(0x1001);
+        assert!(t.dei());
+        t.set_tpid(0x88a8);
+        assert_eq!(VlanRepr::parse(&t), None);
+        assert_eq!(
+            VlanTag::new_checked(&b[..3]).unwrap_err(),
+            DropReason::Truncated
+        );
+    }
+
+    #[test]
+    fn vlan_remove_and_restore() {
+        let mut b = TAGGED;
+        let tag = remove_vlan_tag(&mut b).unwrap();
+        assert_eq!(tag.vid, 100);
+        let untagged = &b[VLAN_TAG_LEN..];
+        assert_eq!(&untagged[..12], &TAGGED[..12]);
+        assert_eq!(ethertype(untagged), Some(ETHERTYPE_ARP));
+        // Restoring: addresses, tag, the rest.
+        let mut again = untagged[..12].to_vec();
+        again.extend_from_slice(&vlan_tag(tag.vid));
+        again.extend_from_slice(&untagged[12..]);
+        again[14] |= 0xa0; // PCP 5, which `vlan_tag` leaves 0
+        assert_eq!(again, TAGGED);
+        // Untagged or too short: untouched.
+        let mut f = FRAME;
+        assert_eq!(remove_vlan_tag(&mut f), None);
+        assert_eq!(f, FRAME);
+        let mut short = TAGGED;
+        assert_eq!(remove_vlan_tag(&mut short[..15]), None);
+        assert_eq!(short, TAGGED);
+    }
+
     #[test]
     fn mac_text() {
         let m: MacAddr = "02:42:0a:F4:01:00".parse().unwrap();
@@ -348,7 +579,28 @@ mod tests {
         fn view_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..40)) {
             if let Ok(f) = Frame::new_checked(&buf[..]) {
                 let _ = (f.dst_addr(), f.src_addr(), f.ethertype(), f.payload().len());
+                if let Some(t) = f.vlan_tag() {
+                    prop_assert_eq!(t.tpid(), ETHERTYPE_VLAN);
+                    let _ = (t.pcp(), t.dei(), t.vid());
+                }
             }
+            let mut m = buf.clone();
+            match remove_vlan_tag(&mut m) {
+                Some(r) => {
+                    prop_assert_eq!(&m[VLAN_TAG_LEN..VLAN_TAG_LEN + 12], &buf[..12]);
+                    prop_assert_eq!(&m[16..], &buf[16..]);
+                    prop_assert_eq!(r.vid, u16::from_be_bytes([buf[14], buf[15]]) & VLAN_VID_MAX);
+                }
+                None => prop_assert_eq!(&m, &buf),
+            }
+        }
+
+        #[test]
+        fn vlan_round_trip(pcp in 0u8..8, dei in any::<bool>(), vid in 0u16..4096) {
+            let r = VlanRepr { pcp, dei, vid };
+            let mut b = [0u8; VLAN_TAG_LEN];
+            r.emit(&mut b);
+            prop_assert_eq!(VlanRepr::parse(&VlanTag::new_checked(&b[..]).unwrap()), Some(r));
         }
     }
 }

@@ -5,18 +5,16 @@
 //! spreads flows while keeping each one on one path. The hash is symmetric, as the
 //! kernel's flow dissector makes it (`__flow_hash_consistentify`): both directions of a
 //! connection hash alike. It is not keyed: it spreads load, it does not defend against
-//! chosen collisions. Pure, allocation-free, reads fixed offsets; never panics.
+//! chosen collisions. Pure, allocation-free, reads the headers through the
+//! [`ipv4`]/[`ipv6`] views after checking their fixed length; never panics.
 
-use crate::wire::ipv4::{IPV6_HEADER_LEN, PROTO_TCP, PROTO_UDP};
+use crate::wire::ip::{Version, PROTO_DCCP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE};
+use crate::wire::{ipv4, ipv6, udp};
 
 /// Lowest port of the kernel's default ephemeral range (`ip_local_port_range`).
 pub const PORT_MIN: u16 = 32768;
 /// Highest port of that range.
 pub const PORT_MAX: u16 = 60999;
-
-const PROTO_DCCP: u8 = 33;
-const PROTO_SCTP: u8 = 132;
-const PROTO_UDPLITE: u8 = 136;
 
 /// Protocols whose first four payload bytes are source and destination ports.
 fn has_ports(proto: u8) -> bool {
@@ -32,20 +30,21 @@ fn has_ports(proto: u8) -> bool {
 /// IPv4/IPv6 hashes to 0.
 #[inline]
 pub fn hash(inner: &[u8]) -> u32 {
-    match inner.first().map(|b| b >> 4) {
-        Some(4) if inner.len() >= 20 => hash_v4(inner),
-        Some(6) if inner.len() >= IPV6_HEADER_LEN => hash_v6(inner),
+    match Version::of(inner) {
+        Some(Version::Ipv4) if inner.len() >= ipv4::HEADER_LEN => hash_v4(inner),
+        Some(Version::Ipv6) if inner.len() >= ipv6::HEADER_LEN => hash_v6(inner),
         _ => 0,
     }
 }
 
+/// `p` holds at least the fixed IPv4 header.
 fn hash_v4(p: &[u8]) -> u32 {
-    let ihl = ((p[0] & 0x0f) as usize) * 4;
-    let proto = p[9];
-    let not_frag = u16::from_be_bytes([p[6], p[7]]) & 0x3fff == 0;
-    let mut src = u32::from_be_bytes([p[12], p[13], p[14], p[15]]);
-    let mut dst = u32::from_be_bytes([p[16], p[17], p[18], p[19]]);
-    let (mut sp, mut dp) = ports(p, ihl, proto, not_frag && ihl >= 20);
+    let ip = ipv4::Packet::new_unchecked(p);
+    let ihl = ip.header_len();
+    let proto = ip.protocol();
+    let mut src = u32::from(ip.src_addr());
+    let mut dst = u32::from(ip.dst_addr());
+    let (mut sp, mut dp) = ports(p, ihl, proto, !ip.is_fragment() && ihl >= ipv4::HEADER_LEN);
     if (dst, dp) < (src, sp) {
         std::mem::swap(&mut src, &mut dst);
         std::mem::swap(&mut sp, &mut dp);
@@ -55,39 +54,40 @@ fn hash_v4(p: &[u8]) -> u32 {
     finish(h)
 }
 
+/// `p` holds at least the fixed IPv6 header.
 fn hash_v6(p: &[u8]) -> u32 {
-    let proto = p[6];
-    let mut src = &p[8..24];
-    let mut dst = &p[24..40];
-    let (mut sp, mut dp) = ports(p, IPV6_HEADER_LEN, proto, true);
+    let ip = ipv6::Packet::new_unchecked(p);
+    let proto = ip.next_header();
+    // Compared and absorbed as big-endian numbers: the order of the address bytes.
+    let mut src = u128::from(ip.src_addr());
+    let mut dst = u128::from(ip.dst_addr());
+    let (mut sp, mut dp) = ports(p, ipv6::HEADER_LEN, proto, true);
     if (dst, dp) < (src, sp) {
         std::mem::swap(&mut src, &mut dst);
         std::mem::swap(&mut sp, &mut dp);
     }
     let mut h = 0;
     for a in [src, dst] {
-        for c in a.chunks_exact(8) {
-            h = word(
-                h,
-                u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
-            );
-        }
+        h = word(h, (a >> 64) as u64);
+        h = word(h, a as u64);
     }
     h = word(h, ((sp as u64) << 32) | ((dp as u64) << 16) | proto as u64);
     finish(h)
 }
 
-/// The transport ports at `off`, or zeros when absent.
+/// The transport ports at `off` (the first four bytes of every protocol [`has_ports`]
+/// names), or zeros when absent.
 #[inline]
 fn ports(p: &[u8], off: usize, proto: u8, allowed: bool) -> (u16, u16) {
     if !allowed || !has_ports(proto) {
         return (0, 0);
     }
     match p.get(off..off + 4) {
-        Some(b) => (
-            u16::from_be_bytes([b[0], b[1]]),
-            u16::from_be_bytes([b[2], b[3]]),
-        ),
+        // Every protocol `has_ports` names starts with the two ports, laid out as UDP's.
+        Some(b) => {
+            let t = udp::Packet::new_unchecked(b);
+            (t.src_port(), t.dst_port())
+        }
         None => (0, 0),
     }
 }

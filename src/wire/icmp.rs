@@ -11,7 +11,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::wire::checksum;
-use crate::wire::ipv4::{self, PROTO_ICMP, PROTO_ICMPV6};
+use crate::wire::ip::{self, PROTO_ICMP, PROTO_ICMPV6};
+use crate::wire::{ipv4, ipv6};
 
 /// ICMP type: destination unreachable.
 pub const TYPE_DEST_UNREACHABLE: u8 = 3;
@@ -31,6 +32,31 @@ pub const ERROR_HEADER_LEN: usize = 8;
 
 /// TTL / hop limit of generated errors.
 const TTL: u8 = 64;
+
+/// The ICMP / ICMPv6 error header: type, code, checksum, four unused bytes.
+mod field {
+    use std::ops::Range;
+
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECKSUM: Range<usize> = 2..4;
+    pub const UNUSED: Range<usize> = 4..8;
+}
+
+/// Writes an error message's header (checksum 0) and `quote` into `icmp`, which is exactly
+/// [`ERROR_HEADER_LEN`] + `quote.len()` bytes long.
+fn emit_error(icmp: &mut [u8], icmp_type: u8, code: u8, quote: &[u8]) {
+    icmp[field::TYPE] = icmp_type;
+    icmp[field::CODE] = code;
+    icmp[field::CHECKSUM].fill(0);
+    icmp[field::UNUSED].fill(0);
+    icmp[ERROR_HEADER_LEN..].copy_from_slice(quote);
+}
+
+/// Stores the checksum field of an error message.
+fn set_checksum(icmp: &mut [u8], c: u16) {
+    icmp[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+}
 
 /// Whether an ICMP type is an error message (as opposed to a query such as echo).
 pub fn is_error_v4(icmp_type: u8) -> bool {
@@ -75,19 +101,14 @@ pub fn net_unreachable_v4(orig: &[u8], from: Ipv4Addr, out: &mut [u8]) -> Option
     }
     .emit(out);
     let icmp = &mut out[ipv4::HEADER_LEN..];
-    icmp[..ERROR_HEADER_LEN].copy_from_slice(&[
+    emit_error(
+        icmp,
         TYPE_DEST_UNREACHABLE,
         CODE_NET_UNREACHABLE,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    ]);
-    icmp[ERROR_HEADER_LEN..].copy_from_slice(&orig[..quote]);
+        &orig[..quote],
+    );
     let c = checksum::checksum(icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    set_checksum(icmp, c);
     Some(total)
 }
 
@@ -98,63 +119,49 @@ pub fn net_unreachable_v4(orig: &[u8], from: Ipv4Addr, out: &mut [u8]) -> Option
 /// and the original's 40-byte header. Extension headers are not walked: a packet whose
 /// first next-header is not ICMPv6 is treated as not an ICMPv6 error.
 pub fn no_route_v6(orig: &[u8], from: Ipv6Addr, out: &mut [u8]) -> Option<usize> {
-    let inner = ipv4::inner_packet(orig).ok()?;
-    let ipv4::InnerIp::V6(orig) = inner else {
+    let ip::InnerIp::V6(orig) = ip::inner_packet(orig).ok()? else {
         return None;
     };
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&orig[8..24]);
-    let src = Ipv6Addr::from(a);
-    a.copy_from_slice(&orig[24..40]);
-    let dst = Ipv6Addr::from(a);
+    let p = ipv6::Packet::new_unchecked(orig);
+    let (src, dst) = (p.src_addr(), p.dst_addr());
     if src.is_unspecified() || src.is_multicast() || dst.is_multicast() {
         return None;
     }
-    if orig[6] == PROTO_ICMPV6 {
-        match orig.get(ipv4::IPV6_HEADER_LEN) {
+    if p.next_header() == PROTO_ICMPV6 {
+        match p.payload().first() {
             Some(&t) if t >= 128 => {}
             _ => return None,
         }
     }
-    let head = ipv4::IPV6_HEADER_LEN + ERROR_HEADER_LEN;
+    let head = ipv6::HEADER_LEN + ERROR_HEADER_LEN;
     let room = out.len().min(MAX_V6_ERROR_LEN);
-    if room < head + ipv4::IPV6_HEADER_LEN {
+    if room < head + ipv6::HEADER_LEN {
         return None;
     }
     let quote = orig.len().min(room - head);
     let total = head + quote;
     let out = &mut out[..total];
-    let plen = (total - ipv4::IPV6_HEADER_LEN) as u16;
-    out[..8].copy_from_slice(&[
-        0x60,
-        0,
-        0,
-        0,
-        (plen >> 8) as u8,
-        plen as u8,
-        PROTO_ICMPV6,
-        TTL,
-    ]);
-    out[8..24].copy_from_slice(&from.octets());
-    out[24..40].copy_from_slice(&src.octets());
-    let icmp = &mut out[ipv4::IPV6_HEADER_LEN..];
-    icmp[..ERROR_HEADER_LEN].copy_from_slice(&[
+    let plen = (total - ipv6::HEADER_LEN) as u16;
+    ipv6::Repr {
+        src_addr: from,
+        dst_addr: src,
+        next_header: PROTO_ICMPV6,
+        payload_len: plen,
+        hop_limit: TTL,
+    }
+    .emit(out);
+    let icmp = &mut out[ipv6::HEADER_LEN..];
+    emit_error(
+        icmp,
         V6_TYPE_DEST_UNREACHABLE,
         V6_CODE_NO_ROUTE,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    ]);
-    icmp[ERROR_HEADER_LEN..].copy_from_slice(&orig[..quote]);
+        &orig[..quote],
+    );
     let sum = checksum::add(
         checksum::pseudo_header_v6(from, src, PROTO_ICMPV6, plen as u32),
         icmp,
     );
-    let c = !checksum::fold(sum);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    set_checksum(icmp, !checksum::fold(sum));
     Some(total)
 }
 
@@ -181,7 +188,7 @@ mod tests {
         ipv4::Repr {
             src_addr: Ipv4Addr::new(10, 244, 1, 5),
             dst_addr: Ipv4Addr::new(10, 250, 0, 1),
-            protocol: ipv4::PROTO_UDP,
+            protocol: ip::PROTO_UDP,
             payload_len: (8 + n) as u16,
             ttl: 63,
         }
@@ -269,12 +276,14 @@ mod tests {
 
     fn v6(next: u8, payload: &[u8]) -> Vec<u8> {
         let mut b = vec![0u8; 40];
-        b[0] = 0x60;
-        b[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
-        b[6] = next;
-        b[7] = 64;
-        b[8..24].copy_from_slice(&"fd00:1::5".parse::<Ipv6Addr>().unwrap().octets());
-        b[24..40].copy_from_slice(&"fd00:9::1".parse::<Ipv6Addr>().unwrap().octets());
+        ipv6::Repr {
+            src_addr: "fd00:1::5".parse().unwrap(),
+            dst_addr: "fd00:9::1".parse().unwrap(),
+            next_header: next,
+            payload_len: payload.len() as u16,
+            hop_limit: 64,
+        }
+        .emit(&mut b);
         b.extend_from_slice(payload);
         b
     }
@@ -282,7 +291,7 @@ mod tests {
     #[test]
     fn v6_reply() {
         let from: Ipv6Addr = "fd00:1::".parse().unwrap();
-        let orig = v6(ipv4::PROTO_UDP, &[0u8; 2000]);
+        let orig = v6(ip::PROTO_UDP, &[0u8; 2000]);
         let mut out = [0u8; 2000];
         let n = no_route_v6(&orig, from, &mut out).unwrap();
         assert_eq!(n, 1280);

@@ -1,31 +1,23 @@
-//! IPv4 headers, and the classification of inner IP packets (IPv4 or IPv6).
+//! IPv4 headers (RFC 791).
 //!
 //! A checked, zero-copy [`Packet`] view, a small [`Repr`] for the 20-byte headers overlayd
-//! builds itself (ICMP errors), [`outer_payload`] for the raw GRE socket (whose reads start
-//! with the outer IPv4 header) and [`inner_packet`], the one gate every decapsulated packet
-//! passes before it is written to the TUN device. The `ipv4_dst`-style helpers read fixed
-//! offsets for the forwarding hot path. Pure: no I/O, no allocation.
+//! builds itself (ICMP errors, test packets), [`outer_payload`] for the raw GRE socket
+//! (whose reads start with the outer IPv4 header), and [`ipv4_dst`]/[`ipv4_src`], which read
+//! fixed offsets for the forwarding hot path. What IPv4 shares with IPv6 (protocol numbers,
+//! the inner-packet gate) is in [`ip`](super::ip). Pure: no I/O, no allocation.
 //!
 //! Errors use the inner-packet vocabulary: `Truncated` when the buffer is shorter than the
 //! header claims, `BadInner` when the header itself is malformed; [`outer_payload`] maps the
 //! latter to `BadHeader`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 
 use crate::drop::DropReason;
 use crate::wire::checksum;
+use crate::wire::ip::PROTO_GRE;
 
 /// Length of an IPv4 header without options.
 pub const HEADER_LEN: usize = 20;
-/// Length of the fixed IPv6 header.
-pub const IPV6_HEADER_LEN: usize = 40;
-
-/// IP protocol numbers overlayd cares about.
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_GRE: u8 = 47;
-pub const PROTO_ICMPV6: u8 = 58;
 
 mod field {
     use std::ops::Range;
@@ -40,12 +32,6 @@ mod field {
     pub const CHECKSUM: Range<usize> = 10..12;
     pub const SRC: Range<usize> = 12..16;
     pub const DST: Range<usize> = 16..20;
-
-    /// IPv6: payload length and the two addresses.
-    pub const V6_PAYLOAD_LEN: Range<usize> = 4..6;
-    pub const V6_NEXT_HEADER: usize = 6;
-    pub const V6_SRC: Range<usize> = 8..24;
-    pub const V6_DST: Range<usize> = 24..40;
 }
 
 /// A read/write view of an IPv4 packet.
@@ -134,6 +120,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Fragment offset in bytes.
     pub fn frag_offset(&self) -> u16 {
         (self.u16_at(field::FLG_OFF.start) & 0x1fff) << 3
+    }
+
+    /// The flags and fragment offset word as on the wire: reserved bit, DF, MF, and the
+    /// offset in 8-byte units.
+    pub fn frag_field(&self) -> u16 {
+        self.u16_at(field::FLG_OFF.start)
     }
 
     /// Whether this is a fragment at all (MF set or offset nonzero).
@@ -285,133 +277,28 @@ pub fn outer_payload(buf: &[u8]) -> Result<(Ipv4Addr, &[u8]), DropReason> {
     Ok((p.src_addr(), &buf[h..t]))
 }
 
-/// An inner IP packet that passed [`inner_packet`]: version known, lengths consistent, and
-/// the slice trimmed to exactly the packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InnerIp<'a> {
-    V4(&'a [u8]),
-    V6(&'a [u8]),
-}
-
-impl<'a> InnerIp<'a> {
-    /// The whole packet, without padding.
-    pub fn packet(&self) -> &'a [u8] {
-        match *self {
-            InnerIp::V4(b) | InnerIp::V6(b) => b,
-        }
-    }
-
-    /// The EtherType of this packet's version.
-    pub fn ethertype(&self) -> u16 {
-        match self {
-            InnerIp::V4(_) => crate::wire::ether::ETHERTYPE_IPV4,
-            InnerIp::V6(_) => crate::wire::ether::ETHERTYPE_IPV6,
-        }
-    }
-
-    /// Source address.
-    pub fn src_addr(&self) -> IpAddr {
-        match *self {
-            InnerIp::V4(b) => IpAddr::V4(addr_at(b, field::SRC.start)),
-            InnerIp::V6(b) => IpAddr::V6(addr6_at(b, field::V6_SRC.start)),
-        }
-    }
-
-    /// Destination address.
-    pub fn dst_addr(&self) -> IpAddr {
-        match *self {
-            InnerIp::V4(b) => IpAddr::V4(addr_at(b, field::DST.start)),
-            InnerIp::V6(b) => IpAddr::V6(addr6_at(b, field::V6_DST.start)),
-        }
-    }
-
-    /// The payload protocol (IPv6: the first next-header value).
-    pub fn protocol(&self) -> u8 {
-        match *self {
-            InnerIp::V4(b) => b[field::PROTOCOL],
-            InnerIp::V6(b) => b[field::V6_NEXT_HEADER],
-        }
-    }
-}
-
-/// Classifies and validates an inner IP packet by its version nibble. IPv4: IHL ≥ 5 and
-/// header ≤ total length ≤ buffer; IPv6: 40 + payload length ≤ buffer. Trailing padding is
-/// trimmed off. The IPv4 header checksum is not checked here (the kernel does that when the
-/// packet is written to the TUN device). `Truncated` or `BadInner` otherwise.
-pub fn inner_packet(buf: &[u8]) -> Result<InnerIp<'_>, DropReason> {
-    match buf.first().map(|b| b >> 4) {
-        None => Err(DropReason::Truncated),
-        Some(4) => {
-            let p = Packet::new_checked(buf)?;
-            Ok(InnerIp::V4(&buf[..p.total_len() as usize]))
-        }
-        Some(6) => {
-            if buf.len() < IPV6_HEADER_LEN {
-                return Err(DropReason::Truncated);
-            }
-            let l = &buf[field::V6_PAYLOAD_LEN];
-            let pl = u16::from_be_bytes([l[0], l[1]]) as usize;
-            let total = IPV6_HEADER_LEN + pl;
-            if total > buf.len() {
-                return Err(DropReason::Truncated);
-            }
-            Ok(InnerIp::V6(&buf[..total]))
-        }
-        Some(_) => Err(DropReason::BadInner),
-    }
-}
-
 /// Fast path: the IPv4 destination of `pkt`, if it starts like an IPv4 header.
 #[inline]
 pub fn ipv4_dst(pkt: &[u8]) -> Option<Ipv4Addr> {
-    match pkt.get(..HEADER_LEN) {
-        Some(h) if h[0] >> 4 == 4 => Some(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
-        _ => None,
-    }
+    let p = Packet::new_unchecked(pkt.get(..HEADER_LEN)?);
+    (p.version() == 4).then(|| p.dst_addr())
 }
 
 /// Fast path: the IPv4 source of `pkt`, if it starts like an IPv4 header.
 #[inline]
 pub fn ipv4_src(pkt: &[u8]) -> Option<Ipv4Addr> {
-    match pkt.get(..HEADER_LEN) {
-        Some(h) if h[0] >> 4 == 4 => Some(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
-        _ => None,
-    }
-}
-
-/// Fast path: the destination of an IPv4 or IPv6 packet by fixed offsets.
-#[inline]
-pub fn ip_dst(pkt: &[u8]) -> Option<IpAddr> {
-    match pkt.first()? >> 4 {
-        4 => ipv4_dst(pkt).map(IpAddr::V4),
-        6 if pkt.len() >= IPV6_HEADER_LEN => Some(IpAddr::V6(addr6_at(pkt, field::V6_DST.start))),
-        _ => None,
-    }
-}
-
-/// Fast path: the source of an IPv4 or IPv6 packet by fixed offsets.
-#[inline]
-pub fn ip_src(pkt: &[u8]) -> Option<IpAddr> {
-    match pkt.first()? >> 4 {
-        4 => ipv4_src(pkt).map(IpAddr::V4),
-        6 if pkt.len() >= IPV6_HEADER_LEN => Some(IpAddr::V6(addr6_at(pkt, field::V6_SRC.start))),
-        _ => None,
-    }
+    let p = Packet::new_unchecked(pkt.get(..HEADER_LEN)?);
+    (p.version() == 4).then(|| p.src_addr())
 }
 
 fn addr_at(b: &[u8], off: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[off], b[off + 1], b[off + 2], b[off + 3])
 }
 
-fn addr6_at(b: &[u8], off: usize) -> Ipv6Addr {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[off..off + 16]);
-    Ipv6Addr::from(a)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ip::{PROTO_ICMP, PROTO_UDP};
     use proptest::prelude::*;
 
     /// ICMP echo request 10.244.1.1 → 10.244.2.1, header of a real capture, 4 payload bytes.
@@ -435,6 +322,7 @@ mod tests {
             (p.ident(), p.dont_frag(), p.more_frags(), p.frag_offset()),
             (0x1234, true, false, 0)
         );
+        assert_eq!(p.frag_field(), 0x4000);
         assert!(!p.is_fragment());
         assert_eq!((p.ttl(), p.protocol(), p.tos()), (64, PROTO_ICMP, 0));
         assert_eq!(p.src_addr(), Ipv4Addr::new(10, 244, 1, 1));
@@ -443,7 +331,6 @@ mod tests {
         assert_eq!(p.payload(), &[8, 0, 0, 0]);
         assert_eq!(ipv4_dst(&b), Some(Ipv4Addr::new(10, 244, 2, 1)));
         assert_eq!(ipv4_src(&b), Some(Ipv4Addr::new(10, 244, 1, 1)));
-        assert_eq!(ip_dst(&b), Some(IpAddr::V4(Ipv4Addr::new(10, 244, 2, 1))));
     }
 
     #[test]
@@ -472,6 +359,7 @@ mod tests {
         let mut b = pkt();
         b[6] = 0x20; // MF, offset 0: first fragment
         let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(p.frag_field(), 0x2000);
         assert!(p.is_fragment() && p.more_frags() && p.frag_offset() == 0);
         b[6] = 0x00;
         b[7] = 0x02; // offset 16 bytes
@@ -553,36 +441,6 @@ mod tests {
         assert_eq!(outer_payload(&b[..10]), Err(DropReason::Truncated));
     }
 
-    #[test]
-    fn inner() {
-        let mut b = [0u8; 30];
-        b[..24].copy_from_slice(&pkt());
-        let i = inner_packet(&b).unwrap();
-        assert_eq!(i, InnerIp::V4(&b[..24]));
-        assert_eq!(i.dst_addr(), IpAddr::V4(Ipv4Addr::new(10, 244, 2, 1)));
-        assert_eq!(i.src_addr(), IpAddr::V4(Ipv4Addr::new(10, 244, 1, 1)));
-        assert_eq!((i.protocol(), i.ethertype()), (PROTO_ICMP, 0x0800));
-
-        let mut v6 = [0u8; 50];
-        v6[0] = 0x60;
-        v6[5] = 8; // payload length 8
-        v6[6] = PROTO_UDP;
-        v6[8..24].copy_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
-        v6[24..40].copy_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
-        let i = inner_packet(&v6).unwrap();
-        assert_eq!(i.packet().len(), 48);
-        assert_eq!(i.src_addr(), "fd00::1".parse::<IpAddr>().unwrap());
-        assert_eq!(i.dst_addr(), "fd00::2".parse::<IpAddr>().unwrap());
-        assert_eq!(ip_dst(&v6), Some("fd00::2".parse().unwrap()));
-        assert_eq!(ip_src(&v6), Some("fd00::1".parse().unwrap()));
-        assert_eq!((i.protocol(), i.ethertype()), (PROTO_UDP, 0x86dd));
-        assert_eq!(inner_packet(&v6[..47]), Err(DropReason::Truncated));
-        assert_eq!(inner_packet(&v6[..39]), Err(DropReason::Truncated));
-        assert_eq!(inner_packet(&[]), Err(DropReason::Truncated));
-        assert_eq!(inner_packet(&[0x50; 40]), Err(DropReason::BadInner));
-        assert_eq!(inner_packet(&b[..23]), Err(DropReason::Truncated));
-    }
-
     fn repr() -> impl Strategy<Value = Repr> {
         (
             any::<[u8; 4]>(),
@@ -607,7 +465,7 @@ mod tests {
             r.emit(&mut b);
             let p = Packet::new_checked(&b[..]).unwrap();
             prop_assert_eq!(Repr::parse(&p), Ok(r));
-            prop_assert_eq!(inner_packet(&b).unwrap().packet().len(), b.len());
+            prop_assert_eq!(p.packet().len(), b.len());
         }
 
         #[test]
@@ -616,12 +474,8 @@ mod tests {
                 let _ = Repr::parse(&p);
                 prop_assert!(p.payload().len() + p.header_len() == p.total_len() as usize);
             }
-            if let Ok(i) = inner_packet(&buf) {
-                let _ = (i.src_addr(), i.dst_addr(), i.protocol());
-                prop_assert!(i.packet().len() <= buf.len());
-            }
             let _ = outer_payload(&buf);
-            let _ = (ip_dst(&buf), ip_src(&buf));
+            let _ = (ipv4_dst(&buf), ipv4_src(&buf));
         }
     }
 }
