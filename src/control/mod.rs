@@ -2,11 +2,13 @@
 //!
 //! The modules here are pure: they parse and render flannel's JSON and text byte for byte,
 //! and choose subnets, without touching etcd, clocks or the network. The only I/O is the
-//! subnet file ([`subnet_env`]). The etcd driver sits on top of them.
+//! subnet file ([`subnet_env`]). The etcd driver ([`etcd`]) sits on top of them, and talks to
+//! the etcd members through [`pool`], which fails over between them.
 
 pub mod config;
 pub mod etcd;
 pub mod lease;
+pub mod pool;
 pub mod subnet;
 pub mod subnet_env;
 
