@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
 use crate::cli::{Args, BackendArg};
@@ -62,6 +61,8 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("{0}")]
+    Instance(String),
     #[error(transparent)]
     L2(#[from] crate::l2::L2StartError),
 }
@@ -91,23 +92,12 @@ pub fn device_name(kind: BackendKind, vni: u32) -> String {
 const VXLAN_SEND_SOCKETS: usize = 8;
 const SOCKET_BUFFER: usize = 8 << 20;
 
+/// The etcd registry: the endpoints and TLS files are checked here (an error names the bad
+/// one); the members are reached on first use, each call failing over between them.
 async fn connect_etcd(opts: &EtcdOptions) -> Result<Registry, DaemonError> {
-    let mut delay = Duration::from_millis(500);
-    let mut logged = false;
-    loop {
-        match Registry::connect(opts).await {
-            Ok(r) => return Ok(r),
-            Err(e @ EtcdError::Tls { .. }) => return Err(e.into()),
-            Err(e) => {
-                if !logged {
-                    warn!(endpoints = ?opts.endpoints, error = %e, "cannot reach etcd yet; retrying");
-                    logged = true;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    let r = Registry::connect(opts).await?;
+    info!(endpoints = ?opts.endpoints, "etcd endpoints");
+    Ok(r)
 }
 
 async fn network_config(
@@ -188,11 +178,24 @@ fn peer_decoder(
 }
 
 /// Runs the daemon until a signal; returns an error for anything that prevents it from
-/// running at all.
+/// running at all. A signal during start-up (waiting for etcd, the config, a lease, a
+/// device, a back-off) ends it at once: the start-up is dropped with what it made.
 pub async fn run(args: Args) -> Result<(), DaemonError> {
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let stop = crate::lifecycle::Stop::install().map_err(DaemonError::Signals)?;
+    match stop.race(serve(args, stop.clone())).await {
+        Ok(r) => r,
+        Err(sig) => {
+            info!(
+                signal = sig,
+                "stopping during start-up; nothing was set up yet that outlives us"
+            );
+            Ok(())
+        }
+    }
+}
 
+/// The daemon proper: start-up, then the main loop until `stop`.
+async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonError> {
     // Flags are checked before anything else is touched, so a typo fails fast.
     let from_flags = match args.network {
         Some(net) => {
@@ -288,12 +291,17 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         },
     };
 
+    // One daemon per host and device: refuse before touching the lease or the device.
+    let name = device_name(kind, vni);
+    let _instance = crate::lifecycle::claim(&args.run_dir, &name, &nl)
+        .await
+        .map_err(DaemonError::Instance)?;
+
     let previous = read_previous_subnet(&args.subnet_file);
-    let acquired = registry.acquire(&cfg, &attrs, previous).await?;
+    let acquired = registry.acquire_with_retry(&cfg, &attrs, previous).await;
     let subnet = acquired.subnet;
 
     // Device and host setup.
-    let name = device_name(kind, vni);
     let queues = args.queues.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -413,6 +421,8 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         offload,
         busy_poll_us: args.busy_poll_us,
     };
+    // From here on a signal is handled by the main loop below, which stops in order.
+    stop.serving();
     // Started in the background: an L2 network not defined yet must not hold back the
     // routed overlay (and the subnet file the CNI plugin waits for). An invalid one still
     // stops the daemon with its error, from the main loop below.
@@ -489,8 +499,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
                     }
                 }
             }
-            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            sig = stop.requested() => { info!("{sig}: stopping"); break; }
             changed = subnet_rx.changed() => {
                 if changed.is_err() {
                     continue;

@@ -12,7 +12,8 @@
 //! - [`dataplane`]: the worker threads;
 //! - [`l2`]: layer-2 overlays (TAP, MAC learning, VLAN↔VNI), beside the routed mode;
 //! - [`telemetry`]: metrics, health and readiness endpoints, systemd notification;
-//! - [`daemon`], [`cli`], [`status`]: glue and the `overlayd status` command.
+//! - [`daemon`], [`cli`], [`status`]: glue and the `overlayd status` command;
+//! - [`lifecycle`]: stopping on a signal in any phase, one daemon per host and device.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -26,6 +27,7 @@ pub mod encap;
 pub mod fib;
 pub mod host;
 pub mod l2;
+pub mod lifecycle;
 pub mod offload;
 pub mod status;
 pub mod sys;
