@@ -375,17 +375,11 @@ impl Registry {
 
     /// Sends one keepalive for etcd lease `id`; returns its remaining TTL (<= 0: expired).
     pub async fn keep_alive(&self, id: i64) -> Result<i64, EtcdError> {
-        let resp = self
-            .pool
-            .call("lease keepalive", |mut c| async move {
-                // Opening the stream sends the first keepalive request.
-                let (_keeper, mut stream) = c.lease_keep_alive(id).await?;
-                stream.message().await?.ok_or_else(|| {
-                    etcd_client::Error::LeaseKeepAliveError("stream ended without an answer".into())
-                })
+        self.pool
+            .call("lease keepalive", |c| {
+                crate::control::pool::keep_alive_once(c, id)
             })
-            .await?;
-        Ok(resp.ttl())
+            .await
     }
 }
 

@@ -127,6 +127,25 @@ pub fn check_endpoint(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Renews etcd lease `id` once through `c`; returns its remaining TTL in seconds, 0 when
+/// etcd no longer knows it (expired or revoked).
+pub async fn keep_alive_once(mut c: Client, id: i64) -> Result<i64, etcd_client::Error> {
+    // Opening the stream renews once and checks the answer (refusing an unknown lease);
+    // one more renewal gives the TTL.
+    let (mut keeper, mut stream) = match c.lease_keep_alive(id).await {
+        Ok(ks) => ks,
+        Err(etcd_client::Error::LeaseKeepAliveError(e)) if e.contains("not found") => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    keeper.keep_alive().await?;
+    match stream.message().await? {
+        Some(r) => Ok(r.ttl().max(0)),
+        None => Err(etcd_client::Error::LeaseKeepAliveError(
+            "stream ended without an answer".into(),
+        )),
+    }
+}
+
 /// Whether an error means "this member cannot serve now" (try another one) rather than
 /// "this request is wrong" (every member would say the same).
 pub fn is_member_failure(e: &etcd_client::Error) -> bool {

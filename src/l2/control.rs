@@ -232,15 +232,10 @@ impl L2Control {
         let lease = self.lease;
         let ttl = self
             .pool
-            .call("L2 member keepalive", |mut c| async move {
-                // Opening the stream sends the first keepalive request.
-                let (_keeper, mut stream) = c.lease_keep_alive(lease).await?;
-                stream.message().await?.ok_or_else(|| {
-                    etcd_client::Error::LeaseKeepAliveError("stream ended without an answer".into())
-                })
+            .call("L2 member keepalive", |c| {
+                crate::control::pool::keep_alive_once(c, lease)
             })
-            .await?
-            .ttl();
+            .await?;
         if ttl <= 0 {
             warn!("the L2 member lease expired; announcing again");
             self.lease = 0;

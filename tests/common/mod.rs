@@ -49,6 +49,8 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod etcd_cluster;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fmt::Display;
