@@ -131,11 +131,11 @@ fn netns_of(pid: &str) -> Option<String> {
 }
 
 /// The lock file's name for `device`: `<device>.lock` in the host's own network namespace
-/// (the one of pid 1), `<device>.netns-<inode>.lock` in any other, since a device name is
-/// only unique within its namespace.
+/// (the one of pid 1), `<device>.netns-<inode>.lock` in any other — or when pid 1's cannot
+/// be read —, since a device name is only unique within its namespace.
 pub fn lock_name(device: &str) -> String {
     match (netns_of("self"), netns_of("1")) {
-        (Some(me), Some(init)) if me != init => {
+        (Some(me), init) if Some(&me) != init.as_ref() => {
             let inode: String = me.chars().filter(char::is_ascii_digit).collect();
             format!("{device}.netns-{inode}.lock")
         }
