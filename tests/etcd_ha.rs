@@ -715,3 +715,95 @@ fn netns_etcd_churn_soak() {
     assert_running(&mut [&mut d1, &mut d2], "end");
     one_live_lease_each(&cluster, &nodes, "end");
 }
+
+/// TLS with client certificates and username/password, across failover: every member
+/// serves https and requires both; the leader is killed and restarted (its auth tokens die
+/// with it), then another member killed. Nodes start, learn joins and leaves, and keep
+/// their leases through it.
+#[test]
+fn netns_etcd_cluster_tls_and_auth_failover() {
+    if skip_unless_root("netns_etcd_cluster_tls_and_auth_failover") {
+        return;
+    }
+    let mut topo = Topology::new(3);
+    let certs = TempDir::new("certs");
+    make_cluster_certs(certs.path(), &[member_ip(0), member_ip(1), member_ip(2)]);
+    let mut cluster = EtcdCluster::start_with(
+        &mut topo,
+        3,
+        Security {
+            tls: Some(certs.path().to_path_buf()),
+            root_password: Some("r00t".into()),
+        },
+    );
+    cluster.add_overlayd_user("s3cret", ETCD_PREFIX);
+    let base = {
+        let mut a = cluster_args("vxlan", &cluster);
+        a.extend(security_args(&cluster, "s3cret"));
+        a
+    };
+    assert!(base.iter().any(|a| a.starts_with("https://")));
+    let mut d1 = Overlayd::spawn(topo.host(0), base.clone());
+    let mut d2 = Overlayd::spawn(topo.host(1), base.clone());
+    let s1 = subnet_of(&d1.wait_ready(READY));
+    let s2 = subnet_of(&d2.wait_ready(READY));
+    assert!(ping_until(
+        topo.host(0),
+        s2.network(),
+        Duration::from_secs(10)
+    ));
+    let mut nodes: BTreeMap<Ipv4Addr, Ipv4Net> =
+        [(host_ip(0), s1), (host_ip(1), s2)].into_iter().collect();
+
+    let leader = cluster.leader().expect("a leader");
+    cluster.kill(leader);
+    cluster
+        .wait_quorum(Duration::from_secs(30))
+        .expect("quorum");
+    join_and_leave(&cluster, &[&d1, &d2], 6, "TLS+auth, leader killed");
+    cluster.restart(leader);
+    let other = (0..3).find(|&i| i != leader).unwrap();
+    cluster.kill(other);
+    cluster
+        .wait_quorum(Duration::from_secs(30))
+        .expect("quorum");
+    let t = Instant::now();
+    let mut d3 = Overlayd::spawn(topo.host(2), base.clone());
+    let s3 = subnet_of(&d3.wait_ready(READY));
+    nodes.insert(host_ip(2), s3);
+    println!(
+        "TLS+auth: a node started with a member down, ready after {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    join_and_leave(
+        &cluster,
+        &[&d1, &d2, &d3],
+        7,
+        "TLS+auth, another member killed",
+    );
+    assert!(ping_until(
+        topo.host(2),
+        s1.network(),
+        Duration::from_secs(10)
+    ));
+    let mut st = vec![
+        "status".to_string(),
+        "--etcd-endpoints".into(),
+        cluster.endpoints(),
+    ];
+    st.extend(security_args(&cluster, "s3cret"));
+    let mut cmd = vec!["timeout".to_string(), "60".into(), Overlayd::bin().into()];
+    cmd.extend(st);
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let out = topo.host(0).output(&cmd);
+    assert!(
+        out.status.success(),
+        "overlayd status over TLS+auth with a member down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for d in [&d1, &d2, &d3] {
+        assert!(!d.log().contains("without TLS"), "no clear-text warning");
+    }
+    assert_running(&mut [&mut d1, &mut d2, &mut d3], "end");
+    one_live_lease_each(&cluster, &nodes, "end");
+}

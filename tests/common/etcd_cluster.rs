@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -41,15 +41,16 @@ pub struct Member {
     pub name: String,
     pub ns: String,
     pub ip: Ipv4Addr,
+    scheme: &'static str,
     child: Option<Child>,
     data: PathBuf,
     log: PathBuf,
 }
 
 impl Member {
-    /// Client URL, e.g. `http://192.168.77.251:2379`.
+    /// Client URL, e.g. `http://192.168.77.251:2379` (`https` when the cluster uses TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}:2379", self.ip)
+        format!("{}://{}:2379", self.scheme, self.ip)
     }
 
     /// Whether the process is running.
@@ -60,15 +61,100 @@ impl Member {
     }
 }
 
+/// How clients must talk to the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// TLS with client certificates: the directory [`make_cluster_certs`] filled.
+    pub tls: Option<PathBuf>,
+    /// Authentication on, with user `root` having this password.
+    pub root_password: Option<String>,
+}
+
 /// A running etcd cluster.
 #[derive(Debug)]
 pub struct EtcdCluster {
     pub members: Vec<Member>,
     /// The namespace etcdctl runs in.
     pub client_ns: String,
+    pub security: Security,
     initial_cluster: String,
     token: String,
     _dir: TempDir,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    must(run_cmd(Command::new("openssl").current_dir(dir).args(args)));
+}
+
+/// In `dir`: a CA (`ca.crt`), one server certificate valid for every address in `ips`
+/// (`server.crt`, `server.key`) and a client certificate (`client.crt`, `client.key`),
+/// P-256, valid one day.
+pub fn make_cluster_certs(dir: &Path, ips: &[Ipv4Addr]) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    a.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=ovt-ca",
+        "-days",
+        "1",
+    ]);
+    openssl(dir, &a);
+    let sans = ips
+        .iter()
+        .map(|ip| format!("IP:{ip}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (name, ext) in [
+        (
+            "server",
+            format!("subjectAltName={sans}\nextendedKeyUsage=serverAuth,clientAuth\n"),
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n".to_string()),
+    ] {
+        let mut a = vec!["req"];
+        a.extend(ec);
+        let (key, csr, crt, extf) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        let subj = format!("/CN=ovt-{name}");
+        a.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &a);
+        fs::write(dir.join(&extf), ext).expect("write ext file");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "1",
+                "-extfile",
+                &extf,
+            ],
+        );
+    }
 }
 
 impl EtcdCluster {
@@ -76,6 +162,12 @@ impl EtcdCluster {
     /// starts every member with `--initial-cluster` naming them all, and waits until each
     /// is healthy and a write succeeds.
     pub fn start(topo: &mut Topology, n: usize) -> EtcdCluster {
+        Self::start_with(topo, n, Security::default())
+    }
+
+    /// [`EtcdCluster::start`] with TLS (client certificates required) and/or authentication
+    /// (enabled once the cluster is up; user `root` with `security.root_password`).
+    pub fn start_with(topo: &mut Topology, n: usize, security: Security) -> EtcdCluster {
         assert!((1..=4).contains(&n), "1 to 4 members");
         let dir = TempDir::new("etcdc");
         let client_ns = topo.attach("etcdc", CLIENT_IP).name().to_owned();
@@ -89,6 +181,11 @@ impl EtcdCluster {
                 name,
                 ns,
                 ip: member_ip(i),
+                scheme: if security.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
                 child: None,
             });
         }
@@ -100,6 +197,11 @@ impl EtcdCluster {
         let mut c = EtcdCluster {
             members,
             client_ns,
+            // Authentication is enabled below, once the cluster is up.
+            security: Security {
+                tls: security.tls.clone(),
+                root_password: None,
+            },
             initial_cluster,
             token: unique_name("cluster"),
             _dir: dir,
@@ -112,11 +214,36 @@ impl EtcdCluster {
         }
         c.wait_quorum(Duration::from_secs(30))
             .expect("a fresh cluster accepts writes");
+        if let Some(pw) = &security.root_password {
+            // Enabled as the cluster's admin would, before anyone else uses it.
+            c.ctl(&["user", "add", &format!("root:{pw}")]);
+            c.ctl(&["auth", "enable"]);
+            c.security.root_password = Some(pw.clone());
+        }
         c
+    }
+
+    /// `https` with TLS, else `http`.
+    fn scheme(&self) -> &'static str {
+        if self.security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     fn launch(&mut self, i: usize) {
         let (initial_cluster, token) = (self.initial_cluster.clone(), self.token.clone());
+        let scheme = self.scheme();
+        let tls: Vec<String> = match &self.security.tls {
+            Some(d) => vec![
+                format!("--cert-file={}", d.join("server.crt").display()),
+                format!("--key-file={}", d.join("server.key").display()),
+                format!("--trusted-ca-file={}", d.join("ca.crt").display()),
+                "--client-cert-auth".into(),
+            ],
+            None => Vec::new(),
+        };
         let m = &mut self.members[i];
         let log = File::options()
             .create(true)
@@ -128,8 +255,9 @@ impl EtcdCluster {
             .args(["netns", "exec", &m.ns, "etcd"])
             .arg(format!("--name={}", m.name))
             .arg(format!("--data-dir={}", m.data.display()))
-            .arg(format!("--listen-client-urls=http://{ip}:2379"))
-            .arg(format!("--advertise-client-urls=http://{ip}:2379"))
+            .arg(format!("--listen-client-urls={scheme}://{ip}:2379"))
+            .arg(format!("--advertise-client-urls={scheme}://{ip}:2379"))
+            .args(&tls)
             .arg(format!("--listen-peer-urls=http://{ip}:2380"))
             .arg(format!("--initial-advertise-peer-urls=http://{ip}:2380"))
             .arg(format!("--initial-cluster={initial_cluster}"))
@@ -159,15 +287,21 @@ impl EtcdCluster {
 
     /// `etcdctl` against `endpoints` (comma-separated), from the client namespace.
     pub fn ctl_at(&self, endpoints: &str, args: &[&str]) -> Result<String, String> {
-        run_cmd(
-            Command::new("ip")
-                .args(["netns", "exec", &self.client_ns, "etcdctl"])
-                .env("ETCDCTL_API", "3")
-                .arg(format!("--endpoints={endpoints}"))
-                .arg("--dial-timeout=2s")
-                .arg("--command-timeout=4s")
-                .args(args),
-        )
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.client_ns, "etcdctl"])
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .arg("--dial-timeout=2s")
+            .arg("--command-timeout=4s");
+        if let Some(d) = &self.security.tls {
+            c.arg(format!("--cacert={}", d.join("ca.crt").display()))
+                .arg(format!("--cert={}", d.join("client.crt").display()))
+                .arg(format!("--key={}", d.join("client.key").display()));
+        }
+        if let Some(pw) = &self.security.root_password {
+            c.arg(format!("--user=root:{pw}"));
+        }
+        run_cmd(c.args(args))
     }
 
     /// `etcdctl` against every member (etcdctl fails over itself).
@@ -375,6 +509,48 @@ impl Drop for EtcdCluster {
                 stop_child(&mut c, Duration::from_millis(500));
             }
         }
+    }
+}
+
+/// Flags that make overlayd talk to `cluster` as its security requires (TLS files and the
+/// user `overlayd` / `password`, which [`EtcdCluster::add_overlayd_user`] creates).
+pub fn security_args(cluster: &EtcdCluster, password: &str) -> Vec<String> {
+    let mut a = Vec::new();
+    if let Some(d) = &cluster.security.tls {
+        for (flag, file) in [
+            ("--etcd-cafile", "ca.crt"),
+            ("--etcd-certfile", "client.crt"),
+            ("--etcd-keyfile", "client.key"),
+        ] {
+            a.push(flag.to_string());
+            a.push(d.join(file).display().to_string());
+        }
+    }
+    if cluster.security.root_password.is_some() {
+        a.extend([
+            "--etcd-username".to_string(),
+            "overlayd".to_string(),
+            "--etcd-password".to_string(),
+            password.to_string(),
+        ]);
+    }
+    a
+}
+
+impl EtcdCluster {
+    /// Creates user `overlayd` with `password`, allowed to read and write under `prefix`.
+    pub fn add_overlayd_user(&self, password: &str, prefix: &str) {
+        self.ctl(&["user", "add", &format!("overlayd:{password}")]);
+        self.ctl(&["role", "add", "overlay"]);
+        self.ctl(&[
+            "role",
+            "grant-permission",
+            "overlay",
+            "--prefix=true",
+            "readwrite",
+            &format!("{prefix}/"),
+        ]);
+        self.ctl(&["user", "grant-role", "overlayd", "overlay"]);
     }
 }
 
