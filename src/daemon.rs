@@ -115,12 +115,21 @@ async fn network_config(
             }
             Ok(None) => {
                 if let Some(cfg) = &from_flags {
-                    if reg.create_config(&cfg.to_json()).await? {
-                        info!(key = %key, config = %cfg.to_json(), "created the network config");
+                    match reg.create_config(&cfg.to_json()).await {
+                        Ok(true) => {
+                            info!(key = %key, config = %cfg.to_json(), "created the network config");
+                            continue;
+                        }
+                        Ok(false) => continue,
+                        // etcd unreachable or without a leader: retried like the read.
+                        Err(e) => {
+                            if !logged {
+                                warn!(error = %e, "cannot create the network config; retrying");
+                                logged = true;
+                            }
+                        }
                     }
-                    continue;
-                }
-                if !logged {
+                } else if !logged {
                     warn!(key = %key, "no network config in etcd yet; waiting for one (or start with --network)");
                     logged = true;
                 }

@@ -238,7 +238,11 @@ impl L2Node {
             public_ip,
             shared.clone(),
         );
-        ctl.announce().await?;
+        // etcd failing now (every member down, an election) must not stop the node: the
+        // control loop announces as soon as it finds our keys missing.
+        if let Err(e) = ctl.announce().await {
+            warn!(error = %e, "cannot announce L2 membership yet; retrying in the background");
+        }
         let control = tokio::spawn(ctl.run());
         info!(networks = ?names, gso, "L2 data plane running");
         Ok(L2Node {
