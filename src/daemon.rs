@@ -196,7 +196,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         Err(sig) => {
             info!(
                 signal = sig,
-                "stopping during start-up; nothing was set up yet that outlives us"
+                "stopping during start-up; the lease (if any) is kept, a device opened so far goes with the process"
             );
             Ok(())
         }

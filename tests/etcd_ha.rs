@@ -639,6 +639,9 @@ fn netns_etcd_churn_soak() {
         d1.metric("overlayd_peers", &[]) == base1.1
             && d1.metric("overlayd_l2_members", &["network=\"ten\""]) == base1.2
     });
+    // A series unwritten for 1 s goes at the next scrape: let the last stand-in's age out.
+    thread::sleep(Duration::from_millis(1500));
+    let _ = d1.scrape();
     let p = ping.finish();
     let b = back.finish();
     let after1 = baseline(&d1);
@@ -682,7 +685,8 @@ fn netns_etcd_churn_soak() {
             "metric {name} leaked series: {before} before the churn, {n} after"
         );
     }
-    assert!(after1.3 <= base1.3, "no leaked FDB entries");
+    // Only the two fixed nodes' TAPs send frames (stand-ins send none): at most their MACs.
+    assert!(after1.3 <= 2.0, "no leaked FDB entries: {}", after1.3);
     for (k, ns) in [(0, topo.host(0)), (1, topo.host(1))] {
         let (l, r) = if k == 0 {
             (&links.0, &routes.0)

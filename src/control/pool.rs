@@ -152,7 +152,11 @@ pub fn is_member_failure(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     use tonic::Code;
     match e {
-        E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => true,
+        E::TransportError(_)
+        | E::IoError(_)
+        | E::WatchError(_)
+        | E::LeaseKeepAliveError(_)
+        | E::EndpointError(_) => true,
         E::GRpcStatus(s) => matches!(
             s.code(),
             Code::Unavailable
@@ -341,6 +345,13 @@ impl EtcdPool {
             let url = &self.inner.members[i].url;
             let client = match self.client(i).await {
                 Ok(c) => c,
+                // Refused credentials are the same on every member: say so at once.
+                Err(e) if !is_member_failure(&e) => {
+                    return Err(EtcdError::Member {
+                        endpoint: url.clone(),
+                        source: e,
+                    })
+                }
                 Err(e) => {
                     self.member_failed(i, &e);
                     last = Some(EtcdError::Member {
