@@ -2,7 +2,7 @@
 //! IPv4 packet, then validate and strip it again as the receiver does, for every backend.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use overlayd::encap::{Decapsulated, Encap};
+use overlayd::backend::{Decapsulated, Encap};
 use overlayd::wire::ipv4;
 use std::hint::black_box;
 use std::net::Ipv4Addr;

@@ -9,6 +9,14 @@
 #   4. udp                 overlayd --backend udp
 #   5. gre                 overlayd --backend gre
 #   6. vxlan_no_offload    overlayd --backend vxlan --no-offload (no TUN TSO/GRO, no UDP GSO/GRO)
+#      vxlan_userspace_gso overlayd --backend vxlan --tunnel-gso off: segmented in userspace and sent
+#                          in UDP GSO runs (the way before tunnel GSO); vxlan itself runs with the
+#                          default --tunnel-gso auto, so the two rows are the A/B of tunnel GSO
+#      udp_userspace_gso   the same for --backend udp
+#      kernel_vxlan_uso,   inner UDP with GSO: a sender in h1 writes 62 KiB buffers with
+#      vxlan_uso           UDP_SEGMENT=1200 for -t seconds (as QUIC stacks send), the receiver in h2
+#                          counts what arrives (Gbit/s of UDP payload received; no flow control,
+#                          so this is what each path delivers when the sender runs flat out)
 #   7. tinc                tinc 1.0, router mode, Cipher = none, Digest = none (userspace reference)
 #
 # L2 rows (issue 6): on each host a bridge brl2 with a "container" namespace (ovb-c1, ovb-c2:
@@ -17,6 +25,7 @@
 #                          all-zeros flood entry to the peer; no overlayd
 #   9. l2_vxlan            overlayd --l2 net@brl2, network VNI 100 Backend vxlan
 #  10. l2_gre              overlayd --l2 net@brl2, network VNI 100 Backend gre
+#      l2_vxlan_userspace_gso  l2_vxlan with --tunnel-gso off
 # Their ratios are to kernel_l2_vxlan (table column and the JSON's "l2_ratios").
 #
 # For each: iperf3 one TCP stream and 4 streams (-P 4), -t $DURATION, h1 -> h2 (receiver rate),
@@ -38,6 +47,10 @@
 #                                    median (CPU and RSS come from the first single-stream run)
 #              BRIDGE_NF=1           leave br_netfilter's hooks on for the switch's bridge (off by
 #                                    default: a switch runs no iptables; runs A-H had them on)
+#              PIN=none              where the daemons run (taskset): split = h1's on CPU 0, h2's on
+#                                    CPU 1; cross = the other way round; same = both on CPU 0;
+#                                    none = wherever the scheduler puts them (the applications
+#                                    are never pinned)
 #              BENCH_PREFIX=ovb-     namespace prefix; a run refuses to start while namespaces with
 #                                    this prefix have processes in them (another run), rather than
 #                                    removing them
@@ -47,6 +60,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH="$PATH:/usr/sbin:/sbin"
+# shellcheck source=lib/topology.sh
+. scripts/lib/topology.sh
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "bench-e2e: needs root (it creates network namespaces); try: sudo $0" >&2
@@ -61,10 +76,10 @@ SW=${P}sw
 H1=${P}h1
 H2=${P}h2
 ETCD_NS=${P}etcd
-U1=192.168.77.1
-U2=192.168.77.2
-ETCD_IP=192.168.77.250
-ENDPOINT=http://$ETCD_IP:2379
+U1=$(topo_host_ip 1)          # 192.168.77.1
+U2=$(topo_host_ip 2)          # 192.168.77.2
+ETCD_IP=$TOPO_ETCD_IP          # 192.168.77.250
+ENDPOINT=$TOPO_ETCD_ENDPOINT
 NETWORK=10.244.0.0/16
 WORK=$(mktemp -d /tmp/ovb-bench.XXXXXX)
 RESULTS=$WORK/results.tsv    # case <tab> gbps_1 <tab> gbps_4 <tab> ping_us
@@ -85,7 +100,7 @@ cleanup() {
   disown -a 2>/dev/null || true
   # Kill every process in our namespaces (TERM first, then KILL) and delete them; only once
   # this run owns the prefix (never another run's namespaces).
-  [ -n "${OWN_NETNS:-}" ] && { scripts/cleanup-netns.sh "$P" >&2 || true; }
+  [ -n "${OWN_NETNS:-}" ] && { topo_teardown "$P" >&2 || true; }
   if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
   exit $rc
 }
@@ -95,16 +110,6 @@ trap 'echo "bench-e2e: interrupted" >&2; exit 130' INT TERM
 log_tail() {
   echo "---- last lines of $1 ----" >&2
   tail -n 20 "$1" >&2 2>/dev/null || true
-}
-
-# 10.244.37.1/24 -> 10.244.37.0
-net_addr() {
-  local ip=${1%/*} len=${1#*/} a b c d n mask
-  IFS=. read -r a b c d <<<"$ip"
-  n=$(((a << 24) | (b << 16) | (c << 8) | d))
-  mask=$(((0xffffffff << (32 - len)) & 0xffffffff))
-  n=$((n & mask))
-  echo "$((n >> 24 & 255)).$((n >> 16 & 255)).$((n >> 8 & 255)).$((n & 255))"
 }
 
 # ------------------------------------------------------------------------------------------------
@@ -203,6 +208,57 @@ median() {
           else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
+# uso_gbps SRC_NS DST_NS ADDR TAG: inner UDP with GSO for $DURATION s; prints the UDP payload
+# rate received, Gbit/s (or FAIL)
+uso_gbps() {
+  local src=$1 dst=$2 addr=$3 tag=$4 rx out
+  in_ns "$dst" timeout $((DURATION + 15)) python3 - "$addr" "$DURATION" >"$WORK/uso-$tag.rx" 2>&1 <<'PY' &
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+s.bind((sys.argv[1], 7001))
+s.settimeout(5)
+got, first, last = 0, None, None
+try:
+    while True:
+        n = len(s.recv(65535))
+        now = time.monotonic()
+        if first is None:
+            first = now
+            s.settimeout(1)
+        got, last = got + n, now
+except socket.timeout:
+    pass
+print("%.3f" % (got * 8 / (last - first) / 1e9) if first and last > first else "FAIL")
+PY
+  rx=$!
+  sleep 0.5
+  in_ns "$src" timeout $((DURATION + 10)) python3 - "$addr" "$DURATION" >"$WORK/uso-$tag.tx" 2>&1 <<'PY' || true
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(17, 103, 1200)  # SOL_UDP, UDP_SEGMENT: 1200-byte datagrams, as QUIC sends
+buf, end = bytes(52 * 1200), time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        s.sendto(buf, (sys.argv[1], 7001))
+    except OSError:
+        pass
+PY
+  wait "$rx" 2>/dev/null || true
+  out=$(tail -n 1 "$WORK/uso-$tag.rx" 2>/dev/null)
+  [[ "$out" =~ ^[0-9.]+$ ]] && echo "$out" || echo FAIL
+}
+
+# uso_case CASE ADDR: one row of inner-UDP-GSO rate (1-stream column only)
+uso_case() {
+  local g
+  want "$1" || return 0
+  say "$1: inner UDP with UDP_SEGMENT $SRC_NS -> $2 (${DURATION}s)"
+  g=$(uso_gbps "$SRC_NS" "$DST_NS" "$2" "$1")
+  printf '%s: %s Gbit/s of UDP payload received\n' "$1" "$g" >&2
+  printf '%s\t%s\t-\t-\n' "$1" "$g" >>"$RESULTS"
+}
+
 # want CASE: whether CASE is selected by $CASES (all when unset)
 want() { [ -z "${CASES:-}" ] || [[ " $CASES " == *" $1 "* ]]; }
 
@@ -235,45 +291,22 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
     die "namespace $ns has processes: another bench-e2e run? Not touching it (BENCH_PREFIX=... runs beside it; scripts/cleanup-netns.sh $P removes leftovers)"
 done
 OWN_NETNS=1
-scripts/cleanup-netns.sh "$P" >&2 || true
+topo_teardown "$P" >&2 || true
 
-ip netns add "$SW"
-ip -n "$SW" link set lo up
-ip -n "$SW" link add br0 type bridge
-ip -n "$SW" link set br0 up
+topo_switch "$P"
 # The switch is a switch: a bridge does not run frames through iptables unless
 # br_netfilter's bridge-nf-call-* are on, which they are by default in every namespace
 # where it is built in. A real switch runs no netfilter hooks on the hosts' traffic.
 # BRIDGE_NF=1 keeps them on (as runs A-H did).
-if [ "${BRIDGE_NF:-0}" != 1 ] && [ -e /proc/sys/net/bridge ]; then
-  for k in iptables ip6tables arptables; do
-    in_ns "$SW" sysctl -qw "net.bridge.bridge-nf-call-$k=0"
-  done
+if [ "${BRIDGE_NF:-0}" != 1 ]; then
+  topo_bridge_nf_off "$P"
 fi
-
-attach() { # NAME IP
-  local ns=$P$1
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip -n "$SW" link add "$1" mtu 1500 type veth peer name eth0 mtu 1500 netns "$ns"
-  ip -n "$SW" link set "$1" master br0
-  ip -n "$SW" link set "$1" up
-  ip -n "$ns" addr add "$2/24" dev eth0
-  ip -n "$ns" link set eth0 up
-}
-attach etcd "$ETCD_IP"
-attach h1 "$U1"
-attach h2 "$U2"
+topo_attach "$P" etcd "$ETCD_IP"
+topo_hosts "$P" 2
 
 say "starting etcd in $ETCD_NS"
-in_ns "$ETCD_NS" etcd --name bench --data-dir "$WORK/etcd" --logger=zap --log-level=warn \
-  --listen-client-urls "$ENDPOINT" --advertise-client-urls "$ENDPOINT" \
-  --listen-peer-urls "http://$ETCD_IP:2380" --initial-advertise-peer-urls "http://$ETCD_IP:2380" \
-  --initial-cluster "bench=http://$ETCD_IP:2380" --initial-cluster-state new \
-  >"$WORK/etcd.log" 2>&1 &
-ctl() { in_ns "$ETCD_NS" env ETCDCTL_API=3 timeout 10 etcdctl --endpoints="$ENDPOINT" --dial-timeout=3s "$@"; }
-for _ in $(seq 100); do ctl endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
-ctl endpoint health >/dev/null 2>&1 || { log_tail "$WORK/etcd.log"; die "etcd did not become healthy"; }
+topo_etcd_start "$P" bench "$WORK" || { log_tail "$WORK/etcd.log"; die "etcd did not become healthy"; }
+ctl() { topo_etcdctl "$P" "$@"; }
 
 # ------------------------------------------------------------------------------------------------
 # 1. underlay
@@ -300,6 +333,8 @@ if ! want kernel_vxlan; then
   :
 elif wait_reachable "$H1" 10.244.2.0; then
   measure kernel_vxlan 10.244.2.0
+  printf 'path_kernel_vxlan\tkernel\n' >>"$EXTRA"
+  uso_case kernel_vxlan_uso 10.244.2.0
 else
   skip kernel_vxlan "10.244.2.0 not reachable over flannel.1"
 fi
@@ -356,6 +391,26 @@ stop_overlayd() {
   done
 }
 
+# pin HOST_NUMBER: the command words that place that host's daemon as $PIN says
+pin() {
+  case "${PIN:-none}" in
+    none) ;;
+    split) echo taskset -c $(($1 - 1)) ;;
+    cross) echo taskset -c $((2 - $1)) ;;
+    same) echo taskset -c 0 ;;
+    *) die "PIN must be none, split, cross or same, not '$PIN'" ;;
+  esac
+}
+
+# record_path CASE: how h1's daemon sends super-packets, from its log
+record_path() {
+  local log=$WORK/$1/h1.log path
+  if grep -q 'tunnel GSO on' "$log" 2>/dev/null; then path=tunnel-gso
+  elif grep -q 'gso=true' "$log" 2>/dev/null; then path=userspace-gso
+  else path=plain; fi
+  printf 'path_%s\t%s\n' "$1" "$path" >>"$EXTRA"
+}
+
 # overlayd_case CASE BACKEND [EXTRA_FLAGS...]
 overlayd_case() {
   local name=$1 backend=$2 i f start subnet
@@ -365,7 +420,8 @@ overlayd_case() {
   mkdir -p "$WORK/$name"
   for i in 1 2; do
     # Straight `ip netns exec ... &`: $! is then overlayd's own pid.
-    ip netns exec "$P""h$i" "$BIN" --backend "$backend" --etcd-endpoints "$ENDPOINT" \
+    # shellcheck disable=SC2046 # pin's words are meant to split
+    ip netns exec "$P""h$i" $(pin "$i") "$BIN" --backend "$backend" --etcd-endpoints "$ENDPOINT" \
       --etcd-prefix "/bench/$name" --network "$NETWORK" --subnet-len 24 --iface eth0 \
       --subnet-file "$WORK/$name/h$i.env" "$@" ${OVERLAYD_FLAGS:-} >"$WORK/$name/h$i.log" 2>&1 &
     OVD_PIDS[i]=$!
@@ -384,11 +440,13 @@ overlayd_case() {
     done
   done
   subnet=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/$name/h2.env")
-  OVD_PEER=$(net_addr "$subnet")
+  OVD_PEER=$(topo_net_addr "$subnet")
   echo "h2 FLANNEL_SUBNET=$subnet, overlay address $OVD_PEER" >&2
   OVD_ON=1
+  record_path "$name"
   if wait_reachable "$H1" "$OVD_PEER"; then
     if [ "$name" = vxlan ]; then measure "$name" "$OVD_PEER" record_rss; else measure "$name" "$OVD_PEER"; fi
+    [ "$name" = vxlan ] && uso_case vxlan_uso "$OVD_PEER"
   else
     log_tail "$WORK/$name/h1.log"
     skip "$name" "$OVD_PEER not reachable"
@@ -397,7 +455,9 @@ overlayd_case() {
 }
 
 overlayd_case vxlan vxlan
+overlayd_case vxlan_userspace_gso vxlan --tunnel-gso off
 overlayd_case udp udp
+overlayd_case udp_userspace_gso udp --tunnel-gso off
 overlayd_case gre gre
 overlayd_case vxlan_no_offload vxlan --no-offload
 
@@ -510,17 +570,19 @@ ip -n "$H1" link del vx100
 ip -n "$H2" link del vx100
 
 # 9-10. overlayd L2 (the L3 side runs as usual, with its own subnet leases)
-# l2_case CASE L2_BACKEND
+# l2_case CASE L2_BACKEND [EXTRA_FLAGS...]
 l2_case() {
   local name=$1 backend=$2 i tap
   want "$name" || return 0
+  shift 2
   say "$name: overlayd --l2 net@brl2, network VNI 100 Backend $backend (etcd prefix /bench/$name)"
   mkdir -p "$WORK/$name"
   ctl put "/bench/$name/l2/networks/net" "{\"VNI\":100,\"Backend\":\"$backend\"}" >/dev/null
   for i in 1 2; do
-    ip netns exec "$P""h$i" "$BIN" --backend vxlan --etcd-endpoints "$ENDPOINT" \
+    # shellcheck disable=SC2046 # pin's words are meant to split
+    ip netns exec "$P""h$i" $(pin "$i") "$BIN" --backend vxlan --etcd-endpoints "$ENDPOINT" \
       --etcd-prefix "/bench/$name" --network "$NETWORK" --subnet-len 24 --iface eth0 \
-      --subnet-file "$WORK/$name/h$i.env" --l2 net@brl2 >"$WORK/$name/h$i.log" 2>&1 &
+      --subnet-file "$WORK/$name/h$i.env" --l2 net@brl2 "$@" >"$WORK/$name/h$i.log" 2>&1 &
     OVD_PIDS[i]=$!
   done
   if [ "$backend" = gre ]; then tap=l2g100; else tap=l2v100; fi
@@ -538,6 +600,7 @@ l2_case() {
     fi
   done
   OVD_ON=1
+  record_path "$name"
   if wait_reachable "$C1" "$L2_IP2"; then
     measure "$name" "$L2_IP2"
   else
@@ -547,6 +610,7 @@ l2_case() {
   stop_overlayd
 }
 l2_case l2_vxlan vxlan
+l2_case l2_vxlan_userspace_gso vxlan --tunnel-gso off
 l2_case l2_gre gre
 
 # ------------------------------------------------------------------------------------------------
@@ -594,7 +658,8 @@ k1, kping = k.get("g1"), k.get("ping")
 
 kl2 = res.get("kernel_l2_vxlan", {})
 kl2_1, kl2_ping = kl2.get("g1"), kl2.get("ping")
-L2_CASES = ["l2_vxlan", "l2_gre"]
+L2_CASES = ["l2_vxlan", "l2_vxlan_userspace_gso", "l2_gre"]
+kuso = res.get("kernel_vxlan_uso", {}).get("g1")
 
 def ratio(c):
     g = res.get(c, {}).get("g1")
@@ -604,22 +669,31 @@ def l2_ratio(c):
     g = res.get(c, {}).get("g1")
     return round(g / kl2_1, 3) if g is not None and kl2_1 else None
 
+def uso_ratio(c):
+    g = res.get(c, {}).get("g1")
+    return round(g / kuso, 3) if g is not None and kuso else None
+
 def fmt(v, f):
     return "-" if v is None else f % v
 
-print("%-18s %12s %12s %14s %18s %14s" % ("case", "1-stream", "4-stream", "ping avg", "ratio to kernel", "overlayd CPU"))
-print("%-18s %12s %12s %14s %18s %14s" % ("", "Gbit/s", "Gbit/s", "µs", "vxlan 1-stream", "s per GiB"))
+print("%-24s %12s %12s %14s %18s %14s  %s" % ("case", "1-stream", "4-stream", "ping avg", "ratio to kernel", "overlayd CPU", "path"))
+print("%-24s %12s %12s %14s %18s %14s" % ("", "Gbit/s", "Gbit/s", "µs", "vxlan 1-stream", "s per GiB"))
 for name, r in res.items():
     if name == "kernel_l2_vxlan":
         print("-- L2, container to container (ratio to kernel_l2_vxlan 1-stream) --")
     if r["g1"] is None and r["g4"] is None and r["ping"] is None:
         reason = extra.get("skipped_" + name, "failed")
-        print("%-18s %s" % (name, "skipped (%s)" % reason))
+        print("%-24s %s" % (name, "skipped (%s)" % reason))
         continue
-    rt = l2_ratio(name) if name in L2_CASES or name == "kernel_l2_vxlan" else ratio(name)
-    print("%-18s %12s %12s %14s %18s %14s" % (
+    if name.endswith("_uso"):
+        rt = uso_ratio(name)
+    elif name in L2_CASES or name == "kernel_l2_vxlan":
+        rt = l2_ratio(name)
+    else:
+        rt = ratio(name)
+    print("%-24s %12s %12s %14s %18s %14s  %s" % (
         name, fmt(r["g1"], "%.2f"), fmt(r["g4"], "%.2f"), fmt(r["ping"], "%.0f"),
-        fmt(rt, "%.2fx"), fmt(cpu_s_per_gib(name), "%.3f")))
+        fmt(rt, "%.2fx"), fmt(cpu_s_per_gib(name), "%.3f"), extra.get("path_" + name, "")))
 rss = [int(v) for key, v in extra.items() if key.startswith("rss_") and v.isdigit()]
 rss_mib = round(max(rss) / 1024, 1) if rss else None
 if rss_mib is not None:
@@ -635,7 +709,7 @@ for name in res:
     if d:
         print("overlayd VmRSS during the 1-stream %s run: %s..%s MiB (%d samples, 1/s, both hosts)" % (name, *d))
 
-cases = ["vxlan", "udp", "gre", "vxlan_no_offload", "tinc"]
+cases = ["vxlan", "vxlan_userspace_gso", "udp", "udp_userspace_gso", "gre", "vxlan_no_offload", "tinc"]
 out = {
     "kernel_vxlan_gbps": k1,
     "ratios": {c: ratio(c) for c in cases},
@@ -652,6 +726,8 @@ out = {
         c: (round(res[c]["ping"] - kl2_ping) if c in res and res[c]["ping"] is not None and kl2_ping is not None else None)
         for c in L2_CASES
     },
+    "uso_ratio": uso_ratio("vxlan_uso"),
+    "paths": {c: extra["path_" + c] for c in res if "path_" + c in extra},
     "overlayd_rss_mib": rss_mib,
     "overlayd_rss_during_1_stream_mib": {c: list(rss_during(c)[:2]) for c in res if rss_during(c)},
     "overlayd_cpu_s_per_gib": {c: cpu_s_per_gib(c) for c in res if cpu_s_per_gib(c) is not None},

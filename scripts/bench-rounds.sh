@@ -9,7 +9,10 @@
 #   sudo ROUNDS=3 CASES="kernel_vxlan vxlan udp gre" scripts/bench-rounds.sh
 #
 # Environment: ROUNDS=3 (at least 1), and everything scripts/bench-e2e.sh reads (CASES,
-# DURATION, REPEAT, OVERLAYD_BIN, OVERLAYD_FLAGS, IPERF_FLAGS, BRIDGE_NF, BENCH_PREFIX).
+# DURATION, REPEAT, OVERLAYD_BIN, OVERLAYD_FLAGS, IPERF_FLAGS, BRIDGE_NF, PIN, BENCH_PREFIX).
+# "ratio" is the 1-stream rate over the kernel's (kernel_vxlan, kernel_l2_vxlan for L2 rows,
+# kernel_vxlan_uso for the inner-UDP rows), "ratio 4" the same for 4 streams; both are
+# taken per round, then the median.
 # Prints each round's table as it goes (stderr), then a table of medians with every round's
 # value, then one JSON line. Rounds run one after the other; each cleans up after itself.
 set -euo pipefail
@@ -57,18 +60,30 @@ for r in runs:
             cases.append(c)
 summary = {}
 print(f"medians over {rounds} round(s) of scripts/bench-e2e.sh (every round: new namespaces and daemons)")
-print(f"{'case':<20} {'1-stream':>9} {'4-stream':>9} {'ratio':>7} {'ping Δ µs':>10} {'CPU s/GiB':>10}   1-stream per round")
+def per_round_ratio(key, c, base):
+    out = []
+    for r in runs:
+        v, b = r.get(key, {}).get(c), r.get(key, {}).get(base)
+        out.append(v / b if isinstance(v, (int, float)) and isinstance(b, (int, float)) and b else None)
+    return out
+
+print(f"{'case':<24} {'1-stream':>9} {'4-stream':>9} {'ratio':>7} {'ratio 4':>8} {'ping Δ µs':>10} {'CPU s/GiB':>10}   1-stream per round")
 for c in cases:
     g1, g4 = col("gbps_1_stream", c), col("gbps_4_streams", c)
-    ratio = med(col("ratios", c) if c in runs[0].get("ratios", {}) else col("l2_ratios", c))
+    if c.endswith("_uso"):
+        ratio = med(per_round_ratio("gbps_1_stream", c, "kernel_vxlan_uso"))
+    else:
+        ratio = med(col("ratios", c) if c in runs[0].get("ratios", {}) else col("l2_ratios", c))
+    base = "kernel_l2_vxlan" if c.startswith(("l2_", "kernel_l2")) else "kernel_vxlan"
+    ratio4 = med(per_round_ratio("gbps_4_streams", c, base))
     delta = med(col("latency_delta_us", c) if c in runs[0].get("latency_delta_us", {})
                 else col("l2_latency_delta_us", c))
     cpu = med(col("overlayd_cpu_s_per_gib", c))
-    summary[c] = {"g1": r3(med(g1)), "g4": r3(med(g4)), "ratio": r3(ratio),
+    summary[c] = {"g1": r3(med(g1)), "g4": r3(med(g4)), "ratio": r3(ratio), "ratio_4": r3(ratio4),
                   "ping_delta_us": r3(delta), "cpu_s_per_gib": r3(cpu),
                   "g1_rounds": g1, "g4_rounds": g4}
     per = " ".join(fmt(x, ".2f") for x in g1)
-    print(f"{c:<20} {fmt(med(g1), '9.2f')} {fmt(med(g4), '9.2f')} {fmt(ratio, '7.2f')} "
+    print(f"{c:<24} {fmt(med(g1), '9.2f')} {fmt(med(g4), '9.2f')} {fmt(ratio, '7.2f')} {fmt(ratio4, '8.2f')} "
           f"{fmt(delta, '10.0f')} {fmt(cpu, '10.2f')}   {per}")
 print(json.dumps({"rounds": rounds, "cases": summary}, separators=(",", ":")))
 EOF

@@ -13,6 +13,8 @@
 #              KEEP_LOGS=1        keep the logs directory (its path is printed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/topology.sh
+. scripts/lib/topology.sh
 
 BACKEND=${1:-vxlan}
 case $BACKEND in
@@ -28,8 +30,8 @@ N=3                          # hosts ovd-h1..ovd-h3, underlay 192.168.77.1..3
 P=ovd-
 SW=${P}sw
 ETCD_NS=${P}etcd
-ETCD_IP=192.168.77.250
-ENDPOINT=http://$ETCD_IP:2379
+ETCD_IP=$TOPO_ETCD_IP          # 192.168.77.250
+ENDPOINT=$TOPO_ETCD_ENDPOINT
 PREFIX=/coreos.com/network
 NETWORK=10.244.0.0/16
 READY_TIMEOUT=30             # seconds for every overlayd to write its subnet.env
@@ -44,7 +46,7 @@ cleanup() {
   trap - EXIT INT TERM
   say "cleaning up"
   disown -a 2>/dev/null || true   # no "Killed" job reports for the daemons we stop below
-  scripts/cleanup-netns.sh "$P" || true
+  topo_teardown "$P" || true
   if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
   exit $rc
 }
@@ -52,17 +54,7 @@ trap cleanup EXIT
 trap 'echo; echo "demo: interrupted"; exit 130' INT TERM
 
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-ctl() { in_ns "$ETCD_NS" env ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINT" --dial-timeout=3s --command-timeout=5s "$@"; }
-
-# 10.244.37.1/24 -> 10.244.37.0 (the subnet's network address: the address on the TUN device)
-net_addr() {
-  local ip=${1%/*} len=${1#*/} a b c d n mask
-  IFS=. read -r a b c d <<<"$ip"
-  n=$(((a << 24) | (b << 16) | (c << 8) | d))
-  mask=$(((0xffffffff << (32 - len)) & 0xffffffff))
-  n=$((n & mask))
-  echo "$((n >> 24 & 255)).$((n >> 16 & 255)).$((n >> 8 & 255)).$((n & 255))"
-}
+ctl() { topo_etcdctl "$P" "$@"; }
 
 log_tail() {
   echo "---- last lines of $1 ----"
@@ -87,43 +79,16 @@ echo "binary: $BIN"
 
 # ------------------------------------------------------------------------------------------------
 say "building the network: switch $SW (bridge br0), $ETCD_NS, ${P}h1..${P}h$N"
-scripts/cleanup-netns.sh "$P" >/dev/null || true   # leftovers of an interrupted run
+topo_teardown "$P" >/dev/null || true   # leftovers of an interrupted run
 
-ip netns add "$SW"
-ip -n "$SW" link set lo up
-ip -n "$SW" link add br0 type bridge
-ip -n "$SW" link set br0 up
-
-# attach NAME UNDERLAY_IP: a namespace with eth0 on the switch (veth made inside the switch ns)
-attach() {
-  local ns=$P$1 addr=$2
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip -n "$SW" link add "$1" mtu 1500 type veth peer name eth0 mtu 1500 netns "$ns"
-  ip -n "$SW" link set "$1" master br0
-  ip -n "$SW" link set "$1" up
-  ip -n "$ns" addr add "$addr/24" dev eth0
-  ip -n "$ns" link set eth0 up
-}
-
-attach etcd "$ETCD_IP"
-for i in $(seq 1 $N); do
-  UNDERLAY[i]=192.168.77.$i
-  attach "h$i" "${UNDERLAY[i]}"
-done
+topo_switch "$P"
+topo_attach "$P" etcd "$ETCD_IP"
+topo_hosts "$P" "$N"
+for i in $(seq 1 $N); do UNDERLAY[i]=$(topo_host_ip "$i"); done
 
 # ------------------------------------------------------------------------------------------------
 say "starting etcd in $ETCD_NS ($ENDPOINT)"
-ip netns exec "$ETCD_NS" etcd --name demo --data-dir "$WORK/etcd" --logger=zap --log-level=warn \
-  --listen-client-urls "$ENDPOINT" --advertise-client-urls "$ENDPOINT" \
-  --listen-peer-urls "http://$ETCD_IP:2380" --initial-advertise-peer-urls "http://$ETCD_IP:2380" \
-  --initial-cluster "demo=http://$ETCD_IP:2380" --initial-cluster-state new \
-  >"$WORK/etcd.log" 2>&1 &
-for _ in $(seq 100); do
-  ctl endpoint health >/dev/null 2>&1 && break
-  sleep 0.2
-done
-ctl endpoint health >/dev/null 2>&1 || { log_tail "$WORK/etcd.log"; die "etcd did not become healthy"; }
+topo_etcd_start "$P" demo "$WORK" || { log_tail "$WORK/etcd.log"; die "etcd did not become healthy"; }
 echo "etcd is healthy"
 
 # ------------------------------------------------------------------------------------------------
@@ -162,7 +127,7 @@ for i in $(seq 1 $N); do
   done
   READY[i]=$(awk -v s="$START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1fs", e - s }')
   SUBNET[i]=$(sed -n 's/^FLANNEL_SUBNET=//p' "$f")
-  OVERLAY[i]=$(net_addr "${SUBNET[i]}")
+  OVERLAY[i]=$(topo_net_addr "${SUBNET[i]}")
   echo "h$i ready after ${READY[i]}: FLANNEL_SUBNET=${SUBNET[i]}"
 done
 echo

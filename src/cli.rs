@@ -164,8 +164,12 @@ pub struct Args {
     pub no_offload: bool,
 
     /// Microseconds a data-plane worker keeps polling without blocking after it handled traffic, so that a quick reply needs no thread wakeup (lower latency, some CPU while traffic flows; none at idle). 0 turns it off.
-    #[arg(long, env = "OVERLAYD_BUSY_POLL_US", default_value_t = crate::dataplane::DEFAULT_BUSY_POLL_US, value_parser = clap::value_parser!(u32).range(0..=10_000), help_heading = "Data plane")]
+    #[arg(long, env = "OVERLAYD_BUSY_POLL_US", default_value_t = crate::datapath::DEFAULT_BUSY_POLL_US, value_parser = clap::value_parser!(u32).range(0..=10_000), help_heading = "Data plane")]
     pub busy_poll_us: u32,
+
+    /// Hand the kernel whole encapsulated TCP super-packets to segment (UDP-tunnel GSO through the TAP ovgso0; Linux 6.17+; udp and vxlan, L3 and L2): auto = when the kernel and host allow it (probed at start), on = required (refuse to start otherwise), off = always segment in userspace.
+    #[arg(long, env = "OVERLAYD_TUNNEL_GSO", value_enum, default_value_t = crate::gso_tap::Mode::Auto, help_heading = "Data plane")]
+    pub tunnel_gso: crate::gso_tap::Mode,
 
     /// Attach L2 network NAME (defined at <prefix>/l2/networks/NAME in etcd) through its own TAP, l2v<VNI> or l2g<VNI>; with @BRIDGE the TAP is enslaved to BRIDGE (created if absent). Repeatable or comma-separated.
     #[arg(

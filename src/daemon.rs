@@ -4,7 +4,6 @@
 //!
 //! Glue only: every decision it makes is delegated to a tested module.
 
-use std::net::SocketAddrV4;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,19 +11,19 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use tracing::{debug, error, info, warn};
 
+use crate::backend::{Backend, SocketError, Sockets};
 use crate::cli::{Args, BackendArg};
 use crate::control::config::{BackendKind, ConfigError, NetworkConfig};
 use crate::control::etcd::{
-    build_fib, stable_vtep_mac, ControlLoop, EtcdError, EtcdOptions, Registry, RemoteLease,
+    build_fib, ControlLoop, EtcdError, EtcdOptions, PeerDecoder, Registry, RemoteLease,
     LEASE_TTL_SECS,
 };
-use crate::control::lease::{LeaseAttrs, VxlanData};
 use crate::control::subnet_env::{read_previous_subnet, SubnetEnv};
-use crate::dataplane::{self, Dataplane};
-use crate::encap::Encap;
+use crate::datapath;
 use crate::fib::{self, Peer};
+use crate::gso_tap::{self, GsoTap};
 use crate::host::{HostError, Netlink};
-use crate::sys::socket::UnderlaySocket;
+use crate::l3::{self, Dataplane};
 use crate::sys::tun::{self, Device};
 use crate::telemetry;
 
@@ -54,6 +53,12 @@ pub enum DaemonError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sockets(#[from] SocketError),
+    #[error(
+        "--tunnel-gso on, but {0}; use --tunnel-gso auto to fall back to userspace segmentation"
+    )]
+    TunnelGso(String),
     #[error("cannot write subnet file {path}: {source}")]
     SubnetFile {
         path: String,
@@ -76,21 +81,6 @@ impl From<BackendArg> for BackendKind {
         }
     }
 }
-
-/// The overlay device's name for a backend: flannel's names where flannel has the backend.
-pub fn device_name(kind: BackendKind, vni: u32) -> String {
-    match kind {
-        BackendKind::Udp => "flannel0".to_string(),
-        BackendKind::Vxlan => format!("flannel.{vni}"),
-        BackendKind::Gre => format!("ovgre.{vni}"),
-    }
-}
-
-/// Sockets to send on: one per queue for udp (flannel sends from its port); a pool bound to
-/// ephemeral ports for vxlan, picked by inner flow hash (source-port entropy as the kernel's
-/// VXLAN gives it); the single raw socket for gre.
-const VXLAN_SEND_SOCKETS: usize = 8;
-const SOCKET_BUFFER: usize = 8 << 20;
 
 /// The etcd registry: the endpoints and TLS files are checked here (an error names the bad
 /// one); the members are reached on first use, each call failing over between them.
@@ -145,45 +135,24 @@ async fn network_config(
     }
 }
 
-/// Maps a lease to a peer of our backend; others are ignored (logged once by the caller).
-fn peer_decoder(
-    kind: BackendKind,
-    vni: u32,
-) -> impl Fn(&RemoteLease) -> Option<Peer> + Send + Sync {
-    // Called at every forwarding-table rebuild: an invalid lease is warned about once.
+/// Maps a lease to a peer of our backend; others are ignored, and an invalid lease of
+/// ours is warned about once (the decoder runs at every forwarding-table rebuild).
+fn peer_decoder(backend: Backend) -> PeerDecoder {
     let warned = std::sync::Mutex::new(std::collections::HashSet::new());
-    move |l: &RemoteLease| {
-        let bt = l.attrs.backend_type.as_deref().unwrap_or("udp");
-        let mac = match kind {
-            BackendKind::Udp if bt == "udp" => [0; 6],
-            BackendKind::Gre if bt == "gre" => [0; 6],
-            BackendKind::Vxlan if bt == "vxlan" => {
-                let parsed = match l.attrs.backend_data.as_ref() {
-                    Some(v) => VxlanData::from_value(v).map_err(|e| e.to_string()),
-                    None => Err("no BackendData".to_string()),
-                };
-                let d = match parsed {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let first = warned
-                            .lock()
-                            .map(|mut w| w.insert((l.key.clone(), l.mod_revision)))
-                            .unwrap_or(true);
-                        if first {
-                            warn!(key = %l.key, error = %e, "ignoring a vxlan lease with invalid BackendData");
-                        }
-                        return None;
-                    }
-                };
-                if d.vni != vni {
-                    return None;
-                }
-                d.vtep_mac
+    Box::new(move |l: &RemoteLease| match backend.peer_mac(&l.attrs) {
+        Ok(Some(mac)) => Some(Peer::new(l.subnet, l.attrs.public_ip, mac)),
+        Ok(None) => None,
+        Err(e) => {
+            let first = warned
+                .lock()
+                .map(|mut w| w.insert((l.key.clone(), l.mod_revision)))
+                .unwrap_or(true);
+            if first {
+                warn!(key = %l.key, backend = %backend.kind.as_str(), error = %e, "ignoring a lease with invalid BackendData");
             }
-            _ => return None,
-        };
-        Some(Peer::new(l.subnet, l.attrs.public_ip, mac))
-    }
+            None
+        }
+    })
 }
 
 /// Runs the daemon until a signal; returns an error for anything that prevents it from
@@ -262,46 +231,15 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
             "flannel nodes read the lease's VNI as 16 bits: flanneld peers will ignore this node"
         );
     }
-    let mac = stable_vtep_mac(public_ip, vni);
-    let encap = match kind {
-        BackendKind::Udp => Encap::Udp,
-        BackendKind::Vxlan => Encap::Vxlan {
-            vni,
-            local_mac: mac,
-        },
-        BackendKind::Gre => Encap::Gre {
-            key: Some(vni),
-            checksum: cfg.backend.checksum,
-            sequence: cfg.backend.sequence,
-        },
-    };
+    let backend = Backend::new(&cfg.backend, public_ip);
     let mtu = cfg
         .backend
         .mtu
-        .unwrap_or(underlay.mtu.saturating_sub(encap.overhead() as u32));
-    let attrs = match kind {
-        BackendKind::Udp => LeaseAttrs {
-            public_ip,
-            public_ipv6: None,
-            backend_type: None,
-            backend_data: None,
-        },
-        BackendKind::Vxlan => LeaseAttrs {
-            public_ip,
-            public_ipv6: None,
-            backend_type: Some("vxlan".into()),
-            backend_data: Some(VxlanData { vni, vtep_mac: mac }.to_value()),
-        },
-        BackendKind::Gre => LeaseAttrs {
-            public_ip,
-            public_ipv6: None,
-            backend_type: Some("gre".into()),
-            backend_data: Some(serde_json::json!({ "VNI": vni })),
-        },
-    };
+        .unwrap_or_else(|| backend.inner_mtu(underlay.mtu));
+    let attrs = backend.lease_attrs(public_ip);
 
     // One daemon per host and device: refuse before touching the lease or the device.
-    let name = device_name(kind, vni);
+    let name = backend.device_name();
     let _instance = crate::lifecycle::claim(&args.run_dir, &name, &nl)
         .await
         .map_err(DaemonError::Instance)?;
@@ -323,14 +261,14 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         kind: tun::Kind::Tun,
         queues,
         vnet_hdr: offload,
+        tunnel_hdr: false,
     })
     .map_err(|source| DaemonError::Device {
         name: name.clone(),
         source,
     })?;
     if offload {
-        let want = tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN;
-        if let Err(e) = dev.set_offload(want) {
+        if let Err(e) = datapath::enable_offloads(&mut dev) {
             warn!(error = %e, "the kernel refused TUN offloads; packets are handled one by one");
         }
     }
@@ -339,46 +277,43 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         .await?;
 
     // Sockets.
-    let sock_err = |addr: String| move |source| DaemonError::Socket { addr, source };
-    let (send, recv): (Vec<Arc<UnderlaySocket>>, Vec<Arc<UnderlaySocket>>) = match kind {
-        BackendKind::Gre => {
-            let s = Arc::new(
-                UnderlaySocket::raw_gre(underlay.addr, SOCKET_BUFFER).map_err(sock_err(
-                    format!("{} (raw GRE; needs CAP_NET_RAW)", underlay.addr),
-                ))?,
-            );
-            (vec![s.clone()], vec![s])
-        }
-        BackendKind::Udp | BackendKind::Vxlan => {
-            let bind = SocketAddrV4::new(underlay.addr, cfg.backend.port);
-            let mut recv = Vec::new();
-            for _ in 0..queues {
-                recv.push(Arc::new(
-                    UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(sock_err(bind.to_string()))?,
-                ));
-            }
-            let send = if kind == BackendKind::Vxlan {
-                let mut v = Vec::new();
-                for _ in 0..VXLAN_SEND_SOCKETS {
-                    let b = SocketAddrV4::new(underlay.addr, 0);
-                    v.push(Arc::new(
-                        UnderlaySocket::udp(b, SOCKET_BUFFER).map_err(sock_err(b.to_string()))?,
-                    ));
-                }
-                v
-            } else {
-                recv.clone()
-            };
-            (send, recv)
-        }
-    };
+    let Sockets { send, recv } = backend.sockets(underlay.addr, queues)?;
     let gso = offload && send.iter().all(|s| s.probe_gso());
     let gro = offload && !recv[0].is_raw() && recv.iter().all(|s| s.enable_gro());
     info!(device = %dev.name, queues, mtu, offloads = dev.offloads, gso, gro, "data plane configured");
 
+    // The kernel segments whole super-packets (udp and vxlan, and L2 vxlan networks).
+    let wants_tunnel = offload
+        && args.tunnel_gso != gso_tap::Mode::Off
+        && (kind != BackendKind::Gre || !args.l2.is_empty() || !args.l2_vlan.is_empty());
+    let gso_tap = if wants_tunnel {
+        match GsoTap::open(&nl, &underlay, queues).await {
+            Ok(t) => {
+                info!(
+                    device = gso_tap::NAME,
+                    "tunnel GSO on: the kernel segments whole super-packets"
+                );
+                Some(t)
+            }
+            Err(reason) if args.tunnel_gso == gso_tap::Mode::On => {
+                return Err(DaemonError::TunnelGso(reason));
+            }
+            Err(reason) => {
+                warn!(%reason, "tunnel GSO unavailable; segmenting in userspace");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let tunnel = gso_tap.as_ref().map(|t| t.tunnel.clone());
+    if let Some(t) = &tunnel {
+        let _ = telemetry.tunnel_gso.set(t.on.clone());
+    }
+
     // Forwarding table, then the workers.
     let fib = fib::shared();
-    let decode = peer_decoder(kind, vni);
+    let decode = peer_decoder(backend.clone());
     match registry.list().await {
         Ok((leases, _)) => {
             let map = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
@@ -386,21 +321,24 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         }
         Err(e) => warn!(error = %e, "cannot list peers yet; the watch will fill them in"),
     }
-    let dp_cfg = dataplane::Config {
-        encap,
-        port: cfg.backend.port,
+    let dp_cfg = l3::Config {
+        encap: backend.encap,
+        port: backend.port,
         tun_addr,
         vnet_hdr: offload,
         gso,
         gro,
-        local_mac: mac,
+        local_mac: backend.vtep_mac,
         busy_poll_us: args.busy_poll_us,
+        tunnel: tunnel.clone(),
+        mtu,
     };
     let tun_opts = tun::Options {
         name: name.clone(),
         kind: tun::Kind::Tun,
         queues,
         vnet_hdr: offload,
+        tunnel_hdr: false,
     };
     let mut qs: Vec<Arc<tun::Queue>> = std::mem::take(&mut dev.queues)
         .into_iter()
@@ -419,7 +357,12 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     })?;
     let _ = telemetry.backend.set(kind.as_str());
     let _ = telemetry.fib.set(fib.clone());
-    let _ = telemetry.offloads.set((dev.offloads != 0, gso, gro));
+    let _ = telemetry.offloads.set(telemetry::Offloads {
+        tun_tso: dev.offloads & tun::TUN_F_TSO4 != 0,
+        tun_uso: dev.offloads & tun::TUN_F_USO4 != 0,
+        udp_gso: gso,
+        udp_gro: gro,
+    });
     set_workers(&telemetry, &dp);
 
     // Layer-2 networks, beside the routed overlay.
@@ -429,6 +372,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         trunk_bridge: args.l2_trunk_bridge.clone(),
         offload,
         busy_poll_us: args.busy_poll_us,
+        tunnel: tunnel.clone(),
     };
     // From here on a signal is handled by the main loop below, which stops in order.
     stop.serving();
@@ -477,10 +421,10 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         attrs,
         acquired,
         fib: fib.clone(),
-        decode_peer: Box::new(decode),
+        decode_peer: decode,
         subnet_tx,
         keepalive_every,
-        stats: telemetry.clone(),
+        stats: telemetry.control.clone(),
     };
     let control_task = tokio::spawn(control.run());
     let mut current = subnet;
@@ -585,6 +529,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     dp.stop();
     drop(qs);
     drop(dev);
+    drop(gso_tap);
     info!(
         tx_packets = totals.tx_packets,
         rx_packets = totals.rx_packets,
@@ -625,8 +570,7 @@ async fn reopen(
         source,
     })?;
     if offload {
-        let want = tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN;
-        if let Err(e) = dev.set_offload(want) {
+        if let Err(e) = datapath::enable_offloads(&mut dev) {
             warn!(error = %e, "the kernel refused TUN offloads on the recreated device");
         }
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 
-use crate::telemetry::PeerCounters;
+use crate::counters::PeerCounters;
 
 /// A remote node as the data plane needs it.
 #[derive(Debug, Clone)]

@@ -37,6 +37,25 @@ pub struct Underlay {
     pub mtu: u32,
 }
 
+/// The /proc path of a per-device setting of the current network namespace:
+/// `net.<family>.conf.<dev>.<key>` (`dev` may be `all`; device names may hold dots, which
+/// is why this is a path and not a dotted key).
+pub fn conf_path(family: &str, dev: &str, key: &str) -> std::path::PathBuf {
+    format!("/proc/sys/net/{family}/conf/{dev}/{key}").into()
+}
+
+/// Reads a per-device setting (see [`conf_path`]).
+pub fn read_conf(family: &str, dev: &str, key: &str) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(conf_path(family, dev, key))?
+        .trim()
+        .to_string())
+}
+
+/// Writes a per-device setting (see [`conf_path`]).
+pub fn write_conf(family: &str, dev: &str, key: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(conf_path(family, dev, key), value)
+}
+
 /// A netlink connection, driven by a task on the current tokio runtime.
 #[derive(Clone)]
 pub struct Netlink {
@@ -294,6 +313,29 @@ impl Netlink {
     }
 
     /// Whether the route for `network` through link `index` is still present.
+    /// Sets a link's MAC address and MTU and brings it up (the tunnel-GSO TAP).
+    pub async fn configure_link(
+        &self,
+        name: &str,
+        mac: [u8; 6],
+        mtu: u32,
+    ) -> Result<(), HostError> {
+        let (index, _) = self
+            .link(name)
+            .await?
+            .ok_or_else(|| HostError::NoSuchInterface(name.to_string()))?;
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .mtu(mtu)
+            .up();
+        self.handle
+            .link()
+            .set(msg.build())
+            .execute()
+            .await
+            .map_err(nl(format!("set {name} address, mtu {mtu} and up")))
+    }
+
     pub async fn has_route(&self, network: Ipv4Net, index: u32) -> Result<bool, HostError> {
         let mut found = false;
         let mut routes = self

@@ -2,31 +2,40 @@
 //!
 //! Layers, bottom up (see `docs/architecture.md`):
 //! - [`wire`]: zero-copy header views (pure);
-//! - [`encap`]: the udp/vxlan/gre encapsulations (pure);
+//! - [`backend`]: one module per backend (udp, vxlan, gre): wire format, device name,
+//!   lease data, sockets; its [`backend::Encap`] is the data path's per-packet view;
 //! - [`offload`]: TSO segmentation and GRO coalescing (pure);
 //! - [`fib`]: the forwarding-table snapshot (pure);
-//! - [`mod@drop`]: the drop-reason vocabulary;
+//! - [`mod@drop`]: the drop-reason vocabulary; [`counters`]: the atomics everyone bumps and telemetry reads;
 //! - [`control`]: config, leases and subnet choice (pure) and the etcd client loop (async);
 //! - [`sys`]: TUN ioctls and socket options, the only `unsafe` code;
 //! - [`host`]: device address, MTU and routes through rtnetlink;
-//! - [`dataplane`]: the worker threads;
+//! - [`gso_tap`]: the TAP through which whole UDP-tunnel super-packets go to the kernel;
+//! - [`datapath`]: the data path both data planes share (workers, send paths, receive
+//!   splitting and delivery); [`l3`]: the routed data plane on it;
 //! - [`l2`]: layer-2 overlays (TAP, MAC learning, VLAN↔VNI), beside the routed mode;
 //! - [`telemetry`]: metrics, health and readiness endpoints, systemd notification;
 //! - [`daemon`], [`cli`], [`status`]: glue and the `overlayd status` command;
 //! - [`lifecycle`]: stopping on a signal in any phase, one daemon per host and device.
 
+// `unsafe` is refused everywhere but in `sys`, which allows it and requires a `// SAFETY:`
+// comment on every block (see src/sys/mod.rs).
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod backend;
 pub mod cli;
 pub mod cni;
 pub mod control;
+pub mod counters;
 pub mod daemon;
-pub mod dataplane;
+pub mod datapath;
 pub mod drop;
-pub mod encap;
 pub mod fib;
+pub mod gso_tap;
 pub mod host;
 pub mod l2;
+pub mod l3;
 pub mod lifecycle;
 pub mod offload;
 pub mod status;

@@ -1,5 +1,7 @@
 //! The `overlayd` binary: flags, logging, the runtime, and one clear error on failure.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -63,6 +63,23 @@ pub fn parse_peer_metrics(page: &str) -> PeerTraffic {
     out
 }
 
+/// Which way super-packets leave, from the `overlayd_offload_enabled` gauges.
+pub fn transmit_path(page: &str) -> &'static str {
+    let on = |k: &str| {
+        let key = format!("overlayd_offload_enabled{{offload=\"{k}\"}} ");
+        page.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .is_some_and(|v| v.trim() == "1")
+    };
+    if on("tunnel_gso") {
+        "tunnel GSO (the kernel segments whole super-packets)"
+    } else if on("udp_gso") {
+        "UDP GSO (segmented in userspace, sent in GSO runs)"
+    } else {
+        "plain (one datagram per packet)"
+    }
+}
+
 async fn scrape(addr: SocketAddr) -> Option<String> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -116,7 +133,10 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
     }
     let (leases, _) = reg.list().await.map_err(|e| e.to_string())?;
     let traffic = match scrape(args.metrics_addr).await {
-        Some(page) => Some(parse_peer_metrics(&page)),
+        Some(page) => {
+            let _ = writeln!(out, "transmit path: {}", transmit_path(&page));
+            Some(parse_peer_metrics(&page))
+        }
         None => {
             let _ = writeln!(
                 out,
@@ -244,6 +264,15 @@ async fn l2_section(reg: &Registry, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transmit_path_from_the_gauges() {
+        let page = "overlayd_offload_enabled{offload=\"tunnel_gso\"} 1\noverlayd_offload_enabled{offload=\"udp_gso\"} 1\n";
+        assert!(transmit_path(page).starts_with("tunnel GSO"));
+        let page = "overlayd_offload_enabled{offload=\"tunnel_gso\"} 0\noverlayd_offload_enabled{offload=\"udp_gso\"} 1\n";
+        assert!(transmit_path(page).starts_with("UDP GSO"));
+        assert!(transmit_path("").starts_with("plain"));
+    }
 
     #[test]
     fn peer_metrics_are_parsed() {

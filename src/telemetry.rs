@@ -2,11 +2,11 @@
 //! (`--metrics-addr`, or flannel's `--healthz-ip/--healthz-port`), and systemd readiness.
 //!
 //! The data plane never touches this module: its workers bump plain atomic counters
-//! ([`WorkerStats`], [`PeerCounters`]) and a scrape copies them into the `metrics` recorder
+//! ([`crate::counters`]) and a scrape copies them into the `metrics` recorder
 //! just before rendering, so counting costs the fast path one relaxed add per batch.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -14,46 +14,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::dataplane::{totals, WorkerStats};
+use crate::counters::{totals, ControlStats, WorkerStats};
 use crate::drop::DropReason;
 use crate::fib::SharedFib;
 
-/// Per-peer traffic counters, shared by the snapshots that list the peer (they survive
-/// forwarding-table rebuilds) and bumped by the workers. Transmit and receive sides sit on
-/// separate cache lines so the two worker kinds do not contend.
-#[derive(Debug, Default)]
-pub struct PeerCounters {
-    pub tx: DirCounters,
-    pub rx: DirCounters,
-}
-
-/// Packets and bytes in one direction.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub struct DirCounters {
-    pub packets: AtomicU64,
-    pub bytes: AtomicU64,
-}
-
-impl DirCounters {
-    #[inline]
-    pub fn add(&self, packets: u64, bytes: u64) {
-        self.packets.fetch_add(packets, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-}
-
-/// Control-plane facts the exporter reports, updated by the daemon and the control loop.
-#[derive(Debug, Default)]
-pub struct ControlStats {
-    /// Unix time at which our lease expires (0 = reservation or unknown).
-    pub lease_expiry_unix: AtomicI64,
-    pub lease_held: AtomicBool,
-    pub etcd_errors: AtomicU64,
-    pub watch_restarts: AtomicU64,
-    pub relists: AtomicU64,
-    pub reacquisitions: AtomicU64,
-    pub device_repairs: AtomicU64,
+/// Which offloads the data plane got from the kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Offloads {
+    /// The TUN hands over TCP super-packets.
+    pub tun_tso: bool,
+    /// ... and UDP ones (applications sending with UDP_SEGMENT).
+    pub tun_uso: bool,
+    /// Datagrams leave in UDP GSO runs.
+    pub udp_gso: bool,
+    /// Datagrams arrive in UDP GRO runs.
+    pub udp_gro: bool,
 }
 
 /// Everything a scrape or a readiness probe reads.
@@ -63,9 +38,11 @@ pub struct State {
     pub backend: OnceLock<&'static str>,
     pub workers: Mutex<Option<Arc<Vec<WorkerStats>>>>,
     pub fib: OnceLock<SharedFib>,
-    pub control: ControlStats,
-    /// Offload state: TUN TSO, UDP GSO, UDP GRO.
-    pub offloads: OnceLock<(bool, bool, bool)>,
+    pub control: Arc<ControlStats>,
+    /// Offload state, set once the data plane is configured.
+    pub offloads: OnceLock<Offloads>,
+    /// Tunnel GSO in use (cleared at run time by a kernel refusal); absent = not set up.
+    pub tunnel_gso: OnceLock<Arc<AtomicBool>>,
     /// The L2 networks' shared state, when any is attached.
     pub l2: OnceLock<Arc<crate::l2::dataplane::Shared>>,
 }
@@ -86,6 +63,8 @@ impl State {
                 .absolute(t.rx_bytes);
             metrics::counter!("overlayd_send_calls_total", "backend" => backend)
                 .absolute(t.tx_sends);
+            metrics::counter!("overlayd_tunnel_gso_writes_total", "backend" => backend)
+                .absolute(t.tx_tunnel_gso);
             metrics::counter!("overlayd_receive_batches_total", "backend" => backend)
                 .absolute(t.rx_batches);
             metrics::counter!("overlayd_icmp_unreachable_sent_total").absolute(t.icmp_unreachable);
@@ -117,8 +96,18 @@ impl State {
         if let Some(l2) = self.l2.get() {
             refresh_l2(l2);
         }
-        if let Some((tso, gso, gro)) = self.offloads.get() {
-            for (k, on) in [("tun_tso", tso), ("udp_gso", gso), ("udp_gro", gro)] {
+        if let Some(o) = self.offloads.get() {
+            let tunnel = self
+                .tunnel_gso
+                .get()
+                .is_some_and(|t| t.load(Ordering::Relaxed));
+            for (k, on) in [
+                ("tun_tso", &o.tun_tso),
+                ("tun_uso", &o.tun_uso),
+                ("udp_gso", &o.udp_gso),
+                ("udp_gro", &o.udp_gro),
+                ("tunnel_gso", &tunnel),
+            ] {
                 metrics::gauge!("overlayd_offload_enabled", "offload" => k).set(if *on {
                     1.0
                 } else {
@@ -175,6 +164,8 @@ fn refresh_l2(l2: &crate::l2::dataplane::Shared) {
             .absolute(get(&st.tx_flood));
         metrics::counter!("overlayd_l2_tx_bytes_total", "network" => net.clone())
             .absolute(get(&st.tx_bytes));
+        metrics::counter!("overlayd_l2_tunnel_gso_writes_total", "network" => net.clone())
+            .absolute(get(&st.tx_tunnel_gso));
         metrics::counter!("overlayd_l2_flood_copies_total", "network" => net.clone())
             .absolute(get(&st.flood_copies));
         metrics::counter!("overlayd_l2_learned_total", "network" => net.clone())

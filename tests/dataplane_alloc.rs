@@ -1,7 +1,9 @@
 //! Proof that the data plane's worker loops allocate nothing per packet in the steady state:
 //! two real data planes (TUN + UDP sockets, offloads on) in two network namespaces carry an
 //! iperf3 TCP stream and pings, and a counting global allocator sees no allocation while
-//! traffic flows. A separate test binary, so the allocator counts only this process.
+//! traffic flows, with super-packets segmented in userspace and with them handed whole to
+//! the kernel (tunnel GSO). A separate test binary, so the allocator counts only this
+//! process.
 
 mod common;
 
@@ -12,9 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use overlayd::dataplane::{Config, Dataplane};
-use overlayd::encap::Encap;
+use overlayd::backend::Encap;
 use overlayd::fib::{self, Fib, Peer};
+use overlayd::gso_tap::GsoTap;
+use overlayd::host::Netlink;
+use overlayd::l3::{Config, Dataplane};
 use overlayd::sys::netns::run_in_netns;
 use overlayd::sys::socket::UnderlaySocket;
 use overlayd::sys::tun::{self, Device};
@@ -49,16 +53,40 @@ fn mac(i: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, i]
 }
 
-/// One node: a TUN device and a UDP socket opened inside `ns`, and its data plane.
-fn node(host: &Host, me: u8, peer_ip: Ipv4Addr, peer: u8) -> Dataplane {
+/// One node: a TUN device and a UDP socket opened inside `ns`, and its data plane; with
+/// `tunnel`, also the tunnel-GSO TAP (kept alive by the returned value).
+fn node(
+    host: &Host,
+    me: u8,
+    peer_ip: Ipv4Addr,
+    peer: u8,
+    tunnel: bool,
+) -> (Dataplane, Option<GsoTap>) {
     let ns = host.name().to_string();
     let ip = host.ip;
+    let tap = tunnel.then(|| {
+        run_in_netns(&ns, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let nl = Netlink::new().expect("netlink");
+                let underlay = nl.underlay(Some("eth0")).await.expect("underlay");
+                GsoTap::open(&nl, &underlay, 1)
+                    .await
+                    .expect("tunnel-GSO TAP")
+            })
+        })
+        .expect("enter namespace")
+    });
     let (mut dev, sock) = run_in_netns(&ns, move || {
         let mut dev = Device::open(&tun::Options {
             name: "flannel.1".into(),
             kind: tun::Kind::Tun,
             queues: 1,
             vnet_hdr: true,
+            tunnel_hdr: false,
         })
         .expect("open tun");
         dev.set_offload(tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN)
@@ -97,11 +125,15 @@ fn node(host: &Host, me: u8, peer_ip: Ipv4Addr, peer: u8) -> Dataplane {
         gso,
         gro,
         local_mac: mac(me),
-        busy_poll_us: overlayd::dataplane::DEFAULT_BUSY_POLL_US,
+        busy_poll_us: overlayd::datapath::DEFAULT_BUSY_POLL_US,
+        tunnel: tap.as_ref().map(|t| t.tunnel.clone()),
+        mtu: 1450,
     };
     let queues = dev.queues.drain(..).map(Arc::new).collect();
     std::mem::forget(dev); // the queues keep the device; it goes with the namespace
-    Dataplane::start(cfg, queues, vec![sock.clone()], vec![sock], shared).expect("start workers")
+    let dp = Dataplane::start(cfg, queues, vec![sock.clone()], vec![sock], shared)
+        .expect("start workers");
+    (dp, tap)
 }
 
 #[test]
@@ -109,10 +141,23 @@ fn netns_worker_loops_do_not_allocate_per_packet() {
     if skip_unless_root("netns_worker_loops_do_not_allocate_per_packet") {
         return;
     }
+    no_allocation_while_traffic_flows(false);
+}
+
+/// The same with super-packets handed whole to the kernel through the tunnel-GSO TAP.
+#[test]
+fn netns_tunnel_gso_worker_loops_do_not_allocate_per_packet() {
+    if skip_unless_root("netns_tunnel_gso_worker_loops_do_not_allocate_per_packet") {
+        return;
+    }
+    no_allocation_while_traffic_flows(true);
+}
+
+fn no_allocation_while_traffic_flows(tunnel: bool) {
     let topo = Topology::new(2);
     let (h1, h2) = (topo.host(0), topo.host(1));
-    let d1 = node(h1, 1, h2.ip, 2);
-    let d2 = node(h2, 2, h1.ip, 1);
+    let (d1, _t1) = node(h1, 1, h2.ip, 2, tunnel);
+    let (d2, _t2) = node(h2, 2, h1.ip, 1, tunnel);
     assert!(
         ping_until(h1, Ipv4Addr::new(10, 244, 2, 0), Duration::from_secs(10)),
         "overlay up"
@@ -138,6 +183,7 @@ fn netns_worker_loops_do_not_allocate_per_packet() {
     std::thread::sleep(Duration::from_millis(2000));
     let after = ALLOCS.load(Ordering::Relaxed);
     let tx_after = d1.totals().tx_packets;
+    let tunnel_writes = d1.totals().tx_tunnel_gso;
     let _ = client.wait();
     let _ = server.kill();
     let _ = server.wait();
@@ -151,7 +197,12 @@ fn netns_worker_loops_do_not_allocate_per_packet() {
         0,
         "allocations while {moved} datagrams moved through the workers"
     );
-    eprintln!("{moved} datagrams forwarded in 2 s with 0 heap allocations");
+    assert_eq!(
+        tunnel_writes > 0,
+        tunnel,
+        "the tunnel-GSO path was taken exactly when set up ({tunnel_writes} writes)"
+    );
+    eprintln!("{moved} datagrams forwarded in 2 s with 0 heap allocations (tunnel GSO: {tunnel})");
     d1.stop();
     d2.stop();
 }

@@ -14,7 +14,6 @@ use std::net::Ipv4Addr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::etcd_cluster::*;
 use common::*;
 use ipnet::Ipv4Net;
 

@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use overlayd::encap::Encap;
+use overlayd::backend::Encap;
 
 const READY: Duration = Duration::from_secs(30);
 const METRICS_PORT: u16 = 9108;

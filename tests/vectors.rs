@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use overlayd::encap::{Decapsulated, Encap};
+use overlayd::backend::{Decapsulated, Encap};
 use overlayd::wire::{arp, ether, ipv4, vxlan};
 
 /// Outer Ethernet + IPv4 (no options) + UDP in front of the VXLAN header.

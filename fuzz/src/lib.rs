@@ -2,7 +2,7 @@
 //! beyond "does not panic" (round trips, output well-formedness), so that libFuzzer
 //! reports logic bugs as crashes too.
 
-use overlayd::encap::{Decapsulated, Encap};
+use overlayd::backend::{Decapsulated, Encap};
 use overlayd::wire::{arp, ether, gre, ipv4};
 use std::cell::Cell;
 use std::net::Ipv4Addr;

@@ -1,6 +1,8 @@
 //! `overlay-cni`: the CNI plugin for overlayd (flannel's CNI plugin, compatible config).
 //! All logic lives in [`overlayd::cni`]; this reads stdin, runs it and writes the outcome.
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 
 fn main() {

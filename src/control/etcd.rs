@@ -429,7 +429,7 @@ pub struct ControlLoop {
     /// Own-lease keepalive period.
     pub keepalive_every: Duration,
     /// Counters and lease state for the metrics exporter.
-    pub stats: Arc<crate::telemetry::State>,
+    pub stats: Arc<crate::counters::ControlStats>,
 }
 
 /// Retry delay after `step` failures in a row: 1 s doubling to 30 s (shared with the L2
@@ -466,10 +466,7 @@ impl ControlLoop {
                         self.publish(&peers);
                     }
                     Err(e) => {
-                        self.stats
-                            .control
-                            .etcd_errors
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
                         let d = backoff(&mut step);
                         warn!(error = %e, retry_in = ?d, "cannot list leases; forwarding to known peers continues");
                         tokio::time::sleep(d).await;
@@ -488,10 +485,7 @@ impl ControlLoop {
             {
                 Ok(s) => s,
                 Err(e) => {
-                    self.stats
-                        .control
-                        .etcd_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
                     let d = backoff(&mut step);
                     warn!(error = %e, retry_in = ?d, "cannot watch leases; forwarding to known peers continues");
                     tokio::time::sleep(d).await;
@@ -502,7 +496,7 @@ impl ControlLoop {
                 tokio::select! {
                     _ = ka.tick() => {
                         if let Err(e) = self.keepalive().await {
-                            self.stats.control.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                            self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
                             warn!(error = %e, "lease keepalive failed; will retry");
                         }
                     }
@@ -510,7 +504,7 @@ impl ControlLoop {
                         Ok(Some(resp)) => {
                             if resp.canceled() || resp.compact_revision() > 0 {
                                 warn!(compact_revision = resp.compact_revision(), reason = resp.cancel_reason(), "lease watch cancelled (compaction); relisting");
-                                self.stats.control.relists.fetch_add(1, Ordering::Relaxed);
+                                self.stats.relists.fetch_add(1, Ordering::Relaxed);
                                 relist = true;
                                 break;
                             }
@@ -557,8 +551,8 @@ impl ControlLoop {
                             }
                         }
                         Ok(None) | Err(_) => {
-                            self.stats.control.watch_restarts.fetch_add(1, Ordering::Relaxed);
-                            self.stats.control.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                            self.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                            self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
                             let d = backoff(&mut step);
                             warn!(retry_in = ?d, endpoint = stream.endpoint(), revision, "lease watch broke; resuming from the last revision seen");
                             tokio::time::sleep(d).await;
@@ -599,7 +593,6 @@ impl ControlLoop {
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
             self.stats
-                .control
                 .lease_expiry_unix
                 .store(now + ttl, Ordering::Relaxed);
         }
@@ -648,31 +641,9 @@ fn log_diff(old: &BTreeMap<String, RemoteLease>, new: &BTreeMap<String, RemoteLe
     }
 }
 
-/// A VTEP MAC that stays the same across restarts: derived from the public address and the
-/// VNI (FNV-1a), locally administered and unicast. flannel draws a random one at each start,
-/// which forces every peer to relearn; a node's identity is already its public address.
-pub fn stable_vtep_mac(public_ip: Ipv4Addr, vni: u32) -> [u8; 6] {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in public_ip.octets().into_iter().chain(vni.to_be_bytes()) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    let b = h.to_be_bytes();
-    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vtep_mac_is_stable_local_unicast() {
-        let a = stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 1), 1);
-        assert_eq!(a, stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 1), 1));
-        assert_ne!(a, stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 2), 1));
-        assert_ne!(a, stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 1), 2));
-        assert_eq!(a[0] & 0x03, 0x02, "locally administered, unicast");
-    }
 
     #[test]
     fn backoff_grows_and_caps() {

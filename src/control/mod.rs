@@ -1,9 +1,12 @@
-//! Control plane: the network config, subnet leases and subnet.env, in flannel's exact formats.
+//! Control plane: the network config, subnet leases and subnet.env, in flannel's exact
+//! formats, and the etcd client that keeps them.
 //!
-//! The modules here are pure: they parse and render flannel's JSON and text byte for byte,
-//! and choose subnets, without touching etcd, clocks or the network. The only I/O is the
-//! subnet file ([`subnet_env`]). The etcd driver ([`etcd`]) sits on top of them, and talks to
-//! the etcd members through [`pool`], which fails over between them.
+//! [`config`], [`lease`] and [`subnet`] are pure: they parse and render flannel's JSON
+//! byte for byte and choose subnets, without touching etcd, clocks or the network.
+//! [`subnet_env`] renders flannel's subnet.env and writes it (the CNI plugin's interface).
+//! [`etcd`] is the async part on top of them: it talks to etcd (transactions, keepalive,
+//! list + watch) and publishes forwarding-table snapshots, through [`pool`], which fails
+//! over between the etcd members.
 
 pub mod config;
 pub mod etcd;

@@ -11,6 +11,8 @@ use std::fmt;
 
 use serde_json::Value;
 
+use crate::control::gojson::Members;
+
 /// Largest VNI (24 bits).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// IANA's VXLAN port, the default for L2 networks (the kernel's `dstport 4789`).
@@ -109,12 +111,12 @@ pub enum L2ConfigError {
 impl L2NetworkConfig {
     /// Parses and validates the JSON value of `<prefix>/l2/networks/<name>`.
     pub fn parse(json: &[u8]) -> Result<Self, L2ConfigError> {
-        let v: Value =
+        // Keys match as in the network config: case-insensitively, the last non-null
+        // duplicate winning, as Go's decoder (flannel's) reads `<prefix>/config`.
+        let members: Members =
             serde_json::from_slice(json).map_err(|e| L2ConfigError::NotJson(e.to_string()))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| L2ConfigError::NotJson(v.to_string()))?;
-        let vni = match obj.get("VNI") {
+        let field = |f: &str| members.last_non_null(f).map(|m| m.to_value());
+        let vni = match field("VNI").as_ref() {
             None | Some(Value::Null) => return Err(L2ConfigError::MissingVni),
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(x) if (1..=u64::from(MAX_VNI)).contains(&x) => x as u32,
@@ -122,7 +124,7 @@ impl L2NetworkConfig {
             },
             Some(other) => return Err(L2ConfigError::VniRange(other.to_string())),
         };
-        let backend = match obj.get("Backend") {
+        let backend = match field("Backend").as_ref() {
             None | Some(Value::Null) => L2Backend::Vxlan,
             Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
                 "vxlan" => L2Backend::Vxlan,
@@ -131,7 +133,7 @@ impl L2NetworkConfig {
             },
             Some(other) => return Err(L2ConfigError::Backend(other.to_string())),
         };
-        let port = match obj.get("Port") {
+        let port = match field("Port").as_ref() {
             None | Some(Value::Null) => DEFAULT_PORT,
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(p @ 1..=65535) => p as u16,
@@ -139,7 +141,7 @@ impl L2NetworkConfig {
             },
             Some(other) => return Err(L2ConfigError::Port(other.to_string())),
         };
-        let arp_suppression = match obj.get("ArpSuppression") {
+        let arp_suppression = match field("ArpSuppression").as_ref() {
             None | Some(Value::Null) => true,
             Some(Value::Bool(b)) => *b,
             Some(other) => {
@@ -150,7 +152,7 @@ impl L2NetworkConfig {
                 })
             }
         };
-        let ageing_secs = match obj.get("AgeingSecs") {
+        let ageing_secs = match field("AgeingSecs").as_ref() {
             None | Some(Value::Null) => DEFAULT_AGEING_SECS,
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(a) if (1..=u64::from(MAX_AGEING_SECS)).contains(&a) => a as u32,
@@ -302,6 +304,30 @@ mod tests {
             }
         );
         assert_eq!(L2NetworkConfig::parse(c.to_json().as_bytes()).unwrap(), c);
+    }
+
+    /// Keys match as in flannel's network config (Go's decoder): in any case, a later
+    /// duplicate winning, a `null` leaving the default.
+    #[test]
+    fn keys_match_case_insensitively_as_the_network_config() {
+        let c = L2NetworkConfig::parse(
+            br#"{"vni":7,"backend":"GRE","PORT":9,"arpsuppression":false,"ageingsecs":5,"Port":null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            L2NetworkConfig {
+                vni: 7,
+                backend: L2Backend::Gre,
+                port: 9,
+                arp_suppression: false,
+                ageing_secs: 5
+            }
+        );
+        let c = L2NetworkConfig::parse(br#"{"VNI":1,"vni":2}"#).unwrap();
+        assert_eq!(c.vni, 2, "the last duplicate wins");
+        assert!(L2NetworkConfig::parse(b"[1]").is_err());
+        assert!(L2NetworkConfig::parse(b"null").is_err(), "no VNI");
     }
 
     #[test]

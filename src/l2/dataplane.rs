@@ -1,48 +1,45 @@
 //! The L2 data plane: worker threads moving Ethernet frames between TAP devices and the
 //! underlay, with MAC learning, head-end replication, ARP suppression and VLAN↔VNI
-//! trunking. No lock and no heap allocation per frame.
+//! trunking, on the shared [`datapath`](crate::datapath). No lock and no heap allocation
+//! per frame.
 //!
-//! Transmit, one thread per TAP (an access port, or the trunk): read a frame (a TSO
-//! super-frame when offloads are on), find its network (the port's, or the trunk's VLAN
-//! map; the tag is removed), answer an ARP request locally when the answer is known,
-//! look the destination MAC up in the [`fdb`](super::fdb) (a live entry whose node is still
-//! a member: unicast to it; else flood to every member), encapsulate (VXLAN, or GRE
-//! 0x6558 with the NVGRE key) and send, segmenting in userspace and sending with UDP GSO
-//! where possible, exactly as the L3 path does.
+//! What is L2-specific lives here, and only that. Transmit, per TAP (an access port, or the
+//! trunk): find the frame's network (the port's, or the trunk's VLAN map; the tag is
+//! removed), answer an ARP request locally when the answer is known, look the destination
+//! MAC up in the [`fdb`](super::fdb) (a live entry whose node is still a member: unicast to
+//! it; else flood to every member), and hand the frame to the shared transmit path with
+//! the network's encapsulation (VXLAN, or GRE 0x6558 with the NVGRE key) and its Ethernet
+//! header as the link header repeated in front of every segment.
 //!
-//! Receive, one thread per underlay socket: `recvmmsg`, decapsulate through checked views,
-//! map the VNI (or VSID) to a network, accept only frames from that network's members,
-//! learn source MAC → sender (and, from ARP, IP → MAC), and write the frame into the
-//! network's TAP (re-tagged on the trunk). Everything refused is counted by reason.
+//! Receive, per underlay socket: decapsulate through checked views, map the VNI (or VSID)
+//! to a network, accept only frames from that network's members, learn source MAC → sender
+//! (and, from ARP, IP → MAC), and deliver the frame into the network's TAP (re-tagged on
+//! the trunk) through the shared delivery (coalescing, partial checksums). Everything
+//! refused is counted by reason.
 
-use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use super::config::{L2Backend, L2NetworkConfig};
 use super::fdb::{self, Learned, Table};
-use crate::dataplane::send_layout;
+use crate::backend;
+use crate::counters::{bump, count_drop, DropCounters, NetStats};
+use crate::datapath::recv::{self, Delivery, Link, Target};
+use crate::datapath::send::{Outgoing, TxPath};
+use crate::datapath::tunnel::Tunnel;
+use crate::datapath::{would_block, Side, Workers};
 use crate::drop::DropReason;
-use crate::offload::gro::Coalescer;
-use crate::offload::tso;
-use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket, MAX_BATCH};
+use crate::sys::socket::{RecvBatch, UnderlaySocket, MAX_BATCH};
 use crate::sys::tun::Queue;
-use crate::wire::{arp, ether, flow, gre, ipv4, virtio, vxlan};
+use crate::wire::{arp, ether, flow, ipv4, virtio, vxlan};
 
-/// Room kept in front of every frame read from a TAP for the encapsulation header.
-const HEADROOM: usize = 64;
-/// Largest frame a TAP hands over (a TSO super-frame, a VLAN tag, the virtio header).
-const MAX_READ: usize = 65535 + 18 + virtio::LEN;
 /// Encapsulation header: VXLAN (8), or GRE with a key (4 + 4).
 const ENCAP_LEN: usize = 8;
-/// Bytes of segment slots per transmit.
-const SEG_BUF: usize = 256 * 1024;
 /// Slots of the MAC and IP learning tables.
 pub const TABLE_SLOTS: usize = 1 << 16;
 
@@ -67,25 +64,6 @@ impl Members {
     pub fn ips(&self) -> &[Ipv4Addr] {
         &self.ips
     }
-}
-
-/// Counters of one network, bumped by the workers.
-#[derive(Debug, Default)]
-pub struct NetStats {
-    pub rx_frames: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    pub tx_unicast: AtomicU64,
-    pub tx_flood: AtomicU64,
-    pub flood_copies: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    pub learned: AtomicU64,
-    pub moves: AtomicU64,
-    pub arp_suppressed: AtomicU64,
-    pub fdb_full: AtomicU64,
-}
-
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
 }
 
 /// One attached network.
@@ -119,7 +97,7 @@ pub struct Shared {
     pub macs: Table,
     /// (network, IPv4) → MAC, learned from ARP for suppression.
     pub ips: Table,
-    pub drops: [AtomicU64; DropReason::COUNT],
+    pub drops: DropCounters,
     epoch: Instant,
 }
 
@@ -142,7 +120,7 @@ impl Shared {
     }
 
     fn dropped(&self, r: DropReason, n: u64) {
-        bump(&self.drops[r as usize], n);
+        count_drop(&self.drops, r, n);
     }
 
     /// The network carried with `vni` on `backend`.
@@ -202,10 +180,12 @@ pub struct Config {
     pub vxlan_send: Vec<Arc<UnderlaySocket>>,
     /// The raw GRE socket (sends and receives).
     pub gre: Option<Arc<UnderlaySocket>>,
+    /// The tunnel-GSO TAP: vxlan super-frames go to the kernel whole.
+    pub tunnel: Option<Tunnel>,
 }
 
 /// Where frames of each network are written: port index, and the VLAN tag on a trunk.
-fn delivery<'a>(kinds: impl IntoIterator<Item = &'a PortKind>, nets: usize) -> Delivery {
+fn port_map<'a>(kinds: impl IntoIterator<Item = &'a PortKind>, nets: usize) -> PortMap {
     let mut d = vec![None; nets];
     for (pi, kind) in kinds.into_iter().enumerate() {
         match kind {
@@ -223,20 +203,19 @@ fn delivery<'a>(kinds: impl IntoIterator<Item = &'a PortKind>, nets: usize) -> D
 }
 
 /// Per network: the port its frames are written to, and the VLAN tag on a trunk.
-type Delivery = Vec<Option<(usize, Option<u16>)>>;
+type PortMap = Vec<Option<(usize, Option<u16>)>>;
 
-/// Running L2 workers.
+/// Running L2 workers (stopped when dropped).
 pub struct Dataplane {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    workers: Workers,
 }
 
 impl Dataplane {
-    /// One transmit worker per port, one receive worker per underlay socket.
-    pub fn start(cfg: Config, ports: Vec<Port>, shared: Arc<Shared>) -> io::Result<Dataplane> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        let deliver = Arc::new(delivery(ports.iter().map(|p| &p.kind), shared.nets.len()));
+    /// Worker `i` carries port `i`'s transmit side and underlay socket `i`'s receive side:
+    /// with one network (the common case) a request and its reply meet in one thread,
+    /// which the busy-poll window then catches without a wakeup (as on the L3 path).
+    pub fn start(cfg: Config, ports: Vec<Port>, shared: Arc<Shared>) -> std::io::Result<Dataplane> {
+        let map = Arc::new(port_map(ports.iter().map(|p| &p.kind), shared.nets.len()));
         let socks: Vec<(Arc<UnderlaySocket>, L2Backend)> = [
             cfg.vxlan_recv.clone().map(|s| (s, L2Backend::Vxlan)),
             cfg.gre.clone().map(|s| (s, L2Backend::Gre)),
@@ -247,118 +226,50 @@ impl Dataplane {
         for p in &ports {
             p.queue.set_nonblocking()?;
         }
-        // Worker i carries port i's transmit side and socket i's receive side: with one
-        // network (the common case) a request and its reply meet in one thread, which the
-        // busy-poll window then catches without a wakeup (as on the L3 path).
-        for i in 0..ports.len().max(socks.len()) {
-            let tx = ports
-                .get(i)
-                .map(|p| TxWorker::new(cfg.clone(), p.clone(), shared.clone()));
-            let rx = socks.get(i).map(|(sock, backend)| {
-                RxWorker::new(
-                    cfg.clone(),
-                    sock.clone(),
-                    *backend,
-                    ports.clone(),
-                    deliver.clone(),
-                    shared.clone(),
-                )
-            });
-            let (stop, busy) = (stop.clone(), Duration::from_micros(cfg.busy_poll_us.into()));
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("l2dp{i}"))
-                    .spawn(move || run_worker(tx, rx, busy, &stop))?,
-            );
-        }
-        Ok(Dataplane { stop, threads })
+        let queues: Vec<Arc<Queue>> = ports.iter().map(|p| p.queue.clone()).collect();
+        let pairs = (0..ports.len().max(socks.len()))
+            .map(|i| {
+                let tx = ports.get(i).map(|p| TxWorker {
+                    path: TxPath::new(
+                        Arc::new(AtomicBool::new(cfg.gso)),
+                        cfg.tunnel.as_ref().map(|t| t.for_worker(i)),
+                    ),
+                    cfg: cfg.clone(),
+                    port: p.clone(),
+                    shared: shared.clone(),
+                    arp_buf: [0; 64],
+                });
+                let rx = socks.get(i).map(|(sock, backend)| RxWorker {
+                    sock: sock.clone(),
+                    backend: *backend,
+                    queues: queues.clone(),
+                    map: map.clone(),
+                    shared: shared.clone(),
+                    // A kernel VXLAN peer over veth hands over whole tunnel-GSO super-frames
+                    // (up to 64 KiB) even without UDP GRO: every buffer must hold one.
+                    batch: RecvBatch::new(16, 65536 + 256),
+                    delivery: Delivery::new(cfg.vnet_hdr),
+                });
+                (tx, rx)
+            })
+            .collect();
+        let busy = Duration::from_micros(cfg.busy_poll_us.into());
+        Ok(Dataplane {
+            workers: Workers::spawn("l2dp", pairs, busy)?,
+        })
     }
 
     /// Stops the workers and waits for them.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+    pub fn stop(self) {
+        self.workers.stop();
     }
-}
-
-impl Drop for Dataplane {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// One L2 worker: polls its TAP and/or socket and drains whichever is readable, with the
-/// same busy-poll window as the L3 workers ([`crate::dataplane::poll_loop`]).
-fn run_worker(
-    mut tx: Option<TxWorker>,
-    mut rx: Option<RxWorker>,
-    busy: Duration,
-    stop: &AtomicBool,
-) {
-    let q = tx.as_ref().map(|w| w.port.queue.clone());
-    let sock = rx.as_ref().map(|w| w.sock.clone());
-    crate::dataplane::poll_loop(
-        q.as_ref().map(|q| q.as_fd()),
-        sock.as_ref().map(|s| s.as_fd()),
-        busy,
-        stop,
-        |tx_ready, rx_ready| {
-            let mut worked = false;
-            if tx_ready {
-                if let Some(w) = tx.as_mut() {
-                    worked |= w.drain();
-                }
-            }
-            if rx_ready {
-                if let Some(w) = rx.as_mut() {
-                    worked |= w.drain();
-                }
-            }
-            worked
-        },
-    );
-}
-
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted
 }
 
 /// Writes the encapsulation header of `net` into `hdr[..ENCAP_LEN]`.
 fn emit_encap(cfg: &L2NetworkConfig, hdr: &mut [u8]) {
     match cfg.backend {
-        L2Backend::Vxlan => vxlan::Repr { vni: cfg.vni }.emit(hdr),
-        L2Backend::Gre => gre::Repr {
-            protocol: ether::ETHERTYPE_TEB,
-            checksum: false,
-            // NVGRE: VSID in the top 24 bits, FlowID 0 (as a Linux gretap with key VNI<<8).
-            key: Some(cfg.vni << 8),
-            seq: None,
-        }
-        .emit(hdr),
-    }
-}
-
-/// The 802.1Q tag (TPID, then PCP/DEI 0 and `vid`) restored on a trunk.
-fn vlan_tag(vid: u16) -> [u8; 4] {
-    let [a, b] = ether::ETHERTYPE_VLAN.to_be_bytes();
-    let [c, d] = vid.to_be_bytes();
-    [a, b, c, d]
-}
-
-/// Writes a frame to a port: with the virtio header the device expects, and the VLAN tag
-/// restored between the addresses and the EtherType on a trunk.
-fn write_frame(q: &Queue, vnet: bool, vid: Option<u16>, frame: &[u8]) -> io::Result<usize> {
-    const ZERO: [u8; virtio::LEN] = [0; virtio::LEN];
-    let h: &[u8] = if vnet { &ZERO } else { &[] };
-    match vid {
-        None if vnet => q.write2(h, frame),
-        None => q.write(frame),
-        Some(vid) => {
-            let tag = vlan_tag(vid);
-            q.write_parts(&[h, &frame[..12], &tag, &frame[12..]])
-        }
+        L2Backend::Vxlan => backend::vxlan::emit_l2(cfg.vni, hdr),
+        L2Backend::Gre => backend::gre::emit_l2(cfg.vni, hdr),
     }
 }
 
@@ -366,36 +277,25 @@ struct TxWorker {
     cfg: Config,
     port: Port,
     shared: Arc<Shared>,
-    read_buf: Vec<u8>,
-    seg_buf: Vec<u8>,
+    path: TxPath,
     arp_buf: [u8; 64],
-    /// UDP GSO for the vxlan socket: on unless `--no-offload`, cleared if the kernel refuses.
-    gso: AtomicBool,
 }
 
-impl TxWorker {
-    fn new(cfg: Config, port: Port, shared: Arc<Shared>) -> Self {
-        Self {
-            gso: AtomicBool::new(cfg.gso),
-            cfg,
-            port,
-            shared,
-            read_buf: vec![0; HEADROOM + MAX_READ],
-            seg_buf: vec![0; SEG_BUF],
-            arp_buf: [0; 64],
-        }
+impl Side for TxWorker {
+    fn pollable(&self) -> Arc<dyn AsFd + Send + Sync> {
+        self.port.queue.clone()
     }
 
-    /// Forwards up to a batch of frames from the TAP; whether there was any.
+    /// Forwards up to a batch of frames from the TAP.
     fn drain(&mut self) -> bool {
         let mut worked = false;
         for _ in 0..MAX_BATCH {
-            let n = match self.port.queue.read(&mut self.read_buf[HEADROOM..]) {
+            let n = match self.path.read(&self.port.queue) {
                 Ok(n) => n,
                 Err(e) if would_block(&e) => break,
                 Err(_) => {
                     self.shared.dropped(DropReason::IoError, 1);
-                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(20));
                     break;
                 }
             };
@@ -404,61 +304,50 @@ impl TxWorker {
         }
         worked
     }
+}
 
-    /// Forwards the `n` bytes just read at `read_buf[HEADROOM..]`.
+impl TxWorker {
+    /// Forwards the `n` bytes just read.
     fn forward(&mut self, n: usize) {
         let sh = &*self.shared;
-        let (mut hdr, mut start) = if self.cfg.vnet_hdr {
-            match virtio::VirtioNetHdr::parse(&self.read_buf[HEADROOM..HEADROOM + n]) {
-                Some(h) => (h, HEADROOM + virtio::LEN),
-                None => return sh.dropped(DropReason::Truncated, 1),
-            }
-        } else {
-            (virtio::VirtioNetHdr::default(), HEADROOM)
-        };
-        let end = HEADROOM + n;
-        if end - start < ether::HEADER_LEN {
+        let Some((mut vh, mut start, end)) = self.path.frame(n, self.cfg.vnet_hdr) else {
             return sh.dropped(DropReason::Truncated, 1);
-        }
-        let ethertype = |b: &[u8], at: usize| u16::from_be_bytes([b[at + 12], b[at + 13]]);
+        };
+        let Ok(frame) = ether::Frame::new_checked(&self.path.buf[start..end]) else {
+            return sh.dropped(DropReason::Truncated, 1);
+        };
         let (net, vid) = match &self.port.kind {
             PortKind::Access { net } => (*net, None),
             PortKind::Trunk { vid_to_net } => {
-                if ethertype(&self.read_buf, start) != ether::ETHERTYPE_VLAN
-                    || end - start < ether::HEADER_LEN + 4
-                {
+                let Some(vid) = frame.vlan_id() else {
                     return sh.dropped(DropReason::UnmappedVlan, 1);
-                }
-                let tci =
-                    u16::from_be_bytes([self.read_buf[start + 14], self.read_buf[start + 15]]);
-                let vid = tci & 0x0fff;
+                };
                 let net = vid_to_net[vid as usize];
                 if net == u16::MAX {
                     return sh.dropped(DropReason::UnmappedVlan, 1);
                 }
                 // Remove the tag: move the addresses over it.
-                self.read_buf.copy_within(start..start + 12, start + 4);
-                start += 4;
-                hdr.csum_start = hdr.csum_start.saturating_sub(4);
-                hdr.hdr_len = hdr.hdr_len.saturating_sub(4);
+                self.path.buf.copy_within(start..start + 12, start + 4);
+                start += ether::VLAN_TAG_LEN;
+                vh.csum_start = vh.csum_start.saturating_sub(ether::VLAN_TAG_LEN as u16);
+                vh.hdr_len = vh.hdr_len.saturating_sub(ether::VLAN_TAG_LEN as u16);
                 (net, Some(vid))
             }
         };
         let network = &sh.nets[net as usize];
-        let frame = &self.read_buf[start..end];
-        let dst: [u8; 6] = frame[..6].try_into().unwrap_or([0; 6]);
-        let et = ethertype(frame, 0);
+        let frame = ether::Frame::new_unchecked(&self.path.buf[start..end]);
+        let dst = frame.dst_addr();
 
-        if network.cfg.arp_suppression && et == ether::ETHERTYPE_ARP {
-            if let Some(len) = suppress_arp(sh, net, frame, &mut self.arp_buf) {
-                if write_frame(
-                    &self.port.queue,
-                    self.cfg.vnet_hdr,
+        if network.cfg.arp_suppression && frame.ethertype() == ether::ETHERTYPE_ARP {
+            if let Some(len) = suppress_arp(sh, net, frame.into_inner(), &mut self.arp_buf) {
+                let (hdr, body) = self.arp_buf[..len].split_at(ether::HEADER_LEN);
+                let link = Link::Eth {
+                    hdr: hdr.try_into().unwrap_or([0; ether::HEADER_LEN]),
                     vid,
-                    &self.arp_buf[..len],
-                )
-                .is_ok()
-                {
+                };
+                let vh = virtio::VirtioNetHdr::default();
+                let vh = self.cfg.vnet_hdr.then_some(&vh);
+                if recv::write_packet(&self.port.queue, vh, &link, body).is_ok() {
                     bump(&network.stats.arp_suppressed, 1);
                 }
                 return;
@@ -466,10 +355,9 @@ impl TxWorker {
         }
 
         let members = network.members.load();
-        let now = sh.now();
-        let unicast_to = if dst[0] & 1 == 0 {
+        let unicast_to = if dst.is_unicast() {
             sh.macs
-                .lookup(fdb::mac_key(net, dst), now)
+                .lookup(fdb::mac_key(net, dst.0), sh.now())
                 .map(|p| Ipv4Addr::from(p as u32))
                 .filter(|ip| members.contains(*ip))
         } else {
@@ -482,10 +370,10 @@ impl TxWorker {
         if dsts.is_empty() {
             return sh.dropped(DropReason::NoRoute, 1);
         }
+        let hash = flow::hash(frame.payload());
         let (sock, port) = match network.cfg.backend {
             L2Backend::Vxlan => {
-                let ip_part = frame.get(ether::HEADER_LEN..).unwrap_or(&[]);
-                let i = flow::hash(ip_part) as usize % self.cfg.vxlan_send.len().max(1);
+                let i = hash as usize % self.cfg.vxlan_send.len().max(1);
                 match self.cfg.vxlan_send.get(i) {
                     Some(s) => (s, network.cfg.port),
                     None => return sh.dropped(DropReason::IoError, 1),
@@ -496,64 +384,37 @@ impl TxWorker {
                 None => return sh.dropped(DropReason::IoError, 1),
             },
         };
-
-        let frames: u64;
-        if hdr.gso_kind() == virtio::GSO_NONE && !hdr.needs_csum() {
-            // One frame as it is: encapsulate in place.
-            emit_encap(&network.cfg, &mut self.read_buf[start - ENCAP_LEN..start]);
-            let dgram = &self.read_buf[start - ENCAP_LEN..end];
-            send_to_all(sock, dgram, 0, dsts, port, sh);
-            frames = 1;
-            bump(
-                &network.stats.tx_bytes,
-                (end - start) as u64 * dsts.len() as u64,
-            );
-        } else {
-            // A super-frame (or a frame whose checksum is left to us): segment the IP
-            // packet after the Ethernet header, then give every segment the encapsulation
-            // header and a copy of the Ethernet header.
-            if !matches!(et, ether::ETHERTYPE_IPV4 | ether::ETHERTYPE_IPV6) {
-                return sh.dropped(DropReason::BadInner, 1);
-            }
-            let mut eth = [0u8; ether::HEADER_LEN];
-            eth.copy_from_slice(&frame[..ether::HEADER_LEN]);
-            hdr.csum_start = hdr.csum_start.saturating_sub(ether::HEADER_LEN as u16);
-            hdr.hdr_len = hdr.hdr_len.saturating_sub(ether::HEADER_LEN as u16);
-            let hl = ENCAP_LEN + ether::HEADER_LEN;
-            let layout = match tso::segment(
-                &hdr,
-                &self.read_buf[start + ether::HEADER_LEN..end],
-                hl,
-                &mut self.seg_buf,
-            ) {
-                Ok(l) => l,
-                Err(e) => return sh.dropped(e.drop_reason(), 1),
-            };
-            for i in 0..layout.count {
-                let d = layout.datagram(i);
-                emit_encap(
-                    &network.cfg,
-                    &mut self.seg_buf[d.start..d.start + ENCAP_LEN],
-                );
-                self.seg_buf[d.start + ENCAP_LEN..d.start + hl].copy_from_slice(&eth);
-            }
-            let gso = (network.cfg.backend == L2Backend::Vxlan).then_some(&self.gso);
-            for dst in dsts {
-                let dst = SocketAddrV4::new(*dst, port);
-                let sent = send_layout(sock, &self.seg_buf, &layout, dst, gso);
-                if sent.dropped > 0 {
-                    sh.dropped(DropReason::IoError, sent.dropped);
-                }
-            }
-            frames = layout.count as u64;
-            let bytes = (layout.out_len() - ENCAP_LEN * layout.count) as u64;
-            bump(&network.stats.tx_bytes, bytes * dsts.len() as u64);
+        let out = Outgoing {
+            vh,
+            start,
+            end,
+            link: ether::HEADER_LEN,
+            encap: ENCAP_LEN,
+            flow: hash,
+        };
+        let mut fill = |d: &mut [u8]| {
+            emit_encap(&network.cfg, &mut d[..ENCAP_LEN]);
+            Ok(())
+        };
+        let sent = match self.path.send(&out, &mut fill, sock, dsts, port) {
+            Ok(s) => s,
+            Err((r, n)) => return sh.dropped(r, n),
+        };
+        if sent.dropped > 0 {
+            sh.dropped(DropReason::IoError, sent.dropped);
         }
+        // Frames per destination (segments of a super-frame), and copies in all.
+        let copies = sent.packets + sent.dropped;
+        let frames = copies / dsts.len() as u64;
+        bump(
+            &network.stats.tx_bytes,
+            sent.bytes - ENCAP_LEN as u64 * sent.packets,
+        );
         if unicast_to.is_some() {
             bump(&network.stats.tx_unicast, frames);
         } else {
             bump(&network.stats.tx_flood, frames);
-            bump(&network.stats.flood_copies, frames * dsts.len() as u64);
+            bump(&network.stats.flood_copies, copies);
         }
     }
 }
@@ -586,218 +447,89 @@ fn suppress_arp(sh: &Shared, net: u16, frame: &[u8], out: &mut [u8; 64]) -> Opti
     Some(arp::FRAME_LEN)
 }
 
-/// Sends one datagram to every address of `dsts` (head-end replication), in `sendmmsg`
-/// batches.
-fn send_to_all(
-    sock: &UnderlaySocket,
-    dgram: &[u8],
-    segment: u16,
-    dsts: &[Ipv4Addr],
-    port: u16,
-    sh: &Shared,
-) {
-    let mut msgs = [Msg {
-        buf: dgram,
-        dst: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
-        segment,
-    }; MAX_BATCH];
-    for chunk in dsts.chunks(MAX_BATCH) {
-        for (m, ip) in msgs.iter_mut().zip(chunk) {
-            m.dst = SocketAddrV4::new(*ip, port);
-        }
-        match sock.send_batch(&msgs[..chunk.len()]) {
-            Ok(sent) if sent < chunk.len() => {
-                sh.dropped(DropReason::IoError, (chunk.len() - sent) as u64)
-            }
-            Ok(_) => {}
-            Err(_) => sh.dropped(DropReason::IoError, chunk.len() as u64),
-        }
-    }
-}
-
 struct RxWorker {
-    cfg: Config,
     sock: Arc<UnderlaySocket>,
     backend: L2Backend,
-    ports: Vec<Port>,
-    deliver: Arc<Delivery>,
+    /// Every port's queue, indexed as `map` says.
+    queues: Vec<Arc<Queue>>,
+    map: Arc<PortMap>,
     shared: Arc<Shared>,
     batch: RecvBatch,
-    /// TCP coalescing into super-frames (TAPs with a virtio header only).
-    gro: Option<Gro>,
-    /// Where partial checksums are finished on the plain path.
-    scratch: Vec<u8>,
+    delivery: Delivery,
 }
 
-/// One coalescer for the worker: consecutive frames of one network with one Ethernet
-/// header are coalesced; a change of either flushes first, so what leaves always carries
-/// the header its segments arrived with.
-struct Gro {
-    coal: Coalescer,
-    cur: Option<(u16, [u8; ether::HEADER_LEN])>,
-}
-
-impl Gro {
-    fn flush(&mut self, sh: &Shared, ports: &[Port], deliver: &Delivery) {
-        if let Some((net, eth)) = self.cur.take() {
-            self.coal
-                .flush(&mut |p| emit_coalesced(sh, ports, deliver, net, &eth, p));
-        }
+impl Side for RxWorker {
+    fn pollable(&self) -> Arc<dyn AsFd + Send + Sync> {
+        self.sock.clone()
     }
 
-    /// Offers a frame: IP frames are coalesced, anything else leaves after what is held.
-    fn push(&mut self, sh: &Shared, ports: &[Port], deliver: &Delivery, net: u16, frame: &[u8]) {
-        let et = u16::from_be_bytes([frame[12], frame[13]]);
-        if !matches!(et, ether::ETHERTYPE_IPV4 | ether::ETHERTYPE_IPV6) {
-            self.flush(sh, ports, deliver);
-            return deliver_frame(sh, ports, deliver, true, net, frame);
-        }
-        let mut eth = [0u8; ether::HEADER_LEN];
-        eth.copy_from_slice(&frame[..ether::HEADER_LEN]);
-        if self.cur != Some((net, eth)) {
-            self.flush(sh, ports, deliver);
-            self.cur = Some((net, eth));
-        }
-        let st = &sh.nets[net as usize].stats;
-        bump(&st.rx_frames, 1);
-        bump(&st.rx_bytes, frame.len() as u64);
-        self.coal.push(&frame[ether::HEADER_LEN..], &mut |p| {
-            emit_coalesced(sh, ports, deliver, net, &eth, p)
-        });
-    }
-}
-
-/// Writes what the coalescer emitted (virtio header + IP packet) as a frame: the Ethernet
-/// header (and VLAN tag on a trunk) goes back in front, and the virtio offsets move by
-/// their length.
-fn emit_coalesced(
-    sh: &Shared,
-    ports: &[Port],
-    deliver: &Delivery,
-    net: u16,
-    eth: &[u8; ether::HEADER_LEN],
-    p: &[u8],
-) {
-    let Some(h) = virtio::VirtioNetHdr::parse(p) else {
-        return sh.dropped(DropReason::Truncated, 1);
-    };
-    write_parts_with(sh, ports, deliver, net, eth, &p[virtio::LEN..], h);
-}
-
-impl RxWorker {
-    fn new(
-        cfg: Config,
-        sock: Arc<UnderlaySocket>,
-        backend: L2Backend,
-        ports: Vec<Port>,
-        deliver: Arc<Delivery>,
-        shared: Arc<Shared>,
-    ) -> Self {
-        let cfg_vnet = cfg.vnet_hdr;
-        Self {
-            cfg,
-            sock,
-            backend,
-            ports,
-            deliver,
-            shared,
-            // A kernel VXLAN peer over veth hands over whole tunnel-GSO super-frames
-            // (up to 64 KiB) even without UDP GRO: every buffer must hold one.
-            batch: RecvBatch::new(16, 65536 + 256),
-            gro: cfg_vnet.then(|| Gro {
-                coal: Coalescer::new(),
-                cur: None,
-            }),
-            scratch: vec![0; SEG_BUF],
-        }
-    }
-
-    /// Receives and delivers up to 16 batches; whether there was anything.
+    /// Receives and delivers up to 16 batches.
     fn drain(&mut self) -> bool {
         let mut worked = false;
-        {
-            for _ in 0..16 {
-                let n = match self.sock.recv_batch(&mut self.batch) {
-                    Ok(n) => n,
-                    Err(e) if would_block(&e) => break,
-                    Err(_) => {
-                        self.shared.dropped(DropReason::IoError, 1);
-                        break;
-                    }
-                };
-                worked = true;
-                let now = self.shared.now();
-                let RxWorker {
-                    cfg,
-                    sock,
-                    backend,
-                    ports,
-                    deliver,
-                    shared,
-                    batch,
-                    gro,
-                    scratch,
-                } = self;
-                for i in 0..n {
-                    let (data, seg, from) = batch.get(i);
-                    // With UDP GRO the kernel hands over runs of datagrams, `seg` bytes
-                    // each; a kernel VXLAN peer's whole tunnel-GSO frame comes as one
-                    // buffer longer than `seg` whose inner packet covers it: keep it whole.
-                    let chunk = if seg == 0 || (data.len() > seg && covers_whole(data)) {
-                        data.len().max(1)
-                    } else {
-                        seg
-                    };
-                    for d in data.chunks(chunk) {
-                        let inb = match classify(shared, *backend, d, *from.ip(), sock.is_raw()) {
-                            Ok(Some(i)) => i,
-                            Ok(None) => continue,
-                            Err(r) => {
-                                shared.dropped(r, 1);
-                                continue;
-                            }
-                        };
-                        learn(shared, &inb, now);
-                        let mtu = shared.nets[inb.net as usize].mtu as usize;
-                        let (frame, partial) = trim_and_check(inb.frame, mtu);
-                        match (gro.as_mut(), partial) {
-                            (Some(g), None) => g.push(shared, ports, deliver, inb.net, frame),
-                            (None, None) => {
-                                deliver_frame(shared, ports, deliver, cfg.vnet_hdr, inb.net, frame)
-                            }
-                            (Some(g), Some(h)) => {
-                                // Keep the flow's order: what is held leaves first.
-                                g.flush(shared, ports, deliver);
-                                write_with_hdr(shared, ports, deliver, inb.net, frame, h);
-                            }
-                            (None, Some(h)) => finish_and_deliver(
-                                shared, ports, deliver, inb.net, frame, &h, scratch,
-                            ),
-                        }
-                    }
+        for _ in 0..16 {
+            let n = match self.sock.recv_batch(&mut self.batch) {
+                Ok(n) => n,
+                Err(e) if would_block(&e) => break,
+                Err(_) => {
+                    self.shared.dropped(DropReason::IoError, 1);
+                    break;
                 }
-                if let Some(g) = gro.as_mut() {
-                    g.flush(shared, ports, deliver);
-                }
+            };
+            worked = true;
+            for i in 0..n {
+                self.handle_message(i);
             }
+            self.delivery.flush(&self.queues, &self.shared.drops);
         }
         worked
     }
 }
 
-/// Whether a received VXLAN datagram holds exactly one Ethernet frame whose IPv4/IPv6
-/// packet covers the rest of the buffer (a peer kernel's whole tunnel-GSO frame).
-fn covers_whole(data: &[u8]) -> bool {
-    const OFF: usize = vxlan::HEADER_LEN + ether::HEADER_LEN;
-    let (Some(et), Some(ip)) = (data.get(OFF - 2..OFF), data.get(OFF..)) else {
-        return false;
-    };
-    let version = match et {
-        [0x08, 0x00] => 4,
-        [0x86, 0xdd] => 6,
-        _ => return false,
-    };
-    ip.first().map(|b| b >> 4) == Some(version) && crate::offload::ip_len_covers(ip)
+impl RxWorker {
+    fn handle_message(&mut self, i: usize) {
+        let sh = &*self.shared;
+        let now = sh.now();
+        let raw = self.sock.is_raw();
+        let (data, seg, from) = self.batch.get(i);
+        // With UDP GRO the kernel hands over runs of datagrams, `seg` bytes each; a kernel
+        // VXLAN peer's whole tunnel-GSO frame comes as one buffer longer than `seg` whose
+        // inner packet covers it: it is kept whole.
+        let inner_at = vxlan::HEADER_LEN + ether::HEADER_LEN;
+        let split = recv::split(data, seg, (!raw).then_some(inner_at));
+        for d in data.chunks(split.chunk) {
+            let inb = match classify(sh, self.backend, d, *from.ip(), raw) {
+                Ok(Some(i)) => i,
+                Ok(None) => continue,
+                Err(r) => {
+                    sh.dropped(r, 1);
+                    continue;
+                }
+            };
+            learn(sh, &inb, now);
+            let network = &sh.nets[inb.net as usize];
+            let Some((queue, vid)) = self.map[inb.net as usize] else {
+                sh.dropped(DropReason::NoRoute, 1);
+                continue;
+            };
+            let (frame, partial) = trim_and_check(inb.frame, network.mtu as usize);
+            bump(&network.stats.rx_frames, 1);
+            bump(&network.stats.rx_bytes, frame.len() as u64);
+            let (hdr, body) = frame.split_at(ether::HEADER_LEN);
+            let t = Target {
+                queue,
+                link: Link::Eth {
+                    hdr: hdr.try_into().unwrap_or([0; ether::HEADER_LEN]),
+                    vid,
+                },
+            };
+            let et = ether::Frame::new_unchecked(frame).ethertype();
+            if matches!(et, ether::ETHERTYPE_IPV4 | ether::ETHERTYPE_IPV6) {
+                self.delivery.ip(&self.queues, t, body, partial, &sh.drops);
+            } else {
+                self.delivery.other(&self.queues, t, body, &sh.drops);
+            }
+        }
+    }
 }
 
 /// What one received datagram carries, once checked.
@@ -823,24 +555,14 @@ pub fn classify<'a>(
     } else {
         (from, data)
     };
-    let (net, frame) = match backend {
-        L2Backend::Vxlan => {
-            let v = vxlan::Packet::new_checked(payload)?;
-            let vni = vxlan::Repr::parse(&v)?.vni;
-            let net = sh.by_vni(backend, vni).ok_or(DropReason::WrongVni)?;
-            (net, &payload[vxlan::HEADER_LEN..])
-        }
-        L2Backend::Gre => {
-            let g = gre::Packet::new_checked(payload)?;
-            if g.protocol() != ether::ETHERTYPE_TEB {
-                return Ok(None);
-            }
-            let r = gre::Repr::parse(&g)?;
-            let key = r.key.ok_or(DropReason::WrongVni)?;
-            let net = sh.by_vni(backend, key >> 8).ok_or(DropReason::WrongVni)?;
-            (net, &payload[g.header_len()..])
-        }
+    let (vni, frame) = match backend {
+        L2Backend::Vxlan => backend::vxlan::decapsulate_l2(payload)?,
+        L2Backend::Gre => match backend::gre::decapsulate_l2(payload)? {
+            Some(x) => x,
+            None => return Ok(None),
+        },
     };
+    let net = sh.by_vni(backend, vni).ok_or(DropReason::WrongVni)?;
     if !sh.nets[net as usize].members.load().contains(sender) {
         return Err(DropReason::UnknownSender);
     }
@@ -867,7 +589,7 @@ pub fn learn(sh: &Shared, inb: &Inbound<'_>, now: u16) {
         Learned::Refreshed => {}
         Learned::Full => bump(&network.stats.fdb_full, 1),
     }
-    let et = u16::from_be_bytes([inb.frame[12], inb.frame[13]]);
+    let et = ether::Frame::new_unchecked(inb.frame).ethertype();
     if network.cfg.arp_suppression && et == ether::ETHERTYPE_ARP {
         if let Some(r) = inb
             .frame
@@ -886,148 +608,35 @@ pub fn learn(sh: &Shared, inb: &Inbound<'_>, now: u16) {
     }
 }
 
-/// Writes a frame whose checksum the kernel must finish (virtio header `h`, offsets
-/// relative to the IP packet), counted as received.
-fn write_with_hdr(
-    sh: &Shared,
-    ports: &[Port],
-    deliver: &Delivery,
-    net: u16,
-    frame: &[u8],
-    h: virtio::VirtioNetHdr,
-) {
-    let mut eth = [0u8; ether::HEADER_LEN];
-    eth.copy_from_slice(&frame[..ether::HEADER_LEN]);
-    let st = &sh.nets[net as usize].stats;
-    bump(&st.rx_frames, 1);
-    bump(&st.rx_bytes, frame.len() as u64);
-    write_parts_with(
-        sh,
-        ports,
-        deliver,
-        net,
-        &eth,
-        &frame[ether::HEADER_LEN..],
-        h,
-    );
-}
-
-/// Writes virtio header + Ethernet header (+ tag) + IP packet, moving the virtio offsets
-/// (relative to the IP packet) by what goes in front of it.
-fn write_parts_with(
-    sh: &Shared,
-    ports: &[Port],
-    deliver: &Delivery,
-    net: u16,
-    eth: &[u8; ether::HEADER_LEN],
-    ip: &[u8],
-    mut h: virtio::VirtioNetHdr,
-) {
-    let Some((pi, vid)) = deliver[net as usize] else {
-        return sh.dropped(DropReason::NoRoute, 1);
-    };
-    let shift = (ether::HEADER_LEN + if vid.is_some() { 4 } else { 0 }) as u16;
-    if h.needs_csum() {
-        h.csum_start += shift;
-    }
-    if h.gso_kind() != virtio::GSO_NONE {
-        h.hdr_len += shift;
-    }
-    let mut hb = [0u8; virtio::LEN];
-    h.emit(&mut hb);
-    let q = &ports[pi].queue;
-    let res = match vid {
-        None => q.write_parts(&[&hb, eth, ip]),
-        Some(vid) => {
-            let tag = vlan_tag(vid);
-            q.write_parts(&[&hb, &eth[..12], &tag, &eth[12..], ip])
-        }
-    };
-    if res.is_err() {
-        sh.dropped(DropReason::IoError, 1);
-    }
-}
-
 /// Trims Ethernet padding after an IPv4 packet and recognises a transport checksum left
 /// partial by a sending kernel with checksum offload (a kernel VXLAN peer over veth): such
 /// a frame gets the virtio header that makes our kernel finish it. A whole TCP
 /// super-frame (longer than the port's `mtu`, as a kernel peer's tunnel GSO hands it over)
 /// also gets a segment size that fits the MTU.
 pub fn trim_and_check(frame: &[u8], mtu: usize) -> (&[u8], Option<virtio::VirtioNetHdr>) {
-    let et = u16::from_be_bytes([frame[12], frame[13]]);
-    if et != ether::ETHERTYPE_IPV4 || frame.len() < ether::HEADER_LEN + 20 {
+    let f = ether::Frame::new_unchecked(frame);
+    if f.ethertype() != ether::ETHERTYPE_IPV4 {
         return (frame, None);
     }
-    let ip = &frame[ether::HEADER_LEN..];
-    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    let frame = if total >= 20 && total < ip.len() {
-        &frame[..ether::HEADER_LEN + total]
-    } else {
-        frame
+    let Ok(ip) = ipv4::Packet::new_checked(f.payload()) else {
+        return (frame, None);
     };
+    // Checked: the total length lies within the buffer; what follows it is padding.
+    let frame = &frame[..ether::HEADER_LEN + usize::from(ip.total_len())];
     let ip = &frame[ether::HEADER_LEN..];
-    let gso = if ip.len() > mtu && ip[9] == 6 {
-        let ihl = (ip[0] & 0x0f) as usize * 4;
-        let tcp = ip
-            .get(ihl + 12)
-            .map(|b| (b >> 4) as usize * 4)
-            .unwrap_or(20);
-        mtu.saturating_sub(ihl + tcp).max(1)
+    let gso = if ip.len() > mtu {
+        crate::offload::tcp_mss_for_mtu(ip, mtu)
     } else {
         0
     };
     (frame, crate::offload::partial_checksum_hdr(ip, gso))
 }
 
-/// Plain path: finishes a partial checksum (segmenting a super-frame) in `scratch` and
-/// writes the frame(s).
-fn finish_and_deliver(
-    sh: &Shared,
-    ports: &[Port],
-    deliver: &Delivery,
-    net: u16,
-    frame: &[u8],
-    h: &virtio::VirtioNetHdr,
-    scratch: &mut [u8],
-) {
-    const EH: usize = ether::HEADER_LEN;
-    match tso::segment(h, &frame[EH..], EH, scratch) {
-        Ok(l) => {
-            for i in 0..l.count {
-                let d = l.datagram(i);
-                scratch[d.start..d.start + EH].copy_from_slice(&frame[..EH]);
-                deliver_frame(sh, ports, deliver, false, net, &scratch[d]);
-            }
-        }
-        Err(e) => sh.dropped(e.drop_reason(), 1),
-    }
-}
-
-/// Writes one accepted frame into its network's port.
-fn deliver_frame(
-    sh: &Shared,
-    ports: &[Port],
-    deliver: &Delivery,
-    vnet: bool,
-    net: u16,
-    frame: &[u8],
-) {
-    let Some((pi, vid)) = deliver[net as usize] else {
-        return sh.dropped(DropReason::NoRoute, 1);
-    };
-    match write_frame(&ports[pi].queue, vnet, vid, frame) {
-        Ok(_) => {
-            let st = &sh.nets[net as usize].stats;
-            bump(&st.rx_frames, 1);
-            bump(&st.rx_bytes, frame.len() as u64);
-        }
-        Err(_) => sh.dropped(DropReason::IoError, 1),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::gre;
+    use std::sync::atomic::Ordering;
 
     const M1: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
     const M2: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
@@ -1276,7 +885,7 @@ mod tests {
             },
             PortKind::Access { net: 2 },
         ];
-        let d = delivery(kinds.iter(), 3);
+        let d = port_map(kinds.iter(), 3);
         assert_eq!(
             d,
             vec![Some((0, Some(10))), Some((0, Some(20))), Some((1, None))]

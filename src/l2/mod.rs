@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use self::config::{AccessSpec, L2Backend, VlanSpec};
 use self::control::{L2Control, L2Error};
 use self::dataplane::{Dataplane, Network, Port, PortKind, Shared};
+use crate::backend::{self, SocketError, SOCKET_BUFFER};
 use crate::control::etcd::Registry;
 use crate::host::{HostError, Netlink, Underlay};
 use crate::sys::socket::UnderlaySocket;
@@ -31,10 +32,6 @@ use crate::sys::tun::{self, Device};
 
 /// Name of the trunk TAP.
 pub const TRUNK_TAP: &str = "l2trunk";
-/// Send sockets for vxlan, picked by inner flow hash (source-port entropy).
-const VXLAN_SEND_SOCKETS: usize = 4;
-const SOCKET_BUFFER: usize = 8 << 20;
-
 /// What the node was asked to attach.
 #[derive(Debug, Clone, Default)]
 pub struct L2Options {
@@ -45,6 +42,8 @@ pub struct L2Options {
     pub offload: bool,
     /// Busy-poll window of the workers after traffic, µs.
     pub busy_poll_us: u32,
+    /// The tunnel-GSO TAP, shared with the routed data plane, when set up.
+    pub tunnel: Option<crate::datapath::tunnel::Tunnel>,
 }
 
 impl L2Options {
@@ -74,6 +73,15 @@ pub enum L2StartError {
         addr: String,
         source: std::io::Error,
     },
+}
+
+impl From<SocketError> for L2StartError {
+    fn from(e: SocketError) -> Self {
+        L2StartError::Socket {
+            addr: e.addr,
+            source: e.source,
+        }
+    }
 }
 
 /// The running L2 side of the daemon.
@@ -191,13 +199,7 @@ impl L2Node {
                 let recv = Arc::new(
                     UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(sock_err(bind.to_string()))?,
                 );
-                let mut send = Vec::new();
-                for _ in 0..VXLAN_SEND_SOCKETS {
-                    let b = SocketAddrV4::new(underlay.addr, 0);
-                    send.push(Arc::new(
-                        UnderlaySocket::udp(b, SOCKET_BUFFER).map_err(sock_err(b.to_string()))?,
-                    ));
-                }
+                let send = backend::vxlan::send_pool(underlay.addr)?;
                 let gso = opts.offload && send.iter().all(|s| s.probe_gso());
                 // UDP GRO: runs of datagrams per receive (split again by segment size).
                 if opts.offload && !recv.enable_gro() {
@@ -208,11 +210,7 @@ impl L2Node {
             None => (None, Vec::new(), false),
         };
         let gre = if cfgs.iter().any(|(_, c)| c.backend == L2Backend::Gre) {
-            Some(Arc::new(
-                UnderlaySocket::raw_gre(underlay.addr, SOCKET_BUFFER).map_err(sock_err(
-                    format!("{} (raw GRE; needs CAP_NET_RAW)", underlay.addr),
-                ))?,
-            ))
+            Some(backend::gre::raw_socket(underlay.addr)?)
         } else {
             None
         };
@@ -223,6 +221,7 @@ impl L2Node {
             vxlan_recv,
             vxlan_send,
             gre,
+            tunnel: opts.tunnel.clone(),
         };
         let dp = Dataplane::start(dp_cfg.clone(), ports, shared.clone()).map_err(|source| {
             L2StartError::Device {
@@ -330,14 +329,14 @@ async fn open_ports(
             kind: tun::Kind::Tap,
             queues: 1,
             vnet_hdr: opts.offload,
+            tunnel_hdr: false,
         })
         .map_err(|source| L2StartError::Device {
             name: name.to_string(),
             source,
         })?;
         if opts.offload {
-            let want = tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN;
-            if let Err(e) = dev.set_offload(want) {
+            if let Err(e) = crate::datapath::enable_offloads(&mut dev) {
                 warn!(device = name, error = %e, "the kernel refused TAP offloads");
             }
         }

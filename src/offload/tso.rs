@@ -152,6 +152,49 @@ fn analyse(hdr: &VirtioNetHdr, pkt: &[u8]) -> Result<Plan, OffloadError> {
     })
 }
 
+/// The shape of a checked GSO super-packet, for a sender that hands the kernel the whole
+/// super-packet to segment (UDP-tunnel GSO): what its header must describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GsoShape {
+    pub v6: bool,
+    /// TCP (else UDP, USO).
+    pub tcp: bool,
+    /// IP header bytes: where the transport header starts.
+    pub ip_hdr_len: usize,
+    /// IP + transport header bytes.
+    pub hdr_len: usize,
+    /// Payload bytes per segment (the last may be shorter).
+    pub gso: usize,
+    /// The whole packet's length.
+    pub total: usize,
+    /// Number of segments.
+    pub count: usize,
+}
+
+/// Checks `pkt` against `hdr` as [`segment`] would and, for a GSO super-packet, describes
+/// it without writing anything; `Ok(None)` for a packet that needs no segmenting.
+pub fn gso_shape(hdr: &VirtioNetHdr, pkt: &[u8]) -> Result<Option<GsoShape>, OffloadError> {
+    let p = analyse(hdr, pkt)?;
+    let Plan::Gso {
+        ip,
+        l4,
+        hdr_len,
+        gso,
+    } = p
+    else {
+        return Ok(None);
+    };
+    Ok(Some(GsoShape {
+        v6: ip.v6,
+        tcp: l4 == L4::Tcp,
+        ip_hdr_len: ip.hdr_len,
+        hdr_len,
+        gso,
+        total: ip.total,
+        count: layout(&p, 0).count,
+    }))
+}
+
 /// Computes where [`segment`] would put the segments of `pkt`, without writing anything:
 /// lets the caller size or pick its output buffer.
 pub fn plan(hdr: &VirtioNetHdr, pkt: &[u8], headroom: usize) -> Result<Layout, OffloadError> {

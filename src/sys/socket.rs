@@ -157,7 +157,9 @@ impl UnderlaySocket {
         }
         // SAFETY: all-zero is a valid bit pattern for these plain C structs.
         let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
+        // SAFETY: as above.
         let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
+        // SAFETY: as above.
         let mut addrs: [libc::sockaddr_in; MAX_BATCH] = unsafe { zeroed() };
         let mut cmsgs = [CmsgBuf([0u8; CMSG_SPACE]); MAX_BATCH];
         for i in 0..n {
@@ -305,6 +307,7 @@ impl RecvBatch {
         let n = self.capacity().min(MAX_BATCH);
         // SAFETY: all-zero is a valid bit pattern for these plain C structs.
         let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
+        // SAFETY: as above.
         let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
         for i in 0..n {
             iovs[i] = libc::iovec {

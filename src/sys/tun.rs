@@ -1,5 +1,6 @@
 //! TUN/TAP devices through `/dev/net/tun` ioctls: open (optionally multi-queue and with a
-//! virtio-net header), enable offloads, and move packets with plain `read`/`write`.
+//! virtio-net header), enable offloads, and move packets with plain `read`/`write`/`writev`
+//! (through `File`: only the ioctls need `unsafe`).
 //!
 //! Written over `libc` rather than through a crate because the data plane needs exactly
 //! `IFF_VNET_HDR` + `TUNSETOFFLOAD` + `IFF_MULTI_QUEUE` and nothing else; the offload logic
@@ -8,7 +9,7 @@
 //! with its addresses and routes.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -29,6 +30,10 @@ pub const TUN_F_TSO6: u32 = 0x04;
 pub const TUN_F_TSO_ECN: u32 = 0x08;
 pub const TUN_F_USO4: u32 = 0x20;
 pub const TUN_F_USO6: u32 = 0x40;
+/// Linux ≥ 6.17: UDP-tunnel GSO packets (and their outer UDP checksum) may cross the
+/// device, described by the 24-byte tunnel header ([`crate::wire::virtio::TUNNEL_LEN`]).
+pub const TUN_F_UDP_TUNNEL_GSO: u32 = 0x80;
+pub const TUN_F_UDP_TUNNEL_GSO_CSUM: u32 = 0x100;
 
 /// Layer of the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +53,9 @@ pub struct Options {
     pub queues: usize,
     /// Prefix every packet with a `virtio_net_hdr` and ask for TSO/checksum offload.
     pub vnet_hdr: bool,
+    /// With `vnet_hdr`: the 24-byte header with the UDP-tunnel fields
+    /// (`virtio_net_hdr_v1_hash_tunnel`) instead of the 10-byte one.
+    pub tunnel_hdr: bool,
 }
 
 #[repr(C)]
@@ -120,7 +128,11 @@ impl Device {
                 .unwrap_or(libc::IFNAMSIZ);
             name = String::from_utf8_lossy(&req.name[..end]).into_owned();
             if opts.vnet_hdr {
-                let size: libc::c_int = crate::wire::virtio::LEN as libc::c_int;
+                let size = if opts.tunnel_hdr {
+                    crate::wire::virtio::TUNNEL_LEN
+                } else {
+                    crate::wire::virtio::LEN
+                } as libc::c_int;
                 // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, valid for the call.
                 let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &size) };
                 if rc < 0 {
@@ -154,71 +166,19 @@ impl Device {
 impl Queue {
     /// Reads one packet (with its virtio header when enabled).
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
-        let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        (&self.file).read(buf)
     }
 
     /// Writes one packet.
     pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is a valid readable region of `buf.len()` bytes.
-        let n = unsafe { libc::write(self.file.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        (&self.file).write(buf)
     }
 
-    /// Writes one packet gathered from two slices (virtio header + packet).
-    pub fn write2(&self, a: &[u8], b: &[u8]) -> io::Result<usize> {
-        let iov = [
-            libc::iovec {
-                iov_base: a.as_ptr() as *mut _,
-                iov_len: a.len(),
-            },
-            libc::iovec {
-                iov_base: b.as_ptr() as *mut _,
-                iov_len: b.len(),
-            },
-        ];
-        // SAFETY: both iovecs point at live slices of the given lengths; writev only reads.
-        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), 2) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
-    /// Writes one packet gathered from up to six slices (virtio header, Ethernet
-    /// addresses, an 802.1Q tag, EtherType, the rest): the L2 path restores a VLAN tag or
-    /// an Ethernet header this way without copying the frame. Slices beyond the sixth are
-    /// ignored.
-    pub fn write_parts(&self, parts: &[&[u8]]) -> io::Result<usize> {
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; 6];
-        let n = parts.len().min(6);
-        for (v, p) in iov.iter_mut().zip(parts) {
-            *v = libc::iovec {
-                iov_base: p.as_ptr() as *mut _,
-                iov_len: p.len(),
-            };
-        }
-        // SAFETY: the first `n` iovecs point at live slices of the given lengths; writev
-        // only reads them.
-        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), n as libc::c_int) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+    /// Writes one packet gathered from `parts` in one `writev` (virtio header, Ethernet
+    /// addresses, an 802.1Q tag, the rest...): headers are put in front of a packet without
+    /// copying it. A device takes each write as exactly one packet.
+    pub fn write_vectored(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&self.file).write_vectored(parts)
     }
 
     /// Switches the queue to non-blocking mode (workers poll before reading).

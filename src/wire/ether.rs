@@ -85,6 +85,16 @@ impl<T: AsRef<[u8]>> Frame<T> {
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD..]
     }
+
+    /// The VLAN ID of an 802.1Q-tagged frame (EtherType 0x8100 and a whole tag after it);
+    /// `None` for an untagged or cut-short frame.
+    pub fn vlan_id(&self) -> Option<u16> {
+        if self.ethertype() != ETHERTYPE_VLAN {
+            return None;
+        }
+        let tci = self.payload().get(..2)?;
+        Some(u16::from_be_bytes([tci[0], tci[1]]) & 0x0fff)
+    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
@@ -119,6 +129,18 @@ pub fn emit(buf: &mut [u8], dst: [u8; 6], src: [u8; 6], ethertype: u16) {
     b[field::DST].copy_from_slice(&dst);
     b[field::SRC].copy_from_slice(&src);
     b[field::ETHERTYPE].copy_from_slice(&ethertype.to_be_bytes());
+}
+
+/// Length of an 802.1Q tag (TPID + TCI).
+pub const VLAN_TAG_LEN: usize = 4;
+
+/// The 802.1Q tag for `vid` (PCP and DEI 0), as it sits between a frame's source address
+/// and its EtherType.
+#[inline]
+pub fn vlan_tag(vid: u16) -> [u8; VLAN_TAG_LEN] {
+    let [a, b] = ETHERTYPE_VLAN.to_be_bytes();
+    let [c, d] = (vid & 0x0fff).to_be_bytes();
+    [a, b, c, d]
 }
 
 /// The six bytes at `off`; the caller has checked the length.

@@ -9,5 +9,6 @@ pub mod flow;
 pub mod gre;
 pub mod icmp;
 pub mod ipv4;
+pub mod udp;
 pub mod virtio;
 pub mod vxlan;

@@ -22,6 +22,41 @@ pub const GSO_TCPV6: u8 = 4;
 pub const GSO_UDP_L4: u8 = 5;
 /// ECN bit OR-ed into `gso_type`.
 pub const GSO_ECN: u8 = 0x80;
+/// Linux ≥ 6.17: the packet is a UDP tunnel (VXLAN, flannel udp) over IPv4 / IPv6 whose
+/// *inner* TCP packet is to be segmented; OR-ed with the inner type (TCPV4, TCPV6).
+pub const GSO_UDP_TUNNEL_IPV4: u8 = 0x20;
+pub const GSO_UDP_TUNNEL_IPV6: u8 = 0x40;
+/// `flags`: the outer UDP checksum is wanted (its field holds the pseudo-header sum).
+pub const F_UDP_TUNNEL_CSUM: u8 = 8;
+
+/// Length of `virtio_net_hdr_v1_hash_tunnel`: the 12-byte v1 header (with
+/// `num_buffers`), the 4-byte hash value, the 2-byte hash report, 2 bytes of padding, then
+/// `outer_th_offset` and `inner_nh_offset`. A device set to this size reads and writes it.
+pub const TUNNEL_LEN: usize = 24;
+
+/// The header of one UDP-tunnel GSO packet written to a TAP: offsets count from the start
+/// of the outer Ethernet frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelHdr {
+    /// flags, gso_type (tunnel | inner), hdr_len (end of the inner transport header),
+    /// gso_size (inner MSS), csum_start/csum_offset (the inner transport checksum).
+    pub base: VirtioNetHdr,
+    /// Where the outer UDP header starts.
+    pub outer_th_offset: u16,
+    /// Where the inner IP header starts (an inner Ethernet header counts as tunnel header).
+    pub inner_nh_offset: u16,
+}
+
+impl TunnelHdr {
+    /// The 24 bytes, little-endian; hash fields and `num_buffers` zero.
+    pub fn to_bytes(&self) -> [u8; TUNNEL_LEN] {
+        let mut b = [0u8; TUNNEL_LEN];
+        self.base.emit(&mut b);
+        b[20..22].copy_from_slice(&self.outer_th_offset.to_le_bytes());
+        b[22..24].copy_from_slice(&self.inner_nh_offset.to_le_bytes());
+        b
+    }
+}
 
 /// A decoded virtio net header.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,6 +110,26 @@ impl VirtioNetHdr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tunnel_header_layout() {
+        let h = TunnelHdr {
+            base: VirtioNetHdr {
+                flags: F_NEEDS_CSUM | F_UDP_TUNNEL_CSUM,
+                gso_type: GSO_UDP_TUNNEL_IPV4 | GSO_TCPV4,
+                hdr_len: 96,
+                gso_size: 1398,
+                csum_start: 84,
+                csum_offset: 16,
+            },
+            outer_th_offset: 34,
+            inner_nh_offset: 64,
+        };
+        assert_eq!(
+            h.to_bytes(),
+            [9, 0x21, 96, 0, 0x76, 5, 84, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 34, 0, 64, 0]
+        );
+    }
 
     #[test]
     fn round_trip() {

@@ -1,19 +1,16 @@
-//! Encapsulation backends: inner IP packet → underlay payload and back.
-//!
-//! One small enum, [`Encap`], covers flannel's three wire formats:
-//! - `udp`: the inner IP packet is the whole UDP payload (flannel's udp backend);
-//! - `vxlan`: RFC 7348 header + inner Ethernet frame, interoperable with the kernel's
-//!   VXLAN driver as flannel configures it (`flannel.1`, port 8472);
-//! - `gre`: RFC 2784/2890 header (key, optional checksum and sequence) on a raw IP
-//!   protocol 47 socket, the same header as `ip link add type gre key N`.
+//! The data path's view of a backend: [`Encap`], one small enum over the three wire
+//! formats, with the header length, the overhead, and checked encapsulation and
+//! decapsulation, dispatched to each backend's own module ([`super::udp`],
+//! [`super::vxlan`], [`super::gre`]) where the format is written.
 //!
 //! Pure: it writes headers into room the caller left in front of the inner packet and
 //! validates received payloads, with no I/O, no allocation and no panics on any input.
 //! Choosing the outer UDP source port (see [`crate::wire::flow`]) and the sockets is the
 //! data plane's job.
 
+use super::{gre as gre_backend, udp, vxlan as vxlan_backend};
 use crate::drop::DropReason;
-use crate::wire::{ether, gre, ipv4, vxlan};
+use crate::wire::{ether, gre, vxlan};
 
 /// Outer IPv4 header length, counted in [`Encap::overhead`].
 const OUTER_IPV4_LEN: usize = 20;
@@ -74,24 +71,6 @@ impl Encap {
         OUTER_IPV4_LEN + udp + self.header_len()
     }
 
-    /// The GRE header this backend writes for sequence number `seq`; `None` for other
-    /// backends.
-    fn gre_repr(&self, protocol: u16, seq: u32) -> Option<gre::Repr> {
-        match *self {
-            Encap::Gre {
-                key,
-                checksum,
-                sequence,
-            } => Some(gre::Repr {
-                protocol,
-                checksum,
-                key,
-                seq: sequence.then_some(seq),
-            }),
-            _ => None,
-        }
-    }
-
     /// Writes the encapsulation header into `pkt`, which is [`Self::header_len`] bytes of
     /// room followed by the inner IP packet. vxlan: VXLAN header, then an Ethernet header
     /// dst = `peer_mac`, src = `local_mac`, EtherType from the inner IP version. gre:
@@ -117,23 +96,13 @@ impl Encap {
         match *self {
             Encap::Udp => {}
             Encap::Vxlan { vni, local_mac } => {
-                vxlan::Repr { vni }.emit(pkt);
-                ether::emit(
-                    &mut pkt[vxlan::HEADER_LEN..],
-                    peer_mac,
-                    local_mac,
-                    ethertype,
-                );
+                vxlan_backend::encapsulate(pkt, vni, local_mac, peer_mac, ethertype)
             }
-            Encap::Gre { checksum, .. } => {
-                // `gre_repr` is Some for the Gre variant.
-                if let Some(r) = self.gre_repr(ethertype, seq) {
-                    r.emit(pkt);
-                    if checksum {
-                        gre::fill_checksum(pkt);
-                    }
-                }
-            }
+            Encap::Gre {
+                key,
+                checksum,
+                sequence,
+            } => gre_backend::encapsulate(pkt, key, checksum, sequence.then_some(seq), ethertype),
         }
         Ok(())
     }
@@ -149,46 +118,9 @@ impl Encap {
     /// ARP frames may be broadcast and are returned whole for the ARP responder.
     pub fn decapsulate<'a>(&self, payload: &'a [u8]) -> Result<Decapsulated<'a>, DropReason> {
         match *self {
-            Encap::Udp => Ok(Decapsulated::Ip(ipv4::inner_packet(payload)?.packet())),
-            Encap::Vxlan { vni, local_mac } => {
-                let v = vxlan::Packet::new_checked(payload)?;
-                if vxlan::Repr::parse(&v)?.vni != vni {
-                    return Err(DropReason::WrongVni);
-                }
-                let frame_bytes = &payload[vxlan::HEADER_LEN..];
-                let frame = ether::Frame::new_checked(frame_bytes)?;
-                match frame.ethertype() {
-                    ether::ETHERTYPE_ARP => {
-                        if frame_bytes.len() < crate::wire::arp::FRAME_LEN {
-                            return Err(DropReason::Truncated);
-                        }
-                        Ok(Decapsulated::Arp(frame_bytes))
-                    }
-                    et @ (ether::ETHERTYPE_IPV4 | ether::ETHERTYPE_IPV6) => {
-                        if frame.dst_addr().0 != local_mac {
-                            return Err(DropReason::BadInner);
-                        }
-                        let inner = ipv4::inner_packet(&frame_bytes[ether::HEADER_LEN..])?;
-                        if inner.ethertype() != et {
-                            return Err(DropReason::BadInner);
-                        }
-                        Ok(Decapsulated::Ip(inner.packet()))
-                    }
-                    _ => Err(DropReason::BadInner),
-                }
-            }
-            Encap::Gre { key, .. } => {
-                let g = gre::Packet::new_checked(payload)?;
-                let r = gre::Repr::parse(&g)?;
-                if r.key != key {
-                    return Err(DropReason::WrongVni);
-                }
-                let inner = ipv4::inner_packet(&payload[g.header_len()..])?;
-                if inner.ethertype() != r.protocol {
-                    return Err(DropReason::BadInner);
-                }
-                Ok(Decapsulated::Ip(inner.packet()))
-            }
+            Encap::Udp => udp::decapsulate(payload),
+            Encap::Vxlan { vni, local_mac } => vxlan_backend::decapsulate(payload, vni, local_mac),
+            Encap::Gre { key, .. } => gre_backend::decapsulate(payload, key),
         }
     }
 }
@@ -196,6 +128,7 @@ impl Encap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ipv4;
     use proptest::prelude::*;
     use std::net::Ipv4Addr;
 

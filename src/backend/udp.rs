@@ -1,0 +1,51 @@
+//! flannel's `udp` backend: the inner IP packet, unchanged, is the whole UDP payload, sent
+//! from and to the same port on every node (8285 by default) on a TUN device `flannel0`.
+//! Leases carry only `PublicIP` (no `BackendType`).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use super::{Decapsulated, SocketError, Sockets, SOCKET_BUFFER};
+use crate::control::lease::LeaseAttrs;
+use crate::drop::DropReason;
+use crate::sys::socket::UnderlaySocket;
+use crate::wire::ipv4;
+
+/// The TUN device, as flannel names it.
+pub const DEVICE: &str = "flannel0";
+
+/// Checks a received payload: it must be one whole inner IP packet.
+pub fn decapsulate(payload: &[u8]) -> Result<Decapsulated<'_>, DropReason> {
+    Ok(Decapsulated::Ip(ipv4::inner_packet(payload)?.packet()))
+}
+
+/// Our lease's attributes: the public address only, as flannel's udp backend writes.
+pub fn lease_attrs(public_ip: Ipv4Addr) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ip,
+        public_ipv6: None,
+        backend_type: None,
+        backend_data: None,
+    }
+}
+
+/// Whether a lease is a udp node's (flannel writes no `BackendType` for udp).
+pub fn is_peer(attrs: &LeaseAttrs) -> bool {
+    matches!(attrs.backend_type.as_deref(), None | Some("udp"))
+}
+
+/// One socket per queue, all bound to our address and the backend's port
+/// (`SO_REUSEPORT`): each both receives and sends, since peers expect datagrams from the
+/// port they send to.
+pub fn sockets(addr: Ipv4Addr, port: u16, queues: usize) -> Result<Sockets, SocketError> {
+    let bind = SocketAddrV4::new(addr, port);
+    let mut recv = Vec::with_capacity(queues);
+    for _ in 0..queues.max(1) {
+        let s = UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(SocketError::at(bind))?;
+        recv.push(Arc::new(s));
+    }
+    Ok(Sockets {
+        send: recv.clone(),
+        recv,
+    })
+}

@@ -1,0 +1,291 @@
+//! Receive: what an underlay socket hands over, split into datagrams, and the delivery of
+//! accepted inner packets into a device, for the routed and the L2 data planes alike.
+//!
+//! With UDP GRO the kernel hands over a run of equal-size datagrams in one buffer, or — from
+//! a peer kernel's VXLAN over veth — one whole tunnel-GSO frame longer than any datagram;
+//! [`split`] tells which. [`Delivery`] then writes accepted packets: TCP segments of one flow
+//! are coalesced into super-packets ([`Coalescer`]) when the device takes a virtio header; a
+//! packet whose transport checksum a sending kernel left partial is handed over with
+//! `NEEDS_CSUM` (and a GSO size when it is a super-packet), or finished here on a device
+//! without a virtio header. The link header a packet is written with ([`Link`]: nothing on
+//! a TUN; an Ethernet header and maybe a VLAN tag on a TAP) goes in front through the
+//! `writev`, never by copying the packet.
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use super::SEG_BUF;
+use crate::counters::{count_drop, DropCounters};
+use crate::drop::DropReason;
+use crate::offload::{self, tso, Coalescer};
+use crate::sys::tun::Queue;
+use crate::wire::{
+    ether,
+    virtio::{self, VirtioNetHdr},
+};
+
+/// How to walk one received buffer: datagrams of `chunk` bytes; `whole` when it is a peer
+/// kernel's whole tunnel-GSO frame (one datagram whose inner packet is a super-packet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    pub chunk: usize,
+    pub whole: bool,
+}
+
+/// Splits a buffer of `len` bytes received with GRO segment size `seg` (0 = one datagram).
+/// A buffer longer than `seg` whose inner IP packet, at `inner_ip_at` when the format has
+/// one at a fixed offset, covers the rest exactly is one whole frame, not a run.
+pub fn split(data: &[u8], seg: usize, inner_ip_at: Option<usize>) -> Split {
+    let whole = seg > 0
+        && data.len() > seg
+        && inner_ip_at
+            .and_then(|at| data.get(at..))
+            .is_some_and(offload::ip_len_covers);
+    let chunk = if seg == 0 || whole {
+        data.len().max(1)
+    } else {
+        seg
+    };
+    Split { chunk, whole }
+}
+
+/// The link-layer header a packet is written to its device with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// None: an IP packet on a TUN device.
+    Ip,
+    /// An Ethernet header, and the 802.1Q tag to restore between its addresses and its
+    /// EtherType on a trunk.
+    Eth {
+        hdr: [u8; ether::HEADER_LEN],
+        vid: Option<u16>,
+    },
+}
+
+impl Link {
+    /// Bytes it puts in front of the IP packet.
+    pub fn len(&self) -> usize {
+        match self {
+            Link::Ip => 0,
+            Link::Eth { vid: None, .. } => ether::HEADER_LEN,
+            Link::Eth { vid: Some(_), .. } => ether::HEADER_LEN + ether::VLAN_TAG_LEN,
+        }
+    }
+
+    /// Whether it puts nothing in front.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Writes one packet to `q`: the virtio header `vh` when the device takes one (its offsets,
+/// relative to the IP packet, moved by the link header's length), the link header, then
+/// `ip`, in one `writev`.
+pub fn write_packet(
+    q: &Queue,
+    vh: Option<&VirtioNetHdr>,
+    link: &Link,
+    ip: &[u8],
+) -> io::Result<usize> {
+    let mut hb = [0u8; virtio::LEN];
+    let h: &[u8] = match vh {
+        Some(vh) => {
+            let mut h = *vh;
+            let shift = link.len() as u16;
+            if h.needs_csum() {
+                h.csum_start += shift;
+            }
+            if h.gso_kind() != virtio::GSO_NONE {
+                h.hdr_len += shift;
+            }
+            h.emit(&mut hb);
+            &hb
+        }
+        None => &[],
+    };
+    match link {
+        Link::Ip => q.write_vectored(&[IoSlice::new(h), IoSlice::new(ip)]),
+        Link::Eth { hdr, vid: None } => {
+            q.write_vectored(&[IoSlice::new(h), IoSlice::new(hdr), IoSlice::new(ip)])
+        }
+        Link::Eth {
+            hdr,
+            vid: Some(vid),
+        } => {
+            let tag = ether::vlan_tag(*vid);
+            q.write_vectored(&[
+                IoSlice::new(h),
+                IoSlice::new(&hdr[..12]),
+                IoSlice::new(&tag),
+                IoSlice::new(&hdr[12..]),
+                IoSlice::new(ip),
+            ])
+        }
+    }
+}
+
+/// Where an accepted packet goes: a device queue (by index into the worker's queues) and
+/// the link header it is written with. What the coalescer holds belongs to one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub queue: usize,
+    pub link: Link,
+}
+
+/// One receive worker's delivery state: the coalescer (devices with a virtio header) and
+/// the scratch space where partial checksums are finished (devices without).
+pub struct Delivery {
+    vnet: bool,
+    coal: Option<Coalescer>,
+    held: Option<Target>,
+    scratch: Vec<u8>,
+}
+
+impl Delivery {
+    /// For devices opened with a virtio header (`vnet`: coalescing on) or without.
+    pub fn new(vnet: bool) -> Self {
+        Self {
+            vnet,
+            coal: vnet.then(Coalescer::new),
+            held: None,
+            scratch: if vnet { Vec::new() } else { vec![0; SEG_BUF] },
+        }
+    }
+
+    /// Delivers an accepted IP packet. `partial`: the virtio header for a packet whose
+    /// transport checksum was left partial by its sender ([`offload::partial_checksum_hdr`]).
+    pub fn ip(
+        &mut self,
+        qs: &[Arc<Queue>],
+        t: Target,
+        ip: &[u8],
+        partial: Option<VirtioNetHdr>,
+        drops: &DropCounters,
+    ) {
+        let q = &qs[t.queue];
+        match (partial, self.coal.as_mut()) {
+            (Some(h), _) if self.vnet => {
+                // Keep the flow's order: anything held goes first.
+                self.flush(qs, drops);
+                counted(write_packet(q, Some(&h), &t.link, ip), drops);
+            }
+            (Some(h), _) => match tso::segment(&h, ip, 0, &mut self.scratch) {
+                Ok(l) => {
+                    for i in 0..l.count {
+                        let p = &self.scratch[l.packet(i)];
+                        counted(write_packet(q, None, &t.link, p), drops);
+                    }
+                }
+                Err(e) => count_drop(drops, e.drop_reason(), 1),
+            },
+            (None, Some(c)) => {
+                if self.held != Some(t) {
+                    if let Some(prev) = self.held.take() {
+                        let pq = &qs[prev.queue];
+                        c.flush(&mut |p| emit(pq, &prev.link, p, drops));
+                    }
+                    self.held = Some(t);
+                }
+                c.push(ip, &mut |p| emit(q, &t.link, p, drops));
+            }
+            (None, None) => counted(write_packet(q, None, &t.link, ip), drops),
+        }
+    }
+
+    /// Delivers anything that is not coalesced (ARP, other EtherTypes) as it is, after
+    /// what is held.
+    pub fn other(&mut self, qs: &[Arc<Queue>], t: Target, payload: &[u8], drops: &DropCounters) {
+        self.flush(qs, drops);
+        let vh = VirtioNetHdr::default();
+        let vh = self.vnet.then_some(&vh);
+        counted(write_packet(&qs[t.queue], vh, &t.link, payload), drops);
+    }
+
+    /// Writes whatever the coalescer holds (at the end of every receive batch).
+    pub fn flush(&mut self, qs: &[Arc<Queue>], drops: &DropCounters) {
+        if let (Some(c), Some(t)) = (self.coal.as_mut(), self.held.take()) {
+            let q = &qs[t.queue];
+            c.flush(&mut |p| emit(q, &t.link, p, drops));
+        }
+    }
+}
+
+/// Writes what the coalescer emitted (its virtio header, then the IP packet).
+fn emit(q: &Queue, link: &Link, p: &[u8], drops: &DropCounters) {
+    match VirtioNetHdr::parse(p) {
+        Some(h) => counted(write_packet(q, Some(&h), link, &p[virtio::LEN..]), drops),
+        None => count_drop(drops, DropReason::Truncated, 1),
+    }
+}
+
+fn counted(r: io::Result<usize>, drops: &DropCounters) {
+    if r.is_err() {
+        count_drop(drops, DropReason::IoError, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipv4(total: u16) -> Vec<u8> {
+        let mut p = vec![0u8; total as usize];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn split_tells_runs_from_whole_frames() {
+        // A run of three 1000-byte datagrams.
+        let run = vec![0u8; 3000];
+        assert_eq!(
+            split(&run, 1000, Some(22)),
+            Split {
+                chunk: 1000,
+                whole: false
+            }
+        );
+        // No GRO: one datagram.
+        assert_eq!(
+            split(&run, 0, Some(22)),
+            Split {
+                chunk: 3000,
+                whole: false
+            }
+        );
+        // One frame whose inner IPv4 packet (at 22) covers the rest.
+        let mut whole = vec![0u8; 22];
+        whole.extend(ipv4(2978));
+        assert_eq!(
+            split(&whole, 1000, Some(22)),
+            Split {
+                chunk: 3000,
+                whole: true
+            }
+        );
+        // The same bytes where the format has no inner packet at a fixed offset.
+        assert_eq!(
+            split(&whole, 1000, None),
+            Split {
+                chunk: 1000,
+                whole: false
+            }
+        );
+        // Inner length one short: a run after all.
+        let mut short = vec![0u8; 22];
+        short.extend(ipv4(2977));
+        short.push(0);
+        assert!(!split(&short, 1000, Some(22)).whole);
+        assert_eq!(split(&[], 0, None).chunk, 1, "never a zero chunk");
+    }
+
+    #[test]
+    fn link_lengths() {
+        assert_eq!(Link::Ip.len(), 0);
+        assert!(Link::Ip.is_empty());
+        let hdr = [0u8; 14];
+        assert_eq!(Link::Eth { hdr, vid: None }.len(), 14);
+        assert_eq!(Link::Eth { hdr, vid: Some(10) }.len(), 18);
+    }
+}

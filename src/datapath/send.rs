@@ -1,0 +1,656 @@
+//! Transmit: from one packet read from a device (a TSO super-packet, a single packet, or a
+//! frame) to encapsulated datagrams on an underlay socket, for the routed and the L2 data
+//! planes alike.
+//!
+//! A datagram is `[encapsulation][link header][IP segment]`: the caller says how many
+//! bytes of encapsulation it writes (through a `fill` callback, once per datagram) and how
+//! much of the read frame is a link header to repeat in front of every segment (the
+//! Ethernet header of an L2 frame; nothing on the routed path). [`TxPath::send`] then picks
+//! the cheapest of three ways:
+//! 1. a packet that needs no segmenting and no checksum is encapsulated in place, in the
+//!    headroom in front of it, and sent as it is;
+//! 2. a super-packet over UDP with GSO on: only each segment's headers are written
+//!    ([`tso::segment_headers`]) and the kernel gets `[hdr 1, payload 1, ..., hdr N,
+//!    payload N]` iovecs with `UDP_SEGMENT`: the payload's one copy is the kernel's;
+//! 3. otherwise (raw GRE socket, GSO refused, too many segments for the header buffer)
+//!    whole segments are copied into slots ([`tso::segment`]) and sent as GSO runs or one
+//!    datagram per message ([`send_layout`]).
+//!
+//! A kernel that refuses GSO (EIO/EINVAL) turns it off for good for this path: the same
+//! datagrams go out one per message.
+
+use std::io::{self, IoSlice};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::tunnel::{TunnelFrame, TunnelTx, OUTER_LEN};
+use super::{HEADROOM, MAX_READ, SEG_BUF};
+use crate::drop::DropReason;
+use crate::offload::{tso, OffloadError};
+use crate::sys::socket::{Msg, UnderlaySocket, MAX_BATCH, MAX_GSO_SEGMENTS};
+use crate::sys::tun::Queue;
+use crate::wire::flow;
+use crate::wire::virtio::{self, VirtioNetHdr};
+
+/// Bytes of per-segment header blocks for the zero-copy send (47 segments of a 64 KiB
+/// super-packet need ~3.5 KiB; more segments than fit take the copying path).
+const HDR_BUF: usize = 32 * 1024;
+/// Largest UDP payload one GSO send may carry in total.
+const MAX_GSO_BYTES: usize = 65000;
+
+/// What a send did with its datagrams.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Datagrams (segments) the kernel took, and their bytes.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Send calls that succeeded.
+    pub calls: u64,
+    /// Datagrams not sent (socket full, or an error).
+    pub dropped: u64,
+    /// Of `calls`, the writes of whole super-packets through the tunnel-GSO TAP.
+    pub tunnel_writes: u64,
+}
+
+impl Sent {
+    fn add(&mut self, o: Sent) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.calls += o.calls;
+        self.dropped += o.dropped;
+        self.tunnel_writes += o.tunnel_writes;
+    }
+}
+
+/// One packet read into [`TxPath::buf`], and how to send it.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing {
+    /// The virtio header it was read with (default when the device has none); offsets
+    /// count from the start of the frame.
+    pub vh: VirtioNetHdr,
+    /// Where the frame lies in [`TxPath::buf`].
+    pub start: usize,
+    pub end: usize,
+    /// Bytes at the frame's start that are a link header, repeated in front of every
+    /// segment (an L2 frame's Ethernet header; 0 for an IP packet).
+    pub link: usize,
+    /// Bytes of encapsulation the `fill` callback writes in front of each datagram.
+    pub encap: usize,
+    /// The inner flow's hash: the outer UDP source port when the kernel segments
+    /// ([`super::tunnel`]); the caller has used it to pick the socket.
+    pub flow: u32,
+}
+
+/// Fills the first [`Outgoing::encap`] bytes of a datagram; the rest (link header, IP
+/// headers, and for whole datagrams the payload) follows and may be read.
+pub type Fill<'a> = dyn FnMut(&mut [u8]) -> Result<(), DropReason> + 'a;
+
+/// One worker's transmit buffers and GSO state.
+pub struct TxPath {
+    /// The read buffer: a device read lands at `buf[HEADROOM..]`, leaving room in front.
+    pub buf: Vec<u8>,
+    seg_buf: Vec<u8>,
+    hdr_buf: Vec<u8>,
+    gso: Arc<AtomicBool>,
+    /// Whole super-packets to the kernel through the tunnel-GSO TAP, when set up.
+    tunnel: Option<TunnelTx>,
+}
+
+impl TxPath {
+    /// Buffers for one worker; `gso` is shared by the workers of one data plane (UDP GSO
+    /// probed at start, cleared by the first refusal).
+    pub fn new(gso: Arc<AtomicBool>, tunnel: Option<TunnelTx>) -> Self {
+        Self {
+            buf: vec![0; HEADROOM + MAX_READ],
+            seg_buf: vec![0; SEG_BUF],
+            hdr_buf: vec![0; HDR_BUF],
+            gso,
+            tunnel,
+        }
+    }
+
+    /// Reads one packet from `q` to `buf[HEADROOM..]`.
+    pub fn read(&mut self, q: &Queue) -> io::Result<usize> {
+        q.read(&mut self.buf[HEADROOM..])
+    }
+
+    /// Splits what [`Self::read`] returned into its virtio header (when the device has
+    /// one) and the frame's range; `None` when a virtio header is cut short.
+    pub fn frame(&self, n: usize, vnet: bool) -> Option<(VirtioNetHdr, usize, usize)> {
+        let end = HEADROOM + n;
+        if !vnet {
+            return Some((VirtioNetHdr::default(), HEADROOM, end));
+        }
+        let h = VirtioNetHdr::parse(&self.buf[HEADROOM..end])?;
+        Some((h, HEADROOM + virtio::LEN, end))
+    }
+
+    /// Sends `out` to every address of `dsts` (on `port`; ignored by a raw socket) through
+    /// `sock`: the same datagrams to each (head-end replication). `fill` is called once
+    /// per datagram, before any is sent. `Err((reason, datagrams))` when a segment cannot
+    /// be built or encapsulated; nothing is sent then.
+    pub fn send(
+        &mut self,
+        out: &Outgoing,
+        fill: &mut Fill<'_>,
+        sock: &UnderlaySocket,
+        dsts: &[Ipv4Addr],
+        port: u16,
+    ) -> Result<Sent, (DropReason, u64)> {
+        let port = if sock.is_raw() { 0 } else { port };
+        let to = |ip: &Ipv4Addr| SocketAddrV4::new(*ip, port);
+        let mut sent = Sent::default();
+        if out.vh.gso_kind() == virtio::GSO_NONE && !out.vh.needs_csum() {
+            // 1. As it is, encapsulated in place.
+            let d = &mut self.buf[out.start - out.encap..out.end];
+            fill(d).map_err(|r| (r, 1))?;
+            let d = &self.buf[out.start - out.encap..out.end];
+            let mut msgs = [Msg {
+                buf: d,
+                dst: to(&Ipv4Addr::UNSPECIFIED),
+                segment: 0,
+            }; MAX_BATCH];
+            for chunk in dsts.chunks(MAX_BATCH) {
+                for (m, ip) in msgs.iter_mut().zip(chunk) {
+                    m.dst = to(ip);
+                }
+                sent.add(send_msgs(sock, &msgs[..chunk.len()]));
+            }
+            return Ok(sent);
+        }
+        // Offsets in the virtio header count from the frame; segmenting sees the IP packet.
+        let mut vh = out.vh;
+        vh.csum_start = vh.csum_start.saturating_sub(out.link as u16);
+        vh.hdr_len = vh.hdr_len.saturating_sub(out.link as u16);
+
+        // 0. The kernel segments: one write of the whole encapsulated super-packet.
+        if let Some(t) = self.tunnel.as_ref().filter(|t| t.on() && !sock.is_raw()) {
+            let ip = &self.buf[out.start + out.link..out.end];
+            match tso::gso_shape(&vh, ip) {
+                // TCP only: inner UDP (USO) super-packets are segmented here (below).
+                Ok(Some(shape))
+                    if shape.tcp && shape.count > 1 && out.start >= out.encap + OUTER_LEN =>
+                {
+                    let at = out.start - out.encap;
+                    fill(&mut self.buf[at..out.end]).map_err(|r| (r, shape.count as u64))?;
+                    let f = TunnelFrame {
+                        at,
+                        end: out.end,
+                        inner_ip: out.encap + out.link,
+                        shape,
+                        vh,
+                    };
+                    let src_port = flow::src_port(out.flow);
+                    if let Some(sent) = t.send(&mut self.buf, &f, dsts, port, src_port) {
+                        return Ok(sent);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err((e.drop_reason(), 1)),
+            }
+        }
+        let room = out.encap + out.link;
+        let (link, ip) = self.buf[out.start..out.end].split_at(out.link);
+
+        // 2. Zero copy: header blocks here, payload from the read buffer.
+        if self.gso.load(Ordering::Relaxed) && !sock.is_raw() {
+            match tso::segment_headers(&vh, ip, room, &mut self.hdr_buf) {
+                Ok(Some(lay)) if lay.count > 1 => {
+                    for i in 0..lay.count {
+                        let h = &mut self.hdr_buf[lay.header(i)];
+                        h[out.encap..room].copy_from_slice(link);
+                        fill(h).map_err(|r| (r, lay.count as u64))?;
+                    }
+                    let seg = room + lay.hdr_len + lay.gso;
+                    let mut refused = false;
+                    for ip_dst in dsts {
+                        let r = send_header_runs(
+                            sock,
+                            &self.hdr_buf,
+                            &lay,
+                            ip,
+                            seg,
+                            to(ip_dst),
+                            &self.gso,
+                        );
+                        match r {
+                            Some(r) => sent.add(r),
+                            // Refused before anything went out: copy the lot instead.
+                            None if sent == Sent::default() => {
+                                refused = true;
+                                break;
+                            }
+                            None => {}
+                        }
+                    }
+                    if !refused {
+                        return Ok(sent);
+                    }
+                }
+                Ok(_) | Err(OffloadError::OutTooSmall { .. }) => {}
+                Err(e) => return Err((e.drop_reason(), 1)),
+            }
+        }
+
+        // 3. Copy whole segments into slots.
+        let layout =
+            tso::segment(&vh, ip, room, &mut self.seg_buf).map_err(|e| (e.drop_reason(), 1))?;
+        for i in 0..layout.count {
+            let d = &mut self.seg_buf[layout.datagram(i)];
+            d[out.encap..room].copy_from_slice(link);
+            fill(d).map_err(|r| (r, layout.count as u64))?;
+        }
+        let gso = (!sock.is_raw()).then_some(&*self.gso);
+        for ip_dst in dsts {
+            sent.add(send_layout(sock, &self.seg_buf, &layout, to(ip_dst), gso));
+        }
+        Ok(sent)
+    }
+}
+
+/// Sends the `layout.count` datagrams of `buf` (each `layout.datagram(i)`: the headroom
+/// holds the encapsulation) to `dst`.
+///
+/// While `gso` is `Some(true)` they go as UDP GSO runs (at most [`MAX_GSO_SEGMENTS`]
+/// datagrams and [`MAX_GSO_BYTES`] bytes each, all runs in one `sendmmsg`); a kernel that
+/// refuses GSO (EIO/EINVAL) clears the flag for good and the same datagrams go out one per
+/// message. A full socket drops the lot rather than retrying. `None` (a raw GRE socket) and
+/// a flag already cleared send one datagram per message, in `sendmmsg` batches.
+pub fn send_layout(
+    sock: &UnderlaySocket,
+    buf: &[u8],
+    layout: &tso::Layout,
+    dst: SocketAddrV4,
+    gso: Option<&AtomicBool>,
+) -> Sent {
+    let stride = layout.stride;
+    let total = layout.out_len();
+    let mut msgs = [Msg {
+        buf: &[],
+        dst,
+        segment: 0,
+    }; MAX_BATCH];
+    let per_run = gso_run_len(stride);
+    // More runs than one sendmmsg takes cannot come from a TCP MSS into SEG_BUF, but a
+    // layout that would need them goes the per-datagram way rather than off the array.
+    let fits = layout.count.div_ceil(per_run) <= MAX_BATCH;
+    if let Some(flag) = gso.filter(|g| g.load(Ordering::Relaxed) && layout.count > 1 && fits) {
+        let (mut n, mut i) = (0, 0);
+        while i < layout.count {
+            let k = per_run.min(layout.count - i);
+            let start = i * stride;
+            msgs[n] = Msg {
+                buf: &buf[start..(start + k * stride).min(total)],
+                dst,
+                segment: stride as u16,
+            };
+            n += 1;
+            i += k;
+        }
+        match sock.send_batch(&msgs[..n]) {
+            Ok(_) => {
+                return Sent {
+                    packets: layout.count as u64,
+                    bytes: total as u64,
+                    calls: 1,
+                    ..Sent::default()
+                }
+            }
+            // Refused: resend one by one below.
+            Err(e) if gso_refused(&e, flag) => {}
+            Err(_) => {
+                return Sent {
+                    dropped: layout.count as u64,
+                    ..Sent::default()
+                }
+            }
+        }
+    }
+    let mut sent = Sent::default();
+    let mut i = 0;
+    while i < layout.count {
+        let k = MAX_BATCH.min(layout.count - i);
+        for (j, m) in msgs.iter_mut().enumerate().take(k) {
+            *m = Msg {
+                buf: &buf[layout.datagram(i + j)],
+                dst,
+                segment: 0,
+            };
+        }
+        sent.add(send_msgs(sock, &msgs[..k]));
+        i += k;
+    }
+    sent
+}
+
+/// Sends the `lay.count` datagrams of `seg` bytes (the last may be shorter), datagram i
+/// being `hdr_buf[lay.header(i)]` followed by `data[lay.chunk(i)]`, to `dst` as UDP GSO runs
+/// of (header, payload) iovecs: the payload's one copy is the kernel's.
+///
+/// Returns `None`, having sent nothing, when the kernel refuses GSO on the first run (the
+/// refusal clears `gso` for good, see [`gso_refused`]); the caller then sends the copying
+/// way. A later run that fails is counted as dropped.
+pub fn send_header_runs(
+    sock: &UnderlaySocket,
+    hdr_buf: &[u8],
+    lay: &tso::HeaderLayout,
+    data: &[u8],
+    seg: usize,
+    dst: SocketAddrV4,
+    gso: &AtomicBool,
+) -> Option<Sent> {
+    let per_run = gso_run_len(seg);
+    let mut iov = [IoSlice::new(&[]); 2 * MAX_GSO_SEGMENTS];
+    let mut sent = Sent::default();
+    let mut i = 0;
+    while i < lay.count {
+        let k = per_run.min(lay.count - i);
+        let mut bytes = 0;
+        for j in 0..k {
+            let (h, c) = (&hdr_buf[lay.header(i + j)], &data[lay.chunk(i + j)]);
+            bytes += h.len() + c.len();
+            iov[2 * j] = IoSlice::new(h);
+            iov[2 * j + 1] = IoSlice::new(c);
+        }
+        match sock.send_vectored(&iov[..2 * k], dst, seg as u16) {
+            Ok(_) => {
+                sent.packets += k as u64;
+                sent.bytes += bytes as u64;
+                sent.calls += 1;
+            }
+            Err(e) if i == 0 && gso_refused(&e, gso) => return None,
+            Err(_) => sent.dropped += k as u64,
+        }
+        i += k;
+    }
+    Some(sent)
+}
+
+/// Datagrams of `seg` bytes per UDP GSO send: at most [`MAX_GSO_SEGMENTS`] and
+/// [`MAX_GSO_BYTES`] in all, at least one.
+fn gso_run_len(seg: usize) -> usize {
+    (MAX_GSO_BYTES / seg.max(1)).clamp(1, MAX_GSO_SEGMENTS)
+}
+
+/// Whether `e` is the kernel refusing UDP GSO (EIO/EINVAL); if so, clears `flag` for good
+/// (every later send goes one datagram per message) and says so in the log.
+fn gso_refused(e: &io::Error, flag: &AtomicBool) -> bool {
+    let refused = matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL));
+    if refused {
+        tracing::warn!(error = %e, "UDP GSO refused by the kernel; falling back to one datagram per segment");
+        flag.store(false, Ordering::Relaxed);
+    }
+    refused
+}
+
+/// One `sendmmsg` of `msgs`, one datagram each: what the kernel took, the rest dropped.
+pub fn send_msgs(sock: &UnderlaySocket, msgs: &[Msg<'_>]) -> Sent {
+    match sock.send_batch(msgs) {
+        Ok(n) => Sent {
+            packets: n as u64,
+            bytes: msgs[..n].iter().map(|m| m.buf.len() as u64).sum(),
+            calls: 1,
+            dropped: (msgs.len() - n) as u64,
+            ..Sent::default()
+        },
+        Err(_) => Sent {
+            dropped: msgs.len() as u64,
+            ..Sent::default()
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offload::testutil::{as_tso, payload, tcp};
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    /// A 64 KiB TSO super-packet segmented with 8 bytes of headroom (as for vxlan), and a
+    /// receiver on loopback.
+    fn setup() -> (Vec<u8>, tso::Layout, UdpSocket, UnderlaySocket) {
+        let (hdr, sp) = as_tso(tcp(false, 1, &[], true, &payload(60_000, 3)), 1398);
+        let mut buf = vec![0u8; SEG_BUF];
+        let layout = tso::segment(&hdr, &sp, 8, &mut buf).expect("valid super-packet");
+        for i in 0..layout.count {
+            let d = layout.datagram(i);
+            buf[d.start..d.start + 8].copy_from_slice(&(i as u64).to_be_bytes());
+        }
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let tx = UnderlaySocket::udp("127.0.0.1:0".parse().unwrap(), 4 << 20).expect("udp");
+        (buf, layout, rx, tx)
+    }
+
+    /// Every datagram arrives once, in order, byte for byte as laid out.
+    fn receive_all(rx: &UdpSocket, buf: &[u8], layout: &tso::Layout) {
+        let mut got = vec![0u8; 65536];
+        for i in 0..layout.count {
+            let n = rx.recv(&mut got).expect("datagram within 2 s");
+            assert_eq!(&got[..n], &buf[layout.datagram(i)], "datagram {i}");
+        }
+    }
+
+    #[test]
+    fn send_layout_sends_gso_runs() {
+        let (buf, layout, rx, tx) = setup();
+        assert!(tx.probe_gso(), "this kernel has UDP_SEGMENT");
+        let dst = match rx.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            a => panic!("{a}"),
+        };
+        let gso = AtomicBool::new(true);
+        let sent = send_layout(&tx, &buf, &layout, dst, Some(&gso));
+        assert_eq!(
+            sent,
+            Sent {
+                packets: layout.count as u64,
+                bytes: layout.out_len() as u64,
+                calls: 1,
+                ..Sent::default()
+            }
+        );
+        assert!(gso.load(Ordering::Relaxed));
+        receive_all(&rx, &buf, &layout);
+    }
+
+    /// The kernel refuses UDP GSO on a socket without UDP checksums (EINVAL): the same
+    /// datagrams go out one per message, and GSO stays off for later sends.
+    #[test]
+    fn send_layout_falls_back_when_the_kernel_refuses_gso() {
+        let (buf, layout, rx, tx) = setup();
+        tx.disable_tx_checksum().expect("SO_NO_CHECK");
+        let dst = match rx.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            a => panic!("{a}"),
+        };
+        let gso = AtomicBool::new(true);
+        let sent = send_layout(&tx, &buf, &layout, dst, Some(&gso));
+        assert!(!gso.load(Ordering::Relaxed), "the refusal is remembered");
+        assert_eq!(sent.packets, layout.count as u64);
+        assert_eq!(sent.bytes, layout.out_len() as u64);
+        assert_eq!(sent.dropped, 0);
+        assert!(sent.calls >= 1);
+        receive_all(&rx, &buf, &layout);
+        // The next layout goes straight the plain way.
+        let sent = send_layout(&tx, &buf, &layout, dst, Some(&gso));
+        assert_eq!(sent.packets, layout.count as u64);
+        receive_all(&rx, &buf, &layout);
+    }
+
+    /// The zero-copy sender's runs of (header, payload) iovecs arrive as the copying
+    /// segmenter lays the datagrams out; on a socket where the kernel refuses GSO it sends
+    /// nothing, says so (`None`) and clears the flag, so the caller can copy instead.
+    #[test]
+    fn send_header_runs_match_the_copying_layout_and_report_a_refusal() {
+        let (hdr, sp) = as_tso(tcp(false, 1, &[], true, &payload(60_000, 3)), 1398);
+        let (buf, layout, rx, tx) = setup();
+        let mut hdr_buf = vec![0u8; 32 * 1024];
+        let lay = tso::segment_headers(&hdr, &sp, 8, &mut hdr_buf)
+            .expect("valid super-packet")
+            .expect("needs segmenting");
+        assert_eq!(lay.count, layout.count);
+        for i in 0..lay.count {
+            let h = lay.header(i);
+            hdr_buf[h.start..h.start + 8].copy_from_slice(&(i as u64).to_be_bytes());
+        }
+        let dst = match rx.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            a => panic!("{a}"),
+        };
+        let seg = 8 + lay.hdr_len + lay.gso;
+        let gso = AtomicBool::new(true);
+        let sent = send_header_runs(&tx, &hdr_buf, &lay, &sp, seg, dst, &gso)
+            .expect("GSO accepted on loopback");
+        assert_eq!(sent.packets, layout.count as u64);
+        assert_eq!(sent.bytes, layout.out_len() as u64);
+        assert_eq!(sent.dropped, 0);
+        assert!(gso.load(Ordering::Relaxed));
+        receive_all(&rx, &buf, &layout);
+
+        tx.disable_tx_checksum().expect("SO_NO_CHECK");
+        assert_eq!(
+            send_header_runs(&tx, &hdr_buf, &lay, &sp, seg, dst, &gso),
+            None,
+            "a refused first run sends nothing"
+        );
+        assert!(!gso.load(Ordering::Relaxed), "the refusal is remembered");
+        let mut got = [0u8; 16];
+        rx.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        assert!(
+            rx.recv(&mut got).is_err(),
+            "nothing arrived after the refusal"
+        );
+    }
+
+    /// Loopback receivers and their addresses.
+    fn receivers(n: usize) -> (Vec<UdpSocket>, u16) {
+        // One port for all: each receiver on its own 127.0.0.x address.
+        let first = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = first.local_addr().unwrap().port();
+        let mut v = vec![first];
+        for i in 1..n {
+            v.push(
+                UdpSocket::bind(("127.0.0.".to_string() + &(i + 1).to_string(), port))
+                    .expect("bind"),
+            );
+        }
+        for r in &v {
+            r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+        (v, port)
+    }
+
+    /// An L2-style send (8 bytes of encapsulation, a 14-byte Ethernet header repeated in
+    /// front of every segment) to two destinations: the zero-copy way and, once GSO is
+    /// refused, the copying way deliver the same datagrams, and those are exactly what
+    /// `tso::segment` lays out with the link header and the encapsulation in front.
+    #[test]
+    fn tx_path_repeats_the_link_header_and_replicates_to_every_destination() {
+        let (hdr, sp) = as_tso(tcp(false, 1, &[], true, &payload(30_000, 7)), 1398);
+        let eth: [u8; 14] = [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        // The expected datagrams.
+        let mut want = vec![0u8; SEG_BUF];
+        let layout = tso::segment(&hdr, &sp, 22, &mut want).expect("valid");
+        for i in 0..layout.count {
+            let d = layout.datagram(i);
+            want[d.start..d.start + 8].copy_from_slice(b"ENCAPHDR");
+            want[d.start + 8..d.start + 22].copy_from_slice(&eth);
+        }
+        let (rx, port) = receivers(2);
+        let dsts = [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)];
+        let tx = UnderlaySocket::udp("127.0.0.1:0".parse().unwrap(), 4 << 20).expect("udp");
+        let mut path = TxPath::new(Arc::new(AtomicBool::new(tx.probe_gso())), None);
+        let mut got = vec![0u8; 65536];
+        for round in 0..2 {
+            if round == 1 {
+                tx.disable_tx_checksum().expect("SO_NO_CHECK");
+            }
+            // The frame as a TAP read gives it: virtio offsets count from the frame.
+            let start = HEADROOM;
+            path.buf[start..start + 14].copy_from_slice(&eth);
+            path.buf[start + 14..start + 14 + sp.len()].copy_from_slice(&sp);
+            let mut vh = hdr;
+            vh.csum_start += 14;
+            vh.hdr_len += 14;
+            let out = Outgoing {
+                vh,
+                start,
+                end: start + 14 + sp.len(),
+                link: 14,
+                encap: 8,
+                flow: 0,
+            };
+            let mut calls = 0;
+            let mut fill = |d: &mut [u8]| {
+                calls += 1;
+                d[..8].copy_from_slice(b"ENCAPHDR");
+                Ok(())
+            };
+            let sent = path.send(&out, &mut fill, &tx, &dsts, port).expect("sent");
+            assert_eq!(sent.packets, 2 * layout.count as u64, "round {round}");
+            assert_eq!(sent.dropped, 0);
+            if round == 1 {
+                assert!(!path.gso.load(Ordering::Relaxed), "refusal remembered");
+            }
+            for r in &rx {
+                for i in 0..layout.count {
+                    let n = r.recv(&mut got).expect("datagram within 2 s");
+                    assert_eq!(
+                        &got[..n],
+                        &want[layout.datagram(i)],
+                        "round {round} datagram {i}"
+                    );
+                }
+            }
+            assert!(calls >= layout.count, "fill ran for every datagram");
+        }
+    }
+
+    /// A packet needing no segmenting goes as it is, encapsulated in the headroom in front.
+    #[test]
+    fn tx_path_sends_a_single_packet_in_place() {
+        let (rx, port) = receivers(1);
+        let tx = UnderlaySocket::udp("127.0.0.1:0".parse().unwrap(), 1 << 20).expect("udp");
+        let mut path = TxPath::new(Arc::new(AtomicBool::new(false)), None);
+        let pkt = tcp(false, 1, &[], true, &payload(100, 1));
+        path.buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+        let out = Outgoing {
+            vh: VirtioNetHdr::default(),
+            start: HEADROOM,
+            end: HEADROOM + pkt.len(),
+            link: 0,
+            encap: 4,
+            flow: 0,
+        };
+        let sent = path
+            .send(
+                &out,
+                &mut |d| {
+                    d[..4].copy_from_slice(b"HDR!");
+                    Ok(())
+                },
+                &tx,
+                &[Ipv4Addr::LOCALHOST],
+                port,
+            )
+            .expect("sent");
+        assert_eq!((sent.packets, sent.calls), (1, 1));
+        let mut got = [0u8; 2048];
+        let n = rx[0].recv(&mut got).unwrap();
+        assert_eq!(&got[..4], b"HDR!");
+        assert_eq!(&got[4..n], &pkt[..]);
+        // A failing fill sends nothing and reports its reason.
+        let r = path.send(
+            &out,
+            &mut |_| Err(DropReason::BadInner),
+            &tx,
+            &[Ipv4Addr::LOCALHOST],
+            port,
+        );
+        assert_eq!(r, Err((DropReason::BadInner, 1)));
+    }
+}

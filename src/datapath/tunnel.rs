@@ -1,0 +1,165 @@
+//! Transmit through the kernel's UDP-tunnel GSO (Linux ≥ 6.17): one write of one whole
+//! encapsulated super-packet, which the kernel segments (or hands whole to a veth, or to a
+//! NIC that segments tunnels) exactly as it does for its own VXLAN device.
+//!
+//! The packet is written to a TAP (set up by [`crate::gso_tap`]) as an Ethernet frame
+//! addressed to the TAP itself, so the kernel routes it out of the underlay like a
+//! forwarded packet: `[outer Ethernet][outer IPv4][outer UDP][encapsulation][link][inner
+//! IP super-packet]`, preceded by the 24-byte virtio header that names the tunnel
+//! (`outer_th_offset`, `inner_nh_offset`) and the inner segmentation (`gso_size`, the inner
+//! transport checksum left partial). Userspace writes headers only: no segment layout, no
+//! inner checksum pass; the payload's one copy is the kernel's.
+//!
+//! The outer headers are written in place in the read buffer's headroom, in front of the
+//! encapsulation. A kernel that refuses the header (EINVAL/EIO) turns this way off for
+//! good; the caller then sends the userspace-segmenting way.
+
+use std::io::IoSlice;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::send::Sent;
+use crate::offload::tso::GsoShape;
+use crate::sys::tun::Queue;
+use crate::wire::virtio::{self, TunnelHdr, VirtioNetHdr};
+use crate::wire::{checksum, ether, ipv4, udp};
+
+/// Outer bytes in front of the encapsulation: Ethernet, IPv4, UDP.
+pub const OUTER_LEN: usize = ether::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN;
+/// Outer TTL as written: forwarding from the TAP takes one, so the wire shows 64 as the
+/// socket path's.
+const OUTER_TTL: u8 = 65;
+
+/// The tunnel-GSO TAP of a data plane: one queue per worker, and whether it is in use.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    pub queues: Vec<Arc<Queue>>,
+    /// Our underlay address: the outer source.
+    pub src: Ipv4Addr,
+    /// The TAP's MAC: the outer destination, so the kernel takes the frame as its own.
+    pub mac: [u8; 6],
+    /// On until a kernel refusal (shared by every worker, L3 and L2).
+    pub on: Arc<AtomicBool>,
+}
+
+impl Tunnel {
+    /// What worker `i` writes through.
+    pub fn for_worker(&self, i: usize) -> TunnelTx {
+        TunnelTx {
+            queue: self.queues[i % self.queues.len()].clone(),
+            src: self.src,
+            mac: self.mac,
+            on: self.on.clone(),
+        }
+    }
+}
+
+/// One worker's handle on the tunnel-GSO TAP.
+#[derive(Debug)]
+pub struct TunnelTx {
+    queue: Arc<Queue>,
+    src: Ipv4Addr,
+    mac: [u8; 6],
+    on: Arc<AtomicBool>,
+}
+
+/// Where the encapsulated frame lies in the buffer and what it carries.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelFrame {
+    /// Start of the encapsulation (at least [`OUTER_LEN`] bytes of room before it).
+    pub at: usize,
+    /// End of the inner packet.
+    pub end: usize,
+    /// Bytes from `at` to the inner IP header (encapsulation + link header).
+    pub inner_ip: usize,
+    /// The inner super-packet, checked.
+    pub shape: GsoShape,
+    /// The virtio header it was read with (for the GSO type's ECN bit and the MSS).
+    pub vh: VirtioNetHdr,
+}
+
+impl TunnelTx {
+    /// Whether this way is on (no refusal yet).
+    pub fn on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// Writes the frame once per destination (`dst`:`port`, from `src_port`). `None`,
+    /// having written nothing, when the kernel refuses the first write (the way is then
+    /// off for good): the caller sends another way.
+    pub fn send(
+        &self,
+        buf: &mut [u8],
+        f: &TunnelFrame,
+        dsts: &[Ipv4Addr],
+        port: u16,
+        src_port: u16,
+    ) -> Option<Sent> {
+        let o = f.at.checked_sub(OUTER_LEN)?;
+        let udp_len = udp::HEADER_LEN + (f.end - f.at);
+        let inner_nh = OUTER_LEN + f.inner_ip;
+        let tunnel_type = virtio::GSO_UDP_TUNNEL_IPV4;
+        let inner_type = f.vh.gso_type & (virtio::GSO_ECN | 0x0f);
+        let hdr = TunnelHdr {
+            base: VirtioNetHdr {
+                flags: virtio::F_NEEDS_CSUM | virtio::F_UDP_TUNNEL_CSUM,
+                gso_type: tunnel_type | inner_type,
+                hdr_len: (inner_nh + f.shape.hdr_len) as u16,
+                gso_size: f.shape.gso as u16,
+                csum_start: (inner_nh + f.shape.ip_hdr_len) as u16,
+                csum_offset: if f.shape.tcp { 16 } else { 6 },
+            },
+            outer_th_offset: (ether::HEADER_LEN + ipv4::HEADER_LEN) as u16,
+            inner_nh_offset: inner_nh as u16,
+        }
+        .to_bytes();
+        // Each datagram repeats everything before the inner payload.
+        let per_dgram_hdr = f.inner_ip + f.shape.hdr_len;
+        let dgram_bytes = (f.end - f.at) as u64 + (f.shape.count as u64 - 1) * per_dgram_hdr as u64;
+        let mut sent = Sent::default();
+        ether::emit(&mut buf[o..], self.mac, self.mac, ether::ETHERTYPE_IPV4);
+        for dst in dsts {
+            let ip_at = o + ether::HEADER_LEN;
+            ipv4::Repr {
+                src_addr: self.src,
+                dst_addr: *dst,
+                protocol: ipv4::PROTO_UDP,
+                payload_len: udp_len as u16,
+                ttl: OUTER_TTL,
+            }
+            .emit(&mut buf[ip_at..]);
+            let pseudo =
+                checksum::pseudo_header_v4(self.src, *dst, ipv4::PROTO_UDP, udp_len as u16);
+            udp::Repr {
+                src_port,
+                dst_port: port,
+                length: udp_len as u16,
+                checksum: checksum::fold(pseudo),
+            }
+            .emit(&mut buf[ip_at + ipv4::HEADER_LEN..]);
+            let frame = &buf[o..f.end];
+            match self
+                .queue
+                .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(frame)])
+            {
+                Ok(_) => {
+                    sent.packets += f.shape.count as u64;
+                    sent.bytes += dgram_bytes;
+                    sent.calls += 1;
+                }
+                Err(e)
+                    if sent == Sent::default()
+                        && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EIO)) =>
+                {
+                    tracing::warn!(error = %e, "the kernel refused a UDP-tunnel GSO write; segmenting in userspace from now on");
+                    self.on.store(false, Ordering::Relaxed);
+                    return None;
+                }
+                Err(_) => sent.dropped += f.shape.count as u64,
+            }
+        }
+        sent.tunnel_writes = sent.calls;
+        Some(sent)
+    }
+}

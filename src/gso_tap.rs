@@ -1,0 +1,176 @@
+//! The tunnel-GSO TAP: a TAP device through which the data planes hand the kernel whole
+//! UDP-tunnel super-packets to segment (Linux ≥ 6.17; see [`crate::datapath::tunnel`]).
+//!
+//! Setting it up changes only what the daemon owns: a TAP named [`NAME`] with a fixed MAC
+//! and no address, IPv6 off on it, and three of its own IPv4 settings — `forwarding` (the
+//! kernel routes what arrives on it out of the underlay), `accept_local` (the outer source
+//! is our own address) and `rp_filter` 0. They vanish with the device when the daemon
+//! exits. Host-wide settings are only read: a strict `net.ipv4.conf.all.rp_filter` (1)
+//! wins over the device's 0, so it makes the TAP unusable and the data planes segment in
+//! userspace instead (logged; set it to 2, loose, to allow the TAP).
+//!
+//! Before the data planes use it, a probe — a two-segment super-packet written through the
+//! TAP to a socket on our own underlay address — shows that the kernel takes the header
+//! and routes the packet. Forwarding out of the host additionally passes the FORWARD
+//! chain: a DROP policy there must allow the TAP (`-i ovgso0 -j ACCEPT`); see
+//! docs/operations.md.
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::datapath::tunnel::{Tunnel, TunnelFrame, OUTER_LEN};
+use crate::host::{self, Netlink, Underlay};
+use crate::offload::tso;
+use crate::sys::tun::{self, Device};
+use crate::wire::virtio::{self, VirtioNetHdr};
+use crate::wire::{checksum, ipv4};
+
+/// The TAP's name.
+pub const NAME: &str = "ovgso0";
+/// Its MAC: locally administered, unicast; only ever seen by this host's kernel.
+const MAC: [u8; 6] = [0x02, 0x6f, 0x76, 0x67, 0x73, 0x6f];
+
+/// `--tunnel-gso`: use the TAP when the kernel allows it, always (fail to start
+/// otherwise), or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Auto,
+    On,
+    Off,
+}
+
+/// An open, probed tunnel-GSO TAP. The device goes (with its settings) when this drops.
+pub struct GsoTap {
+    _dev: Device,
+    pub tunnel: Tunnel,
+}
+
+impl GsoTap {
+    /// Opens the TAP with `queues` queues, configures it and probes it. `Err` says why the
+    /// kernel or the host does not allow it (the caller falls back, or stops for
+    /// `--tunnel-gso on`).
+    pub async fn open(nl: &Netlink, underlay: &Underlay, queues: usize) -> Result<GsoTap, String> {
+        let mut dev = Device::open(&tun::Options {
+            name: NAME.into(),
+            kind: tun::Kind::Tap,
+            queues: queues.max(1),
+            vnet_hdr: true,
+            tunnel_hdr: true,
+        })
+        .map_err(|e| format!("cannot open TAP {NAME}: {e}"))?;
+        let want = tun::TUN_F_CSUM
+            | tun::TUN_F_TSO4
+            | tun::TUN_F_TSO6
+            | tun::TUN_F_UDP_TUNNEL_GSO
+            | tun::TUN_F_UDP_TUNNEL_GSO_CSUM;
+        dev.set_offload(want).map_err(|e| {
+            format!(
+                "the kernel refuses UDP-tunnel GSO on a TAP ({e}); it needs Linux 6.17 or later"
+            )
+        })?;
+        let rp_all = host::read_conf("ipv4", "all", "rp_filter").unwrap_or_default();
+        if rp_all == "1" {
+            return Err(
+                "net.ipv4.conf.all.rp_filter is 1 (strict), which refuses packets \
+                        from our own address on the TAP; set it to 2 (loose) to allow it"
+                    .into(),
+            );
+        }
+        nl.configure_link(&dev.name, MAC, underlay.mtu)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (family, key, value) in [
+            ("ipv6", "disable_ipv6", "1"),
+            ("ipv4", "forwarding", "1"),
+            ("ipv4", "accept_local", "1"),
+            ("ipv4", "rp_filter", "0"),
+        ] {
+            host::write_conf(family, &dev.name, key, value)
+                .map_err(|e| format!("cannot set net.{family}.conf.{NAME}.{key}={value}: {e}"))?;
+        }
+        let queues: Vec<_> = std::mem::take(&mut dev.queues)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let tunnel = Tunnel {
+            queues,
+            src: underlay.addr,
+            mac: MAC,
+            on: Arc::new(AtomicBool::new(true)),
+        };
+        probe(&tunnel, underlay.addr)?;
+        Ok(GsoTap { _dev: dev, tunnel })
+    }
+}
+
+/// Writes a two-segment UDP-tunnel super-packet through the TAP to a socket of ours on
+/// `addr` and waits (up to 1 s) for it to arrive.
+fn probe(t: &Tunnel, addr: Ipv4Addr) -> Result<(), String> {
+    let sock = UdpSocket::bind((addr, 0)).map_err(|e| format!("probe socket: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(1)))
+        .map_err(|e| format!("probe socket: {e}"))?;
+    let port = sock.local_addr().map_err(|e| e.to_string())?.port();
+    const MARK: &[u8; 8] = b"ovgsoprb";
+    const MSS: usize = 200;
+    let (src, dst) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
+    let at = OUTER_LEN;
+    let ip_at = at + MARK.len();
+    let tcp_len = 20 + 2 * MSS;
+    let mut buf = vec![0u8; ip_at + 20 + tcp_len];
+    buf[at..ip_at].copy_from_slice(MARK);
+    ipv4::Repr {
+        src_addr: src,
+        dst_addr: dst,
+        protocol: ipv4::PROTO_TCP,
+        payload_len: tcp_len as u16,
+        ttl: 64,
+    }
+    .emit(&mut buf[ip_at..]);
+    let tcp = &mut buf[ip_at + 20..];
+    tcp[12] = 5 << 4; // data offset: 20 bytes
+    tcp[13] = 0x10; // ACK
+    let partial = checksum::fold(checksum::pseudo_header_v4(
+        src,
+        dst,
+        ipv4::PROTO_TCP,
+        tcp_len as u16,
+    ));
+    tcp[16..18].copy_from_slice(&partial.to_be_bytes());
+    let vh = VirtioNetHdr {
+        flags: virtio::F_NEEDS_CSUM,
+        gso_type: virtio::GSO_TCPV4,
+        hdr_len: 40,
+        gso_size: MSS as u16,
+        csum_start: 20,
+        csum_offset: 16,
+    };
+    let shape = tso::gso_shape(&vh, &buf[ip_at..])
+        .ok()
+        .flatten()
+        .ok_or("probe packet malformed")?;
+    let f = TunnelFrame {
+        at,
+        end: buf.len(),
+        inner_ip: MARK.len(),
+        shape,
+        vh,
+    };
+    let tx = t.for_worker(0);
+    let sent = tx.send(&mut buf, &f, &[addr], port, 49152);
+    match sent {
+        Some(s) if s.calls == 1 => {}
+        Some(_) => return Err("the probe write through the TAP failed".into()),
+        None => return Err("the kernel refused the UDP-tunnel GSO header".into()),
+    }
+    let mut got = [0u8; 2048];
+    match sock.recv(&mut got) {
+        Ok(n) if got[..n].starts_with(MARK) => Ok(()),
+        Ok(_) => Err("the probe arrived altered".into()),
+        Err(e) => Err(format!(
+            "the probe written through the TAP never arrived ({e}): check that the kernel \
+             routes from {NAME} (forwarding, accept_local, rp_filter)"
+        )),
+    }
+}

@@ -1,0 +1,138 @@
+//! Running things: the root check, unique `ovt-<pid>-<seq>-<role>` names, commands run to
+//! completion, signals and bounded waits on child processes, log tails, and [`TempDir`].
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Prefix of every namespace (and temp dir) the tests create.
+pub const NS_PREFIX: &str = "ovt-";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Whether the effective uid is 0 (read from `/proc/self/status`, no unsafe needed).
+pub fn is_root() -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        == Some("0")
+}
+
+/// Returns `true` (and prints a loud banner) when the test must be skipped for lack of root.
+///
+/// Use as `if common::skip_unless_root("name") { return; }`.
+pub fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!();
+    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    eprintln!("!!! SKIPPED {test}: needs root (network namespaces). Run scripts/test.sh as root.");
+    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    eprintln!();
+    true
+}
+
+/// A name unique to this process and call: `ovt-<pid>-<seq>-<role>`.
+pub fn unique_name(role: &str) -> String {
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{NS_PREFIX}{}-{seq}-{role}", std::process::id())
+}
+
+/// Runs a command to completion; `Err` holds the command line, exit status and stderr.
+pub fn run_cmd(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{cmd:?}: cannot run: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ))
+    }
+}
+
+pub(super) fn must(r: Result<String, String>) -> String {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Sends a signal (`"TERM"`, `"KILL"`, `"STOP"`, `"CONT"`) to a pid with kill(1).
+pub fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Waits for a child to exit for at most `timeout`.
+pub(super) fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => return None,
+        }
+    }
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL and reap.
+pub(super) fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(st)) = child.try_wait() {
+        return Some(st);
+    }
+    signal(child.id(), "TERM");
+    if let Some(st) = wait_timeout(child, grace) {
+        return Some(st);
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// The last `n` lines of a file, for failure reports.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| format!("<cannot read: {e}>"));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A directory under the system temp dir, removed on drop (kept if `OVT_KEEP_TMP` is set).
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(role: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique_name(role));
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("OVT_KEEP_TMP").is_some() {
+            eprintln!("keeping {}", self.path.display());
+            return;
+        }
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
