@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{Backend, SocketError, Sockets};
@@ -67,6 +66,8 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("{0}")]
+    Instance(String),
     #[error(transparent)]
     L2(#[from] crate::l2::L2StartError),
 }
@@ -81,23 +82,12 @@ impl From<BackendArg> for BackendKind {
     }
 }
 
+/// The etcd registry: the endpoints and TLS files are checked here (an error names the bad
+/// one); the members are reached on first use, each call failing over between them.
 async fn connect_etcd(opts: &EtcdOptions) -> Result<Registry, DaemonError> {
-    let mut delay = Duration::from_millis(500);
-    let mut logged = false;
-    loop {
-        match Registry::connect(opts).await {
-            Ok(r) => return Ok(r),
-            Err(e @ EtcdError::Tls { .. }) => return Err(e.into()),
-            Err(e) => {
-                if !logged {
-                    warn!(endpoints = ?opts.endpoints, error = %e, "cannot reach etcd yet; retrying");
-                    logged = true;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    let r = Registry::connect(opts).await?;
+    info!(endpoints = ?opts.endpoints, "etcd endpoints");
+    Ok(r)
 }
 
 async fn network_config(
@@ -115,12 +105,21 @@ async fn network_config(
             }
             Ok(None) => {
                 if let Some(cfg) = &from_flags {
-                    if reg.create_config(&cfg.to_json()).await? {
-                        info!(key = %key, config = %cfg.to_json(), "created the network config");
+                    match reg.create_config(&cfg.to_json()).await {
+                        Ok(true) => {
+                            info!(key = %key, config = %cfg.to_json(), "created the network config");
+                            continue;
+                        }
+                        Ok(false) => continue,
+                        // etcd unreachable or without a leader: retried like the read.
+                        Err(e) => {
+                            if !logged {
+                                warn!(error = %e, "cannot create the network config; retrying");
+                                logged = true;
+                            }
+                        }
                     }
-                    continue;
-                }
-                if !logged {
+                } else if !logged {
                     warn!(key = %key, "no network config in etcd yet; waiting for one (or start with --network)");
                     logged = true;
                 }
@@ -157,11 +156,24 @@ fn peer_decoder(backend: Backend) -> PeerDecoder {
 }
 
 /// Runs the daemon until a signal; returns an error for anything that prevents it from
-/// running at all.
+/// running at all. A signal during start-up (waiting for etcd, the config, a lease, a
+/// device, a back-off) ends it at once: the start-up is dropped with what it made.
 pub async fn run(args: Args) -> Result<(), DaemonError> {
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let stop = crate::lifecycle::Stop::install().map_err(DaemonError::Signals)?;
+    match stop.race(serve(args, stop.clone())).await {
+        Ok(r) => r,
+        Err(sig) => {
+            info!(
+                signal = sig,
+                "stopping during start-up; the lease (if any) is kept, a device opened so far goes with the process"
+            );
+            Ok(())
+        }
+    }
+}
 
+/// The daemon proper: start-up, then the main loop until `stop`.
+async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonError> {
     // Flags are checked before anything else is touched, so a typo fails fast.
     let from_flags = match args.network {
         Some(net) => {
@@ -226,12 +238,17 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         .unwrap_or_else(|| backend.inner_mtu(underlay.mtu));
     let attrs = backend.lease_attrs(public_ip);
 
+    // One daemon per host and device: refuse before touching the lease or the device.
+    let name = backend.device_name();
+    let _instance = crate::lifecycle::claim(&args.run_dir, &name, &nl)
+        .await
+        .map_err(DaemonError::Instance)?;
+
     let previous = read_previous_subnet(&args.subnet_file);
-    let acquired = registry.acquire(&cfg, &attrs, previous).await?;
+    let acquired = registry.acquire_with_retry(&cfg, &attrs, previous).await;
     let subnet = acquired.subnet;
 
     // Device and host setup.
-    let name = backend.device_name();
     let queues = args.queues.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -357,6 +374,8 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         busy_poll_us: args.busy_poll_us,
         tunnel: tunnel.clone(),
     };
+    // From here on a signal is handled by the main loop below, which stops in order.
+    stop.serving();
     // Started in the background: an L2 network not defined yet must not hold back the
     // routed overlay (and the subnet file the CNI plugin waits for). An invalid one still
     // stops the daemon with its error, from the main loop below.
@@ -433,8 +452,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
                     }
                 }
             }
-            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            sig = stop.requested() => { info!("{sig}: stopping"); break; }
             changed = subnet_rx.changed() => {
                 if changed.is_err() {
                     continue;
