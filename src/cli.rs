@@ -142,6 +142,15 @@ pub struct Args {
     )]
     pub subnet_file: PathBuf,
 
+    /// Directory for the instance lock (<device>.lock, holding the pid): a second overlayd for the same device on this host refuses to start.
+    #[arg(
+        long,
+        env = "OVERLAYD_RUN_DIR",
+        default_value = crate::lifecycle::DEFAULT_RUN_DIR,
+        help_heading = "Host"
+    )]
+    pub run_dir: PathBuf,
+
     /// Written to subnet.env as FLANNEL_IPMASQ=true, which tells the CNI plugin not to masquerade. flanneld then installs masquerade rules itself; overlayd does not (yet): see docs/operations.md.
     #[arg(long, env = "OVERLAYD_IP_MASQ", help_heading = "Host")]
     pub ip_masq: bool,

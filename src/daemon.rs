@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{Backend, SocketError, Sockets};
@@ -71,6 +70,8 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("{0}")]
+    Instance(String),
     #[error(transparent)]
     L2(#[from] crate::l2::L2StartError),
 }
@@ -85,23 +86,12 @@ impl From<BackendArg> for BackendKind {
     }
 }
 
+/// The etcd registry: the endpoints and TLS files are checked here (an error names the bad
+/// one); the members are reached on first use, each call failing over between them.
 async fn connect_etcd(opts: &EtcdOptions) -> Result<Registry, DaemonError> {
-    let mut delay = Duration::from_millis(500);
-    let mut logged = false;
-    loop {
-        match Registry::connect(opts).await {
-            Ok(r) => return Ok(r),
-            Err(e @ EtcdError::Tls { .. }) => return Err(e.into()),
-            Err(e) => {
-                if !logged {
-                    warn!(endpoints = ?opts.endpoints, error = %e, "cannot reach etcd yet; retrying");
-                    logged = true;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    let r = Registry::connect(opts).await?;
+    info!(endpoints = ?opts.endpoints, "etcd endpoints");
+    Ok(r)
 }
 
 async fn network_config(
@@ -119,12 +109,21 @@ async fn network_config(
             }
             Ok(None) => {
                 if let Some(cfg) = &from_flags {
-                    if reg.create_config(&cfg.to_json()).await? {
-                        info!(key = %key, config = %cfg.to_json(), "created the network config");
+                    match reg.create_config(&cfg.to_json()).await {
+                        Ok(true) => {
+                            info!(key = %key, config = %cfg.to_json(), "created the network config");
+                            continue;
+                        }
+                        Ok(false) => continue,
+                        // etcd unreachable or without a leader: retried like the read.
+                        Err(e) => {
+                            if !logged {
+                                warn!(error = %e, "cannot create the network config; retrying");
+                                logged = true;
+                            }
+                        }
                     }
-                    continue;
-                }
-                if !logged {
+                } else if !logged {
                     warn!(key = %key, "no network config in etcd yet; waiting for one (or start with --network)");
                     logged = true;
                 }
@@ -161,11 +160,24 @@ fn peer_decoder(backend: Backend) -> PeerDecoder {
 }
 
 /// Runs the daemon until a signal; returns an error for anything that prevents it from
-/// running at all.
+/// running at all. A signal during start-up (waiting for etcd, the config, a lease, a
+/// device, a back-off) ends it at once: the start-up is dropped with what it made.
 pub async fn run(args: Args) -> Result<(), DaemonError> {
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let stop = crate::lifecycle::Stop::install().map_err(DaemonError::Signals)?;
+    match stop.race(serve(args, stop.clone())).await {
+        Ok(r) => r,
+        Err(sig) => {
+            info!(
+                signal = sig,
+                "stopping during start-up; the lease (if any) is kept, a device opened so far goes with the process"
+            );
+            Ok(())
+        }
+    }
+}
 
+/// The daemon proper: start-up, then the main loop until `stop`.
+async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonError> {
     // Flags are checked before anything else is touched, so a typo fails fast.
     let from_flags = match args.network {
         Some(net) => {
@@ -244,15 +256,20 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         attrs = attrs.with_ipv6(ip6, backend.lease_v6_data(ip6));
     }
 
+    // One daemon per host and device: refuse before touching the lease or the device.
+    let name = backend.device_name();
+    let _instance = crate::lifecycle::claim(&args.run_dir, &name, &nl)
+        .await
+        .map_err(DaemonError::Instance)?;
+
     let previous = read_previous(&args.subnet_file);
-    let acquired = registry.acquire(&cfg, &attrs, previous).await?;
+    let acquired = registry.acquire_with_retry(&cfg, &attrs, previous).await;
     let subnet = acquired.subnet;
     if let (Some(sn6), Some(ip6)) = (acquired.ipv6_subnet, public_ipv6) {
         warn!(ipv6_subnet = %sn6, public_ipv6 = %ip6, "dual stack: this node holds an IPv6 subnet and writes it to subnet.env for pods, but overlayd does not forward IPv6 between nodes yet; IPv6 packets to and from other nodes are dropped (IPv4 is carried as usual)");
     }
 
     // Device and host setup.
-    let name = backend.device_name();
     let queues = args.queues.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -378,6 +395,8 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
         busy_poll_us: args.busy_poll_us,
         tunnel: tunnel.clone(),
     };
+    // From here on a signal is handled by the main loop below, which stops in order.
+    stop.serving();
     // Started in the background: an L2 network not defined yet must not hold back the
     // routed overlay (and the subnet file the CNI plugin waits for). An invalid one still
     // stops the daemon with its error, from the main loop below.
@@ -449,8 +468,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
                     }
                 }
             }
-            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            sig = stop.requested() => { info!("{sig}: stopping"); break; }
             changed = subnet_rx.changed() => {
                 if changed.is_err() {
                     continue;

@@ -126,6 +126,35 @@ impl Netlink {
         }
     }
 
+    /// The kind of link `name` as the kernel names it ("tun", "vxlan", ...; empty when it
+    /// reports none), or `None` when there is no such link.
+    pub async fn link_kind(&self, name: &str) -> Result<Option<String>, HostError> {
+        use netlink_packet_route::link::LinkInfo;
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(l)) => Ok(Some(
+                l.attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                            LinkInfo::Kind(k) => Some(k.to_string()),
+                            _ => None,
+                        }),
+                        _ => None,
+                    })
+                    .unwrap_or_default(),
+            )),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(nl(format!("link {name}"))(e)),
+        }
+    }
+
     async fn link_by_index(&self, index: u32) -> Result<(String, u32), HostError> {
         let mut links = self.handle.link().get().match_index(index).execute();
         let l = links

@@ -15,7 +15,8 @@
 //!   splitting and delivery); [`l3`]: the routed data plane on it;
 //! - [`l2`]: layer-2 overlays (TAP, MAC learning, VLAN↔VNI), beside the routed mode;
 //! - [`telemetry`]: metrics, health and readiness endpoints, systemd notification;
-//! - [`daemon`], [`cli`], [`status`]: glue and the `overlayd status` command.
+//! - [`daemon`], [`cli`], [`status`]: glue and the `overlayd status` command;
+//! - [`lifecycle`]: stopping on a signal in any phase, one daemon per host and device.
 
 // `unsafe` is refused everywhere but in `sys`, which allows it and requires a `// SAFETY:`
 // comment on every block (see src/sys/mod.rs).
@@ -35,6 +36,7 @@ pub mod gso_tap;
 pub mod host;
 pub mod l2;
 pub mod l3;
+pub mod lifecycle;
 pub mod offload;
 pub mod status;
 pub mod sys;

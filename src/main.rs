@@ -41,7 +41,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(overlayd::daemon::run(args)) {
+    let result = rt.block_on(overlayd::daemon::run(args));
+    // Do not wait for blocking helper threads (a DNS lookup stuck on an unreachable
+    // resolver, say): the stop must not depend on them.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("overlayd: {e}");

@@ -107,10 +107,9 @@ fn human_ttl(secs: i64) -> String {
 /// Renders the status table (the whole output of `overlayd status`).
 pub async fn run(args: StatusArgs) -> Result<String, String> {
     let opts = args.etcd.options();
-    let reg = tokio::time::timeout(Duration::from_secs(5), Registry::connect(&opts))
-        .await
-        .map_err(|_| format!("etcd at {:?} did not answer within 5 s", opts.endpoints))?
-        .map_err(|e| e.to_string())?;
+    // Each call below fails over between the endpoints within bounded time; an error is
+    // returned only when no member could answer.
+    let reg = Registry::connect(&opts).await.map_err(|e| e.to_string())?;
     let mut out = String::new();
     match reg.get_config().await.map_err(|e| e.to_string())? {
         Some(raw) => match NetworkConfig::parse(&raw) {
@@ -244,10 +243,23 @@ async fn l2_section(reg: &Registry, out: &mut String) {
     use crate::l2::control::{members_root, parse_member_key};
     let prefix = reg.prefix().to_string();
     let nets_prefix = format!("{prefix}/l2/networks/");
-    let opts = || Some(etcd_client::GetOptions::new().with_prefix());
+    let pool = reg.pool();
+    let get = |key: String| {
+        let pool = pool.clone();
+        async move {
+            pool.call("list L2", |mut c| {
+                let key = key.clone();
+                async move {
+                    c.get(key, Some(etcd_client::GetOptions::new().with_prefix()))
+                        .await
+                }
+            })
+            .await
+        }
+    };
     let (Ok(nets), Ok(members)) = (
-        reg.client().get(nets_prefix.clone(), opts()).await,
-        reg.client().get(members_root(&prefix), opts()).await,
+        get(nets_prefix.clone()).await,
+        get(members_root(&prefix)).await,
     ) else {
         let _ = writeln!(out, "L2 networks: cannot read them from etcd");
         return;

@@ -189,7 +189,15 @@ fn refresh_l2(l2: &crate::l2::dataplane::Shared) {
 
 /// Installs the Prometheus recorder (once per process).
 pub fn install_recorder() -> Option<PrometheusHandle> {
+    // Every series is written at each scrape (`State::refresh`, just before rendering), so
+    // one that was not written since the previous scrape belongs to something gone (a peer
+    // that left, an L2 network): drop it rather than export it forever (found by the churn
+    // soak in tests/etcd_ha.rs: one series per departed peer and direction, unbounded).
     PrometheusBuilder::new()
+        .idle_timeout(
+            metrics_util::MetricKindMask::ALL,
+            Some(std::time::Duration::from_secs(1)),
+        )
         .install_recorder()
         .map_err(|e| warn!(error = %e, "cannot install the metrics recorder"))
         .ok()

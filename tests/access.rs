@@ -295,7 +295,7 @@ fn netns_etcd_username_password() {
     assert!(bad.is_running(), "keeps retrying rather than exiting");
     assert!(bad.subnet_env().is_none(), "no lease with a wrong password");
     assert!(
-        bad.log().contains("cannot reach etcd"),
+        bad.log().contains("authentication failed"),
         "says why: {}",
         bad.log()
     );

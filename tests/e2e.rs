@@ -738,6 +738,8 @@ fn netns_systemd_notify() {
         .args(overlayd_args("udp", &etcd))
         .arg("--subnet-file")
         .arg(&subnet_file)
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
         .env("NOTIFY_SOCKET", &sock_path)
         .stderr(std::process::Stdio::null())
         .spawn()

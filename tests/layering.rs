@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["datapath"],
     &["gso_tap"],
     &["l3", "l2"],
-    &["telemetry", "cni"],
+    &["telemetry", "cni", "lifecycle"],
     &["cli"],
     &["status", "daemon"],
 ];

@@ -164,6 +164,12 @@ fn daemonset_runs_overlayd_on_the_host_network_with_two_capabilities() {
     };
     let run = mount_of("/run/flannel");
     assert_eq!(run["hostPath"]["path"], "/run/flannel");
+    // The instance lock's directory is the host's, so a second overlayd on the node refuses.
+    let lock = mount_of(overlayd::lifecycle::DEFAULT_RUN_DIR);
+    assert_eq!(
+        lock["hostPath"]["path"],
+        overlayd::lifecycle::DEFAULT_RUN_DIR
+    );
     let tun = mount_of("/dev/net/tun");
     assert_eq!(tun["hostPath"]["path"], "/dev/net/tun");
     assert_eq!(tun["hostPath"]["type"], "CharDevice");

@@ -5,7 +5,8 @@
 //! nodes' leases into forwarding-table snapshots by listing and then watching from the
 //! listed revision. A compacted watch relists and diffs; a deleted or expired own lease is
 //! re-acquired (the same subnet when still free); while etcd is unreachable nothing here
-//! touches the forwarding table, so traffic to known peers keeps flowing.
+//! touches the forwarding table, so traffic to known peers keeps flowing. Every call goes
+//! through [`EtcdPool`], which bounds it in time and fails over between the etcd members.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
@@ -15,8 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::watch;
@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::control::config::NetworkConfig;
 use crate::control::lease::{LeaseAttrs, SubnetKey};
+use crate::control::pool::{EtcdPool, Timeouts};
 use crate::control::subnet::{choose, stale_own, Choice, ExistingLease, Identity, NoFreeSubnet};
 use crate::fib::{Fib, Peer, SharedFib};
 
@@ -47,6 +48,19 @@ pub struct EtcdOptions {
 pub enum EtcdError {
     #[error("etcd: {0}")]
     Client(#[from] etcd_client::Error),
+    #[error("etcd at {endpoint}: {source}")]
+    Member {
+        endpoint: String,
+        source: etcd_client::Error,
+    },
+    #[error("etcd at {endpoint}: no answer to {what} within {after:?}")]
+    Timeout {
+        what: String,
+        endpoint: String,
+        after: Duration,
+    },
+    #[error("{0}")]
+    Config(String),
     #[error("cannot read {path}: {source}")]
     Tls {
         path: PathBuf,
@@ -111,52 +125,29 @@ impl Acquired {
     }
 }
 
-/// A connected etcd client plus our prefix.
+/// The etcd members (with failover) plus our prefix.
 #[derive(Clone)]
 pub struct Registry {
-    client: Client,
+    pool: EtcdPool,
     prefix: String,
     /// Keys whose malformed values were already logged, so each is logged once per revision.
     logged: Arc<std::sync::Mutex<HashSet<(String, i64)>>>,
 }
 
 impl Registry {
-    /// Connects (one attempt; callers retry with backoff).
+    /// Checks the endpoints and TLS files (a bad one is an error to report, not to retry);
+    /// the members are connected on first use, each call failing over between them.
     pub async fn connect(opts: &EtcdOptions) -> Result<Self, EtcdError> {
-        let mut co = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(10))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
-            co = co.with_user(u.clone(), p.clone());
-        }
-        if opts.cafile.is_some() || opts.certfile.is_some() {
-            let read = |p: &PathBuf| {
-                std::fs::read(p).map_err(|source| EtcdError::Tls {
-                    path: p.clone(),
-                    source,
-                })
-            };
-            let mut tls = etcd_client::TlsOptions::new();
-            if let Some(ca) = &opts.cafile {
-                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
-            }
-            if let (Some(c), Some(k)) = (&opts.certfile, &opts.keyfile) {
-                tls = tls.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?));
-            }
-            co = co.with_tls(tls);
-        }
-        let client = Client::connect(&opts.endpoints, Some(co)).await?;
         Ok(Self {
-            client,
+            pool: EtcdPool::new(opts, Timeouts::default())?,
             prefix: opts.prefix.trim_end_matches('/').to_string(),
             logged: Default::default(),
         })
     }
 
-    /// The etcd client (the L2 control plane shares the connection).
-    pub fn client(&self) -> Client {
-        self.client.clone()
+    /// The etcd members (the L2 control plane and `overlayd status` share them).
+    pub fn pool(&self) -> EtcdPool {
+        self.pool.clone()
     }
 
     /// The key prefix, without a trailing slash.
@@ -175,22 +166,30 @@ impl Registry {
     /// Seconds left on etcd lease `id` (`None` when etcd does not know it).
     pub async fn lease_ttl(&self, id: i64) -> Option<i64> {
         let r = self
-            .client
-            .clone()
-            .lease_time_to_live(id, None)
+            .pool
+            .call("lease time-to-live", |mut c| async move {
+                c.lease_time_to_live(id, None).await
+            })
             .await
             .ok()?;
         (r.ttl() >= 0).then(|| r.ttl())
     }
 
-    /// The etcd key of the lease for `subnets`.
+    /// The key of `subnet`'s lease.
     pub fn lease_key(&self, subnets: &SubnetKey) -> String {
         format!("{}{}", self.subnets_prefix(), subnets.to_key())
     }
 
     /// The raw network config, if present.
     pub async fn get_config(&self) -> Result<Option<Vec<u8>>, EtcdError> {
-        let resp = self.client.clone().get(self.config_key(), None).await?;
+        let key = self.config_key();
+        let resp = self
+            .pool
+            .call("get config", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
@@ -200,16 +199,26 @@ impl Registry {
         let txn = Txn::new()
             .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, json, None)]);
-        Ok(self.client.clone().txn(txn).await?.succeeded())
+        let r = self
+            .pool
+            .call("create config", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(r.succeeded())
     }
 
     /// Lists every lease with the revision of the listing. Malformed entries are logged
     /// once (with their key) and left out.
     pub async fn list(&self) -> Result<(Vec<RemoteLease>, i64), EtcdError> {
+        let prefix = self.subnets_prefix();
         let resp = self
-            .client
-            .clone()
-            .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
+            .pool
+            .call("list leases", |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let leases = resp
@@ -300,7 +309,13 @@ impl Registry {
                 .collect();
             for s in stale_own(cfg, &existing, &me) {
                 info!(subnet = %s, "deleting our old lease that no longer fits the network config");
-                self.client.clone().delete(self.lease_key(&s), None).await?;
+                let key = self.lease_key(&s);
+                self.pool
+                    .call("delete old lease", |mut c| {
+                        let key = key.clone();
+                        async move { c.delete(key, None).await }
+                    })
+                    .await?;
                 existing.retain(|e| e.key != s);
             }
             let choice = choose(cfg, &existing, &me, previous, &mut rng)?;
@@ -313,27 +328,14 @@ impl Registry {
                     Compare::mod_revision(key.clone(), CompareOp::Equal, l.mod_revision),
                     0,
                 ),
-                Some(l) => {
-                    let id = self
-                        .client
-                        .clone()
-                        .lease_grant(LEASE_TTL_SECS, None)
-                        .await?
-                        .id();
-                    (
-                        Compare::mod_revision(key.clone(), CompareOp::Equal, l.mod_revision),
-                        id,
-                    )
-                }
-                None => {
-                    let id = self
-                        .client
-                        .clone()
-                        .lease_grant(LEASE_TTL_SECS, None)
-                        .await?
-                        .id();
-                    (Compare::version(key.clone(), CompareOp::Equal, 0), id)
-                }
+                Some(l) => (
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, l.mod_revision),
+                    self.grant().await?,
+                ),
+                None => (
+                    Compare::version(key.clone(), CompareOp::Equal, 0),
+                    self.grant().await?,
+                ),
             };
             let put = if lease_id != 0 {
                 Some(PutOptions::new().with_lease(lease_id))
@@ -344,16 +346,33 @@ impl Registry {
                 Txn::new()
                     .when([cmp])
                     .and_then([TxnOp::put(key.clone(), value.clone(), put)]);
-            if self.client.clone().txn(txn).await?.succeeded() {
+            let won = self
+                .pool
+                .call("acquire subnet", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await?
+                .succeeded();
+            if won {
                 if matches!(choice, Choice::New(_)) && self.lost_overlap(&key, &subnets).await? {
                     debug!(subnet = %subnets, "another node created an overlapping key first; choosing again");
                     if lease_id != 0 {
                         // Revoking the lease deletes our key with it.
-                        let _ = self.client.clone().lease_revoke(lease_id).await;
+                        self.revoke(lease_id).await;
                     }
                     continue;
                 }
                 info!(subnet = %subnets, reservation, attempt, "acquired subnet lease");
+                // The key now lives on the new etcd lease; the one it had (ours from a
+                // previous run, or from an attempt whose answer was lost in a failover)
+                // holds nothing any more: revoke it rather than leave it for 24 hours.
+                if let Some(old) = current
+                    .map(|l| l.lease_id)
+                    .filter(|&o| o != 0 && o != lease_id)
+                {
+                    self.revoke(old).await;
+                }
                 return Ok(Acquired {
                     subnet: subnets.ipv4.unwrap_or(NO_IPV4),
                     ipv6_subnet: subnets.ipv6,
@@ -363,7 +382,7 @@ impl Registry {
             }
             debug!(subnet = %subnets, "lost the race for a subnet; choosing again");
             if lease_id != 0 {
-                let _ = self.client.clone().lease_revoke(lease_id).await;
+                self.revoke(lease_id).await;
             }
         }
         unreachable!("the acquisition loop only exits by returning")
@@ -385,6 +404,61 @@ impl Registry {
                 v4 || v6
             }
         }))
+    }
+
+    /// [`Registry::acquire`] until it succeeds: etcd errors and an exhausted network are
+    /// retried with backoff (logged at each step), as etcd may come back and leases expire.
+    pub async fn acquire_with_retry(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous: SubnetKey,
+    ) -> Acquired {
+        let mut step = 0;
+        loop {
+            match self.acquire(cfg, attrs, previous).await {
+                Ok(a) => return a,
+                Err(e) => {
+                    let d = backoff(&mut step);
+                    warn!(error = %e, retry_in = ?d, "cannot acquire a subnet lease yet; retrying");
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    }
+
+    /// A new etcd lease of [`LEASE_TTL_SECS`].
+    async fn grant(&self) -> Result<i64, EtcdError> {
+        Ok(self
+            .pool
+            .call("grant lease", |mut c| async move {
+                c.lease_grant(LEASE_TTL_SECS, None).await
+            })
+            .await?
+            .id())
+    }
+
+    /// Revokes etcd lease `id`, best effort (it expires by itself otherwise).
+    async fn revoke(&self, id: i64) {
+        if let Err(e) = self
+            .pool
+            .call(
+                "revoke lease",
+                |mut c| async move { c.lease_revoke(id).await },
+            )
+            .await
+        {
+            debug!(lease = id, error = %e, "cannot revoke an unused etcd lease; it will expire");
+        }
+    }
+
+    /// Sends one keepalive for etcd lease `id`; returns its remaining TTL (<= 0: expired).
+    pub async fn keep_alive(&self, id: i64) -> Result<i64, EtcdError> {
+        self.pool
+            .call("lease keepalive", |c| {
+                crate::control::pool::keep_alive_once(c, id)
+            })
+            .await
     }
 }
 
@@ -429,7 +503,7 @@ pub struct ControlLoop {
     pub fib: SharedFib,
     /// Maps a lease to a data-plane peer (checks backend type and data), `None` = ignore.
     pub decode_peer: PeerDecoder,
-    /// Told about every change of our own subnets (re-acquisition).
+    /// Told about every change of our own subnet (re-acquisition).
     pub subnet_tx: watch::Sender<SubnetKey>,
     /// Own-lease keepalive period.
     pub keepalive_every: Duration,
@@ -484,9 +558,8 @@ impl ControlLoop {
                 .with_start_revision(revision + 1);
             let mut stream = match self
                 .registry
-                .client
-                .clone()
-                .watch(self.registry.subnets_prefix(), Some(opts))
+                .pool
+                .watch(self.registry.subnets_prefix(), opts)
                 .await
             {
                 Ok(s) => s,
@@ -514,9 +587,9 @@ impl ControlLoop {
                                 relist = true;
                                 break;
                             }
-                            if let Some(h) = resp.header() {
-                                revision = revision.max(h.revision());
-                            }
+                            // The revision to resume from comes from the events only: a
+                            // response header's revision can run ahead of events still to
+                            // come (etcd sends history in batches when catching up).
                             let mut changed = false;
                             let mut own_gone = false;
                             for ev in resp.events() {
@@ -558,8 +631,9 @@ impl ControlLoop {
                         }
                         Ok(None) | Err(_) => {
                             self.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                            self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
                             let d = backoff(&mut step);
-                            warn!(retry_in = ?d, "lease watch broke; resuming");
+                            warn!(retry_in = ?d, endpoint = stream.endpoint(), revision, "lease watch broke; resuming from the last revision seen");
                             tokio::time::sleep(d).await;
                             break;
                         }
@@ -580,30 +654,26 @@ impl ControlLoop {
         if self.acquired.reservation {
             return Ok(());
         }
-        let (mut keeper, mut stream) = self
-            .registry
-            .client
-            .clone()
-            .lease_keep_alive(self.acquired.lease_id)
-            .await?;
-        keeper.keep_alive().await?;
-        if let Some(resp) = stream.message().await? {
-            if resp.ttl() <= 0 {
-                warn!(
-                    lease = self.acquired.lease_id,
-                    "our etcd lease expired; re-acquiring"
-                );
-                self.reacquire().await;
-            } else {
-                debug!(ttl = resp.ttl(), "lease kept alive");
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0);
-                self.stats
-                    .lease_expiry_unix
-                    .store(now + resp.ttl(), Ordering::Relaxed);
-            }
+        let ttl = self.registry.keep_alive(self.acquired.lease_id).await?;
+        if ttl <= 0 {
+            warn!(
+                lease = self.acquired.lease_id,
+                "our etcd lease expired; re-acquiring"
+            );
+            self.reacquire().await;
+        } else {
+            debug!(
+                ttl,
+                endpoint = self.registry.pool.current_endpoint(),
+                "lease kept alive"
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            self.stats
+                .lease_expiry_unix
+                .store(now + ttl, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -5,11 +5,13 @@
 //! byte for byte and choose subnets, without touching etcd, clocks or the network.
 //! [`subnet_env`] renders flannel's subnet.env and writes it (the CNI plugin's interface).
 //! [`etcd`] is the async part on top of them: it talks to etcd (transactions, keepalive,
-//! list + watch) and publishes forwarding-table snapshots.
+//! list + watch) and publishes forwarding-table snapshots, through [`pool`], which fails
+//! over between the etcd members.
 
 pub mod config;
 pub mod etcd;
 pub mod lease;
+pub mod pool;
 pub mod subnet;
 pub mod subnet_env;
 

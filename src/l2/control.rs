@@ -15,12 +15,13 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
 use tracing::{debug, info, warn};
 
 use super::config::{L2ConfigError, L2NetworkConfig};
 use super::dataplane::{Members, Shared};
 use crate::control::etcd::{backoff, EtcdError};
+use crate::control::pool::EtcdPool;
 
 /// Seconds a member key outlives its node's last keepalive.
 pub const MEMBER_TTL_SECS: i64 = 90;
@@ -67,14 +68,20 @@ pub fn parse_member_key(prefix: &str, key: &str) -> Option<(String, Ipv4Addr)> {
 /// Reads network `name`'s config, waiting (and saying so once) while it is absent. An
 /// invalid config is an error: the operator must fix it.
 pub async fn wait_network(
-    client: &Client,
+    pool: &EtcdPool,
     prefix: &str,
     name: &str,
 ) -> Result<L2NetworkConfig, L2Error> {
     let key = network_key(prefix, name);
     let mut logged = false;
     loop {
-        match client.clone().get(key.clone(), None).await {
+        let got = pool
+            .call("get L2 network", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await;
+        match got {
             Ok(r) => {
                 if let Some(kv) = r.kvs().first() {
                     return L2NetworkConfig::parse(kv.value())
@@ -98,7 +105,7 @@ pub async fn wait_network(
 
 /// Keeps membership current until cancelled. `names[i]` is `shared.nets[i]`'s name.
 pub struct L2Control {
-    pub client: Client,
+    pub pool: EtcdPool,
     pub prefix: String,
     pub names: Vec<String>,
     pub self_ip: Ipv4Addr,
@@ -108,14 +115,14 @@ pub struct L2Control {
 
 impl L2Control {
     pub fn new(
-        client: Client,
+        pool: EtcdPool,
         prefix: String,
         names: Vec<String>,
         self_ip: Ipv4Addr,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
-            client,
+            pool,
             prefix,
             names,
             self_ip,
@@ -132,20 +139,27 @@ impl L2Control {
     pub async fn announce(&mut self) -> Result<(), L2Error> {
         if self.lease == 0 {
             self.lease = self
-                .client
-                .clone()
-                .lease_grant(MEMBER_TTL_SECS, None)
+                .pool
+                .call("grant L2 member lease", |mut c| async move {
+                    c.lease_grant(MEMBER_TTL_SECS, None).await
+                })
                 .await?
                 .id();
         }
+        let lease = self.lease;
         for name in &self.names {
-            self.client
-                .clone()
-                .put(
-                    member_key(&self.prefix, name, self.self_ip),
-                    self.member_value(),
-                    Some(PutOptions::new().with_lease(self.lease)),
-                )
+            let (key, value) = (
+                member_key(&self.prefix, name, self.self_ip),
+                self.member_value(),
+            );
+            self.pool
+                .call("announce L2 member", |mut c| {
+                    let (key, value) = (key.clone(), value.clone());
+                    async move {
+                        c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                            .await
+                    }
+                })
                 .await?;
         }
         info!(networks = ?self.names, public_ip = %self.self_ip, "announced L2 membership");
@@ -153,24 +167,30 @@ impl L2Control {
     }
 
     /// Removes our member keys (clean stop): peers stop flooding to us at once.
-    pub async fn withdraw(client: Client, prefix: String, names: Vec<String>, ip: Ipv4Addr) {
+    pub async fn withdraw(pool: EtcdPool, prefix: String, names: Vec<String>, ip: Ipv4Addr) {
         for name in &names {
-            let _ = client
-                .clone()
-                .delete(member_key(&prefix, name, ip), None)
+            let key = member_key(&prefix, name, ip);
+            let _ = pool
+                .call("withdraw L2 member", |mut c| {
+                    let key = key.clone();
+                    async move { c.delete(key, None).await }
+                })
                 .await;
         }
     }
 
     /// Lists every member of our networks; returns them with the listing's revision.
     async fn list(&self) -> Result<(BTreeMap<String, BTreeSet<Ipv4Addr>>, i64), L2Error> {
+        let root = members_root(&self.prefix);
         let r = self
-            .client
-            .clone()
-            .get(
-                members_root(&self.prefix),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
+            .pool
+            .call("list L2 members", |mut c| {
+                let root = root.clone();
+                async move {
+                    c.get(root, Some(GetOptions::new().with_prefix().with_keys_only()))
+                        .await
+                }
+            })
             .await?;
         let rev = r.header().map(|h| h.revision()).unwrap_or(0);
         let mut m: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
@@ -209,14 +229,17 @@ impl L2Control {
     }
 
     async fn keepalive(&mut self) -> Result<(), L2Error> {
-        let (mut keeper, mut stream) = self.client.clone().lease_keep_alive(self.lease).await?;
-        keeper.keep_alive().await?;
-        if let Some(resp) = stream.message().await? {
-            if resp.ttl() <= 0 {
-                warn!("the L2 member lease expired; announcing again");
-                self.lease = 0;
-                self.announce().await?;
-            }
+        let lease = self.lease;
+        let ttl = self
+            .pool
+            .call("L2 member keepalive", |c| {
+                crate::control::pool::keep_alive_once(c, lease)
+            })
+            .await?;
+        if ttl <= 0 {
+            warn!("the L2 member lease expired; announcing again");
+            self.lease = 0;
+            self.announce().await?;
         }
         Ok(())
     }
@@ -255,12 +278,7 @@ impl L2Control {
             let opts = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(rev + 1);
-            let mut stream = match self
-                .client
-                .clone()
-                .watch(members_root(&self.prefix), Some(opts))
-                .await
-            {
+            let mut stream = match self.pool.watch(members_root(&self.prefix), opts).await {
                 Ok(s) => s,
                 Err(e) => {
                     let d = backoff(&mut step);

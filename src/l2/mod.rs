@@ -92,7 +92,7 @@ pub struct L2Node {
     underlay_mtu: u32,
     devices: Vec<Device>,
     control: tokio::task::JoinHandle<()>,
-    client: etcd_client::Client,
+    pool: crate::control::pool::EtcdPool,
     prefix: String,
     names: Vec<String>,
     self_ip: Ipv4Addr,
@@ -148,7 +148,7 @@ impl L2Node {
         l3_port: Option<u16>,
     ) -> Result<L2Node, L2StartError> {
         config::check_attachments(&opts.access, &opts.vlans).map_err(L2StartError::Conflict)?;
-        let client = reg.client();
+        let pool = reg.pool();
         let prefix = reg.prefix().to_string();
         let names: Vec<String> = opts
             .access
@@ -158,7 +158,7 @@ impl L2Node {
             .collect();
         let mut cfgs = Vec::new();
         for name in &names {
-            let c = control::wait_network(&client, &prefix, name).await?;
+            let c = control::wait_network(&pool, &prefix, name).await?;
             info!(network = %name, vni = c.vni, backend = %c.backend, "L2 network");
             cfgs.push((name.clone(), c));
         }
@@ -231,13 +231,17 @@ impl L2Node {
         })?;
 
         let mut ctl = L2Control::new(
-            client.clone(),
+            pool.clone(),
             prefix.clone(),
             names.clone(),
             public_ip,
             shared.clone(),
         );
-        ctl.announce().await?;
+        // etcd failing now (every member down, an election) must not stop the node: the
+        // control loop announces as soon as it finds our keys missing.
+        if let Err(e) = ctl.announce().await {
+            warn!(error = %e, "cannot announce L2 membership yet; retrying in the background");
+        }
         let control = tokio::spawn(ctl.run());
         info!(networks = ?names, gso, "L2 data plane running");
         Ok(L2Node {
@@ -247,7 +251,7 @@ impl L2Node {
             underlay_mtu: underlay.mtu,
             devices,
             control,
-            client,
+            pool,
             prefix,
             names,
             self_ip: public_ip,
@@ -292,10 +296,12 @@ impl L2Node {
     /// removes the TAPs.
     pub async fn stop(mut self) {
         self.control.abort();
+        // Bounded so that a stop with etcd unreachable still ends within the 2 s that
+        // SIGTERM is allowed (the member keys then expire with their lease).
         let _ = tokio::time::timeout(
-            Duration::from_secs(2),
+            Duration::from_secs(1),
             L2Control::withdraw(
-                self.client.clone(),
+                self.pool.clone(),
                 self.prefix.clone(),
                 self.names.clone(),
                 self.self_ip,

@@ -1,11 +1,12 @@
 //! The system layer: the only place with `unsafe`. TUN/TAP ioctls, socket options and
-//! control messages, network namespaces. Everything above it is safe Rust; every `unsafe`
+//! control messages, network namespaces, file locks. Everything above it is safe Rust; every `unsafe`
 //! block here carries a `// SAFETY:` line, which clippy checks
 //! (`undocumented_unsafe_blocks`); the crate root denies `unsafe` everywhere else.
 
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod lock;
 pub mod netns;
 pub mod socket;
 pub mod tun;

@@ -161,6 +161,11 @@ impl Overlayd {
                 p
             }
         };
+        // The instance lock goes into the test's own directory, not the host's /run.
+        if !args.iter().any(|a| a == "--run-dir") {
+            args.push("--run-dir".into());
+            args.push(dir.path().join("run").display().to_string());
+        }
         let mut d = Overlayd {
             child: None,
             ns: ns.name().to_owned(),

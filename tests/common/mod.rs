@@ -63,6 +63,7 @@
 mod capture;
 mod daemon;
 mod etcd;
+mod etcd_cluster;
 mod frames;
 mod ipv6;
 mod kernel;
@@ -75,6 +76,6 @@ mod traffic;
 // One flat namespace for the tests. Not every test binary uses every part.
 #[allow(unused_imports)]
 pub use {
-    capture::*, daemon::*, etcd::*, frames::*, ipv6::*, kernel::*, l2::*, netns::*, process::*,
-    topology::*, traffic::*,
+    capture::*, daemon::*, etcd::*, etcd_cluster::*, frames::*, ipv6::*, kernel::*, l2::*,
+    netns::*, process::*, topology::*, traffic::*,
 };
