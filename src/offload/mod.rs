@@ -98,15 +98,16 @@ pub(crate) fn need(pkt: &[u8], needed: usize) -> Result<(), OffloadError> {
     Ok(())
 }
 
-/// Recognises an IPv4 TCP or UDP packet whose transport checksum is only *partial*: the
-/// field holds the folded pseudo-header sum that a sender with checksum offload leaves for
-/// the NIC to finish (Linux `CHECKSUM_PARTIAL`). Over veth no NIC ever finishes it, and a
-/// peer's kernel VXLAN hands such packets to our socket as they are; they must be finished
-/// (or handed to the TUN with `NEEDS_CSUM`) before the kernel sees them, or it drops them.
+/// Recognises an IPv4 or IPv6 TCP or UDP packet whose transport checksum is only
+/// *partial*: the field holds the folded pseudo-header sum that a sender with checksum
+/// offload leaves for the NIC to finish (Linux `CHECKSUM_PARTIAL`). Over veth no NIC ever
+/// finishes it, and a peer's kernel VXLAN hands such packets to our socket as they are;
+/// they must be finished (or handed to the TUN with `NEEDS_CSUM`) before the kernel sees
+/// them, or it drops them.
 ///
 /// Returns the virtio header that makes the kernel finish the checksum (and segment the
-/// packet when its TCP payload is longer than `gso_size` allows, for tunnelled GSO
-/// super-frames).
+/// packet, `TCPV4` or `TCPV6`, when its TCP payload is longer than `gso_size` allows, for
+/// tunnelled GSO super-frames).
 ///
 /// Only the checksum field is read, not the payload: a field equal to the pseudo-header
 /// sum is taken as partial. A complete checksum that happens to equal it (1 in 65 536) is
@@ -114,34 +115,33 @@ pub(crate) fn need(pkt: &[u8], needed: usize) -> Result<(), OffloadError> {
 /// complete checksum by definition), so a second pass over the data to tell the two apart
 /// would change no outcome; this is what lets a peer's whole 64 KiB tunnel-GSO frame go to
 /// the device with no checksum work at all.
+///
+/// IPv4 packets must be whole (not fragments) and exactly as long as their total length;
+/// IPv6 packets exactly as long as their payload length says, with TCP or UDP right after
+/// the fixed header (extension headers are not walked: such packets are left alone).
 pub fn partial_checksum_hdr(pkt: &[u8], gso_size: usize) -> Option<VirtioNetHdr> {
-    if pkt.is_empty() {
+    let h = ip::parse(pkt).ok()?;
+    if h.total_len != pkt.len() {
         return None;
     }
-    // Only the first byte is read before the length check below.
-    let v4 = ipv4::Packet::new_unchecked(pkt);
-    let ihl = v4.header_len();
-    if v4.version() != 4 || ihl < ipv4::HEADER_LEN || pkt.len() < ihl + udp::HEADER_LEN {
+    if !h.is_v6() && ipv4::Packet::new_unchecked(pkt).is_fragment() {
         return None;
     }
-    if usize::from(v4.total_len()) != pkt.len() || v4.is_fragment() {
-        return None;
-    }
-    let proto = v4.protocol();
+    let ihl = h.header_len;
+    let proto = h.protocol;
     let l4 = &pkt[ihl..];
     let (csum_offset, field) = match proto {
         ip::PROTO_TCP if l4.len() >= tcp::HEADER_LEN => (
             tcp::CHECKSUM_OFFSET,
             tcp::Packet::new_unchecked(l4).checksum(),
         ),
-        ip::PROTO_UDP => (
+        ip::PROTO_UDP if l4.len() >= udp::HEADER_LEN => (
             udp::CHECKSUM_OFFSET,
             udp::Packet::new_unchecked(l4).checksum(),
         ),
         _ => return None,
     };
-    let (src, dst) = (v4.src_addr(), v4.dst_addr());
-    let pseudo = checksum::fold(checksum::pseudo_header_v4(src, dst, proto, l4.len() as u16));
+    let pseudo = checksum::fold(ip::pseudo_header_sum(pkt, h.version, proto, l4.len()));
     if field != pseudo {
         return None;
     }
@@ -155,7 +155,11 @@ pub fn partial_checksum_hdr(pkt: &[u8], gso_size: usize) -> Option<VirtioNetHdr>
         let tcp_len = tcp::Packet::new_unchecked(l4).header_len();
         // A data offset beyond the segment leaves nothing to segment (and must not wrap).
         if l4.len().checked_sub(tcp_len).is_some_and(|n| n > gso_size) {
-            hdr.gso_type = virtio::GSO_TCPV4;
+            hdr.gso_type = if h.is_v6() {
+                virtio::GSO_TCPV6
+            } else {
+                virtio::GSO_TCPV4
+            };
             hdr.gso_size = gso_size as u16;
             hdr.hdr_len = (ihl + tcp_len) as u16;
         }
@@ -163,13 +167,14 @@ pub fn partial_checksum_hdr(pkt: &[u8], gso_size: usize) -> Option<VirtioNetHdr>
     Some(hdr)
 }
 
-/// The segment size that makes every segment of the IPv4 TCP packet `ip` fit `mtu`
-/// (what is left after its IP and TCP headers); 0 when `ip` is not IPv4 TCP.
+/// The segment size that makes every segment of the TCP packet `ip` (IPv4, or IPv6 with
+/// TCP right after the fixed header) fit `mtu` (what is left after its IP and TCP
+/// headers); 0 when `ip` is not such a TCP packet.
 pub fn tcp_mss_for_mtu(pkt: &[u8], mtu: usize) -> usize {
     let Ok(h) = ip::parse(pkt) else {
         return 0;
     };
-    if h.is_v6() || h.protocol != ip::PROTO_TCP {
+    if h.protocol != ip::PROTO_TCP {
         return 0;
     }
     let Some(l4) = pkt
@@ -368,6 +373,60 @@ mod tests {
         assert_eq!((h.csum_offset, h.gso_type), (6, virtio::GSO_NONE));
         assert_eq!(partial_checksum_hdr(&[], 1400), None);
         assert_eq!(partial_checksum_hdr(&[0x45; 27], 1400), None);
+    }
+
+    /// IPv6: a partial TCP or UDP checksum is told by the field alone too, finishes to the
+    /// sender's complete packet, and a long one is segmented as TCPV6; the MSS that fits an
+    /// MTU counts the 40-byte header.
+    #[test]
+    fn partial_checksum_recognised_for_ipv6() {
+        let complete = tcp_pkt(true, 9, &[], false, &payload(3000, 4));
+        let mut p = complete.clone();
+        let s = ip::pseudo_header_sum(&p, ip::Version::Ipv6, ip::PROTO_TCP, p.len() - 40);
+        tcp::Packet::new_unchecked(&mut p[40..]).set_checksum(checksum::fold(s));
+        let h = partial_checksum_hdr(&p, 1400).unwrap();
+        assert_eq!(
+            (
+                h.csum_start,
+                h.csum_offset,
+                h.gso_type,
+                h.gso_size,
+                h.hdr_len
+            ),
+            (40, 16, virtio::GSO_TCPV6, 1400, 60)
+        );
+        let h = partial_checksum_hdr(&p, 0).unwrap();
+        assert_eq!(h.gso_type, virtio::GSO_NONE);
+        tso::finish_checksum(&h, &mut p).unwrap();
+        assert_eq!(p, complete);
+        assert_eq!(partial_checksum_hdr(&complete, 1400), None);
+        // Padding, a truncated payload length, an extension header: left alone.
+        let mut padded = p.clone();
+        tcp::Packet::new_unchecked(&mut padded[40..]).set_checksum(checksum::fold(s));
+        padded.push(0);
+        assert_eq!(partial_checksum_hdr(&padded, 0), None);
+        let mut hop = padded[..padded.len() - 1].to_vec();
+        hop[6] = 0; // hop-by-hop options first
+        assert_eq!(partial_checksum_hdr(&hop, 0), None);
+        // UDP.
+        let mut u = Vec::new();
+        etherparse::PacketBuilder::ipv6(testutil::SRC6, testutil::DST6, 64)
+            .udp(1, 2)
+            .write(&mut u, &payload(100, 2))
+            .unwrap();
+        let s = ip::pseudo_header_sum(&u, ip::Version::Ipv6, ip::PROTO_UDP, 108);
+        udp::Packet::new_unchecked(&mut u[40..]).set_checksum(checksum::fold(s));
+        let h = partial_checksum_hdr(&u, 1400).unwrap();
+        assert_eq!(
+            (h.csum_start, h.csum_offset, h.gso_type),
+            (40, 6, virtio::GSO_NONE)
+        );
+        assert_eq!(tcp_mss_for_mtu(&complete, 1450), 1450 - 60);
+        assert_eq!(
+            tcp_mss_for_mtu(&tcp_pkt(false, 1, &[], false, &[]), 1450),
+            1410
+        );
+        assert_eq!(tcp_mss_for_mtu(&u, 1450), 0);
     }
 
     /// A data offset that claims more header than the segment holds must not wrap the
