@@ -8,19 +8,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{Backend, SocketError, Sockets};
 use crate::cli::{Args, BackendArg};
 use crate::control::config::{BackendKind, ConfigError, NetworkConfig};
 use crate::control::etcd::{
-    build_fib, ControlLoop, EtcdError, EtcdOptions, PeerDecoder, Registry, RemoteLease,
-    LEASE_TTL_SECS,
+    build_fib, build_fib6, ControlLoop, EtcdError, EtcdOptions, PeerDecoder, PeerDecoder6,
+    Registry, RemoteLease, LEASE_TTL_SECS,
 };
 use crate::control::subnet_env::{read_previous, SubnetEnv};
 use crate::datapath;
 use crate::fib::{self, Peer};
+use crate::fib6::{self, Peer6};
 use crate::gso_tap::{self, GsoTap};
 use crate::host::{HostError, Netlink};
 use crate::l3::{self, Dataplane};
@@ -159,6 +160,36 @@ fn peer_decoder(backend: Backend) -> PeerDecoder {
     })
 }
 
+/// Maps a lease's IPv6 half to an IPv6 peer of our backend (the underlay address the
+/// backend sends its IPv6 packets to, and the VTEP MAC on that underlay for vxlan); others
+/// are ignored, and an invalid one of ours is warned about once.
+fn peer_decoder6(backend: Backend) -> PeerDecoder6 {
+    let warned = std::sync::Mutex::new(std::collections::HashSet::new());
+    Box::new(move |l: &RemoteLease| {
+        let subnet = l.ipv6_subnet?;
+        match backend.ipv6_route(&l.attrs) {
+            Ok(Some((underlay, mac))) => Some(Peer6::new(
+                subnet,
+                l.attrs.public_ip,
+                l.attrs.public_ipv6,
+                underlay,
+                mac,
+            )),
+            Ok(None) => None,
+            Err(e) => {
+                let first = warned
+                    .lock()
+                    .map(|mut w| w.insert((l.key.clone(), l.mod_revision)))
+                    .unwrap_or(true);
+                if first {
+                    warn!(key = %l.key, backend = %backend.kind.as_str(), error = %e, "ignoring the IPv6 half of a lease with invalid BackendV6Data");
+                }
+                None
+            }
+        }
+    })
+}
+
 /// Runs the daemon until a signal; returns an error for anything that prevents it from
 /// running at all. A signal during start-up (waiting for etcd, the config, a lease, a
 /// device, a back-off) ends it at once: the start-up is dropped with what it made.
@@ -265,8 +296,14 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     let previous = read_previous(&args.subnet_file);
     let acquired = registry.acquire_with_retry(&cfg, &attrs, previous).await;
     let subnet = acquired.subnet;
-    if let (Some(sn6), Some(ip6)) = (acquired.ipv6_subnet, public_ipv6) {
-        warn!(ipv6_subnet = %sn6, public_ipv6 = %ip6, "dual stack: this node holds an IPv6 subnet and writes it to subnet.env for pods, but overlayd does not forward IPv6 between nodes yet; IPv6 packets to and from other nodes are dropped (IPv4 is carried as usual)");
+    // The IPv6 overlay network and our subnet in it (dual stack).
+    let net6: Option<(Ipv6Net, Ipv6Net)> = cfg
+        .ipv6
+        .as_ref()
+        .zip(acquired.ipv6_subnet)
+        .map(|(c6, sn6)| (c6.network, sn6));
+    if let (Some((_, sn6)), Some(ip6)) = (net6, public_ipv6) {
+        info!(ipv6_subnet = %sn6, public_ipv6 = %ip6, "dual stack: IPv6 is carried between nodes as well");
     }
 
     // Device and host setup.
@@ -296,6 +333,10 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     let tun_addr = subnet.network();
     nl.configure_overlay(&dev.name, tun_addr, mtu, cfg.network)
         .await?;
+    if let Some((network6, sn6)) = net6 {
+        nl.configure_overlay6(&dev.name, sn6.network(), network6, None)
+            .await?;
+    }
 
     // Sockets.
     let Sockets { send, recv } = backend.sockets(underlay.addr, queues)?;
@@ -334,11 +375,19 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
 
     // Forwarding table, then the workers.
     let fib = fib::shared();
+    let fib6 = fib6::shared();
     let decode = peer_decoder(backend.clone());
+    let decode6 = peer_decoder6(backend.clone());
     match registry.list().await {
         Ok((leases, _)) => {
             let map = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
             fib.store(Arc::new(build_fib(&cfg, subnet, &map, &decode)));
+            fib6.store(Arc::new(build_fib6(
+                &cfg,
+                acquired.ipv6_subnet,
+                &map,
+                &decode6,
+            )));
         }
         Err(e) => warn!(error = %e, "cannot list peers yet; the watch will fill them in"),
     }
@@ -371,6 +420,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         send.clone(),
         recv.clone(),
         fib.clone(),
+        fib6.clone(),
     )
     .map_err(|source| DaemonError::Device {
         name: name.clone(),
@@ -378,6 +428,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     })?;
     let _ = telemetry.backend.set(kind.as_str());
     let _ = telemetry.fib.set(fib.clone());
+    let _ = telemetry.fib6.set(fib6.clone());
     let _ = telemetry.offloads.set(telemetry::Offloads {
         tun_tso: dev.offloads & tun::TUN_F_TSO4 != 0,
         tun_uso: dev.offloads & tun::TUN_F_USO4 != 0,
@@ -438,12 +489,15 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         acquired,
         fib: fib.clone(),
         decode_peer: decode,
+        fib6: fib6.clone(),
+        decode_peer6: decode6,
         subnet_tx,
         keepalive_every,
         stats: telemetry.control.clone(),
     };
     let control_task = tokio::spawn(control.run());
     let mut current = subnet;
+    let mut current6 = net6;
     let mut check = tokio::time::interval(Duration::from_secs(2));
     check.tick().await;
 
@@ -479,6 +533,12 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
                 if let Err(e) = nl.configure_overlay(&name, current.network(), mtu, cfg.network).await {
                     error!(error = %e, "cannot move the device to the re-acquired subnet");
                 }
+                current6 = current6.map(|(n6, sn6)| (n6, held.ipv6.unwrap_or(sn6)));
+                if let Some((network6, sn6)) = current6 {
+                    if let Err(e) = nl.configure_overlay6(&name, sn6.network(), network6, None).await {
+                        error!(error = %e, "cannot move the device to the re-acquired IPv6 subnet");
+                    }
+                }
                 let env = SubnetEnv::for_lease(&cfg, held, mtu, args.ip_masq);
                 if let Err(e) = env.write_atomic(&args.subnet_file) {
                     error!(error = %e, "cannot rewrite the subnet file");
@@ -505,6 +565,15 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
                                 error!(error = %e, "cannot restore the overlay route");
                             }
                         }
+                        if let Some((network6, sn6)) = current6 {
+                            if let Ok(false) = nl.has_route6(network6, index).await {
+                                warn!(device = %name, network = %network6, "overlay IPv6 route vanished; restoring it");
+                                telemetry.control.device_repairs.fetch_add(1, Ordering::Relaxed);
+                                if let Err(e) = nl.configure_overlay6(&name, sn6.network(), network6, None).await {
+                                    error!(error = %e, "cannot restore the overlay IPv6 route");
+                                }
+                            }
+                        }
                     }
                     Ok(None) => {
                         warn!(device = %name, "overlay device vanished; recreating it with every peer's state");
@@ -512,11 +581,11 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
                         telemetry.ready.store(false, Ordering::Relaxed);
                         dp.stop();
                         drop(std::mem::take(&mut qs));
-                        match reopen(&tun_opts, offload, &nl, current, mtu, cfg.network).await {
+                        match reopen(&tun_opts, offload, &nl, current, mtu, cfg.network, current6).await {
                             Ok(new_qs) => qs = new_qs,
                             Err(e) => error!(error = %e, "cannot recreate the overlay device; retrying"),
                         }
-                        match Dataplane::start(dp_cfg.clone(), qs.clone(), send.clone(), recv.clone(), fib.clone()) {
+                        match Dataplane::start(dp_cfg.clone(), qs.clone(), send.clone(), recv.clone(), fib.clone(), fib6.clone()) {
                             Ok(d) => {
                                 dp = d;
                                 set_workers(&telemetry, &dp);
@@ -581,6 +650,7 @@ async fn reopen(
     subnet: Ipv4Net,
     mtu: u32,
     network: Ipv4Net,
+    net6: Option<(Ipv6Net, Ipv6Net)>,
 ) -> Result<Vec<Arc<tun::Queue>>, DaemonError> {
     let mut dev = Device::open(opts).map_err(|source| DaemonError::Device {
         name: opts.name.clone(),
@@ -593,6 +663,10 @@ async fn reopen(
     }
     nl.configure_overlay(&dev.name, subnet.network(), mtu, network)
         .await?;
+    if let Some((network6, sn6)) = net6 {
+        nl.configure_overlay6(&dev.name, sn6.network(), network6, None)
+            .await?;
+    }
     Ok(std::mem::take(&mut dev.queues)
         .into_iter()
         .map(Arc::new)

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressScope};
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{RouteAttribute, RouteScope};
@@ -27,6 +27,11 @@ pub enum HostError {
     NoAddress(String),
     #[error("no IPv4 default route to pick the underlay interface from (give --iface)")]
     NoDefaultRoute,
+    #[error("cannot set {what}: {source}")]
+    Conf {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 /// The interface overlay traffic leaves through.
@@ -358,6 +363,98 @@ impl Netlink {
             .await
             .map_err(nl(format!("route {network} dev {name}")))?;
         Ok(index)
+    }
+
+    /// The IPv6 side of the overlay device, as flanneld sets up its `flannel-v6.<VNI>`
+    /// device: address `addr/128` (the IPv6 subnet's network address) and a route for the
+    /// whole IPv6 network through the device, from that address. IPv6 is turned on for the
+    /// device (its own setting). With `ipv6_mtu`, the device's IPv6 MTU is set below its link
+    /// MTU (IPv6 packets that cross an IPv6 underlay carry 20 bytes more of outer header);
+    /// the device must be up already ([`Self::configure_overlay`] or [`Self::link_up`]).
+    /// Idempotent, like [`Self::configure_overlay`].
+    pub async fn configure_overlay6(
+        &self,
+        name: &str,
+        addr: Ipv6Addr,
+        network: Ipv6Net,
+        ipv6_mtu: Option<u32>,
+    ) -> Result<u32, HostError> {
+        let (index, _) = self
+            .link(name)
+            .await?
+            .ok_or_else(|| HostError::NoSuchInterface(name.to_string()))?;
+        // Written only when it differs: a device with IPv6 on is left untouched.
+        if read_conf("ipv6", name, "disable_ipv6").is_ok_and(|v| v != "0") {
+            write_conf("ipv6", name, "disable_ipv6", "0").map_err(|e| HostError::Conf {
+                what: format!("net.ipv6.conf.{name}.disable_ipv6=0"),
+                source: e,
+            })?;
+        }
+        if let Some(mtu) = ipv6_mtu {
+            write_conf("ipv6", name, "mtu", &mtu.to_string()).map_err(|e| HostError::Conf {
+                what: format!("net.ipv6.conf.{name}.mtu={mtu}"),
+                source: e,
+            })?;
+        }
+        self.handle
+            .address()
+            .add(index, IpAddr::V6(addr), 128)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("address {addr}/128 on {name}")))?;
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(network.network(), network.prefix_len())
+            .output_interface(index)
+            .pref_source(addr)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("route {network} dev {name}")))?;
+        Ok(index)
+    }
+
+    /// Sets a link's MTU and brings it up (the overlay device of an IPv6-only node, which
+    /// has no IPv4 address to give it).
+    pub async fn link_up(&self, name: &str, mtu: u32) -> Result<u32, HostError> {
+        let (index, _) = self
+            .link(name)
+            .await?
+            .ok_or_else(|| HostError::NoSuchInterface(name.to_string()))?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+            .execute()
+            .await
+            .map_err(nl(format!("set {name} up with mtu {mtu}")))?;
+        Ok(index)
+    }
+
+    /// Whether the route for the IPv6 `network` through link `index` is still present.
+    pub async fn has_route6(&self, network: Ipv6Net, index: u32) -> Result<bool, HostError> {
+        let mut found = false;
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute();
+        while let Some(r) = routes.try_next().await.map_err(nl("routes"))? {
+            if r.header.destination_prefix_length != network.prefix_len() {
+                continue;
+            }
+            let dst = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet6(d)) if *d == network.network()));
+            let oif = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+            // Read to the end of the dump, as in `has_route`.
+            found |= dst && oif;
+        }
+        Ok(found)
     }
 
     /// Sets an L2 TAP's MTU and brings it up; with `bridge`, enslaves it to that bridge,

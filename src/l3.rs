@@ -2,10 +2,11 @@
 //! TUN device and the underlay sockets, on the shared [`datapath`](crate::datapath).
 //!
 //! What is routed-specific lives here, and only that: which peer a packet goes to (the
-//! current [`Fib`] snapshot, looked up without a lock), the backend's encapsulation
-//! ([`Encap`]), the receive-side checks (a known sender, an inner source inside that
-//! sender's subnet, a destination inside ours), ICMP net-unreachable for destinations
-//! without a lease, and ARP answers for a plain kernel VXLAN peer.
+//! current [`Fib`] snapshot for IPv4, [`Fib6`] for IPv6, each looked up without a lock),
+//! the backend's encapsulation ([`Encap`]), the receive-side checks (a known sender, an
+//! inner source inside that sender's subnet of the same family, a destination inside
+//! ours), ICMP net-unreachable (ICMPv6 no-route) for destinations without a lease, and
+//! ARP answers for a plain kernel VXLAN peer.
 //!
 //! One thread per queue index `i` carries both directions: it polls device queue `i` and
 //! receive socket `i` together. A receive socket writes into the queue of the same index,
@@ -13,24 +14,25 @@
 //! (symmetric flow hash), so a request and its reply meet in the same thread, which the
 //! busy-poll window then catches without a wakeup.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::os::fd::AsFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{Decapsulated, Encap};
-use crate::counters::{bump, totals, DirCounters, Totals, WorkerStats};
+use crate::counters::{bump, totals, DirCounters, PeerCounters, Totals, WorkerStats};
 use crate::datapath::recv::{self, Delivery, Link, Target};
 use crate::datapath::send::{send_msgs, Outgoing, Sent, TxPath};
 use crate::datapath::tunnel::Tunnel;
 use crate::datapath::{would_block, Side, Workers};
 use crate::drop::DropReason;
 use crate::fib::{Fib, SharedFib};
+use crate::fib6::{Fib6, SharedFib6};
 use crate::offload;
 use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket, MAX_BATCH};
 use crate::sys::tun::Queue;
-use crate::wire::{arp, ether, flow, gre, icmp, ipv4, virtio, vxlan};
+use crate::wire::{arp, ether, flow, gre, icmp, ip, ipv4, virtio, vxlan};
 
 /// What the workers need to know about this node.
 #[derive(Debug, Clone)]
@@ -68,14 +70,16 @@ impl Dataplane {
     /// Starts one worker per queue index: worker `i` transmits from device queue `i` and
     /// receives on `recv[i]`, writing into queue `i % queues` (there are as many workers as
     /// the larger of the two counts). `send` are the sockets transmit picks from by flow hash
-    /// (the source port spreads flows as the kernel's VXLAN does). Counters: `stats[i]` for
-    /// transmit on queue `i`, `stats[queues + j]` for receive on `recv[j]`.
+    /// (the source port spreads flows as the kernel's VXLAN does). IPv4 packets are routed
+    /// by `fib`, IPv6 ones by `fib6`. Counters: `stats[i]` for transmit on queue `i`,
+    /// `stats[queues + j]` for receive on `recv[j]`.
     pub fn start(
         cfg: Config,
         queues: Vec<Arc<Queue>>,
         send: Vec<Arc<UnderlaySocket>>,
         recv: Vec<Arc<UnderlaySocket>>,
         fib: SharedFib,
+        fib6: SharedFib6,
     ) -> std::io::Result<Dataplane> {
         let stats: Arc<Vec<WorkerStats>> = Arc::new(
             (0..queues.len() + recv.len())
@@ -93,8 +97,9 @@ impl Dataplane {
                     queue: q.clone(),
                     send: send.clone(),
                     fib: fib.clone(),
+                    fib6: fib6.clone(),
                     path: TxPath::new(gso.clone(), cfg.tunnel.as_ref().map(|t| t.for_worker(i))),
-                    icmp_buf: [0; 600],
+                    icmp_buf: [0; icmp::MAX_V6_ERROR_LEN],
                     seq: 0,
                     stats: stats.clone(),
                     me: i,
@@ -105,6 +110,7 @@ impl Dataplane {
                         queues[i % queues.len()].clone(),
                         s.clone(),
                         fib.clone(),
+                        fib6.clone(),
                         stats.clone(),
                         queues.len() + i,
                     )
@@ -135,8 +141,10 @@ struct TxWorker {
     queue: Arc<Queue>,
     send: Vec<Arc<UnderlaySocket>>,
     fib: SharedFib,
+    fib6: SharedFib6,
     path: TxPath,
-    icmp_buf: [u8; 600],
+    /// An ICMP error built for the device (the longest is an ICMPv6 one).
+    icmp_buf: [u8; icmp::MAX_V6_ERROR_LEN],
     /// GRE sequence number of the last datagram.
     seq: u32,
     stats: Arc<Vec<WorkerStats>>,
@@ -151,6 +159,7 @@ impl Side for TxWorker {
     /// Reads and forwards up to a batch of packets from the (readable) device queue.
     fn drain(&mut self) -> bool {
         let fib = self.fib.load();
+        let fib6 = self.fib6.load();
         let mut any = false;
         for _ in 0..MAX_BATCH {
             let n = match self.path.read(&self.queue) {
@@ -165,26 +174,35 @@ impl Side for TxWorker {
                 }
             };
             any = true;
-            self.forward(&fib, n);
+            self.forward(&fib, &fib6, n);
         }
         any
     }
 }
 
 impl TxWorker {
-    /// Forwards the `n` bytes just read.
-    fn forward(&mut self, fib: &Fib, n: usize) {
+    /// Forwards the `n` bytes just read: IPv4 by `fib`, IPv6 by `fib6`.
+    fn forward(&mut self, fib: &Fib, fib6: &Fib6, n: usize) {
         let st = &self.stats[self.me];
         let Some((vh, start, end)) = self.path.frame(n, self.cfg.vnet_hdr) else {
             return st.drop(DropReason::Truncated, 1);
         };
         let pkt = &self.path.buf[start..end];
-        let Some(dst) = ipv4::ipv4_dst(pkt) else {
-            // Not IPv4 (the overlay is IPv4-only for now) or too short to route.
-            return st.drop(DropReason::BadInner, 1);
-        };
-        let Some(peer) = fib.lookup(dst) else {
-            return self.unreachable(dst, start, end);
+        let (mac, underlay, counters): (_, _, &PeerCounters) = match ip::dst_addr(pkt) {
+            Some(IpAddr::V4(dst)) => match fib.lookup(dst) {
+                Some(peer) => (peer.mac, peer.public_ip, &peer.counters),
+                None => return self.unreachable(dst, start, end),
+            },
+            Some(IpAddr::V6(dst)) => match fib6.lookup(dst) {
+                Some(peer) => match peer.underlay {
+                    IpAddr::V4(u) => (peer.mac, u, &peer.counters),
+                    // The control plane only names IPv4 underlay addresses for now.
+                    IpAddr::V6(_) => return st.drop(DropReason::NoRoute, 1),
+                },
+                None => return self.unreachable6(dst, start, end),
+            },
+            // Neither IPv4 nor IPv6, or too short to route.
+            None => return st.drop(DropReason::BadInner, 1),
         };
         let hash = flow::hash(pkt);
         let sock = &self.send[hash as usize % self.send.len()];
@@ -199,11 +217,11 @@ impl TxWorker {
         let (encap, seq) = (&self.cfg.encap, &mut self.seq);
         let mut fill = |d: &mut [u8]| {
             *seq = seq.wrapping_add(1);
-            encap.encapsulate(d, peer.mac, *seq)
+            encap.encapsulate(d, mac, *seq)
         };
-        let dsts = [peer.public_ip];
+        let dsts = [underlay];
         match self.path.send(&out, &mut fill, sock, &dsts, self.cfg.port) {
-            Ok(sent) => count_sent(st, &peer.counters.tx, &sent),
+            Ok(sent) => count_sent(st, &counters.tx, &sent),
             Err((r, n)) => st.drop(r, n),
         }
     }
@@ -217,11 +235,27 @@ impl TxWorker {
         // cannot be used, and the destination is never local (else it would not be here).
         let orig = &self.path.buf[start..end];
         if let Some(len) = icmp::net_unreachable_v4(orig, dst, &mut self.icmp_buf) {
-            let vh = virtio::VirtioNetHdr::default();
-            let vh = self.cfg.vnet_hdr.then_some(&vh);
-            if recv::write_packet(&self.queue, vh, &Link::Ip, &self.icmp_buf[..len]).is_ok() {
-                bump(&st.icmp_unreachable, 1);
-            }
+            self.write_icmp(len);
+        }
+    }
+
+    /// Answers an IPv6 packet with no lease for its destination with ICMPv6 no-route,
+    /// from the unreachable address, as for IPv4. Multicast destinations (the kernel's own
+    /// MLD reports on the device) and ICMPv6 errors get no answer.
+    fn unreachable6(&mut self, dst: Ipv6Addr, start: usize, end: usize) {
+        self.stats[self.me].drop(DropReason::NoRoute, 1);
+        let orig = &self.path.buf[start..end];
+        if let Some(len) = icmp::no_route_v6(orig, dst, &mut self.icmp_buf) {
+            self.write_icmp(len);
+        }
+    }
+
+    /// Writes the ICMP error built in `icmp_buf[..len]` into the device.
+    fn write_icmp(&self, len: usize) {
+        let vh = virtio::VirtioNetHdr::default();
+        let vh = self.cfg.vnet_hdr.then_some(&vh);
+        if recv::write_packet(&self.queue, vh, &Link::Ip, &self.icmp_buf[..len]).is_ok() {
+            bump(&self.stats[self.me].icmp_unreachable, 1);
         }
     }
 }
@@ -238,6 +272,50 @@ fn count_sent(st: &WorkerStats, pc: &DirCounters, r: &Sent) {
     }
 }
 
+/// The receive checks on a decapsulated inner packet (valid IPv4 or IPv6, as
+/// [`Encap::decapsulate`] returns it) that came from underlay address `from`: the overlay
+/// carries the inner packet's family (else `BadInner`), the node at `from` holds the
+/// subnet of that family that contains its source (else `SpoofedSource`: another node's
+/// address, or a node without a subnet of that family), and the destination lies in our
+/// own subnet of that family (else `NoRoute`). Returns the sending peer's counters.
+pub fn accept<'f>(
+    fib: &'f Fib,
+    fib6: &'f Fib6,
+    from: IpAddr,
+    inner: &[u8],
+) -> Result<&'f PeerCounters, DropReason> {
+    match ip::src_addr(inner).zip(ip::dst_addr(inner)) {
+        Some((IpAddr::V4(src), IpAddr::V4(dst))) => {
+            if fib.network.is_none() {
+                return Err(DropReason::BadInner);
+            }
+            let IpAddr::V4(from) = from else {
+                return Err(DropReason::SpoofedSource);
+            };
+            let peer = fib
+                .sender_peer(from, src)
+                .ok_or(DropReason::SpoofedSource)?;
+            if !fib.is_local(dst) {
+                return Err(DropReason::NoRoute);
+            }
+            Ok(&peer.counters)
+        }
+        Some((IpAddr::V6(src), IpAddr::V6(dst))) => {
+            if fib6.network.is_none() {
+                return Err(DropReason::BadInner);
+            }
+            let peer = fib6
+                .sender_peer(from, src)
+                .ok_or(DropReason::SpoofedSource)?;
+            if !fib6.is_local(dst) {
+                return Err(DropReason::NoRoute);
+            }
+            Ok(&peer.counters)
+        }
+        _ => Err(DropReason::BadInner),
+    }
+}
+
 /// Bytes of one receive slot: an IPv4 packet's largest size, plus room.
 const RECV_SLOT: usize = 65536 + 256;
 
@@ -246,6 +324,7 @@ struct RxWorker {
     queue: Arc<Queue>,
     sock: Arc<UnderlaySocket>,
     fib: SharedFib,
+    fib6: SharedFib6,
     batch: RecvBatch,
     delivery: Delivery,
     arp_buf: [u8; 128],
@@ -259,6 +338,7 @@ impl RxWorker {
         queue: Arc<Queue>,
         sock: Arc<UnderlaySocket>,
         fib: SharedFib,
+        fib6: SharedFib6,
         stats: Arc<Vec<WorkerStats>>,
         me: usize,
     ) -> Self {
@@ -275,6 +355,7 @@ impl RxWorker {
             queue,
             sock,
             fib,
+            fib6,
             batch,
             arp_buf: [0; 128],
             stats,
@@ -282,7 +363,7 @@ impl RxWorker {
         }
     }
 
-    fn handle_message(&mut self, fib: &Fib, i: usize) {
+    fn handle_message(&mut self, fib: &Fib, fib6: &Fib6, i: usize) {
         let st = &self.stats[self.me];
         let (data, seg, from) = self.batch.get(i);
         let raw = self.sock.is_raw();
@@ -318,29 +399,24 @@ impl RxWorker {
             {
                 continue;
             }
-            if !fib.is_known_sender(src_ip) {
+            if !fib.is_known_sender(src_ip) && !fib6.is_known_sender(IpAddr::V4(src_ip)) {
                 st.drop(DropReason::UnknownSender, 1);
                 continue;
             }
             match self.cfg.encap.decapsulate(payload) {
                 Err(r) => st.drop(r, 1),
                 Ok(Decapsulated::Ip(inner)) => {
-                    let (Some(src), Some(dst)) = (ipv4::ipv4_src(inner), ipv4::ipv4_dst(inner))
-                    else {
-                        st.drop(DropReason::BadInner, 1);
-                        continue;
+                    let from = IpAddr::V4(src_ip);
+                    let counters = match accept(fib, fib6, from, inner) {
+                        Ok(c) => c,
+                        Err(r) => {
+                            st.drop(r, 1);
+                            continue;
+                        }
                     };
-                    let Some(peer) = fib.sender_peer(src_ip, src) else {
-                        st.drop(DropReason::SpoofedSource, 1);
-                        continue;
-                    };
-                    if !fib.is_local(dst) {
-                        st.drop(DropReason::NoRoute, 1);
-                        continue;
-                    }
                     bump(&st.rx_packets, 1);
                     bump(&st.rx_bytes, inner.len() as u64);
-                    peer.counters.rx.add(1, inner.len() as u64);
+                    counters.rx.add(1, inner.len() as u64);
                     // A super-packet longer than our MTU (a peer that let its kernel
                     // segment, over veth) leaves in segments that fit the MTU.
                     let gso = match inner_gso {
@@ -386,6 +462,7 @@ impl Side for RxWorker {
     /// Receives and delivers up to 16 batches from the (readable) socket.
     fn drain(&mut self) -> bool {
         let fib = self.fib.load();
+        let fib6 = self.fib6.load();
         let mut any = false;
         for _ in 0..16 {
             let n = match self.sock.recv_batch(&mut self.batch) {
@@ -399,7 +476,7 @@ impl Side for RxWorker {
             any = true;
             bump(&self.stats[self.me].rx_batches, 1);
             for i in 0..n {
-                self.handle_message(&fib, i);
+                self.handle_message(&fib, &fib6, i);
             }
             let queues = std::slice::from_ref(&self.queue);
             self.delivery.flush(queues, &self.stats[self.me].drops);

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use crate::counters::{totals, ControlStats, WorkerStats};
 use crate::drop::DropReason;
 use crate::fib::SharedFib;
+use crate::fib6::SharedFib6;
 
 /// Which offloads the data plane got from the kernel.
 #[derive(Debug, Clone, Copy, Default)]
@@ -38,6 +39,8 @@ pub struct State {
     pub backend: OnceLock<&'static str>,
     pub workers: Mutex<Option<Arc<Vec<WorkerStats>>>>,
     pub fib: OnceLock<SharedFib>,
+    /// The IPv6 forwarding table (dual stack).
+    pub fib6: OnceLock<SharedFib6>,
     pub control: Arc<ControlStats>,
     /// Offload state, set once the data plane is configured.
     pub offloads: OnceLock<Offloads>,
@@ -78,19 +81,14 @@ impl State {
             let fib = fib.load();
             metrics::gauge!("overlayd_peers").set(fib.peers().len() as f64);
             for p in fib.peers() {
-                let (subnet, ip) = (p.subnet.to_string(), p.public_ip.to_string());
-                let c = &p.counters;
-                for (dir, d) in [("tx", &c.tx), ("rx", &c.rx)] {
-                    let labels = [
-                        ("peer", subnet.clone()),
-                        ("public_ip", ip.clone()),
-                        ("direction", dir.to_string()),
-                    ];
-                    metrics::counter!("overlayd_peer_packets_total", &labels)
-                        .absolute(d.packets.load(Ordering::Relaxed));
-                    metrics::counter!("overlayd_peer_bytes_total", &labels)
-                        .absolute(d.bytes.load(Ordering::Relaxed));
-                }
+                peer_counters(p.subnet.to_string(), p.public_ip.to_string(), &p.counters);
+            }
+        }
+        if let Some(fib6) = self.fib6.get() {
+            let fib6 = fib6.load();
+            metrics::gauge!("overlayd_ipv6_peers").set(fib6.peers().len() as f64);
+            for p in fib6.peers() {
+                peer_counters(p.subnet.to_string(), p.underlay.to_string(), &p.counters);
             }
         }
         if let Some(l2) = self.l2.get() {
@@ -145,6 +143,22 @@ impl State {
         } else {
             0.0
         });
+    }
+}
+
+/// One peer's traffic counters: `peer` is its subnet (IPv4 or IPv6), `public_ip` the
+/// underlay address its packets go to.
+fn peer_counters(subnet: String, ip: String, c: &crate::counters::PeerCounters) {
+    for (dir, d) in [("tx", &c.tx), ("rx", &c.rx)] {
+        let labels = [
+            ("peer", subnet.clone()),
+            ("public_ip", ip.clone()),
+            ("direction", dir.to_string()),
+        ];
+        metrics::counter!("overlayd_peer_packets_total", &labels)
+            .absolute(d.packets.load(Ordering::Relaxed));
+        metrics::counter!("overlayd_peer_bytes_total", &labels)
+            .absolute(d.bytes.load(Ordering::Relaxed));
     }
 }
 

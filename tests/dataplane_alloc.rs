@@ -1,14 +1,14 @@
 //! Proof that the data plane's worker loops allocate nothing per packet in the steady state:
 //! two real data planes (TUN + UDP sockets, offloads on) in two network namespaces carry an
-//! iperf3 TCP stream and pings, and a counting global allocator sees no allocation while
-//! traffic flows, with super-packets segmented in userspace and with them handed whole to
-//! the kernel (tunnel GSO). A separate test binary, so the allocator counts only this
-//! process.
+//! iperf3 TCP stream (IPv4, and IPv6 over the same IPv4 underlay) and pings, and a counting
+//! global allocator sees no allocation while traffic flows, with super-packets segmented in
+//! userspace and with them handed whole to the kernel (tunnel GSO). A separate test binary,
+//! so the allocator counts only this process.
 
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use common::*;
 use overlayd::backend::Encap;
 use overlayd::fib::{self, Fib, Peer};
+use overlayd::fib6::{self, Fib6, Peer6};
 use overlayd::gso_tap::GsoTap;
 use overlayd::host::Netlink;
 use overlayd::l3::{Config, Dataplane};
@@ -48,6 +49,12 @@ unsafe impl GlobalAlloc for Counting {
 static A: Counting = Counting;
 
 const NET: &str = "10.244.0.0/16";
+const NET6: &str = "fd00:10::/56";
+
+/// The overlay address of node `i` in the IPv6 network: its /64's network address.
+fn addr6(i: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0, u16::from(i), 0, 0, 0, 0)
+}
 
 fn mac(i: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, i]
@@ -98,6 +105,11 @@ fn node(
     host.ip(&format!("addr add 10.244.{me}.0/32 dev flannel.1"));
     host.ip("link set flannel.1 mtu 1450 up");
     host.ip(&format!("route add {NET} dev flannel.1 src 10.244.{me}.0"));
+    host.ip(&format!("-6 addr add {}/128 dev flannel.1", addr6(me)));
+    host.ip(&format!(
+        "-6 route add {NET6} dev flannel.1 src {}",
+        addr6(me)
+    ));
     let sock = Arc::new(sock);
     let gro = sock.enable_gro();
     let gso = sock.probe_gso();
@@ -114,6 +126,20 @@ fn node(
         )],
     );
     shared.store(Arc::new(table));
+    let shared6 = fib6::shared();
+    let (table6, _) = Fib6::new(
+        NET6.parse().unwrap(),
+        64,
+        Some(format!("{}/64", addr6(me)).parse().unwrap()),
+        vec![Peer6::new(
+            format!("{}/64", addr6(peer)).parse().unwrap(),
+            peer_ip,
+            None,
+            IpAddr::V4(peer_ip),
+            mac(peer),
+        )],
+    );
+    shared6.store(Arc::new(table6));
     let cfg = Config {
         encap: Encap::Vxlan {
             vni: 1,
@@ -131,7 +157,7 @@ fn node(
     };
     let queues = dev.queues.drain(..).map(Arc::new).collect();
     std::mem::forget(dev); // the queues keep the device; it goes with the namespace
-    let dp = Dataplane::start(cfg, queues, vec![sock.clone()], vec![sock], shared)
+    let dp = Dataplane::start(cfg, queues, vec![sock.clone()], vec![sock], shared, shared6)
         .expect("start workers");
     (dp, tap)
 }
@@ -141,7 +167,7 @@ fn netns_worker_loops_do_not_allocate_per_packet() {
     if skip_unless_root("netns_worker_loops_do_not_allocate_per_packet") {
         return;
     }
-    no_allocation_while_traffic_flows(false);
+    no_allocation_while_traffic_flows(false, false);
 }
 
 /// The same with super-packets handed whole to the kernel through the tunnel-GSO TAP.
@@ -150,28 +176,53 @@ fn netns_tunnel_gso_worker_loops_do_not_allocate_per_packet() {
     if skip_unless_root("netns_tunnel_gso_worker_loops_do_not_allocate_per_packet") {
         return;
     }
-    no_allocation_while_traffic_flows(true);
+    no_allocation_while_traffic_flows(true, false);
 }
 
-fn no_allocation_while_traffic_flows(tunnel: bool) {
+/// An IPv6 TCP stream (TSO6 super-packets from the TUN, GRO6 coalescing on receive), over
+/// the IPv4 underlay, segmented in userspace.
+#[test]
+fn netns_ipv6_worker_loops_do_not_allocate_per_packet() {
+    if skip_unless_root("netns_ipv6_worker_loops_do_not_allocate_per_packet") {
+        return;
+    }
+    no_allocation_while_traffic_flows(false, true);
+}
+
+/// The same IPv6 stream handed whole to the kernel: inner TCPV6 behind an IPv4 outer
+/// header through the tunnel-GSO TAP.
+#[test]
+fn netns_ipv6_tunnel_gso_worker_loops_do_not_allocate_per_packet() {
+    if skip_unless_root("netns_ipv6_tunnel_gso_worker_loops_do_not_allocate_per_packet") {
+        return;
+    }
+    no_allocation_while_traffic_flows(true, true);
+}
+
+fn no_allocation_while_traffic_flows(tunnel: bool, v6: bool) {
     let topo = Topology::new(2);
     let (h1, h2) = (topo.host(0), topo.host(1));
     let (d1, _t1) = node(h1, 1, h2.ip, 2, tunnel);
     let (d2, _t2) = node(h2, 2, h1.ip, 1, tunnel);
+    let target = if v6 {
+        IpAddr::V6(addr6(2))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 244, 2, 0))
+    };
     assert!(
-        ping_until(h1, Ipv4Addr::new(10, 244, 2, 0), Duration::from_secs(10)),
+        ping_until(h1, target, Duration::from_secs(10)),
         "overlay up"
     );
     let mut server = h2
         .command("iperf3")
-        .args(["-s", "-1", "-B", "10.244.2.0"])
+        .args(["-s", "-1", "-B", &target.to_string()])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let mut client = h1
         .command("timeout")
-        .args(["20", "iperf3", "-c", "10.244.2.0", "-t", "4"])
+        .args(["20", "iperf3", "-c", &target.to_string(), "-t", "4"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -202,7 +253,9 @@ fn no_allocation_while_traffic_flows(tunnel: bool) {
         tunnel,
         "the tunnel-GSO path was taken exactly when set up ({tunnel_writes} writes)"
     );
-    eprintln!("{moved} datagrams forwarded in 2 s with 0 heap allocations (tunnel GSO: {tunnel})");
+    eprintln!(
+        "{moved} datagrams forwarded in 2 s with 0 heap allocations (tunnel GSO: {tunnel}, IPv6 inner: {v6})"
+    );
     d1.stop();
     d2.stop();
 }

@@ -1,8 +1,7 @@
 //! Dual stack and IPv6 in the control plane, against a real etcd in namespaces: leases keyed
 //! and valued exactly as flannel writes them, peers' dual-stack and IPv6-only leases read
 //! back, reservations, racing acquisitions, the daemon with a dual-stack config (subnet.env's
-//! IPv6 lines, restart with the previous subnets), and the clear refusals while the data
-//! plane does not carry IPv6.
+//! IPv6 lines, restart with the previous subnets), and the clear refusals.
 //!
 //! The flannel-side fixtures are built from flannel's sources (cited at each one), not from
 //! overlayd's writer: a mismatch between the two shows up as a failing byte comparison.
@@ -299,8 +298,8 @@ fn netns_dual_stack_concurrent_acquisition() {
 }
 
 /// Two overlayd daemons with flannel's dual-stack config: each holds a dual-stack lease
-/// (flannel's key and value), writes subnet.env's IPv6 lines as flannel does, says plainly
-/// that IPv6 is not forwarded yet, and carries IPv4 as usual. A restart after its key was
+/// (flannel's key and value), writes subnet.env's IPv6 lines as flannel does, and carries
+/// IPv4 and IPv6. A restart after its key was
 /// deleted asks for the previous subnets from subnet.env and gets them.
 #[test]
 fn netns_dual_stack_daemons() {
@@ -378,7 +377,7 @@ fn netns_dual_stack_daemons() {
         "{value2}"
     );
 
-    // IPv4 still flows; the log says IPv6 does not.
+    // Both families flow (tests/ipv6_dataplane.rs checks the IPv6 data plane in depth).
     assert!(ping_until(
         topo.host(0),
         s2.network(),
@@ -389,11 +388,16 @@ fn netns_dual_stack_daemons() {
         s1.network(),
         Duration::from_secs(15)
     ));
-    assert!(
-        d1.log().contains("does not forward IPv6 between nodes yet"),
-        "{}",
-        d1.log()
-    );
+    assert!(ping_until(
+        topo.host(0),
+        v6_2.network(),
+        Duration::from_secs(15)
+    ));
+    assert!(ping_until(
+        topo.host(1),
+        v6_1.network(),
+        Duration::from_secs(15)
+    ));
 
     // `overlayd status` shows both halves of the dual-stack leases.
     let out = topo

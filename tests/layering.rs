@@ -10,7 +10,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["drop"],
     &["wire", "counters"],
-    &["offload", "sys", "fib"],
+    &["offload", "sys", "fib", "fib6"],
     &["control", "host"],
     &["backend"],
     &["datapath"],

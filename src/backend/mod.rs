@@ -12,7 +12,7 @@ pub mod gre;
 pub mod udp;
 pub mod vxlan;
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::sync::Arc;
 
 pub use encap::{Decapsulated, Encap};
@@ -162,6 +162,36 @@ impl Backend {
         }
     }
 
+    /// Reads the IPv6 side of a peer's lease (one that names an IPv6 subnet), as
+    /// [`Self::peer_mac`] reads the IPv4 side: `Ok(Some(mac))` for a peer of this backend —
+    /// vxlan: the VtepMAC of its `BackendV6Data` (flannel's `flannel-v6.<VNI>` device), on
+    /// our VNI; zero for udp and gre — `Ok(None)` for a lease that is not ours to carry,
+    /// `Err` for one of ours whose IPv6 data is invalid (flannel skips such a lease).
+    pub fn peer_v6(&self, attrs: &LeaseAttrs) -> Result<Option<[u8; 6]>, String> {
+        match self.kind {
+            BackendKind::Udp => Ok(udp::is_peer(attrs).then_some([0; 6])),
+            BackendKind::Vxlan => vxlan::peer_mac_v6(attrs, self.vni),
+            BackendKind::Gre => Ok(gre::is_peer(attrs).then_some([0; 6])),
+        }
+    }
+
+    /// How this node reaches the IPv6 side of a peer's lease: the underlay address its IPv6
+    /// packets go to and the VTEP MAC (vxlan; zero otherwise) of the peer's device on that
+    /// underlay — the inner Ethernet addresses are those of the devices a frame travels
+    /// between, as between flannel's `flannel.<VNI>` (IPv4 underlay, `BackendData`) and
+    /// `flannel-v6.<VNI>` (IPv6 underlay, `BackendV6Data`). For now over the IPv4 underlay,
+    /// to `PublicIP`. `Ok(None)` when the lease is not ours to carry (see
+    /// [`Self::peer_v6`]) or the node has no IPv4 underlay address (IPv6 only); `Err` when its
+    /// backend data is invalid.
+    pub fn ipv6_route(&self, attrs: &LeaseAttrs) -> Result<Option<(IpAddr, [u8; 6])>, String> {
+        if self.peer_v6(attrs)?.is_none() || attrs.public_ip.is_unspecified() {
+            return Ok(None);
+        }
+        Ok(self
+            .peer_mac(attrs)?
+            .map(|mac| (IpAddr::V4(attrs.public_ip), mac)))
+    }
+
     /// Opens the underlay sockets on `addr` for `queues` receive workers.
     pub fn sockets(&self, addr: Ipv4Addr, queues: usize) -> Result<Sockets, SocketError> {
         match self.kind {
@@ -219,5 +249,42 @@ mod tests {
             Ok(Some(all[1].vtep_mac)),
             "a vxlan peer's VtepMAC"
         );
+    }
+
+    #[test]
+    fn each_backend_reads_the_ipv6_side_of_its_own_leases() {
+        let ip = Ipv4Addr::new(192, 168, 77, 2);
+        let ip6: Ipv6Addr = "fd00:77::2".parse().unwrap();
+        let all = BackendKind::ALL.map(backend);
+        for me in &all {
+            for other in &all {
+                let attrs = other
+                    .lease_attrs(ip)
+                    .with_ipv6(ip6, other.lease_v6_data(ip6));
+                let mac = me.peer_v6(&attrs);
+                if me.kind == other.kind {
+                    assert!(matches!(mac, Ok(Some(_))), "{:?} reads its own", me.kind);
+                } else {
+                    assert_eq!(mac, Ok(None), "{:?} ignores {:?}", me.kind, other.kind);
+                }
+            }
+        }
+        let v = &all[1];
+        let attrs = v.lease_attrs(ip).with_ipv6(ip6, v.lease_v6_data(ip6));
+        assert_eq!(
+            v.peer_v6(&attrs),
+            Ok(Some(vxlan::stable_vtep_mac_v6(ip6, 7))),
+            "the MAC of BackendV6Data, not of BackendData"
+        );
+        // A vxlan lease without BackendV6Data has no usable IPv6 side.
+        assert!(v.peer_v6(&v.lease_attrs(ip)).is_err());
+        assert!(v.ipv6_route(&v.lease_attrs(ip)).is_err());
+        // Over the IPv4 underlay, to PublicIP, with the MAC of the peer's IPv4 device.
+        assert_eq!(v.ipv6_route(&attrs), Ok(Some((IpAddr::V4(ip), v.vtep_mac))));
+        // An IPv6-only node (PublicIP 0.0.0.0) cannot be reached that way.
+        let mut only6 = attrs.clone();
+        only6.public_ip = Ipv4Addr::UNSPECIFIED;
+        only6.backend_data = None;
+        assert_eq!(v.ipv6_route(&only6), Ok(None));
     }
 }

@@ -140,6 +140,17 @@ pub fn peer_mac(attrs: &LeaseAttrs, vni: u32) -> Result<Option<[u8; 6]>, String>
     Ok((d.vni == vni).then_some(d.vtep_mac))
 }
 
+/// The IPv6-side VtepMAC of a vxlan peer's lease on our VNI, from its `BackendV6Data`
+/// (flannel's `flannel-v6.<VNI>` device): `Ok(None)` for another backend's lease or another
+/// VNI, `Err` for a vxlan lease whose `BackendV6Data` is missing or bad (flannel skips it).
+pub fn peer_mac_v6(attrs: &LeaseAttrs, vni: u32) -> Result<Option<[u8; 6]>, String> {
+    if attrs.backend_type.as_deref() != Some("vxlan") {
+        return Ok(None);
+    }
+    let d = attrs.vxlan_v6_data().map_err(|e| e.to_string())?;
+    Ok((d.vni == vni).then_some(d.vtep_mac))
+}
+
 /// The send pool: [`SEND_SOCKETS`] sockets bound to ephemeral ports on `addr`.
 pub fn send_pool(addr: Ipv4Addr) -> Result<Vec<Arc<UnderlaySocket>>, SocketError> {
     let b = SocketAddrV4::new(addr, 0);

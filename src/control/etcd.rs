@@ -9,7 +9,7 @@
 //! through [`EtcdPool`], which bounds it in time and fails over between the etcd members.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use crate::control::lease::{LeaseAttrs, SubnetKey};
 use crate::control::pool::{EtcdPool, Timeouts};
 use crate::control::subnet::{choose, stale_own, Choice, ExistingLease, Identity, NoFreeSubnet};
 use crate::fib::{Fib, Peer, SharedFib};
+use crate::fib6::{Fib6, Peer6, SharedFib6};
 
 /// Lease time to live, as flannel: 24 hours.
 pub const LEASE_TTL_SECS: i64 = 24 * 3600;
@@ -491,8 +492,43 @@ pub fn build_fib(
     fib
 }
 
+/// Turns the leases' IPv6 halves into the IPv6 forwarding table for this node (empty
+/// when the network has no IPv6). Each lease naming an IPv6 subnet other than ours is read
+/// by `decode_peer`, which checks its backend data and picks the underlay address.
+pub fn build_fib6(
+    cfg: &NetworkConfig,
+    local: Option<Ipv6Net>,
+    leases: &BTreeMap<String, RemoteLease>,
+    decode_peer: &dyn Fn(&RemoteLease) -> Option<Peer6>,
+) -> Fib6 {
+    let Some(c6) = &cfg.ipv6 else {
+        return Fib6::default();
+    };
+    let peers = leases
+        .values()
+        .filter(|l| l.ipv6_subnet.is_some_and(|s| Some(s) != local))
+        .filter_map(decode_peer);
+    let (fib, skipped) = Fib6::new(c6.network, c6.subnet_len, local, peers);
+    static WARNED: std::sync::OnceLock<std::sync::Mutex<HashSet<(Ipv6Net, IpAddr)>>> =
+        std::sync::OnceLock::new();
+    let warned = WARNED.get_or_init(Default::default);
+    for p in skipped {
+        let first = warned
+            .lock()
+            .map(|mut w| w.insert((p.subnet, p.underlay)))
+            .unwrap_or(true);
+        if first {
+            warn!(ipv6_subnet = %p.subnet, underlay = %p.underlay, "ignoring a lease whose IPv6 subnet overlaps another, lies outside IPv6Network or does not match IPv6SubnetLen");
+        }
+    }
+    fib
+}
+
 /// Maps a lease to a data-plane peer (checks backend type and data); `None` = ignore it.
 pub type PeerDecoder = Box<dyn Fn(&RemoteLease) -> Option<Peer> + Send + Sync>;
+
+/// Maps a lease's IPv6 half to an IPv6 data-plane peer; `None` = ignore it.
+pub type PeerDecoder6 = Box<dyn Fn(&RemoteLease) -> Option<Peer6> + Send + Sync>;
 
 /// Everything the background control loop needs.
 pub struct ControlLoop {
@@ -503,6 +539,10 @@ pub struct ControlLoop {
     pub fib: SharedFib,
     /// Maps a lease to a data-plane peer (checks backend type and data), `None` = ignore.
     pub decode_peer: PeerDecoder,
+    /// The IPv6 forwarding table, built from the same leases.
+    pub fib6: SharedFib6,
+    /// Maps a lease's IPv6 half to an IPv6 peer, `None` = ignore.
+    pub decode_peer6: PeerDecoder6,
     /// Told about every change of our own subnet (re-acquisition).
     pub subnet_tx: watch::Sender<SubnetKey>,
     /// Own-lease keepalive period.
@@ -646,8 +686,20 @@ impl ControlLoop {
     fn publish(&self, peers: &BTreeMap<String, RemoteLease>) {
         let mut fib = build_fib(&self.cfg, self.acquired.subnet, peers, &*self.decode_peer);
         fib.adopt_counters(&self.fib.load());
-        debug!(peers = fib.peers().len(), "forwarding table updated");
+        let mut fib6 = build_fib6(
+            &self.cfg,
+            self.acquired.ipv6_subnet,
+            peers,
+            &*self.decode_peer6,
+        );
+        fib6.adopt_counters(&self.fib6.load());
+        debug!(
+            peers = fib.peers().len(),
+            peers6 = fib6.peers().len(),
+            "forwarding table updated"
+        );
         self.fib.store(Arc::new(fib));
+        self.fib6.store(Arc::new(fib6));
     }
 
     async fn keepalive(&mut self) -> Result<(), EtcdError> {

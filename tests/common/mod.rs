@@ -65,6 +65,7 @@ mod daemon;
 mod etcd;
 mod etcd_cluster;
 mod frames;
+mod frames6;
 mod ipv6;
 mod kernel;
 mod l2;
@@ -76,6 +77,6 @@ mod traffic;
 // One flat namespace for the tests. Not every test binary uses every part.
 #[allow(unused_imports)]
 pub use {
-    capture::*, daemon::*, etcd::*, etcd_cluster::*, frames::*, ipv6::*, kernel::*, l2::*,
-    netns::*, process::*, topology::*, traffic::*,
+    capture::*, daemon::*, etcd::*, etcd_cluster::*, frames::*, frames6::*, ipv6::*, kernel::*,
+    l2::*, netns::*, process::*, topology::*, traffic::*,
 };

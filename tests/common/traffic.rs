@@ -4,7 +4,7 @@
 
 use std::fmt::Display;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -87,15 +87,15 @@ pub struct Transfer {
 
 const IO_STALL: Duration = Duration::from_secs(20);
 
-/// Sends `bytes` of deterministic data over TCP from namespace `from` to `to_ip:port`, where a
-/// listener is bound in namespace `to` (port 0 = any free port). Returns the sha256 of what was
+/// Sends `bytes` of deterministic data over TCP from namespace `from` to `to_ip:port` (IPv4
+/// or IPv6), where a listener is bound in namespace `to` (port 0 = any free port). Returns the sha256 of what was
 /// sent and of what was received (equal on success). Bounded: connect retries for 10 s, any
 /// read/write stalled for 20 s fails, and the whole transfer must finish within
 /// 60 s + 1 s per MB.
 pub fn tcp_transfer(
     from: &Netns,
     to: &Netns,
-    to_ip: Ipv4Addr,
+    to_ip: impl Into<IpAddr>,
     port: u16,
     bytes: u64,
 ) -> (String, String) {
@@ -107,14 +107,19 @@ pub fn tcp_transfer(
 pub fn tcp_transfer_stats(
     from: &Netns,
     to: &Netns,
-    to_ip: Ipv4Addr,
+    to_ip: impl Into<IpAddr>,
     port: u16,
     bytes: u64,
 ) -> Transfer {
+    let to_ip: IpAddr = to_ip.into();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(60 + bytes / 1_000_000);
+    let any: IpAddr = match to_ip {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
     let listener = to
-        .in_ns(move || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+        .in_ns(move || TcpListener::bind((any, port)))
         .unwrap_or_else(|e| panic!("bind port {port} in {}: {e}", to.name()));
     let port = listener.local_addr().expect("local_addr").port();
     listener
