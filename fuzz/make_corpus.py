@@ -199,6 +199,48 @@ def main():
         bytes([0x04, 0]) + struct.pack(">HIH", 200 - 64, 7, 5000) + bytes([0x10, 1, 0, 0, 22]) + b"fin",
         bytes([0x08, 0]) + struct.pack(">HIH", 0, 7, 3000) + bytes([0xb8, 64, 0, 0, 22]) + b"cwr",
     ])
+    # rx_checks: [sender (bit 0 IPv6 underlay, bit 1 unknown), gso(2)] + inner packet
+    v6a, v6b = fd00_10(2, 5), fd00_10(1, 7)
+    write("rx_checks", [
+        bytes([1]) + struct.pack(">H", 500) + ipv6_pkt(v6a, v6b, 6, tcp_partial(v6a, v6b, 1200)),
+        bytes([0]) + struct.pack(">H", 0) + ipv6_pkt(v6a, v6b, 6, tcp_partial(v6a, v6b, 100)),
+        bytes([1]) + struct.pack(">H", 0) + ipv6_pkt(v6a, v6b, 17, udp_partial(v6a, v6b, 64)),
+        bytes([1]) + struct.pack(">H", 0) + ipv6_pkt(fd00_10(3, 5), v6b, 17,
+                                                      udp_partial(fd00_10(3, 5), v6b, 8)),
+        bytes([0]) + struct.pack(">H", 500)
+        + ipv4(bytes([10, 244, 2, 5]), bytes([10, 244, 1, 7]), 6,
+               tcp_partial(bytes([10, 244, 2, 5]), bytes([10, 244, 1, 7]), 1200)),
+    ])
+
+
+def fd00_10(subnet, host):
+    """fd00:10:0:<subnet>::<host> as 16 bytes."""
+    return struct.pack(">8H", 0xFD00, 0x10, 0, subnet, 0, 0, 0, host)
+
+
+def ipv6_pkt(src, dst, nh, payload):
+    return struct.pack(">IHBB", 0x60000000, len(payload), nh, 64) + src + dst + payload
+
+
+def pseudo(src, dst, proto, length):
+    """The folded, non-inverted pseudo-header sum: a partial checksum field."""
+    if len(src) == 4:
+        b = src + dst + struct.pack(">BBH", 0, proto, length)
+    else:
+        b = src + dst + struct.pack(">IxxxB", length, proto)
+    return (~csum(b)) & 0xFFFF
+
+
+def tcp_partial(src, dst, n):
+    body = bytes((i * 13) & 0xFF for i in range(n))
+    h = struct.pack(">HHIIBBHHH", 40000, 5201, 1, 2, 0x50, 0x18, 502, 0, 0)
+    h = h[:16] + struct.pack(">H", pseudo(src, dst, 6, 20 + n)) + h[18:]
+    return h + body
+
+
+def udp_partial(src, dst, n):
+    body = bytes(n)
+    return struct.pack(">HHHH", 5555, 7777, 8 + n, pseudo(src, dst, 17, 8 + n)) + body
 
 
 if __name__ == "__main__":
