@@ -4,6 +4,7 @@
 //!
 //! Glue only: every decision it makes is delegated to a tested module.
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,8 +36,10 @@ pub enum DaemonError {
     EtcdConfig { key: String, source: ConfigError },
     #[error("invalid --network/--subnet-len: {0}")]
     FlagConfig(ConfigError),
-    #[error("the network config in etcd at {key} has EnableIPv4 false (IPv6 only), but overlayd's data plane does not carry IPv6 yet; use a dual-stack config (EnableIPv4 true with EnableIPv6) or keep flanneld on this node")]
-    Ipv6Only { key: String },
+    #[error("the network config in etcd at {key} has EnableIPv4 false (IPv6 only), but interface {iface} has no global IPv6 address to carry IPv6 from; give --iface an interface (or IPv6 address) that has one")]
+    Ipv6OnlyNoUnderlay { key: String, iface: String },
+    #[error("the network config in etcd at {key} has EnableIPv4 false (IPv6 only), but L2 networks (--l2, --l2-vlan) need an IPv4 underlay; drop them or use a dual-stack config")]
+    Ipv6OnlyL2 { key: String },
     #[error("the network config enables IPv6 but interface {iface} has no usable global IPv6 address: give --public-ipv6, or --iface an interface (or IPv6 address) that has one")]
     NoIpv6Address { iface: String },
     #[error("--backend {flag} conflicts with the network config in etcd, whose Backend.Type is {etcd}; drop --backend or use --backend {etcd}")]
@@ -161,13 +164,14 @@ fn peer_decoder(backend: Backend) -> PeerDecoder {
 }
 
 /// Maps a lease's IPv6 half to an IPv6 peer of our backend (the underlay address the
-/// backend sends its IPv6 packets to, and the VTEP MAC on that underlay for vxlan); others
-/// are ignored, and an invalid one of ours is warned about once.
-fn peer_decoder6(backend: Backend) -> PeerDecoder6 {
+/// backend sends its IPv6 packets to — over IPv6 when this node has an IPv6 underlay,
+/// `v6_underlay` — and the VTEP MAC on that underlay for vxlan); others are ignored, and an
+/// invalid one of ours is warned about once.
+fn peer_decoder6(backend: Backend, v6_underlay: bool) -> PeerDecoder6 {
     let warned = std::sync::Mutex::new(std::collections::HashSet::new());
     Box::new(move |l: &RemoteLease| {
         let subnet = l.ipv6_subnet?;
-        match backend.ipv6_route(&l.attrs) {
+        match backend.ipv6_route(&l.attrs, v6_underlay) {
             Ok(Some((underlay, mac))) => Some(Peer6::new(
                 subnet,
                 l.attrs.public_ip,
@@ -250,10 +254,36 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     }
     let registry = connect_etcd(&opts).await?;
     let cfg = network_config(&registry, &args, from_flags).await?;
+    let config_key = format!("{}/config", args.etcd.etcd_prefix.trim_end_matches('/'));
+    if cfg.enable_ipv4 && underlay.addr.is_unspecified() {
+        return Err(HostError::NoAddress(underlay.name.clone()).into());
+    }
+    // The IPv6 underlay: the address the IPv6 sockets bind, `PublicIPv6` when it is one of
+    // the interface's own (`--public-ipv6` naming another of them), else the interface's
+    // preferred global IPv6 address (a `--public-ipv6` that is not local is a translated
+    // address, as `--public-ip` may be).
+    let underlay6: Option<Ipv6Addr> = match (&cfg.ipv6, args.public_ipv6) {
+        (None, _) => None,
+        (Some(_), Some(p6)) => {
+            let local = nl.ipv6_addrs(Some(underlay.index)).await?;
+            if local.iter().any(|(_, a)| a.addr == p6) {
+                Some(p6)
+            } else {
+                underlay.addr6
+            }
+        }
+        (Some(_), None) => underlay.addr6,
+    };
     if !cfg.enable_ipv4 {
-        return Err(DaemonError::Ipv6Only {
-            key: format!("{}/config", args.etcd.etcd_prefix.trim_end_matches('/')),
-        });
+        if underlay6.is_none() {
+            return Err(DaemonError::Ipv6OnlyNoUnderlay {
+                key: config_key,
+                iface: underlay.name.clone(),
+            });
+        }
+        if !args.l2.is_empty() || !args.l2_vlan.is_empty() {
+            return Err(DaemonError::Ipv6OnlyL2 { key: config_key });
+        }
     }
     let public_ipv6 =
         match &cfg.ipv6 {
@@ -278,14 +308,42 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         );
     }
     let backend = Backend::new(&cfg.backend, public_ip);
-    let mtu = cfg
-        .backend
-        .mtu
-        .unwrap_or_else(|| backend.inner_mtu(underlay.mtu));
-    let mut attrs = backend.lease_attrs(public_ip);
-    if let Some(ip6) = public_ipv6 {
-        attrs = attrs.with_ipv6(ip6, backend.lease_v6_data(ip6));
+    // The device's MTU: what the IPv4 underlay carries; on an IPv6-only node, what the
+    // IPv6 one does (20 bytes less).
+    let mtu = cfg.backend.mtu.unwrap_or_else(|| {
+        if cfg.enable_ipv4 {
+            backend.inner_mtu(underlay.mtu)
+        } else {
+            backend.inner_mtu_v6(underlay.mtu)
+        }
+    });
+    // Dual stack over both underlays: IPv6 packets must fit the IPv6 underlay, whose outer
+    // header is 20 bytes longer, so the device's IPv6 MTU is set that much lower (flannel's
+    // flannel-v6.<VNI> device has that MTU). Below IPv6's minimum the IPv6 underlay is not
+    // used.
+    let mut underlay6 = underlay6;
+    let mut ipv6_mtu = None;
+    if let (true, Some(a6)) = (cfg.enable_ipv4, underlay6) {
+        let m6 = backend.inner_mtu_v6(underlay.mtu).min(mtu);
+        if m6 < 1280 {
+            warn!(underlay_mtu = underlay.mtu, "the underlay MTU leaves less than IPv6's minimum of 1280 bytes for IPv6 packets over IPv6: they go over the IPv4 underlay instead");
+            underlay6 = None;
+        } else if m6 < mtu {
+            ipv6_mtu = Some(m6);
+        }
+        debug!(addr6 = %a6, ipv6_mtu = m6, "IPv6 underlay");
     }
+    if let (Some(_), true, None) = (&cfg.ipv6, cfg.enable_ipv4, underlay6) {
+        warn!(iface = %underlay.name, "no IPv6 underlay: IPv6 packets go over the IPv4 underlay, which flannel nodes (whose flannel-v6 device expects them over IPv6) do not take");
+    }
+    let encap6 = public_ipv6.map_or(backend.encap, |ip6| backend.encap6(ip6));
+    let attrs = match public_ipv6 {
+        None => backend.lease_attrs(public_ip),
+        Some(ip6) if !cfg.enable_ipv4 => backend.lease_attrs_v6_only(ip6),
+        Some(ip6) => backend
+            .lease_attrs(public_ip)
+            .with_ipv6(ip6, backend.lease_v6_data(ip6)),
+    };
 
     // One daemon per host and device: refuse before touching the lease or the device.
     let name = backend.device_name();
@@ -296,14 +354,18 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     let previous = read_previous(&args.subnet_file);
     let acquired = registry.acquire_with_retry(&cfg, &attrs, previous).await;
     let subnet = acquired.subnet;
-    // The IPv6 overlay network and our subnet in it (dual stack).
-    let net6: Option<(Ipv6Net, Ipv6Net)> = cfg
-        .ipv6
-        .as_ref()
-        .zip(acquired.ipv6_subnet)
-        .map(|(c6, sn6)| (c6.network, sn6));
-    if let (Some((_, sn6)), Some(ip6)) = (net6, public_ipv6) {
-        info!(ipv6_subnet = %sn6, public_ipv6 = %ip6, "dual stack: IPv6 is carried between nodes as well");
+    let mut setup = DeviceSetup {
+        mtu,
+        ipv6_mtu,
+        v4: cfg.enable_ipv4.then_some((subnet, cfg.network)),
+        v6: cfg
+            .ipv6
+            .as_ref()
+            .zip(acquired.ipv6_subnet)
+            .map(|(c6, sn6)| (sn6, c6.network)),
+    };
+    if let (Some((sn6, _)), Some(ip6)) = (setup.v6, public_ipv6) {
+        info!(ipv6_subnet = %sn6, public_ipv6 = %ip6, ipv6_underlay = underlay6.is_some(), "IPv6 is carried between nodes");
     }
 
     // Device and host setup.
@@ -331,21 +393,28 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         }
     }
     let tun_addr = subnet.network();
-    nl.configure_overlay(&dev.name, tun_addr, mtu, cfg.network)
-        .await?;
-    if let Some((network6, sn6)) = net6 {
-        nl.configure_overlay6(&dev.name, sn6.network(), network6, None)
-            .await?;
-    }
+    setup.apply(&nl, &dev.name).await?;
 
-    // Sockets.
-    let Sockets { send, recv } = backend.sockets(underlay.addr, queues)?;
-    let gso = offload && send.iter().all(|s| s.probe_gso());
-    let gro = offload && !recv[0].is_raw() && recv.iter().all(|s| s.enable_gro());
-    info!(device = %dev.name, queues, mtu, offloads = dev.offloads, gso, gro, "data plane configured");
+    // Sockets, per underlay family.
+    let v4 = match cfg.enable_ipv4 {
+        true => backend.sockets(IpAddr::V4(underlay.addr), queues)?,
+        false => Sockets::default(),
+    };
+    let v6 = match underlay6 {
+        Some(a6) => backend.sockets(IpAddr::V6(a6), queues)?,
+        None => Sockets::default(),
+    };
+    let gso = offload && v4.send.iter().chain(&v6.send).all(|s| s.probe_gso());
+    let recvs: Vec<_> = v4.recv.iter().chain(&v6.recv).collect();
+    let gro = offload
+        && recvs.first().is_some_and(|s| !s.is_raw())
+        && recvs.iter().all(|s| s.enable_gro());
+    info!(device = %dev.name, queues, mtu, ?ipv6_mtu, offloads = dev.offloads, gso, gro, ipv6_underlay = ?underlay6, "data plane configured");
 
-    // The kernel segments whole super-packets (udp and vxlan, and L2 vxlan networks).
-    let wants_tunnel = offload
+    // The kernel segments whole super-packets (udp and vxlan, and L2 vxlan networks), with
+    // an IPv4 outer header.
+    let wants_tunnel = cfg.enable_ipv4
+        && offload
         && args.tunnel_gso != gso_tap::Mode::Off
         && (kind != BackendKind::Gre || !args.l2.is_empty() || !args.l2_vlan.is_empty());
     let gso_tap = if wants_tunnel {
@@ -377,7 +446,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     let fib = fib::shared();
     let fib6 = fib6::shared();
     let decode = peer_decoder(backend.clone());
-    let decode6 = peer_decoder6(backend.clone());
+    let decode6 = peer_decoder6(backend.clone(), underlay6.is_some());
     match registry.list().await {
         Ok((leases, _)) => {
             let map = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
@@ -393,6 +462,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     }
     let dp_cfg = l3::Config {
         encap: backend.encap,
+        encap6,
         port: backend.port,
         tun_addr,
         vnet_hdr: offload,
@@ -417,8 +487,8 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     let mut dp = Dataplane::start(
         dp_cfg.clone(),
         qs.clone(),
-        send.clone(),
-        recv.clone(),
+        v4.clone(),
+        v6.clone(),
         fib.clone(),
         fib6.clone(),
     )
@@ -476,7 +546,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     }
     telemetry.ready.store(true, Ordering::Relaxed);
     telemetry::notify_ready();
-    info!(subnet = %subnet, device = %dev.name, subnet_file = %args.subnet_file.display(), "ready");
+    info!(subnet = %acquired.key(), device = %dev.name, subnet_file = %args.subnet_file.display(), "ready");
 
     // Background control: lease keepalive, peers, re-acquisition.
     let (subnet_tx, mut subnet_rx) = tokio::sync::watch::channel(acquired.key());
@@ -496,8 +566,6 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         stats: telemetry.control.clone(),
     };
     let control_task = tokio::spawn(control.run());
-    let mut current = subnet;
-    let mut current6 = net6;
     let mut check = tokio::time::interval(Duration::from_secs(2));
     check.tick().await;
 
@@ -528,16 +596,11 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
                     continue;
                 }
                 let held = *subnet_rx.borrow();
-                current = held.ipv4.unwrap_or(current);
+                setup.v4 = setup.v4.map(|(sn, net)| (held.ipv4.unwrap_or(sn), net));
+                setup.v6 = setup.v6.map(|(sn6, net6)| (held.ipv6.unwrap_or(sn6), net6));
                 telemetry.control.reacquisitions.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = nl.configure_overlay(&name, current.network(), mtu, cfg.network).await {
+                if let Err(e) = setup.apply(&nl, &name).await {
                     error!(error = %e, "cannot move the device to the re-acquired subnet");
-                }
-                current6 = current6.map(|(n6, sn6)| (n6, held.ipv6.unwrap_or(sn6)));
-                if let Some((network6, sn6)) = current6 {
-                    if let Err(e) = nl.configure_overlay6(&name, sn6.network(), network6, None).await {
-                        error!(error = %e, "cannot move the device to the re-acquired IPv6 subnet");
-                    }
                 }
                 let env = SubnetEnv::for_lease(&cfg, held, mtu, args.ip_masq);
                 if let Err(e) = env.write_atomic(&args.subnet_file) {
@@ -558,20 +621,11 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
                 // recreate them; the forwarding table is untouched, so every peer is kept.
                 match nl.link(&name).await {
                     Ok(Some((index, _))) => {
-                        if let Ok(false) = nl.has_route(cfg.network, index).await {
-                            warn!(device = %name, network = %cfg.network, "overlay route vanished; restoring it");
+                        if let Some(network) = setup.missing_route(&nl, index).await {
+                            warn!(device = %name, %network, "overlay route vanished; restoring it");
                             telemetry.control.device_repairs.fetch_add(1, Ordering::Relaxed);
-                            if let Err(e) = nl.configure_overlay(&name, current.network(), mtu, cfg.network).await {
+                            if let Err(e) = setup.apply(&nl, &name).await {
                                 error!(error = %e, "cannot restore the overlay route");
-                            }
-                        }
-                        if let Some((network6, sn6)) = current6 {
-                            if let Ok(false) = nl.has_route6(network6, index).await {
-                                warn!(device = %name, network = %network6, "overlay IPv6 route vanished; restoring it");
-                                telemetry.control.device_repairs.fetch_add(1, Ordering::Relaxed);
-                                if let Err(e) = nl.configure_overlay6(&name, sn6.network(), network6, None).await {
-                                    error!(error = %e, "cannot restore the overlay IPv6 route");
-                                }
                             }
                         }
                     }
@@ -581,11 +635,11 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
                         telemetry.ready.store(false, Ordering::Relaxed);
                         dp.stop();
                         drop(std::mem::take(&mut qs));
-                        match reopen(&tun_opts, offload, &nl, current, mtu, cfg.network, current6).await {
+                        match reopen(&tun_opts, offload, &nl, &setup).await {
                             Ok(new_qs) => qs = new_qs,
                             Err(e) => error!(error = %e, "cannot recreate the overlay device; retrying"),
                         }
-                        match Dataplane::start(dp_cfg.clone(), qs.clone(), send.clone(), recv.clone(), fib.clone(), fib6.clone()) {
+                        match Dataplane::start(dp_cfg.clone(), qs.clone(), v4.clone(), v6.clone(), fib.clone(), fib6.clone()) {
                             Ok(d) => {
                                 dp = d;
                                 set_workers(&telemetry, &dp);
@@ -647,10 +701,7 @@ async fn reopen(
     opts: &tun::Options,
     offload: bool,
     nl: &Netlink,
-    subnet: Ipv4Net,
-    mtu: u32,
-    network: Ipv4Net,
-    net6: Option<(Ipv6Net, Ipv6Net)>,
+    setup: &DeviceSetup,
 ) -> Result<Vec<Arc<tun::Queue>>, DaemonError> {
     let mut dev = Device::open(opts).map_err(|source| DaemonError::Device {
         name: opts.name.clone(),
@@ -661,14 +712,57 @@ async fn reopen(
             warn!(error = %e, "the kernel refused TUN offloads on the recreated device");
         }
     }
-    nl.configure_overlay(&dev.name, subnet.network(), mtu, network)
-        .await?;
-    if let Some((network6, sn6)) = net6 {
-        nl.configure_overlay6(&dev.name, sn6.network(), network6, None)
-            .await?;
-    }
+    setup.apply(nl, &dev.name).await?;
     Ok(std::mem::take(&mut dev.queues)
         .into_iter()
         .map(Arc::new)
         .collect())
+}
+
+/// What the overlay device is given, as flanneld gives its devices: its MTU, the IPv4
+/// subnet's network address /32 and the route for the IPv4 network (absent on an IPv6-only
+/// node), the IPv6 subnet's network address /128 and the route for the IPv6 network (dual
+/// stack and IPv6 only), and the device's IPv6 MTU when it must be below its link MTU.
+#[derive(Debug, Clone, Copy)]
+struct DeviceSetup {
+    mtu: u32,
+    ipv6_mtu: Option<u32>,
+    /// (our subnet, the network).
+    v4: Option<(Ipv4Net, Ipv4Net)>,
+    v6: Option<(Ipv6Net, Ipv6Net)>,
+}
+
+impl DeviceSetup {
+    /// Configures device `name` (idempotent: also the repair after a deletion, and the
+    /// move to a re-acquired subnet).
+    async fn apply(&self, nl: &Netlink, name: &str) -> Result<(), HostError> {
+        match self.v4 {
+            Some((sn, net)) => {
+                nl.configure_overlay(name, sn.network(), self.mtu, net)
+                    .await?
+            }
+            None => nl.link_up(name, self.mtu).await?,
+        };
+        if let Some((sn6, net6)) = self.v6 {
+            nl.configure_overlay6(name, sn6.network(), net6, self.ipv6_mtu)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A network whose route through link `index` is gone, if any (errors reading the
+    /// routes count as present: the next check tries again).
+    async fn missing_route(&self, nl: &Netlink, index: u32) -> Option<ipnet::IpNet> {
+        if let Some((_, net)) = self.v4 {
+            if let Ok(false) = nl.has_route(net, index).await {
+                return Some(net.into());
+            }
+        }
+        if let Some((_, net6)) = self.v6 {
+            if let Ok(false) = nl.has_route6(net6, index).await {
+                return Some(net6.into());
+            }
+        }
+        None
+    }
 }

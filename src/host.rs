@@ -6,7 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::{Ipv4Net, Ipv6Net};
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressScope};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope,
+};
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{RouteAttribute, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -25,7 +27,7 @@ pub enum HostError {
     NoSuchInterface(String),
     #[error("interface {0} has no IPv4 address (give --public-ip or choose another --iface)")]
     NoAddress(String),
-    #[error("no IPv4 default route to pick the underlay interface from (give --iface)")]
+    #[error("no default route (IPv4 or IPv6) to pick the underlay interface from (give --iface)")]
     NoDefaultRoute,
     #[error("cannot set {what}: {source}")]
     Conf {
@@ -39,6 +41,8 @@ pub enum HostError {
 pub struct Underlay {
     pub name: String,
     pub index: u32,
+    /// Its first IPv4 address (or the one `--iface` named); 0.0.0.0 on an interface that
+    /// has only IPv6 (an IPv6-only node).
     pub addr: Ipv4Addr,
     /// Its preferred global IPv6 address (see [`pick_ipv6`]), or the one `--iface` named.
     pub addr6: Option<Ipv6Addr>,
@@ -241,8 +245,9 @@ impl Netlink {
     }
 
     /// Resolves `--iface` (a name, an IPv4 or IPv6 address, or absent = the default route's
-    /// interface) to the interface, its first IPv4 address (or the one named) and its
-    /// preferred global IPv6 address (or the one named).
+    /// interface, IPv4's or else IPv6's) to the interface, its first IPv4 address (or the
+    /// one named; 0.0.0.0 when it has none but has a global IPv6 address) and its preferred
+    /// global IPv6 address (or the one named).
     pub async fn underlay(&self, iface: Option<&str>) -> Result<Underlay, HostError> {
         let named6 = iface.and_then(|s| s.parse::<Ipv6Addr>().ok());
         let index = match iface {
@@ -272,13 +277,8 @@ impl Netlink {
         };
         let (name, mtu) = self.link_by_index(index).await?;
         let addr = match iface.and_then(|s| s.parse::<Ipv4Addr>().ok()) {
-            Some(ip) => ip,
-            None => self
-                .addrs(Some(index))
-                .await?
-                .first()
-                .map(|(_, a)| *a)
-                .ok_or_else(|| HostError::NoAddress(name.clone()))?,
+            Some(ip) => Some(ip),
+            None => self.addrs(Some(index)).await?.first().map(|(_, a)| *a),
         };
         let addr6 = match named6 {
             Some(a) => Some(a),
@@ -292,6 +292,11 @@ impl Netlink {
                 pick_ipv6(&infos)
             }
         };
+        let addr = match (addr, addr6) {
+            (Some(a), _) => a,
+            (None, Some(_)) => Ipv4Addr::UNSPECIFIED,
+            (None, None) => return Err(HostError::NoAddress(name)),
+        };
         Ok(Underlay {
             name,
             index,
@@ -301,23 +306,28 @@ impl Netlink {
         })
     }
 
+    /// The interface of the main table's IPv4 default route, else of its IPv6 one.
     async fn default_route_oif(&self) -> Result<u32, HostError> {
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        while let Some(r) = routes.try_next().await.map_err(nl("routes"))? {
-            if r.header.destination_prefix_length == 0 && r.header.table == 254 {
-                if let Some(oif) = r.attributes.iter().find_map(|a| {
-                    if let RouteAttribute::Oif(i) = a {
-                        Some(*i)
-                    } else {
-                        None
-                    }
-                }) {
-                    return Ok(oif);
+        let v4 = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let v6 = RouteMessageBuilder::<Ipv6Addr>::new().build();
+        for req in [v4, v6] {
+            let mut routes = self.handle.route().get(req).execute();
+            let mut found = None;
+            while let Some(r) = routes.try_next().await.map_err(nl("routes"))? {
+                // Read to the end of the dump, as in `has_route`.
+                if found.is_some()
+                    || r.header.destination_prefix_length != 0
+                    || r.header.table != 254
+                {
+                    continue;
                 }
+                found = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+            }
+            if let Some(oif) = found {
+                return Ok(oif);
             }
         }
         Err(HostError::NoDefaultRoute)
@@ -396,11 +406,18 @@ impl Netlink {
                 source: e,
             })?;
         }
-        self.handle
+        // Without duplicate address detection: the address is usable at once (a tentative
+        // one is refused as the route's source), as a device without neighbours needs.
+        let mut req = self
+            .handle
             .address()
             .add(index, IpAddr::V6(addr), 128)
-            .replace()
-            .execute()
+            .replace();
+        req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        req.execute()
             .await
             .map_err(nl(format!("address {addr}/128 on {name}")))?;
         let route = RouteMessageBuilder::<Ipv6Addr>::new()

@@ -14,13 +14,13 @@
 //! (symmetric flow hash), so a request and its reply meet in the same thread, which the
 //! busy-poll window then catches without a wakeup.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{Decapsulated, Encap};
+use crate::backend::{Decapsulated, Encap, Sockets};
 use crate::counters::{bump, totals, DirCounters, PeerCounters, Totals, WorkerStats};
 use crate::datapath::recv::{self, Delivery, Link, Target};
 use crate::datapath::send::{send_msgs, Outgoing, Sent, TxPath};
@@ -37,7 +37,11 @@ use crate::wire::{arp, ether, flow, gre, icmp, ip, ipv4, virtio, vxlan};
 /// What the workers need to know about this node.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The encapsulation on the IPv4 underlay.
     pub encap: Encap,
+    /// The encapsulation on the IPv6 underlay: the same format, with (vxlan) our IPv6
+    /// VtepMAC as the local MAC, as flannel's `flannel-v6.<VNI>` device has its own.
+    pub encap6: Encap,
     /// Destination port on peers (udp, vxlan); unused for gre.
     pub port: u16,
     /// Our overlay device address (the subnet's network address), answered in ARP.
@@ -68,21 +72,24 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Starts one worker per queue index: worker `i` transmits from device queue `i` and
-    /// receives on `recv[i]`, writing into queue `i % queues` (there are as many workers as
-    /// the larger of the two counts). `send` are the sockets transmit picks from by flow hash
-    /// (the source port spreads flows as the kernel's VXLAN does). IPv4 packets are routed
-    /// by `fib`, IPv6 ones by `fib6`. Counters: `stats[i]` for transmit on queue `i`,
-    /// `stats[queues + j]` for receive on `recv[j]`.
+    /// receives on the `i`th receive socket of each underlay family, writing into queue
+    /// `i % queues` (there are as many workers as the largest of those counts). The `send`
+    /// sockets of a family are those transmit picks from by flow hash (the source port
+    /// spreads flows as the kernel's VXLAN does); a family may have none (no IPv6 underlay,
+    /// or an IPv6-only node). IPv4 packets are routed by `fib`, IPv6 ones by `fib6`.
+    /// Counters: `stats[i]` for transmit on queue `i`, `stats[queues + j]` for receive on
+    /// the `j`th sockets.
     pub fn start(
         cfg: Config,
         queues: Vec<Arc<Queue>>,
-        send: Vec<Arc<UnderlaySocket>>,
-        recv: Vec<Arc<UnderlaySocket>>,
+        v4: Sockets,
+        v6: Sockets,
         fib: SharedFib,
         fib6: SharedFib6,
     ) -> std::io::Result<Dataplane> {
+        let receivers = v4.recv.len().max(v6.recv.len());
         let stats: Arc<Vec<WorkerStats>> = Arc::new(
-            (0..queues.len() + recv.len())
+            (0..queues.len() + receivers)
                 .map(|_| WorkerStats::default())
                 .collect(),
         );
@@ -90,12 +97,13 @@ impl Dataplane {
         for q in &queues {
             q.set_nonblocking()?;
         }
-        let pairs = (0..queues.len().max(recv.len()))
+        let pairs = (0..queues.len().max(receivers))
             .map(|i| {
                 let tx = queues.get(i).map(|q| TxWorker {
                     cfg: cfg.clone(),
                     queue: q.clone(),
-                    send: send.clone(),
+                    send4: v4.send.clone(),
+                    send6: v6.send.clone(),
                     fib: fib.clone(),
                     fib6: fib6.clone(),
                     path: TxPath::new(gso.clone(), cfg.tunnel.as_ref().map(|t| t.for_worker(i))),
@@ -104,11 +112,18 @@ impl Dataplane {
                     stats: stats.clone(),
                     me: i,
                 });
-                let rx = recv.get(i).map(|s| {
+                let socks: Vec<(Arc<UnderlaySocket>, Encap)> = [
+                    v4.recv.get(i).map(|s| (s.clone(), cfg.encap)),
+                    v6.recv.get(i).map(|s| (s.clone(), cfg.encap6)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                let rx = (!socks.is_empty()).then(|| {
                     RxWorker::new(
                         cfg.clone(),
                         queues[i % queues.len()].clone(),
-                        s.clone(),
+                        socks,
                         fib.clone(),
                         fib6.clone(),
                         stats.clone(),
@@ -139,7 +154,9 @@ impl Dataplane {
 struct TxWorker {
     cfg: Config,
     queue: Arc<Queue>,
-    send: Vec<Arc<UnderlaySocket>>,
+    /// The send sockets of each underlay family (none when the family is not used).
+    send4: Vec<Arc<UnderlaySocket>>,
+    send6: Vec<Arc<UnderlaySocket>>,
     fib: SharedFib,
     fib6: SharedFib6,
     path: TxPath,
@@ -190,31 +207,35 @@ impl TxWorker {
         let pkt = &self.path.buf[start..end];
         let (mac, underlay, counters): (_, _, &PeerCounters) = match ip::dst_addr(pkt) {
             Some(IpAddr::V4(dst)) => match fib.lookup(dst) {
-                Some(peer) => (peer.mac, peer.public_ip, &peer.counters),
+                Some(peer) => (peer.mac, IpAddr::V4(peer.public_ip), &peer.counters),
                 None => return self.unreachable(dst, start, end),
             },
             Some(IpAddr::V6(dst)) => match fib6.lookup(dst) {
-                Some(peer) => match peer.underlay {
-                    IpAddr::V4(u) => (peer.mac, u, &peer.counters),
-                    // The control plane only names IPv4 underlay addresses for now.
-                    IpAddr::V6(_) => return st.drop(DropReason::NoRoute, 1),
-                },
+                Some(peer) => (peer.mac, peer.underlay, &peer.counters),
                 None => return self.unreachable6(dst, start, end),
             },
             // Neither IPv4 nor IPv6, or too short to route.
             None => return st.drop(DropReason::BadInner, 1),
         };
+        let (pool, encap) = match underlay {
+            IpAddr::V4(_) => (&self.send4, &self.cfg.encap),
+            IpAddr::V6(_) => (&self.send6, &self.cfg.encap6),
+        };
+        if pool.is_empty() {
+            // No socket of that family (cannot happen with tables the daemon builds).
+            return st.drop(DropReason::NoRoute, 1);
+        }
         let hash = flow::hash(pkt);
-        let sock = &self.send[hash as usize % self.send.len()];
+        let sock = &pool[hash as usize % pool.len()];
         let out = Outgoing {
             vh,
             start,
             end,
             link: 0,
-            encap: self.cfg.encap.header_len(),
+            encap: encap.header_len(),
             flow: hash,
         };
-        let (encap, seq) = (&self.cfg.encap, &mut self.seq);
+        let seq = &mut self.seq;
         let mut fill = |d: &mut [u8]| {
             *seq = seq.wrapping_add(1);
             encap.encapsulate(d, mac, *seq)
@@ -319,13 +340,21 @@ pub fn accept<'f>(
 /// Bytes of one receive slot: an IPv4 packet's largest size, plus room.
 const RECV_SLOT: usize = 65536 + 256;
 
+/// One underlay socket of a receive worker, with the encapsulation it carries (the IPv6
+/// underlay's has its own VtepMAC) and its receive buffers.
+struct RxSock {
+    sock: Arc<UnderlaySocket>,
+    encap: Encap,
+    batch: RecvBatch,
+}
+
 struct RxWorker {
     cfg: Config,
     queue: Arc<Queue>,
-    sock: Arc<UnderlaySocket>,
+    /// One socket per underlay family in use (IPv4 first).
+    socks: Vec<RxSock>,
     fib: SharedFib,
     fib6: SharedFib6,
-    batch: RecvBatch,
     delivery: Delivery,
     arp_buf: [u8; 128],
     stats: Arc<Vec<WorkerStats>>,
@@ -336,7 +365,7 @@ impl RxWorker {
     fn new(
         cfg: Config,
         queue: Arc<Queue>,
-        sock: Arc<UnderlaySocket>,
+        socks: Vec<(Arc<UnderlaySocket>, Encap)>,
         fib: SharedFib,
         fib6: SharedFib6,
         stats: Arc<Vec<WorkerStats>>,
@@ -344,33 +373,38 @@ impl RxWorker {
     ) -> Self {
         // Every slot holds the largest datagram: a peer whose kernel segments (tunnel GSO
         // over veth) or a NIC that merges (GRO, also GRE) hands over up to 64 KiB at once.
-        let batch = if cfg.gro {
-            RecvBatch::new(8, RECV_SLOT)
-        } else {
-            RecvBatch::new(16, RECV_SLOT)
-        };
+        let slots = if cfg.gro { 8 } else { 16 };
+        let socks = socks
+            .into_iter()
+            .map(|(sock, encap)| RxSock {
+                sock,
+                encap,
+                batch: RecvBatch::new(slots, RECV_SLOT),
+            })
+            .collect();
         Self {
             delivery: Delivery::new(cfg.vnet_hdr),
             cfg,
             queue,
-            sock,
+            socks,
             fib,
             fib6,
-            batch,
             arp_buf: [0; 128],
             stats,
             me,
         }
     }
 
-    fn handle_message(&mut self, fib: &Fib, fib6: &Fib6, i: usize) {
+    /// Handles message `i` of socket `k`'s last batch.
+    fn handle_message(&mut self, fib: &Fib, fib6: &Fib6, k: usize, i: usize) {
         let st = &self.stats[self.me];
-        let (data, seg, from) = self.batch.get(i);
-        let raw = self.sock.is_raw();
+        let rs = &self.socks[k];
+        let (data, seg, from) = rs.batch.get_from(i);
+        let (raw, ip_header) = (rs.sock.is_raw(), rs.sock.reads_ip_header());
         // A peer kernel's VXLAN over veth hands over whole tunnel-GSO super-frames, with the
         // inner MSS as the "segment size": such a frame is kept whole (the MSS then
         // segments the inner packet).
-        let hl = self.cfg.encap.header_len();
+        let hl = rs.encap.header_len();
         let split = recv::split(data, seg, (!raw).then_some(hl));
         let inner_gso = if split.whole { seg } else { 0 };
         let mtu = self.cfg.mtu as usize;
@@ -380,16 +414,16 @@ impl RxWorker {
             link: Link::Ip,
         };
         for d in data.chunks(split.chunk) {
-            let (src_ip, payload) = if raw {
+            let (src_ip, payload) = if ip_header {
                 match ipv4::outer_payload(d) {
-                    Ok(x) => x,
+                    Ok((a, p)) => (IpAddr::V4(a), p),
                     Err(r) => {
                         st.drop(r, 1);
                         continue;
                     }
                 }
             } else {
-                (*from.ip(), d)
+                (from.ip(), d)
             };
             // Transparent Ethernet bridging (gretap) on the same raw socket belongs to the L2
             // networks, which read it from their own socket: not ours, not a drop.
@@ -399,15 +433,18 @@ impl RxWorker {
             {
                 continue;
             }
-            if !fib.is_known_sender(src_ip) && !fib6.is_known_sender(IpAddr::V4(src_ip)) {
+            let known = match src_ip {
+                IpAddr::V4(a) => fib.is_known_sender(a) || fib6.is_known_sender(src_ip),
+                IpAddr::V6(_) => fib6.is_known_sender(src_ip),
+            };
+            if !known {
                 st.drop(DropReason::UnknownSender, 1);
                 continue;
             }
-            match self.cfg.encap.decapsulate(payload) {
+            match rs.encap.decapsulate(payload) {
                 Err(r) => st.drop(r, 1),
                 Ok(Decapsulated::Ip(inner)) => {
-                    let from = IpAddr::V4(src_ip);
-                    let counters = match accept(fib, fib6, from, inner) {
+                    let counters = match accept(fib, fib6, src_ip, inner) {
                         Ok(c) => c,
                         Err(r) => {
                             st.drop(r, 1);
@@ -427,7 +464,8 @@ impl RxWorker {
                     self.delivery.ip(queues, to_tun, inner, partial, &st.drops);
                 }
                 Ok(Decapsulated::Arp(frame)) => {
-                    let Encap::Vxlan { vni, .. } = self.cfg.encap else {
+                    // ARP resolves IPv4 overlay addresses, which cross the IPv4 underlay only.
+                    let (Encap::Vxlan { vni, .. }, IpAddr::V4(_)) = (rs.encap, src_ip) else {
                         continue;
                     };
                     let body = &mut self.arp_buf[vxlan::HEADER_LEN..];
@@ -442,30 +480,23 @@ impl RxWorker {
                     vxlan::Repr { vni }.emit(&mut self.arp_buf[..vxlan::HEADER_LEN]);
                     let msg = [Msg {
                         buf: &self.arp_buf[..vxlan::HEADER_LEN + len],
-                        dst: SocketAddrV4::new(src_ip, self.cfg.port),
+                        dst: SocketAddr::new(src_ip, self.cfg.port),
                         segment: 0,
                     }];
-                    if send_msgs(&self.sock, &msg).packets == 1 {
+                    if send_msgs(&rs.sock, &msg).packets == 1 {
                         bump(&st.arp_replies, 1);
                     }
                 }
             }
         }
     }
-}
 
-impl Side for RxWorker {
-    fn pollable(&self) -> Arc<dyn AsFd + Send + Sync> {
-        self.sock.clone()
-    }
-
-    /// Receives and delivers up to 16 batches from the (readable) socket.
-    fn drain(&mut self) -> bool {
-        let fib = self.fib.load();
-        let fib6 = self.fib6.load();
+    /// Receives and delivers up to 16 batches from socket `k`.
+    fn drain_sock(&mut self, fib: &Fib, fib6: &Fib6, k: usize) -> bool {
         let mut any = false;
         for _ in 0..16 {
-            let n = match self.sock.recv_batch(&mut self.batch) {
+            let rs = &mut self.socks[k];
+            let n = match rs.sock.recv_batch(&mut rs.batch) {
                 Ok(n) => n,
                 Err(e) if would_block(&e) => break,
                 Err(_) => {
@@ -476,11 +507,43 @@ impl Side for RxWorker {
             any = true;
             bump(&self.stats[self.me].rx_batches, 1);
             for i in 0..n {
-                self.handle_message(&fib, &fib6, i);
+                self.handle_message(fib, fib6, k, i);
             }
             let queues = std::slice::from_ref(&self.queue);
             self.delivery.flush(queues, &self.stats[self.me].drops);
         }
         any
+    }
+}
+
+impl Side for RxWorker {
+    fn pollable(&self) -> Arc<dyn AsFd + Send + Sync> {
+        self.socks[0].sock.clone()
+    }
+
+    fn more_pollables(&self) -> Vec<Arc<dyn AsFd + Send + Sync>> {
+        self.socks[1..]
+            .iter()
+            .map(|s| s.sock.clone() as Arc<dyn AsFd + Send + Sync>)
+            .collect()
+    }
+
+    /// Receives on every socket.
+    fn drain(&mut self) -> bool {
+        let mut any = false;
+        for k in 0..self.socks.len() {
+            any |= self.drain_one(k);
+        }
+        any
+    }
+
+    /// Receives and delivers up to 16 batches from (readable) socket `which`.
+    fn drain_one(&mut self, which: usize) -> bool {
+        if which >= self.socks.len() {
+            return false;
+        }
+        let fib = self.fib.load();
+        let fib6 = self.fib6.load();
+        self.drain_sock(&fib, &fib6, which)
     }
 }

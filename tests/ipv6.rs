@@ -311,8 +311,10 @@ fn netns_dual_stack_daemons() {
     put_dual_stack_config(&etcd, ETCD_PREFIX, "vxlan");
     let ip6_1 = add_underlay_ipv6(topo.host(0), 0);
     add_underlay_ipv6(topo.host(1), 1);
-    // h2 publishes an address given on the command line instead of its interface's.
+    // h2 publishes an address given on the command line instead of its interface's
+    // preferred one (the first): another of its own, so that peers reach it there.
     let pub6_2: Ipv6Addr = "fd00:77::22".parse().unwrap();
+    add_ipv6_addr(topo.host(1), "eth0", &format!("{pub6_2}/64"));
     let mut d1 = Overlayd::spawn(topo.host(0), overlayd_args("vxlan", &etcd));
     let mut args2 = overlayd_args("vxlan", &etcd);
     args2.extend(["--public-ipv6".to_string(), pub6_2.to_string()]);
@@ -477,9 +479,10 @@ fn fails_with(topo: &Topology, etcd: &Etcd, config: &str, extra: &[&str]) -> Str
     last
 }
 
-/// An IPv6-only config is refused at startup with one message saying why (the IPv6 data
-/// plane is not there yet) and what to do; so is a dual-stack config on a host without a
-/// global IPv6 address and no --public-ipv6. Neither leaves a lease behind.
+/// An IPv6-only config on a host whose interface has no global IPv6 address (nothing to
+/// carry IPv6 from), or with L2 networks (which need IPv4), is refused at startup with one
+/// message saying why and what to do; so is a dual-stack config on a host without a
+/// global IPv6 address and no --public-ipv6. None leaves a lease behind.
 #[test]
 fn netns_ipv6_refusals_are_clear() {
     if skip_unless_root("netns_ipv6_refusals_are_clear") {
@@ -487,15 +490,22 @@ fn netns_ipv6_refusals_are_clear() {
     }
     let mut topo = Topology::new(1);
     let etcd = topo.start_etcd();
-    let last = fails_with(
-        &topo,
-        &etcd,
-        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/56","Backend":{"Type":"vxlan"}}"#,
-        &[],
-    );
-    for needle in ["EnableIPv4 false", "does not carry IPv6 yet", "dual-stack"] {
+    let only6 = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/56","Backend":{"Type":"vxlan"}}"#;
+    let last = fails_with(&topo, &etcd, only6, &[]);
+    for needle in [
+        "EnableIPv4 false",
+        "eth0",
+        "no global IPv6 address",
+        "--iface",
+    ] {
         assert!(last.contains(needle), "{needle:?} in {last}");
     }
+    add_ipv6_addr(topo.host(0), "eth0", "fd00:77::98/64");
+    let last = fails_with(&topo, &etcd, only6, &["--l2", "tenant@br-l2"]);
+    for needle in ["EnableIPv4 false", "L2 networks", "IPv4 underlay"] {
+        assert!(last.contains(needle), "{needle:?} in {last}");
+    }
+    topo.host(0).ip("-6 addr del fd00:77::98/64 dev eth0");
     // eth0 has only its link-local IPv6 address.
     let dual = dual_stack_config(OVERLAY_NETWORK, OVERLAY_NETWORK6, "vxlan");
     let last = fails_with(&topo, &etcd, &dual, &[]);

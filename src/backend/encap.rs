@@ -14,6 +14,8 @@ use crate::wire::{ether, gre, ip, vxlan};
 
 /// Outer IPv4 header length, counted in [`Encap::overhead`].
 const OUTER_IPV4_LEN: usize = 20;
+/// Outer IPv6 header length, counted in [`Encap::overhead_v6`].
+const OUTER_IPV6_LEN: usize = 40;
 /// Outer UDP header length.
 const OUTER_UDP_LEN: usize = 8;
 
@@ -69,6 +71,12 @@ impl Encap {
             _ => OUTER_UDP_LEN,
         };
         OUTER_IPV4_LEN + udp + self.header_len()
+    }
+
+    /// The per-packet overhead on an IPv6 underlay: [`Self::overhead`] with the 40-byte
+    /// outer IPv6 header instead of IPv4's 20: udp 48, vxlan 70, gre 48 with a key.
+    pub const fn overhead_v6(&self) -> usize {
+        self.overhead() + OUTER_IPV6_LEN - OUTER_IPV4_LEN
     }
 
     /// Writes the encapsulation header into `pkt`, which is [`Self::header_len`] bytes of
@@ -183,6 +191,8 @@ mod tests {
     fn lengths() {
         let l: Vec<_> = ALL.iter().map(|e| (e.header_len(), e.overhead())).collect();
         assert_eq!(l, [(0, 28), (22, 50), (8, 28), (4, 24), (16, 36)]);
+        let l6: Vec<_> = ALL.iter().map(|e| e.overhead_v6()).collect();
+        assert_eq!(l6, [48, 70, 48, 44, 56]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! A raw IPv4 socket carries it, which has no GSO or GRO: gre pays the kernel's
 //! per-packet path, and only one socket receives (every raw socket sees every GRE packet).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use super::{Decapsulated, SocketError, Sockets, SOCKET_BUFFER};
@@ -95,8 +95,9 @@ pub fn is_peer(attrs: &LeaseAttrs) -> bool {
     attrs.backend_type.as_deref() == Some("gre")
 }
 
-/// The raw GRE socket bound to `addr`.
-pub fn raw_socket(addr: Ipv4Addr) -> Result<Arc<UnderlaySocket>, SocketError> {
+/// The raw GRE socket bound to `addr` (IPv4, or IPv6 as RFC 7676).
+pub fn raw_socket(addr: impl Into<IpAddr>) -> Result<Arc<UnderlaySocket>, SocketError> {
+    let addr: IpAddr = addr.into();
     UnderlaySocket::raw_gre(addr, SOCKET_BUFFER)
         .map(Arc::new)
         .map_err(|source| SocketError {
@@ -106,7 +107,7 @@ pub fn raw_socket(addr: Ipv4Addr) -> Result<Arc<UnderlaySocket>, SocketError> {
 }
 
 /// The one raw socket, sending and receiving.
-pub fn sockets(addr: Ipv4Addr) -> Result<Sockets, SocketError> {
+pub fn sockets(addr: IpAddr) -> Result<Sockets, SocketError> {
     let s = raw_socket(addr)?;
     Ok(Sockets {
         send: vec![s.clone()],

@@ -12,7 +12,7 @@ pub mod gre;
 pub mod udp;
 pub mod vxlan;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 pub use encap::{Decapsulated, Encap};
@@ -33,7 +33,7 @@ pub struct SocketError {
 }
 
 impl SocketError {
-    fn at(addr: SocketAddrV4) -> impl Fn(std::io::Error) -> SocketError {
+    fn at(addr: SocketAddr) -> impl Fn(std::io::Error) -> SocketError {
         move |source| SocketError {
             addr: addr.to_string(),
             source,
@@ -44,11 +44,11 @@ impl SocketError {
 /// `queues` UDP sockets bound to `addr`:`port` (`SO_REUSEPORT` spreads flows over them),
 /// one per receive worker.
 fn udp_sockets(
-    addr: Ipv4Addr,
+    addr: IpAddr,
     port: u16,
     queues: usize,
 ) -> Result<Vec<Arc<UnderlaySocket>>, SocketError> {
-    let bind = SocketAddrV4::new(addr, port);
+    let bind = SocketAddr::new(addr, port);
     (0..queues.max(1))
         .map(|_| {
             UnderlaySocket::udp(bind, SOCKET_BUFFER)
@@ -58,12 +58,19 @@ fn udp_sockets(
         .collect()
 }
 
-/// A backend's underlay sockets: the ones transmit picks from, and one per receive
-/// worker.
-#[derive(Debug, Clone)]
+/// A backend's underlay sockets of one address family: the ones transmit picks from, and
+/// one per receive worker. Empty when the family is not used.
+#[derive(Debug, Clone, Default)]
 pub struct Sockets {
     pub send: Vec<Arc<UnderlaySocket>>,
     pub recv: Vec<Arc<UnderlaySocket>>,
+}
+
+impl Sockets {
+    /// Every socket, send and receive (some are both).
+    pub fn all(&self) -> impl Iterator<Item = &Arc<UnderlaySocket>> {
+        self.send.iter().chain(&self.recv)
+    }
 }
 
 /// The configured routed backend, with what this node derives from it.
@@ -119,9 +126,39 @@ impl Backend {
         }
     }
 
-    /// The inner MTU on an underlay of `underlay_mtu` bytes.
+    /// The inner MTU on an IPv4 underlay of `underlay_mtu` bytes.
     pub fn inner_mtu(&self, underlay_mtu: u32) -> u32 {
         underlay_mtu.saturating_sub(self.encap.overhead() as u32)
+    }
+
+    /// The inner MTU on an IPv6 underlay of `underlay_mtu` bytes: 20 bytes less, for the
+    /// longer outer header (flannel's `flannel-v6.<VNI>` device gets 1430 on a 1500 link).
+    pub fn inner_mtu_v6(&self, underlay_mtu: u32) -> u32 {
+        underlay_mtu.saturating_sub(self.encap.overhead_v6() as u32)
+    }
+
+    /// The encapsulation on the IPv6 underlay: vxlan with our IPv6 VtepMAC (the one in
+    /// `BackendV6Data`, derived from `public_ipv6`) as the local MAC; the same as on IPv4
+    /// for udp and gre.
+    pub fn encap6(&self, public_ipv6: Ipv6Addr) -> Encap {
+        match self.encap {
+            Encap::Vxlan { vni, .. } => Encap::Vxlan {
+                vni,
+                local_mac: vxlan::stable_vtep_mac_v6(public_ipv6, vni),
+            },
+            e => e,
+        }
+    }
+
+    /// What an IPv6-only node's lease says about it, as flannel writes it: `PublicIP`
+    /// 0.0.0.0, no `BackendData` (flannel has no IPv4 device then), `PublicIPv6` and the
+    /// backend's `BackendV6Data` (see [`Self::lease_v6_data`]).
+    pub fn lease_attrs_v6_only(&self, public_ipv6: Ipv6Addr) -> LeaseAttrs {
+        LeaseAttrs {
+            backend_data: None,
+            ..self.lease_attrs(Ipv4Addr::UNSPECIFIED)
+        }
+        .with_ipv6(public_ipv6, self.lease_v6_data(public_ipv6))
     }
 
     /// What our lease says about us, as flannel writes it for this backend.
@@ -179,12 +216,26 @@ impl Backend {
     /// packets go to and the VTEP MAC (vxlan; zero otherwise) of the peer's device on that
     /// underlay — the inner Ethernet addresses are those of the devices a frame travels
     /// between, as between flannel's `flannel.<VNI>` (IPv4 underlay, `BackendData`) and
-    /// `flannel-v6.<VNI>` (IPv6 underlay, `BackendV6Data`). For now over the IPv4 underlay,
-    /// to `PublicIP`. `Ok(None)` when the lease is not ours to carry (see
-    /// [`Self::peer_v6`]) or the node has no IPv4 underlay address (IPv6 only); `Err` when its
-    /// backend data is invalid.
-    pub fn ipv6_route(&self, attrs: &LeaseAttrs) -> Result<Option<(IpAddr, [u8; 6])>, String> {
-        if self.peer_v6(attrs)?.is_none() || attrs.public_ip.is_unspecified() {
+    /// `flannel-v6.<VNI>` (IPv6 underlay, `BackendV6Data`).
+    ///
+    /// As flannel's vxlan backend does, IPv6 goes over the IPv6 underlay, to `PublicIPv6`,
+    /// whenever this node has one (`v6_underlay`) and the lease names one; on every backend,
+    /// so that one rule holds. Otherwise over IPv4 to `PublicIP` (a peer that publishes no
+    /// `PublicIPv6`, or a node whose interface has no global IPv6 address). `Ok(None)` when
+    /// the lease is not ours to carry (see [`Self::peer_v6`]) or names no address this node
+    /// can reach; `Err` when its backend data is invalid.
+    pub fn ipv6_route(
+        &self,
+        attrs: &LeaseAttrs,
+        v6_underlay: bool,
+    ) -> Result<Option<(IpAddr, [u8; 6])>, String> {
+        let Some(mac6) = self.peer_v6(attrs)? else {
+            return Ok(None);
+        };
+        if let (true, Some(ip6)) = (v6_underlay, attrs.public_ipv6) {
+            return Ok(Some((IpAddr::V6(ip6), mac6)));
+        }
+        if attrs.public_ip.is_unspecified() {
             return Ok(None);
         }
         Ok(self
@@ -192,8 +243,8 @@ impl Backend {
             .map(|mac| (IpAddr::V4(attrs.public_ip), mac)))
     }
 
-    /// Opens the underlay sockets on `addr` for `queues` receive workers.
-    pub fn sockets(&self, addr: Ipv4Addr, queues: usize) -> Result<Sockets, SocketError> {
+    /// Opens the underlay sockets on `addr` (IPv4 or IPv6) for `queues` receive workers.
+    pub fn sockets(&self, addr: IpAddr, queues: usize) -> Result<Sockets, SocketError> {
         match self.kind {
             BackendKind::Udp => udp::sockets(addr, self.port, queues),
             BackendKind::Vxlan => vxlan::sockets(addr, self.port, queues),
@@ -278,13 +329,37 @@ mod tests {
         );
         // A vxlan lease without BackendV6Data has no usable IPv6 side.
         assert!(v.peer_v6(&v.lease_attrs(ip)).is_err());
-        assert!(v.ipv6_route(&v.lease_attrs(ip)).is_err());
-        // Over the IPv4 underlay, to PublicIP, with the MAC of the peer's IPv4 device.
-        assert_eq!(v.ipv6_route(&attrs), Ok(Some((IpAddr::V4(ip), v.vtep_mac))));
-        // An IPv6-only node (PublicIP 0.0.0.0) cannot be reached that way.
-        let mut only6 = attrs.clone();
-        only6.public_ip = Ipv4Addr::UNSPECIFIED;
-        only6.backend_data = None;
-        assert_eq!(v.ipv6_route(&only6), Ok(None));
+        assert!(v.ipv6_route(&v.lease_attrs(ip), true).is_err());
+        // Over the IPv6 underlay to PublicIPv6 with the MAC of the peer's IPv6 device, as
+        // flannel; without an IPv6 underlay, over IPv4 to PublicIP with its IPv4 device's.
+        assert_eq!(
+            v.ipv6_route(&attrs, true),
+            Ok(Some((IpAddr::V6(ip6), vxlan::stable_vtep_mac_v6(ip6, 7))))
+        );
+        assert_eq!(
+            v.ipv6_route(&attrs, false),
+            Ok(Some((IpAddr::V4(ip), v.vtep_mac)))
+        );
+        // An IPv6-only node (PublicIP 0.0.0.0), as flannel writes it.
+        let only6 = v.lease_attrs_v6_only(ip6);
+        assert_eq!(
+            only6.to_json(),
+            format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:77::2","BackendType":"vxlan","BackendV6Data":{{"VNI":7,"VtepMAC":"{}"}}}}"#,
+                crate::control::lease::format_mac(&vxlan::stable_vtep_mac_v6(ip6, 7))
+            )
+        );
+        assert_eq!(v.ipv6_route(&only6, false), Ok(None), "not over IPv4");
+        assert_eq!(
+            v.ipv6_route(&only6, true),
+            Ok(Some((IpAddr::V6(ip6), vxlan::stable_vtep_mac_v6(ip6, 7))))
+        );
+        // A peer that publishes no PublicIPv6 is reached over IPv4.
+        let mut no6 = attrs.clone();
+        no6.public_ipv6 = None;
+        assert_eq!(
+            v.ipv6_route(&no6, true),
+            Ok(Some((IpAddr::V4(ip), v.vtep_mac)))
+        );
     }
 }

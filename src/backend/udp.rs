@@ -2,7 +2,7 @@
 //! from and to the same port on every node (8285 by default) on a TUN device `flannel0`.
 //! Leases carry only `PublicIP` (no `BackendType`).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::{Decapsulated, SocketError, Sockets};
 use crate::control::lease::LeaseAttrs;
@@ -36,7 +36,7 @@ pub fn is_peer(attrs: &LeaseAttrs) -> bool {
 /// One socket per queue, all bound to our address and the backend's port
 /// (`SO_REUSEPORT`): each both receives and sends, since peers expect datagrams from the
 /// port they send to.
-pub fn sockets(addr: Ipv4Addr, port: u16, queues: usize) -> Result<Sockets, SocketError> {
+pub fn sockets(addr: IpAddr, port: u16, queues: usize) -> Result<Sockets, SocketError> {
     let recv = super::udp_sockets(addr, port, queues)?;
     Ok(Sockets {
         send: recv.clone(),

@@ -7,7 +7,7 @@
 //! The source port carries the inner flow's hash, as the kernel's VXLAN does, which is why
 //! a pool of sockets bound to ephemeral ports sends.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use super::{Decapsulated, SocketError, Sockets, SOCKET_BUFFER};
@@ -152,8 +152,8 @@ pub fn peer_mac_v6(attrs: &LeaseAttrs, vni: u32) -> Result<Option<[u8; 6]>, Stri
 }
 
 /// The send pool: [`SEND_SOCKETS`] sockets bound to ephemeral ports on `addr`.
-pub fn send_pool(addr: Ipv4Addr) -> Result<Vec<Arc<UnderlaySocket>>, SocketError> {
-    let b = SocketAddrV4::new(addr, 0);
+pub fn send_pool(addr: impl Into<IpAddr>) -> Result<Vec<Arc<UnderlaySocket>>, SocketError> {
+    let b = SocketAddr::new(addr.into(), 0);
     (0..SEND_SOCKETS)
         .map(|_| {
             UnderlaySocket::udp(b, SOCKET_BUFFER)
@@ -164,7 +164,7 @@ pub fn send_pool(addr: Ipv4Addr) -> Result<Vec<Arc<UnderlaySocket>>, SocketError
 }
 
 /// Receive sockets, one per queue, bound to the VXLAN port, and the send pool.
-pub fn sockets(addr: Ipv4Addr, port: u16, queues: usize) -> Result<Sockets, SocketError> {
+pub fn sockets(addr: IpAddr, port: u16, queues: usize) -> Result<Sockets, SocketError> {
     Ok(Sockets {
         send: send_pool(addr)?,
         recv: super::udp_sockets(addr, port, queues)?,

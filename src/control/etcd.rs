@@ -463,13 +463,17 @@ impl Registry {
     }
 }
 
-/// Turns the leases into a forwarding table for this node.
+/// Turns the leases into a forwarding table for this node (empty when the network has no
+/// IPv4: `EnableIPv4` false).
 pub fn build_fib(
     cfg: &NetworkConfig,
     local: Ipv4Net,
     leases: &BTreeMap<String, RemoteLease>,
     decode_peer: &dyn Fn(&RemoteLease) -> Option<Peer>,
 ) -> Fib {
+    if !cfg.enable_ipv4 {
+        return Fib::default();
+    }
     let peers = leases
         .values()
         .filter(|l| l.has_ipv4() && l.subnet != local)

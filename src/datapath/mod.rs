@@ -57,14 +57,30 @@ pub fn would_block(e: &io::Error) -> bool {
 }
 
 /// One direction of a worker: the descriptor it waits on and the batch it runs when that
-/// descriptor is readable.
+/// descriptor is readable. A receive side may wait on more than one (one underlay socket
+/// per address family).
 pub trait Side: Send + 'static {
     /// The descriptor to poll (a device queue or an underlay socket), owned apart from
     /// the side so that polling borrows nothing from it.
     fn pollable(&self) -> Arc<dyn AsFd + Send + Sync>;
     /// Handles what is ready; returns whether there was any traffic.
     fn drain(&mut self) -> bool;
+    /// Further descriptors of a receive side, after [`Self::pollable`] (none by default;
+    /// at most [`MAX_SOCKETS`] − 1 are polled).
+    fn more_pollables(&self) -> Vec<Arc<dyn AsFd + Send + Sync>> {
+        Vec::new()
+    }
+    /// Handles what is ready on descriptor `which` (0 = [`Self::pollable`], then
+    /// [`Self::more_pollables`] in order); by default [`Self::drain`].
+    fn drain_one(&mut self, which: usize) -> bool {
+        let _ = which;
+        self.drain()
+    }
 }
+
+/// Most descriptors one receive side is polled on (with the device: the four
+/// [`poll_readable`] takes).
+pub const MAX_SOCKETS: usize = 3;
 
 /// Running worker threads: each polls a device side and a socket side together. Stopped
 /// (and joined) by [`Workers::stop`] or when dropped.
@@ -92,14 +108,26 @@ impl Workers {
                 .name(format!("{name}{i}"))
                 .spawn(move || {
                     let dev = tx.as_ref().map(|s| s.pollable());
-                    let sock = rx.as_ref().map(|s| s.pollable());
-                    poll_loop(dev.as_deref(), sock.as_deref(), busy, &stop, |d, s| {
+                    let socks: Vec<_> = rx
+                        .as_ref()
+                        .map(|s| {
+                            let mut v = vec![s.pollable()];
+                            v.extend(s.more_pollables());
+                            v.truncate(MAX_SOCKETS);
+                            v
+                        })
+                        .unwrap_or_default();
+                    let sock_refs: Vec<&(dyn AsFd + Send + Sync)> =
+                        socks.iter().map(|s| &**s).collect();
+                    poll_loop(dev.as_deref(), &sock_refs, busy, &stop, |d, ready| {
                         let mut worked = false;
                         if let (true, Some(t)) = (d, tx.as_mut()) {
                             worked |= t.drain();
                         }
-                        if let (true, Some(r)) = (s, rx.as_mut()) {
-                            worked |= r.drain();
+                        if let Some(r) = rx.as_mut() {
+                            for which in (0..sock_refs.len()).filter(|i| ready & (1 << i) != 0) {
+                                worked |= r.drain_one(which);
+                            }
                         }
                         worked
                     })
@@ -129,28 +157,32 @@ impl Drop for Workers {
     }
 }
 
-/// The loop every worker runs: poll the device fd and the socket fd (either may be absent),
-/// call `work(device_ready, socket_ready)` (true = it handled traffic), and after traffic
-/// keep polling with a zero timeout, yielding the CPU between polls, until `busy` passes
-/// with nothing to do; then block for up to [`POLL_MS`] again. Returns when `stop` is set.
+/// The loop every worker runs: poll the device fd (may be absent) and the socket fds (may
+/// be none), call `work(device_ready, sockets_ready)` (bit `i` of `sockets_ready` set when
+/// `sockets[i]` is readable; true = it handled traffic), and after traffic keep polling
+/// with a zero timeout, yielding the CPU between polls, until `busy` passes with nothing
+/// to do; then block for up to [`POLL_MS`] again. Returns when `stop` is set.
 pub fn poll_loop(
     device: Option<&(dyn AsFd + Send + Sync)>,
-    socket: Option<&(dyn AsFd + Send + Sync)>,
+    sockets: &[&(dyn AsFd + Send + Sync)],
     busy: Duration,
     stop: &AtomicBool,
-    mut work: impl FnMut(bool, bool) -> bool,
+    mut work: impl FnMut(bool, u32) -> bool,
 ) {
     // Made once per thread, before the loop.
-    let mut fds = Vec::with_capacity(2);
-    let (mut dev_bit, mut sock_bit) = (0, 0);
-    if let Some(d) = device {
-        dev_bit = 1 << fds.len();
-        fds.push(d.as_fd());
-    }
-    if let Some(s) = socket {
-        sock_bit = 1 << fds.len();
-        fds.push(s.as_fd());
-    }
+    let sockets = &sockets[..sockets.len().min(MAX_SOCKETS)];
+    let mut fds = Vec::with_capacity(1 + sockets.len());
+    let dev_bit = match device {
+        Some(d) => {
+            fds.push(d.as_fd());
+            1
+        }
+        None => 0,
+    };
+    // Socket i is bit (i + shift) of what `poll_readable` returns.
+    let shift = fds.len();
+    fds.extend(sockets.iter().map(|s| s.as_fd()));
+    let sock_mask = ((1u32 << sockets.len()) - 1) << shift;
     if fds.is_empty() {
         return;
     }
@@ -159,7 +191,7 @@ pub fn poll_loop(
     while !stop.load(Ordering::Relaxed) {
         let timeout = if until.is_some() { 0 } else { POLL_MS };
         let ready = poll_readable(&fds, timeout).unwrap_or(0);
-        let worked = work(ready & dev_bit != 0, ready & sock_bit != 0);
+        let worked = work(ready & dev_bit != 0, (ready & sock_mask) >> shift);
         if busy.is_zero() {
             continue;
         }

@@ -20,7 +20,7 @@
 //! datagrams go out one per message.
 
 use std::io::{self, IoSlice};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -127,19 +127,23 @@ impl TxPath {
     }
 
     /// Sends `out` to every address of `dsts` (on `port`; ignored by a raw socket) through
-    /// `sock`: the same datagrams to each (head-end replication). `fill` is called once
-    /// per datagram, before any is sent. `Err((reason, datagrams))` when a segment cannot
-    /// be built or encapsulated; nothing is sent then.
-    pub fn send(
+    /// `sock`, whose family the addresses share: the same datagrams to each (head-end
+    /// replication). `fill` is called once per datagram, before any is sent.
+    /// `Err((reason, datagrams))` when a segment cannot be built or encapsulated; nothing
+    /// is sent then.
+    pub fn send<A: Copy + Into<IpAddr>>(
         &mut self,
         out: &Outgoing,
         fill: &mut Fill<'_>,
         sock: &UnderlaySocket,
-        dsts: &[Ipv4Addr],
+        dsts: &[A],
         port: u16,
     ) -> Result<Sent, (DropReason, u64)> {
         let port = if sock.is_raw() { 0 } else { port };
-        let to = |ip: &Ipv4Addr| SocketAddrV4::new(*ip, port);
+        let to = |ip: &A| SocketAddr::new((*ip).into(), port);
+        let Some(first) = dsts.first() else {
+            return Ok(Sent::default());
+        };
         let mut sent = Sent::default();
         if out.vh.gso_kind() == virtio::GSO_NONE && !out.vh.needs_csum() {
             // 1. As it is, encapsulated in place.
@@ -148,7 +152,7 @@ impl TxPath {
             let d = &self.buf[out.start - out.encap..out.end];
             let mut msgs = [Msg {
                 buf: d,
-                dst: to(&Ipv4Addr::UNSPECIFIED),
+                dst: to(first),
                 segment: 0,
             }; MAX_BATCH];
             for chunk in dsts.chunks(MAX_BATCH) {
@@ -164,8 +168,13 @@ impl TxPath {
         vh.csum_start = vh.csum_start.saturating_sub(out.link as u16);
         vh.hdr_len = vh.hdr_len.saturating_sub(out.link as u16);
 
-        // 0. The kernel segments: one write of the whole encapsulated super-packet.
-        if let Some(t) = self.tunnel.as_ref().filter(|t| t.on() && !sock.is_raw()) {
+        // 0. The kernel segments: one write of the whole encapsulated super-packet (IPv4
+        // outer headers only).
+        if let Some(t) = self
+            .tunnel
+            .as_ref()
+            .filter(|t| t.on() && !sock.is_raw() && !sock.is_v6())
+        {
             let ip = &self.buf[out.start + out.link..out.end];
             match tso::gso_shape(&vh, ip) {
                 // TCP only: inner UDP (USO) super-packets are segmented here (below).
@@ -261,7 +270,7 @@ pub fn send_layout(
     sock: &UnderlaySocket,
     buf: &[u8],
     layout: &tso::Layout,
-    dst: SocketAddrV4,
+    dst: SocketAddr,
     gso: Option<&AtomicBool>,
 ) -> Sent {
     let stride = layout.stride;
@@ -337,7 +346,7 @@ pub fn send_header_runs(
     lay: &tso::HeaderLayout,
     data: &[u8],
     seg: usize,
-    dst: SocketAddrV4,
+    dst: SocketAddr,
     gso: &AtomicBool,
 ) -> Option<Sent> {
     let per_run = gso_run_len(seg);
@@ -405,7 +414,7 @@ pub fn send_msgs(sock: &UnderlaySocket, msgs: &[Msg<'_>]) -> Sent {
 mod tests {
     use super::*;
     use crate::offload::testutil::{as_tso, payload, tcp};
-    use std::net::UdpSocket;
+    use std::net::{Ipv4Addr, UdpSocket};
     use std::time::Duration;
 
     /// A 64 KiB TSO super-packet segmented with 8 bytes of headroom (as for vxlan), and a
@@ -420,7 +429,8 @@ mod tests {
         }
         let rx = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let tx = UnderlaySocket::udp("127.0.0.1:0".parse().unwrap(), 4 << 20).expect("udp");
+        let tx = UnderlaySocket::udp("127.0.0.1:0".parse::<SocketAddr>().unwrap(), 4 << 20)
+            .expect("udp");
         (buf, layout, rx, tx)
     }
 
@@ -437,10 +447,7 @@ mod tests {
     fn send_layout_sends_gso_runs() {
         let (buf, layout, rx, tx) = setup();
         assert!(tx.probe_gso(), "this kernel has UDP_SEGMENT");
-        let dst = match rx.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            a => panic!("{a}"),
-        };
+        let dst = rx.local_addr().unwrap();
         let gso = AtomicBool::new(true);
         let sent = send_layout(&tx, &buf, &layout, dst, Some(&gso));
         assert_eq!(
@@ -462,10 +469,7 @@ mod tests {
     fn send_layout_falls_back_when_the_kernel_refuses_gso() {
         let (buf, layout, rx, tx) = setup();
         tx.disable_tx_checksum().expect("SO_NO_CHECK");
-        let dst = match rx.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            a => panic!("{a}"),
-        };
+        let dst = rx.local_addr().unwrap();
         let gso = AtomicBool::new(true);
         let sent = send_layout(&tx, &buf, &layout, dst, Some(&gso));
         assert!(!gso.load(Ordering::Relaxed), "the refusal is remembered");
@@ -496,10 +500,7 @@ mod tests {
             let h = lay.header(i);
             hdr_buf[h.start..h.start + 8].copy_from_slice(&(i as u64).to_be_bytes());
         }
-        let dst = match rx.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            a => panic!("{a}"),
-        };
+        let dst = rx.local_addr().unwrap();
         let seg = 8 + lay.hdr_len + lay.gso;
         let gso = AtomicBool::new(true);
         let sent = send_header_runs(&tx, &hdr_buf, &lay, &sp, seg, dst, &gso)
@@ -562,7 +563,8 @@ mod tests {
         }
         let (rx, port) = receivers(2);
         let dsts = [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)];
-        let tx = UnderlaySocket::udp("127.0.0.1:0".parse().unwrap(), 4 << 20).expect("udp");
+        let tx = UnderlaySocket::udp("127.0.0.1:0".parse::<SocketAddr>().unwrap(), 4 << 20)
+            .expect("udp");
         let mut path = TxPath::new(Arc::new(AtomicBool::new(tx.probe_gso())), None);
         let mut got = vec![0u8; 65536];
         for round in 0..2 {
@@ -614,7 +616,8 @@ mod tests {
     #[test]
     fn tx_path_sends_a_single_packet_in_place() {
         let (rx, port) = receivers(1);
-        let tx = UnderlaySocket::udp("127.0.0.1:0".parse().unwrap(), 1 << 20).expect("udp");
+        let tx = UnderlaySocket::udp("127.0.0.1:0".parse::<SocketAddr>().unwrap(), 1 << 20)
+            .expect("udp");
         let mut path = TxPath::new(Arc::new(AtomicBool::new(false)), None);
         let pkt = tcp(false, 1, &[], true, &payload(100, 1));
         path.buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);

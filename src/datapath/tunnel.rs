@@ -15,7 +15,7 @@
 //! good; the caller then sends the userspace-segmenting way.
 
 use std::io::IoSlice;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -87,16 +87,20 @@ impl TunnelTx {
 
     /// Writes the frame once per destination (`dst`:`port`, from `src_port`). `None`,
     /// having written nothing, when the kernel refuses the first write (the way is then
-    /// off for good): the caller sends another way.
-    pub fn send(
+    /// off for good), or when a destination is not IPv4 (the outer header written here is
+    /// IPv4): the caller sends another way.
+    pub fn send<A: Copy + Into<IpAddr>>(
         &self,
         buf: &mut [u8],
         f: &TunnelFrame,
-        dsts: &[Ipv4Addr],
+        dsts: &[A],
         port: u16,
         src_port: u16,
     ) -> Option<Sent> {
         let o = f.at.checked_sub(OUTER_LEN)?;
+        if !dsts.iter().all(|d| (*d).into().is_ipv4()) {
+            return None;
+        }
         let udp_len = udp::HEADER_LEN + (f.end - f.at);
         let inner_nh = OUTER_LEN + f.inner_ip;
         let tunnel_type = virtio::GSO_UDP_TUNNEL_IPV4;
@@ -121,6 +125,10 @@ impl TunnelTx {
         let mut sent = Sent::default();
         ether::emit(&mut buf[o..], self.mac, self.mac, ether::ETHERTYPE_IPV4);
         for dst in dsts {
+            let IpAddr::V4(dst) = (*dst).into() else {
+                continue;
+            };
+            let dst = &dst;
             let ip_at = o + ether::HEADER_LEN;
             ipv4::Repr {
                 src_addr: self.src,

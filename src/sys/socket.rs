@@ -1,12 +1,14 @@
-//! Underlay sockets: UDP with GSO (`UDP_SEGMENT`) and GRO (`UDP_GRO`), and the raw IPv4
-//! socket for GRE (IP protocol 47), each moved in batches with `sendmmsg`/`recvmmsg`.
+//! Underlay sockets: UDP with GSO (`UDP_SEGMENT`) and GRO (`UDP_GRO`), and the raw socket
+//! for GRE (IP protocol 47), each moved in batches with `sendmmsg`/`recvmmsg`, over IPv4 or
+//! IPv6 (one family per socket). A raw IPv4 socket reads the outer IPv4 header with each
+//! packet; a raw IPv6 socket does not (the sender comes with the message, as for UDP).
 //!
 //! All buffers and message headers are owned by the caller or by a [`RecvBatch`] allocated
 //! once per worker, so a steady-state send or receive allocates nothing.
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -18,11 +20,12 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 /// Most messages one `sendmmsg` call carries here.
 pub const MAX_BATCH: usize = 64;
 
-/// An underlay socket: UDP (udp and vxlan backends) or raw GRE.
+/// An underlay socket: UDP (udp and vxlan backends) or raw GRE, IPv4 or IPv6.
 #[derive(Debug)]
 pub struct UnderlaySocket {
     sock: Socket,
     raw: bool,
+    v6: bool,
 }
 
 /// One outgoing message: `buf` to `dst`, split by the kernel into `segment`-byte datagrams
@@ -30,7 +33,7 @@ pub struct UnderlaySocket {
 #[derive(Debug, Clone, Copy)]
 pub struct Msg<'a> {
     pub buf: &'a [u8],
-    pub dst: SocketAddrV4,
+    pub dst: SocketAddr,
     pub segment: u16,
 }
 
@@ -58,37 +61,72 @@ fn setsockopt_int(
 }
 
 impl UnderlaySocket {
-    /// A UDP socket bound to `bind`, with `SO_REUSEPORT` so that every worker queue can own one.
-    pub fn udp(bind: SocketAddrV4, buffer_bytes: usize) -> io::Result<Self> {
-        let sock = Socket::new(Domain::IPV4, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    /// A UDP socket bound to `bind` (IPv4 or IPv6), with `SO_REUSEPORT` so that every
+    /// worker queue can own one. An IPv6 socket is IPv6 only (`IPV6_V6ONLY`).
+    pub fn udp(bind: impl Into<SocketAddr>, buffer_bytes: usize) -> io::Result<Self> {
+        let bind: SocketAddr = bind.into();
+        let v6 = bind.is_ipv6();
+        let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+        let sock = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+        if v6 {
+            sock.set_only_v6(true)?;
+        }
         sock.set_reuse_port(true)?;
         sock.set_reuse_address(true)?;
         Self::buffers(&sock, buffer_bytes);
-        // Outer DF clear, as the kernel's VXLAN sends: the underlay may fragment rather
-        // than drop when its MTU is smaller than ours assumed.
-        let _ = setsockopt_int(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_DONT,
-        );
+        Self::no_path_mtu(&sock, v6);
         sock.bind(&bind.into())?;
         sock.set_nonblocking(true)?;
-        Ok(Self { sock, raw: false })
+        Ok(Self {
+            sock,
+            raw: false,
+            v6,
+        })
     }
 
-    /// A raw IPv4 socket for IP protocol 47 (GRE), bound to `bind`. Received packets start
-    /// with the outer IPv4 header; sent ones get it from the kernel.
-    pub fn raw_gre(bind: Ipv4Addr, buffer_bytes: usize) -> io::Result<Self> {
+    /// Outer DF clear, as the kernel's VXLAN sends (IPv4); for IPv6 (which has no DF bit)
+    /// the same choice: send at the device MTU and let the kernel fragment rather than
+    /// follow path-MTU reports. The underlay may then fragment rather than drop when its
+    /// MTU is smaller than ours assumed.
+    fn no_path_mtu(sock: &Socket, v6: bool) {
+        let (level, name, value) = if v6 {
+            (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_DONT,
+            )
+        } else {
+            (
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_DONT,
+            )
+        };
+        let _ = setsockopt_int(sock.as_raw_fd(), level, name, value);
+    }
+
+    /// A raw socket for IP protocol 47 (GRE; RFC 7676 over IPv6), bound to `bind`. Over
+    /// IPv4, received packets start with the outer IPv4 header; over IPv6 they start with
+    /// the GRE header (the sender comes with the message). Sent ones get the outer header
+    /// from the kernel.
+    pub fn raw_gre(bind: impl Into<IpAddr>, buffer_bytes: usize) -> io::Result<Self> {
+        let bind: IpAddr = bind.into();
+        let v6 = bind.is_ipv6();
+        let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
         let sock = Socket::new(
-            Domain::IPV4,
+            domain,
             Type::RAW.cloexec(),
             Some(Protocol::from(libc::IPPROTO_GRE)),
         )?;
         Self::buffers(&sock, buffer_bytes);
-        sock.bind(&SocketAddrV4::new(bind, 0).into())?;
+        Self::no_path_mtu(&sock, v6);
+        sock.bind(&SocketAddr::new(bind, 0).into())?;
         sock.set_nonblocking(true)?;
-        Ok(Self { sock, raw: true })
+        Ok(Self {
+            sock,
+            raw: true,
+            v6,
+        })
     }
 
     /// Large buffers: forced past `rmem_max`/`wmem_max` when we may (root), else best effort.
@@ -115,8 +153,19 @@ impl UnderlaySocket {
         )
     }
 
+    /// A raw GRE socket (no ports, no GSO or GRO).
     pub fn is_raw(&self) -> bool {
         self.raw
+    }
+
+    /// An IPv6 socket.
+    pub fn is_v6(&self) -> bool {
+        self.v6
+    }
+
+    /// Whether received packets start with the outer IP header: a raw IPv4 socket's do.
+    pub fn reads_ip_header(&self) -> bool {
+        self.raw && !self.v6
     }
 
     /// Turns on UDP GRO; `false` when the kernel refuses (then datagrams arrive one by one).
@@ -160,18 +209,18 @@ impl UnderlaySocket {
         // SAFETY: as above.
         let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
-        let mut addrs: [libc::sockaddr_in; MAX_BATCH] = unsafe { zeroed() };
+        let mut addrs: [libc::sockaddr_in6; MAX_BATCH] = unsafe { zeroed() };
         let mut cmsgs = [CmsgBuf([0u8; CMSG_SPACE]); MAX_BATCH];
         for i in 0..n {
             let m = &msgs[i];
-            addrs[i] = sockaddr(m.dst);
+            let namelen = sockaddr(m.dst, &mut addrs[i]);
             iovs[i] = libc::iovec {
                 iov_base: m.buf.as_ptr() as *mut _,
                 iov_len: m.buf.len(),
             };
             let h = &mut hdrs[i].msg_hdr;
-            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in6).cast();
+            h.msg_namelen = namelen;
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
             if m.segment != 0 && (m.segment as usize) < m.buf.len() {
@@ -202,16 +251,18 @@ impl UnderlaySocket {
     pub fn send_vectored(
         &self,
         iov: &[std::io::IoSlice<'_>],
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         segment: u16,
     ) -> io::Result<usize> {
         let total: usize = iov.iter().map(|s| s.len()).sum();
-        let mut addr = sockaddr(dst);
+        // SAFETY: all-zero is a valid sockaddr_in6.
+        let mut addr: libc::sockaddr_in6 = unsafe { zeroed() };
+        let namelen = sockaddr(dst, &mut addr);
         let mut cmsg = CmsgBuf([0u8; CMSG_SPACE]);
         // SAFETY: all-zero is a valid msghdr.
         let mut h: libc::msghdr = unsafe { zeroed() };
-        h.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_name = (&mut addr as *mut libc::sockaddr_in6).cast();
+        h.msg_namelen = namelen;
         // IoSlice is ABI-compatible with iovec on Unix (std documents it); sendmsg only reads.
         h.msg_iov = iov.as_ptr() as *mut libc::iovec;
         h.msg_iovlen = iov.len() as _;
@@ -263,15 +314,64 @@ fn set_udp_segment(h: &mut libc::msghdr, cmsg: &mut CmsgBuf, segment: u16) {
     }
 }
 
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: all-zero is a valid sockaddr_in.
-    let mut s: libc::sockaddr_in = unsafe { zeroed() };
-    s.sin_family = libc::AF_INET as libc::sa_family_t;
-    s.sin_port = a.port().to_be();
-    s.sin_addr = libc::in_addr {
-        s_addr: u32::from_ne_bytes(a.ip().octets()),
-    };
-    s
+/// Writes `a` into `out` as the kernel reads it: a `sockaddr_in6`, or a `sockaddr_in` at
+/// the start of the same storage (it is larger, and as aligned). Returns the length.
+fn sockaddr(a: SocketAddr, out: &mut libc::sockaddr_in6) -> libc::socklen_t {
+    match a {
+        SocketAddr::V4(a) => {
+            // SAFETY: all-zero is a valid sockaddr_in.
+            let mut s: libc::sockaddr_in = unsafe { zeroed() };
+            s.sin_family = libc::AF_INET as libc::sa_family_t;
+            s.sin_port = a.port().to_be();
+            s.sin_addr = libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            };
+            const _: () = assert!(
+                size_of::<libc::sockaddr_in>() <= size_of::<libc::sockaddr_in6>()
+                    && align_of::<libc::sockaddr_in>() <= align_of::<libc::sockaddr_in6>()
+            );
+            // SAFETY: `out` is valid for writes of a sockaddr_in6, which is at least as large
+            // and as aligned as a sockaddr_in (checked above).
+            unsafe { std::ptr::write((out as *mut libc::sockaddr_in6).cast(), s) };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: all-zero is a valid sockaddr_in6.
+            let mut s: libc::sockaddr_in6 = unsafe { zeroed() };
+            s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            s.sin6_port = a.port().to_be();
+            s.sin6_flowinfo = a.flowinfo().to_be();
+            s.sin6_addr = libc::in6_addr {
+                s6_addr: a.ip().octets(),
+            };
+            s.sin6_scope_id = a.scope_id();
+            *out = s;
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// The address the kernel wrote into `s` (a `sockaddr_in` or `sockaddr_in6`, by family);
+/// an unknown family reads as the unspecified IPv4 address.
+fn from_sockaddr(s: &libc::sockaddr_in6) -> SocketAddr {
+    if s.sin6_family == libc::AF_INET6 as libc::sa_family_t {
+        return SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(s.sin6_addr.s6_addr),
+            u16::from_be(s.sin6_port),
+            u32::from_be(s.sin6_flowinfo),
+            s.sin6_scope_id,
+        ));
+    }
+    if s.sin6_family != libc::AF_INET as libc::sa_family_t {
+        return SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    }
+    // SAFETY: the family says the kernel wrote a sockaddr_in at the start of the storage,
+    // which is large and aligned enough for one (see `sockaddr`).
+    let v4: libc::sockaddr_in = unsafe { std::ptr::read((s as *const libc::sockaddr_in6).cast()) };
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
+        u16::from_be(v4.sin_port),
+    ))
 }
 
 /// Receive buffers and metadata for `recvmmsg`, allocated once per worker.
@@ -280,7 +380,8 @@ pub struct RecvBatch {
     buf_size: usize,
     lens: Vec<usize>,
     segs: Vec<usize>,
-    addrs: Vec<libc::sockaddr_in>,
+    /// Sender addresses, of either family (a sockaddr_in6 holds a sockaddr_in).
+    addrs: Vec<libc::sockaddr_in6>,
     cmsgs: Vec<CmsgBuf>,
 }
 
@@ -292,7 +393,7 @@ impl RecvBatch {
             buf_size,
             lens: vec![0; count],
             segs: vec![0; count],
-            // SAFETY: all-zero is a valid sockaddr_in.
+            // SAFETY: all-zero is a valid sockaddr_in6.
             addrs: vec![unsafe { zeroed() }; count],
             cmsgs: vec![CmsgBuf([0; CMSG_SPACE]); count],
         }
@@ -315,8 +416,8 @@ impl RecvBatch {
                 iov_len: self.buf_size,
             };
             let h = &mut hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in6).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
             h.msg_control = self.cmsgs[i].0.as_mut_ptr().cast();
@@ -359,15 +460,113 @@ impl RecvBatch {
 
     /// Message `i` of the last receive: its bytes, the GRO segment size (0 = one datagram)
     /// and the sender.
-    pub fn get(&self, i: usize) -> (&[u8], usize, SocketAddrV4) {
+    pub fn get_from(&self, i: usize) -> (&[u8], usize, SocketAddr) {
         let start = i * self.buf_size;
         let len = self.lens[i].min(self.buf_size);
-        let a = &self.addrs[i];
-        let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
         (
             &self.bufs[start..start + len],
             self.segs[i],
-            SocketAddrV4::new(ip, u16::from_be(a.sin_port)),
+            from_sockaddr(&self.addrs[i]),
         )
+    }
+
+    /// [`Self::get_from`] for an IPv4 socket: the sender as an IPv4 address (an IPv6 one
+    /// reads as 0.0.0.0:0, which no lease holds).
+    pub fn get(&self, i: usize) -> (&[u8], usize, SocketAddrV4) {
+        let (data, seg, from) = self.get_from(i);
+        let from = match from {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        };
+        (data, seg, from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::IoSlice;
+
+    /// One sender and one receiver of `family`'s loopback address: a batch (one GSO run of
+    /// two datagrams and a single one) and a vectored send arrive, and each message names
+    /// its sender, port included.
+    fn round_trip(lo: IpAddr) {
+        let rx = UnderlaySocket::udp((lo, 0), 1 << 20).expect("receiver");
+        let to = rx.sock.local_addr().unwrap().as_socket().unwrap();
+        let tx = UnderlaySocket::udp((lo, 0), 1 << 20).expect("sender");
+        let from = tx.sock.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!((tx.is_v6(), tx.is_raw()), (lo.is_ipv6(), false));
+        assert!(tx.probe_gso());
+        let run = [7u8; 200];
+        let msgs = [
+            Msg {
+                buf: &run,
+                dst: to,
+                segment: 100,
+            },
+            Msg {
+                buf: b"one",
+                dst: to,
+                segment: 0,
+            },
+        ];
+        assert_eq!(tx.send_batch(&msgs).unwrap(), 2);
+        tx.send_vectored(&[IoSlice::new(b"vec"), IoSlice::new(b"tor")], to, 0)
+            .unwrap();
+        let mut batch = RecvBatch::new(8, 2048);
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            if let Ok(n) = rx.recv_batch(&mut batch) {
+                for i in 0..n {
+                    let (d, _, who) = batch.get_from(i);
+                    assert_eq!(who, from, "the sender, port included");
+                    got.push(d.to_vec());
+                }
+            }
+            if got.len() >= 4 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            got,
+            vec![
+                vec![7; 100],
+                vec![7; 100],
+                b"one".to_vec(),
+                b"vector".to_vec()
+            ]
+        );
+        // The IPv4 view of an IPv6 sender is nobody's address.
+        let (_, _, v4) = batch.get(0);
+        assert_eq!(v4.ip().is_unspecified(), lo.is_ipv6());
+    }
+
+    #[test]
+    fn udp_over_ipv4_and_ipv6() {
+        round_trip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        round_trip(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn sockaddr_round_trips() {
+        for a in [
+            "192.168.77.1:8472".parse::<SocketAddr>().unwrap(),
+            "[fd00:77::1]:8472".parse().unwrap(),
+            "[fe80::1%3]:4789".parse().unwrap(),
+        ] {
+            // SAFETY: all-zero is a valid sockaddr_in6.
+            let mut s: libc::sockaddr_in6 = unsafe { zeroed() };
+            let len = sockaddr(a, &mut s);
+            assert_eq!(from_sockaddr(&s), a);
+            assert_eq!(
+                len as usize,
+                if a.is_ipv4() {
+                    size_of::<libc::sockaddr_in>()
+                } else {
+                    size_of::<libc::sockaddr_in6>()
+                }
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -35,15 +35,17 @@ pub fn etcdctl(from: &Netns, endpoint: &str, args: &[&str]) -> Result<String, St
 pub struct Etcd {
     child: Option<Child>,
     ns: String,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     log: PathBuf,
     data: PathBuf,
     dir: TempDir,
 }
 
 impl Etcd {
-    /// Starts etcd in `ns` listening on `ip` (client 2379, peer 2380), waits until healthy.
-    pub fn start(ns: &Netns, ip: Ipv4Addr) -> Etcd {
+    /// Starts etcd in `ns` listening on `ip` (IPv4 or IPv6; client 2379, peer 2380), waits
+    /// until healthy.
+    pub fn start(ns: &Netns, ip: impl Into<IpAddr>) -> Etcd {
+        let ip = ip.into();
         let dir = TempDir::new("etcd");
         let mut etcd = Etcd {
             child: None,
@@ -58,7 +60,9 @@ impl Etcd {
     }
 
     fn launch(&mut self) {
-        let ip = self.ip;
+        // `[v6]` in URLs.
+        let ip = SocketAddr::new(self.ip, 0).to_string();
+        let ip = ip.trim_end_matches(":0");
         let log = File::options()
             .create(true)
             .append(true)
@@ -110,7 +114,7 @@ impl Etcd {
 
     /// Client URL, e.g. `http://192.168.77.250:2379`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}:2379", self.ip)
+        format!("http://{}", SocketAddr::new(self.ip, 2379))
     }
 
     /// Pid of the etcd process (None once stopped).

@@ -67,6 +67,7 @@ mod etcd_cluster;
 mod frames;
 mod frames6;
 mod ipv6;
+mod ipv6_underlay;
 mod kernel;
 mod l2;
 mod netns;
@@ -77,6 +78,6 @@ mod traffic;
 // One flat namespace for the tests. Not every test binary uses every part.
 #[allow(unused_imports)]
 pub use {
-    capture::*, daemon::*, etcd::*, etcd_cluster::*, frames::*, frames6::*, ipv6::*, kernel::*,
-    l2::*, netns::*, process::*, topology::*, traffic::*,
+    capture::*, daemon::*, etcd::*, etcd_cluster::*, frames::*, frames6::*, ipv6::*,
+    ipv6_underlay::*, kernel::*, l2::*, netns::*, process::*, topology::*, traffic::*,
 };
