@@ -19,6 +19,17 @@
 #                          so this is what each path delivers when the sender runs flat out)
 #   7. tinc                tinc 1.0, router mode, Cipher = none, Digest = none (userspace reference)
 #
+# IPv6 inner rows (issue 16): the hosts also get fd00:77::1/64 and ::2/64 on eth0.
+#      kernel_vxlan6       the kernel VXLAN carrying IPv6 as flanneld's dual-stack vxlan backend
+#                          does: flannel-v6.1 (VNI 1, dstport 8472, nolearning, local = the IPv6
+#                          underlay address; the kernel gives it mtu 1430), address
+#                          fd00:10:0:N::/128, permanent neigh/fdb (dst = the peer's IPv6 address)
+#                          and an onlink route; IPv6 inner over the IPv6 underlay, no overlayd
+#      vxlan6              overlayd --backend vxlan with flannel's dual-stack config
+#                          (IPv6Network fd00:10::/56), measured to h2's IPv6 overlay address:
+#                          IPv6 inner over the IPv6 underlay, as flannel
+# Their ratio is vxlan6 to kernel_vxlan6 (table column and the JSON's "ipv6_ratio").
+#
 # L2 rows (issue 6): on each host a bridge brl2 with a "container" namespace (ovb-c1, ovb-c2:
 # veth, mtu 1450, 10.50.0.1/.2 in one /24), measured container to container:
 #   8. kernel_l2_vxlan     kernel VXLAN vx100 (VNI 100, dstport 4789, learning) on brl2, one
@@ -132,7 +143,7 @@ iperf_gbps() {
   in_ns "$dst" timeout $((DURATION + 30)) iperf3 -s -1 -B "$addr" >"$WORK/iperf-$tag-P$par.srv.log" 2>&1 &
   srv=$!
   for i in $(seq 50); do
-    in_ns "$dst" ss -ltn 2>/dev/null | grep -q "$addr:5201" && break
+    in_ns "$dst" ss -ltn 2>/dev/null | grep -qF -e "$addr:5201" -e "[$addr]:5201" && break
     sleep 0.1
   done
   in_ns "$src" timeout $((DURATION + 20)) iperf3 -c "$addr" -t "$DURATION" -P "$par" ${IPERF_FLAGS:-} -J >"$json" 2>&1 || true
@@ -303,6 +314,11 @@ if [ "${BRIDGE_NF:-0}" != 1 ]; then
 fi
 topo_attach "$P" etcd "$ETCD_IP"
 topo_hosts "$P" 2
+# The IPv6 underlay beside the IPv4 one (the IPv6 inner rows use it).
+U6_1=fd00:77::1
+U6_2=fd00:77::2
+ip -n "$H1" addr add "$U6_1/64" dev eth0 nodad
+ip -n "$H2" addr add "$U6_2/64" dev eth0 nodad
 
 say "starting etcd in $ETCD_NS"
 topo_etcd_start "$P" bench "$WORK" || { log_tail "$WORK/etcd.log"; die "etcd did not become healthy"; }
@@ -340,6 +356,30 @@ else
 fi
 ip -n "$H1" link del flannel.1
 ip -n "$H2" link del flannel.1
+
+# 2b. kernel VXLAN carrying IPv6, configured as flanneld's dual-stack vxlan backend does
+kvx6() { # NS LOCAL_IP6 MY_MAC MY_ADDR6 PEER_IP6 PEER_MAC PEER_ADDR6
+  local ns=$1
+  ip -n "$ns" link add flannel-v6.1 address "$3" type vxlan id 1 dev eth0 local "$2" dstport 8472 nolearning
+  ip -n "$ns" -6 addr add "$4/128" dev flannel-v6.1 nodad
+  ip -n "$ns" link set flannel-v6.1 up
+  ip -n "$ns" -6 neigh replace "$7" lladdr "$6" dev flannel-v6.1 nud permanent
+  bridge -n "$ns" fdb append "$6" dev flannel-v6.1 dst "$5" self permanent
+  ip -n "$ns" -6 route replace "$7/64" via "$7" dev flannel-v6.1 onlink
+}
+if want kernel_vxlan6; then
+  say "kernel_vxlan6: flannel-v6.1 on both hosts (fd00:10:0:1::/64, fd00:10:0:2::/64), IPv6 underlay"
+  kvx6 "$H1" "$U6_1" 0e:6f:36:f4:01:00 fd00:10:0:1:: "$U6_2" 0e:6f:36:f4:02:00 fd00:10:0:2::
+  kvx6 "$H2" "$U6_2" 0e:6f:36:f4:02:00 fd00:10:0:2:: "$U6_1" 0e:6f:36:f4:01:00 fd00:10:0:1::
+  if wait_reachable "$H1" fd00:10:0:2::; then
+    measure kernel_vxlan6 fd00:10:0:2::
+    printf 'path_kernel_vxlan6\tkernel\n' >>"$EXTRA"
+  else
+    skip kernel_vxlan6 "fd00:10:0:2:: not reachable over flannel-v6.1"
+  fi
+  ip -n "$H1" link del flannel-v6.1
+  ip -n "$H2" link del flannel-v6.1
+fi
 
 # ------------------------------------------------------------------------------------------------
 # 3-6. overlayd
@@ -402,10 +442,13 @@ pin() {
   esac
 }
 
-# record_path CASE: how h1's daemon sends super-packets, from its log
+# record_path CASE: how h1's daemon sends super-packets, from its log (an IPv6 row's cross
+# the IPv6 underlay, where the tunnel-GSO TAP, IPv4 outer only, is not used)
 record_path() {
   local log=$WORK/$1/h1.log path
-  if grep -q 'tunnel GSO on' "$log" 2>/dev/null; then path=tunnel-gso
+  if [ "${OVD_FAMILY:-4}" = 6 ] && grep -q 'ipv6_underlay=Some' "$log" 2>/dev/null; then
+    if grep -q 'gso=true' "$log" 2>/dev/null; then path=userspace-gso-ipv6; else path=plain-ipv6; fi
+  elif grep -q 'tunnel GSO on' "$log" 2>/dev/null; then path=tunnel-gso
   elif grep -q 'gso=true' "$log" 2>/dev/null; then path=userspace-gso
   else path=plain; fi
   printf 'path_%s\t%s\n' "$1" "$path" >>"$EXTRA"
@@ -441,7 +484,12 @@ overlayd_case() {
   done
   subnet=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/$name/h2.env")
   OVD_PEER=$(topo_net_addr "$subnet")
-  echo "h2 FLANNEL_SUBNET=$subnet, overlay address $OVD_PEER" >&2
+  if [ "${OVD_FAMILY:-4}" = 6 ]; then
+    # The IPv6 subnet's network address (the device's IPv6 address).
+    subnet=$(sed -n 's/^FLANNEL_IPV6_SUBNET=//p' "$WORK/$name/h2.env")
+    OVD_PEER=$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_interface(sys.argv[1]).network.network_address)' "$subnet")
+  fi
+  echo "h2 subnet $subnet, overlay address $OVD_PEER" >&2
   OVD_ON=1
   record_path "$name"
   if wait_reachable "$H1" "$OVD_PEER"; then
@@ -460,6 +508,13 @@ overlayd_case udp udp
 overlayd_case udp_userspace_gso udp --tunnel-gso off
 overlayd_case gre gre
 overlayd_case vxlan_no_offload vxlan --no-offload
+
+# IPv6 inner: flannel's dual-stack config, measured to h2's IPv6 overlay address.
+if want vxlan6; then
+  ctl put /bench/vxlan6/config \
+    '{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10::/56","Backend":{"Type":"vxlan"}}' >/dev/null
+  OVD_FAMILY=6 overlayd_case vxlan6 vxlan
+fi
 
 # ------------------------------------------------------------------------------------------------
 # 7. tinc 1.0: router mode, no cipher, no digest
@@ -655,6 +710,9 @@ def num(s):
 res = {r[0]: {"g1": num(r[1]), "g4": num(r[2]), "ping": num(r[3])} for r in rows}
 k = res.get("kernel_vxlan", {})
 k1, kping = k.get("g1"), k.get("ping")
+k6 = res.get("kernel_vxlan6", {})
+k6_1, k6ping = k6.get("g1"), k6.get("ping")
+V6_CASES = ["vxlan6"]
 
 kl2 = res.get("kernel_l2_vxlan", {})
 kl2_1, kl2_ping = kl2.get("g1"), kl2.get("ping")
@@ -664,6 +722,10 @@ kuso = res.get("kernel_vxlan_uso", {}).get("g1")
 def ratio(c):
     g = res.get(c, {}).get("g1")
     return round(g / k1, 3) if g is not None and k1 else None
+
+def v6_ratio(c):
+    g = res.get(c, {}).get("g1")
+    return round(g / k6_1, 3) if g is not None and k6_1 else None
 
 def l2_ratio(c):
     g = res.get(c, {}).get("g1")
@@ -687,6 +749,8 @@ for name, r in res.items():
         continue
     if name.endswith("_uso"):
         rt = uso_ratio(name)
+    elif name in V6_CASES or name == "kernel_vxlan6":
+        rt = v6_ratio(name)
     elif name in L2_CASES or name == "kernel_l2_vxlan":
         rt = l2_ratio(name)
     else:
@@ -727,6 +791,12 @@ out = {
         for c in L2_CASES
     },
     "uso_ratio": uso_ratio("vxlan_uso"),
+    "kernel_vxlan6_gbps": k6_1,
+    "ipv6_ratio": v6_ratio("vxlan6"),
+    "ipv6_latency_delta_us": (
+        round(res["vxlan6"]["ping"] - k6ping)
+        if "vxlan6" in res and res["vxlan6"]["ping"] is not None and k6ping is not None else None
+    ),
     "paths": {c: extra["path_" + c] for c in res if "path_" + c in extra},
     "overlayd_rss_mib": rss_mib,
     "overlayd_rss_during_1_stream_mib": {c: list(rss_during(c)[:2]) for c in res if rss_during(c)},
