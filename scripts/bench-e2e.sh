@@ -27,7 +27,9 @@
 #                          and an onlink route; IPv6 inner over the IPv6 underlay, no overlayd
 #      vxlan6              overlayd --backend vxlan with flannel's dual-stack config
 #                          (IPv6Network fd00:10::/56), measured to h2's IPv6 overlay address:
-#                          IPv6 inner over the IPv6 underlay, as flannel
+#                          IPv6 inner over the IPv6 underlay, as flannel (tunnel GSO with IPv6
+#                          outer headers where the kernel has it)
+#      vxlan6_userspace_gso  the same with --tunnel-gso off
 # Their ratio is vxlan6 to kernel_vxlan6 (table column and the JSON's "ipv6_ratio").
 #
 # L2 rows (issue 6): on each host a bridge brl2 with a "container" namespace (ovb-c1, ovb-c2:
@@ -443,11 +445,14 @@ pin() {
 }
 
 # record_path CASE: how h1's daemon sends super-packets, from its log (an IPv6 row's cross
-# the IPv6 underlay, where the tunnel-GSO TAP, IPv4 outer only, is not used)
+# the IPv6 underlay: tunnel GSO with IPv6 outer headers, unless the kernel refused them)
 record_path() {
   local log=$WORK/$1/h1.log path
   if [ "${OVD_FAMILY:-4}" = 6 ] && grep -q 'ipv6_underlay=Some' "$log" 2>/dev/null; then
-    if grep -q 'gso=true' "$log" 2>/dev/null; then path=userspace-gso-ipv6; else path=plain-ipv6; fi
+    if grep -q 'tunnel GSO on' "$log" 2>/dev/null &&
+      ! grep -q 'IPv6 outer headers unavailable' "$log" 2>/dev/null; then path=tunnel-gso-ipv6
+    elif grep -q 'gso=true' "$log" 2>/dev/null; then path=userspace-gso-ipv6
+    else path=plain-ipv6; fi
   elif grep -q 'tunnel GSO on' "$log" 2>/dev/null; then path=tunnel-gso
   elif grep -q 'gso=true' "$log" 2>/dev/null; then path=userspace-gso
   else path=plain; fi
@@ -514,6 +519,11 @@ if want vxlan6; then
   ctl put /bench/vxlan6/config \
     '{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10::/56","Backend":{"Type":"vxlan"}}' >/dev/null
   OVD_FAMILY=6 overlayd_case vxlan6 vxlan
+fi
+if want vxlan6_userspace_gso; then
+  ctl put /bench/vxlan6_userspace_gso/config \
+    '{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10::/56","Backend":{"Type":"vxlan"}}' >/dev/null
+  OVD_FAMILY=6 overlayd_case vxlan6_userspace_gso vxlan --tunnel-gso off
 fi
 
 # ------------------------------------------------------------------------------------------------
@@ -712,7 +722,7 @@ k = res.get("kernel_vxlan", {})
 k1, kping = k.get("g1"), k.get("ping")
 k6 = res.get("kernel_vxlan6", {})
 k6_1, k6ping = k6.get("g1"), k6.get("ping")
-V6_CASES = ["vxlan6"]
+V6_CASES = ["vxlan6", "vxlan6_userspace_gso"]
 
 kl2 = res.get("kernel_l2_vxlan", {})
 kl2_1, kl2_ping = kl2.get("g1"), kl2.get("ping")

@@ -411,14 +411,12 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         && recvs.iter().all(|s| s.enable_gro());
     info!(device = %dev.name, queues, mtu, ?ipv6_mtu, offloads = dev.offloads, gso, gro, ipv6_underlay = ?underlay6, "data plane configured");
 
-    // The kernel segments whole super-packets (udp and vxlan, and L2 vxlan networks), with
-    // an IPv4 outer header.
-    let wants_tunnel = cfg.enable_ipv4
-        && offload
+    // The kernel segments whole super-packets (udp and vxlan, and L2 vxlan networks).
+    let wants_tunnel = offload
         && args.tunnel_gso != gso_tap::Mode::Off
         && (kind != BackendKind::Gre || !args.l2.is_empty() || !args.l2_vlan.is_empty());
     let gso_tap = if wants_tunnel {
-        match GsoTap::open(&nl, &underlay, queues).await {
+        match GsoTap::open(&nl, &underlay, queues, underlay6).await {
             Ok(t) => {
                 info!(
                     device = gso_tap::NAME,
@@ -440,6 +438,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     let tunnel = gso_tap.as_ref().map(|t| t.tunnel.clone());
     if let Some(t) = &tunnel {
         let _ = telemetry.tunnel_gso.set(t.on.clone());
+        let _ = telemetry.tunnel_gso6.set(t.on6.clone());
     }
 
     // Forwarding table, then the workers.

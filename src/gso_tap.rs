@@ -4,10 +4,14 @@
 //! Setting it up changes only what the daemon owns: a TAP named [`NAME`] with a fixed MAC
 //! and no address, IPv6 off on it, and three of its own IPv4 settings — `forwarding` (the
 //! kernel routes what arrives on it out of the underlay), `accept_local` (the outer source
-//! is our own address) and `rp_filter` 0. They vanish with the device when the daemon
-//! exits. Host-wide settings are only read: a strict `net.ipv4.conf.all.rp_filter` (1)
-//! wins over the device's 0, so it makes the TAP unusable and the data planes segment in
-//! userspace instead (logged; set it to 2, loose, to allow the TAP).
+//! is our own address) and `rp_filter` 0. With an IPv6 underlay (dual stack, IPv6 only)
+//! IPv6 is on instead, without addresses of its own (`addr_gen_mode` 1, `accept_ra` 0),
+//! and its IPv6 `force_forwarding` (Linux ≥ 6.17; IPv6 has no reverse-path or local-source
+//! check to relax) routes what arrives out of the underlay. They vanish with the device
+//! when the daemon exits. Host-wide settings are only read: a strict
+//! `net.ipv4.conf.all.rp_filter` (1) wins over the device's 0, so it makes the TAP
+//! unusable and the data planes segment in userspace instead (logged; set it to 2, loose,
+//! to allow the TAP).
 //!
 //! Before the data planes use it, a probe — a two-segment super-packet written through the
 //! TAP to a socket on our own underlay address — shows that the kernel takes the header
@@ -15,12 +19,12 @@
 //! chain: a DROP policy there must allow the TAP (`-i ovgso0 -j ACCEPT`); see
 //! docs/operations.md.
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::datapath::tunnel::{Tunnel, TunnelFrame, OUTER_LEN};
+use crate::datapath::tunnel::{Tunnel, TunnelFrame, OUTER_LEN_V6};
 use crate::host::{self, Netlink, Underlay};
 use crate::offload::tso;
 use crate::sys::tun::{self, Device};
@@ -48,10 +52,17 @@ pub struct GsoTap {
 }
 
 impl GsoTap {
-    /// Opens the TAP with `queues` queues, configures it and probes it. `Err` says why the
-    /// kernel or the host does not allow it (the caller falls back, or stops for
-    /// `--tunnel-gso on`).
-    pub async fn open(nl: &Netlink, underlay: &Underlay, queues: usize) -> Result<GsoTap, String> {
+    /// Opens the TAP with `queues` queues, configures it and probes it, for IPv4 outer
+    /// headers (unless the underlay has no IPv4 address: an IPv6-only node) and, with
+    /// `addr6` (our IPv6 underlay address), IPv6 ones. `Err` says why the kernel or the host
+    /// does not allow it (the caller falls back, or stops for `--tunnel-gso on`); with both
+    /// families, IPv6 not allowed is logged and leaves IPv4 in use.
+    pub async fn open(
+        nl: &Netlink,
+        underlay: &Underlay,
+        queues: usize,
+        addr6: Option<Ipv6Addr>,
+    ) -> Result<GsoTap, String> {
         let mut dev = Device::open(&tun::Options {
             name: NAME.into(),
             kind: tun::Kind::Tap,
@@ -70,8 +81,9 @@ impl GsoTap {
                 "the kernel refuses UDP-tunnel GSO on a TAP ({e}); it needs Linux 6.17 or later"
             )
         })?;
+        let v4 = !underlay.addr.is_unspecified();
         let rp_all = host::read_conf("ipv4", "all", "rp_filter").unwrap_or_default();
-        if rp_all == "1" {
+        if v4 && rp_all == "1" {
             return Err(
                 "net.ipv4.conf.all.rp_filter is 1 (strict), which refuses packets \
                         from our own address on the TAP; set it to 2 (loose) to allow it"
@@ -81,12 +93,28 @@ impl GsoTap {
         nl.configure_link(&dev.name, MAC, underlay.mtu)
             .await
             .map_err(|e| e.to_string())?;
-        for (family, key, value) in [
-            ("ipv6", "disable_ipv6", "1"),
+        // IPv6 only where the kernel can forward it from this device alone.
+        let addr6 = addr6.filter(|_| {
+            let ok = host::conf_path("ipv6", &dev.name, "force_forwarding").exists();
+            if !ok {
+                tracing::warn!("this kernel has no per-device IPv6 forwarding (net.ipv6.conf.*.force_forwarding, Linux 6.17): super-packets to IPv6 underlay addresses are segmented in userspace");
+            }
+            ok
+        });
+        let ipv6_settings: &[(&str, &str, &str)] = match addr6 {
+            None => &[("ipv6", "disable_ipv6", "1")],
+            Some(_) => &[
+                ("ipv6", "addr_gen_mode", "1"),
+                ("ipv6", "accept_ra", "0"),
+                ("ipv6", "force_forwarding", "1"),
+                ("ipv6", "disable_ipv6", "0"),
+            ],
+        };
+        for (family, key, value) in ipv6_settings.iter().copied().chain([
             ("ipv4", "forwarding", "1"),
             ("ipv4", "accept_local", "1"),
             ("ipv4", "rp_filter", "0"),
-        ] {
+        ]) {
             host::write_conf(family, &dev.name, key, value)
                 .map_err(|e| format!("cannot set net.{family}.conf.{NAME}.{key}={value}: {e}"))?;
         }
@@ -97,17 +125,32 @@ impl GsoTap {
         let tunnel = Tunnel {
             queues,
             src: underlay.addr,
+            src6: addr6,
             mac: MAC,
-            on: Arc::new(AtomicBool::new(true)),
+            on: Arc::new(AtomicBool::new(v4)),
+            on6: Arc::new(AtomicBool::new(addr6.is_some())),
         };
-        probe(&tunnel, underlay.addr)?;
+        if v4 {
+            probe(&tunnel, IpAddr::V4(underlay.addr))?;
+        }
+        match addr6.map(|a6| probe(&tunnel, IpAddr::V6(a6))) {
+            None if !v4 => return Err("no IPv4 or IPv6 underlay address to send from".into()),
+            Some(Err(reason)) if !v4 => return Err(reason),
+            Some(Err(reason)) => {
+                tracing::warn!(%reason, "tunnel GSO with IPv6 outer headers unavailable; super-packets to IPv6 underlay addresses are segmented in userspace");
+                tunnel
+                    .on6
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            _ => {}
+        }
         Ok(GsoTap { _dev: dev, tunnel })
     }
 }
 
 /// Writes a two-segment UDP-tunnel super-packet through the TAP to a socket of ours on
-/// `addr` and waits (up to 1 s) for it to arrive.
-fn probe(t: &Tunnel, addr: Ipv4Addr) -> Result<(), String> {
+/// `addr` (the outer header of its family) and waits (up to 1 s) for it to arrive.
+fn probe(t: &Tunnel, addr: IpAddr) -> Result<(), String> {
     let sock = UdpSocket::bind((addr, 0)).map_err(|e| format!("probe socket: {e}"))?;
     sock.set_read_timeout(Some(Duration::from_secs(1)))
         .map_err(|e| format!("probe socket: {e}"))?;
@@ -115,7 +158,8 @@ fn probe(t: &Tunnel, addr: Ipv4Addr) -> Result<(), String> {
     const MARK: &[u8; 8] = b"ovgsoprb";
     const MSS: usize = 200;
     let (src, dst) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
-    let at = OUTER_LEN;
+    // Room for either outer header.
+    let at = OUTER_LEN_V6;
     let ip_at = at + MARK.len();
     let tcp_len = 20 + 2 * MSS;
     let mut buf = vec![0u8; ip_at + 20 + tcp_len];

@@ -46,6 +46,8 @@ pub struct State {
     pub offloads: OnceLock<Offloads>,
     /// Tunnel GSO in use (cleared at run time by a kernel refusal); absent = not set up.
     pub tunnel_gso: OnceLock<Arc<AtomicBool>>,
+    /// The same for IPv6 outer headers (an IPv6 underlay).
+    pub tunnel_gso6: OnceLock<Arc<AtomicBool>>,
     /// The L2 networks' shared state, when any is attached.
     pub l2: OnceLock<Arc<crate::l2::dataplane::Shared>>,
 }
@@ -99,12 +101,17 @@ impl State {
                 .tunnel_gso
                 .get()
                 .is_some_and(|t| t.load(Ordering::Relaxed));
+            let tunnel6 = self
+                .tunnel_gso6
+                .get()
+                .is_some_and(|t| t.load(Ordering::Relaxed));
             for (k, on) in [
                 ("tun_tso", &o.tun_tso),
                 ("tun_uso", &o.tun_uso),
                 ("udp_gso", &o.udp_gso),
                 ("udp_gro", &o.udp_gro),
                 ("tunnel_gso", &tunnel),
+                ("tunnel_gso_ipv6", &tunnel6),
             ] {
                 metrics::gauge!("overlayd_offload_enabled", "offload" => k).set(if *on {
                     1.0

@@ -80,6 +80,9 @@ fn node(
 ) -> (Dataplane, Option<GsoTap>) {
     let ns = host.name().to_string();
     let ip = host.ip;
+    if stream == Stream::V6OverV6 {
+        add_underlay_ipv6(host, usize::from(me) - 1);
+    }
     let tap = tunnel.then(|| {
         run_in_netns(&ns, move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -89,16 +92,13 @@ fn node(
             rt.block_on(async {
                 let nl = Netlink::new().expect("netlink");
                 let underlay = nl.underlay(Some("eth0")).await.expect("underlay");
-                GsoTap::open(&nl, &underlay, 1)
+                GsoTap::open(&nl, &underlay, 1, underlay.addr6)
                     .await
                     .expect("tunnel-GSO TAP")
             })
         })
         .expect("enter namespace")
     });
-    if stream == Stream::V6OverV6 {
-        add_underlay_ipv6(host, usize::from(me) - 1);
-    }
     let (mut dev, sock, sock6) = run_in_netns(&ns, move || {
         let mut dev = Device::open(&tun::Options {
             name: "flannel.1".into(),
@@ -246,14 +246,23 @@ fn netns_ipv6_tunnel_gso_worker_loops_do_not_allocate_per_packet() {
 }
 
 /// An IPv6 stream over an IPv6 underlay (sockaddr_in6 on every send and receive, the
-/// IPv6 socket's own VtepMAC), segmented in userspace: the tunnel-GSO TAP takes IPv4 outer
-/// headers only.
+/// IPv6 socket's own VtepMAC), segmented in userspace.
 #[test]
 fn netns_ipv6_underlay_worker_loops_do_not_allocate_per_packet() {
     if skip_unless_root("netns_ipv6_underlay_worker_loops_do_not_allocate_per_packet") {
         return;
     }
     no_allocation_while_traffic_flows(false, Stream::V6OverV6);
+}
+
+/// The same with the IPv6 underlay's super-packets handed whole to the kernel: IPv6
+/// outer headers through the tunnel-GSO TAP.
+#[test]
+fn netns_ipv6_underlay_tunnel_gso_worker_loops_do_not_allocate_per_packet() {
+    if skip_unless_root("netns_ipv6_underlay_tunnel_gso_worker_loops_do_not_allocate_per_packet") {
+        return;
+    }
+    no_allocation_while_traffic_flows(true, Stream::V6OverV6);
 }
 
 fn no_allocation_while_traffic_flows(tunnel: bool, stream: Stream) {

@@ -114,6 +114,16 @@ fn carries_ipv6(backend: &str) {
             i + 1
         );
     }
+    // Where the kernel segments whole super-packets (udp and vxlan, Linux >= 6.17, IPv6
+    // outer headers through the TAP's own IPv6 forwarding), the IPv6 stream went that way:
+    // nothing else here is a super-packet.
+    let d1 = &c.ds[0];
+    if d1.metric("overlayd_offload_enabled", &["offload=\"tunnel_gso_ipv6\""]) == 1.0 {
+        assert!(
+            d1.metric("overlayd_tunnel_gso_writes_total", &[]) > 0.0,
+            "{backend}: IPv6 super-packets through the tunnel-GSO TAP"
+        );
+    }
     // The IPv6 bytes are counted on the IPv6 peer entries, whose packets cross the IPv6
     // underlay (to PublicIPv6), as flannel's vxlan sends them.
     let rx6 = c.ds[1].metric(
@@ -477,5 +487,10 @@ fn netns_kernel_vxlan6_interop() {
         d.metric("overlayd_drops_total", &["reason=\"bad_inner\""]),
         0.0
     );
+    // With tunnel GSO over IPv6, the kernel's flannel-v6.1 took super-packets the kernel
+    // segmented (or handed whole over veth) for us.
+    if d.metric("overlayd_offload_enabled", &["offload=\"tunnel_gso_ipv6\""]) == 1.0 {
+        assert!(d.metric("overlayd_tunnel_gso_writes_total", &[]) > 0.0);
+    }
     assert!(d.is_running());
 }

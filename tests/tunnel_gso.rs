@@ -149,6 +149,84 @@ fn netns_tunnel_gso_interop_kernel_vxlan() {
     assert!(tunnel_writes(&d) > 100.0, "the kernel segmented for us");
 }
 
+/// Dual stack (vxlan): IPv6 crosses the IPv6 underlay, and its super-packets go whole to
+/// the kernel with IPv6 outer headers (GSO_UDP_TUNNEL_IPV6, routed out by the TAP's own
+/// IPv6 forwarding); IPv6 TCP arrives byte for byte both ways, with global IPv6 forwarding
+/// off.
+#[test]
+fn netns_tunnel_gso_ipv6_underlay() {
+    if skip_unless_root("netns_tunnel_gso_ipv6_underlay") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    put_dual_stack_config(&etcd, ETCD_PREFIX, "vxlan");
+    for i in 0..2 {
+        add_underlay_ipv6(topo.host(i), i);
+        topo.host(i).sysctl("net.ipv6.conf.all.forwarding", "0");
+    }
+    let mut ds: Vec<Overlayd> = (0..2)
+        .map(|i| Overlayd::spawn(topo.host(i), args("vxlan", &etcd, "on")))
+        .collect();
+    let mut v6 = Vec::new();
+    for d in ds.iter_mut() {
+        d.wait_ready(READY);
+        v6.push(
+            ipv6_subnet_in(d.subnet_file())
+                .expect("dual stack")
+                .network(),
+        );
+    }
+    for (i, d) in ds.iter().enumerate() {
+        assert_eq!(
+            d.metric("overlayd_offload_enabled", &["offload=\"tunnel_gso_ipv6\""]),
+            1.0,
+            "h{}: IPv6 outer headers through the TAP",
+            i + 1
+        );
+    }
+    assert!(ping_until(topo.host(0), v6[1], Duration::from_secs(15)));
+    let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), v6[1], 0, 30 * MB);
+    assert_eq!(sent, got, "30 MB over IPv6 h1 -> h2");
+    let (sent, got) = tcp_transfer(topo.host(1), topo.host(0), v6[0], 0, 10 * MB);
+    assert_eq!(sent, got, "10 MB over IPv6 h2 -> h1");
+    assert!(
+        tunnel_writes(&ds[0]) > 100.0,
+        "the kernel segmented IPv6-underlay super-packets ({})",
+        tunnel_writes(&ds[0])
+    );
+}
+
+/// IPv6 only (udp, no IPv4 anywhere on the underlay): the TAP works with IPv6 outer headers
+/// alone, `--tunnel-gso on` starts, and flannel's udp format crosses it.
+#[test]
+fn netns_tunnel_gso_ipv6_only() {
+    if skip_unless_root("netns_tunnel_gso_ipv6_only") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = ipv6_only_underlay(&mut topo);
+    etcd.put(
+        &format!("{ETCD_PREFIX}/config"),
+        &ipv6_only_config(OVERLAY_NETWORK6, "udp"),
+    );
+    let mut ds: Vec<Overlayd> = (0..2)
+        .map(|i| Overlayd::spawn(topo.host(i), args("udp", &etcd, "on")))
+        .collect();
+    let v6: Vec<_> = ds
+        .iter_mut()
+        .map(|d| wait_ready6(d, READY).network())
+        .collect();
+    assert_eq!(tunnel_gauge(&ds[0]), 0.0, "no IPv4 outer headers");
+    assert_eq!(
+        ds[0].metric("overlayd_offload_enabled", &["offload=\"tunnel_gso_ipv6\""]),
+        1.0
+    );
+    let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), v6[1], 0, 20 * MB);
+    assert_eq!(sent, got, "20 MB over the IPv6-only underlay");
+    assert!(tunnel_writes(&ds[0]) > 100.0, "{}", tunnel_writes(&ds[0]));
+}
+
 /// A strict host-wide rp_filter makes the TAP unusable: `on` refuses to start naming it,
 /// `auto` falls back to userspace segmentation and carries traffic.
 #[test]

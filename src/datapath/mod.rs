@@ -23,8 +23,9 @@ use crate::sys::tun::{self, poll_readable, Device};
 use crate::wire::virtio;
 
 /// Room kept in front of every packet read from a device for the headers put in front of
-/// it on the way out (encapsulation, inner Ethernet).
-pub const HEADROOM: usize = 64;
+/// it on the way out (encapsulation, inner Ethernet, and for tunnel GSO the outer Ethernet,
+/// IPv6 and UDP headers: 22 + 62 bytes for vxlan, less the virtio header read there).
+pub const HEADROOM: usize = 96;
 /// Largest packet a device hands over: a 64 KiB TSO super-packet, an 802.1Q-tagged
 /// Ethernet header and the virtio header.
 pub const MAX_READ: usize = 65535 + 18 + virtio::LEN;

@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::tunnel::{TunnelFrame, TunnelTx, OUTER_LEN};
+use super::tunnel::{TunnelFrame, TunnelTx};
 use super::{HEADROOM, MAX_READ, SEG_BUF};
 use crate::drop::DropReason;
 use crate::offload::{tso, OffloadError};
@@ -168,18 +168,17 @@ impl TxPath {
         vh.csum_start = vh.csum_start.saturating_sub(out.link as u16);
         vh.hdr_len = vh.hdr_len.saturating_sub(out.link as u16);
 
-        // 0. The kernel segments: one write of the whole encapsulated super-packet (IPv4
-        // outer headers only).
-        if let Some(t) = self
-            .tunnel
-            .as_ref()
-            .filter(|t| t.on() && !sock.is_raw() && !sock.is_v6())
-        {
+        // 0. The kernel segments: one write of the whole encapsulated super-packet, with
+        // the outer header of the socket's family.
+        let v6 = sock.is_v6();
+        if let Some(t) = self.tunnel.as_ref().filter(|t| t.on(v6) && !sock.is_raw()) {
             let ip = &self.buf[out.start + out.link..out.end];
             match tso::gso_shape(&vh, ip) {
                 // TCP only: inner UDP (USO) super-packets are segmented here (below).
                 Ok(Some(shape))
-                    if shape.tcp && shape.count > 1 && out.start >= out.encap + OUTER_LEN =>
+                    if shape.tcp
+                        && shape.count > 1
+                        && out.start >= out.encap + TunnelTx::outer_len(v6) =>
                 {
                     let at = out.start - out.encap;
                     fill(&mut self.buf[at..out.end]).map_err(|r| (r, shape.count as u64))?;

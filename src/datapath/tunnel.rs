@@ -4,18 +4,19 @@
 //!
 //! The packet is written to a TAP (set up by [`crate::gso_tap`]) as an Ethernet frame
 //! addressed to the TAP itself, so the kernel routes it out of the underlay like a
-//! forwarded packet: `[outer Ethernet][outer IPv4][outer UDP][encapsulation][link][inner
-//! IP super-packet]`, preceded by the 24-byte virtio header that names the tunnel
-//! (`outer_th_offset`, `inner_nh_offset`) and the inner segmentation (`gso_size`, the inner
-//! transport checksum left partial). Userspace writes headers only: no segment layout, no
-//! inner checksum pass; the payload's one copy is the kernel's.
+//! forwarded packet: `[outer Ethernet][outer IPv4 or IPv6][outer UDP][encapsulation][link]
+//! [inner IP super-packet]`, preceded by the 24-byte virtio header that names the tunnel
+//! (`outer_th_offset`: 34 with IPv4, 54 with IPv6; `inner_nh_offset`) and the inner
+//! segmentation (`gso_size`, the inner transport checksum left partial). Userspace writes
+//! headers only: no segment layout, no inner checksum pass; the payload's one copy is the
+//! kernel's.
 //!
 //! The outer headers are written in place in the read buffer's headroom, in front of the
 //! encapsulation. A kernel that refuses the header (EINVAL/EIO) turns this way off for
-//! good; the caller then sends the userspace-segmenting way.
+//! good, per outer family; the caller then sends the userspace-segmenting way.
 
 use std::io::IoSlice;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -23,24 +24,31 @@ use super::send::Sent;
 use crate::offload::tso::GsoShape;
 use crate::sys::tun::Queue;
 use crate::wire::virtio::{self, TunnelHdr, VirtioNetHdr};
-use crate::wire::{checksum, ether, ip, ipv4, udp};
+use crate::wire::{checksum, ether, ip, ipv4, ipv6, udp};
 
 /// Outer bytes in front of the encapsulation: Ethernet, IPv4, UDP.
 pub const OUTER_LEN: usize = ether::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN;
-/// Outer TTL as written: forwarding from the TAP takes one, so the wire shows 64 as the
-/// socket path's.
+/// The same with an IPv6 outer header.
+pub const OUTER_LEN_V6: usize = ether::HEADER_LEN + ipv6::HEADER_LEN + udp::HEADER_LEN;
+/// Outer TTL (hop limit) as written: forwarding from the TAP takes one, so the wire shows
+/// 64 as the socket path's.
 const OUTER_TTL: u8 = 65;
 
-/// The tunnel-GSO TAP of a data plane: one queue per worker, and whether it is in use.
+/// The tunnel-GSO TAP of a data plane: one queue per worker, and whether it is in use, per
+/// outer family.
 #[derive(Debug, Clone)]
 pub struct Tunnel {
     pub queues: Vec<Arc<Queue>>,
-    /// Our underlay address: the outer source.
+    /// Our IPv4 underlay address: the outer source.
     pub src: Ipv4Addr,
+    /// Our IPv6 underlay address, when IPv6 outer headers are in use.
+    pub src6: Option<Ipv6Addr>,
     /// The TAP's MAC: the outer destination, so the kernel takes the frame as its own.
     pub mac: [u8; 6],
-    /// On until a kernel refusal (shared by every worker, L3 and L2).
+    /// IPv4 outer headers: on until a kernel refusal (shared by every worker, L3 and L2).
     pub on: Arc<AtomicBool>,
+    /// IPv6 outer headers: on until a kernel refusal (false without `src6`).
+    pub on6: Arc<AtomicBool>,
 }
 
 impl Tunnel {
@@ -49,8 +57,10 @@ impl Tunnel {
         TunnelTx {
             queue: self.queues[i % self.queues.len()].clone(),
             src: self.src,
+            src6: self.src6,
             mac: self.mac,
             on: self.on.clone(),
+            on6: self.on6.clone(),
         }
     }
 }
@@ -60,14 +70,17 @@ impl Tunnel {
 pub struct TunnelTx {
     queue: Arc<Queue>,
     src: Ipv4Addr,
+    src6: Option<Ipv6Addr>,
     mac: [u8; 6],
     on: Arc<AtomicBool>,
+    on6: Arc<AtomicBool>,
 }
 
 /// Where the encapsulated frame lies in the buffer and what it carries.
 #[derive(Debug, Clone, Copy)]
 pub struct TunnelFrame {
-    /// Start of the encapsulation (at least [`OUTER_LEN`] bytes of room before it).
+    /// Start of the encapsulation (at least [`OUTER_LEN`] bytes of room before it, or
+    /// [`OUTER_LEN_V6`] for an IPv6 outer header).
     pub at: usize,
     /// End of the inner packet.
     pub end: usize,
@@ -80,15 +93,27 @@ pub struct TunnelFrame {
 }
 
 impl TunnelTx {
-    /// Whether this way is on (no refusal yet).
-    pub fn on(&self) -> bool {
-        self.on.load(Ordering::Relaxed)
+    /// Whether this way is on (no refusal yet) for outer headers of the given family.
+    pub fn on(&self, v6: bool) -> bool {
+        match v6 {
+            false => self.on.load(Ordering::Relaxed),
+            true => self.src6.is_some() && self.on6.load(Ordering::Relaxed),
+        }
     }
 
-    /// Writes the frame once per destination (`dst`:`port`, from `src_port`). `None`,
-    /// having written nothing, when the kernel refuses the first write (the way is then
-    /// off for good), or when a destination is not IPv4 (the outer header written here is
-    /// IPv4): the caller sends another way.
+    /// Room the outer headers of the given family need in front of the encapsulation.
+    pub const fn outer_len(v6: bool) -> usize {
+        if v6 {
+            OUTER_LEN_V6
+        } else {
+            OUTER_LEN
+        }
+    }
+
+    /// Writes the frame once per destination (`dst`:`port`, from `src_port`), all of one
+    /// family. `None`, having written nothing, when the kernel refuses the first write (the
+    /// way is then off for good for that family), or when this TAP has no source address of
+    /// the destinations' family: the caller sends another way.
     pub fn send<A: Copy + Into<IpAddr>>(
         &self,
         buf: &mut [u8],
@@ -97,13 +122,29 @@ impl TunnelTx {
         port: u16,
         src_port: u16,
     ) -> Option<Sent> {
-        let o = f.at.checked_sub(OUTER_LEN)?;
-        if !dsts.iter().all(|d| (*d).into().is_ipv4()) {
+        let v6 = (*dsts.first()?).into().is_ipv6();
+        if dsts.iter().any(|d| (*d).into().is_ipv6() != v6) || (v6 && self.src6.is_none()) {
             return None;
         }
+        let (ip_len, ethertype, tunnel_type, flag) = if v6 {
+            (
+                ipv6::HEADER_LEN,
+                ether::ETHERTYPE_IPV6,
+                virtio::GSO_UDP_TUNNEL_IPV6,
+                &self.on6,
+            )
+        } else {
+            (
+                ipv4::HEADER_LEN,
+                ether::ETHERTYPE_IPV4,
+                virtio::GSO_UDP_TUNNEL_IPV4,
+                &self.on,
+            )
+        };
+        let outer = ether::HEADER_LEN + ip_len + udp::HEADER_LEN;
+        let o = f.at.checked_sub(outer)?;
         let udp_len = udp::HEADER_LEN + (f.end - f.at);
-        let inner_nh = OUTER_LEN + f.inner_ip;
-        let tunnel_type = virtio::GSO_UDP_TUNNEL_IPV4;
+        let inner_nh = outer + f.inner_ip;
         let inner_type =
             f.vh.gso_type & !(virtio::GSO_UDP_TUNNEL_IPV4 | virtio::GSO_UDP_TUNNEL_IPV6);
         let hdr = TunnelHdr {
@@ -115,7 +156,7 @@ impl TunnelTx {
                 csum_start: (inner_nh + f.shape.ip_hdr_len) as u16,
                 csum_offset: if f.shape.tcp { 16 } else { 6 },
             },
-            outer_th_offset: (ether::HEADER_LEN + ipv4::HEADER_LEN) as u16,
+            outer_th_offset: (ether::HEADER_LEN + ip_len) as u16,
             inner_nh_offset: inner_nh as u16,
         }
         .to_bytes();
@@ -123,30 +164,42 @@ impl TunnelTx {
         let per_dgram_hdr = f.inner_ip + f.shape.hdr_len;
         let dgram_bytes = (f.end - f.at) as u64 + (f.shape.count as u64 - 1) * per_dgram_hdr as u64;
         let mut sent = Sent::default();
-        ether::emit(&mut buf[o..], self.mac, self.mac, ether::ETHERTYPE_IPV4);
+        ether::emit(&mut buf[o..], self.mac, self.mac, ethertype);
+        let ip_at = o + ether::HEADER_LEN;
+        let udp_at = ip_at + ip_len;
         for dst in dsts {
-            let IpAddr::V4(dst) = (*dst).into() else {
-                continue;
+            // The pseudo-header sum, left for the kernel to finish per segment.
+            let pseudo = match ((*dst).into(), self.src6) {
+                (IpAddr::V4(dst), _) => {
+                    ipv4::Repr {
+                        src_addr: self.src,
+                        dst_addr: dst,
+                        protocol: ip::PROTO_UDP,
+                        payload_len: udp_len as u16,
+                        ttl: OUTER_TTL,
+                    }
+                    .emit(&mut buf[ip_at..]);
+                    checksum::pseudo_header_v4(self.src, dst, ip::PROTO_UDP, udp_len as u16)
+                }
+                (IpAddr::V6(dst), Some(src6)) => {
+                    ipv6::Repr {
+                        src_addr: src6,
+                        dst_addr: dst,
+                        next_header: ip::PROTO_UDP,
+                        payload_len: udp_len as u16,
+                        hop_limit: OUTER_TTL,
+                    }
+                    .emit(&mut buf[ip_at..]);
+                    checksum::pseudo_header_v6(src6, dst, ip::PROTO_UDP, udp_len as u32)
+                }
+                (IpAddr::V6(_), None) => return None,
             };
-            let dst = &dst;
-            let ip_at = o + ether::HEADER_LEN;
-            ipv4::Repr {
-                src_addr: self.src,
-                dst_addr: *dst,
-                protocol: ip::PROTO_UDP,
-                payload_len: udp_len as u16,
-                ttl: OUTER_TTL,
-            }
-            .emit(&mut buf[ip_at..]);
-            let pseudo = checksum::pseudo_header_v4(self.src, *dst, ip::PROTO_UDP, udp_len as u16);
-            let udp_at = ip_at + ipv4::HEADER_LEN;
             udp::Repr {
                 src_port,
                 dst_port: port,
                 payload_len: (udp_len - udp::HEADER_LEN) as u16,
             }
             .emit(&mut buf[udp_at..]);
-            // The pseudo-header sum, left for the kernel to finish per segment.
             udp::Packet::new_unchecked(&mut buf[udp_at..udp_at + udp::HEADER_LEN])
                 .set_checksum(checksum::fold(pseudo));
             let frame = &buf[o..f.end];
@@ -163,8 +216,9 @@ impl TunnelTx {
                     if sent == Sent::default()
                         && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EIO)) =>
                 {
-                    tracing::warn!(error = %e, "the kernel refused a UDP-tunnel GSO write; segmenting in userspace from now on");
-                    self.on.store(false, Ordering::Relaxed);
+                    let outer = if v6 { "IPv6" } else { "IPv4" };
+                    tracing::warn!(error = %e, outer, "the kernel refused a UDP-tunnel GSO write; segmenting in userspace from now on (for this outer family)");
+                    flag.store(false, Ordering::Relaxed);
                     return None;
                 }
                 Err(_) => sent.dropped += f.shape.count as u64,
