@@ -72,9 +72,17 @@ pub fn transmit_path(page: &str) -> &'static str {
             .find_map(|l| l.strip_prefix(key.as_str()))
             .is_some_and(|v| v.trim() == "1")
     };
-    if on("tunnel_gso") {
-        "tunnel GSO (the kernel segments whole super-packets)"
-    } else if on("udp_gso") {
+    match (on("tunnel_gso"), on("tunnel_gso_ipv6")) {
+        (true, false) => return "tunnel GSO (the kernel segments whole super-packets)",
+        (true, true) => {
+            return "tunnel GSO (the kernel segments whole super-packets; IPv4 and IPv6 outer headers)"
+        }
+        (false, true) => {
+            return "tunnel GSO (the kernel segments whole super-packets; IPv6 outer headers)"
+        }
+        (false, false) => {}
+    }
+    if on("udp_gso") {
         "UDP GSO (segmented in userspace, sent in GSO runs)"
     } else {
         "plain (one datagram per packet)"
@@ -316,6 +324,11 @@ mod tests {
         let page = "overlayd_offload_enabled{offload=\"tunnel_gso\"} 0\noverlayd_offload_enabled{offload=\"udp_gso\"} 1\n";
         assert!(transmit_path(page).starts_with("UDP GSO"));
         assert!(transmit_path("").starts_with("plain"));
+        let page = "overlayd_offload_enabled{offload=\"tunnel_gso\"} 0\noverlayd_offload_enabled{offload=\"tunnel_gso_ipv6\"} 1\n";
+        assert!(
+            transmit_path(page).ends_with("IPv6 outer headers)"),
+            "an IPv6-only node"
+        );
     }
 
     #[test]
