@@ -644,7 +644,7 @@ impl ControlLoop {
                                     EventType::Put => {
                                         if let Some(l) = self.registry.decode(kv.key(), kv.value(), kv.lease(), kv.mod_revision()) {
                                             if !peers.contains_key(&key) {
-                                                info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer added");
+                                                info!(subnet = %l.subnets(), public_ip = %l.attrs.public_ip, public_ipv6 = ?l.attrs.public_ipv6, "peer added");
                                             }
                                             peers.insert(key, l);
                                         } else {
@@ -654,7 +654,7 @@ impl ControlLoop {
                                     }
                                     EventType::Delete => {
                                         if let Some(l) = peers.remove(&key) {
-                                            info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer removed");
+                                            info!(subnet = %l.subnets(), public_ip = %l.attrs.public_ip, public_ipv6 = ?l.attrs.public_ipv6, "peer removed");
                                         }
                                         if key == self.registry.lease_key(&self.acquired.key()) {
                                             own_gone = true;
@@ -665,7 +665,7 @@ impl ControlLoop {
                             }
                             step = 0;
                             if own_gone {
-                                warn!(subnet = %self.acquired.subnet, "our lease was deleted or expired; re-acquiring");
+                                warn!(subnet = %self.acquired.key(), "our lease was deleted or expired; re-acquiring");
                                 relist = true;
                                 break;
                             }
@@ -766,12 +766,12 @@ impl ControlLoop {
 fn log_diff(old: &BTreeMap<String, RemoteLease>, new: &BTreeMap<String, RemoteLease>) {
     for (k, l) in new {
         if !old.contains_key(k) && !old.is_empty() {
-            info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer added (relist)");
+            info!(subnet = %l.subnets(), public_ip = %l.attrs.public_ip, public_ipv6 = ?l.attrs.public_ipv6, "peer added (relist)");
         }
     }
     for (k, l) in old {
         if !new.contains_key(k) {
-            info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer removed (relist)");
+            info!(subnet = %l.subnets(), public_ip = %l.attrs.public_ip, public_ipv6 = ?l.attrs.public_ipv6, "peer removed (relist)");
         }
     }
 }
