@@ -30,6 +30,9 @@ echo "==> cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 
+echo "==> dependencies: every declared crate is used, test-only crates are dev-dependencies"
+cargo test -q --test dependencies
+
 echo "==> cargo build --release"
 cargo build --release
 

@@ -445,7 +445,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
             .store(unix_now() + LEASE_TTL_SECS, Ordering::Relaxed);
     }
     telemetry.ready.store(true, Ordering::Relaxed);
-    telemetry::notify_ready();
+    crate::systemd::ready();
     info!(subnet = %subnet, device = %dev.name, subnet_file = %args.subnet_file.display(), "ready");
 
     // Background control: lease keepalive, peers, re-acquisition.
@@ -467,6 +467,9 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     let mut current = subnet;
     let mut check = tokio::time::interval(Duration::from_secs(2));
     check.tick().await;
+    // The device overlayd opened, by index: a link that merely took its name is not ours.
+    let mut dev_index = nl.link(&name).await.ok().flatten().map(|(i, _)| i);
+    let mut watchdog = crate::systemd::Watchdog::from_env();
 
     loop {
         tokio::select! {
@@ -517,8 +520,13 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
                 }
                 // The device or its route deleted under us (host network scripts do that):
                 // recreate them; the forwarding table is untouched, so every peer is kept.
+                let mut device_ours = false;
                 match nl.link(&name).await {
+                    Ok(Some((index, _))) if Some(index) != dev_index => {
+                        error!(device = %name, index, "a link that overlayd did not create holds the overlay device's name; remove it so that the device can be recreated");
+                    }
                     Ok(Some((index, _))) => {
+                        device_ours = true;
                         if let Ok(false) = nl.has_route(cfg.network, index).await {
                             warn!(device = %name, network = %cfg.network, "overlay route vanished; restoring it");
                             telemetry.control.device_repairs.fetch_add(1, Ordering::Relaxed);
@@ -534,7 +542,11 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
                         dp.stop();
                         drop(std::mem::take(&mut qs));
                         match reopen(&tun_opts, offload, &nl, current, mtu, cfg.network).await {
-                            Ok(new_qs) => qs = new_qs,
+                            Ok(new_qs) => {
+                                qs = new_qs;
+                                dev_index = nl.link(&name).await.ok().flatten().map(|(i, _)| i);
+                                device_ours = dev_index.is_some();
+                            }
                             Err(e) => error!(error = %e, "cannot recreate the overlay device; retrying"),
                         }
                         match Dataplane::start(dp_cfg.clone(), qs.clone(), send.clone(), recv.clone(), fib.clone()) {
@@ -551,13 +563,18 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
                     }
                     Err(e) => debug!(error = %e, "cannot check the overlay device"),
                 }
+                watchdog.tick(crate::systemd::Health {
+                    device_ours,
+                    workers_alive: dp.alive(),
+                    control_alive: !control_task.is_finished(),
+                });
             }
         }
     }
     if let Some(t) = l2_starting.take() {
         t.abort();
     }
-    telemetry::notify_stopping();
+    crate::systemd::stopping();
     telemetry.ready.store(false, Ordering::Relaxed);
     control_task.abort();
     if let Some(l2) = l2 {

@@ -161,7 +161,8 @@ impl Dataplane {
                     i,
                 )
             });
-            let rx = recv.get(i).map(|s| {
+            // No device queue (it could not be reopened): nothing to receive into either.
+            let rx = recv.get(i).filter(|_| !queues.is_empty()).map(|s| {
                 let q = queues[i % queues.len()].clone();
                 (
                     RxWorker::new(cfg.clone(), q, s.clone(), fib.clone()),
@@ -186,6 +187,11 @@ impl Dataplane {
     /// Sum of every worker's counters.
     pub fn totals(&self) -> Totals {
         totals(&self.stats)
+    }
+
+    /// Whether every worker thread is still running (for the systemd watchdog).
+    pub fn alive(&self) -> bool {
+        self.threads.iter().all(|t| !t.is_finished())
     }
 
     /// Stops the workers and waits for them (each notices within one poll interval).

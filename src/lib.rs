@@ -11,7 +11,8 @@
 //! - [`host`]: device address, MTU and routes through rtnetlink;
 //! - [`dataplane`]: the worker threads;
 //! - [`l2`]: layer-2 overlays (TAP, MAC learning, VLAN↔VNI), beside the routed mode;
-//! - [`telemetry`]: metrics, health and readiness endpoints, systemd notification;
+//! - [`telemetry`]: metrics, health and readiness endpoints;
+//! - [`systemd`]: readiness and watchdog notification (`sd-notify`);
 //! - [`daemon`], [`cli`], [`status`]: glue and the `overlayd status` command.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -29,5 +30,6 @@ pub mod l2;
 pub mod offload;
 pub mod status;
 pub mod sys;
+pub mod systemd;
 pub mod telemetry;
 pub mod wire;

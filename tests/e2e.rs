@@ -781,7 +781,7 @@ fn netns_systemd_notify() {
     assert!(subnet_file.exists(), "subnet.env is written before READY=1");
     assert!(signal(child.id(), "TERM"));
     let n = sock.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
-    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim_end(), "STOPPING=1");
     let t = Instant::now();
     while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));
@@ -790,4 +790,96 @@ fn netns_systemd_notify() {
         child.try_wait().unwrap().is_some_and(|s| s.success()),
         "exit 0 after SIGTERM"
     );
+}
+
+/// Collects the notify datagrams that arrive on `sock` within `window`.
+fn notify_messages(sock: &std::os::unix::net::UnixDatagram, window: Duration) -> Vec<String> {
+    let deadline = Instant::now() + window;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if left.is_zero() {
+            break;
+        }
+        sock.set_read_timeout(Some(left)).unwrap();
+        match sock.recv(&mut buf) {
+            Ok(n) => out.push(String::from_utf8_lossy(&buf[..n]).trim_end().to_string()),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// systemd `WatchdogSec=`: WATCHDOG=1 pings arrive while the node is healthy, stop while its
+/// overlay device is gone (here: deleted, and its name taken by another link so that it
+/// cannot be recreated), and resume once overlayd has recreated the device.
+#[test]
+fn netns_systemd_watchdog_follows_health() {
+    if skip_unless_root("netns_systemd_watchdog_follows_health") {
+        return;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    let dir = TempDir::new("watchdog");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let notify_env = format!("NOTIFY_SOCKET={}", sock_path.display());
+    let mut d = Overlayd::spawn_wrapped(
+        topo.host(0),
+        &["env", &notify_env, "WATCHDOG_USEC=6000000"],
+        overlayd_args("vxlan", &etcd),
+    );
+    d.wait_ready(READY);
+    let h = topo.host(0);
+    let dev = "flannel.1";
+    // Healthy: a ping every check tick (2 s).
+    let msgs = notify_messages(&sock, Duration::from_secs(7));
+    assert!(msgs.iter().any(|m| m.starts_with("READY=1")), "{msgs:?}");
+    let pings = msgs.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(pings >= 2, "pings while healthy: {msgs:?}");
+
+    // Break it: the TUN device goes, a bridge takes its name (retried if overlayd's check
+    // recreated the TUN in between).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = h.try_ip(&format!("link del {dev}"));
+        if h.try_ip(&format!("link add {dev} type bridge")).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cannot replace {dev} by a bridge"
+        );
+    }
+    // One tick may still have pinged before it noticed; after that, none.
+    let _ = notify_messages(&sock, Duration::from_millis(2500));
+    let msgs = notify_messages(&sock, Duration::from_secs(7));
+    assert!(
+        !msgs.iter().any(|m| m == "WATCHDOG=1"),
+        "no ping while the device is not ours: {msgs:?}"
+    );
+    assert!(d.is_running(), "overlayd keeps running (systemd decides)");
+    assert!(
+        d.log().contains("withholding systemd watchdog pings"),
+        "the log says why: {}",
+        d.log()
+    );
+    // The bridge was not taken over: no overlay address or route on it.
+    assert!(
+        !h.ip(&format!("-4 addr show dev {dev}")).contains("10.244."),
+        "overlayd must not configure a link it did not create"
+    );
+
+    // Repair: the name is free again, overlayd recreates its device, pings resume.
+    h.ip(&format!("link del {dev}"));
+    let msgs = notify_messages(&sock, Duration::from_secs(10));
+    assert!(
+        msgs.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2,
+        "pings resume once the device is back: {msgs:?}"
+    );
+    assert!(h.has_link(dev));
+    assert!(d.log().contains("healthy again"), "{}", d.log());
+    assert!(d
+        .terminate(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
 }
