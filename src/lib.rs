@@ -13,7 +13,8 @@
 //! - [`l2`]: layer-2 overlays (TAP, MAC learning, VLAN↔VNI), beside the routed mode;
 //! - [`telemetry`]: metrics, health and readiness endpoints;
 //! - [`systemd`]: readiness and watchdog notification (`sd-notify`);
-//! - [`daemon`], [`cli`], [`status`]: glue and the `overlayd status` command.
+//! - [`daemon`], [`cli`], [`goflags`], [`status`]: glue (flags, flanneld's Go flag syntax) and
+//!   the `overlayd status` command.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -25,6 +26,7 @@ pub mod dataplane;
 pub mod drop;
 pub mod encap;
 pub mod fib;
+pub mod goflags;
 pub mod host;
 pub mod l2;
 pub mod offload;

@@ -2,20 +2,36 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use overlayd::cli::{self, Args};
+use overlayd::goflags;
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().collect();
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).is_some_and(|a| a == "status") {
+        cli::import_flannel_env();
+        return match goflags::normalize(&raw[1..], &overlayd::status::StatusArgs::command()) {
+            Ok(argv) => status(&argv),
+            Err(e) => {
+                eprintln!("overlayd status: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    // flanneld's Go flag syntax (-iface=eth0, --ip-masq=false) becomes clap's.
+    let argv = match goflags::normalize(&raw, &Args::command()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("overlayd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     cli::import_flannel_env();
     if let Err(e) = cli::load_config_file(&argv) {
         eprintln!("overlayd: {e}");
         return ExitCode::from(2);
     }
-    if argv.get(1).is_some_and(|a| a == "status") {
-        return status(&argv[1..]);
-    }
-    let args = Args::parse();
+    let args = Args::parse_from(&argv);
     // Our own events at the chosen level; the libraries' (tonic, h2, netlink) at warn.
     let filter = tracing_subscriber::EnvFilter::new(format!("warn,overlayd={}", args.log_level));
     let builder = tracing_subscriber::fmt()

@@ -344,6 +344,10 @@ fn bad_flags_fail_clearly() {
         (&["--network", "10.244.0.0/30"], &["10.244.0.0/30"]),
         (&["--subnet-len", "24"], &["--network"]),
         (&["-v", "loud"], &["loud"]),
+        // flanneld's Go syntax: a bad boolean, a flag overlayd does not have.
+        (&["--ip-masq=maybe"], &["-ip-masq=maybe", "true", "false"]),
+        (&["-kube-subnet-mgr"], &["--kube-subnet-mgr", "etcd"]),
+        (&["-no-such-flag=1"], &["-no-such-flag", "--help"]),
     ];
     for (args, needles) in cases {
         let out = overlayd_bin().args(*args).output().expect("run overlayd");
@@ -882,4 +886,55 @@ fn netns_systemd_watchdog_follows_health() {
     assert!(d
         .terminate(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
+}
+
+/// A flanneld command line, Go flag syntax and all, starts overlayd as it is.
+#[test]
+fn netns_flanneld_command_line() {
+    if skip_unless_root("netns_flanneld_command_line") {
+        return;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    let dir = TempDir::new("goflags");
+    let subnet_file = dir.path().join("subnet.env");
+    let log = dir.path().join("overlayd.log");
+    let mut child = topo
+        .host(0)
+        .command(env!("CARGO_BIN_EXE_overlayd"))
+        .args([
+            format!("-etcd-endpoints={}", etcd.endpoint()),
+            format!("-etcd-prefix={ETCD_PREFIX}"),
+            "-iface=eth0".into(),
+            "--ip-masq=false".into(),
+            "-iptables-forward-rules=false".into(),
+            format!("-subnet-file={}", subnet_file.display()),
+            "-subnet-lease-renew-margin".into(),
+            "30".into(),
+            "-v=2".into(),
+            format!("--network={OVERLAY_NETWORK}"),
+            "-backend=udp".into(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn overlayd");
+    let subnet = wait_ready(&subnet_file, READY);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = signal(child.id(), "TERM");
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(subnet.is_some(), "not ready; log:\n{log_text}");
+    let env = read_subnet_env(&subnet_file).expect("subnet.env");
+    assert_eq!(env["FLANNEL_IPMASQ"], "false");
+    assert!(
+        log_text.contains("DEBUG"),
+        "-v=2 is debug logging:\n{log_text}"
+    );
 }
