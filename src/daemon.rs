@@ -64,6 +64,8 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error(transparent)]
     L2(#[from] crate::l2::L2StartError),
+    #[error(transparent)]
+    Firewall(#[from] crate::masq::FirewallError),
 }
 
 impl From<BackendArg> for BackendKind {
@@ -426,6 +428,18 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     });
     let mut failure: Option<DaemonError> = None;
 
+    // flanneld's iptables rules, in place before subnet.env tells the CNI plugin that
+    // overlayd masquerades (FLANNEL_IPMASQ=true); re-checked at every check tick.
+    let mut firewall = crate::masq::Firewall::new(
+        args.ip_masq,
+        args.ip_masq_fully_random_disable,
+        args.iptables_forward_rules,
+        cfg.network,
+        subnet,
+        Duration::from_secs(args.iptables_resync),
+    )
+    .await?;
+    firewall.ensure().await;
     let env = SubnetEnv {
         network: cfg.network,
         subnet,
@@ -503,12 +517,15 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
                 if let Err(e) = nl.configure_overlay(&name, current.network(), mtu, cfg.network).await {
                     error!(error = %e, "cannot move the device to the re-acquired subnet");
                 }
+                firewall.set_subnet(current);
+                firewall.ensure().await;
                 let env = SubnetEnv { network: cfg.network, subnet: current, mtu, ipmasq: args.ip_masq };
                 if let Err(e) = env.write_atomic(&args.subnet_file) {
                     error!(error = %e, "cannot rewrite the subnet file");
                 }
             }
             _ = check.tick() => {
+                firewall.ensure().await;
                 if let Some(node) = l2.as_mut() {
                     if let Some(dev) = node.missing_device(&nl).await {
                         warn!(device = %dev, "L2 device vanished; recreating the L2 ports");

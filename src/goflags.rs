@@ -83,9 +83,7 @@ pub fn normalize(argv: &[String], cmd: &Command) -> Result<Vec<String>, FlagErro
             None => (body, None),
         };
         let long = cmd.get_arguments().find(|a| {
-            a.get_long() == Some(name)
-                || a.get_all_aliases()
-                    .is_some_and(|al| al.contains(&name))
+            a.get_long() == Some(name) || a.get_all_aliases().is_some_and(|al| al.contains(&name))
         });
         let short = (name.chars().count() == 1)
             .then(|| name.chars().next())

@@ -9,6 +9,7 @@
 //! - [`control`]: config, leases and subnet choice (pure) and the etcd client loop (async);
 //! - [`sys`]: TUN ioctls and socket options, the only `unsafe` code;
 //! - [`host`]: device address, MTU and routes through rtnetlink;
+//! - [`masq`]: flanneld's masquerade and FORWARD rules through iptables (rules pure, tested);
 //! - [`dataplane`]: the worker threads;
 //! - [`l2`]: layer-2 overlays (TAP, MAC learning, VLAN↔VNI), beside the routed mode;
 //! - [`telemetry`]: metrics, health and readiness endpoints;
@@ -29,6 +30,7 @@ pub mod fib;
 pub mod goflags;
 pub mod host;
 pub mod l2;
+pub mod masq;
 pub mod offload;
 pub mod status;
 pub mod sys;

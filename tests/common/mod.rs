@@ -67,6 +67,8 @@ use ipnet::Ipv4Net;
 use overlayd::sys::netns::{run_in_netns, spawn_in_netns, NetnsThread};
 use sha2::{Digest, Sha256};
 
+pub mod cni;
+
 /// Prefix of every namespace (and temp dir) the tests create.
 pub const NS_PREFIX: &str = "ovt-";
 /// The underlay /24 every topology uses; host `hN` gets `.N` (see [`host_ip`]).
