@@ -98,7 +98,9 @@ format), VXLAN (RFC 7348) or GRE (RFC 2784/2890). It writes flannel's subnet.env
 the foreground; SIGTERM or SIGINT removes its device and routes and keeps its lease for the next start.\n\n\
 Every flag can also be set in the environment as OVERLAYD_<FLAG> (e.g. OVERLAYD_ETCD_ENDPOINTS) or FLANNELD_<FLAG>.",
     after_help = "Also: `overlayd status` prints this node's view of the cluster (leases from etcd with the local \
-per-peer counters); see `overlayd status --help`. Documentation: docs/operations.md."
+per-peer counters); `overlayd init-network` puts the network config into etcd unless one is there; `overlayd \
+install-cni` copies the CNI plugin onto the host (both for init containers). Each has --help. flanneld's Go \
+flag syntax (-iface=eth0, --ip-masq=false) is accepted too. Documentation: docs/operations.md."
 )]
 pub struct Args {
     /// Encapsulation: udp, vxlan or gre. Must match Backend.Type of the network config in etcd when that names one.

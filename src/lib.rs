@@ -15,7 +15,8 @@
 //! - [`telemetry`]: metrics, health and readiness endpoints;
 //! - [`systemd`]: readiness and watchdog notification (`sd-notify`);
 //! - [`daemon`], [`cli`], [`goflags`], [`status`]: glue (flags, flanneld's Go flag syntax) and
-//!   the `overlayd status` command.
+//!   the `overlayd status` command; [`setup`]: `overlayd init-network` and `install-cni`
+//!   for init containers.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -32,6 +33,7 @@ pub mod host;
 pub mod l2;
 pub mod masq;
 pub mod offload;
+pub mod setup;
 pub mod status;
 pub mod sys;
 pub mod systemd;

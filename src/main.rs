@@ -18,6 +18,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(sub @ ("init-network" | "install-cni")) = raw.get(1).map(String::as_str) {
+        cli::import_flannel_env();
+        return setup(sub, &raw[1..]);
+    }
     // flanneld's Go flag syntax (-iface=eth0, --ip-masq=false) becomes clap's.
     let argv = match goflags::normalize(&raw, &Args::command()) {
         Ok(argv) => argv,
@@ -84,6 +88,48 @@ fn status(argv: &[String]) -> ExitCode {
         }
         Err(e) => {
             eprintln!("overlayd status: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `overlayd init-network` and `overlayd install-cni`: one line of what was done, or one error.
+fn setup(sub: &str, argv: &[String]) -> ExitCode {
+    use overlayd::setup::{InitNetworkArgs, InstallCniArgs};
+    let cmd = if sub == "init-network" {
+        InitNetworkArgs::command()
+    } else {
+        InstallCniArgs::command()
+    };
+    let argv = match goflags::normalize(argv, &cmd) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("overlayd {sub}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let res = if sub == "init-network" {
+        let args = InitNetworkArgs::parse_from(&argv);
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(overlayd::setup::init_network(args)),
+            Err(e) => {
+                eprintln!("overlayd {sub}: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        overlayd::setup::install_cni(&InstallCniArgs::parse_from(&argv))
+    };
+    match res {
+        Ok(out) => {
+            println!("{}", out.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("overlayd {sub}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -938,3 +938,186 @@ fn netns_flanneld_command_line() {
         "-v=2 is debug logging:\n{log_text}"
     );
 }
+
+/// The DaemonSet's init containers as written in deploy/kubernetes, with the mount paths
+/// mapped to `dirs` (mount path → local dir); returns (name, argv) with argv[0] = the binary
+/// under test.
+fn init_containers(dirs: &[(&str, &std::path::Path)]) -> Vec<(String, Vec<String>)> {
+    use serde::Deserialize;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/overlayd-daemonset.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("read the DaemonSet");
+    let ds: serde_json::Value = serde_json::to_value(
+        serde_norway::Value::deserialize(serde_norway::Deserializer::from_str(&text)).unwrap(),
+    )
+    .unwrap();
+    ds["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .expect("init containers")
+        .iter()
+        .map(|c| {
+            let mut argv: Vec<String> = c["command"]
+                .as_array()
+                .expect("command")
+                .iter()
+                .map(|w| {
+                    let mut w = w.as_str().expect("word").to_string();
+                    for (mount, dir) in dirs {
+                        w = w.replace(mount, &dir.display().to_string());
+                    }
+                    w
+                })
+                .collect();
+            assert_eq!(argv[0], "/usr/local/bin/overlayd");
+            argv[0] = env!("CARGO_BIN_EXE_overlayd").to_string();
+            (c["name"].as_str().expect("name").to_string(), argv)
+        })
+        .collect()
+}
+
+/// The ConfigMap's data.
+fn configmap_data() -> serde_json::Value {
+    use serde::Deserialize;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/overlayd-configmap.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("read the ConfigMap");
+    let cm: serde_json::Value = serde_json::to_value(
+        serde_norway::Value::deserialize(serde_norway::Deserializer::from_str(&text)).unwrap(),
+    )
+    .unwrap();
+    cm["data"].clone()
+}
+
+/// The `install-cni` init container's command, run as written (paths mapped to a temp dir):
+/// the plugin and the ConfigMap's config list land on the "host".
+#[test]
+fn install_cni_from_the_manifest() {
+    let dir = TempDir::new("install-cni");
+    let cfg = dir.path().join("cfg");
+    std::fs::create_dir_all(&cfg).unwrap();
+    let data = configmap_data();
+    let conflist = data["cni-conf.json"].as_str().expect("cni-conf.json");
+    std::fs::write(cfg.join("cni-conf.json"), conflist).unwrap();
+    let (bin, netd) = (dir.path().join("opt-cni-bin"), dir.path().join("net.d"));
+    let inits = init_containers(&[
+        ("/opt/cni/bin", &bin),
+        ("/etc/cni/net.d", &netd),
+        ("/etc/overlayd", &cfg),
+    ]);
+    let (_, argv) = inits
+        .iter()
+        .find(|(n, _)| n == "install-cni")
+        .expect("install-cni");
+    let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let plugin = std::fs::read(bin.join("overlay-cni")).expect("plugin installed");
+    assert_eq!(
+        plugin,
+        std::fs::read(env!("CARGO_BIN_EXE_overlay-cni")).unwrap(),
+        "the plugin next to overlayd"
+    );
+    assert_eq!(
+        std::fs::read_to_string(netd.join("10-overlayd.conflist")).unwrap(),
+        conflist
+    );
+}
+
+/// The `init-network` init container's command, run as written against a real etcd: it
+/// creates <prefix>/config from net-conf.json, keeps an existing one, refuses a bad file and
+/// gives up on an unreachable etcd with the endpoints named; a daemon without --network then
+/// starts on the config it wrote.
+#[test]
+fn netns_init_network_from_the_manifest() {
+    if skip_unless_root("netns_init_network_from_the_manifest") {
+        return;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    let dir = TempDir::new("init-network");
+    let data = configmap_data();
+    let net_conf = data["net-conf.json"].as_str().expect("net-conf.json");
+    let prefix = data["OVERLAYD_ETCD_PREFIX"].as_str().expect("prefix");
+    let inits = init_containers(&[("/etc/overlayd", dir.path())]);
+    let (_, argv) = inits
+        .iter()
+        .find(|(n, _)| n == "init-network")
+        .expect("init-network");
+    let h = topo.host(0);
+    let run = |endpoints: &str, extra: &[&str]| {
+        h.command(&argv[0])
+            .args(&argv[1..])
+            .args(extra)
+            .env("OVERLAYD_ETCD_ENDPOINTS", endpoints)
+            .env("OVERLAYD_ETCD_PREFIX", prefix)
+            .output()
+            .expect("run init-network")
+    };
+    let key = format!("{prefix}/config");
+    let stored = || {
+        etcd.ctl(&["get", &key, "--print-value-only"])
+            .trim()
+            .to_string()
+    };
+    std::fs::write(dir.path().join("net-conf.json"), net_conf).unwrap();
+    let out = run(&etcd.endpoint(), &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created"));
+    assert_eq!(stored(), net_conf.trim());
+    // A second run (every node runs it) keeps what is there.
+    std::fs::write(
+        dir.path().join("net-conf.json"),
+        r#"{"Network":"10.99.0.0/16","Backend":{"Type":"udp"}}"#,
+    )
+    .unwrap();
+    let out = run(&etcd.endpoint(), &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("kept"),
+        "{out:?}"
+    );
+    assert_eq!(stored(), net_conf.trim());
+    // A bad file: refused, named.
+    std::fs::write(
+        dir.path().join("net-conf.json"),
+        r#"{"Network":"10.0.0.0/33"}"#,
+    )
+    .unwrap();
+    let out = run(&etcd.endpoint(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("net-conf.json"),
+        "{err}"
+    );
+    // No etcd: gives up after --timeout, naming the endpoints.
+    std::fs::write(dir.path().join("net-conf.json"), net_conf).unwrap();
+    let t = Instant::now();
+    let out = run("http://192.168.77.249:2379", &["--timeout=3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("192.168.77.249"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "bounded: {:?}",
+        t.elapsed()
+    );
+    // The daemon, without --network, runs on the config init-network wrote.
+    let mut args = overlayd_args("vxlan", &etcd);
+    let i = args.iter().position(|a| a == "--network").unwrap();
+    args.drain(i..i + 4);
+    assert!(!args.iter().any(|a| a == "--network" || a == "--subnet-len"));
+    let mut d = Overlayd::spawn(h, args);
+    let subnet = subnet_of(&d.wait_ready(READY));
+    assert!(
+        "10.244.0.0/16"
+            .parse::<ipnet::Ipv4Net>()
+            .unwrap()
+            .contains(&subnet),
+        "{subnet}"
+    );
+}
