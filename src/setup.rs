@@ -22,6 +22,7 @@ use crate::control::etcd::Registry;
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "overlayd init-network",
+    bin_name = "overlayd init-network",
     about = "Put the network config into etcd at <prefix>/config unless one is there (for an init container)",
     group = clap::ArgGroup::new("source").required(true).args(["net_conf", "network"])
 )]
@@ -49,6 +50,7 @@ pub struct InitNetworkArgs {
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "overlayd install-cni",
+    bin_name = "overlayd install-cni",
     about = "Copy the overlay-cni plugin (and a CNI config list) onto the host (for an init container)"
 )]
 pub struct InstallCniArgs {
