@@ -16,7 +16,8 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # Environment: FUZZ_TARGET_DIR (default fuzz/target; the build uses sanitizers, so keep it apart
-# from the main target dir), LIBFUZZER_TIMEOUT (default 60), FUZZ_RSS_MB (default 4096).
+# from the main target dir), LIBFUZZER_TIMEOUT (default 60), FUZZ_RSS_MB (default 4096),
+# FUZZ_WRAPPER_SECS (default SECONDS + LIBFUZZER_TIMEOUT + 180).
 set -euo pipefail
 
 secs=${1:-20}
@@ -26,7 +27,7 @@ unit_timeout=${LIBFUZZER_TIMEOUT:-60}
 rss_mb=${FUZZ_RSS_MB:-4096}
 # The wrapper's bound: the run, plus one input hanging up to the unit timeout, plus start-up
 # and the final corpus merge on a slow machine.
-wrapper=$((secs + unit_timeout + 180))
+wrapper=${FUZZ_WRAPPER_SECS:-$((secs + unit_timeout + 180))}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
@@ -52,30 +53,38 @@ show_input() {
     od -An -tx1 -v -N256 "$f" | sed 's/^/      /'
 }
 
-# Why a run failed, from its exit status and log; keeps a crashing input as a regression.
+# Why a run failed, from its exit status and log; keeps a new crashing input as a regression.
 explain() {
     local t=$1 rc=$2 log=$3 input
+    # The input at fault: the unit libFuzzer wrote, or (replaying files) the last one it ran.
     input=$(sed -n 's/.*Test unit written to \([^ ]*\).*/\1/p' "$log" | tail -n1)
+    [ -n "$input" ] || input=$(sed -n 's/^Running: \(.*\)$/\1/p' "$log" | tail -n1)
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         echo "  reason: time limit: still running after ${wrapper}s (-max_total_time=${secs}, -timeout=${unit_timeout}); the fuzzer hung. Last lines:"
         tail -n 15 "$log" | sed 's/^/    /'
     elif grep -q 'libFuzzer: timeout' "$log"; then
         echo "  reason: timeout: one input ran longer than ${unit_timeout}s"
         show_input "$input"
-    elif grep -qE 'libFuzzer: out-of-memory|rss limit' "$log"; then
+    elif grep -qE 'libFuzzer: out-of-memory|rss limit exhausted' "$log"; then
         echo "  reason: out-of-memory: more than ${rss_mb} MB"
         grep -m1 -E 'out-of-memory' "$log" | sed 's/^/    /'
         show_input "$input"
-    elif [ -n "$input" ]; then
+    elif grep -qE 'panicked at|deadly signal|ERROR: AddressSanitizer|libFuzzer: crash' "$log"; then
         echo "  reason: crash"
-        grep -m3 -E 'panicked at|ERROR: AddressSanitizer|ERROR: libFuzzer' "$log" | sed 's/^/    /' || true
-        grep -A2 -m1 'panicked at' "$log" | tail -n +2 | sed 's/^/    /' || true
+        # The panic's location and message (the line after it).
+        grep -m1 -A1 'panicked at' "$log" | sed 's/^/    /' || true
+        grep -m1 -E 'ERROR: AddressSanitizer' "$log" | sed 's/^/    /' || true
         show_input "$input"
-        if [ -f "$input" ]; then
-            mkdir -p "regressions/$t"
-            cp "$input" "regressions/$t/"
-            echo "    kept as fuzz/regressions/$t/$(basename "$input"): commit it with the fix"
-        fi
+        case $input in
+            regressions/* | */regressions/*) ;;
+            *)
+                if [ -f "$input" ]; then
+                    mkdir -p "regressions/$t"
+                    cp "$input" "regressions/$t/"
+                    echo "    kept as fuzz/regressions/$t/$(basename "$input"): commit it with the fix"
+                fi
+                ;;
+        esac
     else
         echo "  reason: exit status $rc without a libFuzzer report. Last lines:"
         tail -n 30 "$log" | sed 's/^/    /'
