@@ -175,15 +175,7 @@ fn netns_image_is_static_and_runs() {
     // `ip netns exec` mounts a /sys of its own, without the cgroup mounts podman needs: back
     // to this test's mount namespace, staying in the test's network namespace.
     let own_mounts = format!("--mount=/proc/{}/ns/mnt", std::process::id());
-    let wrapper = [
-        "nsenter",
-        &own_mounts,
-        "--",
-        "sh",
-        "-c",
-        &script,
-        "sh",
-    ];
+    let wrapper = ["nsenter", &own_mounts, "--", "sh", "-c", &script, "sh"];
     let mut from_image = Overlayd::spawn_wrapped(topo.host(0), &wrapper, &args);
     let mut host_build = Overlayd::spawn(topo.host(1), overlayd_args("vxlan", &etcd));
     let s1 = from_image.wait_ready(READY);
