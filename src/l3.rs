@@ -99,7 +99,8 @@ impl Dataplane {
                     stats: stats.clone(),
                     me: i,
                 });
-                let rx = recv.get(i).map(|s| {
+                // No device queue (it could not be reopened): nothing to receive into either.
+                let rx = recv.get(i).filter(|_| !queues.is_empty()).map(|s| {
                     RxWorker::new(
                         cfg.clone(),
                         queues[i % queues.len()].clone(),
@@ -122,6 +123,11 @@ impl Dataplane {
     /// Sum of every worker's counters.
     pub fn totals(&self) -> Totals {
         totals(&self.stats)
+    }
+
+    /// Whether every worker thread is still running (for the systemd watchdog).
+    pub fn alive(&self) -> bool {
+        self.workers.alive()
     }
 
     /// Stops the workers and waits for them (each notices within one poll interval).

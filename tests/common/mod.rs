@@ -61,6 +61,7 @@
 #![allow(dead_code)]
 
 mod capture;
+mod cni;
 mod daemon;
 mod etcd;
 mod etcd_cluster;
@@ -76,6 +77,6 @@ mod traffic;
 // One flat namespace for the tests. Not every test binary uses every part.
 #[allow(unused_imports)]
 pub use {
-    capture::*, daemon::*, etcd::*, etcd_cluster::*, frames::*, ipv6::*, kernel::*, l2::*,
+    capture::*, cni::*, daemon::*, etcd::*, etcd_cluster::*, frames::*, ipv6::*, kernel::*, l2::*,
     netns::*, process::*, topology::*, traffic::*,
 };
