@@ -149,6 +149,17 @@ fn netns_tunnel_gso_interop_kernel_vxlan() {
     assert!(tunnel_writes(&d) > 100.0, "the kernel segmented for us");
 }
 
+/// The userspace-segmenting path (the fallback) interoperates with the kernel's VXLAN too.
+#[test]
+fn netns_tunnel_gso_off_interop_kernel_vxlan() {
+    if skip_unless_root("netns_tunnel_gso_off_interop_kernel_vxlan") {
+        return;
+    }
+    let (d, _kernel, _etcd, _topo) =
+        interop_kernel_vxlan(&["--tunnel-gso", "off", "--metrics-addr", METRICS]);
+    assert_eq!(tunnel_writes(&d), 0.0, "segmented in userspace");
+}
+
 /// A strict host-wide rp_filter makes the TAP unusable: `on` refuses to start naming it,
 /// `auto` falls back to userspace segmentation and carries traffic.
 #[test]
