@@ -48,7 +48,7 @@
 # the 60 s sustained-load check); VmRSS after the 1-stream vxlan run as before.
 # Prints a table and one final JSON line.
 #
-#   sudo scripts/bench-e2e.sh
+#   scripts/bench-e2e.sh      (as root)
 #
 # Environment: DURATION=8            seconds per iperf3 run
 #              OVERLAYD_BIN=path     binary (default target/release/overlayd; built if missing)
@@ -77,7 +77,7 @@ PATH="$PATH:/usr/sbin:/sbin"
 . scripts/lib/topology.sh
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "bench-e2e: needs root (it creates network namespaces); try: sudo $0" >&2
+  echo "bench-e2e: needs root (it creates network namespaces); run it as root" >&2
   exit 1
 fi
 

@@ -6,7 +6,7 @@
 # within ~5 %, while two runs of the same binary have differed by 1.6x. Every round here is a
 # whole new harness run (new namespaces, new daemons), so the medians are over daemon starts.
 #
-#   sudo ROUNDS=3 CASES="kernel_vxlan vxlan udp gre" scripts/bench-rounds.sh
+#   ROUNDS=3 CASES="kernel_vxlan vxlan udp gre" scripts/bench-rounds.sh
 #
 # Environment: ROUNDS=3 (at least 1), and everything scripts/bench-e2e.sh reads (CASES,
 # DURATION, REPEAT, OVERLAYD_BIN, OVERLAYD_FLAGS, IPERF_FLAGS, BRIDGE_NF, PIN, BENCH_PREFIX).
@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "bench-rounds: needs root (scripts/bench-e2e.sh creates network namespaces); try: sudo $0" >&2
+  echo "bench-rounds: needs root (scripts/bench-e2e.sh creates network namespaces); run it as root" >&2
   exit 1
 fi
 ROUNDS=${ROUNDS:-3}

@@ -5,7 +5,7 @@
 # layer 2: two tenants (VNI 100 and 200) with the SAME addresses 192.168.0.0/24, a
 # "container" of each on every host's tenant bridge; each reaches only its own tenant.
 #
-#   sudo scripts/demo.sh [udp|vxlan|gre]        (default: vxlan)
+#   scripts/demo.sh [udp|vxlan|gre]        (default: vxlan)
 #
 # Everything lives in namespaces named ovd-*; the machine's own network is not touched.
 # Everything is removed on exit, also on Ctrl-C or failure (or later: scripts/cleanup-netns.sh).
@@ -22,7 +22,7 @@ case $BACKEND in
   *) echo "usage: $0 [udp|vxlan|gre]" >&2; exit 2 ;;
 esac
 if [ "$(id -u)" -ne 0 ]; then
-  echo "demo: needs root (it creates network namespaces); try: sudo $0 $*" >&2
+  echo "demo: needs root (it creates network namespaces); run it as root" >&2
   exit 1
 fi
 

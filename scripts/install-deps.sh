@@ -4,7 +4,9 @@
 #
 #   protoc and the well-known .proto files (etcd-client's build), etcd + etcdctl, iperf3, ip/bridge, ping, tcpdump, tinc,
 #   pkill/sysctl (procps), killall (psmisc), python3 (the L2 trunk test's tagged station), the CNI reference plugins (bridge, host-local) that
-#   overlay-cni delegates to (containernetworking-plugins, in /usr/lib/cni)
+#   overlay-cni delegates to (containernetworking-plugins, in /usr/lib/cni), podman + runc + strip (the container
+#   image: scripts/build-image.sh and tests/image.rs; runc because this machine's crun refuses its hybrid cgroups),
+#   iptables (--ip-masq and the FORWARD rules, tests/masq.rs; also copied into the image)
 set -euo pipefail
 
 # command -> Debian package
@@ -23,6 +25,10 @@ declare -A NEED=(
   [killall]=psmisc
   [iptables]=iptables
   [python3]=python3
+  [podman]=podman
+  [runc]=runc
+  [strip]=binutils
+  [nsenter]=util-linux
 )
 
 PATH="$PATH:/usr/sbin:/sbin"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# THE test command (CI runs it through .ci/run). Installs missing tools, builds the release
-# binary, runs the whole test suite (nextest if installed, else cargo test), and removes any
+# THE test command (CI runs it through .ci/run). Installs missing tools, builds the static
+# release binaries and the container image, runs the whole test suite (nextest if installed, else cargo test), and removes any
 # test namespaces (ovt-*) before and after, whatever happens. Exit status: non-zero on failure.
 #
 # Extra arguments go to the test runner, e.g. `scripts/test.sh harness_selftest`.
@@ -30,8 +30,13 @@ echo "==> cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 
-echo "==> cargo build --release"
-cargo build --release
+echo "==> dependencies: every declared crate is used, test-only crates are dev-dependencies"
+cargo test -q --test dependencies
+
+echo "==> release build (static) and the container image: scripts/build-image.sh"
+# The image's release build is the project's release build: statically linked, target
+# x86_64-unknown-linux-gnu (tests/image.rs then only re-stages it, in seconds).
+scripts/build-image.sh
 
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then

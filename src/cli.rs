@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{ArgAction, Parser, ValueEnum};
 use ipnet::Ipv4Net;
 
 /// How to reach etcd: shared by the daemon and `overlayd status`.
@@ -98,7 +98,9 @@ format), VXLAN (RFC 7348) or GRE (RFC 2784/2890). It writes flannel's subnet.env
 the foreground; SIGTERM or SIGINT removes its device and routes and keeps its lease for the next start.\n\n\
 Every flag can also be set in the environment as OVERLAYD_<FLAG> (e.g. OVERLAYD_ETCD_ENDPOINTS) or FLANNELD_<FLAG>.",
     after_help = "Also: `overlayd status` prints this node's view of the cluster (leases from etcd with the local \
-per-peer counters); see `overlayd status --help`. Documentation: docs/operations.md."
+per-peer counters); `overlayd init-network` puts the network config into etcd unless one is there; `overlayd \
+install-cni` copies the CNI plugin onto the host (both for init containers). Each has --help. flanneld's Go \
+flag syntax (-iface=eth0, --ip-masq=false) is accepted too. Documentation: docs/operations.md."
 )]
 pub struct Args {
     /// Encapsulation: udp, vxlan or gre. Must match Backend.Type of the network config in etcd when that names one.
@@ -151,9 +153,21 @@ pub struct Args {
     )]
     pub run_dir: PathBuf,
 
-    /// Written to subnet.env as FLANNEL_IPMASQ=true, which tells the CNI plugin not to masquerade. flanneld then installs masquerade rules itself; overlayd does not (yet): see docs/operations.md.
-    #[arg(long, env = "OVERLAYD_IP_MASQ", help_heading = "Host")]
+    /// Masquerade traffic from the pod network to outside it, as flanneld does (iptables chain OVERLAYD-POSTRTG, kept in place); written to subnet.env as FLANNEL_IPMASQ=true so that the CNI plugin does not masquerade as well.
+    #[arg(long, env = "OVERLAYD_IP_MASQ", num_args = 0..=1, require_equals = true, value_name = "BOOL", default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_bool, help_heading = "Firewall")]
     pub ip_masq: bool,
+
+    /// With --ip-masq: plain MASQUERADE, without --random-fully (flanneld's flag of the same name).
+    #[arg(long, env = "OVERLAYD_IP_MASQ_FULLY_RANDOM_DISABLE", num_args = 0..=1, require_equals = true, value_name = "BOOL", default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_bool, help_heading = "Firewall")]
+    pub ip_masq_fully_random_disable: bool,
+
+    /// ACCEPT traffic to and from the pod network in the FORWARD chain (chain OVERLAYD-FWD), as flanneld does: Docker sets FORWARD's policy to DROP. On by default; --iptables-forward-rules=false turns it off.
+    #[arg(long, env = "OVERLAYD_IPTABLES_FORWARD_RULES", num_args = 0..=1, require_equals = true, value_name = "BOOL", default_missing_value = "true", default_value = "true", action = ArgAction::Set, value_parser = parse_bool, help_heading = "Firewall")]
+    pub iptables_forward_rules: bool,
+
+    /// Seconds between checks that the iptables rules are still in place (re-added when missing).
+    #[arg(long, env = "OVERLAYD_IPTABLES_RESYNC", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600), help_heading = "Firewall")]
+    pub iptables_resync: u64,
 
     /// Minutes before lease expiry at which it is renewed (keepalives are sent at least this often).
     #[arg(long, env = "OVERLAYD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=1439), help_heading = "etcd")]
@@ -164,7 +178,7 @@ pub struct Args {
     pub queues: Option<u16>,
 
     /// Force the plain path: no TUN offloads (TSO/GRO), no UDP GSO/GRO. For comparison and for kernels that misbehave.
-    #[arg(long, env = "OVERLAYD_NO_OFFLOAD", help_heading = "Data plane")]
+    #[arg(long, env = "OVERLAYD_NO_OFFLOAD", num_args = 0..=1, require_equals = true, value_name = "BOOL", default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_bool, help_heading = "Data plane")]
     pub no_offload: bool,
 
     /// Microseconds a data-plane worker keeps polling without blocking after it handled traffic, so that a quick reply needs no thread wakeup (lower latency, some CPU while traffic flows; none at idle). 0 turns it off.
@@ -253,6 +267,18 @@ impl Args {
             .or((self.healthz_port != 0)
                 .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)))
     }
+}
+
+/// A boolean flag's value: Go's spellings (1 0 t f true false TRUE ...) as flanneld accepts
+/// them, plus yes/no/on/off.
+fn parse_bool(s: &str) -> Result<bool, String> {
+    crate::goflags::go_bool(s)
+        .or(match s.to_ascii_lowercase().as_str() {
+            "yes" | "on" => Some(true),
+            "no" | "off" | "" => Some(false),
+            _ => None,
+        })
+        .ok_or_else(|| format!("{s:?} is not a boolean; use true or false"))
 }
 
 fn parse_level(s: &str) -> Result<tracing::Level, String> {
@@ -425,6 +451,136 @@ mod tests {
         );
         let err = parse_config_file("just words").unwrap_err();
         assert!(err.contains("line 1") && err.contains("key=value"), "{err}");
+    }
+
+    /// A valid value for every flag (and the flags it requires), so that each is tried in
+    /// every Go spelling. A new flag without an entry here fails the test.
+    fn sample(id: &str) -> Option<(&'static str, &'static [&'static str])> {
+        Some(match id {
+            "backend" => ("gre", &[]),
+            "network" => ("10.244.0.0/16", &[]),
+            "subnet_len" => ("26", &["--network", "10.244.0.0/16"]),
+            "etcd_endpoints" => ("http://10.0.0.5:2379,http://10.0.0.6:2379", &[]),
+            "etcd_prefix" => ("/x/network", &[]),
+            "etcd_certfile" => ("/c.pem", &["--etcd-keyfile", "/k.pem"]),
+            "etcd_keyfile" => ("/k.pem", &["--etcd-certfile", "/c.pem"]),
+            "etcd_cafile" => ("/ca.pem", &[]),
+            "etcd_username" => ("u", &["--etcd-password", "p"]),
+            "etcd_password" => ("p", &["--etcd-username", "u"]),
+            "iface" => ("eth1", &[]),
+            "public_ip" => ("192.168.77.9", &[]),
+            "public_ipv6" => ("fd00:77::9", &[]),
+            "run_dir" => ("/tmp/overlayd-run", &[]),
+            "tunnel_gso" => ("off", &[]),
+            "subnet_file" => ("/tmp/s.env", &[]),
+            "subnet_lease_renew_margin" => ("30", &[]),
+            "iptables_resync" => ("7", &[]),
+            "queues" => ("3", &[]),
+            "busy_poll_us" => ("0", &[]),
+            "l2" => ("a@br0,b", &[]),
+            "l2_vlan" => ("10=a,20=b", &[]),
+            "l2_trunk_bridge" => ("br9", &["--l2-vlan", "10=a"]),
+            "metrics_addr" => ("127.0.0.1:9999", &[]),
+            "healthz_ip" => ("127.0.0.2", &[]),
+            "healthz_port" => ("8471", &[]),
+            "log_format" => ("json", &[]),
+            "config" => ("/etc/overlayd.conf", &[]),
+            "log_level" => ("3", &[]),
+            _ => return None,
+        })
+    }
+
+    fn parsed(words: &[&str]) -> String {
+        let argv: Vec<String> = std::iter::once("overlayd")
+            .chain(words.iter().copied())
+            .map(String::from)
+            .collect();
+        let argv = crate::goflags::normalize(&argv, &Args::command())
+            .unwrap_or_else(|e| panic!("{words:?}: {e}"));
+        format!(
+            "{:?}",
+            Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{words:?} -> {argv:?}: {e}"))
+        )
+    }
+
+    #[test]
+    fn every_flag_in_flanneld_go_syntax() {
+        let default = parsed(&[]);
+        let cmd = Args::command();
+        let mut tried = 0;
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            let long = arg.get_long().expect("every flag has a long name");
+            if arg.get_num_args().is_some_and(|n| n.min_values() == 0) {
+                // A boolean: -flag, --flag, -flag=true and -flag=false (and Go's other spellings).
+                let on = parsed(&[&format!("--{long}=true")]);
+                let off = parsed(&[&format!("--{long}=false")]);
+                assert_ne!(on, off, "--{long}");
+                for w in [
+                    format!("-{long}"),
+                    format!("--{long}"),
+                    format!("-{long}=true"),
+                    format!("-{long}=T"),
+                    format!("--{long}=1"),
+                ] {
+                    assert_eq!(parsed(&[&w]), on, "{w}");
+                }
+                for w in [
+                    format!("-{long}=false"),
+                    format!("-{long}=F"),
+                    format!("--{long}=0"),
+                ] {
+                    assert_eq!(parsed(&[&w]), off, "{w}");
+                }
+                assert!(
+                    on == default || off == default,
+                    "--{long}: one of them is the default"
+                );
+            } else {
+                let (value, with) =
+                    sample(id).unwrap_or_else(|| panic!("no sample value for --{long}: add one"));
+                let want = parsed(&[with, &[&format!("--{long}"), value][..]].concat());
+                assert_ne!(want, default, "--{long} {value} changes something");
+                for words in [
+                    vec![format!("-{long}={value}")],
+                    vec![format!("--{long}={value}")],
+                    vec![format!("-{long}"), value.to_string()],
+                ] {
+                    let w: Vec<&str> = with
+                        .iter()
+                        .copied()
+                        .chain(words.iter().map(String::as_str))
+                        .collect();
+                    assert_eq!(parsed(&w), want, "{w:?}");
+                }
+            }
+            tried += 1;
+        }
+        assert!(tried >= 28, "every flag tried: {tried}");
+        // flanneld's klog verbosity, and a whole flanneld command line.
+        assert_eq!(parsed(&["-v=2"]), parsed(&["--log-level", "debug"]));
+        let a = Args::try_parse_from(
+            crate::goflags::normalize(
+                &[
+                    "overlayd",
+                    "-etcd-endpoints=http://10.0.0.5:2379",
+                    "-etcd-prefix=/coreos.com/network",
+                    "-iface=eth0",
+                    "--ip-masq=true",
+                    "-subnet-file=/run/flannel/subnet.env",
+                    "-v=1",
+                    "-iptables-forward-rules=false",
+                ]
+                .map(String::from),
+                &Args::command(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(a.etcd.etcd_endpoints, ["http://10.0.0.5:2379"]);
+        assert_eq!(a.iface.as_deref(), Some("eth0"));
+        assert!(a.ip_masq && !a.iptables_forward_rules);
+        assert_eq!(a.log_level, tracing::Level::DEBUG);
     }
 
     #[test]

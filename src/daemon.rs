@@ -78,6 +78,8 @@ pub enum DaemonError {
     Instance(String),
     #[error(transparent)]
     L2(#[from] crate::l2::L2StartError),
+    #[error(transparent)]
+    Firewall(#[from] crate::masq::FirewallError),
 }
 
 impl From<BackendArg> for BackendKind {
@@ -415,7 +417,21 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     let wants_tunnel = offload
         && args.tunnel_gso != gso_tap::Mode::Off
         && (kind != BackendKind::Gre || !args.l2.is_empty() || !args.l2_vlan.is_empty());
-    let gso_tap = if wants_tunnel {
+    // Its packets are forwarded: without our FORWARD accept rule, a DROP policy (Docker's)
+    // would silently drop every one of them.
+    let forward_blocked = !args.iptables_forward_rules
+        && wants_tunnel
+        && crate::masq::forward_policy_drops().await == Some(true);
+    let gso_tap = if forward_blocked {
+        let reason = "the FORWARD chain's policy is DROP and --iptables-forward-rules is off, \
+                      so packets the kernel routes from the TAP would be dropped"
+            .to_string();
+        if args.tunnel_gso == gso_tap::Mode::On {
+            return Err(DaemonError::TunnelGso(reason));
+        }
+        warn!(%reason, "tunnel GSO unavailable; segmenting in userspace");
+        None
+    } else if wants_tunnel {
         match GsoTap::open(&nl, &underlay, queues, underlay6).await {
             Ok(t) => {
                 info!(
@@ -530,6 +546,24 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     });
     let mut failure: Option<DaemonError> = None;
 
+    // flanneld's iptables rules, in place before subnet.env tells the CNI plugin that
+    // overlayd masquerades (FLANNEL_IPMASQ=true); re-checked at every check tick.
+    // They are IPv4 rules: an IPv6-only node has no IPv4 pod network to write them for
+    // (its zero-valued network would match every address).
+    if !cfg.enable_ipv4 && args.ip_masq {
+        warn!("IPv6 only: --ip-masq installs IPv4 masquerade rules, so none here (ip6tables rules are not written)");
+    }
+    let mut firewall = crate::masq::Firewall::new(
+        args.ip_masq && cfg.enable_ipv4,
+        args.ip_masq_fully_random_disable,
+        args.iptables_forward_rules && cfg.enable_ipv4,
+        cfg.network,
+        subnet,
+        tunnel.is_some().then_some(gso_tap::NAME),
+        Duration::from_secs(args.iptables_resync),
+    )
+    .await?;
+    firewall.ensure().await;
     let env = SubnetEnv::for_lease(&cfg, acquired.key(), mtu, args.ip_masq);
     env.write_atomic(&args.subnet_file)
         .map_err(|source| DaemonError::SubnetFile {
@@ -544,7 +578,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
             .store(unix_now() + LEASE_TTL_SECS, Ordering::Relaxed);
     }
     telemetry.ready.store(true, Ordering::Relaxed);
-    telemetry::notify_ready();
+    crate::systemd::ready();
     info!(subnet = %acquired.key(), device = %dev.name, subnet_file = %args.subnet_file.display(), "ready");
 
     // Background control: lease keepalive, peers, re-acquisition.
@@ -567,6 +601,9 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     let control_task = tokio::spawn(control.run());
     let mut check = tokio::time::interval(Duration::from_secs(2));
     check.tick().await;
+    // The device overlayd opened, by index: a link that merely took its name is not ours.
+    let mut dev_index = nl.link(&name).await.ok().flatten().map(|(i, _)| i);
+    let mut watchdog = crate::systemd::Watchdog::from_env();
 
     loop {
         tokio::select! {
@@ -601,12 +638,17 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
                 if let Err(e) = setup.apply(&nl, &name).await {
                     error!(error = %e, "cannot move the device to the re-acquired subnet");
                 }
+                if let Some((sn, _)) = setup.v4 {
+                    firewall.set_subnet(sn);
+                }
+                firewall.ensure().await;
                 let env = SubnetEnv::for_lease(&cfg, held, mtu, args.ip_masq);
                 if let Err(e) = env.write_atomic(&args.subnet_file) {
                     error!(error = %e, "cannot rewrite the subnet file");
                 }
             }
             _ = check.tick() => {
+                firewall.ensure().await;
                 if let Some(node) = l2.as_mut() {
                     if let Some(dev) = node.missing_device(&nl).await {
                         warn!(device = %dev, "L2 device vanished; recreating the L2 ports");
@@ -618,8 +660,13 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
                 }
                 // The device or its route deleted under us (host network scripts do that):
                 // recreate them; the forwarding table is untouched, so every peer is kept.
+                let mut device_ours = false;
                 match nl.link(&name).await {
+                    Ok(Some((index, _))) if Some(index) != dev_index => {
+                        error!(device = %name, index, "a link that overlayd did not create holds the overlay device's name; remove it so that the device can be recreated");
+                    }
                     Ok(Some((index, _))) => {
+                        device_ours = true;
                         if let Some(network) = setup.missing_route(&nl, index).await {
                             warn!(device = %name, %network, "overlay route vanished; restoring it");
                             telemetry.control.device_repairs.fetch_add(1, Ordering::Relaxed);
@@ -635,7 +682,11 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
                         dp.stop();
                         drop(std::mem::take(&mut qs));
                         match reopen(&tun_opts, offload, &nl, &setup).await {
-                            Ok(new_qs) => qs = new_qs,
+                            Ok(new_qs) => {
+                                qs = new_qs;
+                                dev_index = nl.link(&name).await.ok().flatten().map(|(i, _)| i);
+                                device_ours = dev_index.is_some();
+                            }
                             Err(e) => error!(error = %e, "cannot recreate the overlay device; retrying"),
                         }
                         match Dataplane::start(dp_cfg.clone(), qs.clone(), v4.clone(), v6.clone(), fib.clone(), fib6.clone()) {
@@ -652,13 +703,18 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
                     }
                     Err(e) => debug!(error = %e, "cannot check the overlay device"),
                 }
+                watchdog.tick(crate::systemd::Health {
+                    device_ours,
+                    workers_alive: dp.alive(),
+                    control_alive: !control_task.is_finished(),
+                });
             }
         }
     }
     if let Some(t) = l2_starting.take() {
         t.abort();
     }
-    telemetry::notify_stopping();
+    crate::systemd::stopping();
     telemetry.ready.store(false, Ordering::Relaxed);
     control_task.abort();
     if let Some(l2) = l2 {

@@ -119,7 +119,8 @@ impl Dataplane {
                 .into_iter()
                 .flatten()
                 .collect();
-                let rx = (!socks.is_empty()).then(|| {
+                // No device queue (it could not be reopened): nothing to receive into either.
+                let rx = (!socks.is_empty() && !queues.is_empty()).then(|| {
                     RxWorker::new(
                         cfg.clone(),
                         queues[i % queues.len()].clone(),
@@ -143,6 +144,11 @@ impl Dataplane {
     /// Sum of every worker's counters.
     pub fn totals(&self) -> Totals {
         totals(&self.stats)
+    }
+
+    /// Whether every worker thread is still running (for the systemd watchdog).
+    pub fn alive(&self) -> bool {
+        self.workers.alive()
     }
 
     /// Stops the workers and waits for them (each notices within one poll interval).

@@ -11,11 +11,15 @@
 //! - [`sys`]: TUN ioctls and socket options, the only `unsafe` code;
 //! - [`host`]: device address, MTU and routes through rtnetlink;
 //! - [`gso_tap`]: the TAP through which whole UDP-tunnel super-packets go to the kernel;
+//! - [`masq`]: flanneld's masquerade and FORWARD rules through iptables (rules pure, tested);
 //! - [`datapath`]: the data path both data planes share (workers, send paths, receive
 //!   splitting and delivery); [`l3`]: the routed data plane on it;
 //! - [`l2`]: layer-2 overlays (TAP, MAC learning, VLAN↔VNI), beside the routed mode;
-//! - [`telemetry`]: metrics, health and readiness endpoints, systemd notification;
-//! - [`daemon`], [`cli`], [`status`]: glue and the `overlayd status` command;
+//! - [`telemetry`]: metrics, health and readiness endpoints;
+//! - [`systemd`]: readiness and watchdog notification (`sd-notify`);
+//! - [`daemon`], [`cli`], [`goflags`], [`status`]: glue (flags, flanneld's Go flag syntax) and
+//!   the `overlayd status` command; [`setup`]: `overlayd init-network` and `install-cni`
+//!   for init containers;
 //! - [`lifecycle`]: stopping on a signal in any phase, one daemon per host and device.
 
 // `unsafe` is refused everywhere but in `sys`, which allows it and requires a `// SAFETY:`
@@ -33,13 +37,17 @@ pub mod datapath;
 pub mod drop;
 pub mod fib;
 pub mod fib6;
+pub mod goflags;
 pub mod gso_tap;
 pub mod host;
 pub mod l2;
 pub mod l3;
 pub mod lifecycle;
+pub mod masq;
 pub mod offload;
+pub mod setup;
 pub mod status;
 pub mod sys;
+pub mod systemd;
 pub mod telemetry;
 pub mod wire;

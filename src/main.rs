@@ -4,20 +4,40 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use overlayd::cli::{self, Args};
+use overlayd::goflags;
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().collect();
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).is_some_and(|a| a == "status") {
+        cli::import_flannel_env();
+        return match goflags::normalize(&raw[1..], &overlayd::status::StatusArgs::command()) {
+            Ok(argv) => status(&argv),
+            Err(e) => {
+                eprintln!("overlayd status: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if let Some(sub @ ("init-network" | "install-cni")) = raw.get(1).map(String::as_str) {
+        cli::import_flannel_env();
+        return setup(sub, &raw[1..]);
+    }
+    // flanneld's Go flag syntax (-iface=eth0, --ip-masq=false) becomes clap's.
+    let argv = match goflags::normalize(&raw, &Args::command()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("overlayd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     cli::import_flannel_env();
     if let Err(e) = cli::load_config_file(&argv) {
         eprintln!("overlayd: {e}");
         return ExitCode::from(2);
     }
-    if argv.get(1).is_some_and(|a| a == "status") {
-        return status(&argv[1..]);
-    }
-    let args = Args::parse();
+    let args = Args::parse_from(&argv);
     // Our own events at the chosen level; the libraries' (tonic, h2, netlink) at warn.
     let filter = tracing_subscriber::EnvFilter::new(format!("warn,overlayd={}", args.log_level));
     let builder = tracing_subscriber::fmt()
@@ -74,6 +94,48 @@ fn status(argv: &[String]) -> ExitCode {
         }
         Err(e) => {
             eprintln!("overlayd status: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `overlayd init-network` and `overlayd install-cni`: one line of what was done, or one error.
+fn setup(sub: &str, argv: &[String]) -> ExitCode {
+    use overlayd::setup::{InitNetworkArgs, InstallCniArgs};
+    let cmd = if sub == "init-network" {
+        InitNetworkArgs::command()
+    } else {
+        InstallCniArgs::command()
+    };
+    let argv = match goflags::normalize(argv, &cmd) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("overlayd {sub}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let res = if sub == "init-network" {
+        let args = InitNetworkArgs::parse_from(&argv);
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(overlayd::setup::init_network(args)),
+            Err(e) => {
+                eprintln!("overlayd {sub}: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        overlayd::setup::install_cni(&InstallCniArgs::parse_from(&argv))
+    };
+    match res {
+        Ok(out) => {
+            println!("{}", out.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("overlayd {sub}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,5 +1,6 @@
 //! Observability: Prometheus metrics, `/healthz` and `/readyz` on one small HTTP listener
-//! (`--metrics-addr`, or flannel's `--healthz-ip/--healthz-port`), and systemd readiness.
+//! (`--metrics-addr`, or flannel's `--healthz-ip/--healthz-port`). systemd notification is
+//! in [`crate::systemd`].
 //!
 //! The data plane never touches this module: its workers bump plain atomic counters
 //! ([`crate::counters`]) and a scrape copies them into the `metrics` recorder
@@ -10,9 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::counters::{totals, ControlStats, WorkerStats};
 use crate::drop::DropReason;
@@ -226,107 +226,47 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle, state: Arc<State>) {
-    loop {
-        let Ok((mut conn, peer)) = listener.accept().await else {
-            continue;
-        };
-        let (handle, state) = (handle.clone(), state.clone());
-        tokio::spawn(async move {
-            // Read the request head (a client may send it in several pieces), bounded in
-            // size and time.
-            let mut buf = [0u8; 2048];
-            let mut n = 0;
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                match tokio::time::timeout_at(deadline, conn.read(&mut buf[n..])).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(k)) => n += k,
-                }
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    let metrics = {
+        let state = state.clone();
+        move || {
+            let (state, handle) = (state.clone(), handle.clone());
+            async move {
+                state.refresh();
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    handle.render(),
+                )
             }
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("/");
-            debug!(%peer, path, "http request");
-            let (status, ctype, body) = match path {
-                "/metrics" => {
-                    state.refresh();
-                    ("200 OK", "text/plain; version=0.0.4", handle.render())
-                }
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" if state.ready.load(Ordering::Relaxed) => {
-                    ("200 OK", "text/plain", "ready\n".to_string())
-                }
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "not ready\n".to_string(),
-                ),
-                _ => (
-                    "404 Not Found",
-                    "text/plain",
-                    "not found: try /metrics, /healthz or /readyz\n".to_string(),
-                ),
-            };
-            let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-            let _ = conn.shutdown().await;
+        }
+    };
+    let readyz = move || {
+        let ready = state.ready.load(Ordering::Relaxed);
+        async move {
+            if ready {
+                (StatusCode::OK, "ready\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /healthz or /readyz\n",
+            )
         });
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!(error = %e, "the metrics listener stopped");
     }
 }
 
 /// Binds the listener (an error here is a startup error: the operator asked for it).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
-}
-
-/// Tells systemd (`Type=notify`) that we are ready, when started by it (`$NOTIFY_SOCKET`).
-pub fn notify_ready() {
-    notify("READY=1\nSTATUS=forwarding");
-}
-
-/// Tells systemd that we are stopping.
-pub fn notify_stopping() {
-    notify("STOPPING=1");
-}
-
-fn notify(msg: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = path.to_string_lossy().into_owned();
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => return warn!(error = %e, "sd_notify: cannot create a socket"),
-    };
-    let res = if let Some(name) = path.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
-    } else {
-        sock.send_to(msg.as_bytes(), &path)
-    };
-    if let Err(e) = res {
-        warn!(error = %e, socket = %path, "sd_notify failed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn notify_reaches_a_socket() {
-        let dir = std::env::temp_dir().join(format!("ovd-notify-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("notify.sock");
-        let _ = std::fs::remove_file(&path);
-        let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        std::env::set_var("NOTIFY_SOCKET", &path);
-        notify_ready();
-        std::env::remove_var("NOTIFY_SOCKET");
-        let mut buf = [0u8; 64];
-        let n = rx.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1\nSTATUS=forwarding");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }

@@ -4,89 +4,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const READY: Duration = Duration::from_secs(30);
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for `ip` and a client certificate, as P-256 PEM files.
-fn make_certs(dir: &Path, ip: &str) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut a = vec!["req", "-x509"];
-    a.extend(ec);
-    a.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-subj",
-        "/CN=ovt-test-ca",
-        "-days",
-        "1",
-    ]);
-    openssl(dir, &a);
-    for (name, ext) in [
-        (
-            "server",
-            format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n"),
-        ),
-        ("client", "extendedKeyUsage=clientAuth\n".to_string()),
-    ] {
-        let mut a = vec!["req"];
-        a.extend(ec);
-        let (key, csr, crt, ext_file) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-            format!("{name}.ext"),
-        );
-        let subj = format!("/CN=ovt-{name}");
-        a.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-        openssl(dir, &a);
-        std::fs::write(dir.join(&ext_file), ext).unwrap();
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "1",
-                "-extfile",
-                &ext_file,
-            ],
-        );
-    }
-}
 
 /// Starts etcd in `ns` with `extra` flags; killed when the namespace goes.
 // The child is reaped by the namespace guard (which kills every pid in the namespace).
@@ -160,7 +83,7 @@ fn netns_etcd_tls_client_certificates() {
     let mut topo = Topology::new(2);
     let ip = ETCD_IP.to_string();
     let dir = TempDir::new("tls");
-    make_certs(dir.path(), &ip);
+    make_cluster_certs(dir.path(), &[ip.parse().expect("an IPv4 address")]);
     let p = |f: &str| dir.path().join(f).display().to_string();
     let etcd_ns = topo.attach("etcd", ETCD_IP);
     start_etcd(

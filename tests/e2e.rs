@@ -312,6 +312,10 @@ fn bad_flags_fail_clearly() {
         (&["--network", "10.244.0.0/30"], &["10.244.0.0/30"]),
         (&["--subnet-len", "24"], &["--network"]),
         (&["-v", "loud"], &["loud"]),
+        // flanneld's Go syntax: a bad boolean, a flag overlayd does not have.
+        (&["--ip-masq=maybe"], &["-ip-masq=maybe", "true", "false"]),
+        (&["-kube-subnet-mgr"], &["--kube-subnet-mgr", "etcd"]),
+        (&["-no-such-flag=1"], &["-no-such-flag", "--help"]),
     ];
     for (args, needles) in cases {
         let out = overlayd_bin().args(*args).output().expect("run overlayd");
@@ -751,7 +755,7 @@ fn netns_systemd_notify() {
     assert!(subnet_file.exists(), "subnet.env is written before READY=1");
     assert!(signal(child.id(), "TERM"));
     let n = sock.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
-    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim_end(), "STOPPING=1");
     let t = Instant::now();
     while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));
@@ -759,5 +763,331 @@ fn netns_systemd_notify() {
     assert!(
         child.try_wait().unwrap().is_some_and(|s| s.success()),
         "exit 0 after SIGTERM"
+    );
+}
+
+/// Collects the notify datagrams that arrive on `sock` within `window`.
+fn notify_messages(sock: &std::os::unix::net::UnixDatagram, window: Duration) -> Vec<String> {
+    let deadline = Instant::now() + window;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if left.is_zero() {
+            break;
+        }
+        sock.set_read_timeout(Some(left)).unwrap();
+        match sock.recv(&mut buf) {
+            Ok(n) => out.push(String::from_utf8_lossy(&buf[..n]).trim_end().to_string()),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// systemd `WatchdogSec=`: WATCHDOG=1 pings arrive while the node is healthy, stop while its
+/// overlay device is gone (here: deleted, and its name taken by another link so that it
+/// cannot be recreated), and resume once overlayd has recreated the device.
+#[test]
+fn netns_systemd_watchdog_follows_health() {
+    if skip_unless_root("netns_systemd_watchdog_follows_health") {
+        return;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    let dir = TempDir::new("watchdog");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let notify_env = format!("NOTIFY_SOCKET={}", sock_path.display());
+    let mut d = Overlayd::spawn_wrapped(
+        topo.host(0),
+        &["env", &notify_env, "WATCHDOG_USEC=6000000"],
+        overlayd_args("vxlan", &etcd),
+    );
+    d.wait_ready(READY);
+    let h = topo.host(0);
+    let dev = "flannel.1";
+    // Healthy: a ping every check tick (2 s).
+    let msgs = notify_messages(&sock, Duration::from_secs(7));
+    assert!(msgs.iter().any(|m| m.starts_with("READY=1")), "{msgs:?}");
+    let pings = msgs.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(pings >= 2, "pings while healthy: {msgs:?}");
+
+    // Break it: the TUN device goes, a bridge takes its name (retried if overlayd's check
+    // recreated the TUN in between).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = h.try_ip(&format!("link del {dev}"));
+        if h.try_ip(&format!("link add {dev} type bridge")).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cannot replace {dev} by a bridge"
+        );
+    }
+    // One tick may still have pinged before it noticed; after that, none.
+    let _ = notify_messages(&sock, Duration::from_millis(2500));
+    let msgs = notify_messages(&sock, Duration::from_secs(7));
+    assert!(
+        !msgs.iter().any(|m| m == "WATCHDOG=1"),
+        "no ping while the device is not ours: {msgs:?}"
+    );
+    assert!(d.is_running(), "overlayd keeps running (systemd decides)");
+    assert!(
+        d.log().contains("withholding systemd watchdog pings"),
+        "the log says why: {}",
+        d.log()
+    );
+    // The bridge was not taken over: no overlay address or route on it.
+    assert!(
+        !h.ip(&format!("-4 addr show dev {dev}")).contains("10.244."),
+        "overlayd must not configure a link it did not create"
+    );
+
+    // Repair: the name is free again, overlayd recreates its device, pings resume.
+    h.ip(&format!("link del {dev}"));
+    let msgs = notify_messages(&sock, Duration::from_secs(10));
+    assert!(
+        msgs.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2,
+        "pings resume once the device is back: {msgs:?}"
+    );
+    assert!(h.has_link(dev));
+    assert!(d.log().contains("healthy again"), "{}", d.log());
+    assert!(d
+        .terminate(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}
+
+/// A flanneld command line, Go flag syntax and all, starts overlayd as it is.
+#[test]
+fn netns_flanneld_command_line() {
+    if skip_unless_root("netns_flanneld_command_line") {
+        return;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    let dir = TempDir::new("goflags");
+    let subnet_file = dir.path().join("subnet.env");
+    let log = dir.path().join("overlayd.log");
+    let mut child = topo
+        .host(0)
+        .command(env!("CARGO_BIN_EXE_overlayd"))
+        .args([
+            format!("-etcd-endpoints={}", etcd.endpoint()),
+            format!("-etcd-prefix={ETCD_PREFIX}"),
+            "-iface=eth0".into(),
+            "--ip-masq=false".into(),
+            "-iptables-forward-rules=false".into(),
+            format!("-subnet-file={}", subnet_file.display()),
+            "-subnet-lease-renew-margin".into(),
+            "30".into(),
+            "-v=2".into(),
+            format!("--network={OVERLAY_NETWORK}"),
+            "-backend=udp".into(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn overlayd");
+    let subnet = wait_ready(&subnet_file, READY);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = signal(child.id(), "TERM");
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(subnet.is_some(), "not ready; log:\n{log_text}");
+    let env = read_subnet_env(&subnet_file).expect("subnet.env");
+    assert_eq!(env["FLANNEL_IPMASQ"], "false");
+    assert!(
+        log_text.contains("DEBUG"),
+        "-v=2 is debug logging:\n{log_text}"
+    );
+}
+
+/// The DaemonSet's init containers as written in deploy/kubernetes, with the mount paths
+/// mapped to `dirs` (mount path → local dir); returns (name, argv) with argv[0] = the binary
+/// under test.
+fn init_containers(dirs: &[(&str, &std::path::Path)]) -> Vec<(String, Vec<String>)> {
+    use serde::Deserialize;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/overlayd-daemonset.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("read the DaemonSet");
+    let ds: serde_json::Value = serde_json::to_value(
+        serde_norway::Value::deserialize(serde_norway::Deserializer::from_str(&text)).unwrap(),
+    )
+    .unwrap();
+    ds["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .expect("init containers")
+        .iter()
+        .map(|c| {
+            let mut argv: Vec<String> = c["command"]
+                .as_array()
+                .expect("command")
+                .iter()
+                .map(|w| {
+                    let mut w = w.as_str().expect("word").to_string();
+                    for (mount, dir) in dirs {
+                        w = w.replace(mount, &dir.display().to_string());
+                    }
+                    w
+                })
+                .collect();
+            assert_eq!(argv[0], "/usr/local/bin/overlayd");
+            argv[0] = env!("CARGO_BIN_EXE_overlayd").to_string();
+            (c["name"].as_str().expect("name").to_string(), argv)
+        })
+        .collect()
+}
+
+/// The ConfigMap's data.
+fn configmap_data() -> serde_json::Value {
+    use serde::Deserialize;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/overlayd-configmap.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("read the ConfigMap");
+    let cm: serde_json::Value = serde_json::to_value(
+        serde_norway::Value::deserialize(serde_norway::Deserializer::from_str(&text)).unwrap(),
+    )
+    .unwrap();
+    cm["data"].clone()
+}
+
+/// The `install-cni` init container's command, run as written (paths mapped to a temp dir):
+/// the plugin and the ConfigMap's config list land on the "host".
+#[test]
+fn install_cni_from_the_manifest() {
+    let dir = TempDir::new("install-cni");
+    let cfg = dir.path().join("cfg");
+    std::fs::create_dir_all(&cfg).unwrap();
+    let data = configmap_data();
+    let conflist = data["cni-conf.json"].as_str().expect("cni-conf.json");
+    std::fs::write(cfg.join("cni-conf.json"), conflist).unwrap();
+    let (bin, netd) = (dir.path().join("opt-cni-bin"), dir.path().join("net.d"));
+    let inits = init_containers(&[
+        ("/opt/cni/bin", &bin),
+        ("/etc/cni/net.d", &netd),
+        ("/etc/overlayd", &cfg),
+    ]);
+    let (_, argv) = inits
+        .iter()
+        .find(|(n, _)| n == "install-cni")
+        .expect("install-cni");
+    let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let plugin = std::fs::read(bin.join("overlay-cni")).expect("plugin installed");
+    assert_eq!(
+        plugin,
+        std::fs::read(env!("CARGO_BIN_EXE_overlay-cni")).unwrap(),
+        "the plugin next to overlayd"
+    );
+    assert_eq!(
+        std::fs::read_to_string(netd.join("10-overlayd.conflist")).unwrap(),
+        conflist
+    );
+}
+
+/// The `init-network` init container's command, run as written against a real etcd: it
+/// creates <prefix>/config from net-conf.json, keeps an existing one, refuses a bad file and
+/// gives up on an unreachable etcd with the endpoints named; a daemon without --network then
+/// starts on the config it wrote.
+#[test]
+fn netns_init_network_from_the_manifest() {
+    if skip_unless_root("netns_init_network_from_the_manifest") {
+        return;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    let dir = TempDir::new("init-network");
+    let data = configmap_data();
+    let net_conf = data["net-conf.json"].as_str().expect("net-conf.json");
+    let prefix = data["OVERLAYD_ETCD_PREFIX"].as_str().expect("prefix");
+    let inits = init_containers(&[("/etc/overlayd", dir.path())]);
+    let (_, argv) = inits
+        .iter()
+        .find(|(n, _)| n == "init-network")
+        .expect("init-network");
+    let h = topo.host(0);
+    let run = |endpoints: &str, extra: &[&str]| {
+        h.command(&argv[0])
+            .args(&argv[1..])
+            .args(extra)
+            .env("OVERLAYD_ETCD_ENDPOINTS", endpoints)
+            .env("OVERLAYD_ETCD_PREFIX", prefix)
+            .output()
+            .expect("run init-network")
+    };
+    let key = format!("{prefix}/config");
+    let stored = || {
+        etcd.ctl(&["get", &key, "--print-value-only"])
+            .trim()
+            .to_string()
+    };
+    std::fs::write(dir.path().join("net-conf.json"), net_conf).unwrap();
+    let out = run(&etcd.endpoint(), &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created"));
+    assert_eq!(stored(), net_conf.trim());
+    // A second run (every node runs it) keeps what is there.
+    std::fs::write(
+        dir.path().join("net-conf.json"),
+        r#"{"Network":"10.99.0.0/16","Backend":{"Type":"udp"}}"#,
+    )
+    .unwrap();
+    let out = run(&etcd.endpoint(), &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("kept"),
+        "{out:?}"
+    );
+    assert_eq!(stored(), net_conf.trim());
+    // A bad file: refused, named.
+    std::fs::write(
+        dir.path().join("net-conf.json"),
+        r#"{"Network":"10.0.0.0/33"}"#,
+    )
+    .unwrap();
+    let out = run(&etcd.endpoint(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("net-conf.json"),
+        "{err}"
+    );
+    // No etcd: gives up after --timeout, naming the endpoints.
+    std::fs::write(dir.path().join("net-conf.json"), net_conf).unwrap();
+    let t = Instant::now();
+    let out = run("http://192.168.77.249:2379", &["--timeout=3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("192.168.77.249"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "bounded: {:?}",
+        t.elapsed()
+    );
+    // The daemon, without --network, runs on the config init-network wrote.
+    let mut args = overlayd_args("vxlan", &etcd);
+    let i = args.iter().position(|a| a == "--network").unwrap();
+    args.drain(i..i + 4);
+    assert!(!args.iter().any(|a| a == "--network" || a == "--subnet-len"));
+    let mut d = Overlayd::spawn(h, args);
+    let subnet = subnet_of(&d.wait_ready(READY));
+    assert!(
+        "10.244.0.0/16"
+            .parse::<ipnet::Ipv4Net>()
+            .unwrap()
+            .contains(&subnet),
+        "{subnet}"
     );
 }

@@ -9,16 +9,16 @@ use std::path::Path;
 /// Bottom up: a module may use the modules of the layers before its own.
 const LAYERS: &[&[&str]] = &[
     &["drop"],
-    &["wire", "counters"],
+    &["wire", "counters", "goflags"],
     &["offload", "sys", "fib", "fib6"],
-    &["control", "host"],
+    &["control", "host", "masq", "systemd"],
     &["backend"],
     &["datapath"],
     &["gso_tap"],
     &["l3", "l2"],
     &["telemetry", "cni", "lifecycle"],
     &["cli"],
-    &["status", "daemon"],
+    &["status", "daemon", "setup"],
 ];
 
 fn layer_of(m: &str) -> Option<usize> {

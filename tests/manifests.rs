@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use clap::Parser;
 use overlayd::control::config::NetworkConfig;
 use serde::Deserialize;
 use serde_json::Value;
@@ -202,9 +203,60 @@ fn daemonset_runs_overlayd_on_the_host_network_with_two_capabilities() {
         "{endpoints}"
     );
 
-    // The CNI plugin and its config are installed on the host.
-    let plugin = named(&spec["initContainers"], "install-cni-plugin");
-    assert!(plugin["command"].to_string().contains("overlay-cni"));
+    // The CNI plugin and its config are installed on the host, by overlayd itself (the image
+    // has no shell), and the network config goes to etcd the same way.
+    let install = named(&spec["initContainers"], "install-cni");
+    assert_eq!(install["command"][0], "/usr/local/bin/overlayd");
+    assert_eq!(install["command"][1], "install-cni");
+    let init = named(&spec["initContainers"], "init-network");
+    assert_eq!(init["command"][1], "init-network");
+    for ic in spec["initContainers"].as_array().expect("init containers") {
+        assert_eq!(
+            ic["image"], c["image"],
+            "{}: overlayd's own image",
+            ic["name"]
+        );
+        let argv: Vec<String> = ic["command"]
+            .as_array()
+            .expect("command")
+            .iter()
+            .map(|w| w.as_str().expect("word").to_string())
+            .collect();
+        // The words parse as the subcommand's flags.
+        let parsed = match argv[1].as_str() {
+            "install-cni" => {
+                overlayd::setup::InstallCniArgs::try_parse_from(&argv[1..]).map(|_| ())
+            }
+            "init-network" => {
+                overlayd::setup::InitNetworkArgs::try_parse_from(&argv[1..]).map(|_| ())
+            }
+            other => panic!("unexpected init container command {other}"),
+        };
+        parsed.unwrap_or_else(|e| panic!("{}: {e}", ic["name"]));
+    }
+    // Metrics: a declared port on the node's address, probed there, scraped by Prometheus.
+    let port = named(&c["ports"], "metrics");
+    assert_eq!(port["containerPort"], 9108);
+    assert_eq!(
+        named(&c["env"], "OVERLAYD_METRICS_ADDR")["value"],
+        "$(OVERLAYD_PUBLIC_IP):9108"
+    );
+    let names: Vec<&str> = env.iter().filter_map(|e| e["name"].as_str()).collect();
+    let pos = |n: &str| names.iter().position(|x| *x == n).expect("env var");
+    assert!(
+        pos("OVERLAYD_PUBLIC_IP") < pos("OVERLAYD_METRICS_ADDR"),
+        "$(OVERLAYD_PUBLIC_IP) is only expanded when defined earlier"
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{probe}");
+        assert!(
+            c[probe]["httpGet"]["host"].is_null(),
+            "{probe}: the pod's (node's) IP"
+        );
+    }
+    let ann = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], "9108");
     assert_eq!(
         named(volumes, "cni-plugin")["hostPath"]["path"],
         "/opt/cni/bin"

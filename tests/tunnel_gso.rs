@@ -227,6 +227,17 @@ fn netns_tunnel_gso_ipv6_only() {
     assert!(tunnel_writes(&ds[0]) > 100.0, "{}", tunnel_writes(&ds[0]));
 }
 
+/// The userspace-segmenting path (the fallback) interoperates with the kernel's VXLAN too.
+#[test]
+fn netns_tunnel_gso_off_interop_kernel_vxlan() {
+    if skip_unless_root("netns_tunnel_gso_off_interop_kernel_vxlan") {
+        return;
+    }
+    let (d, _kernel, _etcd, _topo) =
+        interop_kernel_vxlan(&["--tunnel-gso", "off", "--metrics-addr", METRICS]);
+    assert_eq!(tunnel_writes(&d), 0.0, "segmented in userspace");
+}
+
 /// A strict host-wide rp_filter makes the TAP unusable: `on` refuses to start naming it,
 /// `auto` falls back to userspace segmentation and carries traffic.
 #[test]
@@ -413,4 +424,50 @@ print("sent")
         ds[0].metric("overlayd_drops_total", &["reason=\"truncated\""]),
         0.0
     );
+}
+
+/// A FORWARD policy of DROP (as Docker sets it) would drop what the kernel routes from the
+/// TAP: overlayd's forward rules accept it (`-i ovgso0`), and with those rules turned off
+/// the daemon does not use the TAP at all rather than lose every super-packet.
+#[test]
+fn netns_tunnel_gso_under_a_forward_drop_policy() {
+    if skip_unless_root("netns_tunnel_gso_under_a_forward_drop_policy") {
+        return;
+    }
+    for (forward_rules, tunnel) in [("true", 1.0), ("false", 0.0)] {
+        let mut topo = Topology::new(2);
+        for i in 0..2 {
+            topo.host(i).run(&["iptables", "-P", "FORWARD", "DROP"]);
+        }
+        let etcd = topo.start_etcd();
+        let mut ds: Vec<Overlayd> = (0..2)
+            .map(|i| {
+                let mut a = args("vxlan", &etcd, "auto");
+                a.push(format!("--iptables-forward-rules={forward_rules}"));
+                Overlayd::spawn(topo.host(i), a)
+            })
+            .collect();
+        let ips: Vec<Ipv4Addr> = ds
+            .iter_mut()
+            .map(|d| overlay_ip_of(&d.wait_ready(READY)))
+            .collect();
+        let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), ips[1], 0, 10 * MB);
+        assert_eq!(
+            sent, got,
+            "forward rules {forward_rules}: 10 MB byte-identical"
+        );
+        assert_eq!(
+            tunnel_gauge(&ds[0]),
+            tunnel,
+            "forward rules {forward_rules}"
+        );
+        assert_eq!(tunnel_writes(&ds[0]) > 0.0, tunnel == 1.0);
+        let rules = topo.host(0).output(&["iptables", "-S", "OVERLAYD-FWD"]);
+        let rules = String::from_utf8_lossy(&rules.stdout);
+        assert_eq!(
+            rules.contains("-i ovgso0"),
+            tunnel == 1.0,
+            "forward rules {forward_rules}: {rules}"
+        );
+    }
 }

@@ -144,6 +144,11 @@ impl Workers {
         self.halt();
     }
 
+    /// Whether every worker thread is still running (for the systemd watchdog).
+    pub fn alive(&self) -> bool {
+        self.threads.iter().all(|t| !t.is_finished())
+    }
+
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {

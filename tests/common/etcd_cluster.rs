@@ -288,11 +288,21 @@ impl EtcdCluster {
     /// `etcdctl` against `endpoints` (comma-separated), from the client namespace.
     pub fn ctl_at(&self, endpoints: &str, args: &[&str]) -> Result<String, String> {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.client_ns, "etcdctl"])
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoints}"))
-            .arg("--dial-timeout=2s")
-            .arg("--command-timeout=4s");
+        // Bounded whatever etcdctl's own timeouts do with a dead or frozen member.
+        c.args([
+            "netns",
+            "exec",
+            &self.client_ns,
+            "timeout",
+            "-k",
+            "2",
+            "10",
+            "etcdctl",
+        ])
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--dial-timeout=2s")
+        .arg("--command-timeout=4s");
         if let Some(d) = &self.security.tls {
             c.arg(format!("--cacert={}", d.join("ca.crt").display()))
                 .arg(format!("--cert={}", d.join("client.crt").display()))

@@ -61,6 +61,7 @@
 #![allow(dead_code)]
 
 mod capture;
+mod cni;
 mod daemon;
 mod etcd;
 mod etcd_cluster;
@@ -78,6 +79,6 @@ mod traffic;
 // One flat namespace for the tests. Not every test binary uses every part.
 #[allow(unused_imports)]
 pub use {
-    capture::*, daemon::*, etcd::*, etcd_cluster::*, frames::*, frames6::*, ipv6::*,
+    capture::*, cni::*, daemon::*, etcd::*, etcd_cluster::*, frames::*, frames6::*, ipv6::*,
     ipv6_underlay::*, kernel::*, l2::*, netns::*, process::*, topology::*, traffic::*,
 };
