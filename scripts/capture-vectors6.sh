@@ -5,7 +5,7 @@
 #
 #   sudo scripts/capture-vectors6.sh [output.pcap]   (default: tests/vectors/kernel-vxlan6-flannel.pcap)
 #
-# Needs root, iproute2, tcpdump and python3. Everything lives in two namespaces, ovcap-h1 and
+# Needs root, iproute2, ethtool, tcpdump and python3. Everything lives in two namespaces, ovcap-h1 and
 # ovcap-h2, joined by a veth pair; the root namespace is not touched. Both are removed on exit,
 # also on failure or Ctrl-C.
 #
@@ -21,7 +21,7 @@ H1=ovcap-h1
 H2=ovcap-h2
 PORT=5001
 
-for tool in ip tcpdump python3; do
+for tool in ip ethtool tcpdump python3; do
   command -v "$tool" >/dev/null || { echo "$tool is required" >&2; exit 1; }
 done
 for ns in $H1 $H2; do
@@ -69,6 +69,14 @@ host() {
   "${x[@]}" -6 neigh replace "fd00:10:0:$m::" dev flannel-v6.1 lladdr "02:42:fd:10:0$m:00" nud permanent
   ip netns exec "$ns" bridge fdb replace "02:42:fd:10:0$m:00" dev flannel-v6.1 dst "fd00:77::$m" self permanent
   "${x[@]}" -6 route replace "fd00:10:0:$m::/64" via "fd00:10:0:$m::" dev flannel-v6.1 onlink
+  # No checksum offload and no segmentation offload on either device: the kernel finishes
+  # every checksum in software (inner TCP, outer UDP) before tcpdump sees the frame, and
+  # every frame is MTU-sized. With offload on, tcpdump on a veth sees partial checksums
+  # (pseudo-header only, or the outer one computed for an inner one not yet filled in).
+  local dev
+  for dev in "$veth" flannel-v6.1; do
+    ip netns exec "$ns" ethtool -K "$dev" tx off tso off gso off gro off >/dev/null
+  done
 }
 host 1 2
 host 2 1
