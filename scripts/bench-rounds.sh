@@ -11,8 +11,9 @@
 # Environment: ROUNDS=3 (at least 1), and everything scripts/bench-e2e.sh reads (CASES,
 # DURATION, REPEAT, OVERLAYD_BIN, OVERLAYD_FLAGS, IPERF_FLAGS, BRIDGE_NF, PIN, BENCH_PREFIX).
 # "ratio" is the 1-stream rate over the kernel's (kernel_vxlan, kernel_l2_vxlan for L2 rows,
-# kernel_vxlan_uso for the inner-UDP rows), "ratio 4" the same for 4 streams; both are
-# taken per round, then the median.
+# kernel_vxlan_uso for the inner-UDP rows, kernel_vxlan6 for the IPv6 rows), "ratio 4" the
+# same for 4 streams; both are taken per round (over the kernel case of that round), then
+# the median.
 # Prints each round's table as it goes (stderr), then a table of medians with every round's
 # value, then one JSON line. Rounds run one after the other; each cleans up after itself.
 set -euo pipefail
@@ -67,14 +68,21 @@ def per_round_ratio(key, c, base):
         out.append(v / b if isinstance(v, (int, float)) and isinstance(b, (int, float)) and b else None)
     return out
 
+def reference(c):
+    """The kernel case a row is measured against, in the same round."""
+    if c.endswith("_uso"):
+        return "kernel_vxlan_uso"
+    if c.startswith(("l2_", "kernel_l2")):
+        return "kernel_l2_vxlan"
+    if "vxlan6" in c:
+        return "kernel_vxlan6"
+    return "kernel_vxlan"
+
 print(f"{'case':<24} {'1-stream':>9} {'4-stream':>9} {'ratio':>7} {'ratio 4':>8} {'ping Δ µs':>10} {'CPU s/GiB':>10}   1-stream per round")
 for c in cases:
     g1, g4 = col("gbps_1_stream", c), col("gbps_4_streams", c)
-    if c.endswith("_uso"):
-        ratio = med(per_round_ratio("gbps_1_stream", c, "kernel_vxlan_uso"))
-    else:
-        ratio = med(col("ratios", c) if c in runs[0].get("ratios", {}) else col("l2_ratios", c))
-    base = "kernel_l2_vxlan" if c.startswith(("l2_", "kernel_l2")) else "kernel_vxlan"
+    base = reference(c)
+    ratio = med(per_round_ratio("gbps_1_stream", c, base))
     ratio4 = med(per_round_ratio("gbps_4_streams", c, base))
     delta = med(col("latency_delta_us", c) if c in runs[0].get("latency_delta_us", {})
                 else col("l2_latency_delta_us", c))
