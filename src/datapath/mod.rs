@@ -35,10 +35,13 @@ pub const SEG_BUF: usize = 256 * 1024;
 /// How long a worker blocks in `poll` before re-checking its stop flag.
 const POLL_MS: i32 = 100;
 
-/// Default busy-poll window after traffic (`--busy-poll-us`): covers the round trip to a
-/// peer whose worker must first be woken (~50–70 µs on a VM whose idle vCPUs halt) plus
-/// its processing.
-pub const DEFAULT_BUSY_POLL_US: u32 = 200;
+/// Default busy-poll window after traffic (`--busy-poll-us`): off. A window of 200 µs
+/// (which covers the round trip to a peer whose worker must first be woken, ~50–70 µs on a
+/// VM whose idle vCPUs halt) halves the ping overhead but, on the tunnel-GSO path, costs
+/// 0.9 against 0.5 CPU-seconds per GiB and 0.87x against 1.01x of the kernel's VXLAN: the
+/// spinning worker takes the CPU the kernel's segmentation and the application need
+/// (docs/performance.md, "Busy-poll and CPU per GiB").
+pub const DEFAULT_BUSY_POLL_US: u32 = 0;
 
 /// Asks the kernel to hand a device's data plane super-packets: TCP (TSO, with ECN) and,
 /// where the kernel has it (Linux ≥ 6.2), UDP (USO: applications sending with
