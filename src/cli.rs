@@ -476,7 +476,7 @@ mod tests {
             "subnet_lease_renew_margin" => ("30", &[]),
             "iptables_resync" => ("7", &[]),
             "queues" => ("3", &[]),
-            "busy_poll_us" => ("0", &[]),
+            "busy_poll_us" => ("200", &[]),
             "l2" => ("a@br0,b", &[]),
             "l2_vlan" => ("10=a,20=b", &[]),
             "l2_trunk_bridge" => ("br9", &["--l2-vlan", "10=a"]),
