@@ -5,7 +5,7 @@
 //! - [`backend`]: one module per backend (udp, vxlan, gre): wire format, device name,
 //!   lease data, sockets; its [`backend::Encap`] is the data path's per-packet view;
 //! - [`offload`]: TSO segmentation and GRO coalescing (pure);
-//! - [`fib`], [`fib6`]: the IPv4 and IPv6 forwarding-table snapshots (pure);
+//! - [`fib`]: the IPv4 and IPv6 forwarding-table snapshots, one table type for both (pure);
 //! - [`mod@drop`]: the drop-reason vocabulary; [`counters`]: the atomics everyone bumps and telemetry reads;
 //! - [`control`]: config, leases and subnet choice (pure) and the etcd client loop (async);
 //! - [`sys`]: TUN ioctls and socket options, the only `unsafe` code;
@@ -36,7 +36,6 @@ pub mod daemon;
 pub mod datapath;
 pub mod drop;
 pub mod fib;
-pub mod fib6;
 pub mod goflags;
 pub mod gso_tap;
 pub mod host;

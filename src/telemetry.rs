@@ -16,8 +16,7 @@ use tracing::warn;
 
 use crate::counters::{totals, ControlStats, WorkerStats};
 use crate::drop::DropReason;
-use crate::fib::SharedFib;
-use crate::fib6::SharedFib6;
+use crate::fib::{SharedFib, SharedFib6};
 
 /// Which offloads the data plane got from the kernel.
 #[derive(Debug, Clone, Copy, Default)]

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use overlayd::backend::{Encap, Sockets};
-use overlayd::fib::{self, Fib, Peer};
-use overlayd::fib6::{self, Fib6, Peer6};
+use overlayd::fib::{self, Fib, Fib6, Peer, Peer6};
 use overlayd::gso_tap::GsoTap;
 use overlayd::host::Netlink;
 use overlayd::l3::{Config, Dataplane};
@@ -147,7 +146,7 @@ fn node(
         )],
     );
     shared.store(Arc::new(table));
-    let shared6 = fib6::shared();
+    let shared6 = fib::shared6();
     let (table6, _) = Fib6::new(
         NET6.parse().unwrap(),
         64,

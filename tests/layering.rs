@@ -10,7 +10,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["drop"],
     &["wire", "counters", "goflags"],
-    &["offload", "sys", "fib", "fib6"],
+    &["offload", "sys", "fib"],
     &["control", "host", "masq", "systemd"],
     &["backend"],
     &["datapath"],

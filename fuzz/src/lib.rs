@@ -268,8 +268,7 @@ pub fn check_l2(data: &[u8]) {
 /// accepted came from the node holding its source's subnet and goes to ours; a checksum
 /// taken as partial finishes into one that verifies; a segment size fits the MTU.
 pub fn check_rx(data: &[u8]) {
-    use overlayd::fib::{Fib, Peer};
-    use overlayd::fib6::{Fib6, Peer6};
+    use overlayd::fib::{Fib, Fib6, Peer, Peer6};
     use overlayd::offload::{finish_checksum, partial_checksum_hdr, tcp_mss_for_mtu};
     use overlayd::wire::{checksum, virtio};
     use std::net::{IpAddr, Ipv6Addr};
