@@ -21,8 +21,7 @@ use crate::control::etcd::{
 };
 use crate::control::subnet_env::{read_previous, SubnetEnv};
 use crate::datapath;
-use crate::fib::{self, Peer};
-use crate::fib6::{self, Peer6};
+use crate::fib::{self, Peer, Peer6};
 use crate::gso_tap::{self, GsoTap};
 use crate::host::{HostError, Netlink};
 use crate::l3::{self, Dataplane};
@@ -145,19 +144,30 @@ async fn network_config(
     }
 }
 
+/// The lease versions a peer decoder has warned about: it runs at every forwarding-table
+/// rebuild, and an invalid lease is worth one warning per version, not one per rebuild.
+#[derive(Default)]
+struct WarnedLeases(std::sync::Mutex<std::collections::HashSet<(String, i64)>>);
+
+impl WarnedLeases {
+    /// Whether this is the first time `l` (at its revision) is seen here.
+    fn first(&self, l: &RemoteLease) -> bool {
+        self.0
+            .lock()
+            .map(|mut w| w.insert((l.key.clone(), l.mod_revision)))
+            .unwrap_or(true)
+    }
+}
+
 /// Maps a lease to a peer of our backend; others are ignored, and an invalid lease of
 /// ours is warned about once (the decoder runs at every forwarding-table rebuild).
 fn peer_decoder(backend: Backend) -> PeerDecoder {
-    let warned = std::sync::Mutex::new(std::collections::HashSet::new());
+    let warned = WarnedLeases::default();
     Box::new(move |l: &RemoteLease| match backend.peer_mac(&l.attrs) {
         Ok(Some(mac)) => Some(Peer::new(l.subnet, l.attrs.public_ip, mac)),
         Ok(None) => None,
         Err(e) => {
-            let first = warned
-                .lock()
-                .map(|mut w| w.insert((l.key.clone(), l.mod_revision)))
-                .unwrap_or(true);
-            if first {
+            if warned.first(l) {
                 warn!(key = %l.key, backend = %backend.kind.as_str(), error = %e, "ignoring a lease with invalid BackendData");
             }
             None
@@ -170,7 +180,7 @@ fn peer_decoder(backend: Backend) -> PeerDecoder {
 /// `v6_underlay` — and the VTEP MAC on that underlay for vxlan); others are ignored, and an
 /// invalid one of ours is warned about once.
 fn peer_decoder6(backend: Backend, v6_underlay: bool) -> PeerDecoder6 {
-    let warned = std::sync::Mutex::new(std::collections::HashSet::new());
+    let warned = WarnedLeases::default();
     Box::new(move |l: &RemoteLease| {
         let subnet = l.ipv6_subnet?;
         match backend.ipv6_route(&l.attrs, v6_underlay) {
@@ -183,11 +193,7 @@ fn peer_decoder6(backend: Backend, v6_underlay: bool) -> PeerDecoder6 {
             )),
             Ok(None) => None,
             Err(e) => {
-                let first = warned
-                    .lock()
-                    .map(|mut w| w.insert((l.key.clone(), l.mod_revision)))
-                    .unwrap_or(true);
-                if first {
+                if warned.first(l) {
                     warn!(key = %l.key, backend = %backend.kind.as_str(), error = %e, "ignoring the IPv6 half of a lease with invalid BackendV6Data");
                 }
                 None
@@ -459,7 +465,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
 
     // Forwarding table, then the workers.
     let fib = fib::shared();
-    let fib6 = fib6::shared();
+    let fib6 = fib::shared6();
     let decode = peer_decoder(backend.clone());
     let decode6 = peer_decoder6(backend.clone(), underlay6.is_some());
     match registry.list().await {
@@ -814,7 +820,7 @@ impl DeviceSetup {
             }
         }
         if let Some((_, net6)) = self.v6 {
-            if let Ok(false) = nl.has_route6(net6, index).await {
+            if let Ok(false) = nl.has_route(net6, index).await {
                 return Some(net6.into());
             }
         }

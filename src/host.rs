@@ -5,12 +5,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope,
 };
 use netlink_packet_route::link::LinkAttribute;
-use netlink_packet_route::route::{RouteAttribute, RouteScope};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 /// Errors from host setup; each names what was being looked for or changed.
@@ -451,29 +451,6 @@ impl Netlink {
         Ok(index)
     }
 
-    /// Whether the route for the IPv6 `network` through link `index` is still present.
-    pub async fn has_route6(&self, network: Ipv6Net, index: u32) -> Result<bool, HostError> {
-        let mut found = false;
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-            .execute();
-        while let Some(r) = routes.try_next().await.map_err(nl("routes"))? {
-            if r.header.destination_prefix_length != network.prefix_len() {
-                continue;
-            }
-            let dst = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet6(d)) if *d == network.network()));
-            let oif = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-            // Read to the end of the dump, as in `has_route`.
-            found |= dst && oif;
-        }
-        Ok(found)
-    }
-
     /// Sets an L2 TAP's MTU and brings it up; with `bridge`, enslaves it to that bridge,
     /// creating the bridge (up) when it does not exist yet.
     pub async fn configure_tap(
@@ -549,18 +526,33 @@ impl Netlink {
             .map_err(nl(format!("set {name} address, mtu {mtu} and up")))
     }
 
-    pub async fn has_route(&self, network: Ipv4Net, index: u32) -> Result<bool, HostError> {
+    /// Whether the route for `network` (IPv4 or IPv6) through link `index` is still present.
+    pub async fn has_route(
+        &self,
+        network: impl Into<IpNet>,
+        index: u32,
+    ) -> Result<bool, HostError> {
+        let network = network.into();
+        let (request, want) = match network {
+            IpNet::V4(n) => (
+                RouteMessageBuilder::<Ipv4Addr>::new().build(),
+                RouteAddress::Inet(n.network()),
+            ),
+            IpNet::V6(n) => (
+                RouteMessageBuilder::<Ipv6Addr>::new().build(),
+                RouteAddress::Inet6(n.network()),
+            ),
+        };
         let mut found = false;
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+        let mut routes = self.handle.route().get(request).execute();
         while let Some(r) = routes.try_next().await.map_err(nl("routes"))? {
             if r.header.destination_prefix_length != network.prefix_len() {
                 continue;
             }
-            let dst = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet(d)) if *d == network.network()));
+            let dst = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Destination(d) if *d == want));
             let oif = r
                 .attributes
                 .iter()

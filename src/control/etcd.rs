@@ -26,8 +26,7 @@ use crate::control::config::NetworkConfig;
 use crate::control::lease::{LeaseAttrs, SubnetKey};
 use crate::control::pool::{EtcdPool, Timeouts};
 use crate::control::subnet::{choose, stale_own, Choice, ExistingLease, Identity, NoFreeSubnet};
-use crate::fib::{Fib, Peer, SharedFib};
-use crate::fib6::{Fib6, Peer6, SharedFib6};
+use crate::fib::{Fib, Fib6, Peer, Peer6, SharedFib, SharedFib6};
 
 /// Lease time to live, as flannel: 24 hours.
 pub const LEASE_TTL_SECS: i64 = 24 * 3600;
@@ -490,7 +489,7 @@ pub fn build_fib(
             .map(|mut w| w.insert((p.subnet, p.public_ip)))
             .unwrap_or(true);
         if first {
-            warn!(subnet = %p.subnet, public_ip = %p.public_ip, "ignoring a lease that overlaps another or does not match SubnetLen");
+            warn!(subnet = %p.subnet, public_ip = %p.public_ip, "ignoring a lease that overlaps another, lies outside Network or does not match SubnetLen");
         }
     }
     fib
