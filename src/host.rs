@@ -342,16 +342,7 @@ impl Netlink {
         mtu: u32,
         network: Ipv4Net,
     ) -> Result<u32, HostError> {
-        let (index, _) = self
-            .link(name)
-            .await?
-            .ok_or_else(|| HostError::NoSuchInterface(name.to_string()))?;
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
-            .execute()
-            .await
-            .map_err(nl(format!("set {name} up with mtu {mtu}")))?;
+        let index = self.link_up(name, mtu).await?;
         self.handle
             .address()
             .add(index, IpAddr::V4(addr), 32)

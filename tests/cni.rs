@@ -7,12 +7,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
@@ -76,31 +73,13 @@ fn cni(
         cmd.arg(format!("CNI_ARGS={a}"));
     }
     cmd.arg(format!("CNI_PATH={}", cni_path()))
-        .arg(plugin_bin())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(config.as_bytes())
-        .expect("write config");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(PLUGIN_TIMEOUT) {
-        Ok(out) => out.expect("wait for overlay-cni"),
-        Err(_) => {
-            signal(pid, "KILL");
-            panic!("overlay-cni {command} did not finish within {PLUGIN_TIMEOUT:?}");
-        }
-    }
+        .arg(plugin_bin());
+    run_with_input(
+        &mut cmd,
+        config,
+        PLUGIN_TIMEOUT,
+        &format!("overlay-cni {command}"),
+    )
 }
 
 fn show(out: &Output) -> String {

@@ -3,17 +3,13 @@
 //! stdin, inside the host's namespace), which delegates to the reference `bridge` and
 //! `host-local` plugins of Debian's containernetworking-plugins (in /usr/lib/cni).
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::mpsc;
-use std::thread;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{signal, Netns};
+use super::{run_with_input, Netns};
 
 /// Where Debian installs the reference plugins.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
@@ -62,37 +58,18 @@ pub fn cni_add(host: &Netns, id: &str, conf: &str) -> Pod {
     let ns = Netns::new(id);
     let plugin = env!("CARGO_BIN_EXE_overlay-cni");
     let plugin_dir = Path::new(plugin).parent().expect("plugin dir");
-    let mut child = host
-        .command("env")
-        .arg("CNI_COMMAND=ADD")
-        .arg(format!("CNI_CONTAINERID={id}"))
-        .arg(format!("CNI_NETNS=/run/netns/{}", ns.name()))
-        .arg("CNI_IFNAME=eth0")
-        .arg(format!("CNI_PATH={CNI_BIN_DIR}:{}", plugin_dir.display()))
-        .arg(plugin)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run overlay-cni");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.as_bytes())
-        .expect("write the config");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(out) => out.expect("wait for overlay-cni"),
-        Err(_) => {
-            signal(pid, "KILL");
-            panic!("overlay-cni ADD {id} did not finish within 60 s");
-        }
-    };
+    let out = run_with_input(
+        host.command("env")
+            .arg("CNI_COMMAND=ADD")
+            .arg(format!("CNI_CONTAINERID={id}"))
+            .arg(format!("CNI_NETNS=/run/netns/{}", ns.name()))
+            .arg("CNI_IFNAME=eth0")
+            .arg(format!("CNI_PATH={CNI_BIN_DIR}:{}", plugin_dir.display()))
+            .arg(plugin),
+        conf,
+        Duration::from_secs(60),
+        &format!("overlay-cni ADD {id}"),
+    );
     assert!(
         out.status.success(),
         "ADD {id}: {}\nstdout: {}\nstderr: {}",

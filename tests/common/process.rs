@@ -2,9 +2,11 @@
 //! completion, signals and bounded waits on child processes, log tails, and [`TempDir`].
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,35 @@ use std::time::{Duration, Instant};
 pub const NS_PREFIX: &str = "ovt-";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `cmd` with `input` on its stdin and its output captured, bounded by `timeout`: past
+/// it the process is killed and the test panics naming `what`.
+pub fn run_with_input(cmd: &mut Command, input: &str, timeout: Duration, what: &str) -> Output {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("wait for {what}: {e}")),
+        Err(_) => {
+            signal(pid, "KILL");
+            panic!("{what} did not finish within {timeout:?}");
+        }
+    }
+}
 
 /// Whether the effective uid is 0 (read from `/proc/self/status`, no unsafe needed).
 pub fn is_root() -> bool {
