@@ -42,7 +42,10 @@
 # Their ratios are to kernel_l2_vxlan (table column and the JSON's "l2_ratios").
 #
 # For each: iperf3 one TCP stream and 4 streams (-P 4), -t $DURATION, h1 -> h2 (receiver rate),
-# and ping -c 50 -i 0.02 (avg RTT in µs). For every overlayd case also: both daemons' CPU
+# and ping -c 50 -i 0.02 (avg RTT in µs). For every case (the kernel's included) the whole
+# machine's CPU per GiB received in the 1-stream run: busy ticks of /proc/stat (everything but
+# idle, iowait and steal), since the kernel works on the daemons' behalf (segmentation, GRO,
+# checksums, softirqs) and a daemon's own CPU hides that. For every overlayd case also: both daemons' CPU
 # time per GiB moved in the 1-stream run (user + system from /proc/PID/stat), their CPU during
 # the ping run, and VmRSS sampled every second over the 1-stream run (DURATION=60 makes that
 # the 60 s sustained-load check); VmRSS after the 1-stream vxlan run as before.
@@ -51,6 +54,11 @@
 #   scripts/bench-e2e.sh      (as root)
 #
 # Environment: DURATION=8            seconds per iperf3 run
+#              WIRE=veth             what the switch carries (scripts/lib/topology.sh topo_wire):
+#                                    veth = super-packets cross whole; segmenting = a NIC-like
+#                                    wire of MTU-sized frames with GRO at each host's eth0;
+#                                    partial = the same with partial checksums (as from a
+#                                    virtio or veth peer)
 #              OVERLAYD_BIN=path     binary (default target/release/overlayd; built if missing)
 #              KEEP_LOGS=1           keep the work directory (its path is printed)
 #              CASES="a b"           run only these cases (default: all), e.g. CASES="kernel_l2_vxlan l2_vxlan"
@@ -82,6 +90,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 DURATION=${DURATION:-8}
+WIRE=${WIRE:-veth}
+[[ "$WIRE" =~ ^(veth|segmenting|partial)$ ]] || { echo "WIRE must be veth, segmenting or partial, not '$WIRE'" >&2; exit 2; }
 REPEAT=${REPEAT:-1}
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || { echo "REPEAT must be a whole number >= 1, not '$REPEAT'" >&2; exit 2; }
 P=${BENCH_PREFIX:-ovb-}
@@ -160,6 +170,12 @@ except Exception:
 EOF
 }
 
+# machine_busy_ticks: the whole machine's busy CPU time in clock ticks (user, nice, system,
+# irq, softirq: every /proc/stat column but idle, iowait and steal; guest time is in user)
+machine_busy_ticks() {
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat
+}
+
 # ping_us SRC_NS ADDR: average RTT of 50 pings, 20 ms apart, in µs (or FAIL)
 ping_us() {
   local out avg
@@ -173,7 +189,7 @@ ping_us() {
 SRC_NS=$H1
 DST_NS=$H2
 measure() {
-  local name=$1 addr=$2 hook=${3:-} p g1 g4 t0 w0 sampler k tag all1 all4
+  local name=$1 addr=$2 hook=${3:-} p g1 g4 t0 w0 m0 sampler k tag all1 all4
   say "$name: ping + iperf3 $SRC_NS -> $addr (${DURATION}s, 1 and 4 streams)"
   if ((OVD_ON)); then
     t0=$(ovd_cpu_ticks)
@@ -188,7 +204,9 @@ measure() {
     rss_sampler "$WORK/rss-$name.tsv" &
     sampler=$!
   fi
+  m0=$(machine_busy_ticks)
   all1=("$(iperf_gbps "$SRC_NS" "$DST_NS" "$addr" 1 "$name")")
+  printf 'machine_ticks_%s\t%s\n' "$name" "$(($(machine_busy_ticks) - m0))" >>"$EXTRA"
   if ((OVD_ON)); then
     printf 'cpu_ticks_%s\t%s\n' "$name" "$(($(ovd_cpu_ticks) - t0))" >>"$EXTRA"
     kill "$sampler" 2>/dev/null || true
@@ -284,7 +302,7 @@ skip() { # CASE REASON
 # ------------------------------------------------------------------------------------------------
 say "checking tools"
 scripts/install-deps.sh >&2
-for c in iperf3 etcd etcdctl ping ss bridge python3 timeout; do
+for c in iperf3 etcd etcdctl ping ss bridge python3 timeout ethtool; do
   command -v "$c" >/dev/null 2>&1 || die "missing $c"
 done
 
@@ -321,6 +339,8 @@ U6_1=fd00:77::1
 U6_2=fd00:77::2
 ip -n "$H1" addr add "$U6_1/64" dev eth0 nodad
 ip -n "$H2" addr add "$U6_2/64" dev eth0 nodad
+say "wire: $WIRE"
+topo_wire "$P" 2 "$WIRE" >&2 || die "cannot make the $WIRE wire (ethtool -K on the switch ports)"
 
 say "starting etcd in $ETCD_NS"
 topo_etcd_start "$P" bench "$WORK" || { log_tail "$WORK/etcd.log"; die "etcd did not become healthy"; }
@@ -680,18 +700,30 @@ l2_case l2_gre gre
 
 # ------------------------------------------------------------------------------------------------
 say "results (h1 -> h2, iperf3 -t $DURATION receiver rate, median of $REPEAT run(s), ping -c 50 -i 0.02 avg)"
-python3 - "$RESULTS" "$EXTRA" "$DURATION" "$WORK" "$(getconf CLK_TCK)" <<'EOF'
+python3 - "$RESULTS" "$EXTRA" "$DURATION" "$WORK" "$(getconf CLK_TCK)" "$WIRE" <<'EOF'
 import json, os, sys
 
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 extra = dict(l.rstrip("\n").split("\t", 1) for l in open(sys.argv[2]) if l.strip())
 duration = int(sys.argv[3])
-work, clk_tck = sys.argv[4], int(sys.argv[5])
+work, clk_tck, wire = sys.argv[4], int(sys.argv[5]), sys.argv[6]
 
 def cpu_s_per_gib(c):
     """Both daemons' CPU seconds (user + system, all threads) per GiB received in the
     1-stream run: a cost per byte that does not swing with the throughput as much."""
     ticks = extra.get("cpu_ticks_" + c)
+    try:
+        got = json.load(open(os.path.join(work, "iperf-%s-P1.json" % c)))["end"]["sum_received"]["bytes"]
+    except Exception:
+        return None
+    if ticks is None or not got:
+        return None
+    return round(int(ticks) / clk_tck / (got / 2**30), 3)
+
+def machine_cpu_s_per_gib(c):
+    """The whole machine's busy CPU seconds per GiB received in the 1-stream run (the
+    kernel's work for the daemons included): the same measure for kernel and overlayd rows."""
+    ticks = extra.get("machine_ticks_" + c)
     try:
         got = json.load(open(os.path.join(work, "iperf-%s-P1.json" % c)))["end"]["sum_received"]["bytes"]
     except Exception:
@@ -748,8 +780,9 @@ def uso_ratio(c):
 def fmt(v, f):
     return "-" if v is None else f % v
 
-print("%-24s %12s %12s %14s %18s %14s  %s" % ("case", "1-stream", "4-stream", "ping avg", "ratio to kernel", "overlayd CPU", "path"))
-print("%-24s %12s %12s %14s %18s %14s" % ("", "Gbit/s", "Gbit/s", "µs", "vxlan 1-stream", "s per GiB"))
+print("wire: %s" % wire)
+print("%-24s %12s %12s %14s %18s %14s %14s  %s" % ("case", "1-stream", "4-stream", "ping avg", "ratio to kernel", "overlayd CPU", "machine CPU", "path"))
+print("%-24s %12s %12s %14s %18s %14s %14s" % ("", "Gbit/s", "Gbit/s", "µs", "vxlan 1-stream", "s per GiB", "s per GiB"))
 for name, r in res.items():
     if name == "kernel_l2_vxlan":
         print("-- L2, container to container (ratio to kernel_l2_vxlan 1-stream) --")
@@ -765,9 +798,10 @@ for name, r in res.items():
         rt = l2_ratio(name)
     else:
         rt = ratio(name)
-    print("%-24s %12s %12s %14s %18s %14s  %s" % (
+    print("%-24s %12s %12s %14s %18s %14s %14s  %s" % (
         name, fmt(r["g1"], "%.2f"), fmt(r["g4"], "%.2f"), fmt(r["ping"], "%.0f"),
-        fmt(rt, "%.2fx"), fmt(cpu_s_per_gib(name), "%.3f"), extra.get("path_" + name, "")))
+        fmt(rt, "%.2fx"), fmt(cpu_s_per_gib(name), "%.3f"),
+        fmt(machine_cpu_s_per_gib(name), "%.3f"), extra.get("path_" + name, "")))
 rss = [int(v) for key, v in extra.items() if key.startswith("rss_") and v.isdigit()]
 rss_mib = round(max(rss) / 1024, 1) if rss else None
 if rss_mib is not None:
@@ -811,6 +845,8 @@ out = {
     "overlayd_rss_mib": rss_mib,
     "overlayd_rss_during_1_stream_mib": {c: list(rss_during(c)[:2]) for c in res if rss_during(c)},
     "overlayd_cpu_s_per_gib": {c: cpu_s_per_gib(c) for c in res if cpu_s_per_gib(c) is not None},
+    "machine_cpu_s_per_gib": {c: machine_cpu_s_per_gib(c) for c in res if machine_cpu_s_per_gib(c) is not None},
+    "wire": wire,
     "overlayd_ping_cpu_pct": {c: int(extra["ping_cpu_pct_" + c]) for c in res if "ping_cpu_pct_" + c in extra},
     "duration_s": duration,
     "runs": {c: extra["runs_" + c] for c in res if "runs_" + c in extra},

@@ -9,7 +9,9 @@
 #   ROUNDS=3 CASES="kernel_vxlan vxlan udp gre" scripts/bench-rounds.sh
 #
 # Environment: ROUNDS=3 (at least 1), and everything scripts/bench-e2e.sh reads (CASES,
-# DURATION, REPEAT, OVERLAYD_BIN, OVERLAYD_FLAGS, IPERF_FLAGS, BRIDGE_NF, PIN, BENCH_PREFIX).
+# DURATION, REPEAT, WIRE, OVERLAYD_BIN, OVERLAYD_FLAGS, IPERF_FLAGS, BRIDGE_NF, PIN, BENCH_PREFIX).
+# "machine" is the whole machine's busy CPU seconds per GiB received (the kernel's work for the
+# daemons included), "vs kernel" that cost over the kernel case's in the same round.
 # "ratio" is the 1-stream rate over the kernel's (kernel_vxlan, kernel_l2_vxlan for L2 rows,
 # kernel_vxlan_uso for the inner-UDP rows, kernel_vxlan6 for the IPv6 rows), "ratio 4" the
 # same for 4 streams; both are taken per round (over the kernel case of that round), then
@@ -60,7 +62,8 @@ for r in runs:
         if c not in cases:
             cases.append(c)
 summary = {}
-print(f"medians over {rounds} round(s) of scripts/bench-e2e.sh (every round: new namespaces and daemons)")
+wire = runs[0].get("wire", "veth")
+print(f"medians over {rounds} round(s) of scripts/bench-e2e.sh, wire {wire} (every round: new namespaces and daemons); ratio min-max over the rounds")
 def per_round_ratio(key, c, base):
     out = []
     for r in runs:
@@ -78,7 +81,11 @@ def reference(c):
         return "kernel_vxlan6"
     return "kernel_vxlan"
 
-print(f"{'case':<24} {'1-stream':>9} {'4-stream':>9} {'ratio':>7} {'ratio 4':>8} {'ping Δ µs':>10} {'CPU s/GiB':>10}   1-stream per round")
+def span(vals):
+    v = [x for x in vals if isinstance(x, (int, float))]
+    return f"{min(v):.2f}-{max(v):.2f}" if v else "-"
+
+print(f"{'case':<24} {'1-stream':>9} {'4-stream':>9} {'ratio':>7} {'min-max':>11} {'ratio 4':>8} {'ping Δ µs':>10} {'CPU s/GiB':>10} {'machine':>8} {'vs kernel':>9}   1-stream per round")
 for c in cases:
     g1, g4 = col("gbps_1_stream", c), col("gbps_4_streams", c)
     base = reference(c)
@@ -87,11 +94,16 @@ for c in cases:
     delta = med(col("latency_delta_us", c) if c in runs[0].get("latency_delta_us", {})
                 else col("l2_latency_delta_us", c))
     cpu = med(col("overlayd_cpu_s_per_gib", c))
+    ratios = per_round_ratio("gbps_1_stream", c, base)
+    machine = med(col("machine_cpu_s_per_gib", c))
+    machine_ratio = med(per_round_ratio("machine_cpu_s_per_gib", c, base))
     summary[c] = {"g1": r3(med(g1)), "g4": r3(med(g4)), "ratio": r3(ratio), "ratio_4": r3(ratio4),
                   "ping_delta_us": r3(delta), "cpu_s_per_gib": r3(cpu),
+                  "ratio_rounds": [r3(x) for x in ratios], "machine_cpu_s_per_gib": r3(machine),
+                  "machine_cpu_vs_kernel": r3(machine_ratio),
                   "g1_rounds": g1, "g4_rounds": g4}
     per = " ".join(fmt(x, ".2f") for x in g1)
-    print(f"{c:<24} {fmt(med(g1), '9.2f')} {fmt(med(g4), '9.2f')} {fmt(ratio, '7.2f')} {fmt(ratio4, '8.2f')} "
-          f"{fmt(delta, '10.0f')} {fmt(cpu, '10.2f')}   {per}")
-print(json.dumps({"rounds": rounds, "cases": summary}, separators=(",", ":")))
+    print(f"{c:<24} {fmt(med(g1), '9.2f')} {fmt(med(g4), '9.2f')} {fmt(ratio, '7.2f')} {span(ratios):>11} {fmt(ratio4, '8.2f')} "
+          f"{fmt(delta, '10.0f')} {fmt(cpu, '10.2f')} {fmt(machine, '8.2f')} {fmt(machine_ratio, '9.2f')}   {per}")
+print(json.dumps({"rounds": rounds, "wire": wire, "cases": summary}, separators=(",", ":")))
 EOF

@@ -3,6 +3,7 @@
 # Idempotent and quiet: on a machine that has everything it does nothing (no apt-get update).
 #
 #   protoc and the well-known .proto files (etcd-client's build), etcd + etcdctl, iperf3, ip/bridge, ping, tcpdump, tinc,
+#   ethtool (the NIC-like wires: tests/wire_segmenting.rs, WIRE= in scripts/bench-e2e.sh),
 #   pkill/sysctl (procps), killall (psmisc), python3 (the L2 trunk test's tagged station), the CNI reference plugins (bridge, host-local) that
 #   overlay-cni delegates to (containernetworking-plugins, in /usr/lib/cni), podman + runc + strip (the container
 #   image: scripts/build-image.sh and tests/image.rs; runc because this machine's crun refuses its hybrid cgroups),
@@ -29,6 +30,7 @@ declare -A NEED=(
   [runc]=runc
   [strip]=binutils
   [nsenter]=util-linux
+  [ethtool]=ethtool
 )
 
 PATH="$PATH:/usr/sbin:/sbin"

@@ -23,6 +23,13 @@
 #   topo_etcdctl PREFIX ARGS...      etcdctl (API v3) against that etcd, run in PREFIXetcd,
 #                                    bounded (3 s dial, 5 s per command, 10 s in all)
 #   topo_net_addr CIDR               10.244.37.1/24 -> 10.244.37.0 (a subnet's network address)
+#   topo_wire PREFIX N WIRE          what the switch carries to h1..hN: veth (default: super-
+#                                    packets cross whole, nothing is segmented), segmenting (a
+#                                    NIC-like wire: the ports that send to a host segment in
+#                                    software, without checksum offload, and each host's eth0
+#                                    runs NAPI GRO), partial (the same, but the ports keep
+#                                    checksum offload, so frames arrive with partial checksums,
+#                                    as from a virtio or veth peer); needs ethtool
 #   topo_teardown PREFIX             kills everything in, and deletes, every PREFIX* namespace
 #                                    (scripts/cleanup-netns.sh PREFIX)
 
@@ -103,4 +110,21 @@ topo_teardown() { # PREFIX
   # Never without a prefix: cleanup-netns.sh alone removes every ovt-/ovd- namespace.
   [ -n "${1:-}" ] || { echo "topo_teardown: no namespace prefix given" >&2; return 2; }
   "$TOPO_SCRIPTS/cleanup-netns.sh" "$1"
+}
+
+topo_wire() { # PREFIX N WIRE
+  local p=$1 n=$2 wire=$3 tx i
+  case $wire in
+    veth) return 0 ;;
+    segmenting) tx=off ;;
+    partial) tx=on ;;
+    *) echo "WIRE must be veth, segmenting or partial, not '$wire'" >&2; return 2 ;;
+  esac
+  for i in $(seq 1 "$n"); do
+    ip netns exec "${p}sw" ethtool -K "h$i" tx "$tx" tso off tx-udp_tnl-segmentation off \
+      tx-udp_tnl-csum-segmentation off tx-udp-segmentation off tx-gso-list off
+    # A veth runs NAPI GRO for what comes from a peer without TSO once GRO is switched on.
+    ip netns exec "${p}h$i" ethtool -K eth0 gro off
+    ip netns exec "${p}h$i" ethtool -K eth0 gro on
+  done
 }
