@@ -32,18 +32,14 @@ const PORT_OFF: &[&str] = &[
 /// Packets and bytes received on `dev` in `ns` (`ip -s -j link`).
 fn rx_stats(ns: &Netns, dev: &str) -> (u64, u64) {
     let out = ns.run(&["ip", "-s", "-j", "link", "show", "dev", dev]);
-    let field = |name: &str| -> u64 {
-        let rx = out.find("\"rx\":").unwrap_or_else(|| panic!("no rx stats in {out}"));
-        let rest = &out[rx..];
-        let at = rest.find(&format!("\"{name}\":")).expect("rx field") + name.len() + 3;
-        rest[at..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .expect("a number")
+    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j prints JSON");
+    let rx = &v[0]["stats64"]["rx"];
+    let n = |k: &str| {
+        rx[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no rx {k} in {out}"))
     };
-    (field("packets"), field("bytes"))
+    (n("packets"), n("bytes"))
 }
 
 /// Turns the switch into a NIC-like segmenting wire; `None` when ethtool is missing or the
@@ -88,12 +84,24 @@ fn netns_segmenting_wire_vxlan() {
         ping_until(topo.host(0), ips[1], Duration::from_secs(15)),
         "ping over the segmenting wire"
     );
-    let (wire0, dev0) = (rx_stats(topo.host(1), "eth0"), rx_stats(topo.host(1), "flannel.1"));
+    let (wire0, dev0) = (
+        rx_stats(topo.host(1), "eth0"),
+        rx_stats(topo.host(1), "flannel.1"),
+    );
     let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), ips[1], 0, 40 * MB);
-    assert_eq!(sent, got, "40 MB h1 -> h2 byte-identical over the segmenting wire");
-    let (wire1, dev1) = (rx_stats(topo.host(1), "eth0"), rx_stats(topo.host(1), "flannel.1"));
+    assert_eq!(
+        sent, got,
+        "40 MB h1 -> h2 byte-identical over the segmenting wire"
+    );
+    let (wire1, dev1) = (
+        rx_stats(topo.host(1), "eth0"),
+        rx_stats(topo.host(1), "flannel.1"),
+    );
     let (sent, got) = tcp_transfer(topo.host(1), topo.host(0), ips[0], 0, 10 * MB);
-    assert_eq!(sent, got, "10 MB h2 -> h1 byte-identical over the segmenting wire");
+    assert_eq!(
+        sent, got,
+        "10 MB h2 -> h1 byte-identical over the segmenting wire"
+    );
 
     let on_wire = avg(wire0, wire1);
     let delivered = avg(dev0, dev1);
