@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -35,6 +34,7 @@ use crate::l2::{L2Node, L2Options, L2StartError};
 use crate::lifecycle::Stop;
 use crate::masq::Firewall;
 use crate::telemetry;
+use device::DeviceSetup;
 use plan::{HostFacts, Notice, Plan};
 use plane::RoutedPlane;
 use running::{L2Starting, Running, SubnetFile};
@@ -250,15 +250,7 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
     let _instance = crate::lifecycle::claim(&args.run_dir, &plan.device(), &nl)
         .await
         .map_err(DaemonError::Instance)?;
-    let previous = read_previous(&args.subnet_file);
-    let acquired = registry
-        .acquire_with_retry(&cfg, &plan.attrs, previous)
-        .await;
-    let setup = plan.device_setup(&cfg, &acquired);
-    if let (Some((sn6, _)), Some(ip6)) = (setup.v6, plan.public_ipv6) {
-        info!(ipv6_subnet = %sn6, public_ipv6 = %ip6, ipv6_underlay = plan.underlay6.is_some(), "IPv6 is carried between nodes");
-    }
-
+    let (acquired, setup) = lease(&registry, &cfg, &plan, &args).await;
     let peers = peers(&registry, &cfg, &plan, &acquired).await;
     let plane = RoutedPlane::open(
         &plan,
@@ -274,23 +266,8 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
     stop.serving();
     let l2_starting = start_l2(&args, &plan, &registry, &nl, &host.underlay, plane.tunnel());
 
-    let firewall = firewall(
-        &args,
-        &plan,
-        &cfg,
-        acquired.subnet,
-        plane.tunnel().is_some(),
-    )
-    .await?;
-    let subnet_file = SubnetFile {
-        cfg: cfg.clone(),
-        mtu: plan.mtu,
-        ip_masq: args.ip_masq,
-        path: args.subnet_file.clone(),
-    };
-    subnet_file.write(acquired.key())?;
-    mark_ready(&telemetry, &acquired, &plan.device(), &subnet_file);
-
+    let (firewall, subnet_file) =
+        announce(&args, &plan, &cfg, &acquired, &plane, &telemetry).await?;
     let (control, subnet_rx) = spawn_control(registry, cfg, &plan, acquired, peers, &telemetry);
     let running = Running {
         nl,
@@ -303,6 +280,25 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
         watchdog: crate::systemd::Watchdog::from_env(),
     };
     running.run(&stop, subnet_rx, l2_starting).await
+}
+
+/// The lease: ours or a reservation, the previous subnet.env's, or a free subnet (retried
+/// until one is held), and what the device is given for it.
+async fn lease(
+    registry: &Registry,
+    cfg: &NetworkConfig,
+    plan: &Plan,
+    args: &Args,
+) -> (Acquired, DeviceSetup) {
+    let previous = read_previous(&args.subnet_file);
+    let acquired = registry
+        .acquire_with_retry(cfg, &plan.attrs, previous)
+        .await;
+    let setup = plan.device_setup(cfg, &acquired);
+    if let (Some((sn6, _)), Some(ip6)) = (setup.v6, plan.public_ipv6) {
+        info!(ipv6_subnet = %sn6, public_ipv6 = %ip6, ipv6_underlay = plan.underlay6.is_some(), "IPv6 is carried between nodes");
+    }
+    (acquired, setup)
 }
 
 /// Metrics and health first, so that a probe sees "alive, not ready" during start-up.
@@ -424,28 +420,37 @@ fn start_l2(
     }))
 }
 
-/// flanneld's iptables rules, in place before subnet.env tells the CNI plugin that
-/// overlayd masquerades (FLANNEL_IPMASQ=true); re-checked at every check tick. They are
-/// IPv4 rules: an IPv6-only node has no IPv4 pod network to write them for.
-async fn firewall(
+/// flanneld's iptables rules (re-checked at every check tick), then subnet.env, which
+/// tells the CNI plugin (FLANNEL_IPMASQ=true) that they are in place; then ready. The
+/// rules are IPv4 ones: an IPv6-only node has no IPv4 pod network to write them for.
+async fn announce(
     args: &Args,
     plan: &Plan,
     cfg: &NetworkConfig,
-    subnet: Ipv4Net,
-    tunnel: bool,
-) -> Result<Firewall, DaemonError> {
+    acquired: &Acquired,
+    plane: &RoutedPlane,
+    t: &telemetry::State,
+) -> Result<(Firewall, SubnetFile), DaemonError> {
     let mut firewall = Firewall::new(
         plan.masq,
         args.ip_masq_fully_random_disable,
         plan.forward_rules,
         cfg.network,
-        subnet,
-        tunnel.then_some(gso_tap::NAME),
+        acquired.subnet,
+        plane.tunnel().is_some().then_some(gso_tap::NAME),
         Duration::from_secs(args.iptables_resync),
     )
     .await?;
     firewall.ensure().await;
-    Ok(firewall)
+    let subnet_file = SubnetFile {
+        cfg: cfg.clone(),
+        mtu: plan.mtu,
+        ip_masq: args.ip_masq,
+        path: args.subnet_file.clone(),
+    };
+    subnet_file.write(acquired.key())?;
+    mark_ready(t, acquired, &plan.device(), &subnet_file);
+    Ok((firewall, subnet_file))
 }
 
 /// The lease is held and subnet.env written: ready (for /readyz and systemd).

@@ -107,6 +107,18 @@ pub struct TunnelPlan {
 pub const FORWARD_DROPS: &str = "the FORWARD chain's policy is DROP and --iptables-forward-rules is off, so packets the kernel routes from the TAP would be dropped";
 
 impl TunnelPlan {
+    fn new(args: &Args, kind: BackendKind) -> TunnelPlan {
+        let has_l2 = !args.l2.is_empty() || !args.l2_vlan.is_empty();
+        let wanted = !args.no_offload
+            && args.tunnel_gso != Mode::Off
+            && (kind != BackendKind::Gre || has_l2);
+        TunnelPlan {
+            wanted,
+            required: args.tunnel_gso == Mode::On,
+            check_forward: wanted && !args.iptables_forward_rules,
+        }
+    }
+
     /// The TAP cannot be used, for `reason`: an error with `--tunnel-gso on`, else a
     /// warning and userspace segmentation.
     pub fn unavailable(&self, reason: String) -> Result<(), DaemonError> {
@@ -183,10 +195,6 @@ impl Plan {
         if !cfg.enable_ipv4 && args.ip_masq {
             notices.push(Notice::NoIpv6Masquerade);
         }
-        let has_l2 = !args.l2.is_empty() || !args.l2_vlan.is_empty();
-        let offload = !args.no_offload;
-        let wanted =
-            offload && args.tunnel_gso != Mode::Off && (kind != BackendKind::Gre || has_l2);
         Ok(Plan {
             public_ip,
             underlay4: cfg.enable_ipv4.then_some(host.underlay.addr),
@@ -200,13 +208,9 @@ impl Plan {
             mtu: u.mtu,
             ipv6_mtu: u.ipv6_mtu,
             queues: args.queues.map_or(host.cores.min(4), usize::from),
-            offload,
+            offload: !args.no_offload,
             busy_poll_us: args.busy_poll_us,
-            tunnel: TunnelPlan {
-                wanted,
-                required: args.tunnel_gso == Mode::On,
-                check_forward: wanted && !args.iptables_forward_rules,
-            },
+            tunnel: TunnelPlan::new(args, kind),
             keepalive_every: keepalive_every(args.subnet_lease_renew_margin),
             masq: args.ip_masq && cfg.enable_ipv4,
             forward_rules: args.iptables_forward_rules && cfg.enable_ipv4,
@@ -262,17 +266,7 @@ fn underlays(
     }
     let underlay6 = underlay6(args, cfg, host);
     if !cfg.enable_ipv4 {
-        if underlay6.is_none() {
-            return Err(DaemonError::Ipv6OnlyNoUnderlay {
-                key: config_key.to_string(),
-                iface: u.name.clone(),
-            });
-        }
-        if !args.l2.is_empty() || !args.l2_vlan.is_empty() {
-            return Err(DaemonError::Ipv6OnlyL2 {
-                key: config_key.to_string(),
-            });
-        }
+        ipv6_only(args, config_key, u, underlay6)?;
     }
     let public_ipv6 = match cfg.ipv6 {
         None => None,
@@ -299,6 +293,27 @@ fn underlays(
         mtu,
         ipv6_mtu,
     })
+}
+
+/// What an IPv6-only node needs: an IPv6 underlay, and no L2 network.
+fn ipv6_only(
+    args: &Args,
+    config_key: &str,
+    u: &Underlay,
+    underlay6: Option<Ipv6Addr>,
+) -> Result<(), DaemonError> {
+    if underlay6.is_none() {
+        return Err(DaemonError::Ipv6OnlyNoUnderlay {
+            key: config_key.to_string(),
+            iface: u.name.clone(),
+        });
+    }
+    if !args.l2.is_empty() || !args.l2_vlan.is_empty() {
+        return Err(DaemonError::Ipv6OnlyL2 {
+            key: config_key.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// The address the IPv6 sockets bind: `--public-ipv6` when it is one of the interface's

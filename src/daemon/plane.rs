@@ -54,19 +54,8 @@ impl RoutedPlane {
     ) -> Result<RoutedPlane, DaemonError> {
         let opts = plan.tun_options();
         let mut dev = device::open(&opts, nl, &setup).await?;
-        let v4 = match plan.underlay4 {
-            Some(a) => plan.backend.sockets(IpAddr::V4(a), plan.queues)?,
-            None => Sockets::default(),
-        };
-        let v6 = match plan.underlay6 {
-            Some(a6) => plan.backend.sockets(IpAddr::V6(a6), plan.queues)?,
-            None => Sockets::default(),
-        };
-        let gso = plan.offload && v4.send.iter().chain(&v6.send).all(|s| s.probe_gso());
-        let recvs: Vec<_> = v4.recv.iter().chain(&v6.recv).collect();
-        let gro = plan.offload
-            && recvs.first().is_some_and(|s| !s.is_raw())
-            && recvs.iter().all(|s| s.enable_gro());
+        let (v4, v6) = sockets(plan)?;
+        let (gso, gro) = socket_offloads(plan.offload, &v4, &v6);
         info!(device = %dev.name, queues = plan.queues, mtu = plan.mtu, ipv6_mtu = ?plan.ipv6_mtu, offloads = dev.offloads, gso, gro, ipv6_underlay = ?plan.underlay6, "data plane configured");
         let gso_tap = open_tunnel(plan, nl, underlay).await?;
         let cfg = l3::Config {
@@ -242,6 +231,27 @@ impl RoutedPlane {
         drop(self.gso_tap.take());
         totals
     }
+}
+
+/// The backend's sockets on the IPv4 and the IPv6 underlay (none for a family not used).
+fn sockets(plan: &Plan) -> Result<(Sockets, Sockets), DaemonError> {
+    let open = |addr: Option<IpAddr>| match addr {
+        Some(a) => plan.backend.sockets(a, plan.queues),
+        None => Ok(Sockets::default()),
+    };
+    let v4 = open(plan.underlay4.map(IpAddr::V4))?;
+    Ok((v4, open(plan.underlay6.map(IpAddr::V6))?))
+}
+
+/// UDP GSO (every send socket takes it) and GRO (every receive socket, none raw) with
+/// offloads on.
+fn socket_offloads(offload: bool, v4: &Sockets, v6: &Sockets) -> (bool, bool) {
+    let gso = offload && v4.send.iter().chain(&v6.send).all(|s| s.probe_gso());
+    let recvs: Vec<_> = v4.recv.iter().chain(&v6.recv).collect();
+    let gro = offload
+        && recvs.first().is_some_and(|s| !s.is_raw())
+        && recvs.iter().all(|s| s.enable_gro());
+    (gso, gro)
 }
 
 /// The tunnel-GSO TAP when the plan wants it and the host allows it: `Err` only for
