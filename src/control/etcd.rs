@@ -155,7 +155,7 @@ impl Registry {
         &self.prefix
     }
 
-    fn config_key(&self) -> String {
+    pub fn config_key(&self) -> String {
         format!("{}/config", self.prefix)
     }
 

@@ -1,0 +1,138 @@
+//! The overlay device: opened (and, after it vanished, opened again) in one place with the
+//! same options, and given its addresses, MTUs and routes as flanneld gives its devices.
+
+use std::sync::Arc;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use tracing::warn;
+
+use super::DaemonError;
+use crate::control::lease::SubnetKey;
+use crate::datapath;
+use crate::host::{HostError, Netlink};
+use crate::sys::tun::{self, Device};
+
+/// Opens device `opts` (offloads asked for with `opts.vnet_hdr`) and applies `setup` to
+/// it: at start and for the repair after a deletion.
+pub async fn open(
+    opts: &tun::Options,
+    nl: &Netlink,
+    setup: &DeviceSetup,
+) -> Result<Device, DaemonError> {
+    let mut dev = Device::open(opts).map_err(|source| DaemonError::Device {
+        name: opts.name.clone(),
+        source,
+    })?;
+    if opts.vnet_hdr {
+        if let Err(e) = datapath::enable_offloads(&mut dev) {
+            warn!(device = %dev.name, error = %e, "the kernel refused TUN offloads; packets are handled one by one");
+        }
+    }
+    setup.apply(nl, &dev.name).await?;
+    Ok(dev)
+}
+
+/// The device's queues, shared with the workers.
+pub fn queues(dev: &mut Device) -> Vec<Arc<tun::Queue>> {
+    std::mem::take(&mut dev.queues)
+        .into_iter()
+        .map(Arc::new)
+        .collect()
+}
+
+/// What the overlay device is given, as flanneld gives its devices: its MTU, the IPv4
+/// subnet's network address /32 and the route for the IPv4 network (absent on an IPv6-only
+/// node), the IPv6 subnet's network address /128 and the route for the IPv6 network (dual
+/// stack and IPv6 only), and the device's IPv6 MTU when it must be below its link MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSetup {
+    pub mtu: u32,
+    pub ipv6_mtu: Option<u32>,
+    /// (our subnet, the network).
+    pub v4: Option<(Ipv4Net, Ipv4Net)>,
+    pub v6: Option<(Ipv6Net, Ipv6Net)>,
+}
+
+impl DeviceSetup {
+    /// Configures device `name` (idempotent: also the repair after a deletion, and the
+    /// move to a re-acquired subnet).
+    pub async fn apply(&self, nl: &Netlink, name: &str) -> Result<(), HostError> {
+        match self.v4 {
+            Some((sn, net)) => {
+                nl.configure_overlay(name, sn.network(), self.mtu, net)
+                    .await?
+            }
+            None => nl.link_up(name, self.mtu).await?,
+        };
+        if let Some((sn6, net6)) = self.v6 {
+            nl.configure_overlay6(name, sn6.network(), net6, self.ipv6_mtu)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The same setup for the subnets of `held` (a re-acquisition), each family's kept
+    /// when `held` has none of it.
+    pub fn moved_to(self, held: SubnetKey) -> DeviceSetup {
+        DeviceSetup {
+            v4: self.v4.map(|(sn, net)| (held.ipv4.unwrap_or(sn), net)),
+            v6: self.v6.map(|(sn6, net6)| (held.ipv6.unwrap_or(sn6), net6)),
+            ..self
+        }
+    }
+
+    /// A network whose route through link `index` is gone, if any (errors reading the
+    /// routes count as present: the next check tries again).
+    pub async fn missing_route(&self, nl: &Netlink, index: u32) -> Option<ipnet::IpNet> {
+        if let Some((_, net)) = self.v4 {
+            if let Ok(false) = nl.has_route(net, index).await {
+                return Some(net.into());
+            }
+        }
+        if let Some((_, net6)) = self.v6 {
+            if let Ok(false) = nl.has_route(net6, index).await {
+                return Some(net6.into());
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reacquired_subnet_moves_each_family_it_names() {
+        let setup = DeviceSetup {
+            mtu: 1450,
+            ipv6_mtu: Some(1430),
+            v4: Some((
+                "10.1.2.0/24".parse().unwrap(),
+                "10.1.0.0/16".parse().unwrap(),
+            )),
+            v6: Some((
+                "fd00:1:0:2::/64".parse().unwrap(),
+                "fd00:1::/56".parse().unwrap(),
+            )),
+        };
+        let v4_only = SubnetKey {
+            ipv4: Some("10.1.7.0/24".parse().unwrap()),
+            ipv6: None,
+        };
+        let moved = setup.moved_to(v4_only);
+        assert_eq!(
+            moved.v4.unwrap().0,
+            "10.1.7.0/24".parse::<Ipv4Net>().unwrap()
+        );
+        assert_eq!(moved.v6, setup.v6);
+        assert_eq!((moved.mtu, moved.ipv6_mtu), (1450, Some(1430)));
+        let v6_sn: Ipv6Net = "fd00:1:0:9::/64".parse().unwrap();
+        let moved = setup.moved_to(SubnetKey {
+            ipv4: None,
+            ipv6: Some(v6_sn),
+        });
+        assert_eq!(moved.v6.unwrap(), (v6_sn, setup.v6.unwrap().1));
+        assert_eq!(moved.v4, setup.v4);
+    }
+}

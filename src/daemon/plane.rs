@@ -1,0 +1,285 @@
+//! The routed data plane as the daemon runs it: the device, the underlay sockets, the
+//! tunnel-GSO TAP and the workers, opened from the plan, kept healthy by the periodic check
+//! (route restored, device recreated with the same options and every peer kept), stopped
+//! in order.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tracing::{debug, error, info, warn};
+
+use super::device::{self, DeviceSetup};
+use super::plan::{Plan, FORWARD_DROPS};
+use super::DaemonError;
+use crate::backend::Sockets;
+use crate::control::lease::SubnetKey;
+use crate::counters::Totals;
+use crate::datapath::tunnel::Tunnel;
+use crate::fib::{SharedFib, SharedFib6};
+use crate::gso_tap::{self, GsoTap};
+use crate::host::{Netlink, Underlay};
+use crate::l3::{self, Dataplane};
+use crate::sys::tun;
+use crate::telemetry;
+
+/// The running routed data plane and what it takes to open its device again.
+pub struct RoutedPlane {
+    opts: tun::Options,
+    setup: DeviceSetup,
+    cfg: l3::Config,
+    v4: Sockets,
+    v6: Sockets,
+    fib: SharedFib,
+    fib6: SharedFib6,
+    queues: Vec<Arc<tun::Queue>>,
+    workers: Option<Dataplane>,
+    /// The device overlayd opened, by index: a link that merely took its name is not ours.
+    index: Option<u32>,
+    /// The offload flags the kernel accepted on the device first opened.
+    offloads: u32,
+    gso_tap: Option<GsoTap>,
+}
+
+impl RoutedPlane {
+    /// Opens the device (given `setup`), the sockets of each underlay family, the
+    /// tunnel-GSO TAP when the plan wants it, and starts the workers on `fib` and `fib6`.
+    pub async fn open(
+        plan: &Plan,
+        setup: DeviceSetup,
+        nl: &Netlink,
+        underlay: &Underlay,
+        fib: SharedFib,
+        fib6: SharedFib6,
+    ) -> Result<RoutedPlane, DaemonError> {
+        let opts = plan.tun_options();
+        let mut dev = device::open(&opts, nl, &setup).await?;
+        let (v4, v6) = sockets(plan)?;
+        let (gso, gro) = socket_offloads(plan.offload, &v4, &v6);
+        info!(device = %dev.name, queues = plan.queues, mtu = plan.mtu, ipv6_mtu = ?plan.ipv6_mtu, offloads = dev.offloads, gso, gro, ipv6_underlay = ?plan.underlay6, "data plane configured");
+        let gso_tap = open_tunnel(plan, nl, underlay).await?;
+        let cfg = l3::Config {
+            encap: plan.backend.encap,
+            encap6: plan.encap6,
+            port: plan.backend.port,
+            tun_addr: setup
+                .v4
+                .map_or(std::net::Ipv4Addr::UNSPECIFIED, |(sn, _)| sn.network()),
+            vnet_hdr: plan.offload,
+            gso,
+            gro,
+            local_mac: plan.backend.vtep_mac,
+            busy_poll_us: plan.busy_poll_us,
+            tunnel: gso_tap.as_ref().map(|t| t.tunnel.clone()),
+            mtu: plan.mtu,
+        };
+        let mut plane = RoutedPlane {
+            index: nl.link(&opts.name).await.ok().flatten().map(|(i, _)| i),
+            opts,
+            setup,
+            cfg,
+            v4,
+            v6,
+            fib,
+            fib6,
+            queues: device::queues(&mut dev),
+            workers: None,
+            offloads: dev.offloads,
+            gso_tap,
+        };
+        plane.start_workers()?;
+        Ok(plane)
+    }
+
+    /// Starts the workers on the current queues (at start, and after the device was
+    /// recreated); the forwarding tables live outside them, so every peer is kept.
+    fn start_workers(&mut self) -> Result<(), DaemonError> {
+        let dp = Dataplane::start(
+            self.cfg.clone(),
+            self.queues.clone(),
+            self.v4.clone(),
+            self.v6.clone(),
+            self.fib.clone(),
+            self.fib6.clone(),
+        )
+        .map_err(|source| DaemonError::Device {
+            name: self.opts.name.clone(),
+            source,
+        })?;
+        self.workers = Some(dp);
+        Ok(())
+    }
+
+    /// The tunnel-GSO TAP's shared side, when it is in use (for the L2 networks).
+    pub fn tunnel(&self) -> Option<Tunnel> {
+        self.cfg.tunnel.clone()
+    }
+
+    /// Tells the metrics exporter about the data plane.
+    pub fn publish(&self, t: &telemetry::State, backend: &'static str) {
+        if let Some(tunnel) = &self.cfg.tunnel {
+            let _ = t.tunnel_gso.set(tunnel.on.clone());
+            let _ = t.tunnel_gso6.set(tunnel.on6.clone());
+        }
+        let _ = t.backend.set(backend);
+        let _ = t.fib.set(self.fib.clone());
+        let _ = t.fib6.set(self.fib6.clone());
+        let _ = t.offloads.set(telemetry::Offloads {
+            tun_tso: self.offloads & tun::TUN_F_TSO4 != 0,
+            tun_uso: self.offloads & tun::TUN_F_USO4 != 0,
+            udp_gso: self.cfg.gso,
+            udp_gro: self.cfg.gro,
+        });
+        self.publish_workers(t);
+    }
+
+    fn publish_workers(&self, t: &telemetry::State) {
+        if let (Ok(mut w), Some(dp)) = (t.workers.lock(), &self.workers) {
+            *w = Some(dp.stats.clone());
+        }
+    }
+
+    /// Moves the device to the subnets of `held` (a re-acquisition); returns the IPv4
+    /// subnet now configured, if any.
+    pub async fn move_to(&mut self, nl: &Netlink, held: SubnetKey) -> Option<ipnet::Ipv4Net> {
+        self.setup = self.setup.moved_to(held);
+        if let Err(e) = self.setup.apply(nl, &self.opts.name).await {
+            error!(error = %e, "cannot move the device to the re-acquired subnet");
+        }
+        self.setup.v4.map(|(sn, _)| sn)
+    }
+
+    /// The periodic check: the device or its route deleted under us (host network scripts
+    /// do that) is recreated. Returns whether the device is there and ours (for the
+    /// watchdog); `Err` only when the workers cannot be restarted.
+    pub async fn check(&mut self, nl: &Netlink, t: &telemetry::State) -> Result<bool, DaemonError> {
+        let name = &self.opts.name;
+        match nl.link(name).await {
+            Ok(Some((index, _))) if Some(index) != self.index => {
+                error!(device = %name, index, "a link that overlayd did not create holds the overlay device's name; remove it so that the device can be recreated");
+                Ok(false)
+            }
+            Ok(Some((index, _))) => {
+                if let Some(network) = self.setup.missing_route(nl, index).await {
+                    warn!(device = %name, %network, "overlay route vanished; restoring it");
+                    t.control.device_repairs.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = self.setup.apply(nl, name).await {
+                        error!(error = %e, "cannot restore the overlay route");
+                    }
+                }
+                Ok(true)
+            }
+            Ok(None) => self.recreate(nl, t).await,
+            Err(e) => {
+                debug!(error = %e, "cannot check the overlay device");
+                Ok(false)
+            }
+        }
+    }
+
+    /// The device vanished: stop the workers, open it again with the same options and
+    /// setup, restart the workers (on no queue when that failed: they idle until the next
+    /// check). Returns whether the device is ours again.
+    async fn recreate(&mut self, nl: &Netlink, t: &telemetry::State) -> Result<bool, DaemonError> {
+        warn!(device = %self.opts.name, "overlay device vanished; recreating it with every peer's state");
+        t.control.device_repairs.fetch_add(1, Ordering::Relaxed);
+        t.ready.store(false, Ordering::Relaxed);
+        if let Some(dp) = self.workers.take() {
+            dp.stop();
+        }
+        self.queues.clear();
+        let mut ours = false;
+        match device::open(&self.opts, nl, &self.setup).await {
+            Ok(mut dev) => {
+                self.queues = device::queues(&mut dev);
+                self.index = nl
+                    .link(&self.opts.name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|(i, _)| i);
+                ours = self.index.is_some();
+            }
+            Err(e) => error!(error = %e, "cannot recreate the overlay device; retrying"),
+        }
+        if let Err(e) = self.start_workers() {
+            error!(error = %e, "cannot restart the data plane");
+            return Err(e);
+        }
+        self.publish_workers(t);
+        t.ready.store(!self.queues.is_empty(), Ordering::Relaxed);
+        Ok(ours)
+    }
+
+    /// Whether every worker thread runs.
+    pub fn alive(&self) -> bool {
+        self.workers.as_ref().is_some_and(Dataplane::alive)
+    }
+
+    /// Stops the workers, then closes the device (the kernel removes it and its routes)
+    /// and the TAP; returns the workers' totals.
+    pub fn stop(mut self) -> Totals {
+        let totals = self
+            .workers
+            .as_ref()
+            .map(Dataplane::totals)
+            .unwrap_or_default();
+        if let Some(dp) = self.workers.take() {
+            dp.stop();
+        }
+        drop(std::mem::take(&mut self.queues));
+        drop(self.gso_tap.take());
+        totals
+    }
+}
+
+/// The backend's sockets on the IPv4 and the IPv6 underlay (none for a family not used).
+fn sockets(plan: &Plan) -> Result<(Sockets, Sockets), DaemonError> {
+    let open = |addr: Option<IpAddr>| match addr {
+        Some(a) => plan.backend.sockets(a, plan.queues),
+        None => Ok(Sockets::default()),
+    };
+    let v4 = open(plan.underlay4.map(IpAddr::V4))?;
+    Ok((v4, open(plan.underlay6.map(IpAddr::V6))?))
+}
+
+/// UDP GSO (every send socket takes it) and GRO (every receive socket, none raw) with
+/// offloads on.
+fn socket_offloads(offload: bool, v4: &Sockets, v6: &Sockets) -> (bool, bool) {
+    let gso = offload && v4.send.iter().chain(&v6.send).all(|s| s.probe_gso());
+    let recvs: Vec<_> = v4.recv.iter().chain(&v6.recv).collect();
+    let gro = offload
+        && recvs.first().is_some_and(|s| !s.is_raw())
+        && recvs.iter().all(|s| s.enable_gro());
+    (gso, gro)
+}
+
+/// The tunnel-GSO TAP when the plan wants it and the host allows it: `Err` only for
+/// `--tunnel-gso on` (otherwise a warning, and userspace segmentation).
+async fn open_tunnel(
+    plan: &Plan,
+    nl: &Netlink,
+    underlay: &Underlay,
+) -> Result<Option<GsoTap>, DaemonError> {
+    let t = plan.tunnel;
+    if !t.wanted {
+        return Ok(None);
+    }
+    if t.check_forward && crate::masq::forward_policy_drops().await == Some(true) {
+        t.unavailable(FORWARD_DROPS.to_string())?;
+        return Ok(None);
+    }
+    match GsoTap::open(nl, underlay, plan.queues, plan.underlay6).await {
+        Ok(tap) => {
+            info!(
+                device = gso_tap::NAME,
+                "tunnel GSO on: the kernel segments whole super-packets"
+            );
+            Ok(Some(tap))
+        }
+        Err(reason) => {
+            t.unavailable(reason)?;
+            Ok(None)
+        }
+    }
+}
