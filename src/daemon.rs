@@ -24,7 +24,7 @@ use crate::datapath;
 use crate::fib::{self, Peer, Peer6};
 use crate::gso_tap::{self, GsoTap};
 use crate::host::{HostError, Netlink};
-use crate::l3::{self, Dataplane};
+use crate::l3::{self, Router};
 use crate::sys::tun::{self, Device};
 use crate::telemetry;
 
@@ -481,7 +481,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         }
         Err(e) => warn!(error = %e, "cannot list peers yet; the watch will fill them in"),
     }
-    let dp_cfg = l3::Config {
+    let dp_cfg = l3::RouterConfig {
         encap: backend.encap,
         encap6,
         port: backend.port,
@@ -505,7 +505,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         .into_iter()
         .map(Arc::new)
         .collect();
-    let mut dp = Dataplane::start(
+    let mut dp = Router::start(
         dp_cfg.clone(),
         qs.clone(),
         v4.clone(),
@@ -695,7 +695,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
                             }
                             Err(e) => error!(error = %e, "cannot recreate the overlay device; retrying"),
                         }
-                        match Dataplane::start(dp_cfg.clone(), qs.clone(), v4.clone(), v6.clone(), fib.clone(), fib6.clone()) {
+                        match Router::start(dp_cfg.clone(), qs.clone(), v4.clone(), v6.clone(), fib.clone(), fib6.clone()) {
                             Ok(d) => {
                                 dp = d;
                                 set_workers(&telemetry, &dp);
@@ -743,7 +743,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     }
 }
 
-fn set_workers(t: &telemetry::State, dp: &Dataplane) {
+fn set_workers(t: &telemetry::State, dp: &Router) {
     if let Ok(mut w) = t.workers.lock() {
         *w = Some(dp.stats.clone());
     }

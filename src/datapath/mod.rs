@@ -4,7 +4,7 @@
 //! delivery into a device ([`recv`]). What a send did ([`Sent`]) is defined here, below
 //! both transmit ways ([`send`] uses [`tunnel`], never the reverse).
 //!
-//! The routed data plane ([`crate::l3`]) and the layer-2 one ([`crate::l2::dataplane`]) are
+//! The routed data plane ([`crate::l3`]) and the layer-2 one ([`crate::l2::switch`]) are
 //! thin users of it: they decide *where* a packet goes (forwarding table, MAC learning,
 //! VLAN map) and *which* header it gets; everything that moves bytes, batches syscalls,
 //! segments or coalesces lives here once. No lock, and no heap allocation per packet.
