@@ -23,9 +23,9 @@ use std::time::Duration;
 use crate::backend::{Decapsulated, Encap, Sockets};
 use crate::counters::{bump, totals, DirCounters, PeerCounters, Totals, WorkerStats};
 use crate::datapath::recv::{self, Delivery, Link, Target};
-use crate::datapath::send::{send_msgs, Outgoing, Sent, TxPath};
+use crate::datapath::send::{send_msgs, Outgoing, TxPath};
 use crate::datapath::tunnel::Tunnel;
-use crate::datapath::{would_block, Side, Workers};
+use crate::datapath::{would_block, Sent, Side, Workers};
 use crate::drop::DropReason;
 use crate::fib::{Fib, Fib6, SharedFib, SharedFib6};
 use crate::offload;
@@ -35,7 +35,7 @@ use crate::wire::{arp, ether, flow, gre, icmp, ip, ipv4, virtio, vxlan};
 
 /// What the workers need to know about this node.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct RouterConfig {
     /// The encapsulation on the IPv4 underlay.
     pub encap: Encap,
     /// The encapsulation on the IPv6 underlay: the same format, with (vxlan) our IPv6
@@ -64,12 +64,12 @@ pub struct Config {
 }
 
 /// Running workers and their counters.
-pub struct Dataplane {
+pub struct Router {
     workers: Workers,
     pub stats: Arc<Vec<WorkerStats>>,
 }
 
-impl Dataplane {
+impl Router {
     /// Starts one worker per queue index: worker `i` transmits from device queue `i` and
     /// receives on the `i`th receive socket of each underlay family, writing into queue
     /// `i % queues` (there are as many workers as the largest of those counts). The `send`
@@ -79,13 +79,13 @@ impl Dataplane {
     /// Counters: `stats[i]` for transmit on queue `i`, `stats[queues + j]` for receive on
     /// the `j`th sockets.
     pub fn start(
-        cfg: Config,
+        cfg: RouterConfig,
         queues: Vec<Arc<Queue>>,
         v4: Sockets,
         v6: Sockets,
         fib: SharedFib,
         fib6: SharedFib6,
-    ) -> std::io::Result<Dataplane> {
+    ) -> std::io::Result<Router> {
         let receivers = v4.recv.len().max(v6.recv.len());
         let stats: Arc<Vec<WorkerStats>> = Arc::new(
             (0..queues.len() + receivers)
@@ -98,7 +98,7 @@ impl Dataplane {
         }
         let pairs = (0..queues.len().max(receivers))
             .map(|i| {
-                let tx = queues.get(i).map(|q| TxWorker {
+                let tx = queues.get(i).map(|q| RouterTx {
                     cfg: cfg.clone(),
                     queue: q.clone(),
                     send4: v4.send.clone(),
@@ -120,7 +120,7 @@ impl Dataplane {
                 .collect();
                 // No device queue (it could not be reopened): nothing to receive into either.
                 let rx = (!socks.is_empty() && !queues.is_empty()).then(|| {
-                    RxWorker::new(
+                    RouterRx::new(
                         cfg.clone(),
                         queues[i % queues.len()].clone(),
                         socks,
@@ -134,7 +134,7 @@ impl Dataplane {
             })
             .collect();
         let busy = Duration::from_micros(cfg.busy_poll_us.into());
-        Ok(Dataplane {
+        Ok(Router {
             workers: Workers::spawn("dp", pairs, busy)?,
             stats,
         })
@@ -156,8 +156,8 @@ impl Dataplane {
     }
 }
 
-struct TxWorker {
-    cfg: Config,
+struct RouterTx {
+    cfg: RouterConfig,
     queue: Arc<Queue>,
     /// The send sockets of each underlay family (none when the family is not used).
     send4: Vec<Arc<UnderlaySocket>>,
@@ -173,7 +173,7 @@ struct TxWorker {
     me: usize,
 }
 
-impl Side for TxWorker {
+impl Side for RouterTx {
     fn pollable(&self) -> Arc<dyn AsFd + Send + Sync> {
         self.queue.clone()
     }
@@ -202,7 +202,7 @@ impl Side for TxWorker {
     }
 }
 
-impl TxWorker {
+impl RouterTx {
     /// Forwards the `n` bytes just read: IPv4 by `fib`, IPv6 by `fib6`.
     fn forward(&mut self, fib: &Fib, fib6: &Fib6, n: usize) {
         let st = &self.stats[self.me];
@@ -353,8 +353,8 @@ struct RxSock {
     batch: RecvBatch,
 }
 
-struct RxWorker {
-    cfg: Config,
+struct RouterRx {
+    cfg: RouterConfig,
     queue: Arc<Queue>,
     /// One socket per underlay family in use (IPv4 first).
     socks: Vec<RxSock>,
@@ -366,9 +366,9 @@ struct RxWorker {
     me: usize,
 }
 
-impl RxWorker {
+impl RouterRx {
     fn new(
-        cfg: Config,
+        cfg: RouterConfig,
         queue: Arc<Queue>,
         socks: Vec<(Arc<UnderlaySocket>, Encap)>,
         fib: SharedFib,
@@ -521,7 +521,7 @@ impl RxWorker {
     }
 }
 
-impl Side for RxWorker {
+impl Side for RouterRx {
     fn pollable(&self) -> Arc<dyn AsFd + Send + Sync> {
         self.socks[0].sock.clone()
     }

@@ -48,7 +48,7 @@ pub struct State {
     /// The same for IPv6 outer headers (an IPv6 underlay).
     pub tunnel_gso6: OnceLock<Arc<AtomicBool>>,
     /// The L2 networks' shared state, when any is attached.
-    pub l2: OnceLock<Arc<crate::l2::dataplane::Shared>>,
+    pub l2: OnceLock<Arc<crate::l2::switch::Shared>>,
 }
 
 impl State {
@@ -169,7 +169,7 @@ fn peer_counters(subnet: String, ip: String, c: &crate::counters::PeerCounters) 
 }
 
 /// Copies the L2 networks' counters into the recorder.
-fn refresh_l2(l2: &crate::l2::dataplane::Shared) {
+fn refresh_l2(l2: &crate::l2::switch::Shared) {
     for (i, n) in l2.nets.iter().enumerate() {
         let st = &n.stats;
         let net = n.name.clone();

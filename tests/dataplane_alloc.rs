@@ -18,7 +18,7 @@ use overlayd::backend::{Encap, Sockets};
 use overlayd::fib::{self, Fib, Fib6, Peer, Peer6};
 use overlayd::gso_tap::GsoTap;
 use overlayd::host::Netlink;
-use overlayd::l3::{Config, Dataplane};
+use overlayd::l3::{Router, RouterConfig};
 use overlayd::sys::netns::run_in_netns;
 use overlayd::sys::socket::UnderlaySocket;
 use overlayd::sys::tun::{self, Device};
@@ -76,7 +76,7 @@ fn node(
     peer: u8,
     tunnel: bool,
     stream: Stream,
-) -> (Dataplane, Option<GsoTap>) {
+) -> (Router, Option<GsoTap>) {
     let ns = host.name().to_string();
     let ip = host.ip;
     if stream == Stream::V6OverV6 {
@@ -172,7 +172,7 @@ fn node(
         }],
     );
     shared6.store(Arc::new(table6));
-    let cfg = Config {
+    let cfg = RouterConfig {
         encap: Encap::Vxlan {
             vni: 1,
             local_mac: mac(me),
@@ -203,7 +203,7 @@ fn node(
             recv: vec![s],
         })
         .unwrap_or_default();
-    let dp = Dataplane::start(cfg, queues, v4, v6, shared, shared6).expect("start workers");
+    let dp = Router::start(cfg, queues, v4, v6, shared, shared6).expect("start workers");
     (dp, tap)
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use ipnet::{Ipv4Net, Ipv6Net};
-use overlayd::backend::vxlan::{stable_vtep_mac, stable_vtep_mac_v6};
+use overlayd::backend::vxlan_tunnel::{stable_vtep_mac, stable_vtep_mac_v6};
 use overlayd::control::config::NetworkConfig;
 use overlayd::control::etcd::{EtcdOptions, Registry};
 use overlayd::control::lease::{format_mac, LeaseAttrs, SubnetKey, VxlanData};

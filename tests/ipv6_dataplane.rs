@@ -12,7 +12,7 @@ use ipnet::Ipv6Net;
 use std::time::{Duration, Instant};
 
 use common::*;
-use overlayd::backend::vxlan::{stable_vtep_mac, stable_vtep_mac_v6};
+use overlayd::backend::vxlan_tunnel::{stable_vtep_mac, stable_vtep_mac_v6};
 
 const READY: Duration = Duration::from_secs(30);
 const MB: u64 = 1_000_000;

@@ -216,7 +216,7 @@ pub fn check_outer_ipv4(buf: &[u8]) {
 /// only ever shorten the frame.
 pub fn check_l2(data: &[u8]) {
     use overlayd::l2::config::{L2Backend, L2NetworkConfig};
-    use overlayd::l2::dataplane::{self as l2dp, Members, Network, Shared};
+    use overlayd::l2::switch::{self as l2sw, Members, Network, Shared};
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
@@ -246,7 +246,7 @@ pub fn check_l2(data: &[u8]) {
     } else {
         (L2Backend::Gre, true)
     };
-    let Ok(Some(inb)) = l2dp::classify(sh, backend, rest, member, raw) else {
+    let Ok(Some(inb)) = l2sw::classify(sh, backend, rest, member, raw) else {
         return;
     };
     assert!((inb.net as usize) < 3);
@@ -254,8 +254,8 @@ pub fn check_l2(data: &[u8]) {
     assert_eq!(inb.sender, member);
     assert!(inb.frame.len() >= ether::HEADER_LEN);
     assert_eq!(inb.frame[6] & 1, 0, "accepted a multicast source MAC");
-    l2dp::learn(sh, &inb, sh.now());
-    let (trimmed, _) = l2dp::trim_and_check(inb.frame, 1450);
+    l2sw::learn(sh, &inb, sh.now());
+    let (trimmed, _) = l2sw::trim_and_check(inb.frame, 1450);
     assert!(trimmed.len() <= inb.frame.len());
     assert_eq!(&inb.frame[..trimmed.len()], trimmed);
 }

@@ -1,14 +1,14 @@
 //! The data path's view of a backend: [`Encap`], one small enum over the three wire
 //! formats, with the header length, the overhead, and checked encapsulation and
-//! decapsulation, dispatched to each backend's own module ([`super::udp`],
-//! [`super::vxlan`], [`super::gre`]) where the format is written.
+//! decapsulation, dispatched to each backend's own module ([`super::udp_tunnel`],
+//! [`super::vxlan_tunnel`], [`super::gre_tunnel`]) where the format is written.
 //!
 //! Pure: it writes headers into room the caller left in front of the inner packet and
 //! validates received payloads, with no I/O, no allocation and no panics on any input.
 //! Choosing the outer UDP source port (see [`crate::wire::flow`]) and the sockets is the
 //! data plane's job.
 
-use super::{gre as gre_backend, udp, vxlan as vxlan_backend};
+use super::{gre_tunnel, udp_tunnel, vxlan_tunnel};
 use crate::drop::DropReason;
 use crate::wire::{ether, gre, ip, vxlan};
 
@@ -104,13 +104,13 @@ impl Encap {
         match *self {
             Encap::Udp => {}
             Encap::Vxlan { vni, local_mac } => {
-                vxlan_backend::encapsulate(pkt, vni, local_mac, peer_mac, ethertype)
+                vxlan_tunnel::encapsulate(pkt, vni, local_mac, peer_mac, ethertype)
             }
             Encap::Gre {
                 key,
                 checksum,
                 sequence,
-            } => gre_backend::encapsulate(pkt, key, checksum, sequence.then_some(seq), ethertype),
+            } => gre_tunnel::encapsulate(pkt, key, checksum, sequence.then_some(seq), ethertype),
         }
         Ok(())
     }
@@ -126,9 +126,9 @@ impl Encap {
     /// ARP frames may be broadcast and are returned whole for the ARP responder.
     pub fn decapsulate<'a>(&self, payload: &'a [u8]) -> Result<Decapsulated<'a>, DropReason> {
         match *self {
-            Encap::Udp => udp::decapsulate(payload),
-            Encap::Vxlan { vni, local_mac } => vxlan_backend::decapsulate(payload, vni, local_mac),
-            Encap::Gre { key, .. } => gre_backend::decapsulate(payload, key),
+            Encap::Udp => udp_tunnel::decapsulate(payload),
+            Encap::Vxlan { vni, local_mac } => vxlan_tunnel::decapsulate(payload, vni, local_mac),
+            Encap::Gre { key, .. } => gre_tunnel::decapsulate(payload, key),
         }
     }
 }

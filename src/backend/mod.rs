@@ -1,5 +1,7 @@
-//! Backends, one module each: [`udp`] (flannel's), [`vxlan`] (flannel's, RFC 7348) and
-//! [`gre`] (RFC 2784/2890, overlayd's own). Each holds everything that makes it what it
+//! Backends, one module each: [`udp_tunnel`] (flannel's `udp`), [`vxlan_tunnel`]
+//! (flannel's `vxlan`, RFC 7348) and [`gre_tunnel`] (RFC 2784/2890, overlayd's own). The
+//! `_tunnel` names keep them apart from the header views `wire::{udp, vxlan, gre}`, so no
+//! import needs renaming. Each holds everything that makes it what it
 //! is: its wire format (encapsulate, checked decapsulate, the L2 header where it carries L2
 //! networks), its device name, what it puts into our lease and how it reads a peer's, and
 //! the underlay sockets it opens.
@@ -8,9 +10,9 @@
 //! path asks (pure, per packet).
 
 pub mod encap;
-pub mod gre;
-pub mod udp;
-pub mod vxlan;
+pub mod gre_tunnel;
+pub mod udp_tunnel;
+pub mod vxlan_tunnel;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -91,7 +93,7 @@ impl Backend {
     /// The backend `cfg` describes, for the node at `public_ip`.
     pub fn new(cfg: &BackendConfig, public_ip: Ipv4Addr) -> Backend {
         let vni = cfg.vni;
-        let vtep_mac = vxlan::stable_vtep_mac(public_ip, vni);
+        let vtep_mac = vxlan_tunnel::stable_vtep_mac(public_ip, vni);
         let encap = match cfg.kind {
             BackendKind::Udp => Encap::Udp,
             BackendKind::Vxlan => Encap::Vxlan {
@@ -120,9 +122,9 @@ impl Backend {
     /// The overlay device's name: flannel's where flannel has the backend.
     pub fn device_name(&self) -> String {
         match self.kind {
-            BackendKind::Udp => udp::DEVICE.to_string(),
-            BackendKind::Vxlan => vxlan::device_name(self.vni),
-            BackendKind::Gre => gre::device_name(self.vni),
+            BackendKind::Udp => udp_tunnel::DEVICE.to_string(),
+            BackendKind::Vxlan => vxlan_tunnel::device_name(self.vni),
+            BackendKind::Gre => gre_tunnel::device_name(self.vni),
         }
     }
 
@@ -144,7 +146,7 @@ impl Backend {
         match self.encap {
             Encap::Vxlan { vni, .. } => Encap::Vxlan {
                 vni,
-                local_mac: vxlan::stable_vtep_mac_v6(public_ipv6, vni),
+                local_mac: vxlan_tunnel::stable_vtep_mac_v6(public_ipv6, vni),
             },
             e => e,
         }
@@ -164,15 +166,15 @@ impl Backend {
     /// What our lease says about us, as flannel writes it for this backend.
     pub fn lease_attrs(&self, public_ip: Ipv4Addr) -> LeaseAttrs {
         match self.kind {
-            BackendKind::Udp => udp::lease_attrs(public_ip),
-            BackendKind::Vxlan => vxlan::lease_attrs(public_ip, self.vni, self.vtep_mac),
-            BackendKind::Gre => gre::lease_attrs(public_ip, self.vni),
+            BackendKind::Udp => udp_tunnel::lease_attrs(public_ip),
+            BackendKind::Vxlan => vxlan_tunnel::lease_attrs(public_ip, self.vni, self.vtep_mac),
+            BackendKind::Gre => gre_tunnel::lease_attrs(public_ip, self.vni),
         }
     }
 
     /// Our lease's `BackendV6Data` when we publish `public_ipv6` (dual stack), as flannel's
     /// vxlan backend writes it for its `flannel-v6.<VNI>` device: vxlan `{VNI, VtepMAC}`
-    /// (a MAC of its own, see [`vxlan::stable_vtep_mac_v6`]), gre `{VNI}`, udp nothing
+    /// (a MAC of its own, see [`vxlan_tunnel::stable_vtep_mac_v6`]), gre `{VNI}`, udp nothing
     /// (flannel's udp backend has no backend data).
     pub fn lease_v6_data(&self, public_ipv6: Ipv6Addr) -> Option<serde_json::Value> {
         match self.kind {
@@ -180,7 +182,7 @@ impl Backend {
             BackendKind::Vxlan => Some(
                 VxlanData {
                     vni: self.vni,
-                    vtep_mac: vxlan::stable_vtep_mac_v6(public_ipv6, self.vni),
+                    vtep_mac: vxlan_tunnel::stable_vtep_mac_v6(public_ipv6, self.vni),
                 }
                 .to_value(),
             ),
@@ -193,9 +195,9 @@ impl Backend {
     /// carry (another backend, another VNI), `Err` for one of ours whose data is invalid.
     pub fn peer_mac(&self, attrs: &LeaseAttrs) -> Result<Option<[u8; 6]>, String> {
         match self.kind {
-            BackendKind::Udp => Ok(udp::is_peer(attrs).then_some([0; 6])),
-            BackendKind::Vxlan => vxlan::peer_mac(attrs, self.vni),
-            BackendKind::Gre => Ok(gre::is_peer(attrs).then_some([0; 6])),
+            BackendKind::Udp => Ok(udp_tunnel::is_peer(attrs).then_some([0; 6])),
+            BackendKind::Vxlan => vxlan_tunnel::peer_mac(attrs, self.vni),
+            BackendKind::Gre => Ok(gre_tunnel::is_peer(attrs).then_some([0; 6])),
         }
     }
 
@@ -206,9 +208,9 @@ impl Backend {
     /// `Err` for one of ours whose IPv6 data is invalid (flannel skips such a lease).
     pub fn peer_v6(&self, attrs: &LeaseAttrs) -> Result<Option<[u8; 6]>, String> {
         match self.kind {
-            BackendKind::Udp => Ok(udp::is_peer(attrs).then_some([0; 6])),
-            BackendKind::Vxlan => vxlan::peer_mac_v6(attrs, self.vni),
-            BackendKind::Gre => Ok(gre::is_peer(attrs).then_some([0; 6])),
+            BackendKind::Udp => Ok(udp_tunnel::is_peer(attrs).then_some([0; 6])),
+            BackendKind::Vxlan => vxlan_tunnel::peer_mac_v6(attrs, self.vni),
+            BackendKind::Gre => Ok(gre_tunnel::is_peer(attrs).then_some([0; 6])),
         }
     }
 
@@ -246,9 +248,9 @@ impl Backend {
     /// Opens the underlay sockets on `addr` (IPv4 or IPv6) for `queues` receive workers.
     pub fn sockets(&self, addr: IpAddr, queues: usize) -> Result<Sockets, SocketError> {
         match self.kind {
-            BackendKind::Udp => udp::sockets(addr, self.port, queues),
-            BackendKind::Vxlan => vxlan::sockets(addr, self.port, queues),
-            BackendKind::Gre => gre::sockets(addr),
+            BackendKind::Udp => udp_tunnel::sockets(addr, self.port, queues),
+            BackendKind::Vxlan => vxlan_tunnel::sockets(addr, self.port, queues),
+            BackendKind::Gre => gre_tunnel::sockets(addr),
         }
     }
 }
@@ -277,7 +279,7 @@ mod tests {
         assert_eq!((u.port, v.port, g.port), (8285, 8472, 0));
         assert_eq!(
             v.vtep_mac,
-            vxlan::stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 1), 7)
+            vxlan_tunnel::stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 1), 7)
         );
     }
 
@@ -324,7 +326,7 @@ mod tests {
         let attrs = v.lease_attrs(ip).with_ipv6(ip6, v.lease_v6_data(ip6));
         assert_eq!(
             v.peer_v6(&attrs),
-            Ok(Some(vxlan::stable_vtep_mac_v6(ip6, 7))),
+            Ok(Some(vxlan_tunnel::stable_vtep_mac_v6(ip6, 7))),
             "the MAC of BackendV6Data, not of BackendData"
         );
         // A vxlan lease without BackendV6Data has no usable IPv6 side.
@@ -334,7 +336,10 @@ mod tests {
         // flannel; without an IPv6 underlay, over IPv4 to PublicIP with its IPv4 device's.
         assert_eq!(
             v.ipv6_route(&attrs, true),
-            Ok(Some((IpAddr::V6(ip6), vxlan::stable_vtep_mac_v6(ip6, 7))))
+            Ok(Some((
+                IpAddr::V6(ip6),
+                vxlan_tunnel::stable_vtep_mac_v6(ip6, 7)
+            )))
         );
         assert_eq!(
             v.ipv6_route(&attrs, false),
@@ -346,13 +351,16 @@ mod tests {
             only6.to_json(),
             format!(
                 r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:77::2","BackendType":"vxlan","BackendV6Data":{{"VNI":7,"VtepMAC":"{}"}}}}"#,
-                crate::control::lease::format_mac(&vxlan::stable_vtep_mac_v6(ip6, 7))
+                crate::control::lease::format_mac(&vxlan_tunnel::stable_vtep_mac_v6(ip6, 7))
             )
         );
         assert_eq!(v.ipv6_route(&only6, false), Ok(None), "not over IPv4");
         assert_eq!(
             v.ipv6_route(&only6, true),
-            Ok(Some((IpAddr::V6(ip6), vxlan::stable_vtep_mac_v6(ip6, 7))))
+            Ok(Some((
+                IpAddr::V6(ip6),
+                vxlan_tunnel::stable_vtep_mac_v6(ip6, 7)
+            )))
         );
         // A peer that publishes no PublicIPv6 is reached over IPv4.
         let mut no6 = attrs.clone();

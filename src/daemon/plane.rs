@@ -19,7 +19,7 @@ use crate::datapath::tunnel::Tunnel;
 use crate::fib::{SharedFib, SharedFib6};
 use crate::gso_tap::{self, GsoTap};
 use crate::host::{Netlink, Underlay};
-use crate::l3::{self, Dataplane};
+use crate::l3::{self, Router};
 use crate::sys::tun;
 use crate::telemetry;
 
@@ -27,13 +27,13 @@ use crate::telemetry;
 pub struct RoutedPlane {
     opts: tun::Options,
     setup: DeviceSetup,
-    cfg: l3::Config,
+    cfg: l3::RouterConfig,
     v4: Sockets,
     v6: Sockets,
     fib: SharedFib,
     fib6: SharedFib6,
     queues: Vec<Arc<tun::Queue>>,
-    workers: Option<Dataplane>,
+    workers: Option<Router>,
     /// The device overlayd opened, by index: a link that merely took its name is not ours.
     index: Option<u32>,
     /// The offload flags the kernel accepted on the device first opened.
@@ -58,7 +58,7 @@ impl RoutedPlane {
         let (gso, gro) = socket_offloads(plan.offload, &v4, &v6);
         info!(device = %dev.name, queues = plan.queues, mtu = plan.mtu, ipv6_mtu = ?plan.ipv6_mtu, offloads = dev.offloads, gso, gro, ipv6_underlay = ?plan.underlay6, "data plane configured");
         let gso_tap = open_tunnel(plan, nl, underlay).await?;
-        let cfg = l3::Config {
+        let cfg = l3::RouterConfig {
             encap: plan.backend.encap,
             encap6: plan.encap6,
             port: plan.backend.port,
@@ -94,7 +94,7 @@ impl RoutedPlane {
     /// Starts the workers on the current queues (at start, and after the device was
     /// recreated); the forwarding tables live outside them, so every peer is kept.
     fn start_workers(&mut self) -> Result<(), DaemonError> {
-        let dp = Dataplane::start(
+        let dp = Router::start(
             self.cfg.clone(),
             self.queues.clone(),
             self.v4.clone(),
@@ -213,7 +213,7 @@ impl RoutedPlane {
 
     /// Whether every worker thread runs.
     pub fn alive(&self) -> bool {
-        self.workers.as_ref().is_some_and(Dataplane::alive)
+        self.workers.as_ref().is_some_and(Router::alive)
     }
 
     /// Stops the workers, then closes the device (the kernel removes it and its routes)
@@ -222,7 +222,7 @@ impl RoutedPlane {
         let totals = self
             .workers
             .as_ref()
-            .map(Dataplane::totals)
+            .map(Router::totals)
             .unwrap_or_default();
         if let Some(dp) = self.workers.take() {
             dp.stop();

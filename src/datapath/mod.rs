@@ -1,9 +1,10 @@
 //! The data path both data planes share: worker threads and their poll loop
 //! ([`Workers`]), the transmit paths from a read super-packet to the underlay
 //! ([`send::TxPath`]), and the receive side's splitting of what the socket hands over and
-//! delivery into a device ([`recv`]).
+//! delivery into a device ([`recv`]). What a send did ([`Sent`]) is defined here, below
+//! both transmit ways ([`send`] uses [`tunnel`], never the reverse).
 //!
-//! The routed data plane ([`crate::l3`]) and the layer-2 one ([`crate::l2::dataplane`]) are
+//! The routed data plane ([`crate::l3`]) and the layer-2 one ([`crate::l2::switch`]) are
 //! thin users of it: they decide *where* a packet goes (forwarding table, MAC learning,
 //! VLAN map) and *which* header it gets; everything that moves bytes, batches syscalls,
 //! segments or coalesces lives here once. No lock, and no heap allocation per packet.
@@ -42,6 +43,30 @@ const POLL_MS: i32 = 100;
 /// spinning worker takes the CPU the kernel's segmentation and the application need
 /// (docs/performance.md, "Busy-poll and CPU per GiB").
 pub const DEFAULT_BUSY_POLL_US: u32 = 0;
+
+/// What a send did with its datagrams.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Datagrams (segments) the kernel took, and their bytes.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Send calls that succeeded.
+    pub calls: u64,
+    /// Datagrams not sent (socket full, or an error).
+    pub dropped: u64,
+    /// Of `calls`, the writes of whole super-packets through the tunnel-GSO TAP.
+    pub tunnel_writes: u64,
+}
+
+impl Sent {
+    pub(crate) fn add(&mut self, o: Sent) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.calls += o.calls;
+        self.dropped += o.dropped;
+        self.tunnel_writes += o.tunnel_writes;
+    }
+}
 
 /// Asks the kernel to hand a device's data plane super-packets: TCP (TSO, with ECN) and,
 /// where the kernel has it (Linux ≥ 6.2), UDP (USO: applications sending with

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::tunnel::{TunnelFrame, TunnelTx};
-use super::{HEADROOM, MAX_READ, SEG_BUF};
+use super::{Sent, HEADROOM, MAX_READ, SEG_BUF};
 use crate::drop::DropReason;
 use crate::offload::{tso, OffloadError};
 use crate::sys::socket::{Msg, UnderlaySocket, MAX_BATCH, MAX_GSO_SEGMENTS};
@@ -38,30 +38,6 @@ use crate::wire::virtio::{self, VirtioNetHdr};
 const HDR_BUF: usize = 32 * 1024;
 /// Largest UDP payload one GSO send may carry in total.
 const MAX_GSO_BYTES: usize = 65000;
-
-/// What a send did with its datagrams.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Sent {
-    /// Datagrams (segments) the kernel took, and their bytes.
-    pub packets: u64,
-    pub bytes: u64,
-    /// Send calls that succeeded.
-    pub calls: u64,
-    /// Datagrams not sent (socket full, or an error).
-    pub dropped: u64,
-    /// Of `calls`, the writes of whole super-packets through the tunnel-GSO TAP.
-    pub tunnel_writes: u64,
-}
-
-impl Sent {
-    fn add(&mut self, o: Sent) {
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-        self.calls += o.calls;
-        self.dropped += o.dropped;
-        self.tunnel_writes += o.tunnel_writes;
-    }
-}
 
 /// One packet read into [`TxPath::buf`], and how to send it.
 #[derive(Debug, Clone, Copy)]

@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::send::Sent;
+use super::Sent;
 use crate::offload::tso::GsoShape;
 use crate::sys::tun::Queue;
 use crate::wire::virtio::{self, TunnelHdr, VirtioNetHdr};

@@ -19,7 +19,7 @@ use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
 use tracing::{debug, info, warn};
 
 use super::config::{L2ConfigError, L2NetworkConfig};
-use super::dataplane::{Members, Shared};
+use super::switch::{Members, Shared};
 use crate::control::etcd::{backoff, EtcdError};
 use crate::control::pool::EtcdPool;
 

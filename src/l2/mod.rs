@@ -4,15 +4,15 @@
 //!
 //! - [`config`]: the network JSON and the `--l2`/`--l2-vlan` flags (pure);
 //! - [`fdb`]: the lock-free learning tables (pure);
-//! - [`dataplane`]: the worker threads;
+//! - [`switch`]: the worker threads ([`switch::Switch`]);
 //! - [`control`]: membership in etcd.
 //!
 //! See `docs/l2.md` for the model, the frame path and a worked two-tenant example.
 
 pub mod config;
 pub mod control;
-pub mod dataplane;
 pub mod fdb;
+pub mod switch;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use self::config::{AccessSpec, L2Backend, VlanSpec};
 use self::control::{L2Control, L2Error};
-use self::dataplane::{Dataplane, Network, Port, PortKind, Shared};
+use self::switch::{Network, Port, PortKind, Shared, Switch};
 use crate::backend::{self, SocketError, SOCKET_BUFFER};
 use crate::control::etcd::Registry;
 use crate::host::{HostError, Netlink, Underlay};
@@ -86,8 +86,8 @@ impl From<SocketError> for L2StartError {
 
 /// The running L2 side of the daemon.
 pub struct L2Node {
-    dp: Option<Dataplane>,
-    dp_cfg: dataplane::Config,
+    dp: Option<Switch>,
+    dp_cfg: switch::SwitchConfig,
     opts: L2Options,
     underlay_mtu: u32,
     devices: Vec<Device>,
@@ -199,7 +199,7 @@ impl L2Node {
                 let recv = Arc::new(
                     UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(sock_err(bind.to_string()))?,
                 );
-                let send = backend::vxlan::send_pool(underlay.addr)?;
+                let send = backend::vxlan_tunnel::send_pool(underlay.addr)?;
                 let gso = opts.offload && send.iter().all(|s| s.probe_gso());
                 // UDP GRO: runs of datagrams per receive (split again by segment size).
                 if opts.offload && !recv.enable_gro() {
@@ -210,11 +210,11 @@ impl L2Node {
             None => (None, Vec::new(), false),
         };
         let gre = if cfgs.iter().any(|(_, c)| c.backend == L2Backend::Gre) {
-            Some(backend::gre::raw_socket(underlay.addr)?)
+            Some(backend::gre_tunnel::raw_socket(underlay.addr)?)
         } else {
             None
         };
-        let dp_cfg = dataplane::Config {
+        let dp_cfg = switch::SwitchConfig {
             vnet_hdr: opts.offload,
             busy_poll_us: opts.busy_poll_us,
             gso,
@@ -223,7 +223,7 @@ impl L2Node {
             gre,
             tunnel: opts.tunnel.clone(),
         };
-        let dp = Dataplane::start(dp_cfg.clone(), ports, shared.clone()).map_err(|source| {
+        let dp = Switch::start(dp_cfg.clone(), ports, shared.clone()).map_err(|source| {
             L2StartError::Device {
                 name: "L2 workers".into(),
                 source,
@@ -282,12 +282,12 @@ impl L2Node {
         let (devices, ports) = open_ports(&self.opts, &self.shared, nl, self.underlay_mtu).await?;
         self.devices = devices;
         self.dp = Some(
-            Dataplane::start(self.dp_cfg.clone(), ports, self.shared.clone()).map_err(
-                |source| L2StartError::Device {
+            Switch::start(self.dp_cfg.clone(), ports, self.shared.clone()).map_err(|source| {
+                L2StartError::Device {
                     name: "L2 workers".into(),
                     source,
-                },
-            )?,
+                }
+            })?,
         );
         Ok(())
     }

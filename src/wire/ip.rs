@@ -14,15 +14,12 @@ use crate::drop::DropReason;
 use crate::wire::checksum;
 use crate::wire::{ipv4, ipv6};
 
-/// IP protocol numbers (IPv4 protocol, IPv6 next header) overlayd names.
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_DCCP: u8 = 33;
-pub const PROTO_GRE: u8 = 47;
-pub const PROTO_ICMPV6: u8 = 58;
-pub const PROTO_SCTP: u8 = 132;
-pub const PROTO_UDPLITE: u8 = 136;
+/// The IP protocol numbers, defined in [`proto`](super::proto) (below the version views,
+/// which use them too) and named here with the rest of what both versions share.
+pub use crate::wire::proto::{
+    PROTO_DCCP, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    PROTO_UDPLITE,
+};
 
 /// IP version of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

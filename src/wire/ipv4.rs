@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 
 use crate::drop::DropReason;
 use crate::wire::checksum;
-use crate::wire::ip::PROTO_GRE;
+use crate::wire::proto::PROTO_GRE;
 
 /// Length of an IPv4 header without options.
 pub const HEADER_LEN: usize = 20;
@@ -298,7 +298,7 @@ fn addr_at(b: &[u8], off: usize) -> Ipv4Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::ip::{PROTO_ICMP, PROTO_UDP};
+    use crate::wire::proto::{PROTO_ICMP, PROTO_UDP};
     use proptest::prelude::*;
 
     /// ICMP echo request 10.244.1.1 → 10.244.2.1, header of a real capture, 4 payload bytes.

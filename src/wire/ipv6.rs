@@ -226,7 +226,7 @@ fn addr_at(b: &[u8], off: usize) -> Ipv6Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::ip::PROTO_UDP;
+    use crate::wire::proto::PROTO_UDP;
     use proptest::prelude::*;
 
     /// UDP fd00::1 → fd00::2, traffic class 0xb8 (EF), flow label 0x12345, hop limit 64,

@@ -13,9 +13,10 @@
 //! needed for the offloads' error messages.
 //!
 //! - Link: [`ether`] (Ethernet II, 802.1Q tags, MAC addresses), [`arp`].
-//! - Network: [`ip`] (protocol numbers, the version-agnostic header parse, the
-//!   pseudo-header sum, the inner-packet gate), [`ipv4`], [`ipv6`], [`icmp`] (the errors
-//!   overlayd originates).
+//! - Network: [`proto`] (the IP protocol numbers), [`ip`] (the version-agnostic header
+//!   parse, the pseudo-header sum, the inner-packet gate), [`ipv4`], [`ipv6`], [`icmp`]
+//!   (the errors overlayd originates). Within the folder, too, imports go one way:
+//!   `proto` ← `ipv4`/`ipv6` ← `ip`.
 //! - Transport: [`tcp`], [`udp`].
 //! - Encapsulation: [`vxlan`], [`gre`], and [`virtio`] (the TUN/TAP offload header).
 //! - Arithmetic over headers: [`checksum`] (RFC 1071), [`flow`] (the inner-flow hash for
@@ -30,6 +31,7 @@ pub mod icmp;
 pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
+pub mod proto;
 pub mod tcp;
 pub mod udp;
 pub mod virtio;

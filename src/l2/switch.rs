@@ -168,7 +168,7 @@ pub struct Port {
 
 /// The sockets and settings the workers share.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct SwitchConfig {
     /// TAPs were opened with a virtio-net header (and offloads on).
     pub vnet_hdr: bool,
     /// Busy-poll window after traffic, µs (0 = block at once), as `--busy-poll-us`.
@@ -206,15 +206,19 @@ fn port_map<'a>(kinds: impl IntoIterator<Item = &'a PortKind>, nets: usize) -> P
 type PortMap = Vec<Option<(usize, Option<u16>)>>;
 
 /// Running L2 workers (stopped when dropped).
-pub struct Dataplane {
+pub struct Switch {
     workers: Workers,
 }
 
-impl Dataplane {
+impl Switch {
     /// Worker `i` carries port `i`'s transmit side and underlay socket `i`'s receive side:
     /// with one network (the common case) a request and its reply meet in one thread,
     /// which the busy-poll window then catches without a wakeup (as on the L3 path).
-    pub fn start(cfg: Config, ports: Vec<Port>, shared: Arc<Shared>) -> std::io::Result<Dataplane> {
+    pub fn start(
+        cfg: SwitchConfig,
+        ports: Vec<Port>,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<Switch> {
         let map = Arc::new(port_map(ports.iter().map(|p| &p.kind), shared.nets.len()));
         let socks: Vec<(Arc<UnderlaySocket>, L2Backend)> = [
             cfg.vxlan_recv.clone().map(|s| (s, L2Backend::Vxlan)),
@@ -229,7 +233,7 @@ impl Dataplane {
         let queues: Vec<Arc<Queue>> = ports.iter().map(|p| p.queue.clone()).collect();
         let pairs = (0..ports.len().max(socks.len()))
             .map(|i| {
-                let tx = ports.get(i).map(|p| TxWorker {
+                let tx = ports.get(i).map(|p| SwitchTx {
                     path: TxPath::new(
                         Arc::new(AtomicBool::new(cfg.gso)),
                         cfg.tunnel.as_ref().map(|t| t.for_worker(i)),
@@ -239,7 +243,7 @@ impl Dataplane {
                     shared: shared.clone(),
                     arp_buf: [0; 64],
                 });
-                let rx = socks.get(i).map(|(sock, backend)| RxWorker {
+                let rx = socks.get(i).map(|(sock, backend)| SwitchRx {
                     sock: sock.clone(),
                     backend: *backend,
                     queues: queues.clone(),
@@ -254,7 +258,7 @@ impl Dataplane {
             })
             .collect();
         let busy = Duration::from_micros(cfg.busy_poll_us.into());
-        Ok(Dataplane {
+        Ok(Switch {
             workers: Workers::spawn("l2dp", pairs, busy)?,
         })
     }
@@ -268,20 +272,20 @@ impl Dataplane {
 /// Writes the encapsulation header of `net` into `hdr[..ENCAP_LEN]`.
 fn emit_encap(cfg: &L2NetworkConfig, hdr: &mut [u8]) {
     match cfg.backend {
-        L2Backend::Vxlan => backend::vxlan::emit_l2(cfg.vni, hdr),
-        L2Backend::Gre => backend::gre::emit_l2(cfg.vni, hdr),
+        L2Backend::Vxlan => backend::vxlan_tunnel::emit_l2(cfg.vni, hdr),
+        L2Backend::Gre => backend::gre_tunnel::emit_l2(cfg.vni, hdr),
     }
 }
 
-struct TxWorker {
-    cfg: Config,
+struct SwitchTx {
+    cfg: SwitchConfig,
     port: Port,
     shared: Arc<Shared>,
     path: TxPath,
     arp_buf: [u8; 64],
 }
 
-impl Side for TxWorker {
+impl Side for SwitchTx {
     fn pollable(&self) -> Arc<dyn AsFd + Send + Sync> {
         self.port.queue.clone()
     }
@@ -306,7 +310,7 @@ impl Side for TxWorker {
     }
 }
 
-impl TxWorker {
+impl SwitchTx {
     /// Forwards the `n` bytes just read.
     fn forward(&mut self, n: usize) {
         let sh = &*self.shared;
@@ -450,7 +454,7 @@ fn suppress_arp(sh: &Shared, net: u16, frame: &[u8], out: &mut [u8; 64]) -> Opti
     Some(arp::FRAME_LEN)
 }
 
-struct RxWorker {
+struct SwitchRx {
     sock: Arc<UnderlaySocket>,
     backend: L2Backend,
     /// Every port's queue, indexed as `map` says.
@@ -461,7 +465,7 @@ struct RxWorker {
     delivery: Delivery,
 }
 
-impl Side for RxWorker {
+impl Side for SwitchRx {
     fn pollable(&self) -> Arc<dyn AsFd + Send + Sync> {
         self.sock.clone()
     }
@@ -488,7 +492,7 @@ impl Side for RxWorker {
     }
 }
 
-impl RxWorker {
+impl SwitchRx {
     fn handle_message(&mut self, i: usize) {
         let sh = &*self.shared;
         let now = sh.now();
@@ -559,8 +563,8 @@ pub fn classify<'a>(
         (from, data)
     };
     let (vni, frame) = match backend {
-        L2Backend::Vxlan => backend::vxlan::decapsulate_l2(payload)?,
-        L2Backend::Gre => match backend::gre::decapsulate_l2(payload)? {
+        L2Backend::Vxlan => backend::vxlan_tunnel::decapsulate_l2(payload)?,
+        L2Backend::Gre => match backend::gre_tunnel::decapsulate_l2(payload)? {
             Some(x) => x,
             None => return Ok(None),
         },

@@ -201,7 +201,10 @@ mod tests {
         let mac = [2, 1, 2, 3, 4, 5];
         assert_eq!(peer_mac(&lease_attrs(ip, 1, mac), 1), Ok(Some(mac)));
         assert_eq!(peer_mac(&lease_attrs(ip, 2, mac), 1), Ok(None));
-        assert_eq!(peer_mac(&super::super::udp::lease_attrs(ip), 1), Ok(None));
+        assert_eq!(
+            peer_mac(&super::super::udp_tunnel::lease_attrs(ip), 1),
+            Ok(None)
+        );
         let mut bad = lease_attrs(ip, 1, mac);
         bad.backend_data = Some(serde_json::json!({"VNI": 1}));
         assert!(peer_mac(&bad, 1).is_err());
