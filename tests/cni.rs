@@ -17,30 +17,8 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{json, Value};
 
 const READY: Duration = Duration::from_secs(30);
-const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// Longest a single plugin invocation may take.
 const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// True (with a loud banner) when the reference plugins are not installed.
-fn skip_without_plugins(test: &str) -> bool {
-    let missing: Vec<&str> = ["bridge", "host-local"]
-        .into_iter()
-        .filter(|p| !Path::new(CNI_BIN_DIR).join(p).exists())
-        .collect();
-    if missing.is_empty() {
-        return false;
-    }
-    eprintln!();
-    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-    eprintln!(
-        "!!! SKIPPED {test}: {CNI_BIN_DIR}/{{{}}} missing. Run scripts/install-deps.sh",
-        missing.join(",")
-    );
-    eprintln!("!!! (installs Debian's containernetworking-plugins).");
-    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-    eprintln!();
-    true
-}
 
 fn plugin_bin() -> &'static str {
     env!("CARGO_BIN_EXE_overlay-cni")
@@ -188,7 +166,7 @@ impl Node<'_> {
 #[test]
 fn netns_cni_two_hosts_vxlan() {
     let test = "netns_cni_two_hosts_vxlan";
-    if skip_unless_root(test) || skip_without_plugins(test) {
+    if skip_unless_root(test) || skip_without_cni_plugins(test) {
         return;
     }
     let mut topo = Topology::new(2);
@@ -455,7 +433,7 @@ fn netns_cni_two_hosts_vxlan() {
 #[test]
 fn netns_cni_dual_stack() {
     let test = "netns_cni_dual_stack";
-    if skip_unless_root(test) || skip_without_plugins(test) {
+    if skip_unless_root(test) || skip_without_cni_plugins(test) {
         return;
     }
     let mut topo = Topology::new(1);
@@ -578,7 +556,7 @@ fn netns_cni_dual_stack() {
 #[test]
 fn netns_cni_version_and_errors() {
     let test = "netns_cni_version_and_errors";
-    if skip_unless_root(test) || skip_without_plugins(test) {
+    if skip_unless_root(test) || skip_without_cni_plugins(test) {
         return;
     }
     let host = Netns::new("cnih");

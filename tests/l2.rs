@@ -888,10 +888,11 @@ fn netns_l2_isolation_trunk_vlan_filtering() {
         return;
     }
     let mut topo = Topology::new(2);
-    if !vlan_filtering_supported(topo.host(0)) {
-        eprintln!(
-            "!!! SKIPPED netns_l2_isolation_trunk_vlan_filtering: no bridge VLAN filtering in this kernel"
-        );
+    if skip_unless(
+        vlan_filtering_supported(topo.host(0)),
+        "netns_l2_isolation_trunk_vlan_filtering",
+        "no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING) in this kernel",
+    ) {
         return;
     }
     let etcd = topo.start_etcd();
@@ -1260,8 +1261,11 @@ fn netns_l2_interop_kernel_gretap() {
         return;
     }
     let mut topo = Topology::new(2);
-    if !gretap_supported(topo.host(1)) {
-        eprintln!("!!! SKIPPED netns_l2_interop_kernel_gretap: this kernel has no gretap devices");
+    if skip_unless(
+        gretap_supported(topo.host(1)),
+        "netns_l2_interop_kernel_gretap",
+        "this kernel has no gretap devices (CONFIG_NET_IPGRE)",
+    ) {
         return;
     }
     let etcd = topo.start_etcd();
