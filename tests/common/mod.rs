@@ -13,6 +13,9 @@
 //!   [`link_mtu`], [`link_master`]).
 //! - `topology.rs`: [`Topology`], the switch namespace with bridge `br0` and [`Host`]s `h1..hN`
 //!   on it (layout drawn there), and the underlay constants.
+//! - `cluster.rs`: [`Cluster`], a scenario's usual start in one line
+//!   (`Cluster::builder().hosts(3).backend("vxlan").extra(1, &[..]).start()`): topology, etcd
+//!   and a ready overlayd per host.
 //! - `etcd.rs`: [`Etcd`] (one member in a namespace), [`etcdctl`], flannel's [`Lease`] with its
 //!   key and value, the L2 network and member keys ([`Etcd::put_l2_network`], ...).
 //! - `daemon.rs`: [`Overlayd`], the daemon under test (arguments, readiness through
@@ -78,6 +81,7 @@
 #![allow(dead_code)]
 
 mod capture;
+mod cluster;
 mod cni;
 mod daemon;
 mod etcd;
@@ -97,6 +101,7 @@ mod traffic;
 // One flat namespace for the tests. Not every test binary uses every part.
 #[allow(unused_imports)]
 pub use {
-    capture::*, cni::*, daemon::*, etcd::*, etcd_cluster::*, frames::*, frames6::*, ipv6::*,
-    ipv6_underlay::*, kernel::*, l2::*, netns::*, process::*, skip::*, topology::*, traffic::*,
+    capture::*, cluster::*, cni::*, daemon::*, etcd::*, etcd_cluster::*, frames::*, frames6::*,
+    ipv6::*, ipv6_underlay::*, kernel::*, l2::*, netns::*, process::*, skip::*, topology::*,
+    traffic::*,
 };
