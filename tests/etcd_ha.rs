@@ -170,9 +170,8 @@ fn netns_etcd_cluster_leader_and_follower_killed() {
         a.extend(["--subnet-lease-renew-margin".into(), "1".into()]);
         a
     };
-    let args = || base.clone();
-    let mut d1 = Overlayd::spawn(topo.host(0), args());
-    let mut d2 = Overlayd::spawn(topo.host(1), args());
+    let mut d1 = Overlayd::spawn(topo.host(0), base.clone());
+    let mut d2 = Overlayd::spawn(topo.host(1), base.clone());
     let s1 = subnet_of(&d1.wait_ready(READY));
     let s2 = subnet_of(&d2.wait_ready(READY));
     assert!(ping_until(
@@ -190,28 +189,8 @@ fn netns_etcd_cluster_leader_and_follower_killed() {
 
     // 1. The leader dies; a node starts at once, during the election.
     let leader = cluster.leader().expect("a leader");
-    let t = Instant::now();
-    cluster.kill(leader);
-    let mut d3 = Overlayd::spawn(topo.host(2), args());
-    let elected = cluster
-        .wait_quorum(Duration::from_secs(30))
-        .expect("two members elect a leader");
-    let s3 = subnet_of(&d3.wait_ready(READY));
-    let ready3 = t.elapsed();
+    let (mut d3, s3) = kill_leader_while_a_node_starts(&mut cluster, &topo, &base, leader, s1);
     nodes.insert(host_ip(2), s3);
-    println!(
-        "leader {} killed: writes accepted again after {:.2} s; a node started then was ready after {:.2} s",
-        cluster.members[leader].name,
-        elected.as_secs_f64(),
-        ready3.as_secs_f64()
-    );
-    for (from, to) in [(0, s3), (2, s1), (1, s3)] {
-        assert!(
-            ping_until(topo.host(from), to.network(), Duration::from_secs(10)),
-            "leader killed: h{} reaches {to}",
-            from + 1
-        );
-    }
     join_and_leave(&cluster, &[&d1, &d2, &d3], 1, "leader killed");
     assert_running(&mut [&mut d1, &mut d2, &mut d3], "leader killed");
 
@@ -226,30 +205,7 @@ fn netns_etcd_cluster_leader_and_follower_killed() {
 
     // 3. A follower dies; three nodes start with two members left (each node's client
     //    starts on a random endpoint, so some begin with the dead one).
-    let current = cluster.leader().expect("a leader after the restart");
-    let follower = (0..3).find(|&i| i != current).unwrap();
-    cluster.kill(follower);
-    cluster
-        .wait_quorum(Duration::from_secs(30))
-        .expect("two members keep the quorum");
-    let t = Instant::now();
-    let mut late: Vec<Overlayd> = (3..6)
-        .map(|i| Overlayd::spawn(topo.host(i), args()))
-        .collect();
-    for (k, d) in late.iter_mut().enumerate() {
-        let s = subnet_of(&d.wait_ready(READY));
-        nodes.insert(host_ip(3 + k), s);
-        assert!(
-            ping_until(topo.host(3 + k), s1.network(), Duration::from_secs(10)),
-            "follower killed: h{} reaches h1",
-            4 + k
-        );
-    }
-    println!(
-        "follower {} killed: 3 nodes started with 2 members left, all ready after {:.2} s",
-        cluster.members[follower].name,
-        t.elapsed().as_secs_f64()
-    );
+    let mut late = kill_a_follower_while_nodes_start(&mut cluster, &topo, &base, s1, &mut nodes);
     let late_refs: Vec<&Overlayd> = late.iter().collect();
     let mut all: Vec<&Overlayd> = vec![&d1, &d2, &d3];
     all.extend(late_refs);
@@ -267,19 +223,81 @@ fn netns_etcd_cluster_leader_and_follower_killed() {
         let r = renewed(d, before, Duration::from_secs(45));
         assert!(r.is_some(), "the lease is kept alive through the faults");
     }
-    let p = ping.finish();
-    println!(
-        "h1 -> h2 every 0.2 s through all of it: {}/{} answered",
-        p.received, p.sent
-    );
-    assert!(
-        p.sent > 50 && p.received + 1 >= p.sent,
-        "forwarding never stopped: {p:?}"
-    );
+    assert_forwarded_throughout(ping, "all of it");
     let mut ds: Vec<&mut Overlayd> = vec![&mut d1, &mut d2, &mut d3];
     ds.extend(late.iter_mut());
     assert_running(&mut ds, "end");
     one_live_lease_each(&cluster, &nodes, "end");
+}
+
+/// Kills the leader and starts a node on host 2 at once, during the election: the cluster
+/// elects another, the node gets ready, and it and h1, h2 reach each other. Returns the node
+/// and its subnet.
+fn kill_leader_while_a_node_starts(
+    cluster: &mut EtcdCluster,
+    topo: &Topology,
+    args: &[String],
+    leader: usize,
+    s1: Ipv4Net,
+) -> (Overlayd, Ipv4Net) {
+    let t = Instant::now();
+    cluster.kill(leader);
+    let mut d3 = Overlayd::spawn(topo.host(2), args);
+    let elected = cluster
+        .wait_quorum(Duration::from_secs(30))
+        .expect("two members elect a leader");
+    let s3 = subnet_of(&d3.wait_ready(READY));
+    let ready3 = t.elapsed();
+    println!(
+        "leader {} killed: writes accepted again after {:.2} s; a node started then was ready after {:.2} s",
+        cluster.members[leader].name,
+        elected.as_secs_f64(),
+        ready3.as_secs_f64()
+    );
+    for (from, to) in [(0, s3), (2, s1), (1, s3)] {
+        assert!(
+            ping_until(topo.host(from), to.network(), Duration::from_secs(10)),
+            "leader killed: h{} reaches {to}",
+            from + 1
+        );
+    }
+    (d3, s3)
+}
+
+/// Kills a follower; with two members left, nodes start on hosts 3..6, get ready and reach
+/// h1 (their subnets go into `nodes`). Returns them.
+fn kill_a_follower_while_nodes_start(
+    cluster: &mut EtcdCluster,
+    topo: &Topology,
+    args: &[String],
+    s1: Ipv4Net,
+    nodes: &mut BTreeMap<Ipv4Addr, Ipv4Net>,
+) -> Vec<Overlayd> {
+    let current = cluster.leader().expect("a leader after the restart");
+    let follower = (0..3).find(|&i| i != current).unwrap();
+    cluster.kill(follower);
+    cluster
+        .wait_quorum(Duration::from_secs(30))
+        .expect("two members keep the quorum");
+    let t = Instant::now();
+    let mut late: Vec<Overlayd> = (3..6)
+        .map(|i| Overlayd::spawn(topo.host(i), args))
+        .collect();
+    for (k, d) in late.iter_mut().enumerate() {
+        let s = subnet_of(&d.wait_ready(READY));
+        nodes.insert(host_ip(3 + k), s);
+        assert!(
+            ping_until(topo.host(3 + k), s1.network(), Duration::from_secs(10)),
+            "follower killed: h{} reaches h1",
+            4 + k
+        );
+    }
+    println!(
+        "follower {} killed: 3 nodes started with 2 members left, all ready after {:.2} s",
+        cluster.members[follower].name,
+        t.elapsed().as_secs_f64()
+    );
+    late
 }
 
 /// A member partitioned (every packet to and from it dropped inside its namespace, so
@@ -333,14 +351,7 @@ fn netns_etcd_cluster_partitioned_member() {
     cluster.partition(m);
     // A join written right away (through the healthy members): h1 learns it once its watch
     // moved off the partitioned member.
-    let (key, subnet, value) = fake_node(4);
-    cluster.put_with_lease(&key, &value, 600);
-    let sn = format!("subnet={subnet}");
-    let learned = wait_until(Duration::from_secs(30), || {
-        log_has(&d1, &["peer added", &sn])
-    })
-    .map(|_| t.elapsed())
-    .expect("a join is learned while a member is partitioned");
+    let (learned, join) = learn_a_join(&cluster, &d1, 4, t, "while a member is partitioned");
     let moved = count_lines(&d1.log(), "moving to the next endpoint") > failovers;
     println!(
         "{} partitioned (DROP inside its namespace): h1 learned a join {:.2} s after the partition began{}",
@@ -352,30 +363,14 @@ fn netns_etcd_cluster_partitioned_member() {
         moved && log_has(&d1, &["moving to the next endpoint", &ep]),
         "h1 left the partitioned member {ep}"
     );
-    assert_eq!(cluster.del(&key), 1);
-    wait_until(LEARN, || log_has(&d1, &["peer removed", &sn])).expect("the leave is learned");
+    learn_the_leave(&cluster, &d1, join);
     // Two new nodes whose endpoint lists start with the partitioned member (each client
     // starts at a random member; one that starts at the partitioned one pays its connect
     // timeout, then moves on).
-    let mut a = args(false);
-    let i = a.iter().position(|x| x == "--etcd-endpoints").unwrap() + 1;
-    let others: Vec<String> = cluster
-        .members
-        .iter()
-        .filter(|x| x.endpoint() != ep)
-        .map(|x| x.endpoint())
-        .collect();
-    a[i] = format!("{ep},{}", others.join(","));
-    let t = Instant::now();
-    let mut d3 = Overlayd::spawn(topo.host(2), a.clone());
-    let mut d4 = Overlayd::spawn(topo.host(3), a);
-    let s3 = subnet_of(&d3.wait_ready(READY));
-    let s4 = subnet_of(&d4.wait_ready(READY));
-    nodes.insert(host_ip(2), s3);
-    nodes.insert(host_ip(3), s4);
-    println!(
-        "two nodes started with the partitioned member first in their list: both ready after {:.2} s",
-        t.elapsed().as_secs_f64()
+    let (mut d3, mut d4, s3) = start_two_nodes(
+        &topo,
+        endpoints_first(args(false), &cluster, &ep),
+        &mut nodes,
     );
     assert!(ping_until(
         topo.host(0),
@@ -396,40 +391,101 @@ fn netns_etcd_cluster_partitioned_member() {
     cluster.heal(m);
 
     // 2. The member h1 now uses loses its peers (clients still reach it).
+    cut_a_member_from_its_peers(&cluster, topo.host(0), &d1);
+
+    assert_forwarded_throughout(ping, "both faults");
+    assert_running(&mut [&mut d1, &mut d2, &mut d3, &mut d4], "end");
+    one_live_lease_each(&cluster, &nodes, "end");
+}
+
+/// The member `h1`'s daemon uses loses its peers (clients still reach it): a join written
+/// then is learned, and its leave, then the member is healed.
+fn cut_a_member_from_its_peers(cluster: &EtcdCluster, h1: &Host, d1: &Overlayd) {
     thread::sleep(Duration::from_secs(2));
-    let k = member_in_use(&cluster, topo.host(0)).expect("h1 is connected to a member");
+    let k = member_in_use(cluster, h1).expect("h1 is connected to a member");
     let failovers = count_lines(&d1.log(), "moving to the next endpoint");
     let t = Instant::now();
     cluster.isolate_peers(k);
-    let (key, subnet, value) = fake_node(5);
-    cluster.put_with_lease(&key, &value, 600);
-    let sn = format!("subnet={subnet}");
-    let learned = wait_until(Duration::from_secs(30), || {
-        log_has(&d1, &["peer added", &sn])
-    })
-    .map(|_| t.elapsed())
-    .expect("a join is learned while a member has lost its peers");
+    let (learned, join) = learn_a_join(cluster, d1, 5, t, "while a member has lost its peers");
     println!(
         "{} cut from its peers: h1 learned a join {:.2} s after the cut ({} endpoint move(s))",
         cluster.members[k].name,
         learned.as_secs_f64(),
         count_lines(&d1.log(), "moving to the next endpoint") - failovers
     );
-    assert_eq!(cluster.del(&key), 1);
-    wait_until(LEARN, || log_has(&d1, &["peer removed", &sn])).expect("the leave is learned");
+    learn_the_leave(cluster, d1, join);
     cluster.heal(k);
+}
 
+/// The ping h1 -> h2 (every 0.2 s) left running through `what`: answered all but at most one.
+fn assert_forwarded_throughout(ping: PingStream, what: &str) {
     let p = ping.finish();
     println!(
-        "h1 -> h2 every 0.2 s through both faults: {}/{} answered",
+        "h1 -> h2 every 0.2 s through {what}: {}/{} answered",
         p.received, p.sent
     );
     assert!(
         p.sent > 50 && p.received + 1 >= p.sent,
         "forwarding never stopped: {p:?}"
     );
-    assert_running(&mut [&mut d1, &mut d2, &mut d3, &mut d4], "end");
-    one_live_lease_each(&cluster, &nodes, "end");
+}
+
+/// Writes fake node `n`'s lease (through whichever members answer) and waits until `d` logs
+/// it as added; returns how long after `t` that was, and the (key, "subnet=...") to remove.
+fn learn_a_join(
+    cluster: &EtcdCluster,
+    d: &Overlayd,
+    n: u8,
+    t: Instant,
+    fault: &str,
+) -> (Duration, (String, String)) {
+    let (key, subnet, value) = fake_node(n);
+    cluster.put_with_lease(&key, &value, 600);
+    let sn = format!("subnet={subnet}");
+    let learned = wait_until(Duration::from_secs(30), || log_has(d, &["peer added", &sn]))
+        .map(|_| t.elapsed())
+        .unwrap_or_else(|| panic!("a join is learned {fault}"));
+    (learned, (key, sn))
+}
+
+/// Deletes the lease [`learn_a_join`] wrote and waits until `d` logs the peer removed.
+fn learn_the_leave(cluster: &EtcdCluster, d: &Overlayd, (key, sn): (String, String)) {
+    assert_eq!(cluster.del(&key), 1);
+    wait_until(LEARN, || log_has(d, &["peer removed", &sn])).expect("the leave is learned");
+}
+
+/// Starts nodes on hosts 2 and 3 with `a` (their subnets go into `nodes`); returns them and
+/// the first one's subnet.
+fn start_two_nodes(
+    topo: &Topology,
+    a: Vec<String>,
+    nodes: &mut BTreeMap<Ipv4Addr, Ipv4Net>,
+) -> (Overlayd, Overlayd, Ipv4Net) {
+    let t = Instant::now();
+    let mut d3 = Overlayd::spawn(topo.host(2), a.clone());
+    let mut d4 = Overlayd::spawn(topo.host(3), a);
+    let s3 = subnet_of(&d3.wait_ready(READY));
+    let s4 = subnet_of(&d4.wait_ready(READY));
+    nodes.insert(host_ip(2), s3);
+    nodes.insert(host_ip(3), s4);
+    println!(
+        "two nodes started with the partitioned member first in their list: both ready after {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    (d3, d4, s3)
+}
+
+/// `args` with its `--etcd-endpoints` list starting with `first`, then the other members.
+fn endpoints_first(mut args: Vec<String>, cluster: &EtcdCluster, first: &str) -> Vec<String> {
+    let i = args.iter().position(|x| x == "--etcd-endpoints").unwrap() + 1;
+    let others: Vec<String> = cluster
+        .members
+        .iter()
+        .filter(|x| x.endpoint() != first)
+        .map(|x| x.endpoint())
+        .collect();
+    args[i] = format!("{first},{}", others.join(","));
+    args
 }
 
 /// VmRSS of a process in KiB.
