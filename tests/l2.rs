@@ -776,7 +776,7 @@ fn isolation_trunk() {
     let (h1, h2) = (topo.host(0), topo.host(1));
     let (a_mac1, a_mac2) = (l2_mac(0xaa, 1, 1), l2_mac(0xaa, 2, 1));
     let (b_mac1, b_mac2) = (l2_mac(0xbb, 1, 1), l2_mac(0xbb, 2, 1));
-    let (ip1, ip2) = (Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 2));
+    let (ip1, _ip2) = (Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 2));
 
     // h1: trunk bridge brt with the station's namespace on it.
     add_bridge(h1, "brt", false);
@@ -843,33 +843,7 @@ fn isolation_trunk() {
     );
     assert_eq!(b2.neigh_mac(ip1).as_deref(), Some(b_mac1.as_str()));
 
-    // Broadcasts from A, both ways: a2's ARP for an unused address, and the station's tagged
-    // ARP on VLAN 10; positive control in a2.
-    let a2_arp = Capture::start(
-        &a2,
-        "eth0",
-        &format!("arp and ether src {a_mac1}"),
-        20,
-        Duration::from_secs(30),
-    );
-    assert!(!ping_burst(&a2, "192.168.0.99", 3, "0.3"));
-    let req = arp_request(&a_mac1, ip1, Ipv4Addr::new(192, 168, 0, 98));
-    send_raw(&st_ns, "eth0", &tagged(&req, 10), 3);
-    // Unmapped VLAN 30 and untagged frames from the trunk: dropped and counted.
-    let unmapped0 = d1.metric("overlayd_l2_drops_total", &["reason=\"unmapped_vlan\""]);
-    let stray = arp_request(&l2_mac(0xcc, 1, 2), ip1, ip2);
-    send_raw(&st_ns, "eth0", &tagged(&stray, 30), 2);
-    send_raw(&st_ns, "eth0", &stray, 2);
-    let seen = a2_arp.finish(Duration::from_millis(500));
-    assert!(
-        seen.iter().any(|l| l.contains("192.168.0.98")),
-        "trunk: the station's VLAN 10 broadcast must reach a2: {seen:?}"
-    );
-    let unmapped = d1.metric("overlayd_l2_drops_total", &["reason=\"unmapped_vlan\""]) - unmapped0;
-    assert!(
-        unmapped >= 4.0,
-        "trunk: 2 VLAN-30 + 2 untagged frames must count as unmapped_vlan (+{unmapped})"
-    );
+    assert_trunk_broadcasts(&d1, &st_ns, &a2, &a_mac1);
 
     let on_trunk = trunk_cap.finish(Duration::from_millis(300));
     assert!(
@@ -890,9 +864,26 @@ fn isolation_trunk() {
         "trunk: B's container received A's or foreign frames: {leaked:?}"
     );
 
-    // VNI 200 carrying A's MACs, from h2 (a member) to h1: out on VLAN 20, never VLAN 10.
-    let cap = Capture::start(&st_ns, "eth0", "udp port 7777", 20, Duration::from_secs(30));
-    let frame = udp_frame(&a_mac1, &a_mac2, ip2, ip1, 7777, 7777, b"ovt-replay-trunk");
+    assert_vni_200_stays_in_b(&topo, &d2, &st_ns, (&a2, &b2), (&a_mac1, &a_mac2));
+    let mut d1 = d1;
+    let st = d1.terminate(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "trunk: clean exit");
+    assert!(!h1.has_link("l2trunk"), "trunk: l2trunk removed on exit");
+}
+
+/// VNI 200 carrying A's MACs: from h2 to h1 it leaves the trunk on VLAN 20 only; from h1 to
+/// h2 it reaches B's access container, never A's.
+fn assert_vni_200_stays_in_b(
+    topo: &Topology,
+    d2: &Overlayd,
+    st_ns: &Container,
+    (a2, b2): (&Container, &Container),
+    (a_mac1, a_mac2): (&str, &str),
+) {
+    let (h1, h2) = (topo.host(0), topo.host(1));
+    let (ip1, ip2) = (Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 2));
+    let cap = Capture::start(st_ns, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let frame = udp_frame(a_mac1, a_mac2, ip2, ip1, 7777, 7777, b"ovt-replay-trunk");
     send_udp_from(
         h2,
         SocketAddr::from((h2.ip, 40123)),
@@ -906,10 +897,10 @@ fn isolation_trunk() {
         "trunk: the VNI 200 frames must leave the trunk on VLAN 20 only: {got:?}"
     );
     // And the same towards h2's access ports: B's container, never A's.
-    let a_cap = Capture::start(&a2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
-    let b_cap = Capture::start(&b2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
-    let b_rx0 = rx_frames(&d2, "tenant-b");
-    let frame = udp_frame(&a_mac2, &a_mac1, ip1, ip2, 7777, 7777, b"ovt-replay-access");
+    let a_cap = Capture::start(a2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let b_cap = Capture::start(b2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let b_rx0 = rx_frames(d2, "tenant-b");
+    let frame = udp_frame(a_mac2, a_mac1, ip1, ip2, 7777, 7777, b"ovt-replay-access");
     send_udp_from(
         h1,
         SocketAddr::from((h1.ip, 40123)),
@@ -919,16 +910,44 @@ fn isolation_trunk() {
     );
     let in_a = a_cap.finish(Duration::from_millis(500));
     let in_b = b_cap.finish(Duration::from_millis(10));
-    let b_rx = rx_frames(&d2, "tenant-b") - b_rx0;
+    let b_rx = rx_frames(d2, "tenant-b") - b_rx0;
     assert!(in_a.is_empty(), "trunk: VNI 200 reached A: {in_a:?}");
     assert!(
         !in_b.is_empty() || b_rx >= 3.0,
         "trunk: VNI 200 must reach B (b2 capture {in_b:?}, rx +{b_rx})"
     );
-    let mut d1 = d1;
-    let st = d1.terminate(Duration::from_secs(10));
-    assert!(st.is_some_and(|s| s.success()), "trunk: clean exit");
-    assert!(!h1.has_link("l2trunk"), "trunk: l2trunk removed on exit");
+}
+
+/// Broadcasts from A, both ways: a2's ARP for an unused address, and the station's tagged ARP
+/// on VLAN 10 (positive control in a2); unmapped VLAN 30 and untagged frames from the trunk
+/// dropped and counted.
+fn assert_trunk_broadcasts(d1: &Overlayd, st_ns: &Container, a2: &Container, a_mac1: &str) {
+    let (ip1, ip2) = (Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 2));
+    let a2_arp = Capture::start(
+        a2,
+        "eth0",
+        &format!("arp and ether src {a_mac1}"),
+        20,
+        Duration::from_secs(30),
+    );
+    assert!(!ping_burst(a2, "192.168.0.99", 3, "0.3"));
+    let req = arp_request(a_mac1, ip1, Ipv4Addr::new(192, 168, 0, 98));
+    send_raw(st_ns, "eth0", &tagged(&req, 10), 3);
+    // Unmapped VLAN 30 and untagged frames from the trunk: dropped and counted.
+    let unmapped0 = d1.metric("overlayd_l2_drops_total", &["reason=\"unmapped_vlan\""]);
+    let stray = arp_request(&l2_mac(0xcc, 1, 2), ip1, ip2);
+    send_raw(st_ns, "eth0", &tagged(&stray, 30), 2);
+    send_raw(st_ns, "eth0", &stray, 2);
+    let seen = a2_arp.finish(Duration::from_millis(500));
+    assert!(
+        seen.iter().any(|l| l.contains("192.168.0.98")),
+        "trunk: the station's VLAN 10 broadcast must reach a2: {seen:?}"
+    );
+    let unmapped = d1.metric("overlayd_l2_drops_total", &["reason=\"unmapped_vlan\""]) - unmapped0;
+    assert!(
+        unmapped >= 4.0,
+        "trunk: 2 VLAN-30 + 2 untagged frames must count as unmapped_vlan (+{unmapped})"
+    );
 }
 
 #[test]
