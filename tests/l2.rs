@@ -1058,10 +1058,33 @@ fn netns_l2_learning_and_move() {
 
     ping_both(c1, c2, "first exchange");
 
-    // A broadcast is sent once per member but self: kind="flood" +1, flood copies +2 each.
-    // Both counters come from one scrape, read once they have stopped moving: the kernel
-    // keeps resolving 10.50.0.99 after ping gives up (ARP broadcasts 1 s apart), and one
-    // of those falling between two scrapes would break the pairing.
+    assert_broadcast_flooded_to_each_member(c1, d1);
+    assert_learned_unicast_not_flooded(c1, c2, d1, d3, h3);
+
+    // Move c1 (same IP, same MAC) from h1 to h3: the first packet after it speaks works.
+    c1.move_to(h3, "brl2");
+    let t = Instant::now();
+    assert!(
+        ping_once(c1, c2.ip, 2),
+        "moved c1 (now on h3) -> c2: the first ping must succeed"
+    );
+    assert!(
+        ping_once(c2, c1.ip, 2),
+        "c2 -> moved c1: the first ping must succeed (h2 followed the move)"
+    );
+    println!("reachable after the move in {:?}", t.elapsed());
+    let moves = d2.metric("overlayd_l2_moves_total", &[&net_label("net")]);
+    assert!(
+        moves >= 1.0,
+        "h2 must count c1's move (moves_total={moves})"
+    );
+}
+
+/// A broadcast is sent once per member but self: kind="flood" +1, flood copies +2 each.
+/// Both counters come from one scrape, read once they have stopped moving: the kernel keeps
+/// resolving 10.50.0.99 after ping gives up (ARP broadcasts 1 s apart), and one of those
+/// falling between two scrapes would break the pairing.
+fn assert_broadcast_flooded_to_each_member(c1: &Container, d1: &Overlayd) {
     let l = net_label("net");
     let flood = |d: &Overlayd| {
         let m = d.scrape();
@@ -1091,7 +1114,16 @@ fn netns_l2_learning_and_move() {
         "h1 floods each ARP broadcast to h2 and h3: flood frames +{f}, copies +{copies}"
     );
     assert_eq!(d1.metric("overlayd_l2_members", &[&l]), 2.0);
+}
 
+/// After learning, 100 pings c1 -> c2 go as unicast from h1, and h3 sees (almost) none.
+fn assert_learned_unicast_not_flooded(
+    c1: &Container,
+    c2: &Container,
+    d1: &Overlayd,
+    d3: &Overlayd,
+    h3: &Host,
+) {
     thread::sleep(Duration::from_millis(300));
     let rx3_0 = rx_frames(d3, "net");
     let uni1_0 = d1.metric(
@@ -1128,24 +1160,6 @@ fn netns_l2_learning_and_move() {
     assert!(
         uni1 >= 100.0,
         "h1 must send the 100 echo requests as unicast (+{uni1})"
-    );
-
-    // Move c1 (same IP, same MAC) from h1 to h3: the first packet after it speaks works.
-    c1.move_to(h3, "brl2");
-    let t = Instant::now();
-    assert!(
-        ping_once(c1, c2.ip, 2),
-        "moved c1 (now on h3) -> c2: the first ping must succeed"
-    );
-    assert!(
-        ping_once(c2, c1.ip, 2),
-        "c2 -> moved c1: the first ping must succeed (h2 followed the move)"
-    );
-    println!("reachable after the move in {:?}", t.elapsed());
-    let moves = d2.metric("overlayd_l2_moves_total", &[&net_label("net")]);
-    assert!(
-        moves >= 1.0,
-        "h2 must count c1's move (moves_total={moves})"
     );
 }
 
