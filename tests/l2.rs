@@ -792,29 +792,7 @@ fn isolation_trunk() {
     let a2 = Container::attach(h2, "bra", "a2", "192.168.0.2/24", &a_mac2);
     let b2 = Container::attach(h2, "brb", "b2", "192.168.0.2/24", &b_mac2);
 
-    let trunk_flags = [
-        "--l2-vlan",
-        "10=tenant-a",
-        "--l2-vlan",
-        "20=tenant-b",
-        "--l2-trunk-bridge",
-        "brt",
-    ];
-    let d1 = start(h1, &etcd, &trunk_flags, &["l2trunk"]);
-    let deadline = Instant::now() + TAP_WAIT;
-    while link_master(h1, "l2trunk").as_deref() != Some("brt") {
-        assert!(Instant::now() < deadline, "l2trunk not enslaved to brt");
-        thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(link_mtu(h1, "l2trunk"), Some(UNDERLAY_MTU - 50));
-    let d2 = start(
-        h2,
-        &etcd,
-        &["--l2", "tenant-a@bra", "--l2", "tenant-b@brb"],
-        &["l2v100", "l2v200"],
-    );
-    wait_members(&etcd, "tenant-a", &[h1.ip, h2.ip]);
-    wait_members(&etcd, "tenant-b", &[h1.ip, h2.ip]);
+    let (d1, d2) = start_trunk_and_access(h1, h2, &etcd);
 
     // What B's container must never see: A's MACs, or an ARP not from B.
     let not_b = format!(
@@ -869,6 +847,35 @@ fn isolation_trunk() {
     let st = d1.terminate(Duration::from_secs(10));
     assert!(st.is_some_and(|s| s.success()), "trunk: clean exit");
     assert!(!h1.has_link("l2trunk"), "trunk: l2trunk removed on exit");
+}
+
+/// h1's daemon on the trunk bridge brt (VLAN 10 = tenant A, 20 = tenant B), its l2trunk TAP
+/// enslaved with the underlay's MTU less VXLAN's 50; h2's on access bridges bra and brb.
+fn start_trunk_and_access(h1: &Host, h2: &Host, etcd: &Etcd) -> (Overlayd, Overlayd) {
+    let trunk_flags = [
+        "--l2-vlan",
+        "10=tenant-a",
+        "--l2-vlan",
+        "20=tenant-b",
+        "--l2-trunk-bridge",
+        "brt",
+    ];
+    let d1 = start(h1, etcd, &trunk_flags, &["l2trunk"]);
+    let deadline = Instant::now() + TAP_WAIT;
+    while link_master(h1, "l2trunk").as_deref() != Some("brt") {
+        assert!(Instant::now() < deadline, "l2trunk not enslaved to brt");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(link_mtu(h1, "l2trunk"), Some(UNDERLAY_MTU - 50));
+    let d2 = start(
+        h2,
+        etcd,
+        &["--l2", "tenant-a@bra", "--l2", "tenant-b@brb"],
+        &["l2v100", "l2v200"],
+    );
+    wait_members(etcd, "tenant-a", &[h1.ip, h2.ip]);
+    wait_members(etcd, "tenant-b", &[h1.ip, h2.ip]);
+    (d1, d2)
 }
 
 /// VNI 200 carrying A's MACs: from h2 to h1 it leaves the trunk on VLAN 20 only; from h1 to
