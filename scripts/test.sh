@@ -4,7 +4,10 @@
 # test namespaces (ovt-*) before and after, whatever happens. Exit status: non-zero on failure.
 #
 # Extra arguments go to the test runner, e.g. `scripts/test.sh harness_selftest`.
-# The namespace tests need root; without it they are skipped (loudly), not failed.
+# The namespace tests need root; without it they are skipped (loudly), not failed. Every skip
+# (no root, a kernel feature or a tool missing) appends `SKIP <test>: <reason>` to the file
+# named by OVERLAYD_SKIP_LOG (tests/common/skip.rs); the list is printed after the tests, since
+# the test runner counts a skipped test as passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,9 +15,12 @@ export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 TEST_TIMEOUT=${TEST_TIMEOUT:-40m}   # hard cap on the test run itself (the build comes before)
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}    # per fuzz target after the tests; 0 skips fuzzing
 
+SKIP_LOG=$(mktemp "${TMPDIR:-/tmp}/overlayd-skips.XXXXXX")
+export OVERLAYD_SKIP_LOG=$SKIP_LOG
+
 scripts/install-deps.sh
 scripts/cleanup-netns.sh ovt-
-trap 'scripts/cleanup-netns.sh ovt- || true' EXIT
+trap 'scripts/cleanup-netns.sh ovt- || true; rm -f "$SKIP_LOG"' EXIT
 # Ctrl-C / TERM: stop, then the EXIT trap cleans up.
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -38,14 +44,32 @@ echo "==> release build (static) and the container image: scripts/build-image.sh
 # x86_64-unknown-linux-gnu (tests/image.rs then only re-stages it, in seconds).
 scripts/build-image.sh
 
+# The skips the test run recorded: "N test(s) skipped:" and their lines, or "0 tests skipped".
+report_skips() {
+  local n
+  n=$(sort -u "$SKIP_LOG" | grep -c '^SKIP ' || true)
+  if [ "$n" -eq 0 ]; then
+    echo "0 tests skipped"
+  else
+    echo "$n test(s) skipped:"
+    sort -u "$SKIP_LOG"
+  fi
+}
+
 echo "==> tests"
+: >"$SKIP_LOG"   # only the test run's skips count
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
   timeout --signal=TERM --kill-after=30s "$TEST_TIMEOUT" \
-    cargo nextest run --no-fail-fast "$@"
+    cargo nextest run --no-fail-fast "$@" || status=$?
 else
   echo "(cargo-nextest not installed: using cargo test)"
   timeout --signal=TERM --kill-after=30s "$TEST_TIMEOUT" \
-    cargo test --no-fail-fast "$@"
+    cargo test --no-fail-fast "$@" || status=$?
+fi
+report_skips
+if [ "$status" -ne 0 ]; then
+  exit "$status"
 fi
 
 if [ "$FUZZ_SECONDS" -gt 0 ]; then

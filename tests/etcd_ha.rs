@@ -120,15 +120,24 @@ fn member_in_use(cluster: &EtcdCluster, ns: &Netns) -> Option<usize> {
 
 /// `overlayd status` with every endpoint, from `ns`: (ok, seconds, output).
 fn status(ns: &Netns, cluster: &EtcdCluster) -> (bool, f64, String) {
+    status_with(ns, cluster, &[])
+}
+
+/// `overlayd status` against every member, with `extra` flags (TLS, credentials), bounded:
+/// whether it succeeded, how long it took, its output.
+fn status_with(ns: &Netns, cluster: &EtcdCluster, extra: &[String]) -> (bool, f64, String) {
     let t = Instant::now();
-    let out = ns.output(&[
+    let endpoints = cluster.endpoints();
+    let mut cmd = vec![
         "timeout",
         "60",
         Overlayd::bin(),
         "status",
         "--etcd-endpoints",
-        &cluster.endpoints(),
-    ]);
+        &endpoints,
+    ];
+    cmd.extend(extra.iter().map(String::as_str));
+    let out = ns.output(&cmd);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -170,9 +179,8 @@ fn netns_etcd_cluster_leader_and_follower_killed() {
         a.extend(["--subnet-lease-renew-margin".into(), "1".into()]);
         a
     };
-    let args = || base.clone();
-    let mut d1 = Overlayd::spawn(topo.host(0), args());
-    let mut d2 = Overlayd::spawn(topo.host(1), args());
+    let mut d1 = Overlayd::spawn(topo.host(0), base.clone());
+    let mut d2 = Overlayd::spawn(topo.host(1), base.clone());
     let s1 = subnet_of(&d1.wait_ready(READY));
     let s2 = subnet_of(&d2.wait_ready(READY));
     assert!(ping_until(
@@ -190,28 +198,8 @@ fn netns_etcd_cluster_leader_and_follower_killed() {
 
     // 1. The leader dies; a node starts at once, during the election.
     let leader = cluster.leader().expect("a leader");
-    let t = Instant::now();
-    cluster.kill(leader);
-    let mut d3 = Overlayd::spawn(topo.host(2), args());
-    let elected = cluster
-        .wait_quorum(Duration::from_secs(30))
-        .expect("two members elect a leader");
-    let s3 = subnet_of(&d3.wait_ready(READY));
-    let ready3 = t.elapsed();
+    let (mut d3, s3) = kill_leader_while_a_node_starts(&mut cluster, &topo, &base, leader, s1);
     nodes.insert(host_ip(2), s3);
-    println!(
-        "leader {} killed: writes accepted again after {:.2} s; a node started then was ready after {:.2} s",
-        cluster.members[leader].name,
-        elected.as_secs_f64(),
-        ready3.as_secs_f64()
-    );
-    for (from, to) in [(0, s3), (2, s1), (1, s3)] {
-        assert!(
-            ping_until(topo.host(from), to.network(), Duration::from_secs(10)),
-            "leader killed: h{} reaches {to}",
-            from + 1
-        );
-    }
     join_and_leave(&cluster, &[&d1, &d2, &d3], 1, "leader killed");
     assert_running(&mut [&mut d1, &mut d2, &mut d3], "leader killed");
 
@@ -226,30 +214,7 @@ fn netns_etcd_cluster_leader_and_follower_killed() {
 
     // 3. A follower dies; three nodes start with two members left (each node's client
     //    starts on a random endpoint, so some begin with the dead one).
-    let current = cluster.leader().expect("a leader after the restart");
-    let follower = (0..3).find(|&i| i != current).unwrap();
-    cluster.kill(follower);
-    cluster
-        .wait_quorum(Duration::from_secs(30))
-        .expect("two members keep the quorum");
-    let t = Instant::now();
-    let mut late: Vec<Overlayd> = (3..6)
-        .map(|i| Overlayd::spawn(topo.host(i), args()))
-        .collect();
-    for (k, d) in late.iter_mut().enumerate() {
-        let s = subnet_of(&d.wait_ready(READY));
-        nodes.insert(host_ip(3 + k), s);
-        assert!(
-            ping_until(topo.host(3 + k), s1.network(), Duration::from_secs(10)),
-            "follower killed: h{} reaches h1",
-            4 + k
-        );
-    }
-    println!(
-        "follower {} killed: 3 nodes started with 2 members left, all ready after {:.2} s",
-        cluster.members[follower].name,
-        t.elapsed().as_secs_f64()
-    );
+    let mut late = kill_a_follower_while_nodes_start(&mut cluster, &topo, &base, s1, &mut nodes);
     let late_refs: Vec<&Overlayd> = late.iter().collect();
     let mut all: Vec<&Overlayd> = vec![&d1, &d2, &d3];
     all.extend(late_refs);
@@ -267,19 +232,81 @@ fn netns_etcd_cluster_leader_and_follower_killed() {
         let r = renewed(d, before, Duration::from_secs(45));
         assert!(r.is_some(), "the lease is kept alive through the faults");
     }
-    let p = ping.finish();
-    println!(
-        "h1 -> h2 every 0.2 s through all of it: {}/{} answered",
-        p.received, p.sent
-    );
-    assert!(
-        p.sent > 50 && p.received + 1 >= p.sent,
-        "forwarding never stopped: {p:?}"
-    );
+    assert_forwarded_throughout(ping, "all of it");
     let mut ds: Vec<&mut Overlayd> = vec![&mut d1, &mut d2, &mut d3];
     ds.extend(late.iter_mut());
     assert_running(&mut ds, "end");
     one_live_lease_each(&cluster, &nodes, "end");
+}
+
+/// Kills the leader and starts a node on host 2 at once, during the election: the cluster
+/// elects another, the node gets ready, and it and h1, h2 reach each other. Returns the node
+/// and its subnet.
+fn kill_leader_while_a_node_starts(
+    cluster: &mut EtcdCluster,
+    topo: &Topology,
+    args: &[String],
+    leader: usize,
+    s1: Ipv4Net,
+) -> (Overlayd, Ipv4Net) {
+    let t = Instant::now();
+    cluster.kill(leader);
+    let mut d3 = Overlayd::spawn(topo.host(2), args);
+    let elected = cluster
+        .wait_quorum(Duration::from_secs(30))
+        .expect("two members elect a leader");
+    let s3 = subnet_of(&d3.wait_ready(READY));
+    let ready3 = t.elapsed();
+    println!(
+        "leader {} killed: writes accepted again after {:.2} s; a node started then was ready after {:.2} s",
+        cluster.members[leader].name,
+        elected.as_secs_f64(),
+        ready3.as_secs_f64()
+    );
+    for (from, to) in [(0, s3), (2, s1), (1, s3)] {
+        assert!(
+            ping_until(topo.host(from), to.network(), Duration::from_secs(10)),
+            "leader killed: h{} reaches {to}",
+            from + 1
+        );
+    }
+    (d3, s3)
+}
+
+/// Kills a follower; with two members left, nodes start on hosts 3..6, get ready and reach
+/// h1 (their subnets go into `nodes`). Returns them.
+fn kill_a_follower_while_nodes_start(
+    cluster: &mut EtcdCluster,
+    topo: &Topology,
+    args: &[String],
+    s1: Ipv4Net,
+    nodes: &mut BTreeMap<Ipv4Addr, Ipv4Net>,
+) -> Vec<Overlayd> {
+    let current = cluster.leader().expect("a leader after the restart");
+    let follower = (0..3).find(|&i| i != current).unwrap();
+    cluster.kill(follower);
+    cluster
+        .wait_quorum(Duration::from_secs(30))
+        .expect("two members keep the quorum");
+    let t = Instant::now();
+    let mut late: Vec<Overlayd> = (3..6)
+        .map(|i| Overlayd::spawn(topo.host(i), args))
+        .collect();
+    for (k, d) in late.iter_mut().enumerate() {
+        let s = subnet_of(&d.wait_ready(READY));
+        nodes.insert(host_ip(3 + k), s);
+        assert!(
+            ping_until(topo.host(3 + k), s1.network(), Duration::from_secs(10)),
+            "follower killed: h{} reaches h1",
+            4 + k
+        );
+    }
+    println!(
+        "follower {} killed: 3 nodes started with 2 members left, all ready after {:.2} s",
+        cluster.members[follower].name,
+        t.elapsed().as_secs_f64()
+    );
+    late
 }
 
 /// A member partitioned (every packet to and from it dropped inside its namespace, so
@@ -333,14 +360,7 @@ fn netns_etcd_cluster_partitioned_member() {
     cluster.partition(m);
     // A join written right away (through the healthy members): h1 learns it once its watch
     // moved off the partitioned member.
-    let (key, subnet, value) = fake_node(4);
-    cluster.put_with_lease(&key, &value, 600);
-    let sn = format!("subnet={subnet}");
-    let learned = wait_until(Duration::from_secs(30), || {
-        log_has(&d1, &["peer added", &sn])
-    })
-    .map(|_| t.elapsed())
-    .expect("a join is learned while a member is partitioned");
+    let (learned, join) = learn_a_join(&cluster, &d1, 4, t, "while a member is partitioned");
     let moved = count_lines(&d1.log(), "moving to the next endpoint") > failovers;
     println!(
         "{} partitioned (DROP inside its namespace): h1 learned a join {:.2} s after the partition began{}",
@@ -352,30 +372,14 @@ fn netns_etcd_cluster_partitioned_member() {
         moved && log_has(&d1, &["moving to the next endpoint", &ep]),
         "h1 left the partitioned member {ep}"
     );
-    assert_eq!(cluster.del(&key), 1);
-    wait_until(LEARN, || log_has(&d1, &["peer removed", &sn])).expect("the leave is learned");
+    learn_the_leave(&cluster, &d1, join);
     // Two new nodes whose endpoint lists start with the partitioned member (each client
     // starts at a random member; one that starts at the partitioned one pays its connect
     // timeout, then moves on).
-    let mut a = args(false);
-    let i = a.iter().position(|x| x == "--etcd-endpoints").unwrap() + 1;
-    let others: Vec<String> = cluster
-        .members
-        .iter()
-        .filter(|x| x.endpoint() != ep)
-        .map(|x| x.endpoint())
-        .collect();
-    a[i] = format!("{ep},{}", others.join(","));
-    let t = Instant::now();
-    let mut d3 = Overlayd::spawn(topo.host(2), a.clone());
-    let mut d4 = Overlayd::spawn(topo.host(3), a);
-    let s3 = subnet_of(&d3.wait_ready(READY));
-    let s4 = subnet_of(&d4.wait_ready(READY));
-    nodes.insert(host_ip(2), s3);
-    nodes.insert(host_ip(3), s4);
-    println!(
-        "two nodes started with the partitioned member first in their list: both ready after {:.2} s",
-        t.elapsed().as_secs_f64()
+    let (mut d3, mut d4, s3) = start_two_nodes(
+        &topo,
+        endpoints_first(args(false), &cluster, &ep),
+        &mut nodes,
     );
     assert!(ping_until(
         topo.host(0),
@@ -396,43 +400,298 @@ fn netns_etcd_cluster_partitioned_member() {
     cluster.heal(m);
 
     // 2. The member h1 now uses loses its peers (clients still reach it).
+    cut_a_member_from_its_peers(&cluster, topo.host(0), &d1);
+
+    assert_forwarded_throughout(ping, "both faults");
+    assert_running(&mut [&mut d1, &mut d2, &mut d3, &mut d4], "end");
+    one_live_lease_each(&cluster, &nodes, "end");
+}
+
+/// The member `h1`'s daemon uses loses its peers (clients still reach it): a join written
+/// then is learned, and its leave, then the member is healed.
+fn cut_a_member_from_its_peers(cluster: &EtcdCluster, h1: &Host, d1: &Overlayd) {
     thread::sleep(Duration::from_secs(2));
-    let k = member_in_use(&cluster, topo.host(0)).expect("h1 is connected to a member");
+    let k = member_in_use(cluster, h1).expect("h1 is connected to a member");
     let failovers = count_lines(&d1.log(), "moving to the next endpoint");
     let t = Instant::now();
     cluster.isolate_peers(k);
-    let (key, subnet, value) = fake_node(5);
-    cluster.put_with_lease(&key, &value, 600);
-    let sn = format!("subnet={subnet}");
-    let learned = wait_until(Duration::from_secs(30), || {
-        log_has(&d1, &["peer added", &sn])
-    })
-    .map(|_| t.elapsed())
-    .expect("a join is learned while a member has lost its peers");
+    let (learned, join) = learn_a_join(cluster, d1, 5, t, "while a member has lost its peers");
     println!(
         "{} cut from its peers: h1 learned a join {:.2} s after the cut ({} endpoint move(s))",
         cluster.members[k].name,
         learned.as_secs_f64(),
         count_lines(&d1.log(), "moving to the next endpoint") - failovers
     );
-    assert_eq!(cluster.del(&key), 1);
-    wait_until(LEARN, || log_has(&d1, &["peer removed", &sn])).expect("the leave is learned");
+    learn_the_leave(cluster, d1, join);
     cluster.heal(k);
+}
 
+/// The ping h1 -> h2 (every 0.2 s) left running through `what`: answered all but at most one.
+fn assert_forwarded_throughout(ping: PingStream, what: &str) {
     let p = ping.finish();
     println!(
-        "h1 -> h2 every 0.2 s through both faults: {}/{} answered",
+        "h1 -> h2 every 0.2 s through {what}: {}/{} answered",
         p.received, p.sent
     );
     assert!(
         p.sent > 50 && p.received + 1 >= p.sent,
         "forwarding never stopped: {p:?}"
     );
-    assert_running(&mut [&mut d1, &mut d2, &mut d3, &mut d4], "end");
-    one_live_lease_each(&cluster, &nodes, "end");
+}
+
+/// Writes fake node `n`'s lease (through whichever members answer) and waits until `d` logs
+/// it as added; returns how long after `t` that was, and the (key, "subnet=...") to remove.
+fn learn_a_join(
+    cluster: &EtcdCluster,
+    d: &Overlayd,
+    n: u8,
+    t: Instant,
+    fault: &str,
+) -> (Duration, (String, String)) {
+    let (key, subnet, value) = fake_node(n);
+    cluster.put_with_lease(&key, &value, 600);
+    let sn = format!("subnet={subnet}");
+    let learned = wait_until(Duration::from_secs(30), || log_has(d, &["peer added", &sn]))
+        .map(|_| t.elapsed())
+        .unwrap_or_else(|| panic!("a join is learned {fault}"));
+    (learned, (key, sn))
+}
+
+/// Deletes the lease [`learn_a_join`] wrote and waits until `d` logs the peer removed.
+fn learn_the_leave(cluster: &EtcdCluster, d: &Overlayd, (key, sn): (String, String)) {
+    assert_eq!(cluster.del(&key), 1);
+    wait_until(LEARN, || log_has(d, &["peer removed", &sn])).expect("the leave is learned");
+}
+
+/// Starts nodes on hosts 2 and 3 with `a` (their subnets go into `nodes`); returns them and
+/// the first one's subnet.
+fn start_two_nodes(
+    topo: &Topology,
+    a: Vec<String>,
+    nodes: &mut BTreeMap<Ipv4Addr, Ipv4Net>,
+) -> (Overlayd, Overlayd, Ipv4Net) {
+    let t = Instant::now();
+    let mut d3 = Overlayd::spawn(topo.host(2), a.clone());
+    let mut d4 = Overlayd::spawn(topo.host(3), a);
+    let s3 = subnet_of(&d3.wait_ready(READY));
+    let s4 = subnet_of(&d4.wait_ready(READY));
+    nodes.insert(host_ip(2), s3);
+    nodes.insert(host_ip(3), s4);
+    println!(
+        "two nodes started with the partitioned member first in their list: both ready after {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    (d3, d4, s3)
+}
+
+/// `args` with its `--etcd-endpoints` list starting with `first`, then the other members.
+fn endpoints_first(mut args: Vec<String>, cluster: &EtcdCluster, first: &str) -> Vec<String> {
+    let i = args.iter().position(|x| x == "--etcd-endpoints").unwrap() + 1;
+    let others: Vec<String> = cluster
+        .members
+        .iter()
+        .filter(|x| x.endpoint() != first)
+        .map(|x| x.endpoint())
+        .collect();
+    args[i] = format!("{first},{}", others.join(","));
+    args
 }
 
 /// VmRSS of a process in KiB.
+/// The soak's daemons: h1 and h2 fixed (in L2 network "ten" too), h3 and h4 the churners,
+/// each run once so that their leases exist (as flannel's, leases outlive a stop); all at
+/// info level (a debug line per forwarding-table update would be most of the log). Returns
+/// them and every node's subnet.
+fn start_soak_nodes(
+    topo: &Topology,
+    cluster: &EtcdCluster,
+) -> (
+    Overlayd,
+    Overlayd,
+    Vec<Overlayd>,
+    BTreeMap<Ipv4Addr, Ipv4Net>,
+) {
+    let fixed = |l2: bool| {
+        let mut a = cluster_args("vxlan", cluster);
+        a.extend(["--metrics-addr".into(), "127.0.0.1:9108".into()]);
+        if l2 {
+            a.extend(["--l2".into(), "ten".into()]);
+        }
+        // Info level: a debug line per forwarding-table update would be most of the log.
+        let i = a.iter().position(|x| x == "-v").unwrap();
+        a[i + 1] = "info".into();
+        a
+    };
+    let mut d1 = Overlayd::spawn(topo.host(0), fixed(true));
+    let mut d2 = Overlayd::spawn(topo.host(1), fixed(true));
+    let s1 = subnet_of(&d1.wait_ready(READY));
+    let s2 = subnet_of(&d2.wait_ready(READY));
+    let mut churners: Vec<Overlayd> = (2..4)
+        .map(|i| Overlayd::spawn(topo.host(i), fixed(false)))
+        .collect();
+    let mut nodes: BTreeMap<Ipv4Addr, Ipv4Net> =
+        [(host_ip(0), s1), (host_ip(1), s2)].into_iter().collect();
+    for (k, d) in churners.iter_mut().enumerate() {
+        nodes.insert(host_ip(2 + k), subnet_of(&d.wait_ready(READY)));
+    }
+    (d1, d2, churners, nodes)
+}
+
+/// RSS of the fixed daemons stays flat: what the churn added after the first samples stays
+/// small.
+fn assert_rss_flat(rss: &[(u64, u64)]) {
+    let first = rss.get(1).or(rss.first()).copied().unwrap_or((0, 0));
+    let last = rss.last().copied().unwrap_or((0, 0));
+    let max = rss.iter().fold((0, 0), |m, r| (m.0.max(r.0), m.1.max(r.1)));
+    println!(
+        "soak: RSS h1 {} -> {} KiB (max {}), h2 {} -> {} KiB (max {})",
+        first.0, last.0, max.0, first.1, last.1, max.1
+    );
+    for (a, z, h) in [(first.0, last.0, "h1"), (first.1, last.1, "h2")] {
+        assert!(
+            z <= a + 4096,
+            "{h}: RSS grew from {a} to {z} KiB during the churn"
+        );
+    }
+}
+
+/// The churners stop cleanly, leaving no device and no process behind.
+fn stop_churners(topo: &Topology, churners: &mut [Overlayd]) {
+    for (k, d) in churners.iter_mut().enumerate() {
+        assert!(d
+            .terminate(Duration::from_secs(5))
+            .is_some_and(|s| s.success()));
+        let ns = topo.host(2 + k);
+        assert!(!ns.has_link("flannel.1"), "h{}: device removed", 3 + k);
+        assert!(ns.pids().is_empty(), "h{}: no process left", 3 + k);
+    }
+}
+
+/// What the soak's churn has done so far, and what it still has to undo.
+#[derive(Debug, Default)]
+struct Churn {
+    joins: u64,
+    deletes: u64,
+    expiring: u64,
+    restarts: u64,
+    /// Long-lease stand-ins to delete, and when.
+    pending_delete: Vec<(Instant, String)>,
+    /// The killed leader and when to restart it.
+    member_restart: Option<(usize, Instant)>,
+    restarted_member: bool,
+    /// RSS of h1's and h2's daemons (KiB), sampled every 5 s.
+    rss: Vec<(u64, u64)>,
+}
+
+impl Churn {
+    /// One second's stand-ins: an L3 lease (2 s and left to expire, or 600 s and deleted 2 s
+    /// later), every other second an L2 member on a 2 s lease; the due deletes.
+    fn stand_ins(&mut self, cluster: &EtcdCluster, tick: u64) {
+        let n = (tick % 50) as u8;
+        let (key, _, value) = fake_node(n);
+        if tick % 2 == 0 {
+            cluster.put_with_lease(&key, &value, 2);
+            self.expiring += 1;
+        } else {
+            cluster.put_with_lease(&key, &value, 600);
+            self.pending_delete
+                .push((Instant::now() + Duration::from_secs(2), key));
+        }
+        self.joins += 1;
+        if tick % 2 == 1 {
+            let ip = Ipv4Addr::new(192, 168, 77, 150 + (tick % 40) as u8);
+            cluster.put_with_lease(
+                &l2_member_key(ETCD_PREFIX, "ten", ip),
+                &format!(r#"{{"PublicIP":"{ip}"}}"#),
+                2,
+            );
+        }
+        let now = Instant::now();
+        for (_, k) in self.pending_delete.iter().filter(|(at, _)| *at <= now) {
+            self.deletes += cluster.del(k);
+        }
+        self.pending_delete.retain(|(at, _)| *at > now);
+    }
+
+    /// A running churner stops cleanly; a stopped one starts again.
+    fn stop_or_start(&mut self, d: &mut Overlayd) {
+        if d.is_running() {
+            assert!(
+                d.terminate(Duration::from_secs(5))
+                    .is_some_and(|s| s.success()),
+                "a churning daemon stops cleanly"
+            );
+        } else {
+            d.restart();
+        }
+        self.restarts += 1;
+    }
+
+    /// The leader killed a third of the way in, restarted on its data 5 s later.
+    fn leader_fault(&mut self, cluster: &mut EtcdCluster, start: Instant, secs: u64) {
+        if !self.restarted_member
+            && self.member_restart.is_none()
+            && start.elapsed().as_secs() >= secs / 3
+        {
+            let l = cluster.leader().expect("a leader");
+            cluster.kill(l);
+            println!(
+                "soak: t={:.0} s: leader {} killed",
+                start.elapsed().as_secs_f64(),
+                cluster.members[l].name
+            );
+            self.member_restart = Some((l, Instant::now() + Duration::from_secs(5)));
+        }
+        if let Some((l, at)) = self.member_restart {
+            if Instant::now() >= at {
+                let took = cluster.restart(l);
+                println!(
+                    "soak: t={:.0} s: {} restarted on its data, healthy after {:.2} s",
+                    start.elapsed().as_secs_f64(),
+                    cluster.members[l].name,
+                    took.as_secs_f64()
+                );
+                self.member_restart = None;
+                self.restarted_member = true;
+            }
+        }
+    }
+}
+
+/// After the churn: no metric series, FDB entry, link or route more than before it on the
+/// fixed nodes h1 and h2.
+fn assert_nothing_leaked(
+    topo: &Topology,
+    (base1, after1): (&BTreeMap<String, usize>, &BTreeMap<String, usize>),
+    fdb_after: f64,
+    links: &(Vec<String>, Vec<String>),
+    routes: &(Vec<String>, Vec<String>),
+) {
+    for (name, n) in after1 {
+        let before = base1.get(name).copied().unwrap_or(0);
+        assert!(
+            *n <= before,
+            "metric {name} leaked series: {before} before the churn, {n} after"
+        );
+    }
+    // Only the two fixed nodes' TAPs send frames (stand-ins send none): at most their MACs.
+    assert!(fdb_after <= 2.0, "no leaked FDB entries: {}", fdb_after);
+    for (k, ns) in [(0, topo.host(0)), (1, topo.host(1))] {
+        let (l, r) = if k == 0 {
+            (&links.0, &routes.0)
+        } else {
+            (&links.1, &routes.1)
+        };
+        assert_eq!(
+            &ip_lines(ns, "link").len(),
+            &l.len(),
+            "h{}: no leaked link",
+            k + 1
+        );
+        assert_eq!(&ip_lines(ns, "route"), r, "h{}: routes unchanged", k + 1);
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -485,31 +744,8 @@ fn netns_etcd_churn_soak() {
         &l2_network_key(ETCD_PREFIX, "ten"),
         r#"{"VNI":100,"Backend":"vxlan"}"#,
     );
-    let fixed = |l2: bool| {
-        let mut a = cluster_args("vxlan", &cluster);
-        a.extend(["--metrics-addr".into(), "127.0.0.1:9108".into()]);
-        if l2 {
-            a.extend(["--l2".into(), "ten".into()]);
-        }
-        // Info level: a debug line per forwarding-table update would be most of the log.
-        let i = a.iter().position(|x| x == "-v").unwrap();
-        a[i + 1] = "info".into();
-        a
-    };
-    let mut d1 = Overlayd::spawn(topo.host(0), fixed(true));
-    let mut d2 = Overlayd::spawn(topo.host(1), fixed(true));
-    let s1 = subnet_of(&d1.wait_ready(READY));
-    let s2 = subnet_of(&d2.wait_ready(READY));
-    // The churning real daemons: each has run once, so their leases exist (as flannel's,
-    // leases outlive a stop).
-    let mut churners: Vec<Overlayd> = (2..4)
-        .map(|i| Overlayd::spawn(topo.host(i), fixed(false)))
-        .collect();
-    let mut nodes: BTreeMap<Ipv4Addr, Ipv4Net> =
-        [(host_ip(0), s1), (host_ip(1), s2)].into_iter().collect();
-    for (k, d) in churners.iter_mut().enumerate() {
-        nodes.insert(host_ip(2 + k), subnet_of(&d.wait_ready(READY)));
-    }
+    let (mut d1, mut d2, mut churners, nodes) = start_soak_nodes(&topo, &cluster);
+    let (s1, s2) = (nodes[&host_ip(0)], nodes[&host_ip(1)]);
     assert!(ping_until(
         topo.host(0),
         s2.network(),
@@ -540,83 +776,24 @@ fn netns_etcd_churn_soak() {
     let back = PingStream::start(topo.host(1), s1.network(), "0.1", 100_000);
 
     let start = Instant::now();
-    let mut rss: Vec<(u64, u64)> = Vec::new();
-    let (mut joins, mut deletes, mut expiring, mut restarts) = (0u64, 0u64, 0u64, 0u64);
-    let mut pending_delete: Vec<(Instant, String)> = Vec::new();
-    let mut member_restart: Option<(usize, Instant)> = None;
-    let mut restarted_member = false;
+    let mut churn = Churn::default();
     let mut tick = 0u64;
     while start.elapsed() < Duration::from_secs(secs) {
         let t = Instant::now();
         tick += 1;
-        // L3 stand-ins: a 2 s lease left to expire, or a long one deleted 2 s later.
-        let n = (tick % 50) as u8;
-        let (key, _, value) = fake_node(n);
-        if tick % 2 == 0 {
-            cluster.put_with_lease(&key, &value, 2);
-            expiring += 1;
-        } else {
-            cluster.put_with_lease(&key, &value, 600);
-            pending_delete.push((Instant::now() + Duration::from_secs(2), key));
-        }
-        joins += 1;
-        // L2 stand-ins, every other second, on 2 s leases.
-        if tick % 2 == 1 {
-            let ip = Ipv4Addr::new(192, 168, 77, 150 + (tick % 40) as u8);
-            cluster.put_with_lease(
-                &l2_member_key(ETCD_PREFIX, "ten", ip),
-                &format!(r#"{{"PublicIP":"{ip}"}}"#),
-                2,
-            );
-        }
-        let now = Instant::now();
-        for (_, k) in pending_delete.iter().filter(|(at, _)| *at <= now) {
-            deletes += cluster.del(k);
-        }
-        pending_delete.retain(|(at, _)| *at > now);
+        churn.stand_ins(&cluster, tick);
         // A real daemon stopped or started every 6 s, in turn.
         if tick % 6 == 0 {
-            let d = &mut churners[((tick / 6) % 2) as usize];
-            if d.is_running() {
-                assert!(
-                    d.terminate(Duration::from_secs(5))
-                        .is_some_and(|s| s.success()),
-                    "a churning daemon stops cleanly"
-                );
-            } else {
-                d.restart();
-            }
-            restarts += 1;
+            churn.stop_or_start(&mut churners[((tick / 6) % 2) as usize]);
         }
-        // The leader killed a third of the way in, restarted on its data 5 s later.
-        if !restarted_member && member_restart.is_none() && start.elapsed().as_secs() >= secs / 3 {
-            let l = cluster.leader().expect("a leader");
-            cluster.kill(l);
-            println!(
-                "soak: t={:.0} s: leader {} killed",
-                start.elapsed().as_secs_f64(),
-                cluster.members[l].name
-            );
-            member_restart = Some((l, Instant::now() + Duration::from_secs(5)));
-        }
-        if let Some((l, at)) = member_restart {
-            if Instant::now() >= at {
-                let took = cluster.restart(l);
-                println!(
-                    "soak: t={:.0} s: {} restarted on its data, healthy after {:.2} s",
-                    start.elapsed().as_secs_f64(),
-                    cluster.members[l].name,
-                    took.as_secs_f64()
-                );
-                member_restart = None;
-                restarted_member = true;
-            }
-        }
+        churn.leader_fault(&mut cluster, start, secs);
         // A scrape every 5 s, as Prometheus would; RSS sampled with it.
         if tick % 5 == 0 {
             let _ = d1.scrape();
             let _ = d2.scrape();
-            rss.push((rss_kib(d1.pid().unwrap()), rss_kib(d2.pid().unwrap())));
+            churn
+                .rss
+                .push((rss_kib(d1.pid().unwrap()), rss_kib(d2.pid().unwrap())));
         }
         assert_running(&mut [&mut d1, &mut d2], "soak");
         if let Some(rest) = Duration::from_secs(1).checked_sub(t.elapsed()) {
@@ -624,8 +801,8 @@ fn netns_etcd_churn_soak() {
         }
     }
     let churn_secs = start.elapsed().as_secs_f64();
-    for (_, k) in pending_delete.drain(..) {
-        deletes += cluster.del(&k);
+    for (_, k) in churn.pending_delete.drain(..) {
+        churn.deletes += cluster.del(&k);
     }
     for d in churners.iter_mut() {
         if !d.is_running() {
@@ -644,6 +821,14 @@ fn netns_etcd_churn_soak() {
     let p = ping.finish();
     let b = back.finish();
     let after1 = baseline(&d1);
+    let Churn {
+        joins,
+        expiring,
+        deletes,
+        restarts,
+        ref rss,
+        ..
+    } = churn;
     println!(
         "soak: {churn_secs:.0} s: {joins} joins ({expiring} left to expire, {deletes} deleted), {restarts} daemon stops/starts, 1 leader restart"
     );
@@ -651,13 +836,7 @@ fn netns_etcd_churn_soak() {
         "soak: pings h1->h2 {}/{}, h2->h1 {}/{} answered",
         p.received, p.sent, b.received, b.sent
     );
-    let first = rss.get(1).or(rss.first()).copied().unwrap_or((0, 0));
-    let last = rss.last().copied().unwrap_or((0, 0));
-    let max = rss.iter().fold((0, 0), |m, r| (m.0.max(r.0), m.1.max(r.1)));
-    println!(
-        "soak: RSS h1 {} -> {} KiB (max {}), h2 {} -> {} KiB (max {})",
-        first.0, last.0, max.0, first.1, last.1, max.1
-    );
+    assert_rss_flat(rss);
     println!(
         "soak: h1 peers {} -> {}, L2 members {} -> {}, FDB entries {} -> {}, metric series {} -> {}",
         base1.1,
@@ -677,44 +856,8 @@ fn netns_etcd_churn_soak() {
         p.sent > 10 * secs / 2 && p.received + 2 >= p.sent && b.received + 2 >= b.sent,
         "no loss between the fixed nodes: {p:?} {b:?}"
     );
-    for (name, n) in &after1.0 {
-        let before = base1.0.get(name).copied().unwrap_or(0);
-        assert!(
-            *n <= before,
-            "metric {name} leaked series: {before} before the churn, {n} after"
-        );
-    }
-    // Only the two fixed nodes' TAPs send frames (stand-ins send none): at most their MACs.
-    assert!(after1.3 <= 2.0, "no leaked FDB entries: {}", after1.3);
-    for (k, ns) in [(0, topo.host(0)), (1, topo.host(1))] {
-        let (l, r) = if k == 0 {
-            (&links.0, &routes.0)
-        } else {
-            (&links.1, &routes.1)
-        };
-        assert_eq!(
-            &ip_lines(ns, "link").len(),
-            &l.len(),
-            "h{}: no leaked link",
-            k + 1
-        );
-        assert_eq!(&ip_lines(ns, "route"), r, "h{}: routes unchanged", k + 1);
-    }
-    // RSS flat: what the churn added after the first samples stays small.
-    for (a, z, h) in [(first.0, last.0, "h1"), (first.1, last.1, "h2")] {
-        assert!(
-            z <= a + 4096,
-            "{h}: RSS grew from {a} to {z} KiB during the churn"
-        );
-    }
-    for (k, d) in churners.iter_mut().enumerate() {
-        assert!(d
-            .terminate(Duration::from_secs(5))
-            .is_some_and(|s| s.success()));
-        let ns = topo.host(2 + k);
-        assert!(!ns.has_link("flannel.1"), "h{}: device removed", 3 + k);
-        assert!(ns.pids().is_empty(), "h{}: no process left", 3 + k);
-    }
+    assert_nothing_leaked(&topo, (&base1.0, &after1.0), after1.3, &links, &routes);
+    stop_churners(&topo, &mut churners);
     assert_running(&mut [&mut d1, &mut d2], "end");
     one_live_lease_each(&cluster, &nodes, "end");
 }
@@ -789,20 +932,10 @@ fn netns_etcd_cluster_tls_and_auth_failover() {
         s1.network(),
         Duration::from_secs(10)
     ));
-    let mut st = vec![
-        "status".to_string(),
-        "--etcd-endpoints".into(),
-        cluster.endpoints(),
-    ];
-    st.extend(security_args(&cluster, "s3cret"));
-    let mut cmd = vec!["timeout".to_string(), "60".into(), Overlayd::bin().into()];
-    cmd.extend(st);
-    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let out = topo.host(0).output(&cmd);
+    let (ok, _, out) = status_with(topo.host(0), &cluster, &security_args(&cluster, "s3cret"));
     assert!(
-        out.status.success(),
-        "overlayd status over TLS+auth with a member down: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ok,
+        "overlayd status over TLS+auth with a member down: {out}"
     );
     for d in [&d1, &d2, &d3] {
         assert!(!d.log().contains("without TLS"), "no clear-text warning");

@@ -66,6 +66,21 @@ fn lease_format_matches_flannel() {
     );
 }
 
+/// A skip leaves one `SKIP <test>: <reason>` line per call in the skip log, appended (what
+/// scripts/test.sh counts and lists); without a log only the banner is printed.
+#[test]
+fn skips_are_logged_for_the_test_run() {
+    let dir = TempDir::new("skiplog");
+    let log = dir.path().join("skips");
+    assert!(skip_to(Some(&log), "t_one", "no gretap"));
+    assert!(skip_to(Some(&log), "t_two", "needs root"));
+    assert!(skip_to(None, "t_three", "not logged"));
+    let text = std::fs::read_to_string(&log).expect("skip log written");
+    assert_eq!(text, "SKIP t_one: no gretap\nSKIP t_two: needs root\n");
+    assert_eq!(skip_line("a", "b"), "SKIP a: b");
+    assert!(!skip_unless(true, "t_four", "never recorded"));
+}
+
 #[test]
 fn payload_is_deterministic() {
     let (mut a, mut b) = (Payload::new(7), Payload::new(7));

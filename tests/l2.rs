@@ -230,12 +230,39 @@ fn same_subnet(backend: &str) {
     );
     tcp_both(&c1, &c2, 5 * MB, backend);
 
-    // Full-size frames: containers at the TAP's MTU, DF pings of exactly that size both ways
-    // (the encapsulated datagram is then exactly the underlay's 1500 bytes).
+    assert_full_size_frames(&c1, &c2, mtu, backend);
+
+    assert_l2_counters(&d1, backend);
+
+    assert_tap_repaired(h1, &d1, &c1, &c2, tap, backend);
+
+    // Its own member key deleted by hand: re-announced.
+    assert_eq!(etcd.del(&l2_member_key(P, "net", h1.ip)), 1);
+    wait_members(&etcd, "net", &[h1.ip, h2.ip]);
+
+    // Clean shutdown: the TAP goes, the member key goes.
+    let st = d1.terminate(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{backend}: clean exit");
+    assert!(!h1.has_link(tap), "{backend}: {tap} removed on exit");
+    wait_members(&etcd, "net", &[h2.ip]);
+    assert!(d2.is_running());
+    let (l, deadline) = (net_label("net"), Instant::now() + Duration::from_secs(10));
+    while d2.metric("overlayd_l2_members", &[&l]) != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{backend}: h2's members gauge must drop to 0 once h1 has left"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Full-size frames: containers at the TAP's MTU, DF pings of exactly that size both ways
+/// (the encapsulated datagram is then exactly the underlay's 1500 bytes).
+fn assert_full_size_frames(c1: &Container, c2: &Container, mtu: u32, backend: &str) {
     c1.set_mtu(mtu);
     c2.set_mtu(mtu);
     let size = (mtu - 28).to_string();
-    for (a, b) in [(&c1, &c2), (&c2, &c1)] {
+    for (a, b) in [(c1, c2), (c2, c1)] {
         let out = a.output(&[
             "ping",
             "-q",
@@ -261,7 +288,11 @@ fn same_subnet(backend: &str) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
 
+/// h1's L2 counters after the traffic: frames both ways, flooding, one member, learned
+/// entries, and super-frames through the tunnel-GSO TAP for vxlan only.
+fn assert_l2_counters(d1: &Overlayd, backend: &str) {
     let m = d1.scrape();
     let l = net_label("net");
     assert!(
@@ -283,8 +314,18 @@ fn same_subnet(backend: &str) {
     } else {
         assert_eq!(tunnel, 0.0, "{backend}: no tunnel GSO for GRE");
     }
+}
 
-    // The TAP deleted under the daemon: recreated on the bridge, what was learned kept.
+/// The TAP deleted under the daemon: recreated on the bridge (counted as a repair), what was
+/// learned kept.
+fn assert_tap_repaired(
+    h1: &Host,
+    d1: &Overlayd,
+    c1: &Container,
+    c2: &Container,
+    tap: &str,
+    backend: &str,
+) {
     let repairs0 = d1.metric("overlayd_device_repairs_total", &[]);
     h1.ip(&format!("link del {tap}"));
     let t = Instant::now();
@@ -299,32 +340,13 @@ fn same_subnet(backend: &str) {
     }
     println!("{backend}: {tap} back on brl2 after {:?}", t.elapsed());
     assert!(
-        ping_until(&c1, c2.ip, Duration::from_secs(5)),
+        ping_until(c1, c2.ip, Duration::from_secs(5)),
         "{backend}: c1 -> c2 over the recreated {tap}"
     );
     assert!(
         d1.metric("overlayd_device_repairs_total", &[]) > repairs0,
         "{backend}: the repair must be counted in overlayd_device_repairs_total"
     );
-
-    // Its own member key deleted by hand: re-announced.
-    assert_eq!(etcd.del(&l2_member_key(P, "net", h1.ip)), 1);
-    wait_members(&etcd, "net", &[h1.ip, h2.ip]);
-
-    // Clean shutdown: the TAP goes, the member key goes.
-    let st = d1.terminate(Duration::from_secs(10));
-    assert!(st.is_some_and(|s| s.success()), "{backend}: clean exit");
-    assert!(!h1.has_link(tap), "{backend}: {tap} removed on exit");
-    wait_members(&etcd, "net", &[h2.ip]);
-    assert!(d2.is_running());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d2.metric("overlayd_l2_members", &[&l]) != 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "{backend}: h2's members gauge must drop to 0 once h1 has left"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -398,16 +420,38 @@ fn isolation_access() {
     );
     assert_eq!(a2.neigh_mac(a1.ip).as_deref(), Some(a_mac1.as_str()));
 
-    // A broadcast from A reaches A's other side (positive control) and never B.
+    assert_broadcast_stays_in_a(&a1, &a2, &a_mac1, what);
+
+    // B works by itself, with B's MACs.
+    ping_both(&b1, &b2, &format!("{what} tenant B"));
+    assert_eq!(b1.neigh_mac(b2.ip).as_deref(), Some(b_mac2.as_str()));
+
+    for cap in b_caps {
+        let leaked = cap.finish(Duration::from_millis(300));
+        assert!(
+            leaked.is_empty(),
+            "{what}: B's container received frames not from B: {leaked:?}"
+        );
+    }
+
+    assert_forged_datagrams_refused(&topo, &d2, (&a2, &b2), (&a_mac1, &a_mac2), what);
+    assert_runts_counted(&topo, &d2, (&b1, &b2), what);
+
+    assert!(d1.is_running() && d2.is_running());
+}
+
+/// A broadcast from A reaches A's other side (positive control: an ARP for an address nobody
+/// has, and a broadcast ping).
+fn assert_broadcast_stays_in_a(a1: &Container, a2: &Container, a_mac1: &str, what: &str) {
     let a2_arp = Capture::start(
-        &a2,
+        a2,
         "eth0",
         &format!("arp and ether src {a_mac1}"),
         20,
         Duration::from_secs(30),
     );
     assert!(
-        !ping_burst(&a1, "192.168.0.99", 3, "0.3"),
+        !ping_burst(a1, "192.168.0.99", 3, "0.3"),
         "nobody has 192.168.0.99"
     );
     let _ = a1.output(&[
@@ -428,25 +472,33 @@ fn isolation_access() {
         seen.iter().any(|l| l.contains("192.168.0.99")),
         "{what}: A's ARP broadcast for 192.168.0.99 must reach a2: {seen:?}"
     );
+}
 
-    // B works by itself, with B's MACs.
-    ping_both(&b1, &b2, &format!("{what} tenant B"));
-    assert_eq!(b1.neigh_mac(b2.ip).as_deref(), Some(b_mac2.as_str()));
+/// Drops, by reason, counted by `d`'s L2 data plane.
+fn l2_drops(d: &Overlayd, reason: &str) -> f64 {
+    d.metric(
+        "overlayd_l2_drops_total",
+        &[&format!("reason=\"{reason}\"")],
+    )
+}
 
-    for cap in b_caps {
-        let leaked = cap.finish(Duration::from_millis(300));
-        assert!(
-            leaked.is_empty(),
-            "{what}: B's container received frames not from B: {leaked:?}"
-        );
-    }
-
+/// Hand-made VXLAN datagrams to h2: B's VNI with A's MACs lands in B only; a non-member's,
+/// an A-only member's for B, and an unattached VNI's are dropped and counted.
+fn assert_forged_datagrams_refused(
+    topo: &Topology,
+    d2: &Overlayd,
+    (a2, b2): (&Container, &Container),
+    (a_mac1, a_mac2): (&str, &str),
+    what: &str,
+) {
+    let (h1, h2, h3) = (topo.host(0), topo.host(1), topo.host(2));
+    let drops = |r: &str| l2_drops(d2, r);
     // B's VNI carrying A's MACs (dst = a2's MAC), sent from h1's underlay address (a member),
     // with another source port: must land in B's segment, never in A's.
     let replay = |vni: u32, src_ns: &Netns, src_ip: Ipv4Addr, tag: &[u8]| {
         let frame = udp_frame(
-            &a_mac2,
-            &a_mac1,
+            a_mac2,
+            a_mac1,
             Ipv4Addr::new(192, 168, 0, 1),
             Ipv4Addr::new(192, 168, 0, 2),
             7777,
@@ -461,13 +513,13 @@ fn isolation_access() {
             3,
         );
     };
-    let b_rx0 = rx_frames(&d2, "tenant-b");
-    let a_cap = Capture::start(&a2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
-    let b_cap = Capture::start(&b2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let b_rx0 = rx_frames(d2, "tenant-b");
+    let a_cap = Capture::start(a2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let b_cap = Capture::start(b2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
     replay(200, h1, h1.ip, b"ovt-replay-vni200");
     let in_a = a_cap.finish(Duration::from_millis(500));
     let in_b = b_cap.finish(Duration::from_millis(10));
-    let b_rx = rx_frames(&d2, "tenant-b") - b_rx0;
+    let b_rx = rx_frames(d2, "tenant-b") - b_rx0;
     assert!(
         in_a.is_empty(),
         "{what}: a VNI 200 frame with A's MACs reached A's container: {in_a:?}"
@@ -475,12 +527,12 @@ fn isolation_access() {
     assert!(
         !in_b.is_empty() || b_rx >= 3.0,
         "{what}: the VNI 200 frames must be delivered to B's network (capture in b2: {in_b:?}, \
-         rx_frames{{tenant-b}} grew by {b_rx})"
+     rx_frames{{tenant-b}} grew by {b_rx})"
     );
 
     // The same datagram for VNI 100 from a non-member (the etcd namespace): dropped.
     let etcd_host = &topo.extra[0];
-    let a_cap = Capture::start(&a2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let a_cap = Capture::start(a2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
     let unknown0 = d2.metric("overlayd_l2_drops_total", &["reason=\"unknown_sender\""]);
     replay(100, etcd_host, etcd_host.ip, b"ovt-non-member");
     let in_a = a_cap.finish(Duration::from_millis(500));
@@ -490,12 +542,12 @@ fn isolation_access() {
         "{what}: a non-member's VNI 100 datagram reached A: {in_a:?}"
     );
     assert!(
-        unknown >= 3.0,
-        "{what}: drops{{reason=unknown_sender}} must count the non-member's 3 datagrams (+{unknown})"
-    );
+    unknown >= 3.0,
+    "{what}: drops{{reason=unknown_sender}} must count the non-member's 3 datagrams (+{unknown})"
+);
 
     // From h3, a member of A but not of B, with B's VNI: refused as unknown_sender.
-    let b_cap = Capture::start(&b2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let b_cap = Capture::start(b2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
     let unknown0 = d2.metric("overlayd_l2_drops_total", &["reason=\"unknown_sender\""]);
     replay(200, h3, h3.ip, b"ovt-not-b-member");
     let in_b = b_cap.finish(Duration::from_millis(500));
@@ -514,7 +566,6 @@ fn isolation_access() {
         .iter()
         .map(|c| Capture::start(c, "eth0", "udp port 7777", 20, Duration::from_secs(30)))
         .collect();
-    let drops = |r: &str| d2.metric("overlayd_l2_drops_total", &[&format!("reason=\"{r}\"")]);
     let wrong0 = drops("wrong_vni");
     replay(300, h1, h1.ip, b"ovt-wrong-vni");
     for c in caps {
@@ -526,7 +577,18 @@ fn isolation_access() {
         wrong >= 3.0,
         "{what}: drops{{reason=wrong_vni}} must count 3 datagrams (+{wrong})"
     );
+}
 
+/// Runts from a member (a bare VXLAN header, a 5-byte "frame", 2 bytes): counted, and the
+/// daemon carries on.
+fn assert_runts_counted(
+    topo: &Topology,
+    d2: &Overlayd,
+    (b1, b2): (&Container, &Container),
+    what: &str,
+) {
+    let (h1, h2) = (topo.host(0), topo.host(1));
+    let drops = |r: &str| l2_drops(d2, r);
     // Runts from a member: a bare VXLAN header, and one with a 5-byte "frame": counted, and the
     // daemon carries on.
     let bad0 = drops("truncated") + drops("bad_inner") + drops("bad_header");
@@ -550,11 +612,9 @@ fn isolation_access() {
         "{what}: 3 runt datagrams must be counted as truncated/bad_inner/bad_header (+{bad})"
     );
     assert!(
-        ping_until(&b1, b2.ip, REACH),
+        ping_until(b1, b2.ip, REACH),
         "{what}: B still works after the runts"
     );
-
-    assert!(d1.is_running() && d2.is_running());
 }
 
 #[test]
@@ -716,7 +776,7 @@ fn isolation_trunk() {
     let (h1, h2) = (topo.host(0), topo.host(1));
     let (a_mac1, a_mac2) = (l2_mac(0xaa, 1, 1), l2_mac(0xaa, 2, 1));
     let (b_mac1, b_mac2) = (l2_mac(0xbb, 1, 1), l2_mac(0xbb, 2, 1));
-    let (ip1, ip2) = (Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 2));
+    let (ip1, _ip2) = (Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 2));
 
     // h1: trunk bridge brt with the station's namespace on it.
     add_bridge(h1, "brt", false);
@@ -732,29 +792,7 @@ fn isolation_trunk() {
     let a2 = Container::attach(h2, "bra", "a2", "192.168.0.2/24", &a_mac2);
     let b2 = Container::attach(h2, "brb", "b2", "192.168.0.2/24", &b_mac2);
 
-    let trunk_flags = [
-        "--l2-vlan",
-        "10=tenant-a",
-        "--l2-vlan",
-        "20=tenant-b",
-        "--l2-trunk-bridge",
-        "brt",
-    ];
-    let d1 = start(h1, &etcd, &trunk_flags, &["l2trunk"]);
-    let deadline = Instant::now() + TAP_WAIT;
-    while link_master(h1, "l2trunk").as_deref() != Some("brt") {
-        assert!(Instant::now() < deadline, "l2trunk not enslaved to brt");
-        thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(link_mtu(h1, "l2trunk"), Some(UNDERLAY_MTU - 50));
-    let d2 = start(
-        h2,
-        &etcd,
-        &["--l2", "tenant-a@bra", "--l2", "tenant-b@brb"],
-        &["l2v100", "l2v200"],
-    );
-    wait_members(&etcd, "tenant-a", &[h1.ip, h2.ip]);
-    wait_members(&etcd, "tenant-b", &[h1.ip, h2.ip]);
+    let (d1, d2) = start_trunk_and_access(h1, h2, &etcd);
 
     // What B's container must never see: A's MACs, or an ARP not from B.
     let not_b = format!(
@@ -783,33 +821,7 @@ fn isolation_trunk() {
     );
     assert_eq!(b2.neigh_mac(ip1).as_deref(), Some(b_mac1.as_str()));
 
-    // Broadcasts from A, both ways: a2's ARP for an unused address, and the station's tagged
-    // ARP on VLAN 10; positive control in a2.
-    let a2_arp = Capture::start(
-        &a2,
-        "eth0",
-        &format!("arp and ether src {a_mac1}"),
-        20,
-        Duration::from_secs(30),
-    );
-    assert!(!ping_burst(&a2, "192.168.0.99", 3, "0.3"));
-    let req = arp_request(&a_mac1, ip1, Ipv4Addr::new(192, 168, 0, 98));
-    send_raw(&st_ns, "eth0", &tagged(&req, 10), 3);
-    // Unmapped VLAN 30 and untagged frames from the trunk: dropped and counted.
-    let unmapped0 = d1.metric("overlayd_l2_drops_total", &["reason=\"unmapped_vlan\""]);
-    let stray = arp_request(&l2_mac(0xcc, 1, 2), ip1, ip2);
-    send_raw(&st_ns, "eth0", &tagged(&stray, 30), 2);
-    send_raw(&st_ns, "eth0", &stray, 2);
-    let seen = a2_arp.finish(Duration::from_millis(500));
-    assert!(
-        seen.iter().any(|l| l.contains("192.168.0.98")),
-        "trunk: the station's VLAN 10 broadcast must reach a2: {seen:?}"
-    );
-    let unmapped = d1.metric("overlayd_l2_drops_total", &["reason=\"unmapped_vlan\""]) - unmapped0;
-    assert!(
-        unmapped >= 4.0,
-        "trunk: 2 VLAN-30 + 2 untagged frames must count as unmapped_vlan (+{unmapped})"
-    );
+    assert_trunk_broadcasts(&d1, &st_ns, &a2, &a_mac1);
 
     let on_trunk = trunk_cap.finish(Duration::from_millis(300));
     assert!(
@@ -830,9 +842,55 @@ fn isolation_trunk() {
         "trunk: B's container received A's or foreign frames: {leaked:?}"
     );
 
-    // VNI 200 carrying A's MACs, from h2 (a member) to h1: out on VLAN 20, never VLAN 10.
-    let cap = Capture::start(&st_ns, "eth0", "udp port 7777", 20, Duration::from_secs(30));
-    let frame = udp_frame(&a_mac1, &a_mac2, ip2, ip1, 7777, 7777, b"ovt-replay-trunk");
+    assert_vni_200_stays_in_b(&topo, &d2, &st_ns, (&a2, &b2), (&a_mac1, &a_mac2));
+    let mut d1 = d1;
+    let st = d1.terminate(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "trunk: clean exit");
+    assert!(!h1.has_link("l2trunk"), "trunk: l2trunk removed on exit");
+}
+
+/// h1's daemon on the trunk bridge brt (VLAN 10 = tenant A, 20 = tenant B), its l2trunk TAP
+/// enslaved with the underlay's MTU less VXLAN's 50; h2's on access bridges bra and brb.
+fn start_trunk_and_access(h1: &Host, h2: &Host, etcd: &Etcd) -> (Overlayd, Overlayd) {
+    let trunk_flags = [
+        "--l2-vlan",
+        "10=tenant-a",
+        "--l2-vlan",
+        "20=tenant-b",
+        "--l2-trunk-bridge",
+        "brt",
+    ];
+    let d1 = start(h1, etcd, &trunk_flags, &["l2trunk"]);
+    let deadline = Instant::now() + TAP_WAIT;
+    while link_master(h1, "l2trunk").as_deref() != Some("brt") {
+        assert!(Instant::now() < deadline, "l2trunk not enslaved to brt");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(link_mtu(h1, "l2trunk"), Some(UNDERLAY_MTU - 50));
+    let d2 = start(
+        h2,
+        etcd,
+        &["--l2", "tenant-a@bra", "--l2", "tenant-b@brb"],
+        &["l2v100", "l2v200"],
+    );
+    wait_members(etcd, "tenant-a", &[h1.ip, h2.ip]);
+    wait_members(etcd, "tenant-b", &[h1.ip, h2.ip]);
+    (d1, d2)
+}
+
+/// VNI 200 carrying A's MACs: from h2 to h1 it leaves the trunk on VLAN 20 only; from h1 to
+/// h2 it reaches B's access container, never A's.
+fn assert_vni_200_stays_in_b(
+    topo: &Topology,
+    d2: &Overlayd,
+    st_ns: &Container,
+    (a2, b2): (&Container, &Container),
+    (a_mac1, a_mac2): (&str, &str),
+) {
+    let (h1, h2) = (topo.host(0), topo.host(1));
+    let (ip1, ip2) = (Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 2));
+    let cap = Capture::start(st_ns, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let frame = udp_frame(a_mac1, a_mac2, ip2, ip1, 7777, 7777, b"ovt-replay-trunk");
     send_udp_from(
         h2,
         SocketAddr::from((h2.ip, 40123)),
@@ -846,10 +904,10 @@ fn isolation_trunk() {
         "trunk: the VNI 200 frames must leave the trunk on VLAN 20 only: {got:?}"
     );
     // And the same towards h2's access ports: B's container, never A's.
-    let a_cap = Capture::start(&a2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
-    let b_cap = Capture::start(&b2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
-    let b_rx0 = rx_frames(&d2, "tenant-b");
-    let frame = udp_frame(&a_mac2, &a_mac1, ip1, ip2, 7777, 7777, b"ovt-replay-access");
+    let a_cap = Capture::start(a2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let b_cap = Capture::start(b2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let b_rx0 = rx_frames(d2, "tenant-b");
+    let frame = udp_frame(a_mac2, a_mac1, ip1, ip2, 7777, 7777, b"ovt-replay-access");
     send_udp_from(
         h1,
         SocketAddr::from((h1.ip, 40123)),
@@ -859,16 +917,44 @@ fn isolation_trunk() {
     );
     let in_a = a_cap.finish(Duration::from_millis(500));
     let in_b = b_cap.finish(Duration::from_millis(10));
-    let b_rx = rx_frames(&d2, "tenant-b") - b_rx0;
+    let b_rx = rx_frames(d2, "tenant-b") - b_rx0;
     assert!(in_a.is_empty(), "trunk: VNI 200 reached A: {in_a:?}");
     assert!(
         !in_b.is_empty() || b_rx >= 3.0,
         "trunk: VNI 200 must reach B (b2 capture {in_b:?}, rx +{b_rx})"
     );
-    let mut d1 = d1;
-    let st = d1.terminate(Duration::from_secs(10));
-    assert!(st.is_some_and(|s| s.success()), "trunk: clean exit");
-    assert!(!h1.has_link("l2trunk"), "trunk: l2trunk removed on exit");
+}
+
+/// Broadcasts from A, both ways: a2's ARP for an unused address, and the station's tagged ARP
+/// on VLAN 10 (positive control in a2); unmapped VLAN 30 and untagged frames from the trunk
+/// dropped and counted.
+fn assert_trunk_broadcasts(d1: &Overlayd, st_ns: &Container, a2: &Container, a_mac1: &str) {
+    let (ip1, ip2) = (Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 2));
+    let a2_arp = Capture::start(
+        a2,
+        "eth0",
+        &format!("arp and ether src {a_mac1}"),
+        20,
+        Duration::from_secs(30),
+    );
+    assert!(!ping_burst(a2, "192.168.0.99", 3, "0.3"));
+    let req = arp_request(a_mac1, ip1, Ipv4Addr::new(192, 168, 0, 98));
+    send_raw(st_ns, "eth0", &tagged(&req, 10), 3);
+    // Unmapped VLAN 30 and untagged frames from the trunk: dropped and counted.
+    let unmapped0 = d1.metric("overlayd_l2_drops_total", &["reason=\"unmapped_vlan\""]);
+    let stray = arp_request(&l2_mac(0xcc, 1, 2), ip1, ip2);
+    send_raw(st_ns, "eth0", &tagged(&stray, 30), 2);
+    send_raw(st_ns, "eth0", &stray, 2);
+    let seen = a2_arp.finish(Duration::from_millis(500));
+    assert!(
+        seen.iter().any(|l| l.contains("192.168.0.98")),
+        "trunk: the station's VLAN 10 broadcast must reach a2: {seen:?}"
+    );
+    let unmapped = d1.metric("overlayd_l2_drops_total", &["reason=\"unmapped_vlan\""]) - unmapped0;
+    assert!(
+        unmapped >= 4.0,
+        "trunk: 2 VLAN-30 + 2 untagged frames must count as unmapped_vlan (+{unmapped})"
+    );
 }
 
 #[test]
@@ -888,10 +974,11 @@ fn netns_l2_isolation_trunk_vlan_filtering() {
         return;
     }
     let mut topo = Topology::new(2);
-    if !vlan_filtering_supported(topo.host(0)) {
-        eprintln!(
-            "!!! SKIPPED netns_l2_isolation_trunk_vlan_filtering: no bridge VLAN filtering in this kernel"
-        );
+    if skip_unless(
+        vlan_filtering_supported(topo.host(0)),
+        "netns_l2_isolation_trunk_vlan_filtering",
+        "no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING) in this kernel",
+    ) {
         return;
     }
     let etcd = topo.start_etcd();
@@ -978,10 +1065,33 @@ fn netns_l2_learning_and_move() {
 
     ping_both(c1, c2, "first exchange");
 
-    // A broadcast is sent once per member but self: kind="flood" +1, flood copies +2 each.
-    // Both counters come from one scrape, read once they have stopped moving: the kernel
-    // keeps resolving 10.50.0.99 after ping gives up (ARP broadcasts 1 s apart), and one
-    // of those falling between two scrapes would break the pairing.
+    assert_broadcast_flooded_to_each_member(c1, d1);
+    assert_learned_unicast_not_flooded(c1, c2, d1, d3, h3);
+
+    // Move c1 (same IP, same MAC) from h1 to h3: the first packet after it speaks works.
+    c1.move_to(h3, "brl2");
+    let t = Instant::now();
+    assert!(
+        ping_once(c1, c2.ip, 2),
+        "moved c1 (now on h3) -> c2: the first ping must succeed"
+    );
+    assert!(
+        ping_once(c2, c1.ip, 2),
+        "c2 -> moved c1: the first ping must succeed (h2 followed the move)"
+    );
+    println!("reachable after the move in {:?}", t.elapsed());
+    let moves = d2.metric("overlayd_l2_moves_total", &[&net_label("net")]);
+    assert!(
+        moves >= 1.0,
+        "h2 must count c1's move (moves_total={moves})"
+    );
+}
+
+/// A broadcast is sent once per member but self: kind="flood" +1, flood copies +2 each.
+/// Both counters come from one scrape, read once they have stopped moving: the kernel keeps
+/// resolving 10.50.0.99 after ping gives up (ARP broadcasts 1 s apart), and one of those
+/// falling between two scrapes would break the pairing.
+fn assert_broadcast_flooded_to_each_member(c1: &Container, d1: &Overlayd) {
     let l = net_label("net");
     let flood = |d: &Overlayd| {
         let m = d.scrape();
@@ -1011,7 +1121,16 @@ fn netns_l2_learning_and_move() {
         "h1 floods each ARP broadcast to h2 and h3: flood frames +{f}, copies +{copies}"
     );
     assert_eq!(d1.metric("overlayd_l2_members", &[&l]), 2.0);
+}
 
+/// After learning, 100 pings c1 -> c2 go as unicast from h1, and h3 sees (almost) none.
+fn assert_learned_unicast_not_flooded(
+    c1: &Container,
+    c2: &Container,
+    d1: &Overlayd,
+    d3: &Overlayd,
+    h3: &Host,
+) {
     thread::sleep(Duration::from_millis(300));
     let rx3_0 = rx_frames(d3, "net");
     let uni1_0 = d1.metric(
@@ -1048,24 +1167,6 @@ fn netns_l2_learning_and_move() {
     assert!(
         uni1 >= 100.0,
         "h1 must send the 100 echo requests as unicast (+{uni1})"
-    );
-
-    // Move c1 (same IP, same MAC) from h1 to h3: the first packet after it speaks works.
-    c1.move_to(h3, "brl2");
-    let t = Instant::now();
-    assert!(
-        ping_once(c1, c2.ip, 2),
-        "moved c1 (now on h3) -> c2: the first ping must succeed"
-    );
-    assert!(
-        ping_once(c2, c1.ip, 2),
-        "c2 -> moved c1: the first ping must succeed (h2 followed the move)"
-    );
-    println!("reachable after the move in {:?}", t.elapsed());
-    let moves = d2.metric("overlayd_l2_moves_total", &[&net_label("net")]);
-    assert!(
-        moves >= 1.0,
-        "h2 must count c1's move (moves_total={moves})"
     );
 }
 
@@ -1260,8 +1361,11 @@ fn netns_l2_interop_kernel_gretap() {
         return;
     }
     let mut topo = Topology::new(2);
-    if !gretap_supported(topo.host(1)) {
-        eprintln!("!!! SKIPPED netns_l2_interop_kernel_gretap: this kernel has no gretap devices");
+    if skip_unless(
+        gretap_supported(topo.host(1)),
+        "netns_l2_interop_kernel_gretap",
+        "this kernel has no gretap devices (CONFIG_NET_IPGRE)",
+    ) {
         return;
     }
     let etcd = topo.start_etcd();
@@ -1328,6 +1432,15 @@ fn netns_l2_vni_range() {
     }
     let mut topo = Topology::new(4);
     let etcd = topo.start_etcd();
+    carry_the_ends_of_the_vni_range(&topo, &etcd);
+    refuse_invalid_vnis(&topo, &etcd);
+    refuse_bad_configs(&topo, &etcd);
+    attach_a_network_written_late(&topo, &etcd);
+}
+
+/// Four networks between h1 and h2: both ends of the VNI range and the 12-bit boundary,
+/// vxlan and gre side by side.
+fn carry_the_ends_of_the_vni_range(topo: &Topology, etcd: &Etcd) {
     // Both ends of the VNI range, and the 12-bit boundary; vxlan and gre side by side on the
     // same nodes (gre's key is VNI<<8: the largest VNI fills all 32 bits of it).
     let nets: [(&str, u32, &str, &str); 4] = [
@@ -1365,15 +1478,17 @@ fn netns_l2_vni_range() {
         flags.extend(["--l2", v.as_str()]);
     }
     let taps = ["l2v1", "l2g4096", "l2v16777215", "l2g16777214"];
-    let _d1 = start(h1, &etcd, &flags, &taps);
-    let _d2 = start(h2, &etcd, &flags, &taps);
+    let _d1 = start(h1, etcd, &flags, &taps);
+    let _d2 = start(h2, etcd, &flags, &taps);
     for (name, x1, x2) in &pairs {
-        wait_members(&etcd, name, &[h1.ip, h2.ip]);
+        wait_members(etcd, name, &[h1.ip, h2.ip]);
         ping_both(x1, x2, &format!("network {name}"));
         assert_eq!(x1.neigh_mac(x2.ip).as_deref(), Some(x2.mac.as_str()));
     }
+}
 
-    // Invalid VNIs in etcd: the daemon exits non-zero, naming the key and the range.
+/// Invalid VNIs in etcd: the daemon exits non-zero, naming the key and the range.
+fn refuse_invalid_vnis(topo: &Topology, etcd: &Etcd) {
     etcd.put_l2_network_json(P, "bad0", r#"{"VNI":0,"Backend":"vxlan"}"#);
     etcd.put_l2_network_json(P, "big", r#"{"VNI":16777216,"Backend":"vxlan"}"#);
     let bound = Duration::from_secs(30);
@@ -1382,7 +1497,7 @@ fn netns_l2_vni_range() {
         .map(|(n, h)| {
             (
                 n.to_string(),
-                Overlayd::spawn(h, overlayd_l2_args(&etcd, &["--l2", n])),
+                Overlayd::spawn(h, overlayd_l2_args(etcd, &["--l2", n])),
             )
         })
         .collect();
@@ -1406,18 +1521,23 @@ fn netns_l2_vni_range() {
             tail(d.log_path(), 30)
         );
     }
+}
 
+/// Bad JSON, an unknown backend, bad VLAN ids, a network both on an access port and on the
+/// trunk, two vxlan ports on one node: each refused with a non-zero exit.
+fn refuse_bad_configs(topo: &Topology, etcd: &Etcd) {
+    let bound = Duration::from_secs(30);
     // Bad JSON and an unknown backend: the same kind of error, one after the other on h3.
     etcd.put_l2_network_json(P, "badjson", r#"{"VNI": 100,"#);
     etcd.put_l2_network_json(P, "geneve", r#"{"VNI": 100, "Backend": "geneve"}"#);
     for name in ["badjson", "geneve"] {
-        let mut d = Overlayd::spawn(topo.host(2), overlayd_l2_args(&etcd, &["--l2", name]));
+        let mut d = Overlayd::spawn(topo.host(2), overlayd_l2_args(etcd, &["--l2", name]));
         let st = d.wait_exit(bound);
         assert!(
-            exited_nonzero(st),
-            "--l2 {name} (invalid config) must exit non-zero within {bound:?}, got {st:?}; log:\n{}",
-            tail(d.log_path(), 30)
-        );
+        exited_nonzero(st),
+        "--l2 {name} (invalid config) must exit non-zero within {bound:?}, got {st:?}; log:\n{}",
+        tail(d.log_path(), 30)
+    );
         assert!(
             d.log().contains(&l2_network_key(P, name)),
             "--l2 {name}: the error must name the key; log:\n{}",
@@ -1430,7 +1550,7 @@ fn netns_l2_vni_range() {
     for vlan in ["4095=x", "0=x", "4096=x", "10", "abc=x"] {
         let mut d = Overlayd::spawn(
             topo.host(2),
-            overlayd_l2_args(&etcd, &["--l2-vlan", vlan, "--l2-trunk-bridge", "br9"]),
+            overlayd_l2_args(etcd, &["--l2-vlan", vlan, "--l2-trunk-bridge", "br9"]),
         );
         let st = d.wait_exit(Duration::from_secs(10));
         assert!(
@@ -1448,7 +1568,7 @@ fn netns_l2_vni_range() {
     let mut d = Overlayd::spawn(
         topo.host(2),
         overlayd_l2_args(
-            &etcd,
+            etcd,
             &[
                 "--l2",
                 "n1@br1",
@@ -1472,7 +1592,7 @@ fn netns_l2_vni_range() {
     etcd.put_l2_network_json(P, "p4790", r#"{"VNI":502,"Port":4790}"#);
     let mut d = Overlayd::spawn(
         topo.host(2),
-        overlayd_l2_args(&etcd, &["--l2", "p4789@brp1", "--l2", "p4790@brp2"]),
+        overlayd_l2_args(etcd, &["--l2", "p4789@brp1", "--l2", "p4790@brp2"]),
     );
     let st = d.wait_exit(Duration::from_secs(20));
     assert!(
@@ -1481,11 +1601,13 @@ fn netns_l2_vni_range() {
         tail(d.log_path(), 20)
     );
     println!("--l2 p4789 --l2 p4790: {}", tail(d.log_path(), 1));
+}
 
-    // A network that does not exist yet is waited for, then attached when it appears.
+/// A network that does not exist yet is waited for, then attached when it appears.
+fn attach_a_network_written_late(topo: &Topology, etcd: &Etcd) {
     let h4 = topo.host(3);
     add_bridge(h4, "brlate", false);
-    let mut late = Overlayd::spawn(h4, overlayd_l2_args(&etcd, &["--l2", "late@brlate"]));
+    let mut late = Overlayd::spawn(h4, overlayd_l2_args(etcd, &["--l2", "late@brlate"]));
     let waiting = Instant::now() + Duration::from_secs(15);
     while !late.log().contains("/l2/networks/late") && Instant::now() < waiting {
         thread::sleep(Duration::from_millis(100));
@@ -1508,5 +1630,5 @@ fn netns_l2_vni_range() {
         tail(late.log_path(), 20)
     );
     late.wait_ready(READY);
-    wait_members(&etcd, "late", &[h4.ip]);
+    wait_members(etcd, "late", &[h4.ip]);
 }

@@ -578,122 +578,24 @@ fn netns_hostile_underlay() {
     assert!(ping_until(h2, overlay_ip_of(&s1), Duration::from_secs(10)));
     let l1 = lease_of(&etcd, subnet_of(&s1));
     let l2 = lease_of(&etcd, subnet_of(&s2));
-    let mac1 = parse_mac(l1.vtep_mac.as_deref().expect("VtepMAC"));
-    let mac2 = parse_mac(l2.vtep_mac.as_deref().expect("VtepMAC"));
-    let dst_overlay = overlay_ip_of(&s1);
+    let aim = Aim {
+        mac1: parse_mac(l1.vtep_mac.as_deref().expect("VtepMAC")),
+        mac2: parse_mac(l2.vtep_mac.as_deref().expect("VtepMAC")),
+        dst_overlay: overlay_ip_of(&s1),
+        peer_subnet: l2.subnet,
+        target: SocketAddr::from((host_ip(0), 8472)),
+        dur: Duration::from_secs(secs),
+    };
     let spoof_src = Ipv4Addr::new(10, 244, 255, 7);
-    let target = SocketAddr::from((host_ip(0), 8472));
     let pid = d1.pid().expect("running");
     let base = scrape(h1, metrics_addr());
     let rss0 = rss_kib(pid);
 
     // Nothing spoofed may reach the overlay device.
-    let tcpdump = h1
-        .command("timeout")
-        .args([
-            &format!("{}", secs + 8),
-            "tcpdump",
-            "-i",
-            "flannel.1",
-            "-n",
-            "-c",
-            "1",
-            "src",
-            &spoof_src.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump (scripts/install-deps.sh installs it)");
+    let tcpdump = capture_one_from(h1, spoof_src, secs + 8);
     thread::sleep(Duration::from_secs(1));
-
-    let dur = Duration::from_secs(secs);
-    let attack = attacker.spawn_in(move || {
-        let sock = UdpSocket::bind((attacker_ip, 0)).expect("bind attacker");
-        let mut sent = 0u64;
-        let mut seed = 0x1234_5678_9abc_def1u64;
-        let mut rnd = [0u8; 300];
-        let valid = vxlan_frame(
-            1,
-            [2, 0, 0, 0, 0, 0x66],
-            mac1,
-            &inner_udp(Ipv4Addr::new(10, 244, 250, 1), dst_overlay, b"hello"),
-        );
-        let t = Instant::now();
-        while t.elapsed() < dur {
-            Payload::new(seed).fill(&mut rnd);
-            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let len = 1 + (seed as usize % rnd.len());
-            let mut wrong_flags = valid.clone();
-            wrong_flags[0] = 0x00;
-            let mut wrong_vni = valid.clone();
-            wrong_vni[4..7].copy_from_slice(&[0, 0, 9]);
-            let frames: [&[u8]; 5] = [&rnd[..len], &valid[..5], &wrong_flags, &wrong_vni, &valid];
-            for f in frames {
-                if sock.send_to(f, target).is_ok() {
-                    sent += 1;
-                }
-                pace(sent);
-            }
-        }
-        sent
-    });
-    let peer = h2.spawn_in(move || {
-        let sock = UdpSocket::bind((host_ip(1), 0)).expect("bind h2");
-        let mut s = Sent::default();
-        let spoofed = vxlan_frame(
-            1,
-            mac2,
-            mac1,
-            &inner_udp(spoof_src, dst_overlay, b"spoofed"),
-        );
-        let spoofed_out = vxlan_frame(
-            1,
-            mac2,
-            mac1,
-            &inner_udp(Ipv4Addr::new(10, 99, 0, 1), dst_overlay, b"spoofed"),
-        );
-        let mut bad_flags = spoofed.clone();
-        bad_flags[0] = 0x00;
-        let mut wrong_vni = spoofed.clone();
-        wrong_vni[4..7].copy_from_slice(&[0, 0, 2]);
-        let legit_inner = inner_udp(overlay_ip_of_net(l2.subnet), dst_overlay, b"len");
-        // Inner total length larger than the packet.
-        let mut long = legit_inner.clone();
-        long[2..4].copy_from_slice(&2000u16.to_be_bytes());
-        let bad_len_long = vxlan_frame(1, mac2, mac1, &long);
-        // IHL below 5.
-        let mut short_ihl = legit_inner.clone();
-        short_ihl[0] = 0x43;
-        let bad_ihl = vxlan_frame(1, mac2, mac1, &short_ihl);
-        let t = Instant::now();
-        let mut n = 0u64;
-        while t.elapsed() < dur {
-            for (f, c) in [
-                (&spoofed, 0),
-                (&spoofed_out, 0),
-                (&bad_flags, 1),
-                (&wrong_vni, 2),
-                (&spoofed[..12].to_vec(), 3),
-                (&bad_len_long, 4),
-                (&bad_ihl, 4),
-            ] {
-                if sock.send_to(f, target).is_ok() {
-                    match c {
-                        0 => s.spoofed += 1,
-                        1 => s.bad_flags += 1,
-                        2 => s.wrong_vni += 1,
-                        3 => s.truncated += 1,
-                        _ => s.bad_len += 1,
-                    }
-                }
-                n += 1;
-                pace(n);
-            }
-        }
-        s
-    });
+    let attack = attacker.spawn_in(move || attack_from_outside(attacker_ip, aim));
+    let peer = h2.spawn_in(move || attack_from_the_peer(spoof_src, aim));
     let transfer = tcp_transfer_stats(h2, h1, overlay_ip_of(&s1), 0, 20 * MB);
     let attacker_sent = attack.join().expect("attacker thread");
     let mut sent = peer.join().expect("peer thread");
@@ -731,19 +633,133 @@ fn netns_hostile_underlay() {
         rss1,
         rss1.saturating_sub(rss0)
     );
-    let dump_out = String::from_utf8_lossy(&dump.stdout);
-    println!(
-        "tcpdump: exit {:?}, stdout {:?}, stderr {:?}",
-        dump.status.code(),
-        dump_out.trim(),
-        String::from_utf8_lossy(&dump.stderr).trim()
-    );
-
     assert_eq!(
         transfer.sent, transfer.received,
         "20 MB byte-identical under attack"
     );
     assert!(rss1.saturating_sub(rss0) < 20 * 1024, "RSS growth < 20 MiB");
+    assert_hostile_drops(&got, &sent);
+    assert_nothing_captured(&dump, spoof_src);
+}
+
+/// Where the hostile traffic goes: h1's VXLAN port, with h1's and h2's VTEP MACs, for h1's
+/// overlay address; h2's subnet (the inner source of its malformed packets); for how long.
+#[derive(Debug, Clone, Copy)]
+struct Aim {
+    mac1: [u8; 6],
+    mac2: [u8; 6],
+    dst_overlay: Ipv4Addr,
+    peer_subnet: ipnet::Ipv4Net,
+    target: SocketAddr,
+    dur: Duration,
+}
+
+/// tcpdump on h1's flannel.1 for one packet from `src`, given up after `secs`.
+fn capture_one_from(h1: &Netns, src: Ipv4Addr, secs: u64) -> std::process::Child {
+    h1.command("timeout")
+        .args([
+            &format!("{secs}"),
+            "tcpdump",
+            "-i",
+            "flannel.1",
+            "-n",
+            "-c",
+            "1",
+            "src",
+            &src.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump (scripts/install-deps.sh installs it)")
+}
+
+/// A host with no lease sends random bytes, a cut header, wrong flags, a wrong VNI and a
+/// valid frame, paced, for `aim.dur`; returns how many datagrams it sent.
+fn attack_from_outside(attacker_ip: Ipv4Addr, aim: Aim) -> u64 {
+    let sock = UdpSocket::bind((attacker_ip, 0)).expect("bind attacker");
+    let mut sent = 0u64;
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    let mut rnd = [0u8; 300];
+    let valid = vxlan_frame(
+        1,
+        [2, 0, 0, 0, 0, 0x66],
+        aim.mac1,
+        &inner_udp(Ipv4Addr::new(10, 244, 250, 1), aim.dst_overlay, b"hello"),
+    );
+    let t = Instant::now();
+    while t.elapsed() < aim.dur {
+        Payload::new(seed).fill(&mut rnd);
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let len = 1 + (seed as usize % rnd.len());
+        let mut wrong_flags = valid.clone();
+        wrong_flags[0] = 0x00;
+        let mut wrong_vni = valid.clone();
+        wrong_vni[4..7].copy_from_slice(&[0, 0, 9]);
+        let frames: [&[u8]; 5] = [&rnd[..len], &valid[..5], &wrong_flags, &wrong_vni, &valid];
+        for f in frames {
+            if sock.send_to(f, aim.target).is_ok() {
+                sent += 1;
+            }
+            pace(sent);
+        }
+    }
+    sent
+}
+
+/// The real peer h2 sends spoofed inner sources, wrong flags, a wrong VNI, truncated
+/// datagrams and malformed inner headers, paced, for `aim.dur`; returns what it sent of each.
+fn attack_from_the_peer(spoof_src: Ipv4Addr, aim: Aim) -> Sent {
+    let (mac1, mac2, dst) = (aim.mac1, aim.mac2, aim.dst_overlay);
+    let sock = UdpSocket::bind((host_ip(1), 0)).expect("bind h2");
+    let mut s = Sent::default();
+    let spoofed = vxlan_frame(1, mac2, mac1, &inner_udp(spoof_src, dst, b"spoofed"));
+    let outside = Ipv4Addr::new(10, 99, 0, 1);
+    let spoofed_out = vxlan_frame(1, mac2, mac1, &inner_udp(outside, dst, b"spoofed"));
+    let mut bad_flags = spoofed.clone();
+    bad_flags[0] = 0x00;
+    let mut wrong_vni = spoofed.clone();
+    wrong_vni[4..7].copy_from_slice(&[0, 0, 2]);
+    let legit_inner = inner_udp(overlay_ip_of_net(aim.peer_subnet), dst, b"len");
+    // Inner total length larger than the packet.
+    let mut long = legit_inner.clone();
+    long[2..4].copy_from_slice(&2000u16.to_be_bytes());
+    let bad_len_long = vxlan_frame(1, mac2, mac1, &long);
+    // IHL below 5.
+    let mut short_ihl = legit_inner.clone();
+    short_ihl[0] = 0x43;
+    let bad_ihl = vxlan_frame(1, mac2, mac1, &short_ihl);
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed() < aim.dur {
+        for (f, c) in [
+            (&spoofed, 0),
+            (&spoofed_out, 0),
+            (&bad_flags, 1),
+            (&wrong_vni, 2),
+            (&spoofed[..12].to_vec(), 3),
+            (&bad_len_long, 4),
+            (&bad_ihl, 4),
+        ] {
+            if sock.send_to(f, aim.target).is_ok() {
+                match c {
+                    0 => s.spoofed += 1,
+                    1 => s.bad_flags += 1,
+                    2 => s.wrong_vni += 1,
+                    3 => s.truncated += 1,
+                    _ => s.bad_len += 1,
+                }
+            }
+            n += 1;
+            pace(n);
+        }
+    }
+    s
+}
+
+/// Each kind of hostile datagram shows in its drop counter (at least 95 % of those sent).
+fn assert_hostile_drops(got: &BTreeMap<&str, u64>, sent: &Sent) {
     let at_least = |n: u64| n * 95 / 100;
     assert!(got["unknown_sender"] >= at_least(sent.attacker));
     assert!(
@@ -754,6 +770,17 @@ fn netns_hostile_underlay() {
     assert!(got["bad_header"] >= at_least(sent.bad_flags));
     assert!(got["wrong_vni"] >= at_least(sent.wrong_vni));
     assert!(got["truncated"] + got["bad_inner"] >= at_least(sent.truncated + sent.bad_len));
+}
+
+/// tcpdump timed out without one packet from the spoofed source on flannel.1.
+fn assert_nothing_captured(dump: &std::process::Output, spoof_src: Ipv4Addr) {
+    let dump_out = String::from_utf8_lossy(&dump.stdout);
+    println!(
+        "tcpdump: exit {:?}, stdout {:?}, stderr {:?}",
+        dump.status.code(),
+        dump_out.trim(),
+        String::from_utf8_lossy(&dump.stderr).trim()
+    );
     assert_eq!(
         dump.status.code(),
         Some(124),
@@ -792,8 +819,39 @@ fn netns_malformed_etcd_data() {
     let victim = Ipv4Addr::new(o[0], o[1], o[2], 130);
     h2.add_pod_addr(&format!("{victim}/32"));
 
+    let bad = bad_leases(n2, &hijack);
+    for (k, v, _) in &bad {
+        etcd.put(k, v);
+    }
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        d1.is_running() && d2.is_running(),
+        "daemons survive the garbage"
+    );
+    assert!(ping_until(h1, overlay_ip_of(&s2), Duration::from_secs(5)));
+    assert!(ping_until(h2, overlay_ip_of(&s1), Duration::from_secs(5)));
+    assert!(
+        ping_until(h1, victim, Duration::from_secs(5)),
+        "{victim} (in the hijacking /25) still goes to h2"
+    );
+    let mut d3 = Overlayd::spawn(h3, overlayd_args("vxlan", &etcd));
+    let s3 = d3.wait_ready(READY);
+    assert!(ping_until(h1, overlay_ip_of(&s3), Duration::from_secs(10)));
+    assert!(ping_until(h3, overlay_ip_of(&s2), Duration::from_secs(10)));
+    assert!(ping_until(h3, victim, Duration::from_secs(10)));
+    assert!(d1.is_running() && d2.is_running() && d3.is_running());
+    for (name, d) in [("h1", &d1), ("h2", &d2), ("h3", &d3)] {
+        assert_each_bad_key_warned_once_or_twice(name, &d.log(), &bad);
+    }
+}
+
+/// Garbage under `<prefix>/subnets/` as (key, value, what a warning about it names): bad
+/// JSON, a bad PublicIP, a VNI out of range, a key that is no subnet, and a /25 hijacking
+/// the upper half of `n2`.
+fn bad_leases(n2: ipnet::Ipv4Net, hijack: &str) -> Vec<(String, String, String)> {
+    let o = n2.network().octets();
     let p = format!("{ETCD_PREFIX}/subnets/");
-    let bad: Vec<(String, String, String)> = vec![
+    vec![
         (
             format!("{p}10.244.200.0-24"),
             "not json {".into(),
@@ -823,46 +881,31 @@ fn netns_malformed_etcd_data() {
             vxlan_lease_value(Ipv4Addr::new(192, 168, 77, 97), 1, "02:00:00:00:00:97"),
             format!("{}.{}.{}.128", o[0], o[1], o[2]),
         ),
-    ];
-    for (k, v, _) in &bad {
-        etcd.put(k, v);
-    }
-    thread::sleep(Duration::from_secs(2));
-    assert!(
-        d1.is_running() && d2.is_running(),
-        "daemons survive the garbage"
-    );
-    assert!(ping_until(h1, overlay_ip_of(&s2), Duration::from_secs(5)));
-    assert!(ping_until(h2, overlay_ip_of(&s1), Duration::from_secs(5)));
-    assert!(
-        ping_until(h1, victim, Duration::from_secs(5)),
-        "{victim} (in the hijacking /25) still goes to h2"
-    );
-    let mut d3 = Overlayd::spawn(h3, overlayd_args("vxlan", &etcd));
-    let s3 = d3.wait_ready(READY);
-    assert!(ping_until(h1, overlay_ip_of(&s3), Duration::from_secs(10)));
-    assert!(ping_until(h3, overlay_ip_of(&s2), Duration::from_secs(10)));
-    assert!(ping_until(h3, victim, Duration::from_secs(10)));
-    assert!(d1.is_running() && d2.is_running() && d3.is_running());
-    for (name, d) in [("h1", &d1), ("h2", &d2), ("h3", &d3)] {
-        let log = d.log();
-        let counts: Vec<(String, usize)> = bad
-            .iter()
-            .map(|(_, _, needle)| {
-                // Warnings only: "peer added" info lines (also after a relist) do not count.
-                let warns = log
-                    .lines()
-                    .filter(|l| l.contains("WARN") && l.contains(needle.as_str()))
-                    .count();
-                (needle.clone(), warns)
-            })
-            .collect();
-        println!("{name}: log lines per bad key: {counts:?}");
-        for (needle, c) in counts {
-            let lines: Vec<&str> = log.lines().filter(|l| l.contains(&needle)).collect();
-            // (all lines naming the key, for the failure message)
-            assert!(c >= 1, "{name}: {needle} must be logged");
-            assert!(c <= 2, "{name}: {needle} logged {c} times: {lines:#?}");
-        }
+    ]
+}
+
+/// Each bad key is warned about in `log` at least once and at most twice (not per event).
+fn assert_each_bad_key_warned_once_or_twice(
+    name: &str,
+    log: &str,
+    bad: &[(String, String, String)],
+) {
+    let counts: Vec<(String, usize)> = bad
+        .iter()
+        .map(|(_, _, needle)| {
+            // Warnings only: "peer added" info lines (also after a relist) do not count.
+            let warns = log
+                .lines()
+                .filter(|l| l.contains("WARN") && l.contains(needle.as_str()))
+                .count();
+            (needle.clone(), warns)
+        })
+        .collect();
+    println!("{name}: log lines per bad key: {counts:?}");
+    for (needle, c) in counts {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&needle)).collect();
+        // (all lines naming the key, for the failure message)
+        assert!(c >= 1, "{name}: {needle} must be logged");
+        assert!(c <= 2, "{name}: {needle} logged {c} times: {lines:#?}");
     }
 }

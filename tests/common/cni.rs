@@ -9,25 +9,22 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{run_with_input, Netns};
+use super::{run_with_input, skip_unless, Netns};
 
 /// Where Debian installs the reference plugins.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 
-/// True (with a loud banner) when the reference plugins are missing.
+/// True (after [`skip`]) when the reference plugins are missing.
 pub fn skip_without_cni_plugins(test: &str) -> bool {
     let missing: Vec<&str> = ["bridge", "host-local"]
         .into_iter()
         .filter(|p| !Path::new(CNI_BIN_DIR).join(p).exists())
         .collect();
-    if missing.is_empty() {
-        return false;
-    }
-    eprintln!(
-        "\n!!! SKIPPED {test}: {CNI_BIN_DIR}/{{{}}} missing: run scripts/install-deps.sh !!!\n",
+    let reason = format!(
+        "{CNI_BIN_DIR}/{{{}}} missing: run scripts/install-deps.sh (Debian's containernetworking-plugins)",
         missing.join(",")
     );
-    true
+    skip_unless(missing.is_empty(), test, &reason)
 }
 
 /// A node's network config for overlay-cni: subnet.env from `subnet_file`, state under

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,14 +20,99 @@ pub const ETCD_PREFIX: &str = "/coreos.com/network";
 
 /// `etcdctl` (API v3) run inside namespace `from` against `endpoint`.
 pub fn etcdctl(from: &Netns, endpoint: &str, args: &[&str]) -> Result<String, String> {
+    etcdctl_ns(from.name(), endpoint, args)
+}
+
+/// [`etcdctl`] in the namespace named `ns`.
+fn etcdctl_ns(ns: &str, endpoint: &str, args: &[&str]) -> Result<String, String> {
     run_cmd(
-        from.command("etcdctl")
+        Command::new("ip")
+            .args(["netns", "exec", ns, "etcdctl"])
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={endpoint}"))
             .arg("--dial-timeout=3s")
             .arg("--command-timeout=5s")
             .args(args),
     )
+}
+
+/// One etcd member to launch: the one launcher of the single-member [`Etcd`] and of every
+/// member of an [`EtcdCluster`](super::EtcdCluster).
+pub(super) struct EtcdMember<'a> {
+    pub ns: &'a str,
+    pub name: &'a str,
+    /// The listen address as URLs write it (`[v6]` bracketed).
+    pub ip: &'a str,
+    pub data: &'a Path,
+    pub log: &'a Path,
+    /// The client URLs' scheme (`https` with TLS; peers always talk `http`).
+    pub scheme: &'a str,
+    /// TLS flags (`--cert-file=...`), empty without TLS.
+    pub tls: &'a [String],
+    /// `--initial-cluster`: `name=http://ip:2380,...`.
+    pub initial_cluster: &'a str,
+    pub token: Option<&'a str>,
+}
+
+impl EtcdMember<'_> {
+    /// Starts etcd in its namespace, its output appended to its log.
+    pub fn spawn(&self) -> Child {
+        let (ip, scheme) = (self.ip, self.scheme);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log)
+            .expect("open etcd log");
+        Command::new("ip")
+            .args(["netns", "exec", self.ns, "etcd"])
+            .arg(format!("--name={}", self.name))
+            .arg(format!("--data-dir={}", self.data.display()))
+            .arg(format!("--listen-client-urls={scheme}://{ip}:2379"))
+            .arg(format!("--advertise-client-urls={scheme}://{ip}:2379"))
+            .args(self.tls)
+            .arg(format!("--listen-peer-urls=http://{ip}:2380"))
+            .arg(format!("--initial-advertise-peer-urls=http://{ip}:2380"))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .args(self.token.map(|t| format!("--initial-cluster-token={t}")))
+            // Ignored once the data dir exists (a restart keeps its membership).
+            .arg("--initial-cluster-state=new")
+            .arg("--logger=zap")
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start etcd (installed? scripts/install-deps.sh): {e}")
+            })
+    }
+}
+
+/// Waits (bounded by `timeout`) until `healthy()` says the member `name` answers; panics with
+/// its log's tail if it exits first or never answers. Returns how long it took.
+pub(super) fn wait_member(
+    child: &mut Option<Child>,
+    log: &Path,
+    name: &str,
+    timeout: Duration,
+    mut healthy: impl FnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if healthy() {
+            return start.elapsed();
+        }
+        if let Some(Ok(Some(st))) = child.as_mut().map(Child::try_wait) {
+            panic!("{name} exited early ({st}); log:\n{}", tail(log, 30));
+        }
+        if start.elapsed() >= timeout {
+            panic!(
+                "{name} not healthy after {timeout:?}; log:\n{}",
+                tail(log, 30)
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A single-member etcd running in a namespace; killed on drop.
@@ -63,53 +148,27 @@ impl Etcd {
         // `[v6]` in URLs.
         let ip = SocketAddr::new(self.ip, 0).to_string();
         let ip = ip.trim_end_matches(":0");
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open etcd log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "etcd"])
-            .arg("--name=ovt")
-            .arg(format!("--data-dir={}", self.data.display()))
-            .arg(format!("--listen-client-urls=http://{ip}:2379"))
-            .arg(format!("--advertise-client-urls=http://{ip}:2379"))
-            .arg(format!("--listen-peer-urls=http://{ip}:2380"))
-            .arg(format!("--initial-advertise-peer-urls=http://{ip}:2380"))
-            .arg(format!("--initial-cluster=ovt=http://{ip}:2380"))
-            .arg("--initial-cluster-state=new")
-            .arg("--logger=zap")
-            .arg("--log-level=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start etcd (installed? scripts/install-deps.sh): {e}")
-            });
-        self.child = Some(child);
-        self.wait_healthy(Duration::from_secs(30));
-    }
-
-    fn wait_healthy(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(st)) = child.try_wait() {
-                    panic!("etcd exited early ({st}); log:\n{}", tail(&self.log, 30));
-                }
-            }
-            if self.try_ctl(&["endpoint", "health"]).is_ok() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "etcd not healthy after {timeout:?}; log:\n{}",
-                    tail(&self.log, 30)
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        let member = EtcdMember {
+            ns: &self.ns,
+            name: "ovt",
+            ip,
+            data: &self.data,
+            log: &self.log,
+            scheme: "http",
+            tls: &[],
+            initial_cluster: &format!("ovt=http://{ip}:2380"),
+            token: None,
+        };
+        self.child = Some(member.spawn());
+        let (ns, endpoint) = (self.ns.clone(), self.endpoint());
+        let healthy = || etcdctl_ns(&ns, &endpoint, &["endpoint", "health"]).is_ok();
+        wait_member(
+            &mut self.child,
+            &self.log,
+            "etcd",
+            Duration::from_secs(30),
+            healthy,
+        );
     }
 
     /// Client URL, e.g. `http://192.168.77.250:2379`.
@@ -124,15 +183,7 @@ impl Etcd {
 
     /// `etcdctl` run from etcd's own namespace; `Err` on failure.
     pub fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
-        run_cmd(
-            Command::new("ip")
-                .args(["netns", "exec", &self.ns, "etcdctl"])
-                .env("ETCDCTL_API", "3")
-                .arg(format!("--endpoints={}", self.endpoint()))
-                .arg("--dial-timeout=3s")
-                .arg("--command-timeout=5s")
-                .args(args),
-        )
+        etcdctl_ns(&self.ns, &self.endpoint(), args)
     }
 
     /// `etcdctl` run from etcd's own namespace; panics on failure.

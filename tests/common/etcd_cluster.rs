@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::etcd::{wait_member, EtcdMember};
 use super::{
     must, run_cmd, signal, stop_child, tail, unique_name, Lease, Netns, TempDir, Topology,
     ETCD_PREFIX, OVERLAY_NETWORK, UNDERLAY_NET,
@@ -245,35 +246,19 @@ impl EtcdCluster {
             None => Vec::new(),
         };
         let m = &mut self.members[i];
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&m.log)
-            .expect("open etcd log");
-        let ip = m.ip;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &m.ns, "etcd"])
-            .arg(format!("--name={}", m.name))
-            .arg(format!("--data-dir={}", m.data.display()))
-            .arg(format!("--listen-client-urls={scheme}://{ip}:2379"))
-            .arg(format!("--advertise-client-urls={scheme}://{ip}:2379"))
-            .args(&tls)
-            .arg(format!("--listen-peer-urls=http://{ip}:2380"))
-            .arg(format!("--initial-advertise-peer-urls=http://{ip}:2380"))
-            .arg(format!("--initial-cluster={initial_cluster}"))
-            .arg(format!("--initial-cluster-token={token}"))
-            // Ignored once the data dir exists (a restart keeps its membership).
-            .arg("--initial-cluster-state=new")
-            .arg("--logger=zap")
-            .arg("--log-level=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start etcd (installed? scripts/install-deps.sh): {e}")
-            });
-        m.child = Some(child);
+        let ip = m.ip.to_string();
+        let member = EtcdMember {
+            ns: &m.ns,
+            name: &m.name,
+            ip: &ip,
+            data: &m.data,
+            log: &m.log,
+            scheme,
+            tls: &tls,
+            initial_cluster: &initial_cluster,
+            token: Some(&token),
+        };
+        m.child = Some(member.spawn());
     }
 
     /// Every member's client URL, comma-separated (what nodes are given).
@@ -413,30 +398,15 @@ impl EtcdCluster {
 
     /// Waits until member `i` answers `endpoint health` (bounded).
     pub fn wait_member_healthy(&mut self, i: usize, timeout: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            let ep = self.members[i].endpoint();
-            if self.ctl_at(&ep, &["endpoint", "health"]).is_ok() {
-                return start.elapsed();
-            }
-            if let Some(c) = self.members[i].child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    panic!(
-                        "{} exited ({st}); log:\n{}",
-                        self.members[i].name,
-                        tail(&self.members[i].log, 30)
-                    );
-                }
-            }
-            if start.elapsed() >= timeout {
-                panic!(
-                    "{} not healthy after {timeout:?}; log:\n{}",
-                    self.members[i].name,
-                    tail(&self.members[i].log, 30)
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        let ep = self.members[i].endpoint();
+        let (log, name) = (self.members[i].log.clone(), self.members[i].name.clone());
+        // Out of the member while the probe borrows the cluster; back before returning (on a
+        // panic the member's namespace guard kills it).
+        let mut child = self.members[i].child.take();
+        let healthy = || self.ctl_at(&ep, &["endpoint", "health"]).is_ok();
+        let took = wait_member(&mut child, &log, &name, timeout, healthy);
+        self.members[i].child = child;
+        took
     }
 
     /// Waits until the cluster accepts a write (a quorum with a leader); how long it took.

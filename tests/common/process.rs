@@ -1,4 +1,4 @@
-//! Running things: the root check, unique `ovt-<pid>-<seq>-<role>` names, commands run to
+//! Running things: unique `ovt-<pid>-<seq>-<role>` names, commands run to
 //! completion, signals and bounded waits on child processes, log tails, and [`TempDir`].
 
 use std::fs;
@@ -42,31 +42,6 @@ pub fn run_with_input(cmd: &mut Command, input: &str, timeout: Duration, what: &
             panic!("{what} did not finish within {timeout:?}");
         }
     }
-}
-
-/// Whether the effective uid is 0 (read from `/proc/self/status`, no unsafe needed).
-pub fn is_root() -> bool {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().nth(1))
-        == Some("0")
-}
-
-/// Returns `true` (and prints a loud banner) when the test must be skipped for lack of root.
-///
-/// Use as `if common::skip_unless_root("name") { return; }`.
-pub fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!();
-    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-    eprintln!("!!! SKIPPED {test}: needs root (network namespaces). Run scripts/test.sh as root.");
-    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-    eprintln!();
-    true
 }
 
 /// A name unique to this process and call: `ovt-<pid>-<seq>-<role>`.
