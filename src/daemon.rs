@@ -709,11 +709,11 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
                     }
                     Err(e) => debug!(error = %e, "cannot check the overlay device"),
                 }
-                watchdog.tick(crate::systemd::Health {
+                watchdog.tick(telemetry.record_health(crate::systemd::Health {
                     device_ours,
                     workers_alive: dp.alive(),
                     control_alive: !control_task.is_finished(),
-                });
+                }));
             }
         }
     }
