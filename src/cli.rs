@@ -1,6 +1,10 @@
 //! Command-line flags, with flannel's names so flannel users feel at home. Every flag can
 //! also come from the environment as `OVERLAYD_<FLAG>` or, for flannel compatibility,
 //! `FLANNELD_<FLAG>` (the `OVERLAYD_` one wins).
+//!
+//! The etcd password is the exception: a command line is visible to every user in `ps`, so
+//! it is only taken from the environment, the config file, or a file named by
+//! `--etcd-password-file` ([`parse`] refuses `--etcd-password` on the command line).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -41,21 +45,57 @@ pub struct EtcdArgs {
     #[arg(long, env = "OVERLAYD_ETCD_CAFILE")]
     pub etcd_cafile: Option<PathBuf>,
 
-    /// etcd username.
-    #[arg(long, env = "OVERLAYD_ETCD_USERNAME", requires = "etcd_password")]
+    /// etcd username (with a password from OVERLAYD_ETCD_PASSWORD or --etcd-password-file).
+    #[arg(long, env = "OVERLAYD_ETCD_USERNAME")]
     pub etcd_username: Option<String>,
 
-    /// etcd password.
+    /// etcd password: only from the environment (OVERLAYD_ETCD_PASSWORD or FLANNELD_ETCD_PASSWORD) or the config file; refused on the command line, where `ps` shows it. See --etcd-password-file.
     #[arg(
         long,
         env = "OVERLAYD_ETCD_PASSWORD",
-        requires = "etcd_username",
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "etcd_password_file"
     )]
     pub etcd_password: Option<String>,
+
+    /// File holding the etcd password (its whole content, less a final newline).
+    #[arg(long, env = "OVERLAYD_ETCD_PASSWORD_FILE", value_name = "PATH")]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
+/// The two ways to give the etcd password, for error messages.
+const PASSWORD_WAYS: &str = "set OVERLAYD_ETCD_PASSWORD (or FLANNELD_ETCD_PASSWORD) in the environment, or put it in a file named by --etcd-password-file";
+
 impl EtcdArgs {
+    /// Refuses a password from the command line, reads `--etcd-password-file`, and checks
+    /// that a username and a password come together.
+    fn resolve_password(&mut self, m: &clap::ArgMatches) -> Result<(), String> {
+        if m.value_source("etcd_password") == Some(clap::parser::ValueSource::CommandLine) {
+            return Err(format!(
+                "--etcd-password on the command line is refused: every user on the host sees it in `ps`; {PASSWORD_WAYS}"
+            ));
+        }
+        if let Some(path) = &self.etcd_password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "cannot read the etcd password file {} (--etcd-password-file): {e}",
+                    path.display()
+                )
+            })?;
+            let pw = text.strip_suffix('\n').unwrap_or(&text);
+            let pw = pw.strip_suffix('\r').unwrap_or(pw);
+            if pw.is_empty() {
+                return Err(format!("the etcd password file {} (--etcd-password-file) is empty; it must hold the password", path.display()));
+            }
+            self.etcd_password = Some(pw.to_string());
+        }
+        match (&self.etcd_username, &self.etcd_password) {
+            (Some(_), None) => Err(format!("--etcd-username needs a password: {PASSWORD_WAYS}")),
+            (None, Some(_)) => Err("an etcd password was given without --etcd-username (OVERLAYD_ETCD_USERNAME); give both".into()),
+            _ => Ok(()),
+        }
+    }
+
     /// The client options these flags describe.
     pub fn options(&self) -> crate::control::etcd::EtcdOptions {
         crate::control::etcd::EtcdOptions {
@@ -269,6 +309,22 @@ impl Args {
     }
 }
 
+/// Parses `argv` (after [`crate::goflags::normalize`]) as `T`, whose etcd flags `etcd`
+/// picks, and resolves the etcd password ([`EtcdArgs`]: refused on the command line, read
+/// from `--etcd-password-file`). The error prints as clap's do (`Error::exit`).
+pub fn parse<T: Parser>(
+    argv: &[String],
+    etcd: fn(&mut T) -> &mut EtcdArgs,
+) -> Result<T, clap::Error> {
+    let mut cmd = T::command();
+    let m = cmd.try_get_matches_from_mut(argv)?;
+    let mut t = T::from_arg_matches(&m)?;
+    etcd(&mut t)
+        .resolve_password(&m)
+        .map_err(|e| cmd.error(clap::error::ErrorKind::ArgumentConflict, e))?;
+    Ok(t)
+}
+
 /// A boolean flag's value: Go's spellings (1 0 t f true false TRUE ...) as flanneld accepts
 /// them, plus yes/no/on/off.
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -465,8 +521,9 @@ mod tests {
             "etcd_certfile" => ("/c.pem", &["--etcd-keyfile", "/k.pem"]),
             "etcd_keyfile" => ("/k.pem", &["--etcd-certfile", "/c.pem"]),
             "etcd_cafile" => ("/ca.pem", &[]),
-            "etcd_username" => ("u", &["--etcd-password", "p"]),
-            "etcd_password" => ("p", &["--etcd-username", "u"]),
+            "etcd_username" => ("u", &[]),
+            "etcd_password" => ("p", &[]),
+            "etcd_password_file" => ("/etc/overlayd/etcd-password", &[]),
             "iface" => ("eth1", &[]),
             "public_ip" => ("192.168.77.9", &[]),
             "public_ipv6" => ("fd00:77::9", &[]),
@@ -581,6 +638,57 @@ mod tests {
         assert_eq!(a.iface.as_deref(), Some("eth0"));
         assert!(a.ip_masq && !a.iptables_forward_rules);
         assert_eq!(a.log_level, tracing::Level::DEBUG);
+    }
+
+    fn parse_words(words: &[&str]) -> Result<Args, String> {
+        let argv: Vec<String> = std::iter::once("overlayd")
+            .chain(words.iter().copied())
+            .map(String::from)
+            .collect();
+        parse(&argv, |a: &mut Args| &mut a.etcd).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_etcd_password_never_comes_from_the_command_line() {
+        let err = parse_words(&["--etcd-username", "u", "--etcd-password", "s3cret"]).unwrap_err();
+        assert!(
+            err.contains("--etcd-password on the command line is refused")
+                && err.contains("OVERLAYD_ETCD_PASSWORD")
+                && err.contains("--etcd-password-file"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("s3cret"),
+            "the refusal does not echo the secret: {err}"
+        );
+        let dir = std::env::temp_dir().join(format!("overlayd-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let f = file.to_str().unwrap();
+        let a = parse_words(&["--etcd-username", "u", "--etcd-password-file", f]).unwrap();
+        assert_eq!(a.etcd.options().password.as_deref(), Some("s3cret"));
+        let err = parse_words(&["--etcd-password-file", f]).unwrap_err();
+        assert!(err.contains("without --etcd-username"), "{err}");
+        let err = parse_words(&["--etcd-username", "u"]).unwrap_err();
+        assert!(
+            err.contains("needs a password") && err.contains("--etcd-password-file"),
+            "{err}"
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let err = parse_words(&["--etcd-username", "u", "--etcd-password-file", f]).unwrap_err();
+        assert!(err.contains("is empty"), "{err}");
+        let absent = dir.join("absent");
+        let err = parse_words(&[
+            "--etcd-username",
+            "u",
+            "--etcd-password-file",
+            absent.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(err.contains("cannot read the etcd password file"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(parse_words(&[]).is_ok_and(|a| a.etcd.options().password.is_none()));
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! inside names the holder) and then checks that no other process holds the TUN device
 //! itself (an instance started without the lock, or with another run dir) and that the name
 //! is not taken by a device of another kind. Both happen before the lease is touched or the
-//! device opened, so a refused instance changes nothing.
+//! device opened, so a refused instance changes nothing. The lock file is opened without
+//! following a symbolic link, and refused unless it is a regular file owned by us: someone
+//! who can write to the run directory must not make us write our pid through a link, or
+//! hold our lock on a file of theirs.
 
 use std::fs::File;
 use std::future::Future;
@@ -182,6 +185,39 @@ pub fn tun_holders(device: &str) -> Vec<(u32, String)> {
     out
 }
 
+/// Opens (or creates) the lock file at `path`: not through a symbolic link, and only a
+/// regular file owned by this process's user.
+pub fn open_lock_file(path: &Path) -> Result<File, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => format!(
+                "the lock file {} is a symbolic link; overlayd does not follow it: remove it (the lock file must be a regular file, created by overlayd)",
+                path.display()
+            ),
+            _ => format!("cannot open the lock file {} (--run-dir): {e}", path.display()),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat the lock file {}: {e}", path.display()))?;
+    let me = crate::sys::lock::effective_uid();
+    if !meta.is_file() || meta.uid() != me {
+        return Err(format!(
+            "the lock file {} is not a regular file owned by us (uid {}, a {}; we are uid {me}): remove it, or point --run-dir at a directory only overlayd writes to",
+            path.display(),
+            meta.uid(),
+            if meta.is_file() { "regular file" } else { "special file" }
+        ));
+    }
+    Ok(file)
+}
+
 /// Claims `device` for this process: the lock under `run_dir`, then the device itself.
 /// The error says who holds it and what to do.
 pub async fn claim(run_dir: &Path, device: &str, nl: &Netlink) -> Result<InstanceLock, String> {
@@ -194,18 +230,7 @@ pub async fn claim(run_dir: &Path, device: &str, nl: &Netlink) -> Result<Instanc
     let path = run_dir.join(lock_name(device));
     let mut attempts = 0;
     let (mut file, locked) = loop {
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| {
-                format!(
-                    "cannot open the lock file {} (--run-dir): {e}",
-                    path.display()
-                )
-            })?;
+        let file = open_lock_file(&path)?;
         let locked = crate::sys::lock::try_lock_exclusive(&file)
             .map_err(|e| format!("cannot lock {} (--run-dir): {e}", path.display()))?;
         // The holder removes the file when it stops: a lock taken on a file that was
@@ -264,6 +289,39 @@ mod tests {
     fn lock_names_carry_the_device() {
         let n = lock_name("flannel.1");
         assert!(n.starts_with("flannel.1.") && n.ends_with(".lock"), "{n}");
+    }
+
+    #[test]
+    fn lock_file_links_and_strangers_files_are_refused() {
+        let dir = std::env::temp_dir().join(format!("overlayd-lockfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("target");
+        std::fs::write(&target, "precious\n").unwrap();
+        let link = dir.join("flannel.1.lock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = open_lock_file(&link).unwrap_err();
+        assert!(
+            err.contains("symbolic link") && err.contains("remove it"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+        // A dangling link is not followed to create its target either.
+        let dangling = dir.join("dangling.lock");
+        std::os::unix::fs::symlink(dir.join("absent"), &dangling).unwrap();
+        assert!(open_lock_file(&dangling).is_err());
+        assert!(!dir.join("absent").exists());
+        let plain = dir.join("ok.lock");
+        assert!(open_lock_file(&plain).is_ok(), "ours is accepted");
+        // Someone else's file (only root can plant one owned by another user here).
+        if crate::sys::lock::effective_uid() == 0 {
+            std::os::unix::fs::chown(&plain, Some(65534), None).unwrap();
+            let err = open_lock_file(&plain).unwrap_err();
+            assert!(err.contains("not a regular file owned by us"), "{err}");
+        } else {
+            println!("skipped the foreign-owner case: not root");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         eprintln!("overlayd: {e}");
         return ExitCode::from(2);
     }
-    let args = Args::parse_from(&argv);
+    let args = cli::parse(&argv, |a: &mut Args| &mut a.etcd).unwrap_or_else(|e| e.exit());
     // Our own events at the chosen level; the libraries' (tonic, h2, netlink) at warn.
     let filter = tracing_subscriber::EnvFilter::new(format!("warn,overlayd={}", args.log_level));
     let builder = tracing_subscriber::fmt()
@@ -76,7 +76,8 @@ fn main() -> ExitCode {
 
 /// `overlayd status`: one table, or one error line.
 fn status(argv: &[String]) -> ExitCode {
-    let args = overlayd::status::StatusArgs::parse_from(argv);
+    use overlayd::status::StatusArgs;
+    let args = cli::parse(argv, |a: &mut StatusArgs| &mut a.etcd).unwrap_or_else(|e| e.exit());
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -115,7 +116,8 @@ fn setup(sub: &str, argv: &[String]) -> ExitCode {
         }
     };
     let res = if sub == "init-network" {
-        let args = InitNetworkArgs::parse_from(&argv);
+        let args =
+            cli::parse(&argv, |a: &mut InitNetworkArgs| &mut a.etcd).unwrap_or_else(|e| e.exit());
         match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

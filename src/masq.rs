@@ -353,9 +353,22 @@ impl Firewall {
     }
 }
 
+/// Environment variables that may hold a secret (the etcd password): the daemon's children
+/// do not get them.
+pub const SECRET_ENV: [&str; 2] = ["OVERLAYD_ETCD_PASSWORD", "FLANNELD_ETCD_PASSWORD"];
+
+/// A command for one of the iptables tools, without [`SECRET_ENV`] in its environment.
+fn iptables(cmd: &str) -> Command {
+    let mut c = Command::new(cmd);
+    for k in SECRET_ENV {
+        c.env_remove(k);
+    }
+    c
+}
+
 /// `iptables -t table -S chain`: its lines, None when the chain does not exist.
 async fn list(table: &str, chain: &str) -> Result<Listing, FirewallError> {
-    let out = Command::new("iptables")
+    let out = iptables("iptables")
         .args(["-w", "5", "-t", table, "-S", chain])
         .output()
         .await
@@ -376,7 +389,7 @@ async fn list(table: &str, chain: &str) -> Result<Listing, FirewallError> {
 }
 
 async fn run(cmd: &'static str, args: &[&str]) -> Result<String, FirewallError> {
-    let out = Command::new(cmd)
+    let out = iptables(cmd)
         .args(args)
         .output()
         .await
@@ -393,7 +406,7 @@ async fn run(cmd: &'static str, args: &[&str]) -> Result<String, FirewallError> 
 /// `iptables-restore --noflush` with `input` on stdin.
 async fn restore(input: &str) -> Result<(), FirewallError> {
     let cmd = "iptables-restore";
-    let mut child = Command::new(cmd)
+    let mut child = iptables(cmd)
         .args(["--noflush", "-w", "5"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -425,6 +438,25 @@ async fn restore(input: &str) -> Result<(), FirewallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iptables_gets_no_secret() {
+        for tool in ["iptables", "iptables-restore"] {
+            let c = iptables(tool);
+            let removed: Vec<_> = c
+                .as_std()
+                .get_envs()
+                .filter(|(_, v)| v.is_none())
+                .map(|(k, _)| k.to_string_lossy().into_owned())
+                .collect();
+            for k in SECRET_ENV {
+                assert!(
+                    removed.iter().any(|r| r == k),
+                    "{tool}: {k} removed: {removed:?}"
+                );
+            }
+        }
+    }
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()

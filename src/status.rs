@@ -2,6 +2,9 @@
 //! (subnet, public address, backend, VTEP MAC, time to expiry; a dual-stack lease's IPv6
 //! subnet, PublicIPv6 and IPv6 VTEP MAC on a `+` line below it) joined with this node's
 //! per-peer counters from its metrics endpoint.
+//!
+//! Every string read from etcd goes through [`printable`] before it is printed: a key or
+//! value holding terminal escapes must not drive the operator's terminal.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -105,6 +108,24 @@ async fn scrape(addr: SocketAddr) -> Option<String> {
         .flatten()
 }
 
+/// `s` with every control character (C0, DEL, C1: ESC, CR, newline, ...) written as an
+/// escape (`\x1b`, `\u{9b}`), so that text from etcd prints as what it is.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            c if !c.is_control() => out.push(c),
+            c if (c as u32) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+        }
+    }
+    out
+}
+
 fn human_ttl(secs: i64) -> String {
     match secs {
         s if s < 0 => "reserved".into(),
@@ -144,7 +165,11 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
                 );
             }
             Err(e) => {
-                let _ = writeln!(out, "network config: INVALID: {e}");
+                let _ = writeln!(
+                    out,
+                    "network config: INVALID: {}",
+                    printable(&e.to_string())
+                );
             }
         },
         None => {
@@ -195,8 +220,7 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
             .as_ref()
             .and_then(|v| v.get("VtepMAC"))
             .and_then(|v| v.as_str())
-            .unwrap_or("-")
-            .to_string();
+            .map_or_else(|| "-".to_string(), printable);
         let t = traffic.as_ref().and_then(|t| t.get(&l.subnet.to_string()));
         let col = |i: usize| t.map(|v| v[i].to_string()).unwrap_or_else(|| "-".into());
         let mac6 = l
@@ -205,13 +229,12 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
             .as_ref()
             .and_then(|v| v.get("VtepMAC"))
             .and_then(|v| v.as_str())
-            .unwrap_or("-")
-            .to_string();
+            .map_or_else(|| "-".to_string(), printable);
         let ip6 = l
             .attrs
             .public_ipv6
             .map_or_else(|| "-".to_string(), |a| a.to_string());
-        let bt = l.attrs.backend_type.as_deref().unwrap_or("udp");
+        let bt = printable(l.attrs.backend_type.as_deref().unwrap_or("udp"));
         let (subnet, public, mac) = match l.ipv6_subnet {
             // An IPv6-only lease: its IPv6 half in the main columns.
             Some(sn6) if !l.has_ipv4() => (sn6.to_string(), ip6.clone(), mac6.clone()),
@@ -288,7 +311,7 @@ async fn l2_section(reg: &Registry, out: &mut String) {
     );
     for kv in nets.kvs() {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let name = key.strip_prefix(&nets_prefix).unwrap_or(&key).to_string();
+        let name = printable(key.strip_prefix(&nets_prefix).unwrap_or(&key));
         let mut m = by_net.remove(&name).unwrap_or_default();
         m.sort();
         match L2NetworkConfig::parse(kv.value()) {
@@ -307,7 +330,7 @@ async fn l2_section(reg: &Registry, out: &mut String) {
                 );
             }
             Err(e) => {
-                let _ = writeln!(out, "{name:<24} INVALID: {e}");
+                let _ = writeln!(out, "{name:<24} INVALID: {}", printable(&e.to_string()));
             }
         }
     }
@@ -342,6 +365,16 @@ overlayd_drops_total{reason=\"no_route\"} 3\n";
         let t = parse_peer_metrics(page);
         assert_eq!(t["10.244.2.0/24"], [10, 1500, 7, 700]);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn etcd_text_is_escaped() {
+        assert_eq!(printable("10.244.1.0-24"), "10.244.1.0-24");
+        assert_eq!(
+            printable("a\x1b[2J\x1b]0;pwned\x07b\r\n\u{7f}\u{9b}31m"),
+            "a\\x1b[2J\\x1b]0;pwned\\x07b\\x0d\\x0a\\x7f\\u{9b}31m"
+        );
+        assert_eq!(printable("né ü"), "né ü", "printable non-ASCII stays");
     }
 
     #[test]

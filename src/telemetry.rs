@@ -5,10 +5,17 @@
 //! The data plane never touches this module: its workers bump plain atomic counters
 //! ([`crate::counters`]) and a scrape copies them into the `metrics` recorder
 //! just before rendering, so counting costs the fast path one relaxed add per batch.
+//!
+//! The listener must not be a way to starve the daemon: each connection gets
+//! [`HEADER_TIMEOUT`] to send a request head (hyper's timer also runs while a kept-alive
+//! connection waits for its next request, so it is the idle timeout too) and lives at most
+//! [`CONNECTION_LIFETIME`] in all; beyond [`MAX_CONNECTIONS`] open at once a new one is
+//! closed as soon as it is accepted (counted in `overlayd_http_connections_rejected_total`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -17,6 +24,18 @@ use tracing::warn;
 use crate::counters::{totals, ControlStats, WorkerStats};
 use crate::drop::DropReason;
 use crate::fib::{SharedFib, SharedFib6};
+use crate::systemd::Health;
+
+/// Time a connection has to send a whole request head, and to start the next one when kept
+/// alive.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection is served, whatever it does (a slow body, a response not read):
+/// then it is shut down gracefully, and dropped [`SHUTDOWN_GRACE`] later.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// Time a connection past its lifetime gets to finish the response in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Connections served at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// Which offloads the data plane got from the kernel.
 #[derive(Debug, Clone, Copy, Default)]
@@ -49,9 +68,37 @@ pub struct State {
     pub tunnel_gso6: OnceLock<Arc<AtomicBool>>,
     /// The L2 networks' shared state, when any is attached.
     pub l2: OnceLock<Arc<crate::l2::switch::Shared>>,
+    /// The verdict of the last health check (the one the systemd watchdog acts on); absent
+    /// until the first check.
+    health: Mutex<Option<Health>>,
+    /// Connections closed on accept because [`MAX_CONNECTIONS`] were open.
+    http_rejected: AtomicU64,
 }
 
 impl State {
+    /// Records the health check's verdict for `/healthz`, and hands it on (to the watchdog).
+    pub fn record_health(&self, health: Health) -> Health {
+        if let Ok(mut h) = self.health.lock() {
+            *h = Some(health);
+        }
+        health
+    }
+
+    /// `/healthz`: 200 unless the last health check found a problem (a dead data-plane
+    /// worker, the device gone, the control loop stopped), then 503 naming it. Before the
+    /// first check the daemon is alive and starting: 200.
+    pub fn healthz(&self) -> (axum::http::StatusCode, String) {
+        use axum::http::StatusCode;
+        let health = self.health.lock().ok().and_then(|h| *h);
+        match health.map(|h| h.problems()) {
+            Some(p) if !p.is_empty() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unhealthy: {}\n", p.join("; ")),
+            ),
+            _ => (StatusCode::OK, "ok\n".to_string()),
+        }
+    }
+
     /// Copies every counter into the recorder (called per scrape).
     fn refresh(&self) {
         let backend = *self.backend.get().unwrap_or(&"");
@@ -144,6 +191,8 @@ impl State {
             .absolute(c.reacquisitions.load(Ordering::Relaxed));
         metrics::counter!("overlayd_device_repairs_total")
             .absolute(c.device_repairs.load(Ordering::Relaxed));
+        metrics::counter!("overlayd_http_connections_rejected_total")
+            .absolute(self.http_rejected.load(Ordering::Relaxed));
         metrics::gauge!("overlayd_ready").set(if self.ready.load(Ordering::Relaxed) {
             1.0
         } else {
@@ -225,6 +274,54 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle, state: Arc<State>) {
+    let app = router(handle, state.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: wait a little instead of spinning.
+                warn!(error = %e, "the metrics listener cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            state.http_rejected.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, app).await;
+            drop(slot);
+        });
+    }
+}
+
+/// One connection, bounded by [`HEADER_TIMEOUT`] per request head and
+/// [`CONNECTION_LIFETIME`] in all.
+async fn serve_connection(stream: tokio::net::TcpStream, app: axum::Router) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(
+            TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(app),
+        );
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+        }
+    }
+}
+
+/// The three endpoints.
+fn router(handle: PrometheusHandle, state: Arc<State>) -> axum::Router {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
     let metrics = {
@@ -240,6 +337,13 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, state: Arc<S
             }
         }
     };
+    let healthz = {
+        let state = state.clone();
+        move || {
+            let answer = state.healthz();
+            async move { answer }
+        }
+    };
     let readyz = move || {
         let ready = state.ready.load(Ordering::Relaxed);
         async move {
@@ -250,22 +354,49 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, state: Arc<S
             }
         }
     };
-    let app = axum::Router::new()
+    axum::Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
                 "not found: try /metrics, /healthz or /readyz\n",
             )
-        });
-    if let Err(e) = axum::serve(listener, app).await {
-        warn!(error = %e, "the metrics listener stopped");
-    }
+        })
 }
 
 /// Binds the listener (an error here is a startup error: the operator asked for it).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    const OK: Health = Health {
+        device_ours: true,
+        workers_alive: true,
+        control_alive: true,
+    };
+
+    #[test]
+    fn healthz_follows_the_watchdog_verdict() {
+        let state = State::default();
+        assert_eq!(state.healthz(), (StatusCode::OK, "ok\n".into()), "starting");
+        assert_eq!(state.record_health(OK), OK);
+        assert_eq!(state.healthz().0, StatusCode::OK);
+        let dead = Health {
+            workers_alive: false,
+            ..OK
+        };
+        state.record_health(dead);
+        let (code, body) = state.healthz();
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("a data-plane worker stopped"), "{body}");
+        state.record_health(OK);
+        assert_eq!(state.healthz().0, StatusCode::OK, "recovered");
+    }
 }

@@ -147,11 +147,11 @@ impl Running {
         self.firewall.ensure().await;
         self.repair_l2().await;
         let device_ours = self.plane.check(&self.nl, &self.telemetry).await?;
-        self.watchdog.tick(Health {
+        self.watchdog.tick(self.telemetry.record_health(Health {
             device_ours,
             workers_alive: self.plane.alive(),
             control_alive: !self.control.is_finished(),
-        });
+        }));
         Ok(())
     }
 
