@@ -7,7 +7,7 @@
 //! is decoded as leniently as Go does (keys case-insensitive, unknown keys ignored), but with
 //! strict types, and never panics on untrusted bytes.
 
-use super::gojson::{self, Member, Members};
+use crate::go::json::{self as gojson, Member, Members};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::Value;
 use std::fmt::{self, Write as _};
