@@ -309,7 +309,7 @@ impl Args {
     }
 }
 
-/// Parses `argv` (after [`crate::goflags::normalize`]) as `T`, whose etcd flags `etcd`
+/// Parses `argv` (after [`crate::go::flags::normalize`]) as `T`, whose etcd flags `etcd`
 /// picks, and resolves the etcd password ([`EtcdArgs`]: refused on the command line, read
 /// from `--etcd-password-file`). The error prints as clap's do (`Error::exit`).
 pub fn parse<T: Parser>(
@@ -328,7 +328,7 @@ pub fn parse<T: Parser>(
 /// A boolean flag's value: Go's spellings (1 0 t f true false TRUE ...) as flanneld accepts
 /// them, plus yes/no/on/off.
 fn parse_bool(s: &str) -> Result<bool, String> {
-    crate::goflags::go_bool(s)
+    crate::go::flags::go_bool(s)
         .or(match s.to_ascii_lowercase().as_str() {
             "yes" | "on" => Some(true),
             "no" | "off" | "" => Some(false),
@@ -552,7 +552,7 @@ mod tests {
             .chain(words.iter().copied())
             .map(String::from)
             .collect();
-        let argv = crate::goflags::normalize(&argv, &Args::command())
+        let argv = crate::go::flags::normalize(&argv, &Args::command())
             .unwrap_or_else(|e| panic!("{words:?}: {e}"));
         format!(
             "{:?}",
@@ -617,7 +617,7 @@ mod tests {
         // flanneld's klog verbosity, and a whole flanneld command line.
         assert_eq!(parsed(&["-v=2"]), parsed(&["--log-level", "debug"]));
         let a = Args::try_parse_from(
-            crate::goflags::normalize(
+            crate::go::flags::normalize(
                 &[
                     "overlayd",
                     "-etcd-endpoints=http://10.0.0.5:2379",

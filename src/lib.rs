@@ -17,7 +17,7 @@
 //! - [`l2`]: layer-2 overlays (TAP, MAC learning, VLAN↔VNI), beside the routed mode;
 //! - [`telemetry`]: metrics, health and readiness endpoints;
 //! - [`systemd`]: readiness and watchdog notification (`sd-notify`);
-//! - [`daemon`], [`cli`], [`goflags`], [`status`]: glue (flags, flanneld's Go flag syntax) and
+//! - [`daemon`], [`cli`], [`go`], [`status`]: glue (flags, flanneld's Go flag syntax) and
 //!   the `overlayd status` command; [`setup`]: `overlayd init-network` and `install-cni`
 //!   for init containers;
 //! - [`lifecycle`]: stopping on a signal in any phase, one daemon per host and device.
@@ -36,7 +36,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod drop;
 pub mod fib;
-pub mod goflags;
+pub mod go;
 pub mod gso_tap;
 pub mod host;
 pub mod l2;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use overlayd::cli::{self, Args};
-use overlayd::goflags;
+use overlayd::go::flags as goflags;
 
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().collect();

@@ -13,7 +13,7 @@ use std::path::Path;
 /// Bottom up: a module may use the modules of the layers before its own.
 const LAYERS: &[&[&str]] = &[
     &["drop"],
-    &["wire", "counters", "goflags"],
+    &["wire", "counters", "go"],
     &["offload", "sys", "fib"],
     &["control", "host", "masq", "systemd"],
     &["backend"],

@@ -6,7 +6,7 @@
 //! config a flannel v0.28 node accepts is read the same way here (see the notes on
 //! [`NetworkConfig::parse`] for the few places overlayd is deliberately stricter or looser).
 
-use super::gojson::{self, Member, Members};
+use crate::go::json::{self as gojson, Member, Members};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::Value;
 use std::fmt;

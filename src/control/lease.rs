@@ -7,11 +7,11 @@
 //! is decoded as leniently as Go does (keys case-insensitive, unknown keys ignored), but with
 //! strict types, and never panics on untrusted bytes.
 
-use super::gojson::{self, Member, Members};
+use crate::go::json::{self as gojson, Member, Members};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::Value;
 use std::fmt::{self, Write as _};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Largest VNI: 24 bits.
 const MAX_VNI: u32 = (1 << 24) - 1;
@@ -65,6 +65,14 @@ pub enum LeaseError {
         value: String,
         expected: &'static str,
     },
+    /// An underlay address no peer can be reached at (unspecified, loopback, multicast,
+    /// broadcast): a lease that would send our packets to ourselves or to everyone.
+    #[error("lease {field} {value} is {why}: expected the holder's unicast underlay address")]
+    UnusableAddress {
+        field: &'static str,
+        value: IpAddr,
+        why: &'static str,
+    },
     /// `VtepMAC` that does not parse as a 6-byte MAC.
     #[error("lease VtepMAC {value:?} is not valid: expected a MAC address such as \"c6:d2:32:6f:8f:44\"")]
     BadMac { value: String },
@@ -91,6 +99,36 @@ fn string_of<'a>(field: &'static str, m: &'a Member) -> Result<&'a str, LeaseErr
     m.as_value()
         .and_then(Value::as_str)
         .ok_or_else(|| wrong(field, m, "a string"))
+}
+
+/// Why `a` cannot be a peer's underlay address, if it cannot.
+/// An IPv4-mapped IPv6 address is judged as the IPv4 address it carries.
+fn unusable(a: IpAddr) -> Option<&'static str> {
+    match a.to_canonical() {
+        IpAddr::V4(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V4(a) if a.is_loopback() => Some("a loopback address"),
+        IpAddr::V4(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V6(a) if a.is_loopback() => Some("a loopback address"),
+        IpAddr::V6(a) if a.is_multicast() => Some("a multicast address"),
+        _ => None,
+    }
+}
+
+/// The lease's underlay addresses must be unicast addresses a peer can be reached at.
+/// `PublicIP` 0.0.0.0 is flannel's form for an IPv6-only node, so it is accepted only with
+/// a `PublicIPv6`.
+fn check_underlay(v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> Result<(), LeaseError> {
+    let ipv6_only = v4.is_unspecified() && v6.is_some();
+    let v4 = Some(("PublicIP", IpAddr::V4(v4))).filter(|_| !ipv6_only);
+    let v6 = v6.map(|a| ("PublicIPv6", IpAddr::V6(a)));
+    for (field, value) in v4.into_iter().chain(v6) {
+        if let Some(why) = unusable(value) {
+            return Err(LeaseError::UnusableAddress { field, value, why });
+        }
+    }
+    Ok(())
 }
 
 impl LeaseAttrs {
@@ -219,6 +257,7 @@ impl LeaseAttrs {
                 })?)
             }
         };
+        check_underlay(public_ip, public_ipv6)?;
         let backend_type = match m.last_non_null("BackendType") {
             None => None,
             Some(v) => Some(string_of("BackendType", v)?.to_owned()).filter(|s| !s.is_empty()),
@@ -665,6 +704,17 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_only_lease_keeps_unspecified_public_ip() {
+        let l = LeaseAttrs::from_json(br#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00::3"}"#).unwrap();
+        assert_eq!(l.public_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(l.public_ipv6, Some("fd00::3".parse().unwrap()));
+        for usable in ["10.0.0.1", "192.168.255.255", "223.255.255.254", "1.0.0.0"] {
+            let json = format!(r#"{{"PublicIP":"{usable}"}}"#);
+            assert!(LeaseAttrs::from_json(json.as_bytes()).is_ok(), "{usable}");
+        }
+    }
+
+    #[test]
     fn strict_types_and_errors() {
         let cases: &[(&[u8], &str)] = &[
             (b"", "not a valid JSON"),
@@ -690,6 +740,46 @@ mod tests {
             (
                 br#"{"PublicIP":"1.2.3.4","BackendType":1}"#,
                 "lease BackendType is number 1",
+            ),
+            (
+                br#"{"PublicIP":"0.0.0.0"}"#,
+                "lease PublicIP 0.0.0.0 is unspecified: expected the holder's unicast",
+            ),
+            (
+                br#"{"PublicIP":"0.0.0.0","PublicIPv6":null}"#,
+                "lease PublicIP 0.0.0.0 is unspecified",
+            ),
+            (
+                br#"{"PublicIP":"127.0.0.2"}"#,
+                "lease PublicIP 127.0.0.2 is a loopback address",
+            ),
+            (
+                br#"{"PublicIP":"224.0.0.5"}"#,
+                "lease PublicIP 224.0.0.5 is a multicast address",
+            ),
+            (
+                br#"{"PublicIP":"255.255.255.255"}"#,
+                "lease PublicIP 255.255.255.255 is the broadcast address",
+            ),
+            (
+                br#"{"PublicIP":"::ffff:127.0.0.1"}"#,
+                "lease PublicIP 127.0.0.1 is a loopback address",
+            ),
+            (
+                br#"{"PublicIP":"1.2.3.4","PublicIPv6":"::"}"#,
+                "lease PublicIPv6 :: is unspecified",
+            ),
+            (
+                br#"{"PublicIP":"0.0.0.0","PublicIPv6":"::1"}"#,
+                "lease PublicIPv6 ::1 is a loopback address",
+            ),
+            (
+                br#"{"PublicIP":"1.2.3.4","PublicIPv6":"ff02::1"}"#,
+                "lease PublicIPv6 ff02::1 is a multicast address",
+            ),
+            (
+                br#"{"PublicIP":"1.2.3.4","PublicIPv6":"127.0.0.1"}"#,
+                "lease PublicIPv6 ::ffff:127.0.0.1 is a loopback address",
             ),
         ];
         for (json, want) in cases {
@@ -988,7 +1078,13 @@ mod tests {
         #[test]
         fn lease_round_trip(ip in proptest::prelude::any::<u32>(), vni in 0u32..=MAX_VNI, mac in proptest::prelude::any::<[u8; 6]>()) {
             let a = LeaseAttrs::vxlan(Ipv4Addr::from(ip), &VxlanData { vni, vtep_mac: mac });
-            let b = LeaseAttrs::from_json(a.to_json().as_bytes()).unwrap();
+            let decoded = LeaseAttrs::from_json(a.to_json().as_bytes());
+            if unusable(a.public_ip.into()).is_some() {
+                let refused = matches!(decoded, Err(LeaseError::UnusableAddress { field: "PublicIP", .. }));
+                proptest::prop_assert!(refused);
+                return Ok(());
+            }
+            let b = decoded.unwrap();
             proptest::prop_assert_eq!(b.vxlan_data().unwrap(), VxlanData { vni, vtep_mac: mac });
             proptest::prop_assert_eq!(b, a);
         }

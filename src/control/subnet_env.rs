@@ -5,8 +5,8 @@
 //! in place on exit (as flannel does), so a restart can ask for the same subnet again.
 
 use super::config::NetworkConfig;
-use super::gojson;
 use super::lease::SubnetKey;
+use crate::go::json as gojson;
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::fmt::Write as _;
 use std::fs;
