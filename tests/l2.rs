@@ -155,13 +155,7 @@ fn netns_l2_harness_kernel_pair() {
     k2.add_peer(h1.ip);
     let c1 = Container::attach(h1, "brl2", "c1", "10.50.0.1/24", &l2_mac(0x50, 1, 1));
     let c2 = Container::attach(h2, "brl2", "c2", "10.50.0.2/24", &l2_mac(0x50, 2, 1));
-    let cap = Capture::start(
-        h2,
-        "eth0",
-        &format!("udp dst port {L2_VXLAN_PORT}"),
-        100,
-        Duration::from_secs(30),
-    );
+    let cap = capture_eth0(h2, &format!("udp dst port {L2_VXLAN_PORT}"), 100);
     ping_both(&c1, &c2, "kernel pair");
     assert_eq!(c1.neigh_mac(c2.ip).as_deref(), Some(c2.mac.as_str()));
     let frames = cap.finish(Duration::from_millis(200));
@@ -443,13 +437,7 @@ fn isolation_access() {
 /// A broadcast from A reaches A's other side (positive control: an ARP for an address nobody
 /// has, and a broadcast ping).
 fn assert_broadcast_stays_in_a(a1: &Container, a2: &Container, a_mac1: &str, what: &str) {
-    let a2_arp = Capture::start(
-        a2,
-        "eth0",
-        &format!("arp and ether src {a_mac1}"),
-        20,
-        Duration::from_secs(30),
-    );
+    let a2_arp = capture_eth0(a2, &format!("arp and ether src {a_mac1}"), 20);
     assert!(
         !ping_burst(a1, "192.168.0.99", 3, "0.3"),
         "nobody has 192.168.0.99"
@@ -514,8 +502,8 @@ fn assert_forged_datagrams_refused(
         );
     };
     let b_rx0 = rx_frames(d2, "tenant-b");
-    let a_cap = Capture::start(a2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
-    let b_cap = Capture::start(b2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let a_cap = capture_eth0(a2, "udp port 7777", 20);
+    let b_cap = capture_eth0(b2, "udp port 7777", 20);
     replay(200, h1, h1.ip, b"ovt-replay-vni200");
     let in_a = a_cap.finish(Duration::from_millis(500));
     let in_b = b_cap.finish(Duration::from_millis(10));
@@ -532,7 +520,7 @@ fn assert_forged_datagrams_refused(
 
     // The same datagram for VNI 100 from a non-member (the etcd namespace): dropped.
     let etcd_host = &topo.extra[0];
-    let a_cap = Capture::start(a2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let a_cap = capture_eth0(a2, "udp port 7777", 20);
     let unknown0 = d2.metric("overlayd_l2_drops_total", &["reason=\"unknown_sender\""]);
     replay(100, etcd_host, etcd_host.ip, b"ovt-non-member");
     let in_a = a_cap.finish(Duration::from_millis(500));
@@ -547,7 +535,7 @@ fn assert_forged_datagrams_refused(
 );
 
     // From h3, a member of A but not of B, with B's VNI: refused as unknown_sender.
-    let b_cap = Capture::start(b2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let b_cap = capture_eth0(b2, "udp port 7777", 20);
     let unknown0 = d2.metric("overlayd_l2_drops_total", &["reason=\"unknown_sender\""]);
     replay(200, h3, h3.ip, b"ovt-not-b-member");
     let in_b = b_cap.finish(Duration::from_millis(500));
@@ -564,7 +552,7 @@ fn assert_forged_datagrams_refused(
     // From a member, but a VNI h2 does not attach (300): dropped as wrong_vni, nowhere seen.
     let caps: Vec<Capture> = [&a2, &b2]
         .iter()
-        .map(|c| Capture::start(c, "eth0", "udp port 7777", 20, Duration::from_secs(30)))
+        .map(|c| capture_eth0(c, "udp port 7777", 20))
         .collect();
     let wrong0 = drops("wrong_vni");
     replay(300, h1, h1.ip, b"ovt-wrong-vni");
@@ -889,7 +877,7 @@ fn assert_vni_200_stays_in_b(
 ) {
     let (h1, h2) = (topo.host(0), topo.host(1));
     let (ip1, ip2) = (Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 2));
-    let cap = Capture::start(st_ns, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let cap = capture_eth0(st_ns, "udp port 7777", 20);
     let frame = udp_frame(a_mac1, a_mac2, ip2, ip1, 7777, 7777, b"ovt-replay-trunk");
     send_udp_from(
         h2,
@@ -904,8 +892,8 @@ fn assert_vni_200_stays_in_b(
         "trunk: the VNI 200 frames must leave the trunk on VLAN 20 only: {got:?}"
     );
     // And the same towards h2's access ports: B's container, never A's.
-    let a_cap = Capture::start(a2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
-    let b_cap = Capture::start(b2, "eth0", "udp port 7777", 20, Duration::from_secs(30));
+    let a_cap = capture_eth0(a2, "udp port 7777", 20);
+    let b_cap = capture_eth0(b2, "udp port 7777", 20);
     let b_rx0 = rx_frames(d2, "tenant-b");
     let frame = udp_frame(a_mac2, a_mac1, ip1, ip2, 7777, 7777, b"ovt-replay-access");
     send_udp_from(
@@ -930,13 +918,7 @@ fn assert_vni_200_stays_in_b(
 /// dropped and counted.
 fn assert_trunk_broadcasts(d1: &Overlayd, st_ns: &Container, a2: &Container, a_mac1: &str) {
     let (ip1, ip2) = (Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 2));
-    let a2_arp = Capture::start(
-        a2,
-        "eth0",
-        &format!("arp and ether src {a_mac1}"),
-        20,
-        Duration::from_secs(30),
-    );
+    let a2_arp = capture_eth0(a2, &format!("arp and ether src {a_mac1}"), 20);
     assert!(!ping_burst(a2, "192.168.0.99", 3, "0.3"));
     let req = arp_request(a_mac1, ip1, Ipv4Addr::new(192, 168, 0, 98));
     send_raw(st_ns, "eth0", &tagged(&req, 10), 3);
@@ -1030,13 +1012,7 @@ fn netns_l2_isolation_trunk_vlan_filtering() {
         .collect();
     ping_both(&a1, &a2, "vlan_filtering tenant A");
     assert_eq!(a1.neigh_mac(a2.ip).as_deref(), Some(a_mac2.as_str()));
-    let a2_arp = Capture::start(
-        &a2,
-        "eth0",
-        &format!("arp and ether src {a_mac1}"),
-        20,
-        Duration::from_secs(30),
-    );
+    let a2_arp = capture_eth0(&a2, &format!("arp and ether src {a_mac1}"), 20);
     assert!(!ping_burst(&a1, "192.168.0.99", 3, "0.3"));
     let seen = a2_arp.finish(Duration::from_millis(300));
     assert!(
@@ -1137,13 +1113,7 @@ fn assert_learned_unicast_not_flooded(
         "overlayd_l2_tx_frames_total",
         &[&net_label("net"), "kind=\"unicast\""],
     );
-    let cap3 = Capture::start(
-        h3,
-        "eth0",
-        &format!("udp dst port {L2_VXLAN_PORT}"),
-        1000,
-        Duration::from_secs(30),
-    );
+    let cap3 = capture_eth0(h3, &format!("udp dst port {L2_VXLAN_PORT}"), 1000);
     assert!(
         ping_burst(c1, c2.ip, 100, "0.01"),
         "100 pings c1 -> c2 after learning"
@@ -1631,4 +1601,9 @@ fn attach_a_network_written_late(topo: &Topology, etcd: &Etcd) {
     );
     late.wait_ready(READY);
     wait_members(etcd, "late", &[h4.ip]);
+}
+
+/// A bounded capture (30 s at most) on `ns`'s eth0 of up to `max` frames matching `filter`.
+fn capture_eth0(ns: &Netns, filter: &str, max: u32) -> Capture {
+    Capture::start(ns, "eth0", filter, max, Duration::from_secs(30))
 }
