@@ -16,12 +16,11 @@ use crate::backend::{Backend, SocketError, Sockets};
 use crate::cli::{Args, BackendArg};
 use crate::control::config::{BackendKind, ConfigError, NetworkConfig};
 use crate::control::etcd::{
-    build_fib, build_fib6, ControlLoop, EtcdError, EtcdOptions, PeerDecoder, PeerDecoder6,
-    Registry, RemoteLease, LEASE_TTL_SECS,
+    ControlLoop, EtcdError, EtcdOptions, LeaseSink, Registry, LEASE_TTL_SECS,
 };
 use crate::control::subnet_env::{read_previous, SubnetEnv};
 use crate::datapath;
-use crate::fib::{self, Peer, Peer6};
+use crate::fib;
 use crate::gso_tap::{self, GsoTap};
 use crate::host::{HostError, Netlink};
 use crate::l3::{self, Dataplane};
@@ -142,64 +141,6 @@ async fn network_config(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// The lease versions a peer decoder has warned about: it runs at every forwarding-table
-/// rebuild, and an invalid lease is worth one warning per version, not one per rebuild.
-#[derive(Default)]
-struct WarnedLeases(std::sync::Mutex<std::collections::HashSet<(String, i64)>>);
-
-impl WarnedLeases {
-    /// Whether this is the first time `l` (at its revision) is seen here.
-    fn first(&self, l: &RemoteLease) -> bool {
-        self.0
-            .lock()
-            .map(|mut w| w.insert((l.key.clone(), l.mod_revision)))
-            .unwrap_or(true)
-    }
-}
-
-/// Maps a lease to a peer of our backend; others are ignored, and an invalid lease of
-/// ours is warned about once (the decoder runs at every forwarding-table rebuild).
-fn peer_decoder(backend: Backend) -> PeerDecoder {
-    let warned = WarnedLeases::default();
-    Box::new(move |l: &RemoteLease| match backend.peer_mac(&l.attrs) {
-        Ok(Some(mac)) => Some(Peer::new(l.subnet, l.attrs.public_ip, mac)),
-        Ok(None) => None,
-        Err(e) => {
-            if warned.first(l) {
-                warn!(key = %l.key, backend = %backend.kind.as_str(), error = %e, "ignoring a lease with invalid BackendData");
-            }
-            None
-        }
-    })
-}
-
-/// Maps a lease's IPv6 half to an IPv6 peer of our backend (the underlay address the
-/// backend sends its IPv6 packets to — over IPv6 when this node has an IPv6 underlay,
-/// `v6_underlay` — and the VTEP MAC on that underlay for vxlan); others are ignored, and an
-/// invalid one of ours is warned about once.
-fn peer_decoder6(backend: Backend, v6_underlay: bool) -> PeerDecoder6 {
-    let warned = WarnedLeases::default();
-    Box::new(move |l: &RemoteLease| {
-        let subnet = l.ipv6_subnet?;
-        match backend.ipv6_route(&l.attrs, v6_underlay) {
-            Ok(Some((underlay, mac))) => Some(Peer6::new(
-                subnet,
-                l.attrs.public_ip,
-                l.attrs.public_ipv6,
-                underlay,
-                mac,
-            )),
-            Ok(None) => None,
-            Err(e) => {
-                if warned.first(l) {
-                    warn!(key = %l.key, backend = %backend.kind.as_str(), error = %e, "ignoring the IPv6 half of a lease with invalid BackendV6Data");
-                }
-                None
-            }
-        }
-    })
 }
 
 /// Runs the daemon until a signal; returns an error for anything that prevents it from
@@ -466,18 +407,17 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
     // Forwarding table, then the workers.
     let fib = fib::shared();
     let fib6 = fib::shared6();
-    let decode = peer_decoder(backend.clone());
-    let decode6 = peer_decoder6(backend.clone(), underlay6.is_some());
+    let mut peers = crate::peers::Tables::new(
+        backend.clone(),
+        underlay6.is_some(),
+        cfg.clone(),
+        fib.clone(),
+        fib6.clone(),
+    );
     match registry.list().await {
         Ok((leases, _)) => {
-            let map = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
-            fib.store(Arc::new(build_fib(&cfg, subnet, &map, &decode)));
-            fib6.store(Arc::new(build_fib6(
-                &cfg,
-                acquired.ipv6_subnet,
-                &map,
-                &decode6,
-            )));
+            peers.reset(leases);
+            peers.publish(&acquired);
         }
         Err(e) => warn!(error = %e, "cannot list peers yet; the watch will fill them in"),
     }
@@ -596,10 +536,7 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         cfg: cfg.clone(),
         attrs,
         acquired,
-        fib: fib.clone(),
-        decode_peer: decode,
-        fib6: fib6.clone(),
-        decode_peer6: decode6,
+        sink: Box::new(peers),
         subnet_tx,
         keepalive_every,
         stats: telemetry.control.clone(),
