@@ -17,17 +17,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::backend::{Backend, SocketError};
+use crate::backend::SocketError;
 use crate::cli::Args;
 use crate::control::config::{BackendKind, ConfigError, NetworkConfig};
 use crate::control::etcd::{
-    build_fib, build_fib6, Acquired, ControlLoop, EtcdError, EtcdOptions, PeerDecoder,
-    PeerDecoder6, Registry, RemoteLease, LEASE_TTL_SECS,
+    Acquired, ControlLoop, EtcdError, EtcdOptions, LeaseSink, Registry, LEASE_TTL_SECS,
 };
 use crate::control::lease::SubnetKey;
 use crate::control::subnet_env::read_previous;
 use crate::datapath::tunnel::Tunnel;
-use crate::fib::{self, Peer, Peer6, SharedFib, SharedFib6};
+use crate::fib::{self, SharedFib, SharedFib6};
 use crate::gso_tap;
 use crate::host::{HostError, Netlink, Underlay};
 use crate::l2::{L2Node, L2Options, L2StartError};
@@ -155,64 +154,6 @@ async fn network_config(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// The lease versions a peer decoder has warned about: it runs at every forwarding-table
-/// rebuild, and an invalid lease is worth one warning per version, not one per rebuild.
-#[derive(Default)]
-struct WarnedLeases(std::sync::Mutex<std::collections::HashSet<(String, i64)>>);
-
-impl WarnedLeases {
-    /// Whether this is the first time `l` (at its revision) is seen here.
-    fn first(&self, l: &RemoteLease) -> bool {
-        self.0
-            .lock()
-            .map(|mut w| w.insert((l.key.clone(), l.mod_revision)))
-            .unwrap_or(true)
-    }
-}
-
-/// Maps a lease to a peer of our backend; others are ignored, and an invalid lease of
-/// ours is warned about once (the decoder runs at every forwarding-table rebuild).
-fn peer_decoder(backend: Backend) -> PeerDecoder {
-    let warned = WarnedLeases::default();
-    Box::new(move |l: &RemoteLease| match backend.peer_mac(&l.attrs) {
-        Ok(Some(mac)) => Some(Peer::new(l.subnet, l.attrs.public_ip, mac)),
-        Ok(None) => None,
-        Err(e) => {
-            if warned.first(l) {
-                warn!(key = %l.key, backend = %backend.kind.as_str(), error = %e, "ignoring a lease with invalid BackendData");
-            }
-            None
-        }
-    })
-}
-
-/// Maps a lease's IPv6 half to an IPv6 peer of our backend (the underlay address the
-/// backend sends its IPv6 packets to — over IPv6 when this node has an IPv6 underlay,
-/// `v6_underlay` — and the VTEP MAC on that underlay for vxlan); others are ignored, and an
-/// invalid one of ours is warned about once.
-fn peer_decoder6(backend: Backend, v6_underlay: bool) -> PeerDecoder6 {
-    let warned = WarnedLeases::default();
-    Box::new(move |l: &RemoteLease| {
-        let subnet = l.ipv6_subnet?;
-        match backend.ipv6_route(&l.attrs, v6_underlay) {
-            Ok(Some((underlay, mac))) => Some(Peer6::new(
-                subnet,
-                l.attrs.public_ip,
-                l.attrs.public_ipv6,
-                underlay,
-                mac,
-            )),
-            Ok(None) => None,
-            Err(e) => {
-                if warned.first(l) {
-                    warn!(key = %l.key, backend = %backend.kind.as_str(), error = %e, "ignoring the IPv6 half of a lease with invalid BackendV6Data");
-                }
-                None
-            }
-        }
-    })
 }
 
 /// Runs the daemon until a signal; returns an error for anything that prevents it from
@@ -358,12 +299,11 @@ async fn host_facts(
 }
 
 /// The forwarding tables, filled from the leases listed now (the watch fills them in
-/// otherwise), and the decoders that read a lease for them.
+/// otherwise), with the lease → peer cache that keeps them current.
 struct Peers {
     fib: SharedFib,
     fib6: SharedFib6,
-    decode: PeerDecoder,
-    decode6: PeerDecoder6,
+    tables: crate::peers::Tables,
 }
 
 async fn peers(
@@ -372,23 +312,22 @@ async fn peers(
     plan: &Plan,
     acquired: &Acquired,
 ) -> Peers {
-    let p = Peers {
-        fib: fib::shared(),
-        fib6: fib::shared6(),
-        decode: peer_decoder(plan.backend.clone()),
-        decode6: peer_decoder6(plan.backend.clone(), plan.underlay6.is_some()),
-    };
+    let (fib, fib6) = (fib::shared(), fib::shared6());
+    let mut tables = crate::peers::Tables::new(
+        plan.backend.clone(),
+        plan.underlay6.is_some(),
+        cfg.clone(),
+        fib.clone(),
+        fib6.clone(),
+    );
     match registry.list().await {
         Ok((leases, _)) => {
-            let map = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
-            p.fib
-                .store(Arc::new(build_fib(cfg, acquired.subnet, &map, &p.decode)));
-            let fib6 = build_fib6(cfg, acquired.ipv6_subnet, &map, &p.decode6);
-            p.fib6.store(Arc::new(fib6));
+            tables.reset(leases);
+            tables.publish(acquired);
         }
         Err(e) => warn!(error = %e, "cannot list peers yet; the watch will fill them in"),
     }
-    p
+    Peers { fib, fib6, tables }
 }
 
 /// Layer-2 networks, beside the routed overlay, started in the background: an L2 network
@@ -482,10 +421,7 @@ fn spawn_control(
         cfg,
         attrs: plan.attrs.clone(),
         acquired,
-        fib: peers.fib,
-        decode_peer: peers.decode,
-        fib6: peers.fib6,
-        decode_peer6: peers.decode6,
+        sink: Box::new(peers.tables),
         subnet_tx,
         keepalive_every: plan.keepalive_every,
         stats: t.control.clone(),

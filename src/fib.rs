@@ -280,10 +280,12 @@ pub struct Table<P: Entry> {
     pub local: Option<Net<P>>,
     /// The whole overlay network of this family.
     pub network: Option<Net<P>>,
+    subnet_len: u8,
     mask: Key<P>,
     peers: Vec<P>,
     by_subnet: AddrMap<Key<P>, u32>,
-    by_sender: AddrMap<u128, Vec<u32>>,
+    /// Every underlay address of every peer (the known senders).
+    by_sender: AddrMap<u128, ()>,
 }
 
 /// The IPv4 table.
@@ -296,6 +298,7 @@ impl<P: Entry> Default for Table<P> {
         Table {
             local: None,
             network: None,
+            subnet_len: 0,
             mask: Key::<P>::default(),
             peers: Vec::new(),
             by_subnet: AddrMap::default(),
@@ -315,37 +318,48 @@ impl<P: Entry> Table<P> {
         local: Option<Net<P>>,
         peers: impl IntoIterator<Item = P>,
     ) -> (Self, Vec<P>) {
-        let mut fib = Table {
+        let mut fib = Self::empty(network, subnet_len, local);
+        let skipped = peers
+            .into_iter()
+            .filter_map(|p| fib.insert(p).err())
+            .collect();
+        (fib, skipped)
+    }
+
+    /// A snapshot under construction with no peers yet.
+    pub fn empty(network: Net<P>, subnet_len: u8, local: Option<Net<P>>) -> Self {
+        Table {
             local,
             network: Some(network),
+            subnet_len,
             mask: P::F::mask(subnet_len),
             ..Table::default()
-        };
-        let mut skipped = Vec::new();
-        for p in peers {
-            let subnet = p.subnet();
-            let key = P::F::key(P::F::network(&subnet));
-            let conflicts_local =
-                local.is_some_and(|l| P::F::contains(&l, &subnet) || P::F::contains(&subnet, &l));
-            if P::F::prefix_len(&subnet) != subnet_len
-                || !P::F::contains(&network, &subnet)
-                || conflicts_local
-                || fib.by_subnet.contains_key(&key)
-            {
-                skipped.push(p);
-                continue;
-            }
-            let idx = fib.peers.len() as u32;
-            fib.by_subnet.insert(key, idx);
-            for s in p.senders() {
-                let list = fib.by_sender.entry(sender_key(s)).or_default();
-                if !list.contains(&idx) {
-                    list.push(idx);
-                }
-            }
-            fib.peers.push(p);
         }
-        (fib, skipped)
+    }
+
+    /// Adds a peer while the snapshot is being built (before it is shared); gives it back
+    /// when [`Self::new`] would skip it. O(1): one probe per subnet and per sender address.
+    pub fn insert(&mut self, p: P) -> Result<(), P> {
+        let Some(network) = self.network else {
+            return Err(p);
+        };
+        let subnet = p.subnet();
+        let key = P::F::key(P::F::network(&subnet));
+        let conflicts_local = self
+            .local
+            .is_some_and(|l| P::F::contains(&l, &subnet) || P::F::contains(&subnet, &l));
+        if P::F::prefix_len(&subnet) != self.subnet_len
+            || !P::F::contains(&network, &subnet)
+            || conflicts_local
+            || self.by_subnet.contains_key(&key)
+        {
+            return Err(p);
+        }
+        self.by_subnet.insert(key, self.peers.len() as u32);
+        self.by_sender
+            .extend(p.senders().map(|s| (sender_key(s), ())));
+        self.peers.push(p);
+        Ok(())
     }
 
     /// The peer owning `dst`, if any: one masked hash probe.
@@ -353,6 +367,12 @@ impl<P: Entry> Table<P> {
     pub fn lookup(&self, dst: Addr<P>) -> Option<&P> {
         let key = P::F::key(dst) & self.mask;
         self.by_subnet.get(&key).map(|&i| &self.peers[i as usize])
+    }
+
+    /// The position in [`Self::peers`] of the peer owning `dst`, if any.
+    pub fn lookup_index(&self, dst: Addr<P>) -> Option<usize> {
+        let key = P::F::key(dst) & self.mask;
+        self.by_subnet.get(&key).map(|&i| i as usize)
     }
 
     /// Whether `dst` belongs to this node's own subnet.
@@ -376,14 +396,13 @@ impl<P: Entry> Table<P> {
     }
 
     /// The peer entry of the node at underlay address `from` whose subnet holds `src`, if
-    /// any: an inner packet from anyone else is spoofed.
+    /// any: an inner packet from anyone else is spoofed. One probe for `src`'s subnet, then
+    /// a comparison with that peer's (at most three) underlay addresses.
     #[inline]
     pub fn sender_peer(&self, from: impl Into<IpAddr>, src: Addr<P>) -> Option<&P> {
-        let key = P::F::key(src) & self.mask;
-        let idxs = self.by_sender.get(&sender_key(from.into()))?;
-        idxs.iter()
-            .map(|&i| &self.peers[i as usize])
-            .find(|p| P::F::key(P::F::network(&p.subnet())) == key)
+        let from = sender_key(from.into());
+        self.lookup(src)
+            .filter(|p| p.senders().any(|s| sender_key(s) == from))
     }
 
     /// Keeps the counters of peers that `old` already had (same subnet and node), so that a

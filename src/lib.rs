@@ -44,6 +44,7 @@ pub mod l3;
 pub mod lifecycle;
 pub mod masq;
 pub mod offload;
+pub mod peers;
 pub mod setup;
 pub mod status;
 pub mod sys;

@@ -8,67 +8,27 @@
 //! touches the forwarding table, so traffic to known peers keeps flowing. Every call goes
 //! through [`EtcdPool`], which bounds it in time and fails over between the etcd members.
 
-use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Compare, CompareOp, Event, EventType, KeyValue, PutOptions, Txn, TxnOp};
 use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::control::config::NetworkConfig;
+pub use crate::control::follow::backoff;
+use crate::control::follow::{list_prefix, Flow, Follow, Follower};
 use crate::control::lease::{LeaseAttrs, SubnetKey};
+pub use crate::control::pool::{EtcdError, EtcdOptions};
 use crate::control::pool::{EtcdPool, Timeouts};
-use crate::control::subnet::{choose, stale_own, Choice, ExistingLease, Identity, NoFreeSubnet};
-use crate::fib::{Fib, Fib6, Peer, Peer6, SharedFib, SharedFib6};
+use crate::control::subnet::{choose, stale_own, Choice, ExistingLease, Identity};
 
 /// Lease time to live, as flannel: 24 hours.
 pub const LEASE_TTL_SECS: i64 = 24 * 3600;
-
-/// How to reach etcd.
-#[derive(Debug, Clone, Default)]
-pub struct EtcdOptions {
-    pub endpoints: Vec<String>,
-    pub prefix: String,
-    pub certfile: Option<PathBuf>,
-    pub keyfile: Option<PathBuf>,
-    pub cafile: Option<PathBuf>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-}
-
-/// Errors talking to etcd.
-#[derive(Debug, thiserror::Error)]
-pub enum EtcdError {
-    #[error("etcd: {0}")]
-    Client(#[from] etcd_client::Error),
-    #[error("etcd at {endpoint}: {source}")]
-    Member {
-        endpoint: String,
-        source: etcd_client::Error,
-    },
-    #[error("etcd at {endpoint}: no answer to {what} within {after:?}")]
-    Timeout {
-        what: String,
-        endpoint: String,
-        after: Duration,
-    },
-    #[error("{0}")]
-    Config(String),
-    #[error("cannot read {path}: {source}")]
-    Tls {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Exhausted(#[from] NoFreeSubnet),
-}
 
 /// flannel's zero `IP4Net`: the IPv4 subnet of an IPv6-only lease, as its key reads.
 const NO_IPV4: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0);
@@ -130,8 +90,9 @@ impl Acquired {
 pub struct Registry {
     pool: EtcdPool,
     prefix: String,
-    /// Keys whose malformed values were already logged, so each is logged once per revision.
-    logged: Arc<std::sync::Mutex<HashSet<(String, i64)>>>,
+    /// Malformed lease key → the revision of the version logged (one entry per current
+    /// malformed key: pruned at each listing and deletion).
+    logged: Arc<std::sync::Mutex<HashMap<String, i64>>>,
 }
 
 impl Registry {
@@ -209,45 +170,37 @@ impl Registry {
         Ok(r.succeeded())
     }
 
-    /// Lists every lease with the revision of the listing. Malformed entries are logged
-    /// once (with their key) and left out.
+    /// Lists every lease (in pages, at one revision) with the revision of the listing.
+    /// Malformed entries are logged once per version (with their key) and left out.
     pub async fn list(&self) -> Result<(Vec<RemoteLease>, i64), EtcdError> {
-        let prefix = self.subnets_prefix();
-        let resp = self
-            .pool
-            .call("list leases", |mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let leases = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                self.decode(kv.key(), kv.value(), kv.lease(), kv.mod_revision())
-                    .map(|l| RemoteLease {
-                        create_revision: kv.create_revision(),
-                        ..l
-                    })
-            })
-            .collect();
-        Ok((leases, rev))
+        let (kvs, rev) =
+            list_prefix(&self.pool, "list leases", &self.subnets_prefix(), false).await?;
+        Ok((self.decode_all(&kvs), rev))
     }
 
-    fn decode(
-        &self,
-        key: &[u8],
-        value: &[u8],
-        lease_id: i64,
-        mod_revision: i64,
-    ) -> Option<RemoteLease> {
-        let key = String::from_utf8_lossy(key).into_owned();
+    /// Decodes a complete listing; the malformed-lease log forgets the keys it lacks.
+    fn decode_all(&self, kvs: &[KeyValue]) -> Vec<RemoteLease> {
+        if let Ok(mut logged) = self.logged.lock() {
+            let keys: HashSet<&[u8]> = kvs.iter().map(|kv| kv.key()).collect();
+            logged.retain(|k, _| keys.contains(k.as_bytes()));
+        }
+        kvs.iter().filter_map(|kv| self.decode(kv)).collect()
+    }
+
+    /// Forgets a deleted key in the malformed-lease log.
+    fn forget(&self, key: &str) {
+        if let Ok(mut logged) = self.logged.lock() {
+            logged.remove(key);
+        }
+    }
+
+    fn decode(&self, kv: &KeyValue) -> Option<RemoteLease> {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
         let name = key.strip_prefix(&self.subnets_prefix()).unwrap_or(&key);
         let parsed = SubnetKey::parse(name)
             .map_err(|e| e.to_string())
             .and_then(|subnets| {
-                LeaseAttrs::from_json(value)
+                LeaseAttrs::from_json(kv.value())
                     .map(|attrs| (subnets, attrs))
                     .map_err(|e| e.to_string())
             });
@@ -257,17 +210,19 @@ impl Registry {
                 subnet: subnets.ipv4.unwrap_or(NO_IPV4),
                 ipv6_subnet: subnets.ipv6,
                 attrs,
-                lease_id,
-                mod_revision,
-                create_revision: 0,
+                lease_id: kv.lease(),
+                mod_revision: kv.mod_revision(),
+                create_revision: kv.create_revision(),
             }),
             Err(e) => {
-                if self
+                let first = self
                     .logged
                     .lock()
-                    .map(|mut l| l.insert((key.clone(), mod_revision)))
-                    .unwrap_or(false)
-                {
+                    .map(|mut l| {
+                        l.insert(key.clone(), kv.mod_revision()) != Some(kv.mod_revision())
+                    })
+                    .unwrap_or(false);
+                if first {
                     warn!(key = %key, error = %e, "ignoring malformed lease");
                 }
                 None
@@ -462,76 +417,18 @@ impl Registry {
     }
 }
 
-/// Turns the leases into a forwarding table for this node (empty when the network has no
-/// IPv4: `EnableIPv4` false).
-pub fn build_fib(
-    cfg: &NetworkConfig,
-    local: Ipv4Net,
-    leases: &BTreeMap<String, RemoteLease>,
-    decode_peer: &dyn Fn(&RemoteLease) -> Option<Peer>,
-) -> Fib {
-    if !cfg.enable_ipv4 {
-        return Fib::default();
-    }
-    let peers = leases
-        .values()
-        .filter(|l| l.has_ipv4() && l.subnet != local)
-        .filter_map(decode_peer);
-    let (fib, skipped) = Fib::new(cfg.network, cfg.subnet_len, Some(local), peers);
-    // Rebuilt on every watch event: warn about each skipped lease once per process, not once
-    // per rebuild (a stray lease would otherwise be logged again at every peer change).
-    static WARNED: std::sync::OnceLock<std::sync::Mutex<HashSet<(Ipv4Net, Ipv4Addr)>>> =
-        std::sync::OnceLock::new();
-    let warned = WARNED.get_or_init(Default::default);
-    for p in skipped {
-        let first = warned
-            .lock()
-            .map(|mut w| w.insert((p.subnet, p.public_ip)))
-            .unwrap_or(true);
-        if first {
-            warn!(subnet = %p.subnet, public_ip = %p.public_ip, "ignoring a lease that overlaps another, lies outside Network or does not match SubnetLen");
-        }
-    }
-    fib
+/// Where the control loop hands the leases it reads (the peers and forwarding tables are
+/// built above this layer, with the backend).
+pub trait LeaseSink: Send {
+    /// A complete listing replaces every lease known.
+    fn reset(&mut self, leases: Vec<RemoteLease>);
+    /// A lease was added or changed.
+    fn put(&mut self, lease: RemoteLease);
+    /// The lease at `key` is gone (deleted, expired, or now unreadable).
+    fn remove(&mut self, key: &str);
+    /// Builds and publishes the forwarding tables for a node holding `own`.
+    fn publish(&mut self, own: &Acquired);
 }
-
-/// Turns the leases' IPv6 halves into the IPv6 forwarding table for this node (empty
-/// when the network has no IPv6). Each lease naming an IPv6 subnet other than ours is read
-/// by `decode_peer`, which checks its backend data and picks the underlay address.
-pub fn build_fib6(
-    cfg: &NetworkConfig,
-    local: Option<Ipv6Net>,
-    leases: &BTreeMap<String, RemoteLease>,
-    decode_peer: &dyn Fn(&RemoteLease) -> Option<Peer6>,
-) -> Fib6 {
-    let Some(c6) = &cfg.ipv6 else {
-        return Fib6::default();
-    };
-    let peers = leases
-        .values()
-        .filter(|l| l.ipv6_subnet.is_some_and(|s| Some(s) != local))
-        .filter_map(decode_peer);
-    let (fib, skipped) = Fib6::new(c6.network, c6.subnet_len, local, peers);
-    static WARNED: std::sync::OnceLock<std::sync::Mutex<HashSet<(Ipv6Net, IpAddr)>>> =
-        std::sync::OnceLock::new();
-    let warned = WARNED.get_or_init(Default::default);
-    for p in skipped {
-        let first = warned
-            .lock()
-            .map(|mut w| w.insert((p.subnet, p.underlay)))
-            .unwrap_or(true);
-        if first {
-            warn!(ipv6_subnet = %p.subnet, underlay = %p.underlay, "ignoring a lease whose IPv6 subnet overlaps another, lies outside IPv6Network or does not match IPv6SubnetLen");
-        }
-    }
-    fib
-}
-
-/// Maps a lease to a data-plane peer (checks backend type and data); `None` = ignore it.
-pub type PeerDecoder = Box<dyn Fn(&RemoteLease) -> Option<Peer> + Send + Sync>;
-
-/// Maps a lease's IPv6 half to an IPv6 data-plane peer; `None` = ignore it.
-pub type PeerDecoder6 = Box<dyn Fn(&RemoteLease) -> Option<Peer6> + Send + Sync>;
 
 /// Everything the background control loop needs.
 pub struct ControlLoop {
@@ -539,13 +436,8 @@ pub struct ControlLoop {
     pub cfg: NetworkConfig,
     pub attrs: LeaseAttrs,
     pub acquired: Acquired,
-    pub fib: SharedFib,
-    /// Maps a lease to a data-plane peer (checks backend type and data), `None` = ignore.
-    pub decode_peer: PeerDecoder,
-    /// The IPv6 forwarding table, built from the same leases.
-    pub fib6: SharedFib6,
-    /// Maps a lease's IPv6 half to an IPv6 peer, `None` = ignore.
-    pub decode_peer6: PeerDecoder6,
+    /// Turns the leases into the forwarding tables.
+    pub sink: Box<dyn LeaseSink>,
     /// Told about every change of our own subnet (re-acquisition).
     pub subnet_tx: watch::Sender<SubnetKey>,
     /// Own-lease keepalive period.
@@ -554,155 +446,69 @@ pub struct ControlLoop {
     pub stats: Arc<crate::counters::ControlStats>,
 }
 
-/// Retry delay after `step` failures in a row: 1 s doubling to 30 s (shared with the L2
-/// control loop).
-pub(crate) fn backoff(step: &mut u32) -> Duration {
-    *step = (*step + 1).min(6);
-    Duration::from_millis(500u64 << *step).min(Duration::from_secs(30))
-}
-
 impl ControlLoop {
     /// Runs until cancelled: keeps the lease alive and the forwarding table current.
     pub async fn run(mut self) {
-        let mut peers: BTreeMap<String, RemoteLease> = BTreeMap::new();
-        let mut revision: i64 = 0;
-        let mut step = 0;
-        let mut relist = true;
-        let mut ka = tokio::time::interval(self.keepalive_every);
-        ka.tick().await;
-        loop {
-            if relist {
-                match self.registry.list().await {
-                    Ok((list, rev)) => {
-                        let new: BTreeMap<String, RemoteLease> =
-                            list.into_iter().map(|l| (l.key.clone(), l)).collect();
-                        log_diff(&peers, &new);
-                        peers = new;
-                        revision = rev;
-                        relist = false;
-                        step = 0;
-                        if !peers.contains_key(&self.registry.lease_key(&self.acquired.key())) {
-                            self.reacquire().await;
-                            continue;
-                        }
-                        self.publish(&peers);
-                    }
-                    Err(e) => {
-                        self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                        let d = backoff(&mut step);
-                        warn!(error = %e, retry_in = ?d, "cannot list leases; forwarding to known peers continues");
-                        tokio::time::sleep(d).await;
-                        continue;
-                    }
+        let follow = Follow {
+            pool: self.registry.pool(),
+            what: "leases",
+            prefix: self.registry.subnets_prefix(),
+            keys_only: false,
+            keepalive_every: self.keepalive_every,
+            stats: self.stats.clone(),
+        };
+        follow.run(&mut self).await
+    }
+
+    fn own_key(&self) -> String {
+        self.registry.lease_key(&self.acquired.key())
+    }
+
+    /// Applies one watch event; returns whether our own key was deleted.
+    async fn apply(&mut self, ev: &Event) -> bool {
+        let Some(kv) = ev.kv() else { return false };
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let own = key == self.own_key();
+        match ev.event_type() {
+            EventType::Put => {
+                if own && kv.value() != self.attrs.to_json().as_bytes() {
+                    self.reassert(kv.lease()).await;
                 }
+                match self.registry.decode(kv) {
+                    Some(l) => self.sink.put(l),
+                    None => self.sink.remove(&key),
+                }
+                false
             }
-            let opts = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(revision + 1);
-            let mut stream = match self
-                .registry
-                .pool
-                .watch(self.registry.subnets_prefix(), opts)
-                .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                    let d = backoff(&mut step);
-                    warn!(error = %e, retry_in = ?d, "cannot watch leases; forwarding to known peers continues");
-                    tokio::time::sleep(d).await;
-                    continue;
-                }
-            };
-            loop {
-                tokio::select! {
-                    _ = ka.tick() => {
-                        if let Err(e) = self.keepalive().await {
-                            self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                            warn!(error = %e, "lease keepalive failed; will retry");
-                        }
-                    }
-                    msg = stream.message() => match msg {
-                        Ok(Some(resp)) => {
-                            if resp.canceled() || resp.compact_revision() > 0 {
-                                warn!(compact_revision = resp.compact_revision(), reason = resp.cancel_reason(), "lease watch cancelled (compaction); relisting");
-                                self.stats.relists.fetch_add(1, Ordering::Relaxed);
-                                relist = true;
-                                break;
-                            }
-                            // The revision to resume from comes from the events only: a
-                            // response header's revision can run ahead of events still to
-                            // come (etcd sends history in batches when catching up).
-                            let mut changed = false;
-                            let mut own_gone = false;
-                            for ev in resp.events() {
-                                let Some(kv) = ev.kv() else { continue };
-                                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                                revision = revision.max(kv.mod_revision());
-                                match ev.event_type() {
-                                    EventType::Put => {
-                                        if let Some(l) = self.registry.decode(kv.key(), kv.value(), kv.lease(), kv.mod_revision()) {
-                                            if !peers.contains_key(&key) {
-                                                info!(subnet = %l.subnets(), public_ip = %l.attrs.public_ip, public_ipv6 = ?l.attrs.public_ipv6, "peer added");
-                                            }
-                                            peers.insert(key, l);
-                                        } else {
-                                            peers.remove(&key);
-                                        }
-                                        changed = true;
-                                    }
-                                    EventType::Delete => {
-                                        if let Some(l) = peers.remove(&key) {
-                                            info!(subnet = %l.subnets(), public_ip = %l.attrs.public_ip, public_ipv6 = ?l.attrs.public_ipv6, "peer removed");
-                                        }
-                                        if key == self.registry.lease_key(&self.acquired.key()) {
-                                            own_gone = true;
-                                        }
-                                        changed = true;
-                                    }
-                                }
-                            }
-                            step = 0;
-                            if own_gone {
-                                warn!(subnet = %self.acquired.key(), "our lease was deleted or expired; re-acquiring");
-                                relist = true;
-                                break;
-                            }
-                            if changed {
-                                self.publish(&peers);
-                            }
-                        }
-                        Ok(None) | Err(_) => {
-                            self.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
-                            self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                            let d = backoff(&mut step);
-                            warn!(retry_in = ?d, endpoint = stream.endpoint(), revision, "lease watch broke; resuming from the last revision seen");
-                            tokio::time::sleep(d).await;
-                            break;
-                        }
-                    }
-                }
+            EventType::Delete => {
+                self.registry.forget(&key);
+                self.sink.remove(&key);
+                own
             }
         }
     }
 
-    fn publish(&self, peers: &BTreeMap<String, RemoteLease>) {
-        let mut fib = build_fib(&self.cfg, self.acquired.subnet, peers, &*self.decode_peer);
-        fib.adopt_counters(&self.fib.load());
-        let mut fib6 = build_fib6(
-            &self.cfg,
-            self.acquired.ipv6_subnet,
-            peers,
-            &*self.decode_peer6,
-        );
-        fib6.adopt_counters(&self.fib6.load());
-        debug!(
-            peers = fib.peers().len(),
-            peers6 = fib6.peers().len(),
-            "forwarding table updated"
-        );
-        self.fib.store(Arc::new(fib));
-        self.fib6.store(Arc::new(fib6));
+    /// Another writer replaced our lease's value: writes ours back, on our etcd lease.
+    async fn reassert(&mut self, their_lease: i64) {
+        if self.acquired.reservation {
+            warn!(key = %self.own_key(), "our reservation's value was changed by another writer; keeping it (reservations are the operator's)");
+            return;
+        }
+        let (key, value, lease) = (self.own_key(), self.attrs.to_json(), self.acquired.lease_id);
+        tracing::error!(key = %key, their_etcd_lease = their_lease, "our lease was overwritten by another writer; writing ours back");
+        let put = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+        let r = self
+            .registry
+            .pool
+            .call("re-assert our lease", |mut c| {
+                let (key, value, put) = (key.clone(), value.clone(), put.clone());
+                async move { c.put(key, value, put).await }
+            })
+            .await;
+        if let Err(e) = r {
+            self.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "cannot write our lease back; the next change or relist retries");
+        }
     }
 
     async fn keepalive(&mut self) -> Result<(), EtcdError> {
@@ -762,32 +568,43 @@ impl ControlLoop {
     }
 }
 
-fn log_diff(old: &BTreeMap<String, RemoteLease>, new: &BTreeMap<String, RemoteLease>) {
-    for (k, l) in new {
-        if !old.contains_key(k) && !old.is_empty() {
-            info!(subnet = %l.subnets(), public_ip = %l.attrs.public_ip, public_ipv6 = ?l.attrs.public_ipv6, "peer added (relist)");
+impl Follower for ControlLoop {
+    async fn listed(&mut self, kvs: Vec<KeyValue>) -> Result<Flow, EtcdError> {
+        let leases = self.registry.decode_all(&kvs);
+        let own = self.own_key();
+        let own_value = kvs
+            .iter()
+            .find(|kv| kv.key() == own.as_bytes())
+            .map(|kv| (kv.value() == self.attrs.to_json().as_bytes(), kv.lease()));
+        self.sink.reset(leases);
+        match own_value {
+            None => {
+                self.reacquire().await;
+                return Ok(Flow::Relist);
+            }
+            Some((false, theirs)) => self.reassert(theirs).await,
+            Some((true, _)) => {}
         }
+        self.sink.publish(&self.acquired);
+        Ok(Flow::Watch)
     }
-    for (k, l) in old {
-        if !new.contains_key(k) {
-            info!(subnet = %l.subnets(), public_ip = %l.attrs.public_ip, public_ipv6 = ?l.attrs.public_ipv6, "peer removed (relist)");
+
+    async fn changed(&mut self, events: &[Event]) -> Flow {
+        let mut own_gone = false;
+        for ev in events {
+            own_gone |= self.apply(ev).await;
         }
+        if own_gone {
+            warn!(subnet = %self.acquired.key(), "our lease was deleted or expired; re-acquiring");
+            return Flow::Relist;
+        }
+        if !events.is_empty() {
+            self.sink.publish(&self.acquired);
+        }
+        Flow::Watch
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let mut s = 0;
-        let first = backoff(&mut s);
-        let mut last = first;
-        for _ in 0..10 {
-            last = backoff(&mut s);
-        }
-        assert!(first < last);
-        assert!(last <= Duration::from_secs(30));
+    async fn keepalive(&mut self) -> Result<(), EtcdError> {
+        ControlLoop::keepalive(self).await
     }
 }

@@ -6,10 +6,12 @@
 //! [`subnet_env`] renders flannel's subnet.env and writes it (the CNI plugin's interface).
 //! [`etcd`] is the async part on top of them: it talks to etcd (transactions, keepalive,
 //! list + watch) and publishes forwarding-table snapshots, through [`pool`], which fails
-//! over between the etcd members.
+//! over between the etcd members; [`follow`] is the list → watch → resume loop over a key
+//! prefix that it and the L2 membership share.
 
 pub mod config;
 pub mod etcd;
+pub mod follow;
 pub mod lease;
 pub mod pool;
 pub mod subnet;

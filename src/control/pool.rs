@@ -28,6 +28,7 @@
 //! last revision it saw, on whichever member answers next.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,7 +37,51 @@ use etcd_client::{Client, ConnectOptions, WatchOptions, WatchResponse, WatchStre
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::etcd::{EtcdError, EtcdOptions};
+use super::subnet::NoFreeSubnet;
+
+/// How to reach etcd.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub cafile: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Errors talking to etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd: {0}")]
+    Client(#[from] etcd_client::Error),
+    #[error("etcd at {endpoint}: {source}")]
+    Member {
+        endpoint: String,
+        source: etcd_client::Error,
+    },
+    #[error("etcd at {endpoint}: no answer to {what} within {after:?}")]
+    Timeout {
+        what: String,
+        endpoint: String,
+        after: Duration,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot read {path}: {source}")]
+    Tls {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Exhausted(#[from] NoFreeSubnet),
+}
+
+/// The largest gRPC message accepted from etcd (a page of a listing, or a watch response
+/// catching up on a burst of changes); tonic's default of 4 MiB is what a listing of some
+/// 50 000 leases in one read used to hit ("decoded message length too large").
+pub const MAX_MESSAGE: usize = 512 << 20;
 
 /// Time bounds of every etcd interaction.
 #[derive(Debug, Clone, Copy)]
@@ -400,10 +445,11 @@ impl EtcdPool {
     /// Opens a watch on `key` with `opts` on the first member that confirms it.
     pub async fn watch(&self, key: String, opts: WatchOptions) -> Result<Watch, EtcdError> {
         let ((stream, first), member) = self
-            .call_on("watch", |mut c| {
+            .call_on("watch", |c| {
                 let (key, opts) = (key.clone(), opts.clone());
                 async move {
-                    let mut s = c.watch(key, Some(opts)).await?;
+                    let mut w = c.watch_client().max_decoding_message_size(MAX_MESSAGE);
+                    let mut s = w.watch(key, Some(opts)).await?;
                     // The member confirms the watch (or refuses it) at once; a member that
                     // cannot is not one to watch on.
                     let first = s.message().await?;

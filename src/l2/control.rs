@@ -15,13 +15,14 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{Event, EventType, KeyValue, PutOptions};
 use tracing::{debug, info, warn};
 
 use super::config::{L2ConfigError, L2NetworkConfig};
 use super::switch::{Members, Shared};
-use crate::control::etcd::{backoff, EtcdError};
-use crate::control::pool::EtcdPool;
+use crate::control::follow::{Flow, Follow, Follower};
+use crate::control::pool::{EtcdError, EtcdPool};
+use crate::counters::ControlStats;
 
 /// Seconds a member key outlives its node's last keepalive.
 pub const MEMBER_TTL_SECS: i64 = 90;
@@ -110,7 +111,11 @@ pub struct L2Control {
     pub names: Vec<String>,
     pub self_ip: Ipv4Addr,
     pub shared: Arc<Shared>,
+    /// etcd errors, watch restarts and relists of the membership loop.
+    pub stats: Arc<ControlStats>,
     lease: i64,
+    /// Every network's members as last read.
+    all: BTreeMap<String, BTreeSet<Ipv4Addr>>,
 }
 
 impl L2Control {
@@ -127,7 +132,9 @@ impl L2Control {
             names,
             self_ip,
             shared,
+            stats: Arc::default(),
             lease: 0,
+            all: BTreeMap::new(),
         }
     }
 
@@ -136,7 +143,7 @@ impl L2Control {
     }
 
     /// Writes our member keys on a (new, if needed) lease.
-    pub async fn announce(&mut self) -> Result<(), L2Error> {
+    pub async fn announce(&mut self) -> Result<(), EtcdError> {
         if self.lease == 0 {
             self.lease = self
                 .pool
@@ -179,22 +186,10 @@ impl L2Control {
         }
     }
 
-    /// Lists every member of our networks; returns them with the listing's revision.
-    async fn list(&self) -> Result<(BTreeMap<String, BTreeSet<Ipv4Addr>>, i64), L2Error> {
-        let root = members_root(&self.prefix);
-        let r = self
-            .pool
-            .call("list L2 members", |mut c| {
-                let root = root.clone();
-                async move {
-                    c.get(root, Some(GetOptions::new().with_prefix().with_keys_only()))
-                        .await
-                }
-            })
-            .await?;
-        let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+    /// Every member of every network in a listing of member keys.
+    fn members(&self, kvs: &[KeyValue]) -> BTreeMap<String, BTreeSet<Ipv4Addr>> {
         let mut m: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-        for kv in r.kvs() {
+        for kv in kvs {
             let key = String::from_utf8_lossy(kv.key());
             match parse_member_key(&self.prefix, &key) {
                 Some((name, ip)) => {
@@ -203,7 +198,7 @@ impl L2Control {
                 None => debug!(key = %key, "ignoring a malformed L2 member key"),
             }
         }
-        Ok((m, rev))
+        m
     }
 
     /// Publishes every network's member snapshot (without ourselves).
@@ -228,7 +223,62 @@ impl L2Control {
             .any(|n| !all.get(n).is_some_and(|s| s.contains(&self.self_ip)))
     }
 
-    async fn keepalive(&mut self) -> Result<(), L2Error> {
+    /// Runs until cancelled: list, then watch (resumed after errors, relisted after a
+    /// compaction); re-announce when our keys vanish or our lease expires. While etcd is
+    /// unreachable the last snapshots stay in force.
+    pub async fn run(mut self) {
+        let follow = Follow {
+            pool: self.pool.clone(),
+            what: "L2 members",
+            prefix: members_root(&self.prefix),
+            keys_only: true,
+            keepalive_every: KEEPALIVE,
+            stats: self.stats.clone(),
+        };
+        follow.run(&mut self).await
+    }
+}
+
+impl Follower for L2Control {
+    async fn listed(&mut self, kvs: Vec<KeyValue>) -> Result<Flow, EtcdError> {
+        self.all = self.members(&kvs);
+        if self.own_missing(&self.all) {
+            self.announce().await?;
+            return Ok(Flow::Relist);
+        }
+        self.publish(&self.all);
+        Ok(Flow::Watch)
+    }
+
+    async fn changed(&mut self, events: &[Event]) -> Flow {
+        let mut own_gone = false;
+        for ev in events {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key());
+            let Some((name, ip)) = parse_member_key(&self.prefix, &key) else {
+                continue;
+            };
+            match ev.event_type() {
+                EventType::Put => {
+                    self.all.entry(name).or_default().insert(ip);
+                }
+                EventType::Delete => {
+                    if let Some(s) = self.all.get_mut(&name) {
+                        s.remove(&ip);
+                    }
+                    own_gone |= ip == self.self_ip && self.names.contains(&name);
+                }
+            }
+        }
+        if own_gone {
+            warn!("our L2 member key was deleted; announcing again");
+            return Flow::Relist;
+        }
+        self.publish(&self.all);
+        Flow::Watch
+    }
+
+    async fn keepalive(&mut self) -> Result<(), EtcdError> {
         let lease = self.lease;
         let ttl = self
             .pool
@@ -242,101 +292,6 @@ impl L2Control {
             self.announce().await?;
         }
         Ok(())
-    }
-
-    /// Runs until cancelled: list, then watch; relist after compaction or a broken watch;
-    /// re-announce when our keys vanish or our lease expires. While etcd is unreachable the
-    /// last snapshots stay in force.
-    pub async fn run(mut self) {
-        let mut all: BTreeMap<String, BTreeSet<Ipv4Addr>>;
-        let mut step = 0;
-        let mut ka = tokio::time::interval(KEEPALIVE);
-        ka.tick().await;
-        loop {
-            let rev = match self.list().await {
-                Ok((m, rev)) => {
-                    all = m;
-                    if self.own_missing(&all) {
-                        if let Err(e) = self.announce().await {
-                            warn!(error = %e, "cannot announce L2 membership; retrying");
-                            tokio::time::sleep(backoff(&mut step)).await;
-                            continue;
-                        }
-                        continue;
-                    }
-                    self.publish(&all);
-                    step = 0;
-                    rev
-                }
-                Err(e) => {
-                    let d = backoff(&mut step);
-                    warn!(error = %e, retry_in = ?d, "cannot list L2 members; forwarding continues");
-                    tokio::time::sleep(d).await;
-                    continue;
-                }
-            };
-            let opts = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(rev + 1);
-            let mut stream = match self.pool.watch(members_root(&self.prefix), opts).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let d = backoff(&mut step);
-                    warn!(error = %e, retry_in = ?d, "cannot watch L2 members; forwarding continues");
-                    tokio::time::sleep(d).await;
-                    continue;
-                }
-            };
-            loop {
-                tokio::select! {
-                    _ = ka.tick() => {
-                        if let Err(e) = self.keepalive().await {
-                            warn!(error = %e, "L2 member keepalive failed; will retry");
-                        }
-                    }
-                    msg = stream.message() => match msg {
-                        Ok(Some(resp)) => {
-                            if resp.canceled() || resp.compact_revision() > 0 {
-                                warn!("L2 member watch cancelled (compaction); relisting");
-                                break;
-                            }
-                            let mut own_gone = false;
-                            for ev in resp.events() {
-                                let Some(kv) = ev.kv() else { continue };
-                                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                                let Some((name, ip)) = parse_member_key(&self.prefix, &key) else {
-                                    continue;
-                                };
-                                match ev.event_type() {
-                                    EventType::Put => {
-                                        all.entry(name).or_default().insert(ip);
-                                    }
-                                    EventType::Delete => {
-                                        if let Some(s) = all.get_mut(&name) {
-                                            s.remove(&ip);
-                                        }
-                                        if ip == self.self_ip && self.names.contains(&name) {
-                                            own_gone = true;
-                                        }
-                                    }
-                                }
-                            }
-                            if own_gone {
-                                warn!("our L2 member key was deleted; announcing again");
-                                break;
-                            }
-                            self.publish(&all);
-                        }
-                        Ok(None) | Err(_) => {
-                            let d = backoff(&mut step);
-                            warn!(retry_in = ?d, "L2 member watch broke; relisting");
-                            tokio::time::sleep(d).await;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 
