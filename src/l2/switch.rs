@@ -19,7 +19,6 @@
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -234,10 +233,7 @@ impl Switch {
         let pairs = (0..ports.len().max(socks.len()))
             .map(|i| {
                 let tx = ports.get(i).map(|p| SwitchTx {
-                    path: TxPath::new(
-                        Arc::new(AtomicBool::new(cfg.gso)),
-                        cfg.tunnel.as_ref().map(|t| t.for_worker(i)),
-                    ),
+                    path: TxPath::new(cfg.gso, cfg.tunnel.as_ref().map(|t| t.for_worker(i))),
                     cfg: cfg.clone(),
                     port: p.clone(),
                     shared: shared.clone(),
@@ -417,6 +413,7 @@ impl SwitchTx {
             sent.bytes - ENCAP_LEN as u64 * sent.packets,
         );
         bump(&network.stats.tx_tunnel_gso, sent.tunnel_writes);
+        bump(&network.stats.tx_offload_fallbacks, sent.fallbacks);
         if unicast_to.is_some() {
             bump(&network.stats.tx_unicast, frames);
         } else {
