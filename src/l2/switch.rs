@@ -113,9 +113,9 @@ impl Shared {
         }
     }
 
-    /// The table clock: seconds since start, wrapping at 16 bits.
-    pub fn now(&self) -> u16 {
-        self.epoch.elapsed().as_secs() as u16
+    /// The table clock: seconds since start (`u32`: wraps after 136 years, not hours).
+    pub fn now(&self) -> u32 {
+        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
     }
 
     fn dropped(&self, r: DropReason, n: u64) {
@@ -580,7 +580,7 @@ pub fn classify<'a>(
 
 /// Learns from an accepted frame: its source MAC lives behind `sender`; from ARP, the
 /// sender IP has the sender MAC.
-pub fn learn(sh: &Shared, inb: &Inbound<'_>, now: u16) {
+pub fn learn(sh: &Shared, inb: &Inbound<'_>, now: u32) {
     let network = &sh.nets[inb.net as usize];
     let src: [u8; 6] = inb.frame[6..12].try_into().unwrap_or([0; 6]);
     match sh.macs.learn(
