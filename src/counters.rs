@@ -129,6 +129,8 @@ pub struct NetStats {
     pub tx_offload_fallbacks: AtomicU64,
     pub learned: AtomicU64,
     pub moves: AtomicU64,
+    /// MAC moves refused because the MAC moved too often (`l2::fdb::MAX_MOVES`).
+    pub moves_pinned: AtomicU64,
     pub arp_suppressed: AtomicU64,
     pub fdb_full: AtomicU64,
 }

@@ -190,6 +190,8 @@ fn refresh_l2(l2: &crate::l2::switch::Shared) {
             .absolute(get(&st.tx_tunnel_gso));
         metrics::counter!("overlayd_l2_offload_fallbacks_total", "network" => net.clone())
             .absolute(get(&st.tx_offload_fallbacks));
+        metrics::counter!("overlayd_l2_mac_moves_pinned_total", "network" => net.clone())
+            .absolute(get(&st.moves_pinned));
         metrics::counter!("overlayd_l2_flood_copies_total", "network" => net.clone())
             .absolute(get(&st.flood_copies));
         metrics::counter!("overlayd_l2_learned_total", "network" => net.clone())

@@ -19,6 +19,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Slots probed from a key's home slot.
 const PROBE: usize = 16;
+/// A key may change its payload (a MAC move to another node) this many times within
+/// [`MOVE_WINDOW_SECS`]; the next move pins it to its payload for [`PIN_SECS`] (a looping
+/// or spoofed MAC must not flap between nodes on every frame).
+pub const MAX_MOVES: u32 = 10;
+pub const MOVE_WINDOW_SECS: u32 = 10;
+pub const PIN_SECS: u32 = 60;
 
 /// What [`Table::learn`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +37,9 @@ pub enum Learned {
     Refreshed,
     /// No free slot in the key's probe window.
     Full,
+    /// A move refused: the key moved more than [`MAX_MOVES`] times in a window and keeps
+    /// its payload until the pin expires.
+    Pinned,
 }
 
 #[derive(Default)]
@@ -42,6 +51,9 @@ struct Slot {
     /// payload with the previous sighting's time: at worst an entry lives a little
     /// longer or shorter, never under another key.
     seen: AtomicU32,
+    /// Moves of this key: `window start (table seconds) << 32 | moves in the window`; a
+    /// count above [`MAX_MOVES`] means pinned from the window start for [`PIN_SECS`].
+    moves: AtomicU64,
 }
 
 /// A lock-free learning table of `u64` keys (non-zero) to 48-bit payloads (non-zero).
@@ -171,12 +183,16 @@ impl Table {
                         Learned::New
                     };
                 }
+                if !was_live {
+                    s.moves.store(0, Ordering::Relaxed);
+                    s.val.store(payload, Ordering::Release);
+                    return Learned::New;
+                }
+                if !allow_move(&s.moves, now) {
+                    return Learned::Pinned;
+                }
                 s.val.store(payload, Ordering::Release);
-                return if !was_live {
-                    Learned::New
-                } else {
-                    Learned::Moved(old)
-                };
+                return Learned::Moved(old);
             }
             if reuse.is_none() && !self.slot_live(s, now) {
                 reuse = Some((h + i) & self.mask);
@@ -200,6 +216,7 @@ impl Table {
             return Learned::Full;
         }
         s.seen.store(now, Ordering::Release);
+        s.moves.store(0, Ordering::Relaxed);
         s.val.store(payload, Ordering::Release);
         Learned::New
     }
@@ -227,6 +244,28 @@ impl Table {
             }
         }
     }
+}
+
+/// Whether a key whose move record is `moves` may move at `now`; records the move (or the
+/// pin it starts). Racing writers may lose a count: the limit is approximate, never unsafe.
+fn allow_move(moves: &AtomicU64, now: u32) -> bool {
+    let m = moves.load(Ordering::Relaxed);
+    let (start, count) = ((m >> 32) as u32, m as u32);
+    let (start, count) = if count > MAX_MOVES {
+        if now.saturating_sub(start) < PIN_SECS {
+            return false;
+        }
+        (now, 0)
+    } else if now.saturating_sub(start) >= MOVE_WINDOW_SECS {
+        (now, 0)
+    } else {
+        (start, count)
+    };
+    let count = count + 1;
+    // The move over the limit starts the pin (at `now`) and is refused.
+    let start = if count > MAX_MOVES { now } else { start };
+    moves.store(u64::from(start) << 32 | u64::from(count), Ordering::Relaxed);
+    count <= MAX_MOVES
 }
 
 /// The network index a MAC or IP key belongs to.
@@ -284,6 +323,38 @@ mod tests {
     }
 
     #[test]
+    fn a_mac_moving_too_often_is_pinned_then_released() {
+        let t = Table::new(64, 300);
+        let k = mac_key(0, A);
+        assert_eq!(t.learn(k, 1, 0), Learned::New);
+        // MAX_MOVES moves within the window are allowed...
+        for i in 0..MAX_MOVES {
+            let to = 2 + u64::from(i % 2);
+            assert!(matches!(t.learn(k, to, 1), Learned::Moved(_)), "move {i}");
+        }
+        let pinned_to = t.lookup(k, 1).unwrap();
+        // ...the next one pins the MAC where it is.
+        assert_eq!(t.learn(k, 9, 2), Learned::Pinned);
+        assert_eq!(t.learn(k, 9, 2 + PIN_SECS - 1), Learned::Pinned);
+        assert_eq!(t.lookup(k, 2 + PIN_SECS - 1), Some(pinned_to));
+        // Sightings at the pinned node keep it alive meanwhile.
+        assert_eq!(t.learn(k, pinned_to, 3), Learned::Refreshed);
+        // After the pin it may move again.
+        assert_eq!(t.learn(k, 9, 2 + PIN_SECS), Learned::Moved(pinned_to));
+        assert_eq!(t.lookup(k, 2 + PIN_SECS), Some(9));
+        // Moves spread over windows are never pinned.
+        let k2 = mac_key(0, B);
+        t.learn(k2, 1, 100);
+        for i in 0..3 * MAX_MOVES {
+            let now = 100 + (i + 1) * MOVE_WINDOW_SECS;
+            assert!(matches!(
+                t.learn(k2, 1 + u64::from(i % 2 == 0), now),
+                Learned::Moved(_)
+            ));
+        }
+    }
+
+    #[test]
     fn networks_do_not_share_entries() {
         let t = Table::new(64, 300);
         t.learn(mac_key(0, A), 1, 0);
@@ -327,18 +398,21 @@ mod tests {
     }
 
     proptest! {
-        /// Against a model: with room to spare, every learned key reads back its last value.
+        /// Against a model: with room to spare, every learned key reads back its last value
+        /// (one learning per move window, so no move is refused; nothing ages).
         #[test]
         fn matches_a_map(ops in proptest::collection::vec((0u8..40, 1u64..5), 1..300)) {
-            let t = Table::new(1024, 300);
+            let t = Table::new(1024, u32::MAX);
             let mut m = std::collections::HashMap::new();
+            let mut now = 0;
             for (k, v) in ops {
                 let key = mac_key(0, [2, 0, 0, 0, 0, k]);
-                t.learn(key, v, 1);
+                now += MOVE_WINDOW_SECS;
+                t.learn(key, v, now);
                 m.insert(key, v);
             }
             for (k, v) in m {
-                prop_assert_eq!(t.lookup(k, 1), Some(v));
+                prop_assert_eq!(t.lookup(k, now), Some(v));
             }
         }
     }

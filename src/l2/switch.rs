@@ -592,6 +592,7 @@ pub fn learn(sh: &Shared, inb: &Inbound<'_>, now: u32) {
         Learned::Moved(_) => bump(&network.stats.moves, 1),
         Learned::Refreshed => {}
         Learned::Full => bump(&network.stats.fdb_full, 1),
+        Learned::Pinned => bump(&network.stats.moves_pinned, 1),
     }
     let et = ether::Frame::new_unchecked(inb.frame).ethertype();
     if network.cfg.arp_suppression && et == ether::ETHERTYPE_ARP {
