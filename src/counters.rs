@@ -57,6 +57,9 @@ pub struct WorkerStats {
     pub tx_sends: AtomicU64,
     /// Of `tx_sends`: whole super-packets written through the tunnel-GSO TAP.
     pub tx_tunnel_gso: AtomicU64,
+    /// Destinations a transmit offload (UDP GSO, tunnel GSO) was refused for and turned
+    /// off for until the re-probe (`datapath::fallback`).
+    pub tx_offload_fallbacks: AtomicU64,
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub rx_batches: AtomicU64,
@@ -78,6 +81,7 @@ impl WorkerStats {
 pub struct Totals {
     pub tx_sends: u64,
     pub tx_tunnel_gso: u64,
+    pub tx_offload_fallbacks: u64,
     pub rx_batches: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
@@ -95,6 +99,7 @@ pub fn totals(stats: &[WorkerStats]) -> Totals {
     for s in stats {
         t.tx_sends += get(&s.tx_sends);
         t.tx_tunnel_gso += get(&s.tx_tunnel_gso);
+        t.tx_offload_fallbacks += get(&s.tx_offload_fallbacks);
         t.rx_batches += get(&s.rx_batches);
         t.tx_packets += get(&s.tx_packets);
         t.tx_bytes += get(&s.tx_bytes);
@@ -120,8 +125,12 @@ pub struct NetStats {
     pub tx_bytes: AtomicU64,
     /// Whole super-frames written through the tunnel-GSO TAP.
     pub tx_tunnel_gso: AtomicU64,
+    /// Destinations a transmit offload was refused for (as [`WorkerStats`]').
+    pub tx_offload_fallbacks: AtomicU64,
     pub learned: AtomicU64,
     pub moves: AtomicU64,
+    /// MAC moves refused because the MAC moved too often (`l2::fdb::MAX_MOVES`).
+    pub moves_pinned: AtomicU64,
     pub arp_suppressed: AtomicU64,
     pub fdb_full: AtomicU64,
 }

@@ -16,7 +16,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,7 +91,6 @@ impl Router {
                 .map(|_| WorkerStats::default())
                 .collect(),
         );
-        let gso = Arc::new(AtomicBool::new(cfg.gso));
         for q in &queues {
             q.set_nonblocking()?;
         }
@@ -105,7 +103,7 @@ impl Router {
                     send6: v6.send.clone(),
                     fib: fib.clone(),
                     fib6: fib6.clone(),
-                    path: TxPath::new(gso.clone(), cfg.tunnel.as_ref().map(|t| t.for_worker(i))),
+                    path: TxPath::new(cfg.gso, cfg.tunnel.as_ref().map(|t| t.for_worker(i))),
                     icmp_buf: [0; icmp::MAX_V6_ERROR_LEN],
                     seq: 0,
                     stats: stats.clone(),
@@ -293,6 +291,7 @@ fn count_sent(st: &WorkerStats, pc: &DirCounters, r: &Sent) {
     bump(&st.tx_bytes, r.bytes);
     bump(&st.tx_sends, r.calls);
     bump(&st.tx_tunnel_gso, r.tunnel_writes);
+    bump(&st.tx_offload_fallbacks, r.fallbacks);
     if r.dropped > 0 {
         st.drop(DropReason::IoError, r.dropped);
     }

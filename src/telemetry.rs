@@ -116,6 +116,8 @@ impl State {
                 .absolute(t.tx_sends);
             metrics::counter!("overlayd_tunnel_gso_writes_total", "backend" => backend)
                 .absolute(t.tx_tunnel_gso);
+            metrics::counter!("overlayd_offload_fallbacks_total", "backend" => backend)
+                .absolute(t.tx_offload_fallbacks);
             metrics::counter!("overlayd_receive_batches_total", "backend" => backend)
                 .absolute(t.rx_batches);
             metrics::counter!("overlayd_icmp_unreachable_sent_total").absolute(t.icmp_unreachable);
@@ -235,6 +237,10 @@ fn refresh_l2(l2: &crate::l2::switch::Shared) {
             .absolute(get(&st.tx_bytes));
         metrics::counter!("overlayd_l2_tunnel_gso_writes_total", "network" => net.clone())
             .absolute(get(&st.tx_tunnel_gso));
+        metrics::counter!("overlayd_l2_offload_fallbacks_total", "network" => net.clone())
+            .absolute(get(&st.tx_offload_fallbacks));
+        metrics::counter!("overlayd_l2_mac_moves_pinned_total", "network" => net.clone())
+            .absolute(get(&st.moves_pinned));
         metrics::counter!("overlayd_l2_flood_copies_total", "network" => net.clone())
             .absolute(get(&st.flood_copies));
         metrics::counter!("overlayd_l2_learned_total", "network" => net.clone())

@@ -9,6 +9,7 @@
 //! VLAN map) and *which* header it gets; everything that moves bytes, batches syscalls,
 //! segments or coalesces lives here once. No lock, and no heap allocation per packet.
 
+pub mod fallback;
 pub mod recv;
 pub mod send;
 pub mod tunnel;
@@ -56,6 +57,9 @@ pub struct Sent {
     pub dropped: u64,
     /// Of `calls`, the writes of whole super-packets through the tunnel-GSO TAP.
     pub tunnel_writes: u64,
+    /// Destinations newly put in a worker's [`fallback::Fallback`] table (the kernel
+    /// refused an offload for them).
+    pub fallbacks: u64,
 }
 
 impl Sent {
@@ -65,6 +69,7 @@ impl Sent {
         self.calls += o.calls;
         self.dropped += o.dropped;
         self.tunnel_writes += o.tunnel_writes;
+        self.fallbacks += o.fallbacks;
     }
 }
 

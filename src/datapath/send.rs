@@ -16,14 +16,16 @@
 //!    whole segments are copied into slots ([`tso::segment`]) and sent as GSO runs or one
 //!    datagram per message ([`send_layout`]).
 //!
-//! A kernel that refuses GSO (EIO/EINVAL) turns it off for good for this path: the same
-//! datagrams go out one per message.
+//! A kernel that refuses GSO (EIO/EINVAL; say a peer behind a route whose MTU is smaller
+//! than the segments) turns the refused offload off for that destination only: its
+//! datagrams take the next way, and the worker's [`Fallback`] table keeps it there until
+//! the re-probe ([`fallback::REPROBE`]); every other destination keeps the offload.
 
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::time::Instant;
 
+use super::fallback::{self, gso_refused, Fallback};
 use super::tunnel::{TunnelFrame, TunnelTx};
 use super::{Sent, HEADROOM, MAX_READ, SEG_BUF};
 use crate::drop::DropReason;
@@ -68,21 +70,27 @@ pub struct TxPath {
     pub buf: Vec<u8>,
     seg_buf: Vec<u8>,
     hdr_buf: Vec<u8>,
-    gso: Arc<AtomicBool>,
+    /// UDP GSO on the underlay sockets (probed at start).
+    gso: bool,
     /// Whole super-packets to the kernel through the tunnel-GSO TAP, when set up.
     tunnel: Option<TunnelTx>,
+    /// Destinations the kernel refused tunnel GSO, and UDP GSO, for (until the re-probe).
+    tunnel_off: Fallback,
+    gso_off: Fallback,
 }
 
 impl TxPath {
-    /// Buffers for one worker; `gso` is shared by the workers of one data plane (UDP GSO
-    /// probed at start, cleared by the first refusal).
-    pub fn new(gso: Arc<AtomicBool>, tunnel: Option<TunnelTx>) -> Self {
+    /// Buffers for one worker; `gso`: whether the underlay sockets take UDP GSO (probed at
+    /// start; a refusal later turns it off per destination, see [`Fallback`]).
+    pub fn new(gso: bool, tunnel: Option<TunnelTx>) -> Self {
         Self {
             buf: vec![0; HEADROOM + MAX_READ],
             seg_buf: vec![0; SEG_BUF],
             hdr_buf: vec![0; HDR_BUF],
             gso,
             tunnel,
+            tunnel_off: Fallback::default(),
+            gso_off: Fallback::default(),
         }
     }
 
@@ -143,94 +151,149 @@ impl TxPath {
         let mut vh = out.vh;
         vh.csum_start = vh.csum_start.saturating_sub(out.link as u16);
         vh.hdr_len = vh.hdr_len.saturating_sub(out.link as u16);
-
-        // 0. The kernel segments: one write of the whole encapsulated super-packet, with
-        // the outer header of the socket's family.
-        let v6 = sock.is_v6();
-        if let Some(t) = self.tunnel.as_ref().filter(|t| t.on(v6) && !sock.is_raw()) {
-            let ip = &self.buf[out.start + out.link..out.end];
-            match tso::gso_shape(&vh, ip) {
-                // TCP only: inner UDP (USO) super-packets are segmented here (below).
-                Ok(Some(shape))
-                    if shape.tcp
-                        && shape.count > 1
-                        && out.start >= out.encap + TunnelTx::outer_len(v6) =>
-                {
-                    let at = out.start - out.encap;
-                    fill(&mut self.buf[at..out.end]).map_err(|r| (r, shape.count as u64))?;
-                    let f = TunnelFrame {
-                        at,
-                        end: out.end,
-                        inner_ip: out.encap + out.link,
-                        shape,
-                        vh,
-                    };
+        let now = Instant::now();
+        // Each way's buffers are built once, when a destination first takes that way.
+        let (mut tunnel, mut runs, mut copied) = (None, None, None);
+        for d in dsts {
+            let ip: IpAddr = (*d).into();
+            // 0. The kernel segments: one write of the whole encapsulated super-packet.
+            if !self.tunnel_off.off(ip, now) {
+                let f = match tunnel {
+                    Some(f) => f,
+                    None => *tunnel.insert(self.prepare_tunnel(out, &vh, sock, fill)?),
+                };
+                if let (Some(f), Some(t)) = (f, self.tunnel.as_ref()) {
                     let src_port = flow::src_port(out.flow);
-                    if let Some(sent) = t.send(&mut self.buf, &f, dsts, port, src_port) {
-                        return Ok(sent);
+                    match t.send(&mut self.buf, &f, &[*d], port, src_port) {
+                        Some(s) => {
+                            sent.add(s);
+                            continue;
+                        }
+                        None => sent.fallbacks += refused(&mut self.tunnel_off, ip, now, "tunnel"),
                     }
                 }
-                Ok(_) => {}
-                Err(e) => return Err((e.drop_reason(), 1)),
             }
+            let gso = self.gso && !sock.is_raw() && !self.gso_off.off(ip, now);
+            // 2. Zero copy: header blocks here, payload from the read buffer.
+            if gso {
+                let lay = match runs {
+                    Some(l) => l,
+                    None => *runs.insert(self.prepare_runs(out, &vh, fill)?),
+                };
+                if let Some(lay) = lay {
+                    let ipkt = &self.buf[out.start + out.link..out.end];
+                    let seg = out.encap + out.link + lay.hdr_len + lay.gso;
+                    match send_header_runs(sock, &self.hdr_buf, &lay, ipkt, seg, to(d)) {
+                        Some(s) => {
+                            sent.add(s);
+                            continue;
+                        }
+                        None => sent.fallbacks += refused(&mut self.gso_off, ip, now, "UDP"),
+                    }
+                }
+            }
+            // 3. Whole segments copied into slots.
+            let layout = match copied {
+                Some(l) => l,
+                None => *copied.insert(self.prepare_copy(out, &vh, fill)?),
+            };
+            let gso = gso && !self.gso_off.off(ip, now);
+            let (s, refusal) = send_layout(sock, &self.seg_buf, &layout, to(d), gso);
+            if refusal {
+                sent.fallbacks += refused(&mut self.gso_off, ip, now, "UDP");
+            }
+            sent.add(s);
         }
+        Ok(sent)
+    }
+
+    /// Way 0, set up: the encapsulation written in front of the frame, when the tunnel-GSO
+    /// TAP is on for the socket's family and the packet is a TCP super-packet with room for
+    /// the outer headers (inner UDP super-packets are segmented here). `None`: another way.
+    fn prepare_tunnel(
+        &mut self,
+        out: &Outgoing,
+        vh: &VirtioNetHdr,
+        sock: &UnderlaySocket,
+        fill: &mut Fill<'_>,
+    ) -> Result<Option<TunnelFrame>, (DropReason, u64)> {
+        let v6 = sock.is_v6();
+        if sock.is_raw() || !self.tunnel.as_ref().is_some_and(|t| t.on(v6)) {
+            return Ok(None);
+        }
+        let ip = &self.buf[out.start + out.link..out.end];
+        let shape = match tso::gso_shape(vh, ip) {
+            Ok(Some(s))
+                if s.tcp && s.count > 1 && out.start >= out.encap + TunnelTx::outer_len(v6) =>
+            {
+                s
+            }
+            Ok(_) => return Ok(None),
+            Err(e) => return Err((e.drop_reason(), 1)),
+        };
+        let at = out.start - out.encap;
+        fill(&mut self.buf[at..out.end]).map_err(|r| (r, shape.count as u64))?;
+        Ok(Some(TunnelFrame {
+            at,
+            end: out.end,
+            inner_ip: out.encap + out.link,
+            shape,
+            vh: *vh,
+        }))
+    }
+
+    /// Way 2, set up: one header block per segment in `hdr_buf`, each with the link header
+    /// and the encapsulation. `None` when the packet needs no segmenting or its headers do
+    /// not fit: another way.
+    fn prepare_runs(
+        &mut self,
+        out: &Outgoing,
+        vh: &VirtioNetHdr,
+        fill: &mut Fill<'_>,
+    ) -> Result<Option<tso::HeaderLayout>, (DropReason, u64)> {
         let room = out.encap + out.link;
         let (link, ip) = self.buf[out.start..out.end].split_at(out.link);
-
-        // 2. Zero copy: header blocks here, payload from the read buffer.
-        if self.gso.load(Ordering::Relaxed) && !sock.is_raw() {
-            match tso::segment_headers(&vh, ip, room, &mut self.hdr_buf) {
-                Ok(Some(lay)) if lay.count > 1 => {
-                    for i in 0..lay.count {
-                        let h = &mut self.hdr_buf[lay.header(i)];
-                        h[out.encap..room].copy_from_slice(link);
-                        fill(h).map_err(|r| (r, lay.count as u64))?;
-                    }
-                    let seg = room + lay.hdr_len + lay.gso;
-                    let mut refused = false;
-                    for ip_dst in dsts {
-                        let r = send_header_runs(
-                            sock,
-                            &self.hdr_buf,
-                            &lay,
-                            ip,
-                            seg,
-                            to(ip_dst),
-                            &self.gso,
-                        );
-                        match r {
-                            Some(r) => sent.add(r),
-                            // Refused before anything went out: copy the lot instead.
-                            None if sent == Sent::default() => {
-                                refused = true;
-                                break;
-                            }
-                            None => {}
-                        }
-                    }
-                    if !refused {
-                        return Ok(sent);
-                    }
-                }
-                Ok(_) | Err(OffloadError::OutTooSmall { .. }) => {}
-                Err(e) => return Err((e.drop_reason(), 1)),
-            }
+        let lay = match tso::segment_headers(vh, ip, room, &mut self.hdr_buf) {
+            Ok(Some(lay)) if lay.count > 1 => lay,
+            Ok(_) | Err(OffloadError::OutTooSmall { .. }) => return Ok(None),
+            Err(e) => return Err((e.drop_reason(), 1)),
+        };
+        for i in 0..lay.count {
+            let h = &mut self.hdr_buf[lay.header(i)];
+            h[out.encap..room].copy_from_slice(link);
+            fill(h).map_err(|r| (r, lay.count as u64))?;
         }
+        Ok(Some(lay))
+    }
 
-        // 3. Copy whole segments into slots.
+    /// Way 3, set up: every segment copied whole into `seg_buf`, encapsulated.
+    fn prepare_copy(
+        &mut self,
+        out: &Outgoing,
+        vh: &VirtioNetHdr,
+        fill: &mut Fill<'_>,
+    ) -> Result<tso::Layout, (DropReason, u64)> {
+        let room = out.encap + out.link;
+        let (link, ip) = self.buf[out.start..out.end].split_at(out.link);
         let layout =
-            tso::segment(&vh, ip, room, &mut self.seg_buf).map_err(|e| (e.drop_reason(), 1))?;
+            tso::segment(vh, ip, room, &mut self.seg_buf).map_err(|e| (e.drop_reason(), 1))?;
         for i in 0..layout.count {
             let d = &mut self.seg_buf[layout.datagram(i)];
             d[out.encap..room].copy_from_slice(link);
             fill(d).map_err(|r| (r, layout.count as u64))?;
         }
-        let gso = (!sock.is_raw()).then_some(&*self.gso);
-        for ip_dst in dsts {
-            sent.add(send_layout(sock, &self.seg_buf, &layout, to(ip_dst), gso));
-        }
-        Ok(sent)
+        Ok(layout)
     }
+}
+
+/// Records in `table` that the kernel refused `offload` GSO for `dst` (logged when the
+/// entry is new); returns the count of new entries (0 or 1) for [`Sent::fallbacks`].
+fn refused(table: &mut Fallback, dst: IpAddr, now: Instant, offload: &str) -> u64 {
+    let new = table.refuse(dst, now);
+    if new {
+        tracing::warn!(%dst, offload, reprobe_s = fallback::REPROBE.as_secs(), "the kernel refused GSO for this destination; segmenting in userspace for it until the re-probe");
+    }
+    new as u64
 }
 
 /// Sends the `layout.count` datagrams of `buf` (each `layout.datagram(i)`: the headroom
@@ -238,16 +301,17 @@ impl TxPath {
 ///
 /// While `gso` is `Some(true)` they go as UDP GSO runs (at most [`MAX_GSO_SEGMENTS`]
 /// datagrams and [`MAX_GSO_BYTES`] bytes each, all runs in one `sendmmsg`); a kernel that
-/// refuses GSO (EIO/EINVAL) clears the flag for good and the same datagrams go out one per
-/// message. A full socket drops the lot rather than retrying. `None` (a raw GRE socket) and
-/// a flag already cleared send one datagram per message, in `sendmmsg` batches.
+/// refuses GSO (EIO/EINVAL) gets the same datagrams one per message, and the second value
+/// returned is true (the caller remembers the refusal for `dst`). A full socket drops the
+/// lot rather than retrying. `gso` false (a raw GRE socket, a refused destination) sends one
+/// datagram per message, in `sendmmsg` batches.
 pub fn send_layout(
     sock: &UnderlaySocket,
     buf: &[u8],
     layout: &tso::Layout,
     dst: SocketAddr,
-    gso: Option<&AtomicBool>,
-) -> Sent {
+    gso: bool,
+) -> (Sent, bool) {
     let stride = layout.stride;
     let total = layout.out_len();
     let mut msgs = [Msg {
@@ -259,7 +323,8 @@ pub fn send_layout(
     // More runs than one sendmmsg takes cannot come from a TCP MSS into SEG_BUF, but a
     // layout that would need them goes the per-datagram way rather than off the array.
     let fits = layout.count.div_ceil(per_run) <= MAX_BATCH;
-    if let Some(flag) = gso.filter(|g| g.load(Ordering::Relaxed) && layout.count > 1 && fits) {
+    let mut refusal = false;
+    if gso && layout.count > 1 && fits {
         let (mut n, mut i) = (0, 0);
         while i < layout.count {
             let k = per_run.min(layout.count - i);
@@ -274,20 +339,22 @@ pub fn send_layout(
         }
         match sock.send_batch(&msgs[..n]) {
             Ok(_) => {
-                return Sent {
+                let sent = Sent {
                     packets: layout.count as u64,
                     bytes: total as u64,
                     calls: 1,
                     ..Sent::default()
-                }
+                };
+                return (sent, false);
             }
             // Refused: resend one by one below.
-            Err(e) if gso_refused(&e, flag) => {}
+            Err(e) if gso_refused(&e) => refusal = true,
             Err(_) => {
-                return Sent {
+                let sent = Sent {
                     dropped: layout.count as u64,
                     ..Sent::default()
-                }
+                };
+                return (sent, false);
             }
         }
     }
@@ -305,16 +372,16 @@ pub fn send_layout(
         sent.add(send_msgs(sock, &msgs[..k]));
         i += k;
     }
-    sent
+    (sent, refusal)
 }
 
 /// Sends the `lay.count` datagrams of `seg` bytes (the last may be shorter), datagram i
 /// being `hdr_buf[lay.header(i)]` followed by `data[lay.chunk(i)]`, to `dst` as UDP GSO runs
 /// of (header, payload) iovecs: the payload's one copy is the kernel's.
 ///
-/// Returns `None`, having sent nothing, when the kernel refuses GSO on the first run (the
-/// refusal clears `gso` for good, see [`gso_refused`]); the caller then sends the copying
-/// way. A later run that fails is counted as dropped.
+/// Returns `None`, having sent nothing, when the kernel refuses GSO on the first run (see
+/// [`gso_refused`]); the caller then sends the copying way and remembers the refusal for
+/// `dst`. A later run that fails is counted as dropped.
 pub fn send_header_runs(
     sock: &UnderlaySocket,
     hdr_buf: &[u8],
@@ -322,7 +389,6 @@ pub fn send_header_runs(
     data: &[u8],
     seg: usize,
     dst: SocketAddr,
-    gso: &AtomicBool,
 ) -> Option<Sent> {
     let per_run = gso_run_len(seg);
     let mut iov = [IoSlice::new(&[]); 2 * MAX_GSO_SEGMENTS];
@@ -343,7 +409,7 @@ pub fn send_header_runs(
                 sent.bytes += bytes as u64;
                 sent.calls += 1;
             }
-            Err(e) if i == 0 && gso_refused(&e, gso) => return None,
+            Err(e) if i == 0 && gso_refused(&e) => return None,
             Err(_) => sent.dropped += k as u64,
         }
         i += k;
@@ -355,17 +421,6 @@ pub fn send_header_runs(
 /// [`MAX_GSO_BYTES`] in all, at least one.
 fn gso_run_len(seg: usize) -> usize {
     (MAX_GSO_BYTES / seg.max(1)).clamp(1, MAX_GSO_SEGMENTS)
-}
-
-/// Whether `e` is the kernel refusing UDP GSO (EIO/EINVAL); if so, clears `flag` for good
-/// (every later send goes one datagram per message) and says so in the log.
-fn gso_refused(e: &io::Error, flag: &AtomicBool) -> bool {
-    let refused = matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL));
-    if refused {
-        tracing::warn!(error = %e, "UDP GSO refused by the kernel; falling back to one datagram per segment");
-        flag.store(false, Ordering::Relaxed);
-    }
-    refused
 }
 
 /// One `sendmmsg` of `msgs`, one datagram each: what the kernel took, the rest dropped.
@@ -423,39 +478,35 @@ mod tests {
         let (buf, layout, rx, tx) = setup();
         assert!(tx.probe_gso(), "this kernel has UDP_SEGMENT");
         let dst = rx.local_addr().unwrap();
-        let gso = AtomicBool::new(true);
-        let sent = send_layout(&tx, &buf, &layout, dst, Some(&gso));
-        assert_eq!(
-            sent,
-            Sent {
-                packets: layout.count as u64,
-                bytes: layout.out_len() as u64,
-                calls: 1,
-                ..Sent::default()
-            }
-        );
-        assert!(gso.load(Ordering::Relaxed));
+        let sent = send_layout(&tx, &buf, &layout, dst, true);
+        let want = Sent {
+            packets: layout.count as u64,
+            bytes: layout.out_len() as u64,
+            calls: 1,
+            ..Sent::default()
+        };
+        assert_eq!(sent, (want, false));
         receive_all(&rx, &buf, &layout);
     }
 
     /// The kernel refuses UDP GSO on a socket without UDP checksums (EINVAL): the same
-    /// datagrams go out one per message, and GSO stays off for later sends.
+    /// datagrams go out one per message, and the refusal is reported to the caller.
     #[test]
     fn send_layout_falls_back_when_the_kernel_refuses_gso() {
         let (buf, layout, rx, tx) = setup();
         tx.disable_tx_checksum().expect("SO_NO_CHECK");
         let dst = rx.local_addr().unwrap();
-        let gso = AtomicBool::new(true);
-        let sent = send_layout(&tx, &buf, &layout, dst, Some(&gso));
-        assert!(!gso.load(Ordering::Relaxed), "the refusal is remembered");
+        let (sent, refused) = send_layout(&tx, &buf, &layout, dst, true);
+        assert!(refused, "the refusal is reported");
         assert_eq!(sent.packets, layout.count as u64);
         assert_eq!(sent.bytes, layout.out_len() as u64);
         assert_eq!(sent.dropped, 0);
         assert!(sent.calls >= 1);
         receive_all(&rx, &buf, &layout);
-        // The next layout goes straight the plain way.
-        let sent = send_layout(&tx, &buf, &layout, dst, Some(&gso));
+        // Without GSO: straight the plain way.
+        let (sent, refused) = send_layout(&tx, &buf, &layout, dst, false);
         assert_eq!(sent.packets, layout.count as u64);
+        assert!(!refused);
         receive_all(&rx, &buf, &layout);
     }
 
@@ -477,22 +528,19 @@ mod tests {
         }
         let dst = rx.local_addr().unwrap();
         let seg = 8 + lay.hdr_len + lay.gso;
-        let gso = AtomicBool::new(true);
-        let sent = send_header_runs(&tx, &hdr_buf, &lay, &sp, seg, dst, &gso)
-            .expect("GSO accepted on loopback");
+        let sent =
+            send_header_runs(&tx, &hdr_buf, &lay, &sp, seg, dst).expect("GSO accepted on loopback");
         assert_eq!(sent.packets, layout.count as u64);
         assert_eq!(sent.bytes, layout.out_len() as u64);
         assert_eq!(sent.dropped, 0);
-        assert!(gso.load(Ordering::Relaxed));
         receive_all(&rx, &buf, &layout);
 
         tx.disable_tx_checksum().expect("SO_NO_CHECK");
         assert_eq!(
-            send_header_runs(&tx, &hdr_buf, &lay, &sp, seg, dst, &gso),
+            send_header_runs(&tx, &hdr_buf, &lay, &sp, seg, dst),
             None,
             "a refused first run sends nothing"
         );
-        assert!(!gso.load(Ordering::Relaxed), "the refusal is remembered");
         let mut got = [0u8; 16];
         rx.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
@@ -540,7 +588,7 @@ mod tests {
         let dsts = [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)];
         let tx = UnderlaySocket::udp("127.0.0.1:0".parse::<SocketAddr>().unwrap(), 4 << 20)
             .expect("udp");
-        let mut path = TxPath::new(Arc::new(AtomicBool::new(tx.probe_gso())), None);
+        let mut path = TxPath::new(tx.probe_gso(), None);
         let mut got = vec![0u8; 65536];
         for round in 0..2 {
             if round == 1 {
@@ -571,7 +619,10 @@ mod tests {
             assert_eq!(sent.packets, 2 * layout.count as u64, "round {round}");
             assert_eq!(sent.dropped, 0);
             if round == 1 {
-                assert!(!path.gso.load(Ordering::Relaxed), "refusal remembered");
+                assert_eq!(sent.fallbacks, 2, "refused for both destinations");
+                for d in dsts {
+                    assert!(path.gso_off.off(d.into(), Instant::now()), "{d} remembered");
+                }
             }
             for r in &rx {
                 for i in 0..layout.count {
@@ -593,7 +644,7 @@ mod tests {
         let (rx, port) = receivers(1);
         let tx = UnderlaySocket::udp("127.0.0.1:0".parse::<SocketAddr>().unwrap(), 1 << 20)
             .expect("udp");
-        let mut path = TxPath::new(Arc::new(AtomicBool::new(false)), None);
+        let mut path = TxPath::new(false, None);
         let pkt = tcp(false, 1, &[], true, &payload(100, 1));
         path.buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
         let out = Outgoing {
@@ -630,5 +681,57 @@ mod tests {
             port,
         );
         assert_eq!(r, Err((DropReason::BadInner, 1)));
+    }
+
+    /// A super-packet as a TUN read gives it, in `path.buf`: its `Outgoing` (routed, 8
+    /// bytes of encapsulation) and the datagrams it becomes.
+    fn super_packet(path: &mut TxPath) -> (Outgoing, tso::Layout, Vec<u8>) {
+        let (hdr, sp) = as_tso(tcp(false, 1, &[], true, &payload(30_000, 5)), 1398);
+        let mut want = vec![0u8; SEG_BUF];
+        let layout = tso::segment(&hdr, &sp, 8, &mut want).expect("valid");
+        for i in 0..layout.count {
+            let d = layout.datagram(i);
+            want[d.start..d.start + 8].copy_from_slice(b"ENCAPHDR");
+        }
+        path.buf[HEADROOM..HEADROOM + sp.len()].copy_from_slice(&sp);
+        let out = Outgoing {
+            vh: hdr,
+            start: HEADROOM,
+            end: HEADROOM + sp.len(),
+            link: 0,
+            encap: 8,
+            flow: 0,
+        };
+        (out, layout, want)
+    }
+
+    /// A GSO refusal for one destination turns the offload off for it alone: sent to again,
+    /// it is not tried (no new refusal), while another destination still is (its own
+    /// refusal counted); every datagram arrives either way.
+    #[test]
+    fn a_gso_refusal_is_remembered_per_destination() {
+        let (rx, port) = receivers(2);
+        let tx = UnderlaySocket::udp("127.0.0.1:0".parse::<SocketAddr>().unwrap(), 4 << 20)
+            .expect("udp");
+        assert!(tx.probe_gso(), "this kernel has UDP_SEGMENT");
+        // Every GSO send on this socket is refused; single datagrams still go.
+        tx.disable_tx_checksum().expect("SO_NO_CHECK");
+        let mut path = TxPath::new(true, None);
+        let (out, layout, want) = super_packet(&mut path);
+        let mut fill = |d: &mut [u8]| {
+            d[..8].copy_from_slice(b"ENCAPHDR");
+            Ok(())
+        };
+        let mut got = vec![0u8; 65536];
+        let (a, b) = (Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
+        for (dst, r, fallbacks) in [(b, &rx[1], 1), (b, &rx[1], 0), (a, &rx[0], 1)] {
+            let sent = path.send(&out, &mut fill, &tx, &[dst], port).expect("sent");
+            assert_eq!(sent.fallbacks, fallbacks, "to {dst}");
+            assert_eq!(sent.packets, layout.count as u64);
+            for i in 0..layout.count {
+                let n = r.recv(&mut got).expect("datagram within 2 s");
+                assert_eq!(&got[..n], &want[layout.datagram(i)], "{dst} datagram {i}");
+            }
+        }
     }
 }

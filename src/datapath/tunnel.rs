@@ -12,14 +12,16 @@
 //! kernel's.
 //!
 //! The outer headers are written in place in the read buffer's headroom, in front of the
-//! encapsulation. A kernel that refuses the header (EINVAL/EIO) turns this way off for
-//! good, per outer family; the caller then sends the userspace-segmenting way.
+//! encapsulation. A kernel that refuses the write (EINVAL/EIO) turns this way off for that
+//! destination only (the caller's [`Fallback`](super::fallback::Fallback) table, until
+//! its re-probe), which then takes the userspace-segmenting way.
 
 use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::fallback::gso_refused;
 use super::Sent;
 use crate::offload::tso::GsoShape;
 use crate::sys::tun::Queue;
@@ -45,9 +47,10 @@ pub struct Tunnel {
     pub src6: Option<Ipv6Addr>,
     /// The TAP's MAC: the outer destination, so the kernel takes the frame as its own.
     pub mac: [u8; 6],
-    /// IPv4 outer headers: on until a kernel refusal (shared by every worker, L3 and L2).
+    /// IPv4 outer headers: on when the start-up probe found them taken (shared by every
+    /// worker, L3 and L2; a later refusal is per destination, in the caller).
     pub on: Arc<AtomicBool>,
-    /// IPv6 outer headers: on until a kernel refusal (false without `src6`).
+    /// IPv6 outer headers: the same (false without `src6`).
     pub on6: Arc<AtomicBool>,
 }
 
@@ -93,7 +96,7 @@ pub struct TunnelFrame {
 }
 
 impl TunnelTx {
-    /// Whether this way is on (no refusal yet) for outer headers of the given family.
+    /// Whether this way is on for outer headers of the given family.
     pub fn on(&self, v6: bool) -> bool {
         match v6 {
             false => self.on.load(Ordering::Relaxed),
@@ -112,8 +115,8 @@ impl TunnelTx {
 
     /// Writes the frame once per destination (`dst`:`port`, from `src_port`), all of one
     /// family. `None`, having written nothing, when the kernel refuses the first write (the
-    /// way is then off for good for that family), or when this TAP has no source address of
-    /// the destinations' family: the caller sends another way.
+    /// caller then remembers the refusal for that destination), or when this TAP has no
+    /// source address of the destinations' family: the caller sends another way.
     pub fn send<A: Copy + Into<IpAddr>>(
         &self,
         buf: &mut [u8],
@@ -126,19 +129,17 @@ impl TunnelTx {
         if dsts.iter().any(|d| (*d).into().is_ipv6() != v6) || (v6 && self.src6.is_none()) {
             return None;
         }
-        let (ip_len, ethertype, tunnel_type, flag) = if v6 {
+        let (ip_len, ethertype, tunnel_type) = if v6 {
             (
                 ipv6::HEADER_LEN,
                 ether::ETHERTYPE_IPV6,
                 virtio::GSO_UDP_TUNNEL_IPV6,
-                &self.on6,
             )
         } else {
             (
                 ipv4::HEADER_LEN,
                 ether::ETHERTYPE_IPV4,
                 virtio::GSO_UDP_TUNNEL_IPV4,
-                &self.on,
             )
         };
         let outer = ether::HEADER_LEN + ip_len + udp::HEADER_LEN;
@@ -212,13 +213,7 @@ impl TunnelTx {
                     sent.bytes += dgram_bytes;
                     sent.calls += 1;
                 }
-                Err(e)
-                    if sent == Sent::default()
-                        && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EIO)) =>
-                {
-                    let outer = if v6 { "IPv6" } else { "IPv4" };
-                    tracing::warn!(error = %e, outer, "the kernel refused a UDP-tunnel GSO write; segmenting in userspace from now on (for this outer family)");
-                    flag.store(false, Ordering::Relaxed);
+                Err(e) if sent == Sent::default() && gso_refused(&e) => {
                     return None;
                 }
                 Err(_) => sent.dropped += f.shape.count as u64,

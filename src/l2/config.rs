@@ -19,7 +19,7 @@ pub const MAX_VNI: u32 = (1 << 24) - 1;
 pub const DEFAULT_PORT: u16 = 4789;
 /// How long a learned MAC lives without being seen, by default (the kernel bridge's 300 s).
 pub const DEFAULT_AGEING_SECS: u32 = 300;
-/// Longest ageing accepted: the tables store seconds in 16 bits.
+/// Longest ageing accepted (the limit of the old 16-bit table clock, kept for config compatibility).
 pub const MAX_AGEING_SECS: u32 = 30_000;
 /// Highest usable 802.1Q VLAN ID (4095 is reserved).
 pub const MAX_VLAN: u16 = 4094;

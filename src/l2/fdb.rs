@@ -4,8 +4,9 @@
 //! A fixed-size open-addressing hash table of `(key, value)` pairs of `AtomicU64`, shared by
 //! the receive workers (which learn) and the transmit workers (which look up) without a
 //! lock and without allocating. Keys never return to 0, so a probe stops at the first empty
-//! slot; an entry is forgotten by ageing (its timestamp, kept in the low 16 bits of the
-//! value, is too old) and its slot reused by a later key. Memory is bounded: when the probe
+//! slot; an entry is forgotten by ageing (its last-seen time, `u32` seconds since the
+//! table's start — 136 years before it wraps, so an old entry never looks fresh again — is
+//! too old) and its slot reused by a later key. Memory is bounded: when the probe
 //! window of a key holds only live entries the key is not learned (counted), and frames to
 //! it are flooded, which is always correct.
 //!
@@ -14,10 +15,16 @@
 //! costs delivery to the wrong node, which drops it as unknown there, never a frame in the
 //! wrong network: the network is part of the key).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Slots probed from a key's home slot.
 const PROBE: usize = 16;
+/// A key may change its payload (a MAC move to another node) this many times within
+/// [`MOVE_WINDOW_SECS`]; the next move pins it to its payload for [`PIN_SECS`] (a looping
+/// or spoofed MAC must not flap between nodes on every frame).
+pub const MAX_MOVES: u32 = 10;
+pub const MOVE_WINDOW_SECS: u32 = 10;
+pub const PIN_SECS: u32 = 60;
 
 /// What [`Table::learn`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,20 +37,30 @@ pub enum Learned {
     Refreshed,
     /// No free slot in the key's probe window.
     Full,
+    /// A move refused: the key moved more than [`MAX_MOVES`] times in a window and keeps
+    /// its payload until the pin expires.
+    Pinned,
 }
 
 #[derive(Default)]
 struct Slot {
     key: AtomicU64,
-    /// `payload << 16 | seconds`; 0 = being written.
+    /// The payload; 0 = being written (or forgotten).
     val: AtomicU64,
+    /// When the entry was last seen (table seconds). A reader racing a writer may pair a
+    /// payload with the previous sighting's time: at worst an entry lives a little
+    /// longer or shorter, never under another key.
+    seen: AtomicU32,
+    /// Moves of this key: `window start (table seconds) << 32 | moves in the window`; a
+    /// count above [`MAX_MOVES`] means pinned from the window start for [`PIN_SECS`].
+    moves: AtomicU64,
 }
 
 /// A lock-free learning table of `u64` keys (non-zero) to 48-bit payloads (non-zero).
 pub struct Table {
     slots: Box<[Slot]>,
     mask: usize,
-    ageing: u16,
+    ageing: u32,
 }
 
 impl std::fmt::Debug for Table {
@@ -81,19 +98,15 @@ pub fn payload_mac(p: u64) -> [u8; 6] {
     [b[2], b[3], b[4], b[5], b[6], b[7]]
 }
 
-fn age(now: u16, then: u16) -> u16 {
-    now.wrapping_sub(then)
-}
-
 impl Table {
     /// A table of at least `capacity` slots (rounded up to a power of two) whose entries
-    /// live `ageing_secs` (≤ 30000) after they were last seen.
+    /// live `ageing_secs` (at least 1) after they were last seen.
     pub fn new(capacity: usize, ageing_secs: u32) -> Self {
         let n = capacity.max(PROBE).next_power_of_two();
         Self {
             slots: (0..n).map(|_| Slot::default()).collect(),
             mask: n - 1,
-            ageing: ageing_secs.clamp(1, 30_000) as u16,
+            ageing: ageing_secs.max(1),
         }
     }
 
@@ -102,12 +115,19 @@ impl Table {
         (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask
     }
 
-    fn live(&self, val: u64, now: u16) -> bool {
-        val != 0 && age(now, val as u16) <= self.ageing
+    /// Whether a slot holding `val`, last seen at `seen`, is live at `now`. A sighting
+    /// stamped after `now` (a racing writer's clock) counts as now.
+    fn live(&self, val: u64, seen: u32, now: u32) -> bool {
+        val != 0 && now.saturating_sub(seen) <= self.ageing
     }
 
-    /// The payload learned for `key`, if it is still live at `now` (seconds, wrapping).
-    pub fn lookup(&self, key: u64, now: u16) -> Option<u64> {
+    fn slot_live(&self, s: &Slot, now: u32) -> bool {
+        let v = s.val.load(Ordering::Acquire);
+        self.live(v, s.seen.load(Ordering::Acquire), now)
+    }
+
+    /// The payload learned for `key`, if it is still live at `now` (table seconds).
+    pub fn lookup(&self, key: u64, now: u32) -> Option<u64> {
         let h = self.home(key);
         for i in 0..PROBE {
             let s = &self.slots[(h + i) & self.mask];
@@ -117,16 +137,17 @@ impl Table {
             }
             if k == key {
                 let v = s.val.load(Ordering::Acquire);
-                return self.live(v, now).then_some(v >> 16);
+                return self
+                    .live(v, s.seen.load(Ordering::Acquire), now)
+                    .then_some(v);
             }
         }
         None
     }
 
     /// Records `key → payload` seen at `now`.
-    pub fn learn(&self, key: u64, payload: u64, now: u16) -> Learned {
+    pub fn learn(&self, key: u64, payload: u64, now: u32) -> Learned {
         debug_assert!(key != 0 && payload != 0 && payload < 1 << 48);
-        let new_val = payload << 16 | u64::from(now);
         let h = self.home(key);
         let mut reuse = None;
         for i in 0..PROBE {
@@ -139,7 +160,8 @@ impl Table {
                         .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
                     {
                         Ok(_) => {
-                            s.val.store(new_val, Ordering::Release);
+                            s.seen.store(now, Ordering::Release);
+                            s.val.store(payload, Ordering::Release);
                             return Learned::New;
                         }
                         Err(other) => k = other,
@@ -150,19 +172,29 @@ impl Table {
             }
             if k == key {
                 let old = s.val.load(Ordering::Acquire);
-                if old == new_val {
-                    return Learned::Refreshed;
+                let was_live = self.live(old, s.seen.load(Ordering::Acquire), now);
+                if s.seen.load(Ordering::Relaxed) != now {
+                    s.seen.store(now, Ordering::Release);
                 }
-                s.val.store(new_val, Ordering::Release);
-                return if !self.live(old, now) {
-                    Learned::New
-                } else if old >> 16 != payload {
-                    Learned::Moved(old >> 16)
-                } else {
-                    Learned::Refreshed
-                };
+                if old == payload {
+                    return if was_live {
+                        Learned::Refreshed
+                    } else {
+                        Learned::New
+                    };
+                }
+                if !was_live {
+                    s.moves.store(0, Ordering::Relaxed);
+                    s.val.store(payload, Ordering::Release);
+                    return Learned::New;
+                }
+                if !allow_move(&s.moves, now) {
+                    return Learned::Pinned;
+                }
+                s.val.store(payload, Ordering::Release);
+                return Learned::Moved(old);
             }
-            if reuse.is_none() && !self.live(s.val.load(Ordering::Acquire), now) {
+            if reuse.is_none() && !self.slot_live(s, now) {
                 reuse = Some((h + i) & self.mask);
             }
         }
@@ -171,8 +203,7 @@ impl Table {
         };
         let s = &self.slots[idx];
         let old_key = s.key.load(Ordering::Acquire);
-        let old_val = s.val.load(Ordering::Acquire);
-        if self.live(old_val, now) {
+        if self.slot_live(s, now) {
             return Learned::Full;
         }
         // Invalidate the value first so that a reader of the new key never sees the old
@@ -184,17 +215,19 @@ impl Table {
         {
             return Learned::Full;
         }
-        s.val.store(new_val, Ordering::Release);
+        s.seen.store(now, Ordering::Release);
+        s.moves.store(0, Ordering::Relaxed);
+        s.val.store(payload, Ordering::Release);
         Learned::New
     }
 
     /// Live entries at `now` whose key satisfies `pred` (a scan: for metrics, not per packet).
-    pub fn count(&self, now: u16, pred: impl Fn(u64) -> bool) -> usize {
+    pub fn count(&self, now: u32, pred: impl Fn(u64) -> bool) -> usize {
         self.slots
             .iter()
             .filter(|s| {
                 let k = s.key.load(Ordering::Relaxed);
-                k != 0 && pred(k) && self.live(s.val.load(Ordering::Relaxed), now)
+                k != 0 && pred(k) && self.slot_live(s, now)
             })
             .count()
     }
@@ -204,13 +237,35 @@ impl Table {
         for s in self.slots.iter() {
             let k = s.key.load(Ordering::Relaxed);
             let v = s.val.load(Ordering::Relaxed);
-            if k != 0 && v != 0 && pred(k, v >> 16) {
+            if k != 0 && v != 0 && pred(k, v) {
                 let _ = s
                     .val
                     .compare_exchange(v, 0, Ordering::AcqRel, Ordering::Relaxed);
             }
         }
     }
+}
+
+/// Whether a key whose move record is `moves` may move at `now`; records the move (or the
+/// pin it starts). Racing writers may lose a count: the limit is approximate, never unsafe.
+fn allow_move(moves: &AtomicU64, now: u32) -> bool {
+    let m = moves.load(Ordering::Relaxed);
+    let (start, count) = ((m >> 32) as u32, m as u32);
+    let (start, count) = if count > MAX_MOVES {
+        if now.saturating_sub(start) < PIN_SECS {
+            return false;
+        }
+        (now, 0)
+    } else if now.saturating_sub(start) >= MOVE_WINDOW_SECS {
+        (now, 0)
+    } else {
+        (start, count)
+    };
+    let count = count + 1;
+    // The move over the limit starts the pin (at `now`) and is refused.
+    let start = if count > MAX_MOVES { now } else { start };
+    moves.store(u64::from(start) << 32 | u64::from(count), Ordering::Relaxed);
+    count <= MAX_MOVES
 }
 
 /// The network index a MAC or IP key belongs to.
@@ -245,10 +300,58 @@ mod tests {
         assert_eq!(t.lookup(k, 308), Some(11));
         assert_eq!(t.lookup(k, 309), None);
         assert_eq!(t.learn(k, 12, 400), Learned::New);
-        // The timestamp wraps around.
-        assert_eq!(t.learn(k, 13, 65_530), Learned::New);
-        assert_eq!(t.lookup(k, 100), Some(13));
-        assert_eq!(t.lookup(k, 300), None);
+        // The same node again after ageing is new too.
+        assert_eq!(t.learn(k, 12, 800), Learned::New);
+    }
+
+    /// The old 16-bit clock wrapped after 65 536 s (~18 h): an entry last seen at 100 s
+    /// looked fresh again at 65 636 s and frames went to a node the MAC had left long ago.
+    /// With `u32` seconds an aged entry stays aged across that point, and a fresh one lives
+    /// across it.
+    #[test]
+    fn an_aged_entry_stays_aged_past_the_old_16_bit_wrap() {
+        let t = Table::new(64, 300);
+        let k = mac_key(0, A);
+        assert_eq!(t.learn(k, 10, 100), Learned::New);
+        for now in [65_636, 65_700, 65_636 + 300, 131_172] {
+            assert_eq!(t.lookup(k, now), None, "at {now} s");
+        }
+        assert_eq!(t.count(65_636, |_| true), 0);
+        assert_eq!(t.learn(k, 11, 65_530), Learned::New);
+        assert_eq!(t.lookup(k, 65_536 + 100), Some(11));
+        assert_eq!(t.lookup(k, 65_530 + 301), None);
+    }
+
+    #[test]
+    fn a_mac_moving_too_often_is_pinned_then_released() {
+        let t = Table::new(64, 300);
+        let k = mac_key(0, A);
+        assert_eq!(t.learn(k, 1, 0), Learned::New);
+        // MAX_MOVES moves within the window are allowed...
+        for i in 0..MAX_MOVES {
+            let to = 2 + u64::from(i % 2);
+            assert!(matches!(t.learn(k, to, 1), Learned::Moved(_)), "move {i}");
+        }
+        let pinned_to = t.lookup(k, 1).unwrap();
+        // ...the next one pins the MAC where it is.
+        assert_eq!(t.learn(k, 9, 2), Learned::Pinned);
+        assert_eq!(t.learn(k, 9, 2 + PIN_SECS - 1), Learned::Pinned);
+        assert_eq!(t.lookup(k, 2 + PIN_SECS - 1), Some(pinned_to));
+        // Sightings at the pinned node keep it alive meanwhile.
+        assert_eq!(t.learn(k, pinned_to, 3), Learned::Refreshed);
+        // After the pin it may move again.
+        assert_eq!(t.learn(k, 9, 2 + PIN_SECS), Learned::Moved(pinned_to));
+        assert_eq!(t.lookup(k, 2 + PIN_SECS), Some(9));
+        // Moves spread over windows are never pinned.
+        let k2 = mac_key(0, B);
+        t.learn(k2, 1, 100);
+        for i in 0..3 * MAX_MOVES {
+            let now = 100 + (i + 1) * MOVE_WINDOW_SECS;
+            assert!(matches!(
+                t.learn(k2, 1 + u64::from(i % 2 == 0), now),
+                Learned::Moved(_)
+            ));
+        }
     }
 
     #[test]
@@ -295,18 +398,21 @@ mod tests {
     }
 
     proptest! {
-        /// Against a model: with room to spare, every learned key reads back its last value.
+        /// Against a model: with room to spare, every learned key reads back its last value
+        /// (one learning per move window, so no move is refused; nothing ages).
         #[test]
         fn matches_a_map(ops in proptest::collection::vec((0u8..40, 1u64..5), 1..300)) {
-            let t = Table::new(1024, 300);
+            let t = Table::new(1024, u32::MAX);
             let mut m = std::collections::HashMap::new();
+            let mut now = 0;
             for (k, v) in ops {
                 let key = mac_key(0, [2, 0, 0, 0, 0, k]);
-                t.learn(key, v, 1);
+                now += MOVE_WINDOW_SECS;
+                t.learn(key, v, now);
                 m.insert(key, v);
             }
             for (k, v) in m {
-                prop_assert_eq!(t.lookup(k, 1), Some(v));
+                prop_assert_eq!(t.lookup(k, now), Some(v));
             }
         }
     }

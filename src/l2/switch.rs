@@ -19,7 +19,6 @@
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,9 +113,9 @@ impl Shared {
         }
     }
 
-    /// The table clock: seconds since start, wrapping at 16 bits.
-    pub fn now(&self) -> u16 {
-        self.epoch.elapsed().as_secs() as u16
+    /// The table clock: seconds since start (`u32`: wraps after 136 years, not hours).
+    pub fn now(&self) -> u32 {
+        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
     }
 
     fn dropped(&self, r: DropReason, n: u64) {
@@ -234,10 +233,7 @@ impl Switch {
         let pairs = (0..ports.len().max(socks.len()))
             .map(|i| {
                 let tx = ports.get(i).map(|p| SwitchTx {
-                    path: TxPath::new(
-                        Arc::new(AtomicBool::new(cfg.gso)),
-                        cfg.tunnel.as_ref().map(|t| t.for_worker(i)),
-                    ),
+                    path: TxPath::new(cfg.gso, cfg.tunnel.as_ref().map(|t| t.for_worker(i))),
                     cfg: cfg.clone(),
                     port: p.clone(),
                     shared: shared.clone(),
@@ -417,6 +413,7 @@ impl SwitchTx {
             sent.bytes - ENCAP_LEN as u64 * sent.packets,
         );
         bump(&network.stats.tx_tunnel_gso, sent.tunnel_writes);
+        bump(&network.stats.tx_offload_fallbacks, sent.fallbacks);
         if unicast_to.is_some() {
             bump(&network.stats.tx_unicast, frames);
         } else {
@@ -583,7 +580,7 @@ pub fn classify<'a>(
 
 /// Learns from an accepted frame: its source MAC lives behind `sender`; from ARP, the
 /// sender IP has the sender MAC.
-pub fn learn(sh: &Shared, inb: &Inbound<'_>, now: u16) {
+pub fn learn(sh: &Shared, inb: &Inbound<'_>, now: u32) {
     let network = &sh.nets[inb.net as usize];
     let src: [u8; 6] = inb.frame[6..12].try_into().unwrap_or([0; 6]);
     match sh.macs.learn(
@@ -595,6 +592,7 @@ pub fn learn(sh: &Shared, inb: &Inbound<'_>, now: u16) {
         Learned::Moved(_) => bump(&network.stats.moves, 1),
         Learned::Refreshed => {}
         Learned::Full => bump(&network.stats.fdb_full, 1),
+        Learned::Pinned => bump(&network.stats.moves_pinned, 1),
     }
     let et = ether::Frame::new_unchecked(inb.frame).ethertype();
     if network.cfg.arp_suppression && et == ether::ETHERTYPE_ARP {
