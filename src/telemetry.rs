@@ -397,11 +397,7 @@ mod tests {
     use super::*;
     use axum::http::StatusCode;
 
-    const OK: Health = Health {
-        device_ours: true,
-        workers_alive: true,
-        control_alive: true,
-    };
+    const OK: Health = Health::OK;
 
     #[test]
     fn healthz_follows_the_watchdog_verdict() {
