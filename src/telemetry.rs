@@ -9,8 +9,10 @@
 //! The listener must not be a way to starve the daemon: each connection gets
 //! [`HEADER_TIMEOUT`] to send a request head (hyper's timer also runs while a kept-alive
 //! connection waits for its next request, so it is the idle timeout too) and lives at most
-//! [`CONNECTION_LIFETIME`] in all; beyond [`MAX_CONNECTIONS`] open at once a new one is
-//! closed as soon as it is accepted (counted in `overlayd_http_connections_rejected_total`).
+//! [`CONNECTION_LIFETIME`] in all; with [`MAX_CONNECTIONS`] open, a new one makes the
+//! oldest close (so that a probe is still answered while idle connections fill the cap), and
+//! is itself closed at once if no slot frees within [`SLOT_WAIT`]; both are counted in
+//! `overlayd_http_connections_shed_total`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,8 +36,10 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 /// Time a connection past its lifetime gets to finish the response in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-/// Connections served at once; more are closed on accept.
+/// Connections served at once; a new one beyond closes the oldest.
 pub const MAX_CONNECTIONS: usize = 256;
+/// How long a connection over the cap waits for the oldest one to close.
+const SLOT_WAIT: Duration = Duration::from_millis(100);
 
 /// Which offloads the data plane got from the kernel.
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,8 +75,8 @@ pub struct State {
     /// The verdict of the last health check (the one the systemd watchdog acts on); absent
     /// until the first check.
     health: Mutex<Option<Health>>,
-    /// Connections closed on accept because [`MAX_CONNECTIONS`] were open.
-    http_rejected: AtomicU64,
+    /// Connections closed because [`MAX_CONNECTIONS`] were open (the oldest, or the new one).
+    http_shed: AtomicU64,
 }
 
 impl State {
@@ -193,8 +197,8 @@ impl State {
             .absolute(c.reacquisitions.load(Ordering::Relaxed));
         metrics::counter!("overlayd_device_repairs_total")
             .absolute(c.device_repairs.load(Ordering::Relaxed));
-        metrics::counter!("overlayd_http_connections_rejected_total")
-            .absolute(self.http_rejected.load(Ordering::Relaxed));
+        metrics::counter!("overlayd_http_connections_shed_total")
+            .absolute(self.http_shed.load(Ordering::Relaxed));
         metrics::gauge!("overlayd_ready").set(if self.ready.load(Ordering::Relaxed) {
             1.0
         } else {
@@ -280,8 +284,11 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle, state: Arc<State>) {
+    use tokio::sync::oneshot;
     let app = router(handle, state.clone());
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // One sender per open connection, oldest first: sending closes that connection.
+    let mut open: std::collections::VecDeque<oneshot::Sender<()>> = Default::default();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -292,14 +299,28 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, state: Arc<S
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            state.http_rejected.fetch_add(1, Ordering::Relaxed);
-            drop(stream);
-            continue;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                state.http_shed.fetch_add(1, Ordering::Relaxed);
+                open.retain(|c| !c.is_closed());
+                if let Some(oldest) = open.pop_front() {
+                    let _ = oldest.send(());
+                }
+                match tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => continue,
+                }
+            }
         };
+        let (close, closed) = oneshot::channel();
+        open.push_back(close);
         let app = app.clone();
         tokio::spawn(async move {
-            serve_connection(stream, app).await;
+            tokio::select! {
+                _ = serve_connection(stream, app) => {}
+                _ = closed => {}
+            }
             drop(slot);
         });
     }
@@ -382,11 +403,7 @@ mod tests {
     use super::*;
     use axum::http::StatusCode;
 
-    const OK: Health = Health {
-        device_ours: true,
-        workers_alive: true,
-        control_alive: true,
-    };
+    const OK: Health = Health::OK;
 
     #[test]
     fn healthz_follows_the_watchdog_verdict() {

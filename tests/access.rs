@@ -57,6 +57,14 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, S
 }
 
 /// Base flags for overlayd in these tests (no --etcd-endpoints: each test gives its own).
+/// Writes `password` into a file under `dir` for `--etcd-password-file` (the daemon refuses
+/// a password on its command line).
+fn password_file(dir: &Path, password: &str) -> String {
+    let file = dir.join(format!("etcd-password-{password}"));
+    std::fs::write(&file, password).expect("write the etcd password file");
+    file.display().to_string()
+}
+
 fn args(endpoint: &str) -> Vec<String> {
     [
         "--backend",
@@ -200,8 +208,8 @@ fn netns_etcd_username_password() {
     a.extend([
         "--etcd-username".into(),
         "overlayd".into(),
-        "--etcd-password".into(),
-        "s3cret".into(),
+        "--etcd-password-file".into(),
+        password_file(dir.path(), "s3cret"),
     ]);
     let mut good = Overlayd::spawn(topo.host(0), a);
     good.wait_ready(READY);
@@ -210,8 +218,8 @@ fn netns_etcd_username_password() {
     a.extend([
         "--etcd-username".into(),
         "overlayd".into(),
-        "--etcd-password".into(),
-        "wrong".into(),
+        "--etcd-password-file".into(),
+        password_file(dir.path(), "wrong"),
     ]);
     let mut bad = Overlayd::spawn(topo.host(1), a);
     std::thread::sleep(Duration::from_secs(5));

@@ -511,11 +511,17 @@ pub fn security_args(cluster: &EtcdCluster, password: &str) -> Vec<String> {
         }
     }
     if cluster.security.root_password.is_some() {
+        // The daemon refuses a password on its command line: hand it over in a file.
+        let file = cluster
+            ._dir
+            .path()
+            .join(format!("etcd-password-{password}"));
+        fs::write(&file, password).expect("write the etcd password file");
         a.extend([
             "--etcd-username".to_string(),
             "overlayd".to_string(),
-            "--etcd-password".to_string(),
-            password.to_string(),
+            "--etcd-password-file".to_string(),
+            file.display().to_string(),
         ]);
     }
     a
