@@ -224,6 +224,13 @@ pub enum ConfigError {
         min_prefix: u8,
         example: &'static str,
     },
+    /// The overlay network overlaps an address or subnet of the host's underlay.
+    #[error("{field} {network} overlaps the host's underlay {underlay}: choose an overlay network that is disjoint from the hosts' own addresses and routes")]
+    OverlapsUnderlay {
+        field: &'static str,
+        network: IpNet,
+        underlay: IpNet,
+    },
     /// The network has too few addresses to split.
     #[error("{field} {network} is too small: its prefix must be /{max_prefix} or shorter")]
     NetworkTooSmall {
@@ -522,6 +529,30 @@ impl NetworkConfig {
             max: self.subnet_max,
         })
     }
+}
+
+/// Refuse a config whose enabled networks overlap any of `underlay`: the host's own
+/// addresses (as /32 or /128) and the subnets of its interfaces and routes, default routes
+/// left out (every network lies inside 0.0.0.0/0). Routing the
+/// overlay there would take the host's own traffic into the tunnel.
+pub fn overlaps_underlay(cfg: &NetworkConfig, underlay: &[IpNet]) -> Result<(), ConfigError> {
+    let v4 = cfg
+        .range4()
+        .map(|r| (V4::FIELDS.network, IpNet::from(r.network)));
+    let v6 = (cfg.ipv6.as_ref()).map(|c| (V6::FIELDS.network, IpNet::from(c.network)));
+    for (field, network) in v4.into_iter().chain(v6) {
+        let hit = underlay
+            .iter()
+            .find(|u| u.contains(&network) || network.contains(*u));
+        if let Some(&underlay) = hit {
+            return Err(ConfigError::OverlapsUnderlay {
+                field,
+                network,
+                underlay,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `"Network":…,"SubnetLen":…` (or the IPv6 names), then `SubnetMin`/`SubnetMax` when they
@@ -1264,6 +1295,49 @@ mod tests {
             .to_json()
             .ends_with(r#""Backend":{"Type":"udp","Port":7890}}"#));
         assert_eq!(NetworkConfig::parse(c.to_json().as_bytes()).unwrap(), c);
+    }
+
+    #[test]
+    fn underlay_overlap_is_refused() {
+        let dual =
+            parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/56"}"#);
+        let u = |s: &[&str]| s.iter().map(|n| n.parse().unwrap()).collect::<Vec<IpNet>>();
+        let ok = u(&[
+            "192.168.1.0/24",
+            "10.245.0.1/32",
+            "10.0.0.0/16",
+            "fd00:11::/64",
+        ]);
+        assert!(overlaps_underlay(&dual, &ok).is_ok());
+        assert!(overlaps_underlay(&dual, &[]).is_ok());
+        let cases = [
+            // An address inside the overlay, a wider route around it, one inside it.
+            (
+                "10.244.3.7/32",
+                "Network 10.244.0.0/16 overlaps the host's underlay 10.244.3.7/32",
+            ),
+            (
+                "10.0.0.0/8",
+                "Network 10.244.0.0/16 overlaps the host's underlay 10.0.0.0/8",
+            ),
+            ("10.244.128.0/17", "underlay 10.244.128.0/17"),
+            (
+                "fd00:10:0:5::1/128",
+                "IPv6Network fd00:10::/56 overlaps the host's underlay fd00:10:0:5::1/128",
+            ),
+            ("fd00::/16", "IPv6Network fd00:10::/56 overlaps"),
+        ];
+        for (under, want) in cases {
+            let e = overlaps_underlay(&dual, &u(&["192.168.1.0/24", under])).unwrap_err();
+            assert!(e.to_string().contains(want), "{under}: {e}");
+        }
+        // A disabled family is not checked.
+        let v6_only =
+            parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/56"}"#);
+        assert!(overlaps_underlay(&v6_only, &u(&["0.0.0.0/0"])).is_ok());
+        let v4_only = parse(r#"{"Network":"10.244.0.0/16"}"#);
+        assert!(overlaps_underlay(&v4_only, &u(&["fd00:10::1/128"])).is_ok());
+        assert!(overlaps_underlay(&v4_only, &u(&["0.0.0.0/0"])).is_err());
     }
 
     #[test]
