@@ -130,8 +130,16 @@ impl SubnetEnv {
         tmp_name.push(name);
         tmp_name.push(format!(".{}.tmp", std::process::id()));
         let tmp = dir.join(tmp_name);
+        // Never through a link planted at the temporary name: unlink whatever is there
+        // (the link, not its target), then create anew, refusing any link (O_EXCL, O_NOFOLLOW).
+        let _ = fs::remove_file(&tmp);
         let result = (|| {
-            let mut f = fs::File::create(&tmp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
             f.write_all(self.render().as_bytes())?;
             f.sync_all()?;
             drop(f);
@@ -327,6 +335,22 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("subnet.env")]);
+    }
+
+    #[test]
+    fn write_never_follows_a_planted_link() {
+        let s = Scratch::new("link");
+        fs::create_dir_all(&s.0).unwrap();
+        let path = s.0.join("subnet.env");
+        let victim = s.0.join("victim");
+        fs::write(&victim, "keep").unwrap();
+        let tmp = s.0.join(format!(".subnet.env.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        env().write_atomic(&path).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        assert!(!fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert_eq!(fs::read_to_string(&path).unwrap(), env().render());
     }
 
     #[test]
