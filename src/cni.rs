@@ -12,6 +12,7 @@
 //! tested below; [`run`] is the I/O around them (files, the delegate process). Every failure
 //! becomes a [`CniError`] printed in the CNI spec's error shape.
 
+use crate::control::subnet_env;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{json, Map, Value};
 use std::fmt;
@@ -379,18 +380,15 @@ pub struct FlannelEnv {
     pub ipmasq: bool,
 }
 
-/// Parses subnet.env as flannel's plugin does: `KEY=value` lines, unknown keys ignored,
-/// `FLANNEL_IPMASQ` true only for `true`. A bad value or a missing key (a network and a subnet
+/// Parses subnet.env in the grammar overlayd reads it with ([`subnet_env::vars`]: `KEY=value`
+/// lines, `export` and quotes tolerated), unknown keys ignored, `FLANNEL_IPMASQ` true only for
+/// `true`. A bad value or a missing key (a network and a subnet
 /// of either family, `FLANNEL_MTU`, `FLANNEL_IPMASQ`) is [`ERR_BAD_SUBNET_ENV`].
 pub fn parse_subnet_env(text: &str) -> Result<FlannelEnv, CniError> {
     let bad = |msg: String| CniError::new(ERR_BAD_SUBNET_ENV, "invalid subnet.env", msg);
     let (mut network, mut subnet, mut network6, mut subnet6) = (None, None, None, None);
     let (mut mtu, mut ipmasq) = (None, None);
-    for line in text.lines() {
-        let Some((key, value)) = line.trim().split_once('=') else {
-            continue;
-        };
-        let (key, value) = (key.trim(), value.trim());
+    for (key, value) in subnet_env::vars(text) {
         let cidr = |v: &str| -> Result<IpNet, CniError> {
             v.parse::<IpNet>()
                 .map(|n| n.trunc())
@@ -905,6 +903,13 @@ mod tests {
             !parse_subnet_env(&ENV.replace("IPMASQ=false", "IPMASQ=yes"))
                 .unwrap()
                 .ipmasq
+        );
+        // The same grammar as overlayd's own reader: `export` and quotes are tolerated.
+        let shell = "export FLANNEL_NETWORK=\"10.244.0.0/16\"\n  FLANNEL_SUBNET = '10.244.7.1/24'\nexport FLANNEL_MTU=1450\nFLANNEL_IPMASQ=\"false\"\n";
+        assert_eq!(parse_subnet_env(shell).unwrap(), e);
+        assert_eq!(
+            crate::control::subnet_env::parse_previous(shell).ipv4,
+            e.subnet
         );
         // IPv6 only is enough.
         let v6 = parse_subnet_env(

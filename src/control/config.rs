@@ -6,6 +6,8 @@
 //! config a flannel v0.28 node accepts is read the same way here (see the notes on
 //! [`NetworkConfig::parse`] for the few places overlayd is deliberately stricter or looser).
 
+use super::family::{span, Family, Range};
+use crate::fib::{V4, V6};
 use crate::go::json::{self as gojson, Member, Members};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::Value;
@@ -131,17 +133,33 @@ impl Ipv6Config {
     /// Whether `sn` is an IPv6 subnet this config hands out: a network address inside
     /// `IPv6Network`, `IPv6SubnetLen` long, between `IPv6SubnetMin` and `IPv6SubnetMax`.
     pub fn contains(&self, sn: Ipv6Net) -> bool {
-        sn.prefix_len() == self.subnet_len
-            && sn.addr() == sn.network()
-            && self.network.contains(&sn)
-            && sn.addr() >= self.subnet_min
-            && sn.addr() <= self.subnet_max
+        self.range().contains(sn)
     }
 
     /// Number of IPv6 subnets between `IPv6SubnetMin` and `IPv6SubnetMax`.
     pub fn subnet_count(&self) -> u128 {
-        // min <= max (checked when parsing) and subnet_len >= 3, so the count is at most 2^126.
-        ((u128::from(self.subnet_max) - u128::from(self.subnet_min)) >> (128 - self.subnet_len)) + 1
+        self.range().count()
+    }
+
+    /// The subnets handed out, as the family-generic checks and choice see them.
+    pub fn range(&self) -> Range<V6> {
+        Range {
+            network: self.network,
+            subnet_len: self.subnet_len,
+            min: self.subnet_min,
+            max: self.subnet_max,
+        }
+    }
+}
+
+impl From<Range<V6>> for Ipv6Config {
+    fn from(r: Range<V6>) -> Self {
+        Ipv6Config {
+            network: r.network,
+            subnet_len: r.subnet_len,
+            subnet_min: r.min,
+            subnet_max: r.max,
+        }
     }
 }
 
@@ -198,6 +216,21 @@ pub enum ConfigError {
     /// `EnableIPv4` and `EnableIPv6` both false: no network at all.
     #[error("EnableIPv4 and EnableIPv6 are both false: enable at least one (EnableIPv4 defaults to true)")]
     NoFamily,
+    /// The network is wider than overlayd accepts (see [`Family::MIN_PREFIX`]).
+    #[error("{field} {network} is too wide: an overlay network must be /{min_prefix} or narrower, such as {example:?}, so that it cannot cover the hosts' own networks")]
+    NetworkTooWide {
+        field: &'static str,
+        network: IpNet,
+        min_prefix: u8,
+        example: &'static str,
+    },
+    /// The overlay network overlaps an address or subnet of the host's underlay.
+    #[error("{field} {network} overlaps the host's underlay {underlay}: choose an overlay network that is disjoint from the hosts' own addresses and routes")]
+    OverlapsUnderlay {
+        field: &'static str,
+        network: IpNet,
+        underlay: IpNet,
+    },
     /// The network has too few addresses to split.
     #[error("{field} {network} is too small: its prefix must be /{max_prefix} or shorter")]
     NetworkTooSmall {
@@ -322,10 +355,8 @@ fn prefix_len(field: &'static str, v: Option<&Member>) -> Result<u64, ConfigErro
     }
 }
 
-const V4_EXAMPLE: &str = "10.244.0.0/16";
 /// flannel's zero `IP4Net`, what the IPv4 network reads as when `EnableIPv4` is false.
 const V4_UNSET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0);
-const V6_EXAMPLE: &str = "fd00:10:244::/56";
 
 impl NetworkConfig {
     /// Parse and validate the JSON stored at `<prefix>/config`.
@@ -335,9 +366,10 @@ impl NetworkConfig {
     /// `"Backend":null`) means udp where flannel fails on the empty type; `SubnetMin >
     /// SubnetMax` (and the IPv6 pair), out-of-range ports, VNIs and MTUs are refused up front;
     /// `null` for an address field counts as absent; `EnableIPv4` and `EnableIPv6` both false
-    /// is refused here (flannel refuses it at startup: "none defined stack"). As in Go, a field
-    /// of the family that is not enabled must still have the right type and form (flannel's
-    /// decoder fails on it), but is otherwise ignored.
+    /// is refused here (flannel refuses it at startup: "none defined stack"); a `Network`
+    /// wider than /8 or an `IPv6Network` wider than /16 is refused (flannel only refuses /0).
+    /// As in Go, a field of the family that is not enabled must still have the right type and
+    /// form (flannel's decoder fails on it), but is otherwise ignored.
     pub fn parse(json: &[u8]) -> Result<NetworkConfig, ConfigError> {
         let top: Members = serde_json::from_slice(json)?;
 
@@ -353,52 +385,20 @@ impl NetworkConfig {
             return Err(ConfigError::NoFamily);
         }
 
-        let network = match top.last_non_null("Network") {
-            None => None,
-            Some(v) => {
-                let s = string("Network", v)?;
-                let net = Ipv4Net::from_str(s).map_err(|_| ConfigError::BadValue {
-                    field: "Network",
-                    value: s.to_owned(),
-                    expected: "an IPv4 CIDR such as \"10.244.0.0/16\"",
-                })?;
-                // Go's ParseCIDR clears host bits.
-                Some(net.trunc())
-            }
+        let v4_fields = FamilyFields::<V4>::decode(&top)?;
+        let v6_fields = FamilyFields::<V6>::decode(&top)?;
+        let v4 = match enable_v4 {
+            true => v4_fields.check()?,
+            false => Range {
+                network: V4_UNSET,
+                subnet_len: 0,
+                min: Ipv4Addr::UNSPECIFIED,
+                max: Ipv4Addr::UNSPECIFIED,
+            },
         };
-        let subnet_len = prefix_len("SubnetLen", top.last_non_null("SubnetLen"))?;
-        let subnet_min = v4_addr("SubnetMin", top.last_non_null("SubnetMin"))?;
-        let subnet_max = v4_addr("SubnetMax", top.last_non_null("SubnetMax"))?;
-        let v6_fields = V6Fields::decode(&top)?;
-
-        let (network, subnet_len, subnet_min, subnet_max) = if enable_v4 {
-            let network = match network {
-                // flannel treats 0.0.0.0/0 as "no network" (IP4Net.Empty).
-                None => {
-                    return Err(ConfigError::MissingNetwork {
-                        field: "Network",
-                        example: V4_EXAMPLE,
-                    })
-                }
-                Some(n) if n.prefix_len() == 0 => {
-                    return Err(ConfigError::BadValue {
-                        field: "Network",
-                        value: n.to_string(),
-                        expected: "a CIDR narrower than /0, such as \"10.244.0.0/16\"",
-                    })
-                }
-                Some(n) => n,
-            };
-            let (len, min, max) = check_v4(network, subnet_len, subnet_min, subnet_max)?;
-            (network, len, min, max)
-        } else {
-            (V4_UNSET, 0, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED)
-        };
-
-        let ipv6 = if enable_v6 {
-            Some(v6_fields.check()?)
-        } else {
-            None
+        let ipv6 = match enable_v6 {
+            true => Some(v6_fields.check()?.into()),
+            false => None,
         };
 
         let backend = match top.last_non_null("Backend") {
@@ -415,10 +415,10 @@ impl NetworkConfig {
 
         Ok(NetworkConfig {
             enable_ipv4: enable_v4,
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
+            network: v4.network,
+            subnet_len: v4.subnet_len,
+            subnet_min: v4.min,
+            subnet_max: v4.max,
             ipv6,
             backend,
         })
@@ -438,25 +438,13 @@ impl NetworkConfig {
                 network: network.trunc().into(),
             });
         }
-        if network.prefix_len() == 0 {
-            return Err(ConfigError::BadValue {
-                field: "Network",
-                value: network.to_string(),
-                expected: "a CIDR narrower than /0, such as \"10.244.0.0/16\"",
-            });
-        }
-        let (subnet_len, subnet_min, subnet_max) = check_v4(
-            network,
-            u64::from(subnet_len.unwrap_or(0)),
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-        )?;
+        let r = check::<V4>(network, u64::from(subnet_len.unwrap_or(0)), None, None)?;
         Ok(NetworkConfig {
             enable_ipv4: true,
             network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
+            subnet_len: r.subnet_len,
+            subnet_min: r.min,
+            subnet_max: r.max,
             ipv6: None,
             backend: BackendConfig::new(backend),
         })
@@ -469,32 +457,13 @@ impl NetworkConfig {
     /// result gives back an equal config.
     pub fn to_json(&self) -> String {
         let mut o = String::from("{");
-        if self.enable_ipv4 {
-            o.push_str("\"Network\":");
-            gojson::write_str(&mut o, &self.network.to_string());
-            o.push_str(&format!(",\"SubnetLen\":{}", self.subnet_len));
-            let (dmin, dmax) = default_min_max(self.network, self.subnet_len);
-            if self.subnet_min != dmin {
-                o.push_str(&format!(",\"SubnetMin\":\"{}\"", self.subnet_min));
-            }
-            if self.subnet_max != dmax {
-                o.push_str(&format!(",\"SubnetMax\":\"{}\"", self.subnet_max));
-            }
-        } else {
-            o.push_str("\"EnableIPv4\":false");
+        match self.range4() {
+            Some(r) => write_range(&mut o, &r),
+            None => o.push_str("\"EnableIPv4\":false"),
         }
         if let Some(v6) = &self.ipv6 {
-            o.push_str(&format!(
-                ",\"EnableIPv6\":true,\"IPv6Network\":\"{}\",\"IPv6SubnetLen\":{}",
-                v6.network, v6.subnet_len
-            ));
-            let (dmin, dmax) = default_min_max_v6(v6.network, v6.subnet_len);
-            if v6.subnet_min != dmin {
-                o.push_str(&format!(",\"IPv6SubnetMin\":\"{}\"", v6.subnet_min));
-            }
-            if v6.subnet_max != dmax {
-                o.push_str(&format!(",\"IPv6SubnetMax\":\"{}\"", v6.subnet_max));
-            }
+            o.push_str(",\"EnableIPv6\":true,");
+            write_range(&mut o, &v6.range());
         }
         let b = &self.backend;
         o.push_str(&format!(",\"Backend\":{{\"Type\":\"{}\"", b.kind));
@@ -540,282 +509,226 @@ impl NetworkConfig {
 
     /// Number of IPv4 subnets between SubnetMin and SubnetMax (0 when IPv4 is disabled).
     pub fn subnet_count(&self) -> u64 {
-        if !self.enable_ipv4 {
-            return 0;
-        }
-        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min)))
-            / (1u64 << (32 - self.subnet_len))
-            + 1
+        // At most 2^30 IPv4 subnets.
+        self.range4().map_or(0, |r| r.count() as u64)
     }
 
     /// Whether `sn` is an IPv4 subnet this config hands out: IPv4 enabled, a network address
     /// inside `Network`, `SubnetLen` long, between `SubnetMin` and `SubnetMax`.
     pub fn contains(&self, sn: Ipv4Net) -> bool {
-        self.enable_ipv4
-            && sn.prefix_len() == self.subnet_len
-            && sn.addr() == sn.network()
-            && self.network.contains(&sn)
-            && sn.addr() >= self.subnet_min
-            && sn.addr() <= self.subnet_max
+        self.range4().is_some_and(|r| r.contains(sn))
+    }
+
+    /// The IPv4 subnets handed out, as the family-generic checks and choice see them
+    /// (`None` when IPv4 is disabled).
+    pub fn range4(&self) -> Option<Range<V4>> {
+        self.enable_ipv4.then_some(Range {
+            network: self.network,
+            subnet_len: self.subnet_len,
+            min: self.subnet_min,
+            max: self.subnet_max,
+        })
     }
 }
 
-/// An optional IPv4 address field; absent or 0.0.0.0 means "use the default" (as flannel).
-fn v4_addr(field: &'static str, v: Option<&Member>) -> Result<Ipv4Addr, ConfigError> {
-    let Some(v) = v else {
-        return Ok(Ipv4Addr::UNSPECIFIED);
-    };
-    let s = string(field, v)?;
-    gojson::parse_ipv4(s).ok_or_else(|| ConfigError::BadValue {
-        field,
-        value: s.to_owned(),
-        expected: "an IPv4 address such as \"10.244.1.0\"",
-    })
-}
-
-fn default_min_max(network: Ipv4Net, subnet_len: u8) -> (Ipv4Addr, Ipv4Addr) {
-    let size = 1u64 << (32 - subnet_len);
-    let base = u64::from(u32::from(network.network()));
-    let end = base + (1u64 << (32 - network.prefix_len()));
-    // Both lie inside the network (subnet_len >= prefix + 2), so they fit in u32.
-    (
-        Ipv4Addr::from((base + size) as u32),
-        Ipv4Addr::from((end - size) as u32),
-    )
-}
-
-/// flannel's `CheckNetworkConfig` for IPv4, plus min <= max.
-fn check_v4(
-    network: Ipv4Net,
-    subnet_len: u64,
-    min: Ipv4Addr,
-    max: Ipv4Addr,
-) -> Result<(u8, Ipv4Addr, Ipv4Addr), ConfigError> {
-    let prefix = network.prefix_len();
-    let subnet_len: u8 = if subnet_len > 0 {
-        if subnet_len > 30 {
-            return Err(ConfigError::SubnetLenTooLong {
-                field: "SubnetLen",
-                value: subnet_len,
-                max: 30,
-            });
-        }
-        if subnet_len < u64::from(prefix) + 2 {
-            return Err(ConfigError::SubnetLenTooShort {
-                field: "SubnetLen",
-                value: subnet_len,
-                network: network.into(),
-                min: prefix + 2,
-            });
-        }
-        subnet_len as u8 // <= 30
-    } else if prefix > 28 {
-        return Err(ConfigError::NetworkTooSmall {
-            field: "Network",
-            network: network.into(),
-            max_prefix: 28,
-        });
-    } else if prefix <= 22 {
-        24
-    } else {
-        prefix + 2
-    };
-
-    let (dmin, dmax) = default_min_max(network, subnet_len);
-    let check = |field: &'static str, v: Ipv4Addr, default: Ipv4Addr| {
-        if v.is_unspecified() {
-            return Ok(default);
-        }
-        if !network.contains(&v) {
-            return Err(ConfigError::OutsideNetwork {
+/// Refuse a config whose enabled networks overlap any of `underlay`: the host's own
+/// addresses (as /32 or /128) and the subnets of its interfaces and routes, default routes
+/// left out (every network lies inside 0.0.0.0/0). Routing the
+/// overlay there would take the host's own traffic into the tunnel.
+pub fn overlaps_underlay(cfg: &NetworkConfig, underlay: &[IpNet]) -> Result<(), ConfigError> {
+    let v4 = cfg
+        .range4()
+        .map(|r| (V4::FIELDS.network, IpNet::from(r.network)));
+    let v6 = (cfg.ipv6.as_ref()).map(|c| (V6::FIELDS.network, IpNet::from(c.network)));
+    for (field, network) in v4.into_iter().chain(v6) {
+        let hit = underlay
+            .iter()
+            .find(|u| u.contains(&network) || network.contains(*u));
+        if let Some(&underlay) = hit {
+            return Err(ConfigError::OverlapsUnderlay {
                 field,
-                value: v.into(),
-                network: network.into(),
+                network,
+                underlay,
             });
         }
-        let mask = u32::MAX << (32 - subnet_len);
-        if u32::from(v) & mask != u32::from(v) {
-            return Err(ConfigError::NotOnBoundary {
-                field,
-                value: v.into(),
-                subnet_len,
-                nearest: Ipv4Addr::from(u32::from(v) & mask).into(),
-            });
-        }
-        Ok(v)
-    };
-    let min = check("SubnetMin", min, dmin)?;
-    let max = check("SubnetMax", max, dmax)?;
-    if min > max {
-        return Err(ConfigError::MinAboveMax {
-            min_field: "SubnetMin",
-            min: min.into(),
-            max_field: "SubnetMax",
-            max: max.into(),
-        });
     }
-    Ok((subnet_len, min, max))
+    Ok(())
 }
 
-/// The IPv6 fields as decoded (type and form checked, as Go's decoder does), before
+/// `"Network":…,"SubnetLen":…` (or the IPv6 names), then `SubnetMin`/`SubnetMax` when they
+/// are not the defaults.
+fn write_range<F: Family>(o: &mut String, r: &Range<F>)
+where
+    F::Net: fmt::Display,
+    F::Addr: fmt::Display,
+{
+    let f = F::FIELDS;
+    o.push_str(&format!("\"{}\":", f.network));
+    gojson::write_str(o, &r.network.to_string());
+    o.push_str(&format!(",\"{}\":{}", f.subnet_len, r.subnet_len));
+    let (dmin, dmax) = Range::<F>::default_min_max(r.network, r.subnet_len);
+    for (field, v, default) in [(f.subnet_min, r.min, dmin), (f.subnet_max, r.max, dmax)] {
+        if F::to_u128(v) != F::to_u128(default) {
+            o.push_str(&format!(",\"{field}\":\"{v}\""));
+        }
+    }
+}
+
+/// One family's fields as decoded (type and form checked, as Go's decoder does), before
 /// flannel's `CheckNetworkConfig` applies defaults and range checks.
-struct V6Fields {
-    network: Option<Ipv6Net>,
+struct FamilyFields<F: Family> {
+    network: Option<F::Net>,
     subnet_len: u64,
-    subnet_min: Option<Ipv6Addr>,
-    subnet_max: Option<Ipv6Addr>,
+    subnet_min: Option<F::Addr>,
+    subnet_max: Option<F::Addr>,
 }
 
-/// An optional IPv6 address field (`IPv6SubnetMin`/`Max`); absent or `::` means "default".
-fn v6_addr(field: &'static str, v: Option<&Member>) -> Result<Option<Ipv6Addr>, ConfigError> {
+/// An optional address field (`SubnetMin`, `IPv6SubnetMax`...); absent or unspecified
+/// (0.0.0.0, `::`) means "use the default", as flannel's `ip.IsEmpty`.
+fn addr_field<F: Family>(
+    field: &'static str,
+    v: Option<&Member>,
+) -> Result<Option<F::Addr>, ConfigError> {
     let Some(v) = v else { return Ok(None) };
     let s = string(field, v)?;
-    let a = Ipv6Addr::from_str(s).map_err(|_| ConfigError::BadValue {
+    let a = F::parse_addr(s).ok_or_else(|| ConfigError::BadValue {
         field,
         value: s.to_owned(),
-        expected: "an IPv6 address such as \"fd00:10:244:1::\"",
+        expected: F::ADDR_EXPECTED,
     })?;
-    // flannel's ip.IsEmpty: nil or zero means unset.
-    Ok(Some(a).filter(|a| !a.is_unspecified()))
+    Ok(Some(a).filter(|a| F::to_u128(*a) != 0))
 }
 
-impl V6Fields {
-    fn decode(top: &Members) -> Result<V6Fields, ConfigError> {
-        let network = match top.last_non_null("IPv6Network") {
+impl<F: Family> FamilyFields<F> {
+    fn decode(top: &Members) -> Result<Self, ConfigError> {
+        let f = F::FIELDS;
+        let network = match top.last_non_null(f.network) {
             None => None,
             Some(v) => {
-                let s = string("IPv6Network", v)?;
-                Some(
-                    Ipv6Net::from_str(s)
-                        .map_err(|_| ConfigError::BadValue {
-                            field: "IPv6Network",
-                            value: s.to_owned(),
-                            expected: "an IPv6 CIDR such as \"fd00:10:244::/56\"",
-                        })?
-                        .trunc(),
-                )
+                let s = string(f.network, v)?;
+                let net = F::parse_net(s).ok_or_else(|| ConfigError::BadValue {
+                    field: f.network,
+                    value: s.to_owned(),
+                    expected: F::NET_EXPECTED,
+                })?;
+                // Go's ParseCIDR clears host bits.
+                Some(F::net(F::network(&net), F::prefix_len(&net)))
             }
         };
-        Ok(V6Fields {
+        Ok(FamilyFields {
             network,
-            subnet_len: prefix_len("IPv6SubnetLen", top.last_non_null("IPv6SubnetLen"))?,
-            subnet_min: v6_addr("IPv6SubnetMin", top.last_non_null("IPv6SubnetMin"))?,
-            subnet_max: v6_addr("IPv6SubnetMax", top.last_non_null("IPv6SubnetMax"))?,
+            subnet_len: prefix_len(f.subnet_len, top.last_non_null(f.subnet_len))?,
+            subnet_min: addr_field::<F>(f.subnet_min, top.last_non_null(f.subnet_min))?,
+            subnet_max: addr_field::<F>(f.subnet_max, top.last_non_null(f.subnet_max))?,
         })
     }
 
-    /// flannel's `CheckNetworkConfig` for IPv6 (pkg/subnet/config.go), plus min <= max.
-    fn check(self) -> Result<Ipv6Config, ConfigError> {
-        let network = match self.network {
-            // flannel: IP6Net.Empty() is "::/0", refused as "no IPv6Network".
-            None => {
-                return Err(ConfigError::MissingNetwork {
-                    field: "IPv6Network",
-                    example: V6_EXAMPLE,
-                })
-            }
-            Some(n) if n.prefix_len() == 0 => {
-                return Err(ConfigError::BadValue {
-                    field: "IPv6Network",
-                    value: n.to_string(),
-                    expected: "a CIDR narrower than /0, such as \"fd00:10:244::/56\"",
-                })
-            }
-            Some(n) => n,
-        };
-        let (subnet_len, subnet_min, subnet_max) =
-            check_v6(network, self.subnet_len, self.subnet_min, self.subnet_max)?;
-        Ok(Ipv6Config {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
-        })
+    /// flannel's `CheckNetworkConfig` for this family (pkg/subnet/config.go), plus min <= max.
+    fn check(self) -> Result<Range<F>, ConfigError> {
+        // flannel: an absent network reads as the empty one, refused as "no network".
+        let network = self.network.ok_or(ConfigError::MissingNetwork {
+            field: F::FIELDS.network,
+            example: F::EXAMPLE,
+        })?;
+        check(network, self.subnet_len, self.subnet_min, self.subnet_max)
     }
 }
 
-/// The default `IPv6SubnetMin`/`IPv6SubnetMax`: the second subnet and the last one.
-fn default_min_max_v6(network: Ipv6Net, subnet_len: u8) -> (Ipv6Addr, Ipv6Addr) {
-    let size = 1u128 << (128 - subnet_len);
-    let base = u128::from(network.network());
-    // prefix >= 1, so the span fits in u128.
-    let span = 1u128 << (128 - network.prefix_len());
-    (
-        Ipv6Addr::from(base + size),
-        Ipv6Addr::from(base + (span - size)),
-    )
-}
-
-/// flannel's `CheckNetworkConfig` for IPv6: `IPv6SubnetLen` 64 by default (prefix+2 for
-/// networks narrower than /62), at most 126, at least prefix+2; networks narrower than /124
-/// refused; min/max inside the network and on a subnet boundary; plus min <= max.
-fn check_v6(
-    network: Ipv6Net,
+/// flannel's `CheckNetworkConfig` for one family: `SubnetLen` 24 / 64 by default (prefix+2
+/// for narrower networks), at most 30 / 126, at least prefix+2; without one, networks
+/// narrower than /28 / /124 refused; min/max (`None`: the defaults) inside the network and
+/// on a subnet boundary. Plus overlayd's own: min <= max, and the network /8 / /16 or
+/// narrower ([`Family::MIN_PREFIX`]).
+fn check<F: Family>(
+    network: F::Net,
     req: u64,
-    min: Option<Ipv6Addr>,
-    max: Option<Ipv6Addr>,
-) -> Result<(u8, Ipv6Addr, Ipv6Addr), ConfigError> {
-    let prefix = network.prefix_len();
-    let subnet_len: u8 = if req > 0 {
-        if req > 126 {
-            return Err(ConfigError::SubnetLenTooLong {
-                field: "IPv6SubnetLen",
-                value: req,
-                max: 126,
-            });
-        }
-        if req < u64::from(prefix) + 2 {
-            return Err(ConfigError::SubnetLenTooShort {
-                field: "IPv6SubnetLen",
-                value: req,
-                network: network.into(),
-                min: prefix + 2,
-            });
-        }
-        req as u8 // <= 126
-    } else if prefix > 124 {
-        return Err(ConfigError::NetworkTooSmall {
-            field: "IPv6Network",
-            network: network.into(),
-            max_prefix: 124,
-        });
-    } else if prefix <= 62 {
-        64
-    } else {
-        prefix + 2
-    };
-    let (dmin, dmax) = default_min_max_v6(network, subnet_len);
-    let mask = u128::MAX << (128 - subnet_len);
-    let check = |field: &'static str, v: Option<Ipv6Addr>, default: Ipv6Addr| {
+    min: Option<F::Addr>,
+    max: Option<F::Addr>,
+) -> Result<Range<F>, ConfigError> {
+    let f = F::FIELDS;
+    let subnet_len = subnet_len::<F>(network, req)?;
+    let (dmin, dmax) = Range::<F>::default_min_max(network, subnet_len);
+    let (first, last) = span::<F>(network);
+    let host_mask = (1u128 << (F::BITS - subnet_len)) - 1;
+    let bound = |field: &'static str, v: Option<F::Addr>, default: F::Addr| {
         let Some(a) = v else { return Ok(default) };
-        if !network.contains(&a) {
+        let n = F::to_u128(a);
+        if !(first..=last).contains(&n) {
             return Err(ConfigError::OutsideNetwork {
                 field,
-                value: a.into(),
-                network: network.into(),
+                value: F::ip(a),
+                network: F::ip_net(network),
             });
         }
-        if u128::from(a) & mask != u128::from(a) {
+        if n & host_mask != 0 {
             return Err(ConfigError::NotOnBoundary {
                 field,
-                value: a.into(),
+                value: F::ip(a),
                 subnet_len,
-                nearest: Ipv6Addr::from(u128::from(a) & mask).into(),
+                nearest: F::ip(F::from_u128(n & !host_mask)),
             });
         }
         Ok(a)
     };
-    let subnet_min = check("IPv6SubnetMin", min, dmin)?;
-    let subnet_max = check("IPv6SubnetMax", max, dmax)?;
-    if subnet_min > subnet_max {
+    let min = bound(f.subnet_min, min, dmin)?;
+    let max = bound(f.subnet_max, max, dmax)?;
+    if F::to_u128(min) > F::to_u128(max) {
         return Err(ConfigError::MinAboveMax {
-            min_field: "IPv6SubnetMin",
-            min: subnet_min.into(),
-            max_field: "IPv6SubnetMax",
-            max: subnet_max.into(),
+            min_field: f.subnet_min,
+            min: F::ip(min),
+            max_field: f.subnet_max,
+            max: F::ip(max),
         });
     }
-    Ok((subnet_len, subnet_min, subnet_max))
+    Ok(Range {
+        network,
+        subnet_len,
+        min,
+        max,
+    })
+}
+
+/// The network's size checked, and its subnets' length: `req`, or the default when 0.
+fn subnet_len<F: Family>(network: F::Net, req: u64) -> Result<u8, ConfigError> {
+    let f = F::FIELDS;
+    let prefix = F::prefix_len(&network);
+    if prefix < F::MIN_PREFIX {
+        return Err(ConfigError::NetworkTooWide {
+            field: f.network,
+            network: F::ip_net(network),
+            min_prefix: F::MIN_PREFIX,
+            example: F::EXAMPLE,
+        });
+    }
+    let max_prefix = F::MAX_SUBNET_LEN - 2;
+    Ok(if req > 0 {
+        if req > u64::from(F::MAX_SUBNET_LEN) {
+            return Err(ConfigError::SubnetLenTooLong {
+                field: f.subnet_len,
+                value: req,
+                max: F::MAX_SUBNET_LEN,
+            });
+        }
+        if req < u64::from(prefix) + 2 {
+            return Err(ConfigError::SubnetLenTooShort {
+                field: f.subnet_len,
+                value: req,
+                network: F::ip_net(network),
+                min: prefix + 2,
+            });
+        }
+        req as u8 // <= MAX_SUBNET_LEN
+    } else if prefix > max_prefix {
+        return Err(ConfigError::NetworkTooSmall {
+            field: f.network,
+            network: F::ip_net(network),
+            max_prefix,
+        });
+    } else if prefix <= F::DEFAULT_SUBNET_LEN - 2 {
+        F::DEFAULT_SUBNET_LEN
+    } else {
+        prefix + 2
+    })
 }
 
 fn parse_backend(m: &Members) -> Result<BackendConfig, ConfigError> {
@@ -1092,13 +1005,13 @@ mod tests {
         assert!(c.backend.checksum && c.backend.sequence);
         assert_eq!(c.backend.mtu, Some(9000));
         // The whole network range when min/max are the default.
-        let c = parse(r#"{"Network":"0.0.0.0/1"}"#);
-        assert_eq!(c.subnet_max, ip("127.255.255.0"));
-        let c = parse(r#"{"Network":"128.0.0.0/1","SubnetLen":30}"#);
+        let c = parse(r#"{"Network":"0.0.0.0/8"}"#);
+        assert_eq!(c.subnet_max, ip("0.255.255.0"));
+        let c = parse(r#"{"Network":"255.0.0.0/8","SubnetLen":30}"#);
         assert_eq!(c.subnet_max, ip("255.255.255.252"));
-        assert_eq!(c.subnet_count(), (1 << 29) - 1);
+        assert_eq!(c.subnet_count(), (1 << 22) - 1);
         assert!(c.contains(net("255.255.255.252/30")));
-        assert_eq!(c.subnets().nth(2), Some(net("128.0.0.12/30")));
+        assert_eq!(c.subnets().nth(2), Some(net("255.0.0.12/30")));
     }
 
     #[test]
@@ -1122,7 +1035,15 @@ mod tests {
             ),
             (
                 r#"{"Network":"0.0.0.0/0"}"#,
-                &["Network \"0.0.0.0/0\"", "narrower"],
+                &[
+                    "Network 0.0.0.0/0 is too wide",
+                    "/8 or narrower",
+                    "10.244.0.0/16",
+                ],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/7"}"#,
+                &["Network 10.0.0.0/7 is too wide", "/8 or narrower"],
             ),
             (
                 r#"{"Network":"10.0.0.0/29"}"#,
@@ -1205,7 +1126,15 @@ mod tests {
             ),
             (
                 r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"::/0"}"#,
-                &["IPv6Network \"::/0\"", "narrower"],
+                &[
+                    "IPv6Network ::/0 is too wide",
+                    "/16 or narrower",
+                    "fd00:10:244::/56",
+                ],
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"2000::/3"}"#,
+                &["IPv6Network 2000::/3 is too wide", "/16 or narrower"],
             ),
             (
                 r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127}"#,
@@ -1346,6 +1275,11 @@ mod tests {
         assert!(e.to_string().contains("SubnetLen 31"));
         let e = NetworkConfig::from_cli(net("10.5.0.0/30"), None, BackendKind::Udp).unwrap_err();
         assert!(e.to_string().contains("too small"));
+        let e = NetworkConfig::from_cli(net("0.0.0.0/0"), None, BackendKind::Udp).unwrap_err();
+        assert!(
+            e.to_string().contains("Network 0.0.0.0/0 is too wide"),
+            "{e}"
+        );
 
         let mut c = parse(
             r#"{"Network":"10.0.0.0/8","SubnetLen":20,"SubnetMin":"10.10.0.0","SubnetMax":"10.99.0.0","Backend":{"Type":"gre","VNI":9,"MTU":1500,"Checksum":true,"Sequence":true}}"#,
@@ -1361,6 +1295,49 @@ mod tests {
             .to_json()
             .ends_with(r#""Backend":{"Type":"udp","Port":7890}}"#));
         assert_eq!(NetworkConfig::parse(c.to_json().as_bytes()).unwrap(), c);
+    }
+
+    #[test]
+    fn underlay_overlap_is_refused() {
+        let dual =
+            parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/56"}"#);
+        let u = |s: &[&str]| s.iter().map(|n| n.parse().unwrap()).collect::<Vec<IpNet>>();
+        let ok = u(&[
+            "192.168.1.0/24",
+            "10.245.0.1/32",
+            "10.0.0.0/16",
+            "fd00:11::/64",
+        ]);
+        assert!(overlaps_underlay(&dual, &ok).is_ok());
+        assert!(overlaps_underlay(&dual, &[]).is_ok());
+        let cases = [
+            // An address inside the overlay, a wider route around it, one inside it.
+            (
+                "10.244.3.7/32",
+                "Network 10.244.0.0/16 overlaps the host's underlay 10.244.3.7/32",
+            ),
+            (
+                "10.0.0.0/8",
+                "Network 10.244.0.0/16 overlaps the host's underlay 10.0.0.0/8",
+            ),
+            ("10.244.128.0/17", "underlay 10.244.128.0/17"),
+            (
+                "fd00:10:0:5::1/128",
+                "IPv6Network fd00:10::/56 overlaps the host's underlay fd00:10:0:5::1/128",
+            ),
+            ("fd00::/16", "IPv6Network fd00:10::/56 overlaps"),
+        ];
+        for (under, want) in cases {
+            let e = overlaps_underlay(&dual, &u(&["192.168.1.0/24", under])).unwrap_err();
+            assert!(e.to_string().contains(want), "{under}: {e}");
+        }
+        // A disabled family is not checked.
+        let v6_only =
+            parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/56"}"#);
+        assert!(overlaps_underlay(&v6_only, &u(&["0.0.0.0/0"])).is_ok());
+        let v4_only = parse(r#"{"Network":"10.244.0.0/16"}"#);
+        assert!(overlaps_underlay(&v4_only, &u(&["fd00:10::1/128"])).is_ok());
+        assert!(overlaps_underlay(&v4_only, &u(&["0.0.0.0/0"])).is_err());
     }
 
     #[test]
@@ -1411,7 +1388,8 @@ mod tests {
                 proptest::prop_assert_eq!(NetworkConfig::parse(c.to_json().as_bytes()).unwrap(), c);
             } else {
                 // Refused only for a reason flannel's CheckNetworkConfig (or min <= max) gives.
-                let refused = prefix > 124 && len == 0
+                let refused = prefix < 16
+                    || prefix > 124 && len == 0
                     || len > 126
                     || (len > 0 && len < u64::from(prefix) + 2)
                     || min.is_some() || max.is_some();

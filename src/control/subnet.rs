@@ -13,9 +13,10 @@
 //! missing, e.g. on the first dual-stack start); an IPv6-only node is identified by its
 //! `PublicIPv6` (flannel compares `PublicIP`, which is 0.0.0.0 on every IPv6-only node).
 
-use super::config::{Ipv6Config, NetworkConfig};
+use super::config::NetworkConfig;
+use super::family::{span, Family, Range};
 use super::lease::SubnetKey;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::Ipv4Net;
 use rand::Rng;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -123,19 +124,6 @@ pub fn fits(cfg: &NetworkConfig, key: &SubnetKey) -> bool {
     v4 && v6
 }
 
-/// `[first, last]` of an IPv4 subnet in the u128 address line.
-fn span4(sn: Ipv4Net) -> (u128, u128) {
-    (
-        u128::from(u32::from(sn.network())),
-        u128::from(u32::from(sn.broadcast())),
-    )
-}
-
-/// `[first, last]` of an IPv6 subnet.
-fn span6(sn: Ipv6Net) -> (u128, u128) {
-    (u128::from(sn.network()), u128::from(sn.broadcast()))
-}
-
 fn overlaps((a0, a1): (u128, u128), (b0, b1): (u128, u128)) -> bool {
     a0 <= b1 && b0 <= a1
 }
@@ -175,111 +163,70 @@ pub fn choose(
         return Ok(Choice::Reuse(l.key));
     }
 
-    let ipv4 = if cfg.enable_ipv4 {
-        let prev = previous.ipv4.filter(|p| {
-            cfg.contains(*p)
-                && !existing
-                    .iter()
-                    .filter_map(|l| l.key.ipv4)
-                    .any(|s| overlaps(span4(s), span4(*p)))
-        });
-        Some(match prev {
-            Some(p) => p,
-            None => {
-                let free = free_subnets(cfg, existing, CANDIDATES);
-                if free.is_empty() {
-                    return Err(NoFreeSubnet {
-                        network_field: "Network",
-                        min_field: "SubnetMin",
-                        max_field: "SubnetMax",
-                        subnet_len: cfg.subnet_len,
-                        min: cfg.subnet_min.into(),
-                        max: cfg.subnet_max.into(),
-                        total: cfg.subnet_count().into(),
-                    });
-                }
-                free[rng.random_range(0..free.len())]
-            }
-        })
-    } else {
-        None
-    };
-
-    let ipv6 = match &cfg.ipv6 {
-        None => None,
-        Some(c6) => {
-            let prev = previous.ipv6.filter(|p| {
-                c6.contains(*p)
-                    && !existing
-                        .iter()
-                        .filter_map(|l| l.key.ipv6)
-                        .any(|s| overlaps(span6(s), span6(*p)))
-            });
-            Some(match prev {
-                Some(p) => p,
-                None => {
-                    let free = free_subnets_v6(c6, existing, CANDIDATES);
-                    if free.is_empty() {
-                        return Err(NoFreeSubnet {
-                            network_field: "IPv6Network",
-                            min_field: "IPv6SubnetMin",
-                            max_field: "IPv6SubnetMax",
-                            subnet_len: c6.subnet_len,
-                            min: c6.subnet_min.into(),
-                            max: c6.subnet_max.into(),
-                            total: c6.subnet_count(),
-                        });
-                    }
-                    free[rng.random_range(0..free.len())]
-                }
-            })
-        }
-    };
+    let ipv4 = choose_in(cfg.range4(), existing, previous, rng)?;
+    let ipv6 = choose_in(
+        cfg.ipv6.as_ref().map(|c| c.range()),
+        existing,
+        previous,
+        rng,
+    )?;
     Ok(Choice::New(SubnetKey { ipv4, ipv6 }))
 }
 
-/// The first `limit` IPv4 subnets from SubnetMin to SubnetMax overlapping no existing key's
-/// IPv4 subnet, in address order (none when IPv4 is disabled). Runs in O(k log k + limit)
-/// for k keys, however large the range.
-pub fn free_subnets(cfg: &NetworkConfig, existing: &[ExistingLease], limit: usize) -> Vec<Ipv4Net> {
-    if !cfg.enable_ipv4 {
-        return Vec::new();
+/// Steps 2 and 3 of [`choose`] for one family (`None` when it is disabled): the previous
+/// subnet if it is in `range` and free, else a random one of the first [`CANDIDATES`] free.
+fn choose_in<F: Family>(
+    range: Option<Range<F>>,
+    existing: &[ExistingLease],
+    previous: SubnetKey,
+    rng: &mut impl Rng,
+) -> Result<Option<F::Net>, NoFreeSubnet> {
+    let Some(r) = range else { return Ok(None) };
+    let prev = F::of_key(&previous).filter(|p| {
+        r.contains(*p)
+            && !existing
+                .iter()
+                .filter_map(|l| F::of_key(&l.key))
+                .any(|s| overlaps(span::<F>(s), span::<F>(*p)))
+    });
+    if prev.is_some() {
+        return Ok(prev);
     }
-    let taken = existing
-        .iter()
-        .filter_map(|l| l.key.ipv4)
-        .map(span4)
-        .collect();
-    first_free(
-        u128::from(u32::from(cfg.subnet_min)),
-        u128::from(u32::from(cfg.subnet_max)),
-        32 - u32::from(cfg.subnet_len),
-        taken,
-        limit,
-    )
-    .into_iter()
-    // Candidates lie between SubnetMin and SubnetMax, so they fit in 32 bits.
-    .map(|a| Ipv4Net::new_assert(Ipv4Addr::from(a as u32), cfg.subnet_len))
-    .collect()
+    let free = free_subnets(&r, existing, CANDIDATES);
+    if free.is_empty() {
+        let f = F::FIELDS;
+        return Err(NoFreeSubnet {
+            network_field: f.network,
+            min_field: f.subnet_min,
+            max_field: f.subnet_max,
+            subnet_len: r.subnet_len,
+            min: F::ip(r.min),
+            max: F::ip(r.max),
+            total: r.count(),
+        });
+    }
+    Ok(Some(free[rng.random_range(0..free.len())]))
 }
 
-/// [`free_subnets`] for IPv6: the first `limit` subnets from IPv6SubnetMin to
-/// IPv6SubnetMax overlapping no existing key's IPv6 subnet (flannel's `OuterLoopv6`).
-pub fn free_subnets_v6(c6: &Ipv6Config, existing: &[ExistingLease], limit: usize) -> Vec<Ipv6Net> {
+/// The first `limit` subnets of `r` from its min to its max overlapping no existing key's
+/// subnet of that family, in address order (flannel's `OuterLoop`/`OuterLoopv6`). Runs in
+/// O(k log k + limit) for k keys, however large the range.
+fn free_subnets<F: Family>(r: &Range<F>, existing: &[ExistingLease], limit: usize) -> Vec<F::Net> {
     let taken = existing
         .iter()
-        .filter_map(|l| l.key.ipv6)
-        .map(span6)
+        .filter_map(|l| F::of_key(&l.key))
+        .map(span::<F>)
         .collect();
     first_free(
-        u128::from(c6.subnet_min),
-        u128::from(c6.subnet_max),
-        128 - u32::from(c6.subnet_len),
+        F::to_u128(r.min),
+        F::to_u128(r.max),
+        r.host_bits(),
         taken,
         limit,
     )
     .into_iter()
-    .map(|a| Ipv6Net::new_assert(Ipv6Addr::from(a), c6.subnet_len))
+    // Candidates lie between min and max, so they fit the family's width.
+    .map(|a| F::net(F::from_u128(a), r.subnet_len))
     .collect()
 }
 
@@ -334,6 +281,18 @@ fn first_free(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::config::Ipv6Config;
+    use crate::fib::{V4, V6};
+    use ipnet::Ipv6Net;
+
+    fn free4(c: &NetworkConfig, ex: &[ExistingLease], limit: usize) -> Vec<Ipv4Net> {
+        c.range4()
+            .map_or(Vec::new(), |r| free_subnets(&r, ex, limit))
+    }
+
+    fn free6(c6: &Ipv6Config, ex: &[ExistingLease], limit: usize) -> Vec<Ipv6Net> {
+        free_subnets(&c6.range(), ex, limit)
+    }
     use crate::control::config::{BackendKind, NetworkConfig};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
@@ -425,7 +384,7 @@ mod tests {
     }
 
     fn overlaps4(a: Ipv4Net, b: Ipv4Net) -> bool {
-        overlaps(span4(a), span4(b))
+        overlaps(span::<V4>(a), span::<V4>(b))
     }
 
     #[test]
@@ -508,7 +467,7 @@ mod tests {
             lease("10.0.1.0/24", "192.168.1.9"),
             reservation("10.0.2.0/23", "192.168.1.8"),
         ];
-        let free = free_subnets(&c, &ex, CANDIDATES);
+        let free = free4(&c, &ex, CANDIDATES);
         assert_eq!(free.len(), 100);
         assert_eq!(free[0], net("10.0.4.0/24"));
         assert_eq!(free[99], net("10.0.103.0/24"));
@@ -540,16 +499,16 @@ mod tests {
             lease("10.0.0.0/30", "1.1.1.5"),   // nested in the first
             lease("10.0.1.0/24", "1.1.1.6"),   // outside Network
         ];
-        let free = free_subnets(&c, &ex, 100);
+        let free = free4(&c, &ex, 100);
         let want: Vec<Ipv4Net> = [80, 128, 144, 160, 176, 192, 208, 224, 240]
             .iter()
             .map(|o| Ipv4Net::new(Ipv4Addr::new(10, 0, 0, *o), 28).unwrap())
             .collect();
         assert_eq!(free, want);
-        assert_eq!(free_subnets(&c, &ex, 2), want[..2].to_vec());
+        assert_eq!(free4(&c, &ex, 2), want[..2].to_vec());
         // A covering key: nothing free.
         let all = [lease("10.0.0.0/16", "1.1.1.1")];
-        assert!(free_subnets(&c, &all, 100).is_empty());
+        assert!(free4(&c, &all, 100).is_empty());
     }
 
     #[test]
@@ -624,7 +583,7 @@ mod tests {
             Ok(Choice::New(key("", "ffff:ffff:ffff:ffff::/64")))
         );
         let all = [lease_k(key("", "ffff:ffff:ffff:ff00::/56"), "0.0.0.0")];
-        assert!(free_subnets_v6(c.ipv6.as_ref().unwrap(), &all, 100).is_empty());
+        assert!(free6(c.ipv6.as_ref().unwrap(), &all, 100).is_empty());
     }
 
     /// flannel's `allocateSubnet` for a dual-stack config: an IPv4 and an IPv6 subnet, each
@@ -638,7 +597,7 @@ mod tests {
             lease_k(key("10.244.2.0/24", "fd00:10:0:1::/64"), "192.168.1.8"),
             lease_k(key("", "fd00:10:0:2::/63"), "0.0.0.0"),
         ];
-        let free6 = free_subnets_v6(c.ipv6.as_ref().unwrap(), &ex, CANDIDATES);
+        let free6 = free6(c.ipv6.as_ref().unwrap(), &ex, CANDIDATES);
         assert_eq!(free6.len(), 100);
         assert_eq!(free6[0], net6("fd00:10:0:4::/64"));
         assert_eq!(free6[99], net6("fd00:10:0:67::/64"));
@@ -789,7 +748,7 @@ mod tests {
                 ..lease_k(SubnetKey::v4(Ipv4Net::new(Ipv4Addr::from(0x0a09_0000 | o), l).unwrap().trunc()), "1.1.1.1")
             }).collect();
             let brute: Vec<Ipv4Net> = c.subnets().filter(|s| ex.iter().all(|l| !overlaps4(l.key.ipv4.unwrap(), *s))).collect();
-            proptest::prop_assert_eq!(free_subnets(&c, &ex, 1000), brute.clone());
+            proptest::prop_assert_eq!(free4(&c, &ex, 1000), brute.clone());
             match pick(&c, &ex, None, seed) {
                 Ok(Choice::New(k)) => proptest::prop_assert!(brute.contains(&k.ipv4.unwrap())),
                 Ok(other) => proptest::prop_assert!(false, "{:?}", other),
@@ -817,10 +776,10 @@ mod tests {
             let size = 1u128 << (128 - len);
             let brute: Vec<Ipv6Net> = (0..c6.subnet_count())
                 .map(|i| Ipv6Net::new(Ipv6Addr::from(u128::from(c6.subnet_min) + i * size), len).unwrap())
-                .filter(|s| ex.iter().filter_map(|l| l.key.ipv6).all(|k| !overlaps(span6(k), span6(*s))))
+                .filter(|s| ex.iter().filter_map(|l| l.key.ipv6).all(|k| !overlaps(span::<V6>(k), span::<V6>(*s))))
                 .collect();
-            proptest::prop_assert_eq!(free_subnets_v6(&c6, &ex, 10_000), brute.clone());
-            proptest::prop_assert_eq!(free_subnets_v6(&c6, &ex, 3), brute.iter().copied().take(3).collect::<Vec<_>>());
+            proptest::prop_assert_eq!(free6(&c6, &ex, 10_000), brute.clone());
+            proptest::prop_assert_eq!(free6(&c6, &ex, 3), brute.iter().copied().take(3).collect::<Vec<_>>());
             match pick(&c, &ex, None, seed) {
                 Ok(Choice::New(k)) => {
                     proptest::prop_assert!(brute[..brute.len().min(CANDIDATES)].contains(&k.ipv6.unwrap()));

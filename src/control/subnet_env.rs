@@ -130,8 +130,16 @@ impl SubnetEnv {
         tmp_name.push(name);
         tmp_name.push(format!(".{}.tmp", std::process::id()));
         let tmp = dir.join(tmp_name);
+        // Never through a link planted at the temporary name: unlink whatever is there
+        // (the link, not its target), then create anew, refusing any link (O_EXCL, O_NOFOLLOW).
+        let _ = fs::remove_file(&tmp);
         let result = (|| {
-            let mut f = fs::File::create(&tmp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
             f.write_all(self.render().as_bytes())?;
             f.sync_all()?;
             drop(f);
@@ -160,53 +168,39 @@ pub fn read_previous(path: &Path) -> SubnetKey {
 /// [`read_previous`] on the file's text.
 pub fn parse_previous(text: &str) -> SubnetKey {
     SubnetKey {
-        ipv4: parse_previous_subnet(text),
-        ipv6: parse_previous_ipv6_subnet(text),
+        ipv4: previous(text, "FLANNEL_SUBNET", |n: Ipv4Net| n.trunc()),
+        ipv6: previous(text, "FLANNEL_IPV6_SUBNET", |n: Ipv6Net| n.trunc()),
     }
 }
 
-/// The subnet named by `FLANNEL_SUBNET` in an existing subnet file (`10.5.52.1/24` gives
-/// `10.5.52.0/24`). `None` when the file is missing, unreadable or has no well-formed
-/// `FLANNEL_SUBNET`.
-pub fn read_previous_subnet(path: &Path) -> Option<Ipv4Net> {
-    read_previous(path).ipv4
-}
-
-/// The value of the last `key=` line, dotenv style: surrounding blanks, an `export ` prefix
-/// and one pair of quotes around the value are tolerated.
-fn env_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let value = text
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let l = l.strip_prefix("export ").map_or(l, str::trim_start);
-            let (k, v) = l.split_once('=')?;
-            (k.trim() == key).then(|| v.trim())
-        })
-        .next_back()?;
-    Some(
-        ['"', '\'']
+/// The `KEY=value` lines of a subnet.env, in order: the one grammar both overlayd (for
+/// [`read_previous`]) and the CNI plugin read it with. Dotenv style: lines without `=` are
+/// skipped; blanks around the line, the key and the value, an `export ` prefix and one pair
+/// of quotes (`"` or `'`) around the value are tolerated.
+pub fn vars(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter_map(|l| {
+        let l = l.trim();
+        let l = l.strip_prefix("export ").map_or(l, str::trim_start);
+        let (k, v) = l.split_once('=')?;
+        let v = v.trim();
+        let unquoted = ['"', '\'']
             .iter()
-            .find_map(|q| value.strip_prefix(*q)?.strip_suffix(*q))
-            .unwrap_or(value),
-    )
+            .find_map(|q| v.strip_prefix(*q)?.strip_suffix(*q));
+        Some((k.trim(), unquoted.unwrap_or(v)))
+    })
 }
 
-/// [`read_previous_subnet`] on the file's text. The last `FLANNEL_SUBNET` line wins.
-pub fn parse_previous_subnet(text: &str) -> Option<Ipv4Net> {
-    env_value(text, "FLANNEL_SUBNET")?
-        .parse::<Ipv4Net>()
-        .ok()
-        .map(|n| n.trunc())
+/// The value of the last `key=` line.
+fn env_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    vars(text)
+        .filter_map(|(k, v)| (k == key).then_some(v))
+        .last()
 }
 
-/// The IPv6 subnet named by `FLANNEL_IPV6_SUBNET` (`fd00:5:0:34::1/64` gives
-/// `fd00:5:0:34::/64`). The last such line wins.
-pub fn parse_previous_ipv6_subnet(text: &str) -> Option<Ipv6Net> {
-    env_value(text, "FLANNEL_IPV6_SUBNET")?
-        .parse::<Ipv6Net>()
-        .ok()
-        .map(|n| n.trunc())
+/// The network of the last `key=` line holding a CIDR of that type (`10.5.52.1/24` gives
+/// `10.5.52.0/24`); a malformed last line gives `None`.
+fn previous<N: std::str::FromStr>(text: &str, key: &str, trunc: fn(N) -> N) -> Option<N> {
+    env_value(text, key)?.parse::<N>().ok().map(trunc)
 }
 
 #[cfg(test)]
@@ -308,7 +302,7 @@ mod tests {
             "FLANNEL_IPV6_NETWORK=2001:db8:0:0:1::/124\nFLANNEL_IPV6_SUBNET=2001:db8::1:0:0:5/126\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
         );
         // The file overlayd read back is what flannel's CNI plugin reads too.
-        let p = |t: &str| parse_previous_ipv6_subnet(t);
+        let p = |t: &str| parse_previous(t).ipv6;
         assert_eq!(
             p("FLANNEL_IPV6_SUBNET=\"fd00:5:0:34::1/64\""),
             Some("fd00:5:0:34::/64".parse().unwrap())
@@ -325,7 +319,7 @@ mod tests {
         env().write_atomic(&path).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), env().render());
         assert_eq!(
-            read_previous_subnet(&path),
+            read_previous(&path).ipv4,
             Some("10.5.52.0/24".parse().unwrap())
         );
         // Overwrite in place; no temporary file left behind.
@@ -333,7 +327,7 @@ mod tests {
         e2.subnet = "10.5.9.0/24".parse().unwrap();
         e2.write_atomic(&path).unwrap();
         assert_eq!(
-            read_previous_subnet(&path),
+            read_previous(&path).ipv4,
             Some("10.5.9.0/24".parse().unwrap())
         );
         let names: Vec<_> = fs::read_dir(path.parent().unwrap())
@@ -341,6 +335,22 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("subnet.env")]);
+    }
+
+    #[test]
+    fn write_never_follows_a_planted_link() {
+        let s = Scratch::new("link");
+        fs::create_dir_all(&s.0).unwrap();
+        let path = s.0.join("subnet.env");
+        let victim = s.0.join("victim");
+        fs::write(&victim, "keep").unwrap();
+        let tmp = s.0.join(format!(".subnet.env.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        env().write_atomic(&path).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        assert!(!fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert_eq!(fs::read_to_string(&path).unwrap(), env().render());
     }
 
     #[test]
@@ -357,7 +367,7 @@ mod tests {
 
     #[test]
     fn previous_subnet_parsing() {
-        let p = |t: &str| parse_previous_subnet(t);
+        let p = |t: &str| parse_previous(t).ipv4;
         let want = Some("10.5.52.0/24".parse().unwrap());
         assert_eq!(p(&env().render()), want);
         assert_eq!(p("FLANNEL_SUBNET=\"10.5.52.1/24\"\n"), want);
@@ -374,7 +384,7 @@ mod tests {
         assert_eq!(p("FLANNEL_SUBNETX=10.5.52.1/24\n"), None);
         assert_eq!(p("\u{0}\u{ff}garbage"), None);
         let s = Scratch::new("missing");
-        assert_eq!(read_previous_subnet(&s.0.join("nope")), None);
+        assert_eq!(read_previous(&s.0.join("nope")).ipv4, None);
     }
 
     proptest::proptest! {
@@ -382,7 +392,7 @@ mod tests {
         fn render_then_parse(a in proptest::prelude::any::<u32>(), len in 1u8..=30, mtu in 0u32..70000) {
             let subnet = Ipv4Net::new(Ipv4Addr::from(a), len).unwrap().trunc();
             let e = SubnetEnv::v4(subnet.supernet().unwrap().trunc(), subnet, mtu, a % 2 == 0);
-            proptest::prop_assert_eq!(parse_previous_subnet(&e.render()), Some(subnet));
+            proptest::prop_assert_eq!(parse_previous(&e.render()).ipv4, Some(subnet));
         }
 
         #[test]
@@ -394,16 +404,16 @@ mod tests {
             // flannel writes a few addresses dotted (gojson::format_ipv6); Go's and our CIDR
             // parsers read those back as IPv4, as flannel's own reader does.
             if !text.contains("FLANNEL_IPV6_SUBNET=") || text.lines().any(|l| l.starts_with("FLANNEL_IPV6_SUBNET=") && l.contains('.')) {
-                proptest::prop_assert_eq!(parse_previous_ipv6_subnet(&text), None);
+                proptest::prop_assert_eq!(parse_previous(&text).ipv6, None);
             } else {
-                proptest::prop_assert_eq!(parse_previous_ipv6_subnet(&text), Some(subnet));
+                proptest::prop_assert_eq!(parse_previous(&text).ipv6, Some(subnet));
             }
-            proptest::prop_assert_eq!(parse_previous_subnet(&text), v4.then_some(env().subnet));
+            proptest::prop_assert_eq!(parse_previous(&text).ipv4, v4.then_some(env().subnet));
         }
 
         #[test]
         fn parse_never_panics(s in "\\PC{0,80}") {
-            let _ = parse_previous_subnet(&s);
+            let _ = parse_previous(&s).ipv4;
         }
     }
 }
