@@ -20,27 +20,15 @@ use crate::control::config::NetworkConfig;
 use crate::control::etcd::{Acquired, LeaseSink, RemoteLease};
 use crate::fib::{Entry, Family, Peer, Peer6, SharedFib, SharedFib6, Table};
 
-/// Whether `ip` can be a node's `PublicIP`: not 0.0.0.0 (except for an IPv6-only lease,
-/// which the caller checks), loopback, multicast or broadcast.
-pub fn usable_public_ip(ip: Ipv4Addr) -> bool {
-    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast())
-}
-
 /// Why a lease is left out before any table is built (`None`: it is kept).
 fn refusal(cfg: &NetworkConfig, l: &RemoteLease) -> Option<String> {
-    if l.has_ipv4() {
-        if !usable_public_ip(l.attrs.public_ip) {
-            return Some(format!(
-                "PublicIP {} cannot be a node's address (0.0.0.0, loopback, multicast or broadcast)",
-                l.attrs.public_ip
-            ));
-        }
-        if cfg.enable_ipv4 && !cfg.network.contains(&l.subnet) {
-            return Some(format!(
-                "subnet {} lies outside Network {}",
-                l.subnet, cfg.network
-            ));
-        }
+    // An unusable PublicIP (0.0.0.0, loopback, multicast, broadcast) never gets here: the
+    // lease's decoding refuses it (control::lease).
+    if l.has_ipv4() && cfg.enable_ipv4 && !cfg.network.contains(&l.subnet) {
+        return Some(format!(
+            "subnet {} lies outside Network {}",
+            l.subnet, cfg.network
+        ));
     }
     match (l.ipv6_subnet, &cfg.ipv6) {
         (Some(s), Some(c6)) if !c6.network.contains(&s) => Some(format!(
@@ -347,18 +335,15 @@ mod tests {
     }
 
     #[test]
-    fn unusable_leases_are_not_kept() {
+    fn leases_outside_the_network_are_not_kept() {
         let mut t = tables();
         t.reset(vec![
             lease("10.9.2.0/24", [192, 168, 0, 9], 1),
-            lease("10.5.3.0/24", [127, 0, 0, 1], 2),
-            lease("10.5.4.0/24", [224, 0, 0, 1], 3),
-            lease("10.5.5.0/24", [255, 255, 255, 255], 4),
-            lease("10.5.6.0/24", [0, 0, 0, 0], 5),
+            lease("10.6.3.0/24", [192, 168, 0, 3], 2),
             lease("10.5.7.0/24", [192, 168, 0, 7], 6),
         ]);
         assert_eq!(t.len(), 1);
-        assert_eq!(t.warned.len(), 5);
+        assert_eq!(t.warned.len(), 2);
         t.reset(vec![lease("10.5.7.0/24", [192, 168, 0, 7], 6)]);
         assert!(t.warned.is_empty(), "warnings of gone keys are pruned");
     }
