@@ -10,7 +10,6 @@
 //! key: a key's entries go when its lease does.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use tracing::{debug, info, warn};
@@ -268,6 +267,7 @@ mod tests {
     use crate::control::config::{BackendConfig, BackendKind};
     use crate::control::lease::SubnetKey;
     use crate::fib;
+    use std::net::Ipv4Addr;
 
     fn tables() -> Tables {
         let cfg =
