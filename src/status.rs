@@ -15,7 +15,7 @@ use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::control::config::NetworkConfig;
-use crate::control::etcd::Registry;
+use crate::control::etcd::{Registry, RemoteLease};
 
 /// Flags of `overlayd status`.
 #[derive(Debug, Clone, Parser)]
@@ -140,46 +140,12 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
     // returned only when no member could answer.
     let reg = Registry::connect(&opts).await.map_err(|e| e.to_string())?;
     let mut out = String::new();
-    match reg.get_config().await.map_err(|e| e.to_string())? {
-        Some(raw) => match NetworkConfig::parse(&raw) {
-            Ok(c) => {
-                let v4 = if c.enable_ipv4 {
-                    format!("network {}  SubnetLen {}", c.network, c.subnet_len)
-                } else {
-                    "IPv4 disabled".to_owned()
-                };
-                let v6 = c
-                    .ipv6
-                    .as_ref()
-                    .map(|v6| {
-                        format!(
-                            "  IPv6Network {}  IPv6SubnetLen {}",
-                            v6.network, v6.subnet_len
-                        )
-                    })
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "{v4}{v6}  backend {} (VNI/key {}, port {})",
-                    c.backend.kind, c.backend.vni, c.backend.port
-                );
-            }
-            Err(e) => {
-                let _ = writeln!(
-                    out,
-                    "network config: INVALID: {}",
-                    printable(&e.to_string())
-                );
-            }
-        },
-        None => {
-            let _ = writeln!(
-                out,
-                "network config: none at {}/config",
-                args.etcd.etcd_prefix
-            );
-        }
-    }
+    let config = reg.get_config().await.map_err(|e| e.to_string())?;
+    let _ = writeln!(
+        out,
+        "{}",
+        config_line(config.as_deref(), &args.etcd.etcd_prefix)
+    );
     let (leases, _) = reg.list().await.map_err(|e| e.to_string())?;
     let traffic = match scrape(args.metrics_addr).await {
         Some(page) => {
@@ -214,58 +180,89 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
         } else {
             reg.lease_ttl(l.lease_id).await.unwrap_or(0)
         };
-        let mac = l
-            .attrs
-            .backend_data
-            .as_ref()
-            .and_then(|v| v.get("VtepMAC"))
-            .and_then(|v| v.as_str())
-            .map_or_else(|| "-".to_string(), printable);
         let t = traffic.as_ref().and_then(|t| t.get(&l.subnet.to_string()));
-        let col = |i: usize| t.map(|v| v[i].to_string()).unwrap_or_else(|| "-".into());
-        let mac6 = l
-            .attrs
-            .backend_v6_data
-            .as_ref()
-            .and_then(|v| v.get("VtepMAC"))
-            .and_then(|v| v.as_str())
-            .map_or_else(|| "-".to_string(), printable);
-        let ip6 = l
-            .attrs
-            .public_ipv6
-            .map_or_else(|| "-".to_string(), |a| a.to_string());
-        let bt = printable(l.attrs.backend_type.as_deref().unwrap_or("udp"));
-        let (subnet, public, mac) = match l.ipv6_subnet {
-            // An IPv6-only lease: its IPv6 half in the main columns.
-            Some(sn6) if !l.has_ipv4() => (sn6.to_string(), ip6.clone(), mac6.clone()),
-            _ => (l.subnet.to_string(), l.attrs.public_ip.to_string(), mac),
-        };
-        let _ = writeln!(
-            out,
-            "{:<18} {:<16} {:<7} {:<18} {:>9} {:>12} {:>14} {:>12} {:>14}",
-            subnet,
-            public,
-            bt,
-            mac,
-            human_ttl(ttl),
-            col(0),
-            col(1),
-            col(2),
-            col(3)
-        );
-        if let (Some(sn6), true) = (l.ipv6_subnet, l.has_ipv4()) {
-            let _ = writeln!(
-                out,
-                "{:<18} {:<16} {:<7} {:<18}",
-                format!("+{sn6}"),
-                ip6,
-                bt,
-                mac6
-            );
-        }
+        lease_rows(&mut out, l, ttl, t);
     }
     l2_section(&reg, &mut out).await;
     Ok(out)
+}
+
+/// The first line: the network config in etcd (raw, as read), or why there is none.
+fn config_line(raw: Option<&[u8]>, prefix: &str) -> String {
+    let Some(raw) = raw else {
+        return format!("network config: none at {prefix}/config");
+    };
+    let c = match NetworkConfig::parse(raw) {
+        Ok(c) => c,
+        Err(e) => return format!("network config: INVALID: {}", printable(&e.to_string())),
+    };
+    let v4 = if c.enable_ipv4 {
+        format!("network {}  SubnetLen {}", c.network, c.subnet_len)
+    } else {
+        "IPv4 disabled".to_owned()
+    };
+    let v6 = c
+        .ipv6
+        .as_ref()
+        .map(|v6| {
+            format!(
+                "  IPv6Network {}  IPv6SubnetLen {}",
+                v6.network, v6.subnet_len
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{v4}{v6}  backend {} (VNI/key {}, port {})",
+        c.backend.kind, c.backend.vni, c.backend.port
+    )
+}
+
+/// The `VtepMAC` of a lease's backend data, escaped for the terminal, or "-".
+fn vtep_mac(data: Option<&serde_json::Value>) -> String {
+    data.and_then(|v| v.get("VtepMAC"))
+        .and_then(|v| v.as_str())
+        .map_or_else(|| "-".to_string(), printable)
+}
+
+/// A lease's row (and its IPv6 row, on a dual-stack lease), with its traffic counters
+/// `t` (tx packets, tx bytes, rx packets, rx bytes) when the metrics had them.
+fn lease_rows(out: &mut String, l: &RemoteLease, ttl: i64, t: Option<&[u64; 4]>) {
+    let col = |i: usize| t.map(|v| v[i].to_string()).unwrap_or_else(|| "-".into());
+    let mac = vtep_mac(l.attrs.backend_data.as_ref());
+    let mac6 = vtep_mac(l.attrs.backend_v6_data.as_ref());
+    let ip6 = l
+        .attrs
+        .public_ipv6
+        .map_or_else(|| "-".to_string(), |a| a.to_string());
+    let bt = printable(l.attrs.backend_type.as_deref().unwrap_or("udp"));
+    let (subnet, public, mac) = match l.ipv6_subnet {
+        // An IPv6-only lease: its IPv6 half in the main columns.
+        Some(sn6) if !l.has_ipv4() => (sn6.to_string(), ip6.clone(), mac6.clone()),
+        _ => (l.subnet.to_string(), l.attrs.public_ip.to_string(), mac),
+    };
+    let _ = writeln!(
+        out,
+        "{:<18} {:<16} {:<7} {:<18} {:>9} {:>12} {:>14} {:>12} {:>14}",
+        subnet,
+        public,
+        bt,
+        mac,
+        human_ttl(ttl),
+        col(0),
+        col(1),
+        col(2),
+        col(3)
+    );
+    if let (Some(sn6), true) = (l.ipv6_subnet, l.has_ipv4()) {
+        let _ = writeln!(
+            out,
+            "{:<18} {:<16} {:<7} {:<18}",
+            format!("+{sn6}"),
+            ip6,
+            bt,
+            mac6
+        );
+    }
 }
 
 /// The L2 networks defined in etcd and their members (omitted when there are none).
@@ -339,6 +336,30 @@ async fn l2_section(reg: &Registry, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_line_says_what_is_in_etcd() {
+        assert_eq!(
+            config_line(None, "/coreos.com/network"),
+            "network config: none at /coreos.com/network/config"
+        );
+        let dual = br#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/56","Backend":{"Type":"vxlan"}}"#;
+        let line = config_line(Some(dual), "/p");
+        assert!(
+            line.starts_with("network 10.5.0.0/16  SubnetLen 24  IPv6Network fd00:5::/56"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("backend vxlan (VNI/key 1, port 8472)"),
+            "{line}"
+        );
+        let bad = config_line(Some(b"{\"Network\":\"\x1b[31m\"}"), "/p");
+        assert!(bad.starts_with("network config: INVALID: "), "{bad}");
+        assert!(
+            !bad.contains('\x1b'),
+            "terminal escapes from etcd are escaped: {bad}"
+        );
+    }
 
     #[test]
     fn transmit_path_from_the_gauges() {
