@@ -1014,213 +1014,216 @@ mod tests {
         assert_eq!(c.subnets().nth(2), Some(net("255.0.0.12/30")));
     }
 
+    /// Invalid configs and the words their error must contain.
+    const VALIDATION_CASES: &[(&str, &[&str])] = &[
+        ("not json", &["not valid JSON"]),
+        ("[1,2]", &["not valid JSON"]),
+        ("{}", &["Network is missing", "10.244.0.0/16"]),
+        (r#"{"Network":null}"#, &["Network is missing"]),
+        (
+            r#"{"Network":16}"#,
+            &["Network is number 16", "expected a string"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0"}"#,
+            &["Network \"10.0.0.0\" is not valid", "IPv4 CIDR"],
+        ),
+        (
+            r#"{"Network":"fd00::/64"}"#,
+            &["Network \"fd00::/64\"", "IPv4 CIDR"],
+        ),
+        (
+            r#"{"Network":"0.0.0.0/0"}"#,
+            &[
+                "Network 0.0.0.0/0 is too wide",
+                "/8 or narrower",
+                "10.244.0.0/16",
+            ],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/7"}"#,
+            &["Network 10.0.0.0/7 is too wide", "/8 or narrower"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/29"}"#,
+            &["Network 10.0.0.0/29 is too small", "/28"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#,
+            &["SubnetLen 31 is too long", "30 or less"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#,
+            &["SubnetLen 17 is too short for 10.0.0.0/16", "at least 18"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetLen":-1}"#,
+            &["SubnetLen is number -1", "non-negative"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetLen":24.0}"#,
+            &["SubnetLen is number 24.0", "integer"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetLen":"24"}"#,
+            &["SubnetLen is string \"24\"", "integer"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetMin":"10.1.0.0"}"#,
+            &["SubnetMin 10.1.0.0 is outside the network 10.0.0.0/16"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetMax":"11.0.0.0"}"#,
+            &["SubnetMax 11.0.0.0 is outside"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.1.1"}"#,
+            &["SubnetMin 10.0.1.1 is not on a /24 boundary", "10.0.1.0"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetMax":"10.0.9.128"}"#,
+            &["SubnetMax 10.0.9.128 is not on a /24 boundary", "10.0.9.0"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.9.0","SubnetMax":"10.0.3.0"}"#,
+            &["SubnetMin 10.0.9.0 is above SubnetMax 10.0.3.0"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetMin":"banana"}"#,
+            &["SubnetMin \"banana\" is not valid", "IPv4 address"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetMin":"fd00::"}"#,
+            &["SubnetMin \"fd00::\""],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv4":false}"#,
+            &[
+                "EnableIPv4 and EnableIPv6 are both false",
+                "enable at least one",
+            ],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv4":false,"EnableIPv6":false,"IPv6Network":"fd00::/56"}"#,
+            &["EnableIPv4 and EnableIPv6 are both false"],
+        ),
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true}"#,
+            &["IPv6Network is missing", "fd00:10:244::/56"],
+        ),
+        (
+            r#"{"EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
+            &["Network is missing"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":"yes","IPv6Network":"fd00::/56"}"#,
+            &["EnableIPv6 is string \"yes\"", "true or false"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"10.1.0.0/16"}"#,
+            &["IPv6Network \"10.1.0.0/16\" is not valid", "IPv6 CIDR"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"::/0"}"#,
+            &[
+                "IPv6Network ::/0 is too wide",
+                "/16 or narrower",
+                "fd00:10:244::/56",
+            ],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"2000::/3"}"#,
+            &["IPv6Network 2000::/3 is too wide", "/16 or narrower"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127}"#,
+            &["IPv6SubnetLen 127 is too long", "126 or less"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":57}"#,
+            &["IPv6SubnetLen 57 is too short for fd00::/56", "at least 58"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd01::"}"#,
+            &["IPv6SubnetMin fd01:: is outside the network fd00::/56"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMax":"fd00:0:0:9::1"}"#,
+            &[
+                "IPv6SubnetMax fd00:0:0:9::1 is not on a /64 boundary",
+                "fd00:0:0:9::",
+            ],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:3::"}"#,
+            &["IPv6SubnetMin fd00:0:0:9:: is above IPv6SubnetMax fd00:0:0:3::"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"10.0.0.0"}"#,
+            &["IPv6SubnetMin \"10.0.0.0\" is not valid", "IPv6 address"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":"64"}"#,
+            &["IPv6SubnetLen is string \"64\"", "integer"],
+        ),
+        // A disabled family's fields must still decode, as Go's decoder requires.
+        (
+            r#"{"EnableIPv4":false,"Network":"banana","EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
+            &["Network \"banana\" is not valid"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","IPv6Network":"garbage"}"#,
+            &["IPv6Network \"garbage\" is not valid"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv4":"no"}"#,
+            &["EnableIPv4 is string \"no\"", "true or false"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":"vxlan"}"#,
+            &["Backend is string \"vxlan\"", "object"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"host-gw"}}"#,
+            &["Backend.Type \"host-gw\"", "udp, vxlan, gre"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":7}}"#,
+            &["Backend.Type is number 7"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#,
+            &["Backend.VNI 0 is out of range", "1..=16777215"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+            &["Backend.VNI 16777216 is out of range"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"gre","VNI":-3}}"#,
+            &["Backend.VNI -3 is out of range"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":65536}}"#,
+            &["Backend.Port 65536 is out of range", "1..=65535"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Port":-1}}"#,
+            &["Backend.Port -1 is out of range"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","MTU":100}}"#,
+            &["Backend.MTU 100 is out of range", "576..=65535"],
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"gre","Checksum":1}}"#,
+            &["Backend.Checksum is number 1", "true or false"],
+        ),
+    ];
+
     #[test]
     fn validation_errors_name_field_and_value() {
-        let cases: &[(&str, &[&str])] = &[
-            ("not json", &["not valid JSON"]),
-            ("[1,2]", &["not valid JSON"]),
-            ("{}", &["Network is missing", "10.244.0.0/16"]),
-            (r#"{"Network":null}"#, &["Network is missing"]),
-            (
-                r#"{"Network":16}"#,
-                &["Network is number 16", "expected a string"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0"}"#,
-                &["Network \"10.0.0.0\" is not valid", "IPv4 CIDR"],
-            ),
-            (
-                r#"{"Network":"fd00::/64"}"#,
-                &["Network \"fd00::/64\"", "IPv4 CIDR"],
-            ),
-            (
-                r#"{"Network":"0.0.0.0/0"}"#,
-                &[
-                    "Network 0.0.0.0/0 is too wide",
-                    "/8 or narrower",
-                    "10.244.0.0/16",
-                ],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/7"}"#,
-                &["Network 10.0.0.0/7 is too wide", "/8 or narrower"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/29"}"#,
-                &["Network 10.0.0.0/29 is too small", "/28"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#,
-                &["SubnetLen 31 is too long", "30 or less"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#,
-                &["SubnetLen 17 is too short for 10.0.0.0/16", "at least 18"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","SubnetLen":-1}"#,
-                &["SubnetLen is number -1", "non-negative"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","SubnetLen":24.0}"#,
-                &["SubnetLen is number 24.0", "integer"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","SubnetLen":"24"}"#,
-                &["SubnetLen is string \"24\"", "integer"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","SubnetMin":"10.1.0.0"}"#,
-                &["SubnetMin 10.1.0.0 is outside the network 10.0.0.0/16"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","SubnetMax":"11.0.0.0"}"#,
-                &["SubnetMax 11.0.0.0 is outside"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.1.1"}"#,
-                &["SubnetMin 10.0.1.1 is not on a /24 boundary", "10.0.1.0"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","SubnetMax":"10.0.9.128"}"#,
-                &["SubnetMax 10.0.9.128 is not on a /24 boundary", "10.0.9.0"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.9.0","SubnetMax":"10.0.3.0"}"#,
-                &["SubnetMin 10.0.9.0 is above SubnetMax 10.0.3.0"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","SubnetMin":"banana"}"#,
-                &["SubnetMin \"banana\" is not valid", "IPv4 address"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","SubnetMin":"fd00::"}"#,
-                &["SubnetMin \"fd00::\""],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv4":false}"#,
-                &[
-                    "EnableIPv4 and EnableIPv6 are both false",
-                    "enable at least one",
-                ],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv4":false,"EnableIPv6":false,"IPv6Network":"fd00::/56"}"#,
-                &["EnableIPv4 and EnableIPv6 are both false"],
-            ),
-            (
-                r#"{"EnableIPv4":false,"EnableIPv6":true}"#,
-                &["IPv6Network is missing", "fd00:10:244::/56"],
-            ),
-            (
-                r#"{"EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
-                &["Network is missing"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv6":"yes","IPv6Network":"fd00::/56"}"#,
-                &["EnableIPv6 is string \"yes\"", "true or false"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"10.1.0.0/16"}"#,
-                &["IPv6Network \"10.1.0.0/16\" is not valid", "IPv6 CIDR"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"::/0"}"#,
-                &[
-                    "IPv6Network ::/0 is too wide",
-                    "/16 or narrower",
-                    "fd00:10:244::/56",
-                ],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"2000::/3"}"#,
-                &["IPv6Network 2000::/3 is too wide", "/16 or narrower"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127}"#,
-                &["IPv6SubnetLen 127 is too long", "126 or less"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":57}"#,
-                &["IPv6SubnetLen 57 is too short for fd00::/56", "at least 58"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd01::"}"#,
-                &["IPv6SubnetMin fd01:: is outside the network fd00::/56"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMax":"fd00:0:0:9::1"}"#,
-                &[
-                    "IPv6SubnetMax fd00:0:0:9::1 is not on a /64 boundary",
-                    "fd00:0:0:9::",
-                ],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:3::"}"#,
-                &["IPv6SubnetMin fd00:0:0:9:: is above IPv6SubnetMax fd00:0:0:3::"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"10.0.0.0"}"#,
-                &["IPv6SubnetMin \"10.0.0.0\" is not valid", "IPv6 address"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":"64"}"#,
-                &["IPv6SubnetLen is string \"64\"", "integer"],
-            ),
-            // A disabled family's fields must still decode, as Go's decoder requires.
-            (
-                r#"{"EnableIPv4":false,"Network":"banana","EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
-                &["Network \"banana\" is not valid"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","IPv6Network":"garbage"}"#,
-                &["IPv6Network \"garbage\" is not valid"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","EnableIPv4":"no"}"#,
-                &["EnableIPv4 is string \"no\"", "true or false"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","Backend":"vxlan"}"#,
-                &["Backend is string \"vxlan\"", "object"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"host-gw"}}"#,
-                &["Backend.Type \"host-gw\"", "udp, vxlan, gre"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","Backend":{"Type":7}}"#,
-                &["Backend.Type is number 7"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#,
-                &["Backend.VNI 0 is out of range", "1..=16777215"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
-                &["Backend.VNI 16777216 is out of range"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"gre","VNI":-3}}"#,
-                &["Backend.VNI -3 is out of range"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":65536}}"#,
-                &["Backend.Port 65536 is out of range", "1..=65535"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","Backend":{"Port":-1}}"#,
-                &["Backend.Port -1 is out of range"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","MTU":100}}"#,
-                &["Backend.MTU 100 is out of range", "576..=65535"],
-            ),
-            (
-                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"gre","Checksum":1}}"#,
-                &["Backend.Checksum is number 1", "true or false"],
-            ),
-        ];
+        let cases = VALIDATION_CASES;
         for (json, wants) in cases {
             let e = err(json);
             for w in *wants {

@@ -128,25 +128,10 @@ impl TxPath {
         let Some(first) = dsts.first() else {
             return Ok(Sent::default());
         };
-        let mut sent = Sent::default();
         if out.vh.gso_kind() == virtio::GSO_NONE && !out.vh.needs_csum() {
-            // 1. As it is, encapsulated in place.
-            let d = &mut self.buf[out.start - out.encap..out.end];
-            fill(d).map_err(|r| (r, 1))?;
-            let d = &self.buf[out.start - out.encap..out.end];
-            let mut msgs = [Msg {
-                buf: d,
-                dst: to(first),
-                segment: 0,
-            }; MAX_BATCH];
-            for chunk in dsts.chunks(MAX_BATCH) {
-                for (m, ip) in msgs.iter_mut().zip(chunk) {
-                    m.dst = to(ip);
-                }
-                sent.add(send_msgs(sock, &msgs[..chunk.len()]));
-            }
-            return Ok(sent);
+            return self.send_plain(out, fill, sock, dsts, to(first), to);
         }
+        let mut sent = Sent::default();
         // Offsets in the virtio header count from the frame; segmenting sees the IP packet.
         let mut vh = out.vh;
         vh.csum_start = vh.csum_start.saturating_sub(out.link as u16);
@@ -203,6 +188,35 @@ impl TxPath {
                 sent.fallbacks += refused(&mut self.gso_off, ip, now, "UDP");
             }
             sent.add(s);
+        }
+        Ok(sent)
+    }
+
+    /// Way 1: one packet as it is, encapsulated in place and sent to every destination in
+    /// batches of [`MAX_BATCH`].
+    fn send_plain<A>(
+        &mut self,
+        out: &Outgoing,
+        fill: &mut Fill<'_>,
+        sock: &UnderlaySocket,
+        dsts: &[A],
+        first: SocketAddr,
+        to: impl Fn(&A) -> SocketAddr,
+    ) -> Result<Sent, (DropReason, u64)> {
+        let mut sent = Sent::default();
+        let d = &mut self.buf[out.start - out.encap..out.end];
+        fill(d).map_err(|r| (r, 1))?;
+        let d = &self.buf[out.start - out.encap..out.end];
+        let mut msgs = [Msg {
+            buf: d,
+            dst: first,
+            segment: 0,
+        }; MAX_BATCH];
+        for chunk in dsts.chunks(MAX_BATCH) {
+            for (m, ip) in msgs.iter_mut().zip(chunk) {
+                m.dst = to(ip);
+            }
+            sent.add(send_msgs(sock, &msgs[..chunk.len()]));
         }
         Ok(sent)
     }
