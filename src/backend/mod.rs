@@ -74,6 +74,9 @@ impl Sockets {
 }
 
 /// The configured routed backend, with what this node derives from it.
+///
+/// wireguard is not an encapsulation of ours: the daemon hands it to `crate::wg` before it
+/// builds a `Backend`, so its arms here (udp's) are never taken.
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub kind: BackendKind,
@@ -93,7 +96,7 @@ impl Backend {
         let vni = cfg.vni;
         let vtep_mac = vxlan::stable_vtep_mac(public_ip, vni);
         let encap = match cfg.kind {
-            BackendKind::Udp => Encap::Udp,
+            BackendKind::Udp | BackendKind::Wireguard => Encap::Udp,
             BackendKind::Vxlan => Encap::Vxlan {
                 vni,
                 local_mac: vtep_mac,
@@ -120,7 +123,7 @@ impl Backend {
     /// The overlay device's name: flannel's where flannel has the backend.
     pub fn device_name(&self) -> String {
         match self.kind {
-            BackendKind::Udp => udp::DEVICE.to_string(),
+            BackendKind::Udp | BackendKind::Wireguard => udp::DEVICE.to_string(),
             BackendKind::Vxlan => vxlan::device_name(self.vni),
             BackendKind::Gre => gre::device_name(self.vni),
         }
@@ -164,7 +167,7 @@ impl Backend {
     /// What our lease says about us, as flannel writes it for this backend.
     pub fn lease_attrs(&self, public_ip: Ipv4Addr) -> LeaseAttrs {
         match self.kind {
-            BackendKind::Udp => udp::lease_attrs(public_ip),
+            BackendKind::Udp | BackendKind::Wireguard => udp::lease_attrs(public_ip),
             BackendKind::Vxlan => vxlan::lease_attrs(public_ip, self.vni, self.vtep_mac),
             BackendKind::Gre => gre::lease_attrs(public_ip, self.vni),
         }
@@ -176,7 +179,7 @@ impl Backend {
     /// (flannel's udp backend has no backend data).
     pub fn lease_v6_data(&self, public_ipv6: Ipv6Addr) -> Option<serde_json::Value> {
         match self.kind {
-            BackendKind::Udp => None,
+            BackendKind::Udp | BackendKind::Wireguard => None,
             BackendKind::Vxlan => Some(
                 VxlanData {
                     vni: self.vni,
@@ -193,7 +196,7 @@ impl Backend {
     /// carry (another backend, another VNI), `Err` for one of ours whose data is invalid.
     pub fn peer_mac(&self, attrs: &LeaseAttrs) -> Result<Option<[u8; 6]>, String> {
         match self.kind {
-            BackendKind::Udp => Ok(udp::is_peer(attrs).then_some([0; 6])),
+            BackendKind::Udp | BackendKind::Wireguard => Ok(udp::is_peer(attrs).then_some([0; 6])),
             BackendKind::Vxlan => vxlan::peer_mac(attrs, self.vni),
             BackendKind::Gre => Ok(gre::is_peer(attrs).then_some([0; 6])),
         }
@@ -206,7 +209,7 @@ impl Backend {
     /// `Err` for one of ours whose IPv6 data is invalid (flannel skips such a lease).
     pub fn peer_v6(&self, attrs: &LeaseAttrs) -> Result<Option<[u8; 6]>, String> {
         match self.kind {
-            BackendKind::Udp => Ok(udp::is_peer(attrs).then_some([0; 6])),
+            BackendKind::Udp | BackendKind::Wireguard => Ok(udp::is_peer(attrs).then_some([0; 6])),
             BackendKind::Vxlan => vxlan::peer_mac_v6(attrs, self.vni),
             BackendKind::Gre => Ok(gre::is_peer(attrs).then_some([0; 6])),
         }
@@ -246,7 +249,7 @@ impl Backend {
     /// Opens the underlay sockets on `addr` (IPv4 or IPv6) for `queues` receive workers.
     pub fn sockets(&self, addr: IpAddr, queues: usize) -> Result<Sockets, SocketError> {
         match self.kind {
-            BackendKind::Udp => udp::sockets(addr, self.port, queues),
+            BackendKind::Udp | BackendKind::Wireguard => udp::sockets(addr, self.port, queues),
             BackendKind::Vxlan => vxlan::sockets(addr, self.port, queues),
             BackendKind::Gre => gre::sockets(addr),
         }
