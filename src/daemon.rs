@@ -79,6 +79,8 @@ pub enum DaemonError {
     L2(#[from] crate::l2::L2StartError),
     #[error(transparent)]
     Firewall(#[from] crate::masq::FirewallError),
+    #[error(transparent)]
+    Wireguard(#[from] crate::wg::WgError),
 }
 
 impl From<BackendArg> for BackendKind {
@@ -307,6 +309,23 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
         if flag != kind {
             return Err(DaemonError::BackendMismatch { flag, etcd: kind });
         }
+    }
+    if kind == BackendKind::Wireguard {
+        let start = crate::wg::Start {
+            keepalive_every: Duration::from_secs(
+                (args.subnet_lease_renew_margin * 60 / 4).clamp(30, 15 * 60),
+            ),
+            cfg,
+            registry,
+            nl: &nl,
+            underlay: &underlay,
+            public_ip,
+            telemetry,
+            run_dir: args.run_dir.clone(),
+            subnet_file: args.subnet_file.clone(),
+            ip_masq: args.ip_masq,
+        };
+        return Ok(crate::wg::serve(start, &stop).await?);
     }
     let vni = cfg.backend.vni;
     if kind == BackendKind::Vxlan && vni > 65535 {

@@ -49,4 +49,5 @@ pub mod status;
 pub mod sys;
 pub mod systemd;
 pub mod telemetry;
+pub mod wg;
 pub mod wire;

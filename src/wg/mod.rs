@@ -1,0 +1,217 @@
+//! flannel's `wireguard` backend in userspace: the node's key ([`keyfile`]), the protocol
+//! engine over boringtun ([`engine`]), the data path thread ([`worker`]) and [`serve`], the
+//! start-up and main loop the daemon hands a wireguard network to.
+//!
+//! As flanneld: the lease carries `BackendType: "wireguard"` and the node's public key; the
+//! device is `flannel-wg` with the underlay MTU less 80; each peer's AllowedIPs are its
+//! lease's subnet and its endpoint its PublicIP and port. This first landing carries IPv4
+//! networks (IPv6 and the separate `flannel-wg-v6` device are refused with a clear error).
+
+pub mod engine;
+pub mod keyfile;
+pub mod worker;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::control::config::NetworkConfig;
+use crate::control::etcd::{ControlLoop, PeerDecoder, Registry, RemoteLease};
+use crate::control::lease::{LeaseAttrs, WireguardData};
+use crate::control::subnet_env::{read_previous, SubnetEnv};
+use crate::fib::{self, Peer};
+use crate::host::{HostError, Netlink, Underlay};
+use crate::sys::socket::UnderlaySocket;
+use crate::sys::tun::{self, Device};
+use engine::{Engine, Identity, WgDrop};
+use worker::{KeyBook, Parts, Worker};
+
+/// The device, as flanneld names it.
+pub const DEVICE: &str = "flannel-wg";
+/// What WireGuard over IPv6 adds to a packet (flanneld subtracts it for both families):
+/// outer IPv6 40 + UDP 8 + WireGuard 32.
+pub const OVERHEAD: u32 = 80;
+
+/// Why the wireguard node could not start; each names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum WgError {
+    #[error(transparent)]
+    Key(#[from] keyfile::KeyFileError),
+    #[error("the wireguard backend of overlayd carries IPv4 networks only for now, but the network config enables IPv6; set EnableIPv6 false or use the vxlan backend for IPv6")]
+    Ipv6,
+    #[error("{0}")]
+    Instance(String),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error("cannot open the wireguard device {DEVICE} or its socket on port {port}: {source}")]
+    Io { port: u16, source: std::io::Error },
+    #[error("cannot write subnet file {path}: {source}")]
+    SubnetFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What the daemon resolved before handing over, and the flags that matter here.
+pub struct Start<'a> {
+    pub cfg: NetworkConfig,
+    pub registry: Registry,
+    pub nl: &'a Netlink,
+    pub underlay: &'a Underlay,
+    pub public_ip: Ipv4Addr,
+    pub run_dir: PathBuf,
+    pub subnet_file: PathBuf,
+    pub ip_masq: bool,
+    pub keepalive_every: Duration,
+    pub telemetry: Arc<crate::telemetry::State>,
+}
+
+/// Runs a wireguard node until `stop` resolves: key, lease, device, socket, data path,
+/// subnet.env, then the lease and peers kept current by the control loop.
+pub async fn serve(s: Start<'_>, stop: &crate::lifecycle::Stop) -> Result<(), WgError> {
+    let cfg = &s.cfg;
+    if cfg.ipv6.is_some() {
+        return Err(WgError::Ipv6);
+    }
+    let wg = cfg.backend.wireguard.clone().unwrap_or_default();
+    let port = cfg.backend.port;
+    let key_path = keyfile::path_from_env();
+    let secret = keyfile::load_or_create(&key_path)?;
+    let engine = Engine::new(Identity {
+        secret,
+        psk: wg.psk,
+        keepalive: wg.keepalive,
+    });
+    let data = WireguardData {
+        public_key: engine.public_key(),
+        port,
+    };
+    info!(key_file = %key_path.display(), public_key = %crate::control::config::encode_key(&data.public_key), port, "wireguard identity");
+    let attrs = LeaseAttrs {
+        public_ip: s.public_ip,
+        public_ipv6: None,
+        backend_type: Some("wireguard".into()),
+        backend_data: Some(data.to_value()),
+        backend_v6_data: None,
+    };
+    let _instance = crate::lifecycle::claim(&s.run_dir, DEVICE, s.nl)
+        .await
+        .map_err(WgError::Instance)?;
+    let acquired = s
+        .registry
+        .acquire_with_retry(cfg, &attrs, read_previous(&s.subnet_file))
+        .await;
+    let mtu = cfg
+        .backend
+        .mtu
+        .unwrap_or(s.underlay.mtu)
+        .saturating_sub(OVERHEAD);
+    let io = |source| WgError::Io { port, source };
+    let mut dev = Device::open(&tun::Options {
+        name: DEVICE.into(),
+        kind: tun::Kind::Tun,
+        queues: 1,
+        vnet_hdr: false,
+        tunnel_hdr: false,
+    })
+    .map_err(io)?;
+    s.nl.configure_overlay(DEVICE, acquired.subnet.network(), mtu, cfg.network)
+        .await?;
+    let bind = SocketAddr::new(IpAddr::V4(s.underlay.addr), port);
+    let sock = Arc::new(UnderlaySocket::udp(bind, crate::backend::SOCKET_BUFFER).map_err(io)?);
+    let fib = fib::shared();
+    let keys = KeyBook::default();
+    let stats = engine.stats.clone();
+    let tun = dev
+        .queues
+        .pop()
+        .ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
+    let _worker = Worker::start(Parts {
+        engine,
+        tun,
+        sock,
+        fib: fib.clone(),
+        keys: keys.clone(),
+        port,
+    })
+    .map_err(io)?;
+    let env = SubnetEnv::for_lease(cfg, acquired.key(), mtu, s.ip_masq);
+    env.write_atomic(&s.subnet_file)
+        .map_err(|source| WgError::SubnetFile {
+            path: s.subnet_file.display().to_string(),
+            source,
+        })?;
+    let (subnet_tx, _subnet_rx) = tokio::sync::watch::channel(acquired.key());
+    let control = ControlLoop {
+        registry: s.registry.clone(),
+        cfg: cfg.clone(),
+        attrs,
+        acquired,
+        fib: fib.clone(),
+        decode_peer: decoder(keys),
+        fib6: fib::shared6(),
+        decode_peer6: Box::new(|_| None),
+        subnet_tx,
+        keepalive_every: s.keepalive_every,
+        stats: s.telemetry.control.clone(),
+    };
+    let control_task = tokio::spawn(control.run());
+    let t = &s.telemetry;
+    let _ = t.backend.set("wireguard");
+    let _ = t.fib.set(fib);
+    t.control.lease_held.store(true, Ordering::Relaxed);
+    t.ready.store(true, Ordering::Relaxed);
+    stop.serving();
+    crate::systemd::ready();
+    info!(device = DEVICE, mtu, port, subnet_file = %s.subnet_file.display(), "ready (wireguard)");
+    let sig = stop.requested().await;
+    info!("{sig}: stopping");
+    crate::systemd::stopping();
+    t.ready.store(false, Ordering::Relaxed);
+    control_task.abort();
+    let drops: Vec<String> = WgDrop::ALL
+        .iter()
+        .map(|&w| format!("{}={}", w.as_str(), stats.dropped(w)))
+        .collect();
+    info!(
+        tx_packets = stats.tx_packets.load(Ordering::Relaxed),
+        rx_packets = stats.rx_packets.load(Ordering::Relaxed),
+        drops = %drops.join(","),
+        "stopped; device removed, lease and key kept for the next start"
+    );
+    Ok(())
+}
+
+/// Reads a lease as a wireguard peer: its subnet and PublicIP go into the forwarding
+/// table, its key and port into `keys`; a lease of another backend, or whose data is
+/// invalid (warned about once per version), is no peer.
+fn decoder(keys: KeyBook) -> PeerDecoder {
+    let warned = std::sync::Mutex::new(std::collections::HashSet::new());
+    Box::new(move |l: &RemoteLease| {
+        if l.attrs.backend_type.as_deref() != Some("wireguard") {
+            return None;
+        }
+        match l.attrs.wireguard_data(false) {
+            Ok(d) => {
+                if let Ok(mut k) = keys.lock() {
+                    k.insert(l.subnet, d);
+                }
+                Some(Peer::new(l.subnet, l.attrs.public_ip, [0; 6]))
+            }
+            Err(e) => {
+                let first = warned
+                    .lock()
+                    .map(|mut w| w.insert((l.key.clone(), l.mod_revision)))
+                    .unwrap_or(true);
+                if first {
+                    warn!(key = %l.key, error = %e, "ignoring a wireguard lease with invalid BackendData");
+                }
+                None
+            }
+        }
+    })
+}
