@@ -1,0 +1,135 @@
+//! The wireguard backend end to end: overlayd nodes configured as flannel's
+//! `"Backend":{"Type":"wireguard"}` in network namespaces, pinging and moving hashed TCP
+//! streams both ways over WireGuard; then a node set up as flanneld's wireguard backend sets
+//! it up (wireguard-go + `wg`), talking to an overlayd node.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+
+const READY: Duration = Duration::from_secs(30);
+const MB: u64 = 1_000_000;
+
+/// The net-conf.json of these tests, with `backend` extra fields (e.g. `,"PSK":"..."`).
+fn put_config(etcd: &Etcd, backend: &str) {
+    let cfg = format!(
+        r#"{{"Network":"{OVERLAY_NETWORK}","SubnetLen":24,"Backend":{{"Type":"wireguard"{backend}}}}}"#
+    );
+    etcd.put(&format!("{ETCD_PREFIX}/config"), &cfg);
+}
+
+/// overlayd on `ns` with its own key file `key`.
+fn spawn(ns: &Netns, etcd: &Etcd, key: &std::path::Path) -> Overlayd {
+    let env = format!("WIREGUARD_KEY_FILE={}", key.display());
+    let args = [
+        "--etcd-endpoints",
+        &etcd.endpoint(),
+        "--etcd-prefix",
+        ETCD_PREFIX,
+        "--iface",
+        "eth0",
+        "-v",
+        "debug",
+    ];
+    Overlayd::spawn_wrapped(ns, &["env", &env], args)
+}
+
+/// The `PublicKey` of the lease holding `subnet`.
+fn lease_key(etcd: &Etcd, subnet: &str) -> String {
+    let key = lease_key_of(subnet_of(subnet));
+    let v: serde_json::Value = serde_json::from_str(&etcd.get(&key).expect("lease")).unwrap();
+    assert_eq!(v["BackendType"], "wireguard", "{v}");
+    v["BackendData"]["PublicKey"]
+        .as_str()
+        .expect("PublicKey")
+        .to_string()
+}
+
+fn lease_key_of(sn: ipnet::Ipv4Net) -> String {
+    common::lease_key(ETCD_PREFIX, sn)
+}
+
+fn both_ways(a: &Netns, a_ip: std::net::Ipv4Addr, b: &Netns, b_ip: std::net::Ipv4Addr, mb: u64) {
+    assert!(ping_until(a, b_ip, Duration::from_secs(20)), "ping {b_ip}");
+    assert!(ping_until(b, a_ip, Duration::from_secs(20)), "ping {a_ip}");
+    let (sent, got) = tcp_transfer(a, b, b_ip, 0, mb * MB);
+    assert_eq!(sent, got, "{mb} MB to {b_ip} byte-identical");
+    let (sent, got) = tcp_transfer(b, a, a_ip, 0, mb * MB);
+    assert_eq!(sent, got, "{mb} MB to {a_ip} byte-identical");
+}
+
+#[test]
+fn netns_wireguard_two_overlayd_nodes() {
+    if skip_unless_root("netns_wireguard_two_overlayd_nodes") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    put_config(&etcd, "");
+    let keys = TempDir::new("wgkeys");
+    let k1: PathBuf = keys.path().join("h1/wgkey");
+    let mut d1 = spawn(topo.host(0), &etcd, &k1);
+    let mut d2 = spawn(topo.host(1), &etcd, &keys.path().join("h2/wgkey"));
+    let s1 = d1.wait_ready(READY);
+    let s2 = d2.wait_ready(READY);
+    let env = d1.subnet_env().unwrap();
+    assert_eq!(env["FLANNEL_MTU"], (UNDERLAY_MTU - 80).to_string());
+    assert!(topo.host(0).has_link("flannel-wg"));
+    let key1 = lease_key(&etcd, &s1);
+    assert_eq!(key1.len(), 44);
+    let file = std::fs::read_to_string(&k1).unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&k1).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "key file mode");
+    assert_ne!(
+        file.trim(),
+        key1,
+        "the file holds the private key, the lease the public one"
+    );
+    both_ways(
+        topo.host(0),
+        overlay_ip_of(&s1),
+        topo.host(1),
+        overlay_ip_of(&s2),
+        5,
+    );
+    // Restart: the same key and subnet, and the tunnel comes back without touching h2.
+    d1.restart();
+    let again = d1.wait_ready(READY);
+    assert_eq!(again, s1);
+    assert_eq!(lease_key(&etcd, &s1), key1, "the key survives a restart");
+    both_ways(
+        topo.host(0),
+        overlay_ip_of(&s1),
+        topo.host(1),
+        overlay_ip_of(&s2),
+        1,
+    );
+    for d in [&mut d1, &mut d2] {
+        let st = d.terminate(Duration::from_secs(5));
+        assert!(st.is_some_and(|s| s.success()), "clean exit on SIGTERM");
+    }
+    assert!(
+        !topo.host(0).has_link("flannel-wg"),
+        "device removed on exit"
+    );
+    let log = d2.log();
+    assert!(
+        log.contains("ready (wireguard)"),
+        "{}",
+        tail(d2.log_path(), 30)
+    );
+    let stopped = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("stopped;"))
+        .unwrap_or("");
+    assert!(
+        !stopped.contains("rx_packets=0"),
+        "h2 received over WireGuard: {stopped}"
+    );
+    assert!(stopped.contains("not_allowed=0,"), "{stopped}");
+}
