@@ -133,3 +133,139 @@ fn netns_wireguard_two_overlayd_nodes() {
     );
     assert!(stopped.contains("not_allowed=0,"), "{stopped}");
 }
+
+/// A node set up as flanneld's wireguard backend sets one up, on wireguard-go (userspace)
+/// with `wg`: its own key, `listen-port` 51820, the device address and the route to the
+/// network, and a lease written as flanneld writes it. Its control socket lives in
+/// /var/run/wireguard, shared by every namespace, so the device has a name of its own;
+/// the socket is removed on drop (the process goes with its namespace).
+struct FlannelNode {
+    dev: String,
+    key: String,
+    public: String,
+    subnet: ipnet::Ipv4Net,
+}
+
+impl Drop for FlannelNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.dev));
+    }
+}
+
+/// Whether wireguard-go and wg are installed (scripts/install-deps.sh installs them).
+fn skip_without_wireguard_go(test: &str) -> bool {
+    let have = |c: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {c}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have("wireguard-go") && have("wg") {
+        return false;
+    }
+    eprintln!(
+        "!!! SKIPPED {test}: needs wireguard-go and wg (scripts/install-deps.sh installs them)"
+    );
+    true
+}
+
+impl FlannelNode {
+    fn start(
+        ns: &Netns,
+        etcd: &Etcd,
+        ip: std::net::Ipv4Addr,
+        subnet: &str,
+        tag: &str,
+    ) -> FlannelNode {
+        let dev = format!("wgt{}{tag}", std::process::id() % 100_000);
+        let key = ns.run(&["wg", "genkey"]).trim().to_string();
+        let public = ns.sh(&format!("echo {key} | wg pubkey")).trim().to_string();
+        let node = FlannelNode {
+            dev,
+            key,
+            public,
+            subnet: subnet.parse().unwrap(),
+        };
+        let d = &node.dev;
+        ns.sh(&format!(
+            "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 wireguard-go {d}"
+        ));
+        ns.sh(&format!(
+            "echo {} > /tmp/{d}.key && wg set {d} private-key /tmp/{d}.key listen-port 51820 && rm /tmp/{d}.key",
+            node.key
+        ));
+        ns.ip(&format!("addr add {}/32 dev {d}", node.subnet.network()));
+        ns.ip(&format!("link set {d} mtu {} up", UNDERLAY_MTU - 80));
+        ns.ip(&format!("route add {OVERLAY_NETWORK} dev {d}"));
+        let lease = format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{}"}}}}"#,
+            node.public
+        );
+        etcd.put_with_lease(&lease_key_of(node.subnet), &lease, 3600);
+        node
+    }
+
+    /// `wg set ... peer` for the overlayd node holding `subnet` at `ip`, as flanneld's
+    /// AddPeer does (endpoint PublicIP:port, AllowedIPs = the lease's subnet, the PSK).
+    fn add_peer(
+        &self,
+        ns: &Netns,
+        etcd: &Etcd,
+        ip: std::net::Ipv4Addr,
+        subnet: &str,
+        psk: Option<&str>,
+    ) {
+        let d = &self.dev;
+        let psk = match psk {
+            Some(p) => {
+                ns.sh(&format!("echo {p} > /tmp/{d}.psk"));
+                format!("preshared-key /tmp/{d}.psk")
+            }
+            None => String::new(),
+        };
+        ns.sh(&format!(
+            "wg set {d} peer {} endpoint {ip}:51820 allowed-ips {} {psk}; rm -f /tmp/{d}.psk",
+            lease_key(etcd, subnet),
+            subnet_of(subnet)
+        ));
+    }
+}
+
+/// overlayd (h1) and a flanneld-style wireguard-go node (h2): ping and TCP both ways, then
+/// overlayd restarts with the same key and the tunnel comes back without touching h2.
+fn interop(psk: Option<&str>, test: &str) {
+    if skip_unless_root(test) || skip_without_wireguard_go(test) {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    let extra = psk.map(|p| format!(r#","PSK":"{p}""#)).unwrap_or_default();
+    put_config(&etcd, &extra);
+    let (h1, h2) = (topo.host(0), topo.host(1));
+    let flannel = FlannelNode::start(h2, &etcd, h2.ip, "10.244.200.0/24", "f");
+    let keys = TempDir::new("wgkeys");
+    let mut d1 = spawn(h1, &etcd, &keys.path().join("wgkey"));
+    let s1 = d1.wait_ready(READY);
+    flannel.add_peer(h2, &etcd, h1.ip, &s1, psk);
+    let flannel_ip = flannel.subnet.network();
+    both_ways(h1, overlay_ip_of(&s1), h2, flannel_ip, 2);
+    d1.restart();
+    assert_eq!(d1.wait_ready(READY), s1);
+    both_ways(h1, overlay_ip_of(&s1), h2, flannel_ip, 1);
+    let wg = h2.run(&["wg", "show", &flannel.dev, "latest-handshakes"]);
+    assert!(wg.contains(&lease_key(&etcd, &s1)), "{wg}");
+    let st = d1.terminate(Duration::from_secs(5));
+    assert!(st.is_some_and(|s| s.success()), "clean exit on SIGTERM");
+}
+
+#[test]
+fn netns_wireguard_interop_with_wireguard_go() {
+    interop(None, "netns_wireguard_interop_with_wireguard_go");
+}
+
+#[test]
+fn netns_wireguard_interop_with_psk() {
+    // As `wg genpsk` prints one.
+    let psk = "sY5pDqyS2PZzvKZSUzJWTWzxGx3hD8nG1QGq8A7WJ1w=";
+    interop(Some(psk), "netns_wireguard_interop_with_psk");
+}
