@@ -21,19 +21,16 @@ fn put_config(etcd: &Etcd, backend: &str) {
     etcd.put(&format!("{ETCD_PREFIX}/config"), &cfg);
 }
 
-/// overlayd on `ns` with its own key file `key`.
+/// overlayd on `ns` with its own key file `key`: the usual arguments without `--backend`
+/// (the config in etcd names wireguard, which has no flag).
 fn spawn(ns: &Netns, etcd: &Etcd, key: &std::path::Path) -> Overlayd {
     let env = format!("WIREGUARD_KEY_FILE={}", key.display());
-    let args = [
-        "--etcd-endpoints",
-        &etcd.endpoint(),
-        "--etcd-prefix",
-        ETCD_PREFIX,
-        "--iface",
-        "eth0",
-        "-v",
-        "debug",
-    ];
+    let mut args = overlayd_args("vxlan", etcd);
+    let i = args
+        .iter()
+        .position(|a| a == "--backend")
+        .expect("--backend");
+    args.drain(i..i + 2);
     Overlayd::spawn_wrapped(ns, &["env", &env], args)
 }
 
