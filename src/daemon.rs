@@ -324,6 +324,9 @@ async fn serve(args: Args, stop: crate::lifecycle::Stop) -> Result<(), DaemonErr
             run_dir: args.run_dir.clone(),
             subnet_file: args.subnet_file.clone(),
             ip_masq: args.ip_masq,
+            fully_random_disable: args.ip_masq_fully_random_disable,
+            forward_rules: args.iptables_forward_rules,
+            iptables_resync: Duration::from_secs(args.iptables_resync),
         };
         return Ok(crate::wg::serve(start, &stop).await?);
     }

@@ -49,6 +49,8 @@ pub enum WgError {
     Host(#[from] HostError),
     #[error("cannot open the wireguard device {DEVICE} or its socket on port {port}: {source}")]
     Io { port: u16, source: std::io::Error },
+    #[error(transparent)]
+    Firewall(#[from] crate::masq::FirewallError),
     #[error("cannot write subnet file {path}: {source}")]
     SubnetFile {
         path: String,
@@ -65,7 +67,12 @@ pub struct Start<'a> {
     pub public_ip: Ipv4Addr,
     pub run_dir: PathBuf,
     pub subnet_file: PathBuf,
+    /// `--ip-masq`, `--ip-masq-fully-random-disable`, `--iptables-forward-rules`,
+    /// `--iptables-resync`: flanneld's iptables rules, as the other backends install them.
     pub ip_masq: bool,
+    pub fully_random_disable: bool,
+    pub forward_rules: bool,
+    pub iptables_resync: Duration,
     pub keepalive_every: Duration,
     pub telemetry: Arc<crate::telemetry::State>,
 }
@@ -139,6 +146,17 @@ pub async fn serve(s: Start<'_>, stop: &crate::lifecycle::Stop) -> Result<(), Wg
         port,
     })
     .map_err(io)?;
+    let mut firewall = crate::masq::Firewall::new(
+        s.ip_masq,
+        s.fully_random_disable,
+        s.forward_rules,
+        cfg.network,
+        acquired.subnet,
+        None,
+        s.iptables_resync,
+    )
+    .await?;
+    firewall.ensure().await;
     let env = SubnetEnv::for_lease(cfg, acquired.key(), mtu, s.ip_masq);
     env.write_atomic(&s.subnet_file)
         .map_err(|source| WgError::SubnetFile {
@@ -168,8 +186,13 @@ pub async fn serve(s: Start<'_>, stop: &crate::lifecycle::Stop) -> Result<(), Wg
     stop.serving();
     crate::systemd::ready();
     info!(device = DEVICE, mtu, port, subnet_file = %s.subnet_file.display(), "ready (wireguard)");
-    let sig = stop.requested().await;
-    info!("{sig}: stopping");
+    let mut check = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            sig = stop.requested() => { info!("{sig}: stopping"); break; }
+            _ = check.tick() => { firewall.ensure().await; }
+        }
+    }
     crate::systemd::stopping();
     t.ready.store(false, Ordering::Relaxed);
     control_task.abort();
