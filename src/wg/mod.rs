@@ -84,27 +84,8 @@ pub async fn serve(s: Start<'_>, stop: &crate::lifecycle::Stop) -> Result<(), Wg
     if cfg.ipv6.is_some() {
         return Err(WgError::Ipv6);
     }
-    let wg = cfg.backend.wireguard.clone().unwrap_or_default();
     let port = cfg.backend.port;
-    let key_path = keyfile::path_from_env();
-    let secret = keyfile::load_or_create(&key_path)?;
-    let engine = Engine::new(Identity {
-        secret,
-        psk: wg.psk,
-        keepalive: wg.keepalive,
-    });
-    let data = WireguardData {
-        public_key: engine.public_key(),
-        port,
-    };
-    info!(key_file = %key_path.display(), public_key = %crate::control::config::encode_key(&data.public_key), port, "wireguard identity");
-    let attrs = LeaseAttrs {
-        public_ip: s.public_ip,
-        public_ipv6: None,
-        backend_type: Some("wireguard".into()),
-        backend_data: Some(data.to_value()),
-        backend_v6_data: None,
-    };
+    let (engine, attrs) = identity(cfg, s.public_ip)?;
     let _instance = crate::lifecycle::claim(&s.run_dir, DEVICE, s.nl)
         .await
         .map_err(WgError::Instance)?;
@@ -117,35 +98,10 @@ pub async fn serve(s: Start<'_>, stop: &crate::lifecycle::Stop) -> Result<(), Wg
         .mtu
         .unwrap_or(s.underlay.mtu)
         .saturating_sub(OVERHEAD);
-    let io = |source| WgError::Io { port, source };
-    let mut dev = Device::open(&tun::Options {
-        name: DEVICE.into(),
-        kind: tun::Kind::Tun,
-        queues: 1,
-        vnet_hdr: false,
-        tunnel_hdr: false,
-    })
-    .map_err(io)?;
-    s.nl.configure_overlay(DEVICE, acquired.subnet.network(), mtu, cfg.network)
-        .await?;
-    let bind = SocketAddr::new(IpAddr::V4(s.underlay.addr), port);
-    let sock = Arc::new(UnderlaySocket::udp(bind, crate::backend::SOCKET_BUFFER).map_err(io)?);
     let fib = fib::shared();
     let keys = KeyBook::default();
     let stats = engine.stats.clone();
-    let tun = dev
-        .queues
-        .pop()
-        .ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
-    let _worker = Worker::start(Parts {
-        engine,
-        tun,
-        sock,
-        fib: fib.clone(),
-        keys: keys.clone(),
-        port,
-    })
-    .map_err(io)?;
+    let _worker = start_data_path(&s, engine, &fib, &keys, acquired.subnet, mtu).await?;
     let mut firewall = crate::masq::Firewall::new(
         s.ip_masq,
         s.fully_random_disable,
@@ -207,6 +163,69 @@ pub async fn serve(s: Start<'_>, stop: &crate::lifecycle::Stop) -> Result<(), Wg
         "stopped; device removed, lease and key kept for the next start"
     );
     Ok(())
+}
+
+/// The node's key (from the key file), its engine and what its lease says about it.
+fn identity(cfg: &NetworkConfig, public_ip: Ipv4Addr) -> Result<(Engine, LeaseAttrs), WgError> {
+    let wg = cfg.backend.wireguard.clone().unwrap_or_default();
+    let key_path = keyfile::path_from_env();
+    let engine = Engine::new(Identity {
+        secret: keyfile::load_or_create(&key_path)?,
+        psk: wg.psk,
+        keepalive: wg.keepalive,
+    });
+    let data = WireguardData {
+        public_key: engine.public_key(),
+        port: cfg.backend.port,
+    };
+    info!(key_file = %key_path.display(), public_key = %crate::control::config::encode_key(&data.public_key), port = data.port, "wireguard identity");
+    let attrs = LeaseAttrs {
+        public_ip,
+        public_ipv6: None,
+        backend_type: Some("wireguard".into()),
+        backend_data: Some(data.to_value()),
+        backend_v6_data: None,
+    };
+    Ok((engine, attrs))
+}
+
+/// Opens `flannel-wg` (address, MTU, route to the network) and the `ListenPort` socket,
+/// and starts the data path thread on them.
+async fn start_data_path(
+    s: &Start<'_>,
+    engine: Engine,
+    fib: &fib::SharedFib,
+    keys: &KeyBook,
+    subnet: ipnet::Ipv4Net,
+    mtu: u32,
+) -> Result<Worker, WgError> {
+    let port = s.cfg.backend.port;
+    let io = |source| WgError::Io { port, source };
+    let mut dev = Device::open(&tun::Options {
+        name: DEVICE.into(),
+        kind: tun::Kind::Tun,
+        queues: 1,
+        vnet_hdr: false,
+        tunnel_hdr: false,
+    })
+    .map_err(io)?;
+    s.nl.configure_overlay(DEVICE, subnet.network(), mtu, s.cfg.network)
+        .await?;
+    let bind = SocketAddr::new(IpAddr::V4(s.underlay.addr), port);
+    let sock = Arc::new(UnderlaySocket::udp(bind, crate::backend::SOCKET_BUFFER).map_err(io)?);
+    let tun = dev
+        .queues
+        .pop()
+        .ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
+    Worker::start(Parts {
+        engine,
+        tun,
+        sock,
+        fib: fib.clone(),
+        keys: keys.clone(),
+        port,
+    })
+    .map_err(io)
 }
 
 /// Reads a lease as a wireguard peer: its subnet and PublicIP go into the forwarding
