@@ -3,32 +3,12 @@
 //! datagram, decrypt, AllowedIPs check) while a counting global allocator watches. A
 //! separate test binary, so the allocator counts only this process.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
+mod common;
+
+use common::{allocations, Counting};
 use overlayd::wg::engine::{Engine, Identity, Io, PeerSpec, WgDrop};
-
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
 
 #[global_allocator]
 static A: Counting = Counting;
@@ -104,7 +84,7 @@ fn steady_state_encrypt_and_decrypt_allocate_nothing() {
     tmp[..wa.len].copy_from_slice(&wa.buf[..wa.len]);
     b.receive(aa, &tmp[..wa.len], &mut out, &mut wb);
     assert_eq!(wb.delivered, 1, "the session is up");
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocations();
     for _ in 0..1000 {
         a.send(&to_b, &mut out, &mut wa);
         tmp[..wa.len].copy_from_slice(&wa.buf[..wa.len]);
@@ -114,7 +94,7 @@ fn steady_state_encrypt_and_decrypt_allocate_nothing() {
         a.receive(ba, &tmp[..wb.len], &mut out, &mut wa);
         a.tick(&mut out, &mut wa);
     }
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = allocations() - before;
     assert_eq!((wb.delivered, wa.delivered), (1001, 1000));
     for w in WgDrop::ALL {
         assert_eq!((w, a.stats.dropped(w) + b.stats.dropped(w)), (w, 0));
