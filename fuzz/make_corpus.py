@@ -211,6 +211,15 @@ def main():
         + ipv4(bytes([10, 244, 2, 5]), bytes([10, 244, 1, 7]), 6,
                tcp_partial(bytes([10, 244, 2, 5]), bytes([10, 244, 1, 7]), 1200)),
     ])
+    # wg_receive: each WireGuard message type at its length (initiation 148, response 92,
+    # cookie reply 64, data 32 + payload), with zero keys and MACs.
+    write("wg_receive", [
+        struct.pack("<II", 1, 7) + bytes(140),
+        struct.pack("<III", 2, 7, 0x100) + bytes(80),
+        struct.pack("<II", 3, 0x100) + bytes(56),
+        struct.pack("<IIQ", 4, 0x100, 0) + bytes(16),
+        struct.pack("<IIQ", 4, 0x100, 5) + bytes(16 + 84),
+    ])
 
 
 def fd00_10(subnet, host):

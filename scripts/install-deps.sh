@@ -31,6 +31,8 @@ declare -A NEED=(
   [strip]=binutils
   [nsenter]=util-linux
   [ethtool]=ethtool
+  [wg]=wireguard-tools
+  [wireguard-go]=wireguard-go
 )
 
 PATH="$PATH:/usr/sbin:/sbin"

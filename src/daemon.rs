@@ -91,6 +91,8 @@ pub enum DaemonError {
     L2Task(String),
     #[error(transparent)]
     Firewall(#[from] crate::masq::FirewallError),
+    #[error(transparent)]
+    Wireguard(#[from] crate::wg::WgError),
 }
 
 impl From<L2StartError> for DaemonError {
@@ -186,6 +188,10 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
     let host = host_facts(&nl, underlay, &cfg, &args).await?;
     let plan = Plan::new(&args, &cfg, &host, &registry.config_key())?;
     plan.notices.iter().for_each(Notice::log);
+    if cfg.backend.kind == BackendKind::Wireguard {
+        let start = wireguard(&args, cfg, registry, &nl, &host, &plan, telemetry);
+        return Ok(crate::wg::serve(start, &stop).await?);
+    }
 
     // One daemon per host and device: refuse before touching the lease or the device.
     let _instance = crate::lifecycle::claim(&args.run_dir, &plan.device(), &nl)
@@ -427,6 +433,34 @@ fn spawn_control(
         stats: t.control.clone(),
     };
     (tokio::spawn(control.run()), subnet_rx)
+}
+
+/// What a wireguard node starts from: it runs its own data path and main loop
+/// ([`crate::wg::serve`]) over the same lease, control loop and firewall as the others.
+fn wireguard<'a>(
+    args: &Args,
+    cfg: NetworkConfig,
+    registry: Registry,
+    nl: &'a Netlink,
+    host: &'a HostFacts,
+    plan: &Plan,
+    telemetry: Arc<telemetry::State>,
+) -> crate::wg::Start<'a> {
+    crate::wg::Start {
+        cfg,
+        registry,
+        nl,
+        underlay: &host.underlay,
+        public_ip: plan.public_ip,
+        run_dir: args.run_dir.clone(),
+        subnet_file: args.subnet_file.clone(),
+        ip_masq: plan.masq,
+        fully_random_disable: args.ip_masq_fully_random_disable,
+        forward_rules: plan.forward_rules,
+        iptables_resync: Duration::from_secs(args.iptables_resync),
+        keepalive_every: plan.keepalive_every,
+        telemetry,
+    }
 }
 
 fn unix_now() -> i64 {

@@ -15,6 +15,8 @@
 //! - [`datapath`]: the data path both data planes share (workers, send paths, receive
 //!   splitting and delivery); [`l3`]: the routed data plane on it;
 //! - [`l2`]: layer-2 overlays (TAP, MAC learning, VLAN↔VNI), beside the routed mode;
+//! - [`wg`]: flannel's wireguard backend: the WireGuard engine over boringtun (pure), the
+//!   key file, its data path thread and start-up;
 //! - [`telemetry`]: metrics, health and readiness endpoints;
 //! - [`systemd`]: readiness and watchdog notification (`sd-notify`);
 //! - [`daemon`], [`cli`], [`go`], [`status`]: glue (flags, flanneld's Go flag syntax) and
@@ -50,4 +52,5 @@ pub mod status;
 pub mod sys;
 pub mod systemd;
 pub mod telemetry;
+pub mod wg;
 pub mod wire;

@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,27 +20,6 @@ use overlayd::l3::{Router, RouterConfig};
 use overlayd::sys::netns::run_in_netns;
 use overlayd::sys::socket::UnderlaySocket;
 use overlayd::sys::tun::{self, Device};
-
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
 
 #[global_allocator]
 static A: Counting = Counting;
@@ -293,10 +270,10 @@ fn no_allocation_while_traffic_flows(tunnel: bool, stream: Stream) {
     // Warm-up: first batches may size buffers; then measure a quiet window in which only
     // the workers run in this process (the test thread just sleeps).
     std::thread::sleep(Duration::from_millis(1000));
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocations();
     let tx_before = d1.totals().tx_packets;
     std::thread::sleep(Duration::from_millis(2000));
-    let after = ALLOCS.load(Ordering::Relaxed);
+    let after = allocations();
     let tx_after = d1.totals().tx_packets;
     let tunnel_writes = d1.totals().tx_tunnel_gso;
     let _ = client.wait();

@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["gso_tap"],
     &["l3", "l2"],
     &["telemetry", "cni", "lifecycle"],
-    &["cli"],
+    &["cli", "wg"],
     &["status", "daemon", "setup"],
 ];
 

@@ -76,6 +76,9 @@ impl Sockets {
 }
 
 /// The configured routed backend, with what this node derives from it.
+///
+/// wireguard is not an encapsulation of ours: the daemon hands it to `crate::wg` before it
+/// builds a `Backend`, so its arms here (udp's) are never taken.
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub kind: BackendKind,
@@ -95,7 +98,7 @@ impl Backend {
         let vni = cfg.vni;
         let vtep_mac = vxlan_tunnel::stable_vtep_mac(public_ip, vni);
         let encap = match cfg.kind {
-            BackendKind::Udp => Encap::Udp,
+            BackendKind::Udp | BackendKind::Wireguard => Encap::Udp,
             BackendKind::Vxlan => Encap::Vxlan {
                 vni,
                 local_mac: vtep_mac,
@@ -122,7 +125,7 @@ impl Backend {
     /// The overlay device's name: flannel's where flannel has the backend.
     pub fn device_name(&self) -> String {
         match self.kind {
-            BackendKind::Udp => udp_tunnel::DEVICE.to_string(),
+            BackendKind::Udp | BackendKind::Wireguard => udp_tunnel::DEVICE.to_string(),
             BackendKind::Vxlan => vxlan_tunnel::device_name(self.vni),
             BackendKind::Gre => gre_tunnel::device_name(self.vni),
         }
@@ -166,7 +169,7 @@ impl Backend {
     /// What our lease says about us, as flannel writes it for this backend.
     pub fn lease_attrs(&self, public_ip: Ipv4Addr) -> LeaseAttrs {
         match self.kind {
-            BackendKind::Udp => udp_tunnel::lease_attrs(public_ip),
+            BackendKind::Udp | BackendKind::Wireguard => udp_tunnel::lease_attrs(public_ip),
             BackendKind::Vxlan => vxlan_tunnel::lease_attrs(public_ip, self.vni, self.vtep_mac),
             BackendKind::Gre => gre_tunnel::lease_attrs(public_ip, self.vni),
         }
@@ -178,7 +181,7 @@ impl Backend {
     /// (flannel's udp backend has no backend data).
     pub fn lease_v6_data(&self, public_ipv6: Ipv6Addr) -> Option<serde_json::Value> {
         match self.kind {
-            BackendKind::Udp => None,
+            BackendKind::Udp | BackendKind::Wireguard => None,
             BackendKind::Vxlan => Some(
                 VxlanData {
                     vni: self.vni,
@@ -198,6 +201,14 @@ impl Backend {
             BackendKind::Udp => Ok(udp_tunnel::is_peer(attrs).then_some([0; 6])),
             BackendKind::Vxlan => vxlan_tunnel::peer_mac(attrs, self.vni),
             BackendKind::Gre => Ok(gre_tunnel::is_peer(attrs).then_some([0; 6])),
+            // A wireguard lease with readable data (its key and port go to `wg`'s key book).
+            BackendKind::Wireguard => match attrs.backend_type.as_deref() {
+                Some("wireguard") => attrs
+                    .wireguard_data(false)
+                    .map(|_| Some([0; 6]))
+                    .map_err(|e| e.to_string()),
+                _ => Ok(None),
+            },
         }
     }
 
@@ -208,7 +219,9 @@ impl Backend {
     /// `Err` for one of ours whose IPv6 data is invalid (flannel skips such a lease).
     pub fn peer_v6(&self, attrs: &LeaseAttrs) -> Result<Option<[u8; 6]>, String> {
         match self.kind {
-            BackendKind::Udp => Ok(udp_tunnel::is_peer(attrs).then_some([0; 6])),
+            BackendKind::Udp | BackendKind::Wireguard => {
+                Ok(udp_tunnel::is_peer(attrs).then_some([0; 6]))
+            }
             BackendKind::Vxlan => vxlan_tunnel::peer_mac_v6(attrs, self.vni),
             BackendKind::Gre => Ok(gre_tunnel::is_peer(attrs).then_some([0; 6])),
         }
@@ -248,7 +261,9 @@ impl Backend {
     /// Opens the underlay sockets on `addr` (IPv4 or IPv6) for `queues` receive workers.
     pub fn sockets(&self, addr: IpAddr, queues: usize) -> Result<Sockets, SocketError> {
         match self.kind {
-            BackendKind::Udp => udp_tunnel::sockets(addr, self.port, queues),
+            BackendKind::Udp | BackendKind::Wireguard => {
+                udp_tunnel::sockets(addr, self.port, queues)
+            }
             BackendKind::Vxlan => vxlan_tunnel::sockets(addr, self.port, queues),
             BackendKind::Gre => gre_tunnel::sockets(addr),
         }

@@ -7,6 +7,7 @@
 //! [`NetworkConfig::parse`] for the few places overlayd is deliberately stricter or looser).
 
 use super::family::{span, Family, Range};
+use super::lease::{decode_key, encode_key};
 use crate::fib::{V4, V6};
 use crate::go::json::{self as gojson, Member, Members};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -19,6 +20,10 @@ use std::str::FromStr;
 pub const UDP_DEFAULT_PORT: u16 = 8285;
 /// Default vxlan backend port (the Linux kernel's, which flannel uses).
 pub const VXLAN_DEFAULT_PORT: u16 = 8472;
+/// Default wireguard `ListenPort` (flannel's, WireGuard's usual port).
+pub const WIREGUARD_DEFAULT_PORT: u16 = 51820;
+/// Default wireguard `ListenPortV6` (flannel's).
+pub const WIREGUARD_DEFAULT_PORT_V6: u16 = 51821;
 /// Default VXLAN VNI / GRE key.
 pub const DEFAULT_VNI: u32 = 1;
 /// Largest VNI: 24 bits.
@@ -37,11 +42,20 @@ pub enum BackendKind {
     Vxlan,
     /// GRE with a key (overlayd's own; flannel has no GRE backend).
     Gre,
+    /// flannel's wireguard: WireGuard between nodes (its own data path, `crate::wg`).
+    Wireguard,
 }
 
 impl BackendKind {
     /// Every kind, in the order they are listed in messages.
     pub const ALL: [BackendKind; 3] = [BackendKind::Udp, BackendKind::Vxlan, BackendKind::Gre];
+    /// Every name `Backend.Type` accepts: the encapsulating backends and wireguard.
+    const NAMED: [BackendKind; 4] = [
+        BackendKind::Udp,
+        BackendKind::Vxlan,
+        BackendKind::Gre,
+        BackendKind::Wireguard,
+    ];
 
     /// The name used in `Backend.Type` and in leases' `BackendType`.
     pub fn as_str(self) -> &'static str {
@@ -49,6 +63,7 @@ impl BackendKind {
             BackendKind::Udp => "udp",
             BackendKind::Vxlan => "vxlan",
             BackendKind::Gre => "gre",
+            BackendKind::Wireguard => "wireguard",
         }
     }
 
@@ -58,6 +73,7 @@ impl BackendKind {
             BackendKind::Udp => Some(UDP_DEFAULT_PORT),
             BackendKind::Vxlan => Some(VXLAN_DEFAULT_PORT),
             BackendKind::Gre => None,
+            BackendKind::Wireguard => Some(WIREGUARD_DEFAULT_PORT),
         }
     }
 }
@@ -73,7 +89,7 @@ impl FromStr for BackendKind {
 
     /// Case-insensitive, as flannel lower-cases `Backend.Type`.
     fn from_str(s: &str) -> Result<Self, ConfigError> {
-        BackendKind::ALL
+        BackendKind::NAMED
             .into_iter()
             .find(|k| k.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| ConfigError::UnknownBackend {
@@ -98,6 +114,63 @@ pub struct BackendConfig {
     pub checksum: bool,
     /// gre: `Backend.Sequence`, send GRE sequence numbers (RFC 2890).
     pub sequence: bool,
+    /// wireguard's own fields (`port` is its `ListenPort`); `None` for the other backends.
+    pub wireguard: Option<WireguardConfig>,
+}
+
+/// How flannel's wireguard backend lays out its devices (`Backend.Mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WireguardMode {
+    /// `separate`: `flannel-wg` for IPv4 on `ListenPort`, `flannel-wg-v6` for IPv6 on
+    /// `ListenPortV6`.
+    #[default]
+    Separate,
+    /// `auto`, `ipv4`, `ipv6`: one `flannel-wg` device for both families (the underlay the
+    /// peers' endpoints use: either, IPv4, IPv6).
+    Auto,
+    Ipv4,
+    Ipv6,
+}
+
+impl WireguardMode {
+    const ALL: [(WireguardMode, &'static str); 4] = [
+        (WireguardMode::Separate, "separate"),
+        (WireguardMode::Auto, "auto"),
+        (WireguardMode::Ipv4, "ipv4"),
+        (WireguardMode::Ipv6, "ipv6"),
+    ];
+
+    /// The name in `Backend.Mode`.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(m, _)| *m == self)
+            .map_or("", |(_, n)| n)
+    }
+}
+
+/// flannel's wireguard `Backend` fields beyond `ListenPort` and `MTU`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireguardConfig {
+    /// `ListenPortV6` (51821): the IPv6 device's port in separate mode.
+    pub port_v6: u16,
+    /// `PSK`: a pre-shared key as `wg genpsk` prints it (base64 of 32 bytes).
+    pub psk: Option<[u8; 32]>,
+    /// `PersistentKeepaliveInterval`, seconds (0 or absent: none).
+    pub keepalive: Option<u16>,
+    /// `Mode`.
+    pub mode: WireguardMode,
+}
+
+impl Default for WireguardConfig {
+    fn default() -> Self {
+        WireguardConfig {
+            port_v6: WIREGUARD_DEFAULT_PORT_V6,
+            psk: None,
+            keepalive: None,
+            mode: WireguardMode::Separate,
+        }
+    }
 }
 
 impl BackendConfig {
@@ -110,6 +183,7 @@ impl BackendConfig {
             mtu: None,
             checksum: false,
             sequence: false,
+            wireguard: (kind == BackendKind::Wireguard).then(WireguardConfig::default),
         }
     }
 }
@@ -288,7 +362,7 @@ pub enum ConfigError {
         max: IpAddr,
     },
     /// `Backend.Type` names no backend overlayd has.
-    #[error("Backend.Type {value:?} is not supported: expected one of udp, vxlan, gre")]
+    #[error("Backend.Type {value:?} is not supported: expected one of udp, vxlan, gre, wireguard")]
     UnknownBackend { value: String },
     /// `Backend.Port` out of range.
     #[error(
@@ -468,7 +542,14 @@ impl NetworkConfig {
         let b = &self.backend;
         o.push_str(&format!(",\"Backend\":{{\"Type\":\"{}\"", b.kind));
         if Some(b.port) != b.kind.default_port() && b.kind != BackendKind::Gre {
-            o.push_str(&format!(",\"Port\":{}", b.port));
+            let name = match b.kind {
+                BackendKind::Wireguard => "ListenPort",
+                _ => "Port",
+            };
+            o.push_str(&format!(",\"{name}\":{}", b.port));
+        }
+        if let Some(w) = &b.wireguard {
+            write_wireguard(&mut o, w);
         }
         if b.kind != BackendKind::Udp && b.vni != DEFAULT_VNI {
             o.push_str(&format!(",\"VNI\":{}", b.vni));
@@ -740,15 +821,24 @@ fn parse_backend(m: &Members) -> Result<BackendConfig, ConfigError> {
         },
     };
     let mut b = BackendConfig::new(kind);
-    if let Some(v) = m.last_non_null("Port") {
-        let p = integer("Backend.Port", v)?;
+    let wireguard = kind == BackendKind::Wireguard;
+    let (key, field) = match wireguard {
+        true => ("ListenPort", "Backend.ListenPort"),
+        false => ("Port", "Backend.Port"),
+    };
+    if let Some(v) = m.last_non_null(key) {
+        let p = integer(field, v)?;
         match p {
             0 => {}
             1..=65535 => b.port = p as u16,
+            _ if wireguard => return Err(bad(field, p, "1..=65535 (0 or absent for 51820)")),
             _ => return Err(ConfigError::BadPort { value: p }),
         }
     }
-    if kind != BackendKind::Udp {
+    if kind == BackendKind::Wireguard {
+        b.wireguard = Some(parse_wireguard(m)?);
+    }
+    if kind != BackendKind::Udp && kind != BackendKind::Wireguard {
         if let Some(v) = m.last_non_null("VNI") {
             let n = integer("Backend.VNI", v)?;
             match u32::try_from(n) {
@@ -774,6 +864,83 @@ fn parse_backend(m: &Members) -> Result<BackendConfig, ConfigError> {
         }
     }
     Ok(b)
+}
+
+/// wireguard's fields as flannel decodes them (Go's JSON rules; `null` = absent).
+fn parse_wireguard(m: &Members) -> Result<WireguardConfig, ConfigError> {
+    let mut w = WireguardConfig::default();
+    if let Some(v) = m.last_non_null("ListenPortV6") {
+        match integer("Backend.ListenPortV6", v)? {
+            0 => {}
+            p @ 1..=65535 => w.port_v6 = p as u16,
+            p => {
+                return Err(bad(
+                    "Backend.ListenPortV6",
+                    p,
+                    "1..=65535 (0 or absent for 51821)",
+                ))
+            }
+        }
+    }
+    if let Some(v) = m.last_non_null("PSK") {
+        let s = string("Backend.PSK", v)?;
+        if !s.is_empty() {
+            w.psk = Some(decode_key(s).ok_or_else(|| {
+                bad(
+                    "Backend.PSK",
+                    s,
+                    "32 bytes in base64, as `wg genpsk` prints them",
+                )
+            })?);
+        }
+    }
+    if let Some(v) = m.last_non_null("PersistentKeepaliveInterval") {
+        let n = integer("Backend.PersistentKeepaliveInterval", v)?;
+        match u16::try_from(n) {
+            Ok(0) => {}
+            Ok(s) => w.keepalive = Some(s),
+            Err(_) => {
+                return Err(bad(
+                    "Backend.PersistentKeepaliveInterval",
+                    n,
+                    "seconds, 0..=65535 (0 for none)",
+                ))
+            }
+        }
+    }
+    if let Some(v) = m.last_non_null("Mode") {
+        let s = string("Backend.Mode", v)?;
+        w.mode = WireguardMode::ALL
+            .iter()
+            .find(|(_, n)| *n == s)
+            .map(|(mode, _)| *mode)
+            .ok_or_else(|| bad("Backend.Mode", s, "one of separate, auto, ipv4, ipv6"))?;
+    }
+    Ok(w)
+}
+
+fn bad(field: &'static str, value: impl fmt::Display, expected: &'static str) -> ConfigError {
+    ConfigError::BadValue {
+        field,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+/// wireguard's non-default fields, for [`NetworkConfig::to_json`].
+fn write_wireguard(o: &mut String, w: &WireguardConfig) {
+    if w.port_v6 != WIREGUARD_DEFAULT_PORT_V6 {
+        o.push_str(&format!(",\"ListenPortV6\":{}", w.port_v6));
+    }
+    if let Some(psk) = &w.psk {
+        o.push_str(&format!(",\"PSK\":\"{}\"", encode_key(psk)));
+    }
+    if let Some(k) = w.keepalive {
+        o.push_str(&format!(",\"PersistentKeepaliveInterval\":{k}"));
+    }
+    if w.mode != WireguardMode::Separate {
+        o.push_str(&format!(",\"Mode\":\"{}\"", w.mode.as_str()));
+    }
 }
 
 #[cfg(test)]
@@ -1240,6 +1407,63 @@ mod tests {
             r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":0,"GBP":true,"DirectRouting":true}}"#,
         );
         assert_eq!(c.backend.port, 8472);
+    }
+
+    #[test]
+    fn wireguard_fields_like_flannel() {
+        let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#);
+        assert_eq!(c.backend.kind, BackendKind::Wireguard);
+        assert_eq!(c.backend.port, 51820);
+        assert_eq!(c.backend.wireguard, Some(WireguardConfig::default()));
+        let psk = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        let c = parse(&format!(
+            r#"{{"Network":"10.5.0.0/16","Backend":{{"type":"WireGuard","listenport":4000,"ListenPortV6":4001,"PSK":"{psk}","PersistentKeepaliveInterval":25,"Mode":"auto","MTU":1400,"VNI":9}}}}"#
+        ));
+        let w = c.backend.wireguard.clone().unwrap();
+        assert_eq!(
+            (c.backend.port, c.backend.mtu, c.backend.vni),
+            (4000, Some(1400), 1)
+        );
+        assert_eq!(w.port_v6, 4001);
+        assert_eq!(w.psk, Some([1; 32]));
+        assert_eq!((w.keepalive, w.mode), (Some(25), WireguardMode::Auto));
+        assert_eq!(NetworkConfig::parse(c.to_json().as_bytes()).unwrap(), c);
+        assert!(c.to_json().contains(&format!(
+            r#""ListenPort":4000,"ListenPortV6":4001,"PSK":"{psk}""#
+        )));
+        for (json, want) in [
+            (
+                r#"{"PSK":"short"}"#,
+                "Backend.PSK \"short\" is not valid: expected 32 bytes in base64",
+            ),
+            (r#"{"PSK":5}"#, "Backend.PSK is number 5: expected a string"),
+            (
+                r#"{"Mode":"both"}"#,
+                "Backend.Mode \"both\" is not valid: expected one of separate, auto, ipv4, ipv6",
+            ),
+            (r#"{"Mode":""}"#, "Backend.Mode \"\" is not valid"),
+            (
+                r#"{"ListenPort":70000}"#,
+                "Backend.ListenPort \"70000\" is not valid: expected 1..=65535",
+            ),
+            (
+                r#"{"ListenPortV6":-1}"#,
+                "Backend.ListenPortV6 \"-1\" is not valid",
+            ),
+            (
+                r#"{"PersistentKeepaliveInterval":65536}"#,
+                "Backend.PersistentKeepaliveInterval \"65536\" is not valid: expected seconds",
+            ),
+        ] {
+            let json = json.replacen('{', r#"{"Type":"wireguard","#, 1);
+            let e = err(&format!(r#"{{"Network":"10.5.0.0/16","Backend":{json}}}"#));
+            assert!(e.contains(want), "{json}: {e}");
+        }
+        // null is absent, as in Go; 0 ports and keepalive mean the defaults.
+        let c = parse(
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","Mode":null,"PSK":"","ListenPort":0,"PersistentKeepaliveInterval":0}}"#,
+        );
+        assert_eq!(c.backend, BackendConfig::new(BackendKind::Wireguard));
     }
 
     #[test]

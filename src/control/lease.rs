@@ -305,6 +305,18 @@ impl LeaseAttrs {
         )
     }
 
+    /// Decode `BackendData` (`v6` false) or `BackendV6Data` (`v6` true) as wireguard's.
+    pub fn wireguard_data(&self, v6: bool) -> Result<WireguardData, LeaseError> {
+        let (data, field) = match v6 {
+            false => (&self.backend_data, "BackendData"),
+            true => (&self.backend_v6_data, "BackendV6Data"),
+        };
+        WireguardData::from_value(data.as_ref().ok_or(LeaseError::MissingField {
+            field,
+            expected: "an object such as {\"PublicKey\":\"<base64 of 32 bytes>\"}",
+        })?)
+    }
+
     /// Decode `BackendData` as gre's.
     pub fn gre_data(&self) -> Result<GreData, LeaseError> {
         GreData::from_value(self.backend_data.as_ref().ok_or(LeaseError::MissingField {
@@ -420,6 +432,61 @@ impl GreData {
         Ok(GreData {
             vni: vni_of(data_field(v, "VNI")?, true)?,
         })
+    }
+}
+
+/// wireguard `BackendData` / `BackendV6Data`: `{"PublicKey":"<base64>","Port":51820}`.
+/// flanneld writes only `PublicKey`; `Port` absent or 0 means the reader's own listen port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WireguardData {
+    /// `PublicKey`: the node's Curve25519 public key.
+    pub public_key: [u8; 32],
+    /// `Port`: the node's listen port; 0 = not given.
+    pub port: u16,
+}
+
+impl WireguardData {
+    /// As a JSON value (`Port` only when given).
+    pub fn to_value(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        let key = encode_key(&self.public_key);
+        m.insert("PublicKey".to_owned(), Value::from(key));
+        if self.port != 0 {
+            m.insert("Port".to_owned(), Value::from(self.port));
+        }
+        Value::Object(m)
+    }
+
+    /// Decode; `PublicKey` is required, `Port` optional (0..=65535).
+    pub fn from_value(v: &Value) -> Result<WireguardData, LeaseError> {
+        let public_key = match data_field(v, "PublicKey")? {
+            None => {
+                return Err(LeaseError::MissingField {
+                    field: "PublicKey",
+                    expected: "a WireGuard public key in base64",
+                })
+            }
+            Some(Value::String(s)) => decode_key(s).ok_or_else(|| LeaseError::BadAddress {
+                field: "PublicKey",
+                value: s.clone(),
+                expected: "32 bytes in base64, as `wg pubkey` prints them",
+            })?,
+            Some(other) => {
+                return Err(wrong(
+                    "PublicKey",
+                    &Member::Other(other.clone()),
+                    "a string",
+                ))
+            }
+        };
+        let port = match data_field(v, "Port")? {
+            None | Some(Value::Null) => 0,
+            Some(p) => p
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or_else(|| wrong("Port", &Member::Other(p.clone()), "a port 0..=65535"))?,
+        };
+        Ok(WireguardData { public_key, port })
     }
 }
 
@@ -582,6 +649,25 @@ pub fn parse_subnet_key(key: &str) -> Result<Ipv4Net, LeaseError> {
         .ok_or_else(|| LeaseError::BadSubnetKey {
             key: key.to_owned(),
         })
+}
+
+/// A WireGuard key as `wg` prints it: standard base64 of exactly 32 bytes.
+pub fn decode_key(s: &str) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    let mut out = [0u8; 32];
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()?;
+    (bytes.len() == 32).then(|| {
+        out.copy_from_slice(&bytes);
+        out
+    })
+}
+
+/// A WireGuard key as `wg` prints it.
+pub fn encode_key(key: &[u8; 32]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(key)
 }
 
 #[cfg(test)]
@@ -821,6 +907,51 @@ mod tests {
         for (v, want) in data_cases {
             let e = VxlanData::from_value(v).unwrap_err().to_string();
             assert!(e.contains(want), "{v}: {e:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn wireguard_lease_bytes() {
+        let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        // As flanneld writes it: no Port.
+        let flannel = format!(
+            r#"{{"PublicIP":"10.0.0.2","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{key}"}}}}"#
+        );
+        let a = LeaseAttrs::from_json(flannel.as_bytes()).unwrap();
+        let d = a.wireguard_data(false).unwrap();
+        assert_eq!(
+            d,
+            WireguardData {
+                public_key: [1; 32],
+                port: 0
+            }
+        );
+        assert_eq!(a.to_json(), flannel);
+        let ours = WireguardData {
+            public_key: [1; 32],
+            port: 51820,
+        };
+        assert_eq!(
+            ours.to_value().to_string(),
+            format!(r#"{{"Port":51820,"PublicKey":"{key}"}}"#)
+        );
+        assert_eq!(WireguardData::from_value(&ours.to_value()).unwrap(), ours);
+        let e = a.wireguard_data(true).unwrap_err().to_string();
+        assert!(e.contains("no BackendV6Data"), "{e}");
+        for (v, want) in [
+            (r#"{}"#, "no PublicKey"),
+            (r#"{"PublicKey":"abc"}"#, "PublicKey \"abc\" is not valid"),
+            (r#"{"PublicKey":1}"#, "PublicKey is number 1"),
+            (
+                r#"{"PublicKey":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=","Port":65536}"#,
+                "Port is number 65536",
+            ),
+            (r#"[]"#, "BackendData is array []"),
+        ] {
+            let e = WireguardData::from_value(&serde_json::from_str(v).unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{v}: {e}");
         }
     }
 

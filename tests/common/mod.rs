@@ -30,6 +30,7 @@
 //! - `l2.rs`: L2 mode: constants, [`add_bridge`] in a host, [`Container`] (a namespace on
 //!   that bridge by a veth: fixed MAC/IP, MTU 1450, movable to another host).
 //! - `traffic.rs`: [`ping`] and its variants, [`tcp_transfer`] of [`Payload`] bytes.
+//! - `alloc.rs`: [`Counting`], a global allocator that counts, for the no-allocation tests.
 //! - `capture.rs`: [`Capture`], a bounded tcpdump (one line per frame).
 //! - `frames.rs`: hand-built packets: [`udp_frame`], [`vxlan_datagram`], [`send_udp_from`].
 //! - `frames6.rs`: the same for IPv6: [`udp6_packet`], [`udp6_frame`].
@@ -80,6 +81,7 @@
 // Every test binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
+mod alloc;
 mod capture;
 mod cluster;
 mod cni;
@@ -101,7 +103,7 @@ mod traffic;
 // One flat namespace for the tests. Not every test binary uses every part.
 #[allow(unused_imports)]
 pub use {
-    capture::*, cluster::*, cni::*, daemon::*, etcd::*, etcd_cluster::*, frames::*, frames6::*,
-    ipv6::*, ipv6_underlay::*, kernel::*, l2::*, netns::*, process::*, skip::*, topology::*,
-    traffic::*,
+    alloc::*, capture::*, cluster::*, cni::*, daemon::*, etcd::*, etcd_cluster::*, frames::*,
+    frames6::*, ipv6::*, ipv6_underlay::*, kernel::*, l2::*, netns::*, process::*, skip::*,
+    topology::*, traffic::*,
 };

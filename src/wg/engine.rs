@@ -1,0 +1,658 @@
+//! The WireGuard protocol engine of the wireguard backend, pure: a peer table (public key →
+//! boringtun `Tunn`, AllowedIPs, endpoint, counters) built from leases, the routing of
+//! incoming datagrams to a peer, encryption toward the peer owning an inner destination,
+//! the AllowedIPs check after decryption, and the timers. Bytes in, bytes out through
+//! [`Io`]; no socket, no device.
+//!
+//! The protocol itself (Noise_IKpsk2 handshakes, transport keys, the replay window, rekey
+//! and reject timers, keepalives, cookie replies under load) is boringtun's `noise` module.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use ipnet::IpNet;
+
+/// Handshake messages per second (all peers together) above which initiations must carry
+/// a valid cookie (WireGuard's "under load"), as boringtun's own device sets it.
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// The largest WireGuard message overhead: a data message adds 32 bytes; a handshake
+/// initiation is 148 bytes. Output buffers need `inner + OVERHEAD` and at least 148.
+pub const OVERHEAD: usize = 32;
+
+/// The first byte of a transport data message (type 4, little-endian).
+const DATA_MESSAGE: u8 = 4;
+
+/// Why an incoming datagram or an outgoing packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum WgDrop {
+    /// Not a WireGuard message of a valid type and length.
+    Malformed = 0,
+    /// A handshake whose MAC or encryption does not verify, or a data message whose
+    /// authentication tag does not (tampered, or keys that do not match).
+    BadMac,
+    /// A data message counter already seen or too old for the replay window.
+    Replay,
+    /// A handshake initiation from a key that holds no current lease.
+    UnknownKey,
+    /// A message for a session index no peer of ours has.
+    UnknownIndex,
+    /// A handshake refused because we are under load (a cookie reply is sent instead when
+    /// the sender's address is known).
+    UnderLoad,
+    /// Decrypted, but the inner source lies outside the sender's AllowedIPs.
+    NotAllowed,
+    /// An outgoing packet whose destination no peer's AllowedIPs hold.
+    NoRoute,
+    /// Anything else boringtun refused (wrong state, expired connection).
+    Other,
+}
+
+impl WgDrop {
+    /// Number of reasons.
+    pub const COUNT: usize = 9;
+    /// Every reason in index order.
+    pub const ALL: [WgDrop; Self::COUNT] = [
+        WgDrop::Malformed,
+        WgDrop::BadMac,
+        WgDrop::Replay,
+        WgDrop::UnknownKey,
+        WgDrop::UnknownIndex,
+        WgDrop::UnderLoad,
+        WgDrop::NotAllowed,
+        WgDrop::NoRoute,
+        WgDrop::Other,
+    ];
+
+    /// The label used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WgDrop::Malformed => "malformed",
+            WgDrop::BadMac => "bad_mac",
+            WgDrop::Replay => "replay",
+            WgDrop::UnknownKey => "unknown_key",
+            WgDrop::UnknownIndex => "unknown_index",
+            WgDrop::UnderLoad => "under_load",
+            WgDrop::NotAllowed => "not_allowed",
+            WgDrop::NoRoute => "no_route",
+            WgDrop::Other => "other",
+        }
+    }
+
+    fn of(e: &WireGuardError) -> WgDrop {
+        match e {
+            WireGuardError::InvalidPacket | WireGuardError::IncorrectPacketLength => {
+                WgDrop::Malformed
+            }
+            WireGuardError::InvalidMac
+            | WireGuardError::InvalidAeadTag
+            | WireGuardError::WrongKey
+            | WireGuardError::InvalidTai64nTimestamp
+            | WireGuardError::WrongTai64nTimestamp => WgDrop::BadMac,
+            WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => WgDrop::Replay,
+            WireGuardError::WrongIndex | WireGuardError::NoCurrentSession => WgDrop::UnknownIndex,
+            WireGuardError::UnderLoad => WgDrop::UnderLoad,
+            _ => WgDrop::Other,
+        }
+    }
+}
+
+/// The engine's counters, shared with whoever reports them.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Packets decrypted and handed to the device.
+    pub rx_packets: AtomicU64,
+    /// Packets encrypted and sent to a peer.
+    pub tx_packets: AtomicU64,
+    /// Drops by [`WgDrop`] index.
+    pub drops: [AtomicU64; WgDrop::COUNT],
+}
+
+impl Stats {
+    fn count_drop(&self, why: WgDrop) {
+        self.drops[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The drops of one reason so far.
+    pub fn dropped(&self, why: WgDrop) -> u64 {
+        self.drops[why as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// A peer as the leases describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// Its Curve25519 public key.
+    pub public_key: [u8; 32],
+    /// Where its datagrams go (PublicIP:Port).
+    pub endpoint: SocketAddr,
+    /// Its lease's subnets: what it may send from, and what we send to it.
+    pub allowed: Vec<IpNet>,
+}
+
+/// Where the engine's output goes: datagrams to the underlay, packets to the device.
+pub trait Io {
+    /// Send `datagram` to `to` over UDP.
+    fn send(&mut self, to: SocketAddr, datagram: &[u8]);
+    /// Write the decrypted, checked packet `packet` to the device.
+    fn deliver(&mut self, packet: &[u8]);
+}
+
+struct Peer {
+    spec: PeerSpec,
+    /// The session index boringtun was given (its messages carry `index << 8 | session`).
+    index: u32,
+    tunn: Tunn,
+}
+
+impl Peer {
+    fn allows(&self, src: IpAddr) -> bool {
+        self.spec.allowed.iter().any(|n| n.contains(&src))
+    }
+}
+
+/// Our identity and the options every peer shares.
+#[derive(Clone)]
+pub struct Identity {
+    pub secret: StaticSecret,
+    pub psk: Option<[u8; 32]>,
+    pub keepalive: Option<u16>,
+}
+
+/// The peer table and the protocol state of every peer.
+pub struct Engine {
+    id: Identity,
+    public: PublicKey,
+    limiter: Arc<RateLimiter>,
+    peers: Vec<Peer>,
+    by_key: HashMap<[u8; 32], usize>,
+    by_index: HashMap<u32, usize>,
+    next_index: u32,
+    pub stats: Arc<Stats>,
+}
+
+impl Engine {
+    /// An engine with no peer yet.
+    pub fn new(id: Identity) -> Engine {
+        let public = PublicKey::from(&id.secret);
+        Engine {
+            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            public,
+            id,
+            peers: Vec::new(),
+            by_key: HashMap::new(),
+            by_index: HashMap::new(),
+            next_index: 1,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Our public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        *self.public.as_bytes()
+    }
+
+    /// The number of peers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Makes the peer table exactly `specs` (our own key among them is skipped): a peer
+    /// whose key stays keeps its sessions, with its AllowedIPs and endpoint updated; a key
+    /// no longer listed is forgotten with its sessions.
+    pub fn set_peers(&mut self, specs: &[PeerSpec]) {
+        let mut old: HashMap<[u8; 32], Peer> = std::mem::take(&mut self.peers)
+            .into_iter()
+            .map(|p| (p.spec.public_key, p))
+            .collect();
+        for spec in specs {
+            if spec.public_key == self.public_key() || self.by_key_in(spec) {
+                continue;
+            }
+            let peer = match old.remove(&spec.public_key) {
+                Some(mut p) => {
+                    p.spec = spec.clone();
+                    p
+                }
+                None => self.new_peer(spec.clone()),
+            };
+            self.peers.push(peer);
+        }
+        self.reindex();
+    }
+
+    fn by_key_in(&self, spec: &PeerSpec) -> bool {
+        self.peers
+            .iter()
+            .any(|p| p.spec.public_key == spec.public_key)
+    }
+
+    fn new_peer(&mut self, spec: PeerSpec) -> Peer {
+        let index = self.next_index;
+        // 24 bits: boringtun keeps the low 8 bits of an index for its session ring.
+        self.next_index = (self.next_index % 0x00ff_ffff) + 1;
+        let tunn = Tunn::new(
+            self.id.secret.clone(),
+            PublicKey::from(spec.public_key),
+            self.id.psk,
+            self.id.keepalive,
+            index,
+            None,
+        );
+        Peer { spec, index, tunn }
+    }
+
+    fn reindex(&mut self) {
+        self.by_key.clear();
+        self.by_index.clear();
+        for (i, p) in self.peers.iter().enumerate() {
+            self.by_key.insert(p.spec.public_key, i);
+            self.by_index.insert(p.index, i);
+        }
+    }
+
+    /// The peer whose AllowedIPs hold `dst`, the longest prefix winning.
+    fn route(&self, dst: IpAddr) -> Option<usize> {
+        let mut best: Option<(u8, usize)> = None;
+        for (i, p) in self.peers.iter().enumerate() {
+            for n in p.spec.allowed.iter().filter(|n| n.contains(&dst)) {
+                if best.is_none_or(|(len, _)| n.prefix_len() > len) {
+                    best = Some((n.prefix_len(), i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// Encrypts the IP packet `packet` (from the device) toward the peer owning its
+    /// destination. Without a session yet, boringtun queues it and a handshake initiation
+    /// goes out instead. `out` must hold `packet.len() + OVERHEAD` and at least 148 bytes.
+    pub fn send(&mut self, packet: &[u8], out: &mut [u8], io: &mut impl Io) {
+        let Some(i) = Tunn::dst_address(packet).and_then(|d| self.route(d)) else {
+            self.stats.count_drop(WgDrop::NoRoute);
+            return;
+        };
+        let peer = &mut self.peers[i];
+        match peer.tunn.encapsulate(packet, out) {
+            TunnResult::WriteToNetwork(b) => {
+                if b.first() == Some(&DATA_MESSAGE) {
+                    self.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+                }
+                io.send(peer.spec.endpoint, b);
+            }
+            TunnResult::Err(e) => self.stats.count_drop(WgDrop::of(&e)),
+            _ => {}
+        }
+    }
+
+    /// Handles one datagram from `from`: finds its peer (an initiation by the key it
+    /// carries, other messages by their receiver index), lets boringtun verify and decrypt
+    /// it, sends what the protocol answers, and delivers a decrypted packet only when its
+    /// source lies inside the sender's AllowedIPs. `out` must be as large as the datagram
+    /// and at least 148 bytes.
+    pub fn receive(&mut self, from: SocketAddr, datagram: &[u8], out: &mut [u8], io: &mut impl Io) {
+        let packet = match self.limiter.verify_packet(Some(from.ip()), datagram, out) {
+            Ok(p) => p,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                self.stats.count_drop(WgDrop::UnderLoad);
+                io.send(from, cookie);
+                return;
+            }
+            Err(TunnResult::Err(e)) => return self.stats.count_drop(WgDrop::of(&e)),
+            Err(_) => return self.stats.count_drop(WgDrop::Other),
+        };
+        let peer = match packet {
+            Packet::HandshakeInit(ref p) => {
+                match parse_handshake_anon(&self.id.secret, &self.public, p) {
+                    Ok(h) => self.by_key.get(&h.peer_static_public).copied(),
+                    Err(e) => return self.stats.count_drop(WgDrop::of(&e)),
+                }
+                .ok_or(WgDrop::UnknownKey)
+            }
+            Packet::HandshakeResponse(ref p) => self.by_receiver(p.receiver_idx),
+            Packet::PacketCookieReply(ref p) => self.by_receiver(p.receiver_idx),
+            Packet::PacketData(ref p) => self.by_receiver(p.receiver_idx),
+        };
+        match peer {
+            Ok(i) => self.decapsulate(i, from, datagram, out, io),
+            Err(why) => self.stats.count_drop(why),
+        }
+    }
+
+    fn by_receiver(&self, receiver: u32) -> Result<usize, WgDrop> {
+        self.by_index
+            .get(&(receiver >> 8))
+            .copied()
+            .ok_or(WgDrop::UnknownIndex)
+    }
+
+    fn decapsulate(
+        &mut self,
+        i: usize,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+        io: &mut impl Io,
+    ) {
+        let stats = &self.stats;
+        let peer = &mut self.peers[i];
+        match peer.tunn.decapsulate(Some(from.ip()), datagram, out) {
+            TunnResult::Done => {}
+            TunnResult::Err(e) => return stats.count_drop(WgDrop::of(&e)),
+            TunnResult::WriteToNetwork(b) => {
+                io.send(from, b);
+                // Packets queued while the handshake ran go out now.
+                while let TunnResult::WriteToNetwork(b) = peer.tunn.decapsulate(None, &[], out) {
+                    io.send(from, b);
+                    stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            TunnResult::WriteToTunnelV4(b, src) => deliver(peer, stats, b, src.into(), io),
+            TunnResult::WriteToTunnelV6(b, src) => deliver(peer, stats, b, src.into(), io),
+        }
+        // Authenticated: the peer is where this came from (WireGuard's roaming).
+        peer.spec.endpoint = from;
+    }
+
+    /// Runs every peer's timers (handshake retries, rekeying, keepalives, expiry) and sends
+    /// what they ask for. Call it every 100–250 ms.
+    pub fn tick(&mut self, out: &mut [u8], io: &mut impl Io) {
+        self.limiter.reset_count();
+        for p in &mut self.peers {
+            match p.tunn.update_timers(out) {
+                TunnResult::WriteToNetwork(b) => io.send(p.spec.endpoint, b),
+                TunnResult::Err(WireGuardError::ConnectionExpired) | TunnResult::Done => {}
+                TunnResult::Err(e) => self.stats.count_drop(WgDrop::of(&e)),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn deliver(peer: &Peer, stats: &Stats, packet: &[u8], src: IpAddr, io: &mut impl Io) {
+    if peer.allows(src) {
+        stats.rx_packets.fetch_add(1, Ordering::Relaxed);
+        io.deliver(packet);
+    } else {
+        stats.count_drop(WgDrop::NotAllowed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Rec {
+        sent: Vec<(SocketAddr, Vec<u8>)>,
+        delivered: Vec<Vec<u8>>,
+    }
+
+    impl Io for Rec {
+        fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
+            self.sent.push((to, datagram.to_vec()));
+        }
+        fn deliver(&mut self, packet: &[u8]) {
+            self.delivered.push(packet.to_vec());
+        }
+    }
+
+    struct Node {
+        engine: Engine,
+        addr: SocketAddr,
+        io: Rec,
+    }
+
+    fn sock(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn node(secret: [u8; 32], addr: &str, psk: Option<[u8; 32]>) -> Node {
+        Node {
+            engine: Engine::new(Identity {
+                secret: StaticSecret::from(secret),
+                psk,
+                keepalive: None,
+            }),
+            addr: sock(addr),
+            io: Rec::default(),
+        }
+    }
+
+    fn spec(n: &Node, nets: &[&str]) -> PeerSpec {
+        PeerSpec {
+            public_key: n.engine.public_key(),
+            endpoint: n.addr,
+            allowed: nets.iter().map(|s| s.parse().unwrap()).collect(),
+        }
+    }
+
+    const A_NETS: [&str; 2] = ["10.244.1.0/24", "fd00:1::/64"];
+    const B_NETS: [&str; 2] = ["10.244.2.0/24", "fd00:2::/64"];
+
+    /// A and B, each the other's peer.
+    fn pair(psk: Option<[u8; 32]>) -> (Node, Node) {
+        let mut a = node([1; 32], "192.0.2.1:51820", psk);
+        let mut b = node([2; 32], "192.0.2.2:51820", psk);
+        a.engine.set_peers(&[spec(&b, &B_NETS)]);
+        b.engine.set_peers(&[spec(&a, &A_NETS)]);
+        (a, b)
+    }
+
+    /// Carries every datagram sent between the two until none is left (bounded).
+    fn pump(a: &mut Node, b: &mut Node) {
+        let mut out = vec![0u8; 2048];
+        for _ in 0..20 {
+            let from_a = std::mem::take(&mut a.io.sent);
+            let from_b = std::mem::take(&mut b.io.sent);
+            if from_a.is_empty() && from_b.is_empty() {
+                return;
+            }
+            for (to, d) in from_a {
+                assert_eq!(to, b.addr);
+                b.engine.receive(a.addr, &d, &mut out, &mut b.io);
+            }
+            for (to, d) in from_b {
+                assert_eq!(to, a.addr);
+                a.engine.receive(b.addr, &d, &mut out, &mut a.io);
+            }
+        }
+        panic!("datagrams kept flowing");
+    }
+
+    fn ipv4(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 20];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&src.parse::<std::net::Ipv4Addr>().unwrap().octets());
+        p[16..20].copy_from_slice(&dst.parse::<std::net::Ipv4Addr>().unwrap().octets());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn ipv6(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+        p[6] = 17;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&src.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        p[24..40].copy_from_slice(&dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn send(n: &mut Node, packet: &[u8]) {
+        let mut out = vec![0u8; 2048];
+        n.engine.send(packet, &mut out, &mut n.io);
+    }
+
+    /// The first data message A sends B, after a completed handshake.
+    fn established() -> (Node, Node, Vec<u8>) {
+        let (mut a, mut b) = pair(None);
+        send(&mut a, &ipv4("10.244.1.5", "10.244.2.7", b"first"));
+        pump(&mut a, &mut b);
+        assert_eq!(b.io.delivered.len(), 1);
+        let p = ipv4("10.244.1.5", "10.244.2.7", b"second");
+        send(&mut a, &p);
+        let (_, d) = a.io.sent.pop().unwrap();
+        (a, b, d)
+    }
+
+    #[test]
+    fn handshake_then_ipv4_and_ipv6_both_ways_with_and_without_psk() {
+        for psk in [None, Some([7u8; 32])] {
+            let (mut a, mut b) = pair(psk);
+            let cases = [
+                ipv4("10.244.1.5", "10.244.2.7", b"hello b"),
+                ipv6("fd00:1::5", "fd00:2::7", b"hello b over v6"),
+            ];
+            for p in &cases {
+                send(&mut a, p);
+                pump(&mut a, &mut b);
+            }
+            assert_eq!(b.io.delivered, cases.to_vec());
+            let back = [
+                ipv4("10.244.2.7", "10.244.1.5", b"hello a"),
+                ipv6("fd00:2::7", "fd00:1::5", b"hello a over v6"),
+            ];
+            for p in &back {
+                send(&mut b, p);
+                pump(&mut a, &mut b);
+            }
+            assert_eq!(a.io.delivered, back.to_vec());
+            assert!(a.engine.stats.tx_packets.load(Ordering::Relaxed) >= 2);
+            for w in WgDrop::ALL {
+                assert_eq!((w, a.engine.stats.dropped(w)), (w, 0));
+                assert_eq!((w, b.engine.stats.dropped(w)), (w, 0));
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_psk_never_delivers() {
+        let mut a = node([1; 32], "192.0.2.1:51820", Some([7; 32]));
+        let mut b = node([2; 32], "192.0.2.2:51820", Some([8; 32]));
+        a.engine.set_peers(&[spec(&b, &B_NETS)]);
+        b.engine.set_peers(&[spec(&a, &A_NETS)]);
+        send(&mut a, &ipv4("10.244.1.5", "10.244.2.7", b"x"));
+        pump(&mut a, &mut b);
+        assert!(b.io.delivered.is_empty() && a.io.delivered.is_empty());
+        assert!(a.engine.stats.dropped(WgDrop::BadMac) >= 1);
+    }
+
+    #[test]
+    fn garbage_and_truncated_are_dropped_and_counted() {
+        let (_a, mut b, data) = established();
+        let mut out = vec![0u8; 2048];
+        let from = sock("192.0.2.1:51820");
+        for junk in [&b""[..], &[1, 2, 3], &[9; 100], &[1, 0, 0, 0, 5]] {
+            b.engine.receive(from, junk, &mut out, &mut b.io);
+        }
+        // A data message cut below its header, then one cut inside its tag.
+        b.engine.receive(from, &data[..20], &mut out, &mut b.io);
+        b.engine.receive(from, &data[..40], &mut out, &mut b.io);
+        assert_eq!(b.engine.stats.dropped(WgDrop::Malformed), 5);
+        assert_eq!(b.engine.stats.dropped(WgDrop::BadMac), 1);
+        assert_eq!(b.io.delivered.len(), 1, "only the first packet");
+        assert!(b.io.sent.is_empty());
+    }
+
+    #[test]
+    fn replayed_and_tampered_messages_are_dropped() {
+        let (_a, mut b, data) = established();
+        let mut out = vec![0u8; 2048];
+        let from = sock("192.0.2.1:51820");
+        let mut bad = data.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        b.engine.receive(from, &bad, &mut out, &mut b.io);
+        assert_eq!(b.engine.stats.dropped(WgDrop::BadMac), 1);
+        b.engine.receive(from, &data, &mut out, &mut b.io);
+        assert_eq!(b.io.delivered.len(), 2);
+        b.engine.receive(from, &data, &mut out, &mut b.io);
+        assert_eq!(b.engine.stats.dropped(WgDrop::Replay), 1);
+        assert_eq!(b.io.delivered.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_and_indexes_are_dropped() {
+        let (_a, mut b) = pair(None);
+        // C knows B, B does not know C.
+        let mut c = node([3; 32], "192.0.2.3:51820", None);
+        c.engine.set_peers(&[spec(&b, &B_NETS)]);
+        send(&mut c, &ipv4("10.244.3.5", "10.244.2.7", b"x"));
+        let (_, init) = c.io.sent.pop().unwrap();
+        let mut out = vec![0u8; 2048];
+        b.engine.receive(c.addr, &init, &mut out, &mut b.io);
+        assert_eq!(b.engine.stats.dropped(WgDrop::UnknownKey), 1);
+        // A data message for an index nobody has.
+        let mut data = vec![0u8; 64];
+        data[0] = 4;
+        data[4..8].copy_from_slice(&0x00ab_cd00u32.to_le_bytes());
+        b.engine.receive(c.addr, &data, &mut out, &mut b.io);
+        assert_eq!(b.engine.stats.dropped(WgDrop::UnknownIndex), 1);
+        assert!(b.io.sent.is_empty() && b.io.delivered.is_empty());
+    }
+
+    #[test]
+    fn a_removed_peer_is_forgotten() {
+        let (_a, mut b, data) = established();
+        b.engine.set_peers(&[]);
+        let mut out = vec![0u8; 2048];
+        b.engine
+            .receive(sock("192.0.2.1:51820"), &data, &mut out, &mut b.io);
+        assert_eq!(b.engine.stats.dropped(WgDrop::UnknownIndex), 1);
+        assert_eq!(b.io.delivered.len(), 1);
+    }
+
+    #[test]
+    fn inner_source_outside_allowed_ips_is_dropped() {
+        let (mut a, mut b) = pair(None);
+        for p in [
+            ipv4("10.244.9.9", "10.244.2.7", b"spoofed"),
+            ipv6("fd00:9::9", "fd00:2::7", b"spoofed"),
+        ] {
+            send(&mut a, &p);
+            pump(&mut a, &mut b);
+        }
+        assert!(b.io.delivered.is_empty());
+        assert_eq!(b.engine.stats.dropped(WgDrop::NotAllowed), 2);
+    }
+
+    #[test]
+    fn no_route_and_own_key_and_kept_sessions() {
+        let (mut a, mut b, _) = established();
+        send(&mut a, &ipv4("10.244.1.5", "10.99.0.1", b"x"));
+        assert_eq!(a.engine.stats.dropped(WgDrop::NoRoute), 1);
+        // Re-listing the same peers (plus ourselves) keeps the session: no new handshake.
+        let own = spec(&a, &A_NETS);
+        a.engine.set_peers(&[own, spec(&b, &B_NETS)]);
+        assert_eq!(a.engine.peer_count(), 1);
+        a.io.sent.clear();
+        send(&mut a, &ipv4("10.244.1.5", "10.244.2.7", b"third"));
+        let (_, d) = a.io.sent.pop().unwrap();
+        assert_eq!(d[0], DATA_MESSAGE);
+        let mut out = vec![0u8; 2048];
+        b.engine.receive(a.addr, &d, &mut out, &mut b.io);
+        assert_eq!(b.io.delivered.len(), 2);
+    }
+
+    #[test]
+    fn timers_send_nothing_to_a_peer_never_contacted() {
+        let (mut a, _b) = pair(None);
+        let mut out = vec![0u8; 2048];
+        a.engine.tick(&mut out, &mut a.io);
+        assert!(a.io.sent.is_empty());
+    }
+}

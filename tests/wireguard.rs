@@ -1,0 +1,276 @@
+//! The wireguard backend end to end: overlayd nodes configured as flannel's
+//! `"Backend":{"Type":"wireguard"}` in network namespaces, pinging and moving hashed TCP
+//! streams both ways over WireGuard; then a node set up as flanneld's wireguard backend sets
+//! it up (wireguard-go + `wg`), talking to an overlayd node.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+
+const READY: Duration = Duration::from_secs(30);
+const MB: u64 = 1_000_000;
+
+/// The net-conf.json of these tests, with `backend` extra fields (e.g. `,"PSK":"..."`).
+fn put_config(etcd: &Etcd, backend: &str) {
+    let cfg = format!(
+        r#"{{"Network":"{OVERLAY_NETWORK}","SubnetLen":24,"Backend":{{"Type":"wireguard"{backend}}}}}"#
+    );
+    etcd.put(&format!("{ETCD_PREFIX}/config"), &cfg);
+}
+
+/// overlayd on `ns` with its own key file `key`: the usual arguments without `--backend`
+/// (the config in etcd names wireguard, which has no flag).
+fn spawn(ns: &Netns, etcd: &Etcd, key: &std::path::Path) -> Overlayd {
+    let env = format!("WIREGUARD_KEY_FILE={}", key.display());
+    let mut args = overlayd_args("vxlan", etcd);
+    let i = args
+        .iter()
+        .position(|a| a == "--backend")
+        .expect("--backend");
+    args.drain(i..i + 2);
+    Overlayd::spawn_wrapped(ns, &["env", &env], args)
+}
+
+/// The `PublicKey` of the lease holding `subnet`.
+fn lease_key(etcd: &Etcd, subnet: &str) -> String {
+    let key = lease_key_of(subnet_of(subnet));
+    let v: serde_json::Value = serde_json::from_str(&etcd.get(&key).expect("lease")).unwrap();
+    assert_eq!(v["BackendType"], "wireguard", "{v}");
+    v["BackendData"]["PublicKey"]
+        .as_str()
+        .expect("PublicKey")
+        .to_string()
+}
+
+fn lease_key_of(sn: ipnet::Ipv4Net) -> String {
+    common::lease_key(ETCD_PREFIX, sn)
+}
+
+fn both_ways(a: &Netns, a_ip: std::net::Ipv4Addr, b: &Netns, b_ip: std::net::Ipv4Addr, mb: u64) {
+    assert!(ping_until(a, b_ip, Duration::from_secs(20)), "ping {b_ip}");
+    assert!(ping_until(b, a_ip, Duration::from_secs(20)), "ping {a_ip}");
+    let (sent, got) = tcp_transfer(a, b, b_ip, 0, mb * MB);
+    assert_eq!(sent, got, "{mb} MB to {b_ip} byte-identical");
+    let (sent, got) = tcp_transfer(b, a, a_ip, 0, mb * MB);
+    assert_eq!(sent, got, "{mb} MB to {a_ip} byte-identical");
+}
+
+#[test]
+fn netns_wireguard_two_overlayd_nodes() {
+    if skip_unless_root("netns_wireguard_two_overlayd_nodes") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    put_config(&etcd, "");
+    let keys = TempDir::new("wgkeys");
+    let k1: PathBuf = keys.path().join("h1/wgkey");
+    let mut d1 = spawn(topo.host(0), &etcd, &k1);
+    let mut d2 = spawn(topo.host(1), &etcd, &keys.path().join("h2/wgkey"));
+    let s1 = d1.wait_ready(READY);
+    let s2 = d2.wait_ready(READY);
+    let env = d1.subnet_env().unwrap();
+    assert_eq!(env["FLANNEL_MTU"], (UNDERLAY_MTU - 80).to_string());
+    assert!(topo.host(0).has_link("flannel-wg"));
+    let key1 = lease_key(&etcd, &s1);
+    assert_eq!(key1.len(), 44);
+    let file = std::fs::read_to_string(&k1).unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&k1).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "key file mode");
+    assert_ne!(
+        file.trim(),
+        key1,
+        "the file holds the private key, the lease the public one"
+    );
+    both_ways(
+        topo.host(0),
+        overlay_ip_of(&s1),
+        topo.host(1),
+        overlay_ip_of(&s2),
+        5,
+    );
+    // Restart: the same key and subnet, and the tunnel comes back without touching h2.
+    d1.restart();
+    let again = d1.wait_ready(READY);
+    assert_eq!(again, s1);
+    assert_eq!(lease_key(&etcd, &s1), key1, "the key survives a restart");
+    both_ways(
+        topo.host(0),
+        overlay_ip_of(&s1),
+        topo.host(1),
+        overlay_ip_of(&s2),
+        1,
+    );
+    for d in [&mut d1, &mut d2] {
+        let st = d.terminate(Duration::from_secs(5));
+        assert!(st.is_some_and(|s| s.success()), "clean exit on SIGTERM");
+    }
+    assert!(
+        !topo.host(0).has_link("flannel-wg"),
+        "device removed on exit"
+    );
+    let log = d2.log();
+    assert!(
+        log.contains("ready (wireguard)"),
+        "{}",
+        tail(d2.log_path(), 30)
+    );
+    let stopped = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("stopped;"))
+        .unwrap_or("");
+    assert!(
+        !stopped.contains("rx_packets=0"),
+        "h2 received over WireGuard: {stopped}"
+    );
+    assert!(stopped.contains("not_allowed=0,"), "{stopped}");
+}
+
+/// A node set up as flanneld's wireguard backend sets one up, on wireguard-go (userspace)
+/// with `wg`: its own key, `listen-port` 51820, the device address and the route to the
+/// network, and a lease written as flanneld writes it. Its control socket lives in
+/// /var/run/wireguard, shared by every namespace, so the device has a name of its own;
+/// the socket is removed on drop (the process goes with its namespace).
+struct FlannelNode {
+    dev: String,
+    key: String,
+    public: String,
+    subnet: ipnet::Ipv4Net,
+}
+
+impl Drop for FlannelNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.dev));
+    }
+}
+
+/// Whether wireguard-go and wg are installed (scripts/install-deps.sh installs them).
+fn skip_without_wireguard_go(test: &str) -> bool {
+    let have = |c: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {c}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have("wireguard-go") && have("wg") {
+        return false;
+    }
+    eprintln!(
+        "!!! SKIPPED {test}: needs wireguard-go and wg (scripts/install-deps.sh installs them)"
+    );
+    true
+}
+
+impl FlannelNode {
+    fn start(
+        ns: &Netns,
+        etcd: &Etcd,
+        ip: std::net::Ipv4Addr,
+        subnet: &str,
+        tag: &str,
+    ) -> FlannelNode {
+        let dev = format!("wgt{}{tag}", std::process::id() % 100_000);
+        let key = ns.run(&["wg", "genkey"]).trim().to_string();
+        let public = ns.sh(&format!("echo {key} | wg pubkey")).trim().to_string();
+        let node = FlannelNode {
+            dev,
+            key,
+            public,
+            subnet: subnet.parse().unwrap(),
+        };
+        let d = &node.dev;
+        ns.sh(&format!(
+            "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 wireguard-go {d}"
+        ));
+        ns.sh(&format!(
+            "echo {} > /tmp/{d}.key && wg set {d} private-key /tmp/{d}.key listen-port 51820 && rm /tmp/{d}.key",
+            node.key
+        ));
+        ns.ip(&format!("addr add {}/32 dev {d}", node.subnet.network()));
+        ns.ip(&format!("link set {d} mtu {} up", UNDERLAY_MTU - 80));
+        ns.ip(&format!("route add {OVERLAY_NETWORK} dev {d}"));
+        let lease = format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{}"}}}}"#,
+            node.public
+        );
+        etcd.put_with_lease(&lease_key_of(node.subnet), &lease, 3600);
+        node
+    }
+
+    /// `wg set ... peer` for the overlayd node holding `subnet` at `ip`, as flanneld's
+    /// AddPeer does (endpoint PublicIP:port, AllowedIPs = the lease's subnet, the PSK).
+    fn add_peer(
+        &self,
+        ns: &Netns,
+        etcd: &Etcd,
+        ip: std::net::Ipv4Addr,
+        subnet: &str,
+        psk: Option<&str>,
+    ) {
+        let d = &self.dev;
+        let psk = match psk {
+            Some(p) => {
+                ns.sh(&format!("echo {p} > /tmp/{d}.psk"));
+                format!("preshared-key /tmp/{d}.psk")
+            }
+            None => String::new(),
+        };
+        ns.sh(&format!(
+            "wg set {d} peer {} endpoint {ip}:51820 allowed-ips {} {psk}; rm -f /tmp/{d}.psk",
+            lease_key(etcd, subnet),
+            subnet_of(subnet)
+        ));
+    }
+}
+
+/// overlayd (h1) and a flanneld-style wireguard-go node (h2): ping and TCP both ways, then
+/// overlayd restarts with the same key and the tunnel comes back without touching h2.
+fn interop(psk: Option<&str>, test: &str) {
+    if skip_unless_root(test) || skip_without_wireguard_go(test) {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    let extra = psk.map(|p| format!(r#","PSK":"{p}""#)).unwrap_or_default();
+    put_config(&etcd, &extra);
+    let (h1, h2) = (topo.host(0), topo.host(1));
+    let flannel = FlannelNode::start(h2, &etcd, h2.ip, "10.244.200.0/24", "f");
+    let keys = TempDir::new("wgkeys");
+    let mut d1 = spawn(h1, &etcd, &keys.path().join("wgkey"));
+    let s1 = d1.wait_ready(READY);
+    let flannel_ip = flannel.subnet.network();
+    if psk.is_some() {
+        // Without the PSK on the flanneld side no handshake completes: the PSK is in use.
+        flannel.add_peer(h2, &etcd, h1.ip, &s1, None);
+        assert!(
+            !ping_until(h1, flannel_ip, Duration::from_secs(3)),
+            "PSK ignored"
+        );
+    }
+    flannel.add_peer(h2, &etcd, h1.ip, &s1, psk);
+    both_ways(h1, overlay_ip_of(&s1), h2, flannel_ip, 2);
+    d1.restart();
+    assert_eq!(d1.wait_ready(READY), s1);
+    both_ways(h1, overlay_ip_of(&s1), h2, flannel_ip, 1);
+    let wg = h2.run(&["wg", "show", &flannel.dev, "latest-handshakes"]);
+    assert!(wg.contains(&lease_key(&etcd, &s1)), "{wg}");
+    let st = d1.terminate(Duration::from_secs(5));
+    assert!(st.is_some_and(|s| s.success()), "clean exit on SIGTERM");
+}
+
+#[test]
+fn netns_wireguard_interop_with_wireguard_go() {
+    interop(None, "netns_wireguard_interop_with_wireguard_go");
+}
+
+#[test]
+fn netns_wireguard_interop_with_psk() {
+    // As `wg genpsk` prints one.
+    let psk = "sY5pDqyS2PZzvKZSUzJWTWzxGx3hD8nG1QGq8A7WJ1w=";
+    interop(Some(psk), "netns_wireguard_interop_with_psk");
+}
