@@ -9,15 +9,23 @@ use common::*;
 
 const READY: Duration = Duration::from_secs(30);
 
+/// One host and etcd for test `name`; `None` (skipped) without root.
+fn one_host(name: &str) -> Option<(Topology, Etcd)> {
+    if skip_unless_root(name) {
+        return None;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    Some((topo, etcd))
+}
+
 /// A route for the Network via a gateway on eth0 is in place: overlayd exits non-zero naming
 /// the route and eth0, and the route is untouched.
 #[test]
 fn a_route_through_another_device_is_refused_and_kept() {
-    if skip_unless_root("a_route_through_another_device_is_refused_and_kept") {
+    let Some((topo, etcd)) = one_host("a_route_through_another_device_is_refused_and_kept") else {
         return;
-    }
-    let mut topo = Topology::new(1);
-    let etcd = topo.start_etcd();
+    };
     let h1 = topo.host(0);
     h1.ip(&format!(
         "route add {OVERLAY_NETWORK} via 192.168.77.254 dev eth0"
@@ -41,11 +49,11 @@ fn a_route_through_another_device_is_refused_and_kept() {
 /// Without such a route overlayd starts and routes the Network through its own device.
 #[test]
 fn without_a_foreign_route_the_network_goes_through_the_device() {
-    if skip_unless_root("without_a_foreign_route_the_network_goes_through_the_device") {
+    let Some((topo, etcd)) =
+        one_host("without_a_foreign_route_the_network_goes_through_the_device")
+    else {
         return;
-    }
-    let mut topo = Topology::new(1);
-    let etcd = topo.start_etcd();
+    };
     let h1 = topo.host(0);
     let mut d = Overlayd::spawn(h1, overlayd_args("vxlan", &etcd));
     d.wait_ready(READY);
