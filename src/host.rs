@@ -10,7 +10,7 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope,
 };
 use netlink_packet_route::link::LinkAttribute;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 /// Errors from host setup; each names what was being looked for or changed.
@@ -33,6 +33,16 @@ pub enum HostError {
     Conf {
         what: String,
         source: std::io::Error,
+    },
+    #[error("a route for {network} already goes through {device}, not through the overlay device {ours}; overlayd replaces only a route through its own device: remove that route (`ip route del {network}`) or choose a {key} in the network config that does not collide with it")]
+    ForeignRoute {
+        network: IpNet,
+        /// The other route's device: its name, else `link #<index>`, or a description of a
+        /// route without a single output device.
+        device: String,
+        ours: String,
+        /// The network config's key that gave `network` (`Network` or `IPv6Network`).
+        key: &'static str,
     },
 }
 
@@ -98,6 +108,52 @@ pub fn read_conf(family: &str, dev: &str, key: &str) -> std::io::Result<String> 
 /// Writes a per-device setting (see [`conf_path`]).
 pub fn write_conf(family: &str, dev: &str, key: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(conf_path(family, dev, key), value)
+}
+
+/// The main routing table (`RT_TABLE_MAIN`), where the overlay routes go.
+const MAIN_TABLE: u32 = 254;
+
+/// Whether `r` is a main-table route for exactly the prefix `network` (same family, address
+/// and length).
+pub fn is_main_route_for(r: &RouteMessage, network: IpNet) -> bool {
+    let want = match network {
+        IpNet::V4(n) => RouteAddress::Inet(n.network()),
+        IpNet::V6(n) => RouteAddress::Inet6(n.network()),
+    };
+    // A table above 255 is only in RTA_TABLE; the header then says RT_TABLE_UNSPEC.
+    let table = r
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table));
+    table == MAIN_TABLE
+        && r.header.destination_prefix_length == network.prefix_len()
+        && r.attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Destination(d) if *d == want))
+}
+
+/// The single output device of route `r`; `None` for one without (a blackhole, unreachable
+/// or multipath route).
+pub fn oif_of(r: &RouteMessage) -> Option<u32> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
+/// Whether a route for a network may be replaced by one through device `ours`, given the
+/// output devices of the main-table routes for exactly that network ([`oif_of`]): yes when
+/// there is none or all go through `ours`; otherwise `Err` with the device of the first that
+/// does not (`None`: a route without a single device), which must not be replaced.
+pub fn claim_route(existing: &[Option<u32>], ours: u32) -> Result<(), Option<u32>> {
+    match existing.iter().find(|oif| **oif != Some(ours)) {
+        Some(other) => Err(*other),
+        None => Ok(()),
+    }
 }
 
 /// A netlink connection, driven by a task on the current tokio runtime.
@@ -335,6 +391,8 @@ impl Netlink {
 
     /// Sets the overlay device's MTU, address (`addr/32`), brings it up and routes `network`
     /// through it. Idempotent: re-running it after the device was recreated is the repair.
+    /// A route for exactly `network` is replaced only when it goes through this device; one
+    /// through another device is left alone and refused ([`HostError::ForeignRoute`]).
     pub async fn configure_overlay(
         &self,
         name: &str,
@@ -356,6 +414,7 @@ impl Netlink {
             .pref_source(addr)
             .scope(RouteScope::Link)
             .build();
+        self.claim_route(network.into(), index, name).await?;
         self.handle
             .route()
             .add(route)
@@ -372,7 +431,7 @@ impl Netlink {
     /// device (its own setting). With `ipv6_mtu`, the device's IPv6 MTU is set below its link
     /// MTU (IPv6 packets that cross an IPv6 underlay carry 20 bytes more of outer header);
     /// the device must be up already ([`Self::configure_overlay`] or [`Self::link_up`]).
-    /// Idempotent, like [`Self::configure_overlay`].
+    /// Idempotent, and refusing another device's route, like [`Self::configure_overlay`].
     pub async fn configure_overlay6(
         &self,
         name: &str,
@@ -416,6 +475,7 @@ impl Netlink {
             .output_interface(index)
             .pref_source(addr)
             .build();
+        self.claim_route(network.into(), index, name).await?;
         self.handle
             .route()
             .add(route)
@@ -493,7 +553,6 @@ impl Netlink {
         Ok(index)
     }
 
-    /// Whether the route for `network` through link `index` is still present.
     /// Sets a link's MAC address and MTU and brings it up (the tunnel-GSO TAP).
     pub async fn configure_link(
         &self,
@@ -523,36 +582,51 @@ impl Netlink {
         network: impl Into<IpNet>,
         index: u32,
     ) -> Result<bool, HostError> {
-        let network = network.into();
-        let (request, want) = match network {
-            IpNet::V4(n) => (
-                RouteMessageBuilder::<Ipv4Addr>::new().build(),
-                RouteAddress::Inet(n.network()),
-            ),
-            IpNet::V6(n) => (
-                RouteMessageBuilder::<Ipv6Addr>::new().build(),
-                RouteAddress::Inet6(n.network()),
-            ),
+        let oifs = self.routes_for(network.into()).await?;
+        Ok(oifs.contains(&Some(index)))
+    }
+
+    /// The output devices ([`oif_of`]) of the main-table routes for exactly `network`.
+    async fn routes_for(&self, network: IpNet) -> Result<Vec<Option<u32>>, HostError> {
+        let request = match network {
+            IpNet::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            IpNet::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
         };
-        let mut found = false;
+        let mut out = Vec::new();
         let mut routes = self.handle.route().get(request).execute();
+        // Read to the end of the dump: dropping the stream early leaves netlink-proto with
+        // responses it cannot deliver (and a warning per message).
         while let Some(r) = routes.try_next().await.map_err(nl("routes"))? {
-            if r.header.destination_prefix_length != network.prefix_len() {
-                continue;
+            if is_main_route_for(&r, network) {
+                out.push(oif_of(&r));
             }
-            let dst = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Destination(d) if *d == want));
-            let oif = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-            // Keep reading to the end of the dump: dropping the stream early leaves
-            // netlink-proto with responses it cannot deliver (and a warning per message).
-            found |= dst && oif;
         }
-        Ok(found)
+        Ok(out)
+    }
+
+    /// Refuses to route `network` through device `name` (link `index`) when a main-table
+    /// route for exactly that prefix goes through another device: replacing it could take
+    /// over the host's default route or a LAN's. Absent or through `index`: Ok.
+    async fn claim_route(&self, network: IpNet, index: u32, name: &str) -> Result<(), HostError> {
+        let Err(other) = claim_route(&self.routes_for(network).await?, index) else {
+            return Ok(());
+        };
+        let device = match other {
+            Some(i) => match self.link_by_index(i).await {
+                Ok((n, _)) if !n.is_empty() => n,
+                _ => format!("link #{i}"),
+            },
+            None => "no single device (a blackhole, unreachable or multipath route)".into(),
+        };
+        Err(HostError::ForeignRoute {
+            network,
+            device,
+            ours: name.to_string(),
+            key: match network {
+                IpNet::V4(_) => "Network",
+                IpNet::V6(_) => "IPv6Network",
+            },
+        })
     }
 }
 
@@ -630,5 +704,83 @@ mod tests {
             pick(&[info("fd00::9"), info("fd00::8")]).as_deref(),
             Some("fd00::9")
         );
+    }
+
+    fn route4(dst: &str, oif: Option<u32>) -> RouteMessage {
+        let net: Ipv4Net = dst.parse().unwrap();
+        let b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len());
+        match oif {
+            Some(i) => b.output_interface(i).build(),
+            None => b.build(),
+        }
+    }
+
+    #[test]
+    fn a_main_route_for_exactly_the_prefix() {
+        let net: IpNet = "10.244.0.0/16".parse().unwrap();
+        assert!(is_main_route_for(&route4("10.244.0.0/16", Some(3)), net));
+        assert!(!is_main_route_for(&route4("10.244.0.0/24", Some(3)), net));
+        assert!(!is_main_route_for(&route4("10.245.0.0/16", Some(3)), net));
+        assert!(!is_main_route_for(
+            &route4("10.244.0.0/16", Some(3)),
+            "fd00::/16".parse().unwrap()
+        ));
+        let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix("fd00:244::".parse().unwrap(), 48)
+            .output_interface(3)
+            .build();
+        assert!(is_main_route_for(&v6, "fd00:244::/48".parse().unwrap()));
+        let mut other_table = route4("10.244.0.0/16", Some(3));
+        other_table.header.table = 100;
+        assert!(!is_main_route_for(&other_table, net));
+        // A table number only in RTA_TABLE counts over the header's.
+        let mut big_table = route4("10.244.0.0/16", Some(3));
+        big_table.attributes.push(RouteAttribute::Table(1000));
+        assert!(!is_main_route_for(&big_table, net));
+        assert_eq!(oif_of(&route4("10.244.0.0/16", Some(7))), Some(7));
+        assert_eq!(oif_of(&route4("10.244.0.0/16", None)), None);
+        // The default route is a route for 0.0.0.0/0 like any other.
+        assert!(is_main_route_for(
+            &route4("0.0.0.0/0", Some(2)),
+            "0.0.0.0/0".parse().unwrap()
+        ));
+    }
+
+    #[test]
+    fn only_an_absent_route_or_our_own_is_replaced() {
+        assert_eq!(claim_route(&[], 5), Ok(()));
+        assert_eq!(claim_route(&[Some(5)], 5), Ok(()));
+        assert_eq!(claim_route(&[Some(2)], 5), Err(Some(2)));
+        assert_eq!(
+            claim_route(&[None], 5),
+            Err(None),
+            "a blackhole is not ours"
+        );
+        assert_eq!(
+            claim_route(&[Some(5), Some(9)], 5),
+            Err(Some(9)),
+            "ours beside another device's (another metric): still refused"
+        );
+    }
+
+    #[test]
+    fn the_refusal_names_the_route_the_device_and_the_way_out() {
+        let e = HostError::ForeignRoute {
+            network: "0.0.0.0/0".parse().unwrap(),
+            device: "eth0".into(),
+            ours: "flannel.1".into(),
+            key: "Network",
+        }
+        .to_string();
+        for part in [
+            "0.0.0.0/0",
+            "eth0",
+            "flannel.1",
+            "ip route del 0.0.0.0/0",
+            "Network",
+        ] {
+            assert!(e.contains(part), "{part:?} missing from {e:?}");
+        }
     }
 }
