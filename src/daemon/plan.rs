@@ -2,16 +2,17 @@
 //! and the host's facts (the IPv6 underlay, both MTUs, the public addresses, the lease
 //! attributes, queues, tunnel GSO, keepalive), computed without I/O and unit-tested.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use tracing::{debug, warn};
 
 use super::device::DeviceSetup;
 use super::DaemonError;
 use crate::backend::{Backend, Encap};
 use crate::cli::{Args, BackendArg};
-use crate::control::config::{BackendKind, NetworkConfig};
+use crate::control::config::{overlaps_underlay, BackendKind, NetworkConfig};
 use crate::control::etcd::Acquired;
 use crate::control::lease::LeaseAttrs;
 use crate::gso_tap::Mode;
@@ -171,6 +172,13 @@ struct Underlays {
     ipv6_mtu: Option<u32>,
 }
 
+/// The underlay interface's own addresses, as host routes (/32, /128).
+fn host_addrs(u: &Underlay) -> Vec<IpNet> {
+    let v4 = (!u.addr.is_unspecified()).then(|| IpNet::from(IpAddr::V4(u.addr)));
+    let v6 = u.addr6.map(|a| IpNet::from(IpAddr::V6(a)));
+    v4.into_iter().chain(v6).collect()
+}
+
 impl Plan {
     /// Plans the start-up; `config_key` names the config in errors about it.
     pub fn new(
@@ -180,6 +188,13 @@ impl Plan {
         config_key: &str,
     ) -> Result<Plan, DaemonError> {
         let public_ip = public_ip(args, &host.underlay);
+        // The overlay must not swallow the host's own underlay addresses.
+        overlaps_underlay(cfg, &host_addrs(&host.underlay)).map_err(|source| {
+            DaemonError::EtcdConfig {
+                key: config_key.to_owned(),
+                source,
+            }
+        })?;
         let backend = Backend::new(&cfg.backend, public_ip);
         let mut notices = Vec::new();
         let u = underlays(args, cfg, host, config_key, &backend, &mut notices)?;
@@ -442,6 +457,15 @@ mod tests {
         assert_eq!(p.device(), "flannel.1");
         assert_eq!(p.l3_port, Some(8472));
         assert!(p.notices.is_empty(), "{:?}", p.notices);
+    }
+
+    #[test]
+    fn a_network_holding_the_underlay_address_is_refused() {
+        let e = plan(&[], V4, &host(Some("10.5.3.4"), None, 1500)).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(KEY) && msg.contains("10.5.0.0/16"), "{msg}");
+        let e = plan(&[], DUAL, &host(Some("192.0.2.1"), Some("fd00:5::9"), 1500)).unwrap_err();
+        assert!(e.to_string().contains("fd00:5::/56"), "{e}");
     }
 
     #[test]
