@@ -19,13 +19,7 @@ pub fn decapsulate(payload: &[u8]) -> Result<Decapsulated<'_>, DropReason> {
 
 /// Our lease's attributes: the public address only, as flannel's udp backend writes.
 pub fn lease_attrs(public_ip: Ipv4Addr) -> LeaseAttrs {
-    LeaseAttrs {
-        public_ip,
-        public_ipv6: None,
-        backend_type: None,
-        backend_data: None,
-        backend_v6_data: None,
-    }
+    LeaseAttrs::udp(public_ip)
 }
 
 /// Whether a lease is a udp node's (flannel writes no `BackendType` for udp).
