@@ -708,10 +708,10 @@ extra = dict(l.rstrip("\n").split("\t", 1) for l in open(sys.argv[2]) if l.strip
 duration = int(sys.argv[3])
 work, clk_tck, wire = sys.argv[4], int(sys.argv[5]), sys.argv[6]
 
-def cpu_s_per_gib(c):
-    """Both daemons' CPU seconds (user + system, all threads) per GiB received in the
-    1-stream run: a cost per byte that does not swing with the throughput as much."""
-    ticks = extra.get("cpu_ticks_" + c)
+def per_gib(key, c):
+    """CPU seconds (ticks recorded under key + case) per GiB received in the 1-stream run:
+    a cost per byte that does not swing with the throughput as much."""
+    ticks = extra.get(key + c)
     try:
         got = json.load(open(os.path.join(work, "iperf-%s-P1.json" % c)))["end"]["sum_received"]["bytes"]
     except Exception:
@@ -720,17 +720,14 @@ def cpu_s_per_gib(c):
         return None
     return round(int(ticks) / clk_tck / (got / 2**30), 3)
 
+def cpu_s_per_gib(c):
+    """Both daemons' CPU (user + system, all threads)."""
+    return per_gib("cpu_ticks_", c)
+
 def machine_cpu_s_per_gib(c):
-    """The whole machine's busy CPU seconds per GiB received in the 1-stream run (the
-    kernel's work for the daemons included): the same measure for kernel and overlayd rows."""
-    ticks = extra.get("machine_ticks_" + c)
-    try:
-        got = json.load(open(os.path.join(work, "iperf-%s-P1.json" % c)))["end"]["sum_received"]["bytes"]
-    except Exception:
-        return None
-    if ticks is None or not got:
-        return None
-    return round(int(ticks) / clk_tck / (got / 2**30), 3)
+    """The whole machine's busy CPU (the kernel's work for the daemons included): the same
+    measure for kernel and overlayd rows."""
+    return per_gib("machine_ticks_", c)
 
 def rss_during(c):
     """(min, max) VmRSS in MiB over the 1-stream run, both daemons, sampled every second."""

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use common::*;
 
-const READY: Duration = Duration::from_secs(30);
 const MB: u64 = 1_000_000;
 
 /// The switch-port offloads a NIC-like wire lacks (as `scripts/lib/topology.sh` `topo_wire`).
@@ -67,19 +66,18 @@ fn netns_segmenting_wire_vxlan() {
     if skip_unless_root("netns_segmenting_wire_vxlan") {
         return;
     }
-    let mut topo = Topology::new(2);
-    if make_segmenting(&topo).is_none() {
-        eprintln!("SKIPPED netns_segmenting_wire_vxlan: ethtool missing or the veth refuses the offload settings");
+    let c = Cluster::builder().hosts(2).backend("vxlan").start();
+    if make_segmenting(&c.topo).is_none() {
+        skip(
+            "netns_segmenting_wire_vxlan",
+            "ethtool missing or the veth refuses the offload settings",
+        );
         return;
     }
-    let etcd = topo.start_etcd();
-    let mut ds: Vec<Overlayd> = (0..2)
-        .map(|i| Overlayd::spawn(topo.host(i), overlayd_args("vxlan", &etcd)))
-        .collect();
-    let ips: Vec<_> = ds
-        .iter_mut()
-        .map(|d| overlay_ip_of(&d.wait_ready(READY)))
-        .collect();
+    let (topo, ips): (&Topology, Vec<_>) = (
+        &c.topo,
+        c.subnets.iter().map(|s| overlay_ip_of(s)).collect(),
+    );
     assert!(
         ping_until(topo.host(0), ips[1], Duration::from_secs(15)),
         "ping over the segmenting wire"
@@ -117,5 +115,4 @@ fn netns_segmenting_wire_vxlan() {
         delivered >= 4 * 1400,
         "overlayd delivered {delivered} bytes per packet into the TUN: the receive side did not coalesce"
     );
-    drop(ds);
 }
