@@ -18,6 +18,13 @@
 #                          counts what arrives (Gbit/s of UDP payload received; no flow control,
 #                          so this is what each path delivers when the sender runs flat out)
 #   7. tinc                tinc 1.0, router mode, Cipher = none, Digest = none (userspace reference)
+#      wireguard           overlayd with flannel's {"Backend":{"Type":"wireguard"}} (written to etcd;
+#                          that backend has no --backend flag), each host its own key file
+#      wireguard_go        Debian's wireguard-go on both hosts, set up as flanneld's wireguard
+#                          backend sets up its device (wg: key, listen-port 51820, the peer with
+#                          AllowedIPs = its subnet; address, mtu 1420, route to the network); no
+#                          etcd, no overlayd. Its "overlayd CPU" column is the two wireguard-go
+#                          processes' CPU (the same measure, the other daemon)
 #
 # IPv6 inner rows (issue 16): the hosts also get fd00:77::1/64 and ::2/64 on eth0.
 #      kernel_vxlan6       the kernel VXLAN carrying IPv6 as flanneld's dual-stack vxlan backend
@@ -479,17 +486,25 @@ record_path() {
   printf 'path_%s\t%s\n' "$1" "$path" >>"$EXTRA"
 }
 
-# overlayd_case CASE BACKEND [EXTRA_FLAGS...]
+# overlayd_case CASE BACKEND [EXTRA_FLAGS...]: BACKEND wireguard has no flag (flannel's network
+# config names it, written to etcd here); every host gets its own WireGuard key file
 overlayd_case() {
-  local name=$1 backend=$2 i f start subnet
+  local name=$1 backend=$2 i f start subnet sel
   want "$name" || return 0
   shift 2
   say "$name: overlayd --backend $backend $* (etcd prefix /bench/$name)"
   mkdir -p "$WORK/$name"
+  sel=(--backend "$backend")
+  if [ "$backend" = wireguard ]; then
+    ctl put "/bench/$name/config" \
+      "{\"Network\":\"$NETWORK\",\"SubnetLen\":24,\"Backend\":{\"Type\":\"wireguard\"}}" >/dev/null
+    sel=()
+  fi
   for i in 1 2; do
-    # Straight `ip netns exec ... &`: $! is then overlayd's own pid.
+    # Straight `ip netns exec ... &` (env execs): $! is then overlayd's own pid.
     # shellcheck disable=SC2046 # pin's words are meant to split
-    ip netns exec "$P""h$i" $(pin "$i") "$BIN" --backend "$backend" --etcd-endpoints "$ENDPOINT" \
+    ip netns exec "$P""h$i" $(pin "$i") env WIREGUARD_KEY_FILE="$WORK/$name/h$i.wgkey" \
+      "$BIN" "${sel[@]}" --etcd-endpoints "$ENDPOINT" \
       --etcd-prefix "/bench/$name" --network "$NETWORK" --subnet-len 24 --iface eth0 \
       --subnet-file "$WORK/$name/h$i.env" "$@" ${OVERLAYD_FLAGS:-} >"$WORK/$name/h$i.log" 2>&1 &
     OVD_PIDS[i]=$!
@@ -545,6 +560,50 @@ if want vxlan6_userspace_gso; then
     '{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10::/56","Backend":{"Type":"vxlan"}}' >/dev/null
   OVD_FAMILY=6 overlayd_case vxlan6_userspace_gso vxlan --tunnel-gso off
 fi
+
+overlayd_case wireguard wireguard
+
+# wireguard-go on both hosts, set up as flanneld's wireguard backend does (its control
+# sockets live in /var/run/wireguard, shared by every namespace: one device name per host)
+wireguard_go_case() {
+  local name=wireguard_go i o dev d=$WORK/wireguard_go pub=()
+  want "$name" || return 0
+  command -v wireguard-go >/dev/null 2>&1 && command -v wg >/dev/null 2>&1 ||
+    { skip "$name" "needs wireguard-go and wg (scripts/install-deps.sh installs them)"; return 0; }
+  say "$name: $(wireguard-go --version 2>&1 | head -1), devices ${P}wg1 and ${P}wg2"
+  mkdir -p "$d"
+  for i in 1 2; do
+    wg genkey >"$d/h$i.key"
+    pub[i]=$(wg pubkey <"$d/h$i.key")
+    # -f: in the foreground, so $! is wireguard-go's pid (env execs it).
+    # shellcheck disable=SC2046 # pin's words are meant to split
+    ip netns exec "$P""h$i" $(pin "$i") env WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 \
+      wireguard-go -f "${P}wg$i" >"$d/h$i.log" 2>&1 &
+    OVD_PIDS[i]=$!
+  done
+  for i in 1 2; do
+    dev=${P}wg$i
+    o=$((3 - i))
+    for _ in $(seq 50); do [ -S "/var/run/wireguard/$dev.sock" ] && break; sleep 0.1; done
+    wg set "$dev" private-key "$d/h$i.key" listen-port 51820 peer "${pub[o]}" \
+      endpoint "$(topo_host_ip "$o"):51820" allowed-ips "10.244.$o.0/24" ||
+      { log_tail "$d/h$i.log"; stop_overlayd; skip "$name" "wg set $dev failed"; return 0; }
+    ip -n "$P""h$i" addr add "10.244.$i.0/32" dev "$dev"
+    ip -n "$P""h$i" link set "$dev" mtu 1420 up
+    ip -n "$P""h$i" route add "$NETWORK" dev "$dev"
+  done
+  OVD_ON=1
+  printf 'path_%s\twireguard-go\n' "$name" >>"$EXTRA"
+  if wait_reachable "$H1" 10.244.2.0; then
+    measure "$name" 10.244.2.0
+  else
+    log_tail "$d/h1.log"
+    skip "$name" "10.244.2.0 not reachable over ${P}wg2"
+  fi
+  stop_overlayd
+  rm -f "/var/run/wireguard/${P}wg1.sock" "/var/run/wireguard/${P}wg2.sock"
+}
+wireguard_go_case
 
 # ------------------------------------------------------------------------------------------------
 # 7. tinc 1.0: router mode, no cipher, no digest
@@ -814,7 +873,8 @@ for name in res:
     if d:
         print("overlayd VmRSS during the 1-stream %s run: %s..%s MiB (%d samples, 1/s, both hosts)" % (name, *d))
 
-cases = ["vxlan", "vxlan_userspace_gso", "udp", "udp_userspace_gso", "gre", "vxlan_no_offload", "tinc"]
+cases = ["vxlan", "vxlan_userspace_gso", "udp", "udp_userspace_gso", "gre", "vxlan_no_offload", "wireguard",
+         "wireguard_go", "tinc"]
 out = {
     "kernel_vxlan_gbps": k1,
     "ratios": {c: ratio(c) for c in cases},
