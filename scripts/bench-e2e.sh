@@ -472,10 +472,14 @@ pin() {
 }
 
 # record_path CASE: how h1's daemon sends super-packets, from its log (an IPv6 row's cross
-# the IPv6 underlay: tunnel GSO with IPv6 outer headers, unless the kernel refused them)
+# the IPv6 underlay: tunnel GSO with IPv6 outer headers, unless the kernel refused them; a
+# wireguard row's: sealed segments in UDP GSO runs, or one datagram per packet before that)
 record_path() {
   local log=$WORK/$1/h1.log path
-  if [ "${OVD_FAMILY:-4}" = 6 ] && grep -q 'ipv6_underlay=Some' "$log" 2>/dev/null; then
+  if grep -q 'wireguard data path' "$log" 2>/dev/null; then
+    if grep -q 'wireguard data path.*gso=true' "$log"; then path=wireguard-gso; else path=wireguard; fi
+  elif grep -q 'ready (wireguard)' "$log" 2>/dev/null; then path=wireguard-plain
+  elif [ "${OVD_FAMILY:-4}" = 6 ] && grep -q 'ipv6_underlay=Some' "$log" 2>/dev/null; then
     if grep -q 'tunnel GSO on' "$log" 2>/dev/null &&
       ! grep -q 'IPv6 outer headers unavailable' "$log" 2>/dev/null; then path=tunnel-gso-ipv6
     elif grep -q 'gso=true' "$log" 2>/dev/null; then path=userspace-gso-ipv6

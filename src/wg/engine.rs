@@ -2,7 +2,8 @@
 //! boringtun `Tunn`, AllowedIPs, endpoint, counters) built from leases, the routing of
 //! incoming datagrams to a peer, encryption toward the peer owning an inner destination,
 //! the AllowedIPs check after decryption, and the timers. Bytes in, bytes out through
-//! [`Io`]; no socket, no device.
+//! [`Io`]; no socket, no device. The segments of one super-packet are sealed together
+//! ([`Engine::seal`]) into datagrams at one stride, the buffer one UDP GSO send takes.
 //!
 //! The protocol itself (Noise_IKpsk2 handshakes, transport keys, the replay window, rekey
 //! and reject timers, keepalives, cookie replies under load) is boringtun's `noise` module.
@@ -19,6 +20,8 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnet::IpNet;
 
+use crate::offload::tso::Layout;
+
 /// Handshake messages per second (all peers together) above which initiations must carry
 /// a valid cookie (WireGuard's "under load"), as boringtun's own device sets it.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -29,6 +32,9 @@ pub const OVERHEAD: usize = 32;
 
 /// The first byte of a transport data message (type 4, little-endian).
 const DATA_MESSAGE: u8 = 4;
+/// The largest message boringtun may write for an outgoing packet (a handshake initiation):
+/// what an output buffer needs beyond the last datagram of [`Engine::seal`].
+pub const HANDSHAKE_INIT_LEN: usize = 148;
 
 /// Why an incoming datagram or an outgoing packet was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +124,11 @@ pub struct Stats {
 
 impl Stats {
     fn count_drop(&self, why: WgDrop) {
-        self.drops[why as usize].fetch_add(1, Ordering::Relaxed);
+        self.count_drops(why, 1);
+    }
+
+    fn count_drops(&self, why: WgDrop, n: usize) {
+        self.drops[why as usize].fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// The drops of one reason so far.
@@ -175,6 +185,10 @@ pub struct Engine {
     peers: Vec<Peer>,
     by_key: HashMap<[u8; 32], usize>,
     by_index: HashMap<u32, usize>,
+    /// Every peer's AllowedIPs network (the first peer listing one wins), and the prefix
+    /// lengths present, longest first: routing is one hash probe per length.
+    by_net: HashMap<IpNet, usize>,
+    prefix_lens: Vec<u8>,
     next_index: u32,
     pub stats: Arc<Stats>,
 }
@@ -190,6 +204,8 @@ impl Engine {
             peers: Vec::new(),
             by_key: HashMap::new(),
             by_index: HashMap::new(),
+            by_net: HashMap::new(),
+            prefix_lens: Vec::new(),
             next_index: 1,
             stats: Arc::default(),
         }
@@ -253,23 +269,27 @@ impl Engine {
     fn reindex(&mut self) {
         self.by_key.clear();
         self.by_index.clear();
+        self.by_net.clear();
+        self.prefix_lens.clear();
         for (i, p) in self.peers.iter().enumerate() {
             self.by_key.insert(p.spec.public_key, i);
             self.by_index.insert(p.index, i);
-        }
-    }
-
-    /// The peer whose AllowedIPs hold `dst`, the longest prefix winning.
-    fn route(&self, dst: IpAddr) -> Option<usize> {
-        let mut best: Option<(u8, usize)> = None;
-        for (i, p) in self.peers.iter().enumerate() {
-            for n in p.spec.allowed.iter().filter(|n| n.contains(&dst)) {
-                if best.is_none_or(|(len, _)| n.prefix_len() > len) {
-                    best = Some((n.prefix_len(), i));
-                }
+            for n in &p.spec.allowed {
+                self.by_net.entry(n.trunc()).or_insert(i);
+                self.prefix_lens.push(n.prefix_len());
             }
         }
-        best.map(|(_, i)| i)
+        self.prefix_lens.sort_unstable_by(|a, b| b.cmp(a));
+        self.prefix_lens.dedup();
+    }
+
+    /// The peer whose AllowedIPs hold `dst`, the longest prefix winning: one hash probe
+    /// per prefix length in use (flannel's leases all have one), whatever the peer count.
+    fn route(&self, dst: IpAddr) -> Option<usize> {
+        self.prefix_lens.iter().find_map(|&len| {
+            let net = IpNet::new(dst, len).ok()?.trunc();
+            self.by_net.get(&net).copied()
+        })
     }
 
     /// Encrypts the IP packet `packet` (from the device) toward the peer owning its
@@ -291,6 +311,53 @@ impl Engine {
             TunnResult::Err(e) => self.stats.count_drop(WgDrop::of(&e)),
             _ => {}
         }
+    }
+
+    /// Encrypts the segments of one super-packet, `segs[lay.packet(i)]` for every `i` (as
+    /// [`crate::offload::tso::segment`] laid them out), toward the peer owning the first
+    /// one's destination. Datagram `i` lands at `out[sealed.datagram(i)]`, `sealed` being
+    /// `lay` with [`OVERHEAD`] bytes of headroom and no gap: one stride, as a UDP GSO send
+    /// takes them. Returns the peer's endpoint and `sealed` when every segment became a data
+    /// message. `None` otherwise: no route or no room (counted), or no session yet
+    /// (boringtun queued the segments and its handshake initiation went out through `io`).
+    pub fn seal(
+        &mut self,
+        segs: &[u8],
+        lay: &Layout,
+        out: &mut [u8],
+        io: &mut impl Io,
+    ) -> Option<(SocketAddr, Layout)> {
+        let sealed = sealed_layout(lay);
+        let first = segs.get(lay.packet(0))?;
+        let Some(i) = Tunn::dst_address(first).and_then(|d| self.route(d)) else {
+            self.stats.count_drop(WgDrop::NoRoute);
+            return None;
+        };
+        if out.len() < sealed.out_len() + HANDSHAKE_INIT_LEN {
+            self.stats.count_drops(WgDrop::Other, lay.count);
+            return None;
+        }
+        let peer = &mut self.peers[i];
+        let mut data = 0;
+        for k in 0..lay.count {
+            let at = sealed.datagram(k).start;
+            match peer.tunn.encapsulate(&segs[lay.packet(k)], &mut out[at..]) {
+                TunnResult::WriteToNetwork(b) if b.first() == Some(&DATA_MESSAGE) => data += 1,
+                TunnResult::WriteToNetwork(b) => io.send(peer.spec.endpoint, b),
+                TunnResult::Err(e) => self.stats.count_drop(WgDrop::of(&e)),
+                _ => {}
+            }
+        }
+        if data != lay.count {
+            // A session cannot appear or vanish between two segments; were it to, the
+            // segments sealed are not sent.
+            self.stats.count_drops(WgDrop::Other, data);
+            return None;
+        }
+        self.stats
+            .tx_packets
+            .fetch_add(data as u64, Ordering::Relaxed);
+        Some((peer.spec.endpoint, sealed))
     }
 
     /// Handles one datagram from `from`: finds its peer (an initiation by the key it
@@ -374,6 +441,18 @@ impl Engine {
                 _ => {}
             }
         }
+    }
+}
+
+/// Where [`Engine::seal`] puts the data messages of segments laid out as `lay`: each
+/// segment grows by [`OVERHEAD`] (16 bytes of header in front, 16 of tag behind; boringtun
+/// does not pad), so equal segments stay equal datagrams, one stride apart. Only its
+/// `datagram(i)` ranges are meaningful (a data message has no headroom of its own).
+pub fn sealed_layout(lay: &Layout) -> Layout {
+    Layout {
+        headroom: OVERHEAD,
+        stride: OVERHEAD + lay.seg_len,
+        ..*lay
     }
 }
 
@@ -646,6 +725,82 @@ mod tests {
         let mut out = vec![0u8; 2048];
         b.engine.receive(a.addr, &d, &mut out, &mut b.io);
         assert_eq!(b.io.delivered.len(), 2);
+    }
+
+    /// The segments, their layout, the sealed buffer and what `seal` returned.
+    type SealedRun = (Vec<u8>, Layout, Vec<u8>, Option<(SocketAddr, Layout)>);
+
+    /// A's super-packet of 3 000 bytes cut into three segments, sealed in one buffer.
+    fn sealed_super_packet(a: &mut Node) -> SealedRun {
+        use crate::offload::testutil::{as_tso, payload, tcp};
+        let (hdr, sp) = as_tso(tcp(false, 1, &[], true, &payload(3000, 1)), 1000);
+        let mut segs = vec![0u8; 8192];
+        let lay = crate::offload::tso::segment(&hdr, &sp, 0, &mut segs).unwrap();
+        assert_eq!(lay.count, 3);
+        let mut out = vec![0u8; 8192];
+        let r = a.engine.seal(&segs, &lay, &mut out, &mut a.io);
+        (segs, lay, out, r)
+    }
+
+    #[test]
+    fn sealed_segments_lie_one_stride_apart_and_open_to_the_segments() {
+        let (mut a, mut b, _) = established();
+        let (segs, lay, out, r) = sealed_super_packet(&mut a);
+        let (to, sealed) = r.expect("the session is up");
+        assert_eq!(to, b.addr);
+        assert_eq!(sealed.stride, lay.seg_len + OVERHEAD);
+        assert!(a.io.sent.is_empty(), "sealed, not sent");
+        // As UDP GRO hands them over: one buffer, cut at the stride.
+        let mut open = vec![0u8; 2048];
+        let buf = &out[..sealed.out_len()];
+        for (k, d) in buf.chunks(sealed.stride).enumerate() {
+            assert_eq!(d.len(), lay.packet(k).len() + OVERHEAD);
+            assert_eq!(d, &out[sealed.datagram(k)]);
+            b.engine.receive(a.addr, d, &mut open, &mut b.io);
+        }
+        let got: Vec<&[u8]> = b.io.delivered[1..].iter().map(|p| &p[..]).collect();
+        let want: Vec<&[u8]> = (0..3).map(|k| &segs[lay.packet(k)]).collect();
+        assert_eq!(got, want);
+        assert_eq!(a.engine.stats.tx_packets.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn sealing_without_a_session_queues_and_starts_the_handshake() {
+        let (mut a, mut b) = pair(None);
+        let (segs, lay, _, r) = sealed_super_packet(&mut a);
+        assert!(r.is_none());
+        assert_eq!(a.io.sent.len(), 1, "one handshake initiation");
+        pump(&mut a, &mut b);
+        let want: Vec<Vec<u8>> = (0..3).map(|k| segs[lay.packet(k)].to_vec()).collect();
+        assert_eq!(
+            b.io.delivered, want,
+            "the queued segments follow the handshake"
+        );
+        for w in WgDrop::ALL {
+            assert_eq!((w, a.engine.stats.dropped(w)), (w, 0));
+        }
+    }
+
+    #[test]
+    fn routing_takes_the_longest_prefix_by_hash_probes() {
+        let b = node([2; 32], "192.0.2.2:51820", None);
+        let c = node([3; 32], "192.0.2.3:51820", None);
+        let cases = [
+            (ipv4("10.244.1.5", "10.244.2.7", b"x"), Some(b.addr)),
+            (ipv4("10.244.1.5", "10.244.5.1", b"x"), Some(c.addr)),
+            (ipv6("fd00:1::5", "fd00:2::9", b"x"), Some(b.addr)),
+            (ipv4("10.244.1.5", "10.99.0.1", b"x"), None),
+        ];
+        for (p, want) in cases {
+            // A fresh node each time: a handshake in progress sends nothing more.
+            let mut a = node([1; 32], "192.0.2.1:51820", None);
+            a.engine
+                .set_peers(&[spec(&c, &["10.244.0.0/16"]), spec(&b, &B_NETS)]);
+            send(&mut a, &p);
+            assert_eq!(a.io.sent.first().map(|s| s.0), want, "{p:?}");
+            let no_route = u64::from(want.is_none());
+            assert_eq!(a.engine.stats.dropped(WgDrop::NoRoute), no_route);
+        }
     }
 
     #[test]

@@ -213,10 +213,13 @@ async fn start_data_path(
         name: DEVICE.into(),
         kind: tun::Kind::Tun,
         queues: 1,
-        vnet_hdr: false,
+        vnet_hdr: true,
         tunnel_hdr: false,
     })
     .map_err(io)?;
+    if let Err(e) = crate::datapath::enable_offloads(&mut dev) {
+        tracing::warn!(device = DEVICE, error = %e, "the kernel refused TUN offloads; packets are handled one by one");
+    }
     s.nl.configure_overlay(DEVICE, subnet.network(), mtu, s.cfg.network)
         .await?;
     let bind = SocketAddr::new(IpAddr::V4(s.underlay.addr), port);

@@ -1,6 +1,10 @@
-//! The wireguard data path: one thread that reads the `flannel-wg` TUN and encrypts each
-//! packet toward its peer, receives the underlay socket's datagrams in batches and hands
-//! them to the [`Engine`], and runs the protocol's timers. Every buffer is allocated when
+//! The wireguard data path: one thread that reads the `flannel-wg` TUN (a virtio header and
+//! up to a 64 KiB TCP super-packet per read), segments each super-packet
+//! ([`tso::segment`]), seals its segments toward their peer into one buffer
+//! ([`Engine::seal`]) and sends them as UDP GSO runs ([`send_layout`]); receives the
+//! underlay socket's datagrams with UDP GRO, splits each buffer at its segment size, lets
+//! the [`Engine`] open each datagram, and coalesces the inner TCP back into super-packets for
+//! the TUN ([`Delivery`]); and runs the protocol's timers. Every buffer is allocated when
 //! the thread starts; the peer table changes only when the leases do.
 
 use std::net::{IpAddr, SocketAddr};
@@ -12,18 +16,31 @@ use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::engine::{Engine, Io, PeerSpec, OVERHEAD};
+use super::engine::{Engine, Io, PeerSpec};
 use crate::control::lease::WireguardData;
+use crate::counters::{count_drop, DropCounters};
+use crate::datapath::fallback::Fallback;
+use crate::datapath::recv::{self, Delivery, Link, Target};
+use crate::datapath::send::send_layout;
+use crate::datapath::{MAX_READ, SEG_BUF};
+use crate::drop::DropReason;
 use crate::fib::{Fib, SharedFib};
+use crate::offload::tso;
 use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket};
 use crate::sys::tun::{poll_readable, Queue};
+use crate::wire::virtio::{self, VirtioNetHdr};
 
-/// Largest packet handled: the TUN's MTU is far below it.
+/// Largest datagram buffer handed over by one receive (UDP GRO joins up to 64 KiB).
 const BUF: usize = 65536;
-/// Datagrams taken from the socket per `recvmmsg`, packets from the TUN per wake-up.
+/// Buffers taken from the socket per `recvmmsg`, reads from the TUN per wake-up.
 const BATCH: usize = 32;
 /// How often the protocol's timers run (boringtun's device runs them every 250 ms).
 const TICK: Duration = Duration::from_millis(100);
+/// The TUN, as a delivery target: queue 0, no link header.
+const TUN: Target = Target {
+    queue: 0,
+    link: Link::Ip,
+};
 
 /// Each lease's wireguard data by subnet, as the lease decoder last read it. The forwarding
 /// table says which subnets are current peers; this says their keys and ports.
@@ -90,13 +107,16 @@ impl Worker {
     }
 }
 
-/// Sends and delivers straight away: one `sendmmsg` of one message, one TUN write.
-struct Direct<'a> {
+/// Where the engine's output goes: protocol messages one per `sendmmsg`; decrypted packets
+/// into the delivery, which coalesces TCP and writes at [`Delivery::flush`].
+struct Out<'a> {
     sock: &'a UnderlaySocket,
-    tun: &'a Queue,
+    qs: &'a [Arc<Queue>],
+    delivery: &'a mut Delivery,
+    drops: &'a DropCounters,
 }
 
-impl Io for Direct<'_> {
+impl Io for Out<'_> {
     fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
         let msg = Msg {
             buf: datagram,
@@ -109,48 +129,153 @@ impl Io for Direct<'_> {
     }
 
     fn deliver(&mut self, packet: &[u8]) {
-        if let Err(e) = self.tun.write(packet) {
-            tracing::debug!(error = %e, "write to the wireguard device failed");
+        self.delivery.ip(self.qs, TUN, packet, None, self.drops);
+    }
+}
+
+/// The thread's buffers, allocated once at start.
+struct Buffers {
+    /// One TUN read: virtio header and packet.
+    read: Vec<u8>,
+    /// The segments of one super-packet ([`tso::segment`], no headroom).
+    segs: Vec<u8>,
+    /// Their data messages, one stride apart ([`Engine::seal`]): every segment grows by
+    /// 32 bytes, and a handshake initiation may follow the last.
+    sealed: Vec<u8>,
+    /// One decrypted packet.
+    open: Vec<u8>,
+    batch: RecvBatch,
+}
+
+impl Buffers {
+    fn new() -> Self {
+        Buffers {
+            read: vec![0; MAX_READ],
+            segs: vec![0; SEG_BUF],
+            sealed: vec![0; 2 * SEG_BUF],
+            open: vec![0; BUF],
+            batch: RecvBatch::new(BATCH, BUF),
         }
     }
 }
 
-fn run(mut p: Parts, stop: &AtomicBool) {
-    let mut inbuf = vec![0u8; BUF];
-    let mut out = vec![0u8; BUF + OVERHEAD];
-    let mut batch = RecvBatch::new(BATCH, BUF);
-    let mut fib = p.fib.load_full();
-    p.engine.set_peers(&peer_specs(&fib, &p.keys, p.port));
+/// What the send side keeps between packets: whether UDP GSO is on, and the destinations
+/// the kernel refused it for.
+struct Gso {
+    on: bool,
+    off: Fallback,
+}
+
+fn run(p: Parts, stop: &AtomicBool) {
+    let Parts {
+        mut engine,
+        tun,
+        sock,
+        fib: shared,
+        keys,
+        port,
+    } = p;
+    let qs = [Arc::new(tun)];
+    let mut b = Buffers::new();
+    let mut delivery = Delivery::new(true);
+    let drops = DropCounters::default();
+    let mut gso = Gso {
+        on: sock.probe_gso(),
+        off: Fallback::default(),
+    };
+    let gro = sock.enable_gro();
+    tracing::info!(
+        gso = gso.on,
+        gro,
+        "wireguard data path: TUN TSO, UDP GSO/GRO batches"
+    );
+    let mut fib = shared.load_full();
+    engine.set_peers(&peer_specs(&fib, &keys, port));
     let mut next_tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let current = p.fib.load();
+        let current = shared.load();
         if !Arc::ptr_eq(&current, &fib) {
             fib = current.clone();
-            p.engine.set_peers(&peer_specs(&fib, &p.keys, p.port));
+            engine.set_peers(&peer_specs(&fib, &keys, port));
         }
         drop(current);
-        let ready = poll_readable(&[p.tun.as_fd(), p.sock.as_fd()], 50).unwrap_or(0);
-        let mut io = Direct {
-            sock: &p.sock,
-            tun: &p.tun,
+        let ready = poll_readable(&[qs[0].as_fd(), sock.as_fd()], 50).unwrap_or(0);
+        let mut out = Out {
+            sock: &sock,
+            qs: &qs,
+            delivery: &mut delivery,
+            drops: &drops,
         };
         if ready & 1 != 0 {
-            for _ in 0..BATCH {
-                let Ok(n) = p.tun.read(&mut inbuf) else { break };
-                p.engine.send(&inbuf[..n], &mut out, &mut io);
-            }
+            transmit(&mut engine, &mut b, &mut gso, &mut out);
         }
         if ready & 2 != 0 {
-            if let Ok(n) = p.sock.recv_batch(&mut batch) {
-                for i in 0..n {
-                    let (data, _, from) = batch.get_from(i);
-                    p.engine.receive(from, data, &mut out, &mut io);
-                }
-            }
+            receive(&mut engine, &mut b, &mut out);
         }
         if Instant::now() >= next_tick {
-            p.engine.tick(&mut out, &mut io);
+            engine.tick(&mut b.open, &mut out);
             next_tick = Instant::now() + TICK;
         }
     }
+    log_drops(&drops);
+}
+
+/// The data path's own drops (device and socket side; the protocol's are the engine's),
+/// logged when the thread stops.
+fn log_drops(drops: &DropCounters) {
+    let counted: Vec<String> = DropReason::ALL
+        .iter()
+        .map(|&r| (r, drops[r as usize].load(Ordering::Relaxed)))
+        .filter(|&(_, n)| n > 0)
+        .map(|(r, n)| format!("{}={n}", r.as_str()))
+        .collect();
+    if !counted.is_empty() {
+        tracing::info!(drops = %counted.join(","), "wireguard data path stopped");
+    }
+}
+
+/// Reads up to [`BATCH`] packets from the TUN; each is segmented, sealed toward its peer
+/// and sent in UDP GSO runs (one datagram per message to a destination that refused GSO).
+fn transmit(engine: &mut Engine, b: &mut Buffers, gso: &mut Gso, out: &mut Out<'_>) {
+    for _ in 0..BATCH {
+        let Ok(n) = out.qs[0].read(&mut b.read) else {
+            break;
+        };
+        let Some(vh) = VirtioNetHdr::parse(&b.read[..n]) else {
+            count_drop(out.drops, DropReason::Truncated, 1);
+            continue;
+        };
+        let lay = match tso::segment(&vh, &b.read[virtio::LEN..n], 0, &mut b.segs) {
+            Ok(l) => l,
+            Err(e) => {
+                count_drop(out.drops, e.drop_reason(), 1);
+                continue;
+            }
+        };
+        let Some((to, sealed)) = engine.seal(&b.segs, &lay, &mut b.sealed, out) else {
+            continue;
+        };
+        let now = Instant::now();
+        let on = gso.on && !gso.off.off(to.ip(), now);
+        let (sent, refused) = send_layout(out.sock, &b.sealed, &sealed, to, on);
+        if refused && gso.off.refuse(to.ip(), now) {
+            tracing::warn!(%to, "the kernel refused UDP GSO toward this peer; one datagram per message for it until the re-probe");
+        }
+        count_drop(out.drops, DropReason::IoError, sent.dropped);
+    }
+}
+
+/// Takes one batch from the socket: each buffer split at its GRO segment size, each
+/// datagram opened by the engine; what it delivers is coalesced and written at the end.
+fn receive(engine: &mut Engine, b: &mut Buffers, out: &mut Out<'_>) {
+    if let Ok(n) = out.sock.recv_batch(&mut b.batch) {
+        for i in 0..n {
+            let (data, seg, from) = b.batch.get_from(i);
+            let chunk = recv::split(data, seg, None).chunk;
+            for d in data.chunks(chunk) {
+                engine.receive(from, d, &mut b.open, out);
+            }
+        }
+    }
+    out.delivery.flush(out.qs, out.drops);
 }
