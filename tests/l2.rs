@@ -1344,6 +1344,7 @@ fn netns_l2_interop_kernel_gretap() {
     add_bridge(h1, "brl2", false);
     add_bridge(h2, "brl2", false);
     let k2 = KernelL2Gretap::setup(h2, h2.ip, h1.ip, 100, "brl2");
+    etcd.put_l2_peer_lease(P, k2.local);
     etcd.put_l2_member(P, "net", k2.local);
     let c1 = Container::attach(h1, "brl2", "c1", "10.50.0.1/24", &l2_mac(0x50, 1, 1));
     let c2 = Container::attach(h2, "brl2", "c2", "10.50.0.2/24", &l2_mac(0x50, 2, 1));
