@@ -9,27 +9,11 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::start_l2_daemon as start;
 use common::*;
 
-const READY: Duration = Duration::from_secs(30);
-const TAP_WAIT: Duration = Duration::from_secs(20);
 const REACH: Duration = Duration::from_secs(20);
 const P: &str = ETCD_PREFIX;
-
-/// Starts overlayd with L2 `flags` on `host` and waits for its TAPs.
-fn start(host: &Host, etcd: &Etcd, flags: &[&str], taps: &[&str]) -> Overlayd {
-    let mut d = Overlayd::spawn(host, overlayd_l2_args(etcd, flags));
-    d.wait_ready(READY);
-    for tap in taps {
-        assert!(
-            wait_link(host, tap, TAP_WAIT),
-            "overlayd {flags:?} on {}: TAP {tap} missing; log:\n{}",
-            host.name(),
-            tail(d.log_path(), 40)
-        );
-    }
-    d
-}
 
 fn net(network: &str) -> String {
     format!("network=\"{network}\"")
