@@ -610,7 +610,8 @@ fn read_flannel_env(path: &Path) -> Result<FlannelEnv, CniError> {
     }
 }
 
-/// Writes `bytes` to `path` (mode 0600) through a temporary file and a rename.
+/// Writes `bytes` to `path` (mode 0600) through a temporary file and a rename. The
+/// temporary file is created anew, never through a link planted at its name.
 fn save_config(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), CniError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     fs::DirBuilder::new()
@@ -623,14 +624,17 @@ fn save_config(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), CniError> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("conf"),
         std::process::id()
     ));
-    let result = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes))
-        .and_then(|()| fs::rename(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    let result = crate::sys::owned::open(
+        &tmp,
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600),
+    )
+    .map_err(io::Error::other)
+    .and_then(|mut f| f.write_all(bytes))
+    .and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(data_error("write", path, e));
@@ -638,7 +642,27 @@ fn save_config(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Adds `prevResult` from the runtime's config to a saved delegate config.
+/// A saved config (`None`: there is none): opened only as a regular file of ours that no one
+/// else may write, never through a symbolic link.
+fn read_saved(path: &Path) -> Result<Option<Vec<u8>>, CniError> {
+    use crate::sys::owned::{open, OwnedError};
+    use std::io::Read;
+    match open(path, fs::OpenOptions::new().read(true)) {
+        Ok(mut f) => {
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes)
+                .map_err(|e| data_error("read", path, e))?;
+            Ok(Some(bytes))
+        }
+        Err(OwnedError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CniError::new(
+            ERR_DATA_DIR,
+            format!("refusing the saved config {}", path.display()),
+            e.to_string(),
+        )),
+    }
+}
+
 fn with_prev_result(mut config: Value, conf: &PluginConf) -> Value {
     if let (Some(obj), Some(prev)) = (config.as_object_mut(), &conf.prev_result) {
         obj.insert("prevResult".into(), prev.clone());
@@ -727,11 +751,9 @@ pub fn run(var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
         ),
         CniCommand::Del => finish(
             (|| {
-                let bytes = match fs::read(&saved) {
-                    Ok(b) => b,
-                    // Per spec: nothing to delete is success.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ok(Vec::new())),
-                    Err(e) => return Err(data_error("read", &saved, e)),
+                // Per spec: nothing to delete is success.
+                let Some(bytes) = read_saved(&saved)? else {
+                    return Ok(Ok(Vec::new()));
                 };
                 let Ok(config) = serde_json::from_slice::<Value>(&bytes) else {
                     // As flannel: the interface stays until reboot, DEL does not fail.
@@ -765,18 +787,15 @@ pub fn run(var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
                         format!("cniVersion {v}"),
                     ));
                 }
-                let config = match fs::read(&saved) {
-                    Ok(b) => serde_json::from_slice::<Value>(&b).map_err(|e| {
+                let config = match read_saved(&saved)? {
+                    Some(b) => serde_json::from_slice::<Value>(&b).map_err(|e| {
                         CniError::new(
                             ERR_DATA_DIR,
                             format!("cannot parse saved config {}", saved.display()),
                             e.to_string(),
                         )
                     })?,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        delegate_config(&conf, &read_flannel_env(&conf.subnet_file)?)
-                    }
-                    Err(e) => return Err(data_error("read", &saved, e)),
+                    None => delegate_config(&conf, &read_flannel_env(&conf.subnet_file)?),
                 };
                 let mut config = with_prev_result(config, &conf);
                 if let Some(prev) = config.get_mut("prevResult") {
@@ -1082,6 +1101,64 @@ mod tests {
         // The delegate config was saved before the delegate ran (flannel does the same).
         let saved: Value = serde_json::from_slice(&fs::read(dir.join("data/c1")).unwrap()).unwrap();
         assert_eq!(saved["ipam"]["ranges"][0][0]["subnet"], "10.244.7.0/24");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Saved state is read only from a regular file of ours: a symbolic link planted in the
+    /// data dir, or a file of another user's, is refused (DEL fails, the target untouched).
+    #[test]
+    fn saved_state_links_and_strangers_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("overlay-cni-state-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("precious");
+        fs::write(&target, "{}").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("c1")).unwrap();
+        let c = format!(
+            r#"{{"cniVersion":"1.0.0","name":"n","subnetFile":"/nonexistent","dataDir":"{}"}}"#,
+            dir.display()
+        );
+        let mut del = ADD;
+        del[0].1 = "DEL";
+        let out = run(vars(&del), c.as_bytes());
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["code"], ERR_DATA_DIR, "{v}");
+        assert!(
+            v["details"].as_str().unwrap().contains("symbolic link"),
+            "{v}"
+        );
+        assert_eq!(fs::read_to_string(&target).unwrap(), "{}");
+        // Ours, then group-writable, then someone else's.
+        let ours = dir.join("c2");
+        save_config(&dir, &ours, b"{}").unwrap();
+        assert_eq!(read_saved(&ours).unwrap().as_deref(), Some(&b"{}"[..]));
+        fs::set_permissions(&ours, fs::Permissions::from_mode(0o620)).unwrap();
+        assert!(read_saved(&ours)
+            .unwrap_err()
+            .details
+            .contains("group- or world-writable"));
+        fs::set_permissions(&ours, fs::Permissions::from_mode(0o600)).unwrap();
+        if crate::sys::lock::effective_uid() == 0 {
+            std::os::unix::fs::chown(&ours, Some(65534), None).unwrap();
+            let e = read_saved(&ours).unwrap_err();
+            assert!(
+                e.details.contains("not a regular file owned by us"),
+                "{e:?}"
+            );
+        } else {
+            println!("skipped the foreign-owner case: not root");
+        }
+        // A link planted at the temporary name is not written through.
+        let tmp = dir.join(format!(".c3.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&target, &tmp).unwrap();
+        save_config(&dir, &dir.join("c3"), b"{\"x\":1}").unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "{}");
+        assert_eq!(
+            read_saved(&dir.join("c3")).unwrap().as_deref(),
+            Some(&b"{\"x\":1}"[..])
+        );
+        assert_eq!(read_saved(&dir.join("absent")).unwrap(), None);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -132,7 +132,10 @@ pub struct NetStats {
     /// MAC moves refused because the MAC moved too often (`l2::fdb::MAX_MOVES`).
     pub moves_pinned: AtomicU64,
     pub arp_suppressed: AtomicU64,
+    /// MACs not learned: the network's own table (its quota) had no room for them.
     pub fdb_full: AtomicU64,
+    /// A gauge: nodes announced as members whose address holds no current lease (not used).
+    pub members_unleased: AtomicU64,
 }
 
 /// Control-plane facts the exporter reports, updated by the daemon and the control loops.

@@ -29,6 +29,7 @@ use crate::datapath::tunnel::Tunnel;
 use crate::fib::{self, SharedFib, SharedFib6};
 use crate::gso_tap;
 use crate::host::{HostError, Netlink, Underlay};
+use crate::l2::control::LeaseHolders;
 use crate::l2::{L2Node, L2Options, L2StartError};
 use crate::lifecycle::Stop;
 use crate::masq::Firewall;
@@ -211,7 +212,19 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
     plane.publish(&telemetry, plan.backend.kind.as_str());
     // From here on a signal is handled by the main loop, which stops in order.
     stop.serving();
-    let l2_starting = start_l2(&args, &plan, &registry, &nl, &host.underlay, plane.tunnel());
+    let leases = LeaseHolders {
+        fib: peers.fib.clone(),
+        fib6: peers.fib6.clone(),
+    };
+    let l2_starting = start_l2(
+        &args,
+        &plan,
+        &registry,
+        &nl,
+        &host.underlay,
+        plane.tunnel(),
+        leases,
+    );
 
     let (firewall, subnet_file) =
         announce(&args, &plan, &cfg, &acquired, &plane, &telemetry).await?;
@@ -346,6 +359,7 @@ fn start_l2(
     nl: &Netlink,
     underlay: &Underlay,
     tunnel: Option<Tunnel>,
+    leases: LeaseHolders,
 ) -> Option<L2Starting> {
     let opts = L2Options {
         access: args.l2.clone(),
@@ -361,7 +375,15 @@ fn start_l2(
     let (registry, nl, underlay) = (registry.clone(), nl.clone(), underlay.clone());
     let (public_ip, l3_port) = (plan.public_ip, plan.l3_port);
     Some(tokio::spawn(async move {
-        L2Node::start(&opts, &registry, &nl, &underlay, public_ip, l3_port).await
+        L2Node::start(
+            &opts,
+            &registry,
+            &nl,
+            &underlay,
+            (public_ip, l3_port),
+            leases,
+        )
+        .await
     }))
 }
 

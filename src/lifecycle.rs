@@ -185,37 +185,20 @@ pub fn tun_holders(device: &str) -> Vec<(u32, String)> {
     out
 }
 
-/// Opens (or creates) the lock file at `path`: not through a symbolic link, and only a
-/// regular file owned by this process's user.
+/// Opens (or creates, mode 0600) the lock file at `path`: not through a symbolic link, and
+/// only a regular file owned by this process's user that no one else may write.
 pub fn open_lock_file(path: &Path) -> Result<File, String> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => format!(
-                "the lock file {} is a symbolic link; overlayd does not follow it: remove it (the lock file must be a regular file, created by overlayd)",
-                path.display()
-            ),
-            _ => format!("cannot open the lock file {} (--run-dir): {e}", path.display()),
-        })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot stat the lock file {}: {e}", path.display()))?;
-    let me = crate::sys::lock::effective_uid();
-    if !meta.is_file() || meta.uid() != me {
-        return Err(format!(
-            "the lock file {} is not a regular file owned by us (uid {}, a {}; we are uid {me}): remove it, or point --run-dir at a directory only overlayd writes to",
-            path.display(),
-            meta.uid(),
-            if meta.is_file() { "regular file" } else { "special file" }
-        ));
-    }
-    Ok(file)
+    use std::os::unix::fs::OpenOptionsExt;
+    crate::sys::owned::open(
+        path,
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600),
+    )
+    .map_err(|e| format!("the lock file (--run-dir): {e}"))
 }
 
 /// Claims `device` for this process: the lock under `run_dir`, then the device itself.
@@ -302,7 +285,7 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         let err = open_lock_file(&link).unwrap_err();
         assert!(
-            err.contains("symbolic link") && err.contains("remove it"),
+            err.contains("symbolic link") && err.contains("remove it") && err.contains("lock file"),
             "{err}"
         );
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
@@ -318,6 +301,7 @@ mod tests {
             std::os::unix::fs::chown(&plain, Some(65534), None).unwrap();
             let err = open_lock_file(&plain).unwrap_err();
             assert!(err.contains("not a regular file owned by us"), "{err}");
+            std::os::unix::fs::chown(&plain, Some(0), None).unwrap();
         } else {
             println!("skipped the foreign-owner case: not root");
         }

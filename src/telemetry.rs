@@ -147,6 +147,7 @@ impl State {
         }
         if let Some(l2) = self.l2.get() {
             refresh_l2(l2);
+            refresh_l2_control(&l2.control);
         }
         if let Some(o) = self.offloads.get() {
             let tunnel = self
@@ -257,6 +258,8 @@ fn refresh_l2(l2: &crate::l2::switch::Shared) {
             .absolute(get(&st.fdb_full));
         metrics::gauge!("overlayd_l2_members", "network" => net.clone())
             .set(n.members.load().ips().len() as f64);
+        metrics::gauge!("overlayd_l2_members_without_lease", "network" => net.clone())
+            .set(get(&st.members_unleased) as f64);
         metrics::gauge!("overlayd_l2_fdb_entries", "network" => net)
             .set(l2.fdb_entries(i as u16) as f64);
     }
@@ -264,6 +267,15 @@ fn refresh_l2(l2: &crate::l2::switch::Shared) {
         metrics::counter!("overlayd_l2_drops_total", "reason" => r.as_str())
             .absolute(l2.drops[r as usize].load(Ordering::Relaxed));
     }
+}
+
+/// The L2 membership loop's etcd errors, watch restarts and relists (as the L3 loop's).
+fn refresh_l2_control(c: &ControlStats) {
+    metrics::counter!("overlayd_l2_etcd_errors_total")
+        .absolute(c.etcd_errors.load(Ordering::Relaxed));
+    metrics::counter!("overlayd_l2_watch_restarts_total")
+        .absolute(c.watch_restarts.load(Ordering::Relaxed));
+    metrics::counter!("overlayd_l2_relists_total").absolute(c.relists.load(Ordering::Relaxed));
 }
 
 /// Installs the Prometheus recorder (once per process).

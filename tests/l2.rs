@@ -14,6 +14,7 @@ use std::process::ExitStatus;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::start_l2_daemon as start;
 use common::*;
 
 const READY: Duration = Duration::from_secs(30);
@@ -25,23 +26,6 @@ const P: &str = ETCD_PREFIX;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Starts overlayd with L2 `flags` on `host` (L3 vxlan as usual, metrics on loopback), waits
-/// for the L3 subnet file and for each of `taps` to exist.
-fn start(host: &Host, etcd: &Etcd, flags: &[&str], taps: &[&str]) -> Overlayd {
-    let mut d = Overlayd::spawn(host, overlayd_l2_args(etcd, flags));
-    d.wait_ready(READY);
-    for tap in taps {
-        if !wait_link(host, tap, TAP_WAIT) {
-            panic!(
-                "overlayd {flags:?} on {}: TAP {tap} not created within {TAP_WAIT:?}; log:\n{}",
-                host.name(),
-                tail(d.log_path(), 40)
-            );
-        }
-    }
-    d
-}
 
 fn net_label(network: &str) -> String {
     format!("network=\"{network}\"")
@@ -1344,6 +1328,7 @@ fn netns_l2_interop_kernel_gretap() {
     add_bridge(h1, "brl2", false);
     add_bridge(h2, "brl2", false);
     let k2 = KernelL2Gretap::setup(h2, h2.ip, h1.ip, 100, "brl2");
+    etcd.put_l2_peer_lease(P, k2.local);
     etcd.put_l2_member(P, "net", k2.local);
     let c1 = Container::attach(h1, "brl2", "c1", "10.50.0.1/24", &l2_mac(0x50, 1, 1));
     let c2 = Container::attach(h2, "brl2", "c2", "10.50.0.2/24", &l2_mac(0x50, 2, 1));

@@ -17,10 +17,14 @@ pub const SLOTS: usize = 16;
 /// How long a destination goes without the offload before it is tried again.
 pub const REPROBE: Duration = Duration::from_secs(30);
 
-/// Whether `e` is the kernel refusing a GSO send (EIO/EINVAL) rather than, say, a full
-/// socket: what enters a destination into the table.
+/// Whether `e` is the kernel refusing a GSO send (EIO/EINVAL, or EMSGSIZE: a segment plus
+/// its headers above the path MTU, as kernels since 6.x answer where older ones said
+/// EINVAL) rather than, say, a full socket: what enters a destination into the table.
 pub fn gso_refused(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::EMSGSIZE)
+    )
 }
 
 /// One offload's refused destinations.
@@ -138,6 +142,18 @@ mod tests {
         );
         assert!(f.off(v4(1), t0 + Duration::from_secs(45)));
         assert_eq!(f.used, 1);
+    }
+
+    /// A path MTU below the segments makes this kernel refuse a GSO send with EMSGSIZE
+    /// (tests/offload_fallback.rs found it counted as an I/O error, the peer unreachable).
+    #[test]
+    fn refusals_are_told_from_other_errors() {
+        for e in [libc::EIO, libc::EINVAL, libc::EMSGSIZE] {
+            assert!(gso_refused(&io::Error::from_raw_os_error(e)), "{e}");
+        }
+        for e in [libc::EAGAIN, libc::ENOBUFS, libc::ECONNREFUSED] {
+            assert!(!gso_refused(&io::Error::from_raw_os_error(e)), "{e}");
+        }
     }
 
     #[test]

@@ -9,13 +9,21 @@
 //! <prefix>/l2/networks/<name>              {"VNI":100,"Backend":"vxlan"}      operator
 //! <prefix>/l2/members/<name>/<PublicIP>    {"PublicIP":"192.168.1.10"}        each node
 //! ```
+//!
+//! A member key alone does not make a member: a member counts (gets floods, its frames are
+//! accepted) only while a current subnet lease carries its address as `PublicIP` (or
+//! `PublicIPv6`), as the routed forwarding tables ([`LeaseHolders`]) say. The snapshots are
+//! re-checked against the leases on every member change and every [`LEASE_RECHECK`], so a
+//! node whose lease expired stops counting within that period, with its key still there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Event, EventType, KeyValue, PutOptions};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::config::{L2ConfigError, L2NetworkConfig};
@@ -23,11 +31,44 @@ use super::switch::{Members, Shared};
 use crate::control::follow::{Flow, Follow, Follower};
 use crate::control::pool::{EtcdError, EtcdPool};
 use crate::counters::ControlStats;
+use crate::fib::{SharedFib, SharedFib6};
 
 /// Seconds a member key outlives its node's last keepalive.
 pub const MEMBER_TTL_SECS: i64 = 90;
 /// How often the member lease is kept alive.
 const KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// How often the member snapshots are re-checked against the leases.
+pub const LEASE_RECHECK: Duration = Duration::from_secs(1);
+
+/// Where the current subnet leases' addresses are read: the routed forwarding tables, which
+/// the L3 control loop keeps to the leases (every underlay address of every kept lease).
+#[derive(Clone)]
+pub struct LeaseHolders {
+    pub fib: SharedFib,
+    pub fib6: SharedFib6,
+}
+
+impl LeaseHolders {
+    /// Whether a current lease carries `ip` as its `PublicIP` or `PublicIPv6`.
+    pub fn holds(&self, ip: Ipv4Addr) -> bool {
+        self.fib.load().is_known_sender(ip) || self.fib6.load().is_known_sender(ip)
+    }
+}
+
+/// The members of one network that count: those other than us whose address holds a
+/// current lease (`holds`); and the announced ones left out for holding none.
+pub fn lease_holding(
+    announced: &BTreeSet<Ipv4Addr>,
+    self_ip: Ipv4Addr,
+    holds: impl Fn(Ipv4Addr) -> bool,
+) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
+    announced
+        .iter()
+        .copied()
+        .filter(|ip| *ip != self_ip)
+        .partition(|ip| holds(*ip))
+}
 
 /// Why the L2 control plane cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -111,11 +152,63 @@ pub struct L2Control {
     pub names: Vec<String>,
     pub self_ip: Ipv4Addr,
     pub shared: Arc<Shared>,
-    /// etcd errors, watch restarts and relists of the membership loop.
+    /// etcd errors, watch restarts and relists of the membership loop (`shared.control`).
     pub stats: Arc<ControlStats>,
+    pub leases: LeaseHolders,
     lease: i64,
     /// Every network's members as last read.
     all: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// The same, handed to the [`Publisher`].
+    announced: watch::Sender<Announced>,
+}
+
+/// Every network's announced members (their keys), by network name.
+type Announced = Arc<BTreeMap<String, BTreeSet<Ipv4Addr>>>;
+
+/// Turns the announced members into the snapshots the workers use (lease holders only), on
+/// every change of the announcements and every [`LEASE_RECHECK`].
+struct Publisher {
+    names: Vec<String>,
+    self_ip: Ipv4Addr,
+    shared: Arc<Shared>,
+    leases: LeaseHolders,
+}
+
+impl Publisher {
+    async fn run(self, mut rx: watch::Receiver<Announced>) {
+        let mut tick = tokio::time::interval(LEASE_RECHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
+            }
+            let all = rx.borrow_and_update().clone();
+            self.publish(&all);
+        }
+    }
+
+    /// Publishes every network's member snapshot (lease holders, without ourselves).
+    fn publish(&self, all: &BTreeMap<String, BTreeSet<Ipv4Addr>>) {
+        let none = BTreeSet::new();
+        for (i, name) in self.names.iter().enumerate() {
+            let announced = all.get(name).unwrap_or(&none);
+            let (ips, unleased) =
+                lease_holding(announced, self.self_ip, |ip| self.leases.holds(ip));
+            let net = &self.shared.nets[i];
+            let before = net
+                .stats
+                .members_unleased
+                .swap(unleased.len() as u64, Ordering::Relaxed);
+            let m = Members::new(ips);
+            if **net.members.load() != m || before != unleased.len() as u64 {
+                info!(network = %name, members = ?m.ips(), without_lease = ?unleased, "L2 members");
+            }
+            if **net.members.load() != m {
+                self.shared.set_members(i as u16, m);
+            }
+        }
+    }
 }
 
 impl L2Control {
@@ -125,16 +218,19 @@ impl L2Control {
         names: Vec<String>,
         self_ip: Ipv4Addr,
         shared: Arc<Shared>,
+        leases: LeaseHolders,
     ) -> Self {
         Self {
             pool,
             prefix,
             names,
             self_ip,
+            stats: shared.control.clone(),
             shared,
-            stats: Arc::default(),
+            leases,
             lease: 0,
             all: BTreeMap::new(),
+            announced: watch::channel(Arc::default()).0,
         }
     }
 
@@ -201,20 +297,9 @@ impl L2Control {
         m
     }
 
-    /// Publishes every network's member snapshot (without ourselves).
+    /// Hands every network's announced members to the [`Publisher`].
     fn publish(&self, all: &BTreeMap<String, BTreeSet<Ipv4Addr>>) {
-        for (i, name) in self.names.iter().enumerate() {
-            let ips: Vec<Ipv4Addr> = all
-                .get(name)
-                .map(|s| s.iter().copied().filter(|ip| *ip != self.self_ip).collect())
-                .unwrap_or_default();
-            let m = Members::new(ips);
-            let cur = self.shared.nets[i].members.load();
-            if **cur != m {
-                info!(network = %name, members = ?m.ips(), "L2 members");
-                self.shared.set_members(i as u16, m);
-            }
-        }
+        self.announced.send_replace(Arc::new(all.clone()));
     }
 
     fn own_missing(&self, all: &BTreeMap<String, BTreeSet<Ipv4Addr>>) -> bool {
@@ -235,7 +320,17 @@ impl L2Control {
             keepalive_every: KEEPALIVE,
             stats: self.stats.clone(),
         };
-        follow.run(&mut self).await
+        let publisher = Publisher {
+            names: self.names.clone(),
+            self_ip: self.self_ip,
+            shared: self.shared.clone(),
+            leases: self.leases.clone(),
+        };
+        let rx = self.announced.subscribe();
+        tokio::select! {
+            () = follow.run(&mut self) => {}
+            () = publisher.run(rx) => {}
+        }
     }
 }
 
@@ -318,5 +413,23 @@ mod tests {
             None
         );
         assert_eq!(parse_member_key(p, "/other/l2/members/a/10.0.0.1"), None);
+    }
+
+    #[test]
+    fn only_lease_holders_other_than_us_count() {
+        let ip = |d| Ipv4Addr::new(192, 168, 77, d);
+        let announced: BTreeSet<Ipv4Addr> = [ip(1), ip(2), ip(3), ip(99)].into();
+        let leased = [ip(1), ip(2), ip(3)];
+        let (members, unleased) = lease_holding(&announced, ip(1), |a| leased.contains(&a));
+        assert_eq!(members, [ip(2), ip(3)]);
+        assert_eq!(unleased, [ip(99)]);
+        // No lease at all: nobody counts, and we are never our own member.
+        let (members, unleased) = lease_holding(&announced, ip(1), |_| false);
+        assert!(members.is_empty());
+        assert_eq!(unleased, [ip(2), ip(3), ip(99)]);
+        assert_eq!(
+            lease_holding(&BTreeSet::new(), ip(1), |_| true),
+            (vec![], vec![])
+        );
     }
 }

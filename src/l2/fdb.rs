@@ -10,6 +10,11 @@
 //! window of a key holds only live entries the key is not learned (counted), and frames to
 //! it are flooded, which is always correct.
 //!
+//! Each attached network has tables of its own, of [`quota`] slots (the node's
+//! `TABLE_SLOTS` shared out among its networks): a tenant learning many MACs (random source
+//! addresses) fills only its own table, and another tenant's entries are neither evicted nor
+//! refused room, so its unicast traffic stays unicast.
+//!
 //! Writers: one receive worker per socket learns; two workers racing on one slot can at
 //! worst leave a stale mapping that the next frame from that MAC corrects (a wrong guess
 //! costs delivery to the wrong node, which drops it as unknown there, never a frame in the
@@ -19,6 +24,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Slots probed from a key's home slot.
 const PROBE: usize = 16;
+/// The fewest slots a network's table gets, however many networks share the node.
+pub const MIN_NETWORK_SLOTS: usize = 256;
 /// A key may change its payload (a MAC move to another node) this many times within
 /// [`MOVE_WINDOW_SECS`]; the next move pins it to its payload for [`PIN_SECS`] (a looping
 /// or spoofed MAC must not flap between nodes on every frame).
@@ -96,6 +103,13 @@ pub fn mac_payload(mac: [u8; 6]) -> u64 {
 pub fn payload_mac(p: u64) -> [u8; 6] {
     let b = p.to_be_bytes();
     [b[2], b[3], b[4], b[5], b[6], b[7]]
+}
+
+/// Slots of each network's table when `networks` share `total` slots: an equal share,
+/// rounded down to a power of two, at least [`MIN_NETWORK_SLOTS`].
+pub fn quota(total: usize, networks: usize) -> usize {
+    let share = (total / networks.max(1)).max(MIN_NETWORK_SLOTS);
+    1 << share.ilog2()
 }
 
 impl Table {
@@ -379,6 +393,38 @@ mod tests {
         assert_eq!(t.learn(mac_key(0, B), 6, 20), Learned::New);
         assert_eq!(t.lookup(mac_key(0, B), 20), Some(6));
         assert_eq!(t.count(20, |_| true), 1);
+    }
+
+    #[test]
+    fn quota_shares_the_slots_out() {
+        assert_eq!(quota(1 << 16, 0), 1 << 16);
+        assert_eq!(quota(1 << 16, 1), 1 << 16);
+        assert_eq!(quota(1 << 16, 2), 1 << 15);
+        // 21 845 rounds down: three networks never hold more than the node's slots.
+        assert_eq!(quota(1 << 16, 3), 1 << 14);
+        assert_eq!(quota(1 << 16, 4094), MIN_NETWORK_SLOTS);
+    }
+
+    /// One tenant's random source MACs fill its own table only: the other's entries stay,
+    /// and it still learns new ones.
+    #[test]
+    fn a_full_table_does_not_touch_another() {
+        let (a, b) = (
+            Table::new(quota(1 << 12, 2), 300),
+            Table::new(quota(1 << 12, 2), 300),
+        );
+        assert_eq!(b.learn(mac_key(1, B), 7, 0), Learned::New);
+        let mut full = 0;
+        for i in 0..100_000u32 {
+            let m = i.to_be_bytes();
+            if a.learn(mac_key(0, [2, 0xaa, m[0], m[1], m[2], m[3]]), 5, 1) == Learned::Full {
+                full += 1;
+            }
+        }
+        assert!(full > 90_000, "A's table refused {full}");
+        assert_eq!(b.lookup(mac_key(1, B), 1), Some(7));
+        assert_eq!(b.learn(mac_key(1, A), 8, 1), Learned::New);
+        assert_eq!(b.count(1, |_| true), 2);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use self::config::{AccessSpec, L2Backend, VlanSpec};
-use self::control::{L2Control, L2Error};
+use self::control::{L2Control, L2Error, LeaseHolders};
 use self::switch::{Network, Port, PortKind, Shared, Switch};
 use crate::backend::{self, SocketError, SOCKET_BUFFER};
 use crate::control::etcd::Registry;
@@ -138,14 +138,15 @@ pub fn check_networks(
 impl L2Node {
     /// Reads the networks from etcd, opens the TAPs (enslaving them to bridges when asked)
     /// and the underlay sockets, starts the workers, announces membership and starts the
-    /// control loop. `l3_port` is the L3 backend's UDP port (it must not be shared).
+    /// control loop. `l3_port` is the L3 backend's UDP port (it must not be shared);
+    /// `leases` tells which member addresses hold a current subnet lease.
     pub async fn start(
         opts: &L2Options,
         reg: &Registry,
         nl: &Netlink,
         underlay: &Underlay,
-        public_ip: Ipv4Addr,
-        l3_port: Option<u16>,
+        (public_ip, l3_port): (Ipv4Addr, Option<u16>),
+        leases: LeaseHolders,
     ) -> Result<L2Node, L2StartError> {
         config::check_attachments(&opts.access, &opts.vlans).map_err(L2StartError::Conflict)?;
         let pool = reg.pool();
@@ -236,6 +237,7 @@ impl L2Node {
             names.clone(),
             public_ip,
             shared.clone(),
+            leases,
         );
         // etcd failing now (every member down, an election) must not stop the node: the
         // control loop announces as soon as it finds our keys missing.

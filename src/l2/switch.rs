@@ -27,7 +27,7 @@ use arc_swap::ArcSwap;
 use super::config::{L2Backend, L2NetworkConfig};
 use super::fdb::{self, Learned, Table};
 use crate::backend;
-use crate::counters::{bump, count_drop, DropCounters, NetStats};
+use crate::counters::{bump, count_drop, ControlStats, DropCounters, NetStats};
 use crate::datapath::recv::{self, Delivery, Link, Target};
 use crate::datapath::send::{Outgoing, TxPath};
 use crate::datapath::tunnel::Tunnel;
@@ -39,7 +39,8 @@ use crate::wire::{arp, ether, flow, ipv4, virtio, vxlan};
 
 /// Encapsulation header: VXLAN (8), or GRE with a key (4 + 4).
 const ENCAP_LEN: usize = 8;
-/// Slots of the MAC and IP learning tables.
+/// Slots of the MAC and IP learning tables, shared out among the attached networks: each
+/// network has tables of its own ([`fdb::quota`]), so learning in one cannot fill another's.
 pub const TABLE_SLOTS: usize = 1 << 16;
 
 /// The nodes of one network other than this one, sorted: where floods go and whom frames
@@ -92,23 +93,33 @@ impl Network {
 #[derive(Debug)]
 pub struct Shared {
     pub nets: Vec<Network>,
-    /// (network, MAC) → node address.
-    pub macs: Table,
-    /// (network, IPv4) → MAC, learned from ARP for suppression.
-    pub ips: Table,
+    /// Per network (indexed as `nets`): (network, MAC) → node address.
+    pub macs: Vec<Table>,
+    /// Per network: (network, IPv4) → MAC, learned from ARP for suppression.
+    pub ips: Vec<Table>,
     pub drops: DropCounters,
+    /// etcd errors, watch restarts and relists of the L2 membership loop.
+    pub control: Arc<ControlStats>,
     epoch: Instant,
 }
 
 impl Shared {
-    /// Tables age entries by the smallest `AgeingSecs` of the attached networks.
+    /// Each network gets its own learning tables of [`fdb::quota`] slots, ageing entries by
+    /// its own `AgeingSecs`.
     pub fn new(nets: Vec<Network>) -> Self {
-        let ageing = nets.iter().map(|n| n.cfg.ageing_secs).min().unwrap_or(300);
+        let slots = fdb::quota(TABLE_SLOTS, nets.len());
+        let tables = || -> Vec<Table> {
+            nets.iter()
+                .map(|n| Table::new(slots, n.cfg.ageing_secs))
+                .collect()
+        };
+        let (macs, ips) = (tables(), tables());
         Self {
             nets,
-            macs: Table::new(TABLE_SLOTS, ageing),
-            ips: Table::new(TABLE_SLOTS, ageing),
+            macs,
+            ips,
             drops: Default::default(),
+            control: Arc::default(),
             epoch: Instant::now(),
         }
     }
@@ -137,15 +148,13 @@ impl Shared {
         let now = n.members.load();
         for gone in old.ips().iter().filter(|ip| !now.contains(**ip)) {
             let p = u64::from(u32::from(*gone));
-            self.macs
-                .forget(|k, v| fdb::key_net(k, true) == net && v == p);
+            self.macs[net as usize].forget(|_, v| v == p);
         }
     }
 
     /// Live learned MACs of network `net`.
     pub fn fdb_entries(&self, net: u16) -> usize {
-        self.macs
-            .count(self.now(), |k| fdb::key_net(k, true) == net)
+        self.macs[net as usize].count(self.now(), |_| true)
     }
 }
 
@@ -358,7 +367,7 @@ impl SwitchTx {
 
         let members = network.members.load();
         let unicast_to = if dst.is_unicast() {
-            sh.macs
+            sh.macs[net as usize]
                 .lookup(fdb::mac_key(net, dst.0), sh.now())
                 .map(|p| Ipv4Addr::from(p as u32))
                 .filter(|ip| members.contains(*ip))
@@ -437,6 +446,7 @@ fn suppress_arp(sh: &Shared, net: u16, frame: &[u8], out: &mut [u8; 64]) -> Opti
     }
     let mac = fdb::payload_mac(
         sh.ips
+            .get(net as usize)?
             .lookup(fdb::ip_key(net, req.target_ip.octets()), sh.now())?,
     );
     ether::emit(out, req.sender_mac.0, mac, ether::ETHERTYPE_ARP);
@@ -583,7 +593,7 @@ pub fn classify<'a>(
 pub fn learn(sh: &Shared, inb: &Inbound<'_>, now: u32) {
     let network = &sh.nets[inb.net as usize];
     let src: [u8; 6] = inb.frame[6..12].try_into().unwrap_or([0; 6]);
-    match sh.macs.learn(
+    match sh.macs[inb.net as usize].learn(
         fdb::mac_key(inb.net, src),
         u64::from(u32::from(inb.sender)),
         now,
@@ -603,7 +613,7 @@ pub fn learn(sh: &Shared, inb: &Inbound<'_>, now: u32) {
             .and_then(|p| arp::Repr::parse(&p).ok())
         {
             if r.sender_mac.0 == src && !r.sender_ip.is_unspecified() {
-                sh.ips.learn(
+                sh.ips[inb.net as usize].learn(
                     fdb::ip_key(inb.net, r.sender_ip.octets()),
                     fdb::mac_payload(src),
                     now,
@@ -790,10 +800,10 @@ mod tests {
         let now = sh.now();
         learn(&sh, &inb, now);
         assert_eq!(
-            sh.macs.lookup(fdb::mac_key(0, M1), now),
+            sh.macs[0].lookup(fdb::mac_key(0, M1), now),
             Some(u64::from(u32::from(PEER)))
         );
-        assert_eq!(sh.macs.lookup(fdb::mac_key(1, M1), 1), None);
+        assert_eq!(sh.macs[1].lookup(fdb::mac_key(1, M1), 1), None);
         assert_eq!(sh.nets[0].stats.learned.load(Ordering::Relaxed), 1);
         // A local request for 10.50.0.1 is now answered with M1.
         let mut req = [0u8; 28];
@@ -829,7 +839,41 @@ mod tests {
         assert_eq!(sh.nets[0].stats.moves.load(Ordering::Relaxed), 1);
         // The node leaves: what was learned behind it is forgotten.
         sh.set_members(0, Members::new(vec![PEER]));
-        assert_eq!(sh.macs.lookup(fdb::mac_key(0, M1), now), None);
+        assert_eq!(sh.macs[0].lookup(fdb::mac_key(0, M1), now), None);
+    }
+
+    /// 100 000 random source MACs in network a: a's table fills (counted there), b's
+    /// learned MAC stays and b still learns: its frames stay unicast.
+    #[test]
+    fn random_macs_in_one_network_leave_another_alone() {
+        let sh = shared();
+        let now = sh.now();
+        let learn_from = |net: u16, dst: [u8; 6], src: [u8; 6]| {
+            let f = frame(dst, src, ether::ETHERTYPE_IPV4, &[0; 20]);
+            let inb = Inbound {
+                net,
+                sender: PEER,
+                frame: &f,
+            };
+            learn(&sh, &inb, now);
+        };
+        learn_from(1, M2, M1);
+        for i in 0..100_000u32 {
+            let m = i.to_be_bytes();
+            learn_from(0, M2, [2, 0xaa, m[0], m[1], m[2], m[3]]);
+        }
+        let full = |n: usize| sh.nets[n].stats.fdb_full.load(Ordering::Relaxed);
+        assert!(
+            full(0) > 0 && full(1) == 0,
+            "full: a {}, b {}",
+            full(0),
+            full(1)
+        );
+        assert!(sh.fdb_entries(0) <= fdb::quota(TABLE_SLOTS, 3));
+        assert_eq!(sh.fdb_entries(1), 1);
+        assert!(sh.macs[1].lookup(fdb::mac_key(1, M1), now).is_some());
+        learn_from(1, M1, M2);
+        assert_eq!(sh.fdb_entries(1), 2);
     }
 
     /// An Ethernet frame carrying IPv4/TCP with `payload` bytes whose TCP checksum is left

@@ -8,5 +8,6 @@
 
 pub mod lock;
 pub mod netns;
+pub mod owned;
 pub mod socket;
 pub mod tun;

@@ -373,6 +373,20 @@ pub fn vxlan_lease_value(public_ip: Ipv4Addr, vni: u32, vtep_mac: &str) -> Strin
 
 // L2 networks and members
 
+/// A vxlan subnet lease (key, value) for a stand-in node at `public_ip` (an external VTEP):
+/// L2 members count only while a lease carries their address. Its subnet,
+/// 10.244.(150 + last octet % 100).0/24, stays clear of the ones daemons pick (the first
+/// 100 from 10.244.1.0).
+pub fn l2_peer_lease(prefix: &str, public_ip: Ipv4Addr) -> (String, String) {
+    let third = 150 + u32::from(public_ip.octets()[3]) % 100;
+    let subnet: Ipv4Net = format!("10.244.{third}.0/24").parse().expect("subnet");
+    let mac = format!("0e:00:00:00:01:{:02x}", public_ip.octets()[3]);
+    (
+        lease_key(prefix, subnet),
+        vxlan_lease_value(public_ip, 1, &mac),
+    )
+}
+
 /// `<prefix>/l2/networks/<name>`.
 pub fn l2_network_key(prefix: &str, name: &str) -> String {
     format!("{prefix}/l2/networks/{name}")
@@ -403,6 +417,12 @@ impl Etcd {
             &value.to_string(),
             86_400,
         );
+    }
+
+    /// Writes a subnet lease for `public_ip` on a 24 h etcd lease ([`l2_peer_lease`]).
+    pub fn put_l2_peer_lease(&self, prefix: &str, public_ip: Ipv4Addr) {
+        let (key, value) = l2_peer_lease(prefix, public_ip);
+        self.put_with_lease(&key, &value, 86_400);
     }
 
     /// Public IPs of network `name`'s members, from their keys.

@@ -252,8 +252,10 @@ impl KernelL2Vxlan {
         ])));
     }
 
-    /// Joins L2 network `network` by writing its member key by hand (24 h etcd lease).
+    /// Joins L2 network `network` by writing its member key by hand (24 h etcd lease), and a
+    /// subnet lease for its address: members count only while a lease carries it.
     pub fn register(&self, etcd: &Etcd, prefix: &str, network: &str) {
+        etcd.put_l2_peer_lease(prefix, self.local);
         etcd.put_l2_member(prefix, network, self.local);
     }
 }

@@ -6,8 +6,12 @@ use std::net::Ipv4Addr;
 use std::ops::Deref;
 use std::process::Command;
 
-use super::netns::Netns;
-use super::process::{must, run_cmd};
+use std::time::Duration;
+
+use super::daemon::{overlayd_l2_args, Overlayd};
+use super::etcd::Etcd;
+use super::netns::{wait_link, Netns};
+use super::process::{must, run_cmd, tail};
 
 /// MTU of every L2 "container" interface (underlay 1500 − 50 of VXLAN).
 pub const L2_CONTAINER_MTU: u32 = 1450;
@@ -15,6 +19,25 @@ pub const L2_CONTAINER_MTU: u32 = 1450;
 pub const L2_METRICS_PORT: u16 = 9477;
 /// The VXLAN UDP port L2 networks use by default (IANA's, as the kernel's `dstport 4789`).
 pub const L2_VXLAN_PORT: u16 = 4789;
+
+/// Starts overlayd with L2 `flags` on `host` (L3 vxlan as usual, metrics on loopback), waits
+/// for the L3 subnet file and for each of `taps` to exist.
+pub fn start_l2_daemon(host: &Netns, etcd: &Etcd, flags: &[&str], taps: &[&str]) -> Overlayd {
+    const READY: Duration = Duration::from_secs(30);
+    const TAP_WAIT: Duration = Duration::from_secs(20);
+    let mut d = Overlayd::spawn(host, overlayd_l2_args(etcd, flags));
+    d.wait_ready(READY);
+    for tap in taps {
+        if !wait_link(host, tap, TAP_WAIT) {
+            panic!(
+                "overlayd {flags:?} on {}: TAP {tap} not created within {TAP_WAIT:?}; log:\n{}",
+                host.name(),
+                tail(d.log_path(), 40)
+            );
+        }
+    }
+    d
+}
 
 /// Turns IPv6 off in a namespace (before its interfaces exist), so captures see no router
 /// solicitations or MLD reports: only the frames a test makes.
