@@ -9,6 +9,7 @@
 
 pub mod engine;
 pub mod keyfile;
+pub mod peers;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -29,7 +30,8 @@ use crate::host::{HostError, Netlink, Underlay};
 use crate::sys::socket::UnderlaySocket;
 use crate::sys::tun::{self, Device};
 use engine::{Engine, Identity, WgDrop};
-use worker::{KeyBook, Parts, Worker};
+use peers::KeyBook;
+use worker::{Parts, Worker};
 
 /// The device, as flanneld names it.
 pub const DEVICE: &str = "flannel-wg";

@@ -3,18 +3,16 @@
 //! them to the [`Engine`], and runs the protocol's timers. Every buffer is allocated when
 //! the thread starts; the peer table changes only when the leases do.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsFd as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ipnet::{IpNet, Ipv4Net};
-
-use super::engine::{Engine, Io, PeerSpec, OVERHEAD};
-use crate::control::lease::WireguardData;
-use crate::fib::{Fib, SharedFib};
+use super::engine::{Engine, Io, OVERHEAD};
+use super::peers::{peer_specs, KeyBook};
+use crate::fib::SharedFib;
 use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket};
 use crate::sys::tun::{poll_readable, Queue};
 
@@ -24,30 +22,6 @@ const BUF: usize = 65536;
 const BATCH: usize = 32;
 /// How often the protocol's timers run (boringtun's device runs them every 250 ms).
 const TICK: Duration = Duration::from_millis(100);
-
-/// Each lease's wireguard data by subnet, as the lease decoder last read it. The forwarding
-/// table says which subnets are current peers; this says their keys and ports.
-pub type KeyBook = Arc<Mutex<std::collections::HashMap<Ipv4Net, WireguardData>>>;
-
-/// The peers of forwarding table `fib`: each current lease's key, its subnet as AllowedIPs,
-/// its PublicIP and port (the lease's, else `port`) as endpoint.
-pub fn peer_specs(fib: &Fib, keys: &KeyBook, port: u16) -> Vec<PeerSpec> {
-    let Ok(keys) = keys.lock() else {
-        return Vec::new();
-    };
-    fib.peers()
-        .iter()
-        .filter_map(|p| {
-            let d = keys.get(&p.subnet)?;
-            let port = if d.port == 0 { port } else { d.port };
-            Some(PeerSpec {
-                public_key: d.public_key,
-                endpoint: SocketAddr::new(IpAddr::V4(p.public_ip), port),
-                allowed: vec![IpNet::V4(p.subnet)],
-            })
-        })
-        .collect()
-}
 
 /// The running data path; stops (and joins) on drop.
 pub struct Worker {
