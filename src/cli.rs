@@ -119,12 +119,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// The encapsulation, as named in flannel's `Backend.Type`.
+/// The backend, as named in flannel's `Backend.Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
     Udp,
     Vxlan,
     Gre,
+    Wireguard,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -143,7 +144,7 @@ install-cni` copies the CNI plugin onto the host (both for init containers). Eac
 flag syntax (-iface=eth0, --ip-masq=false) is accepted too. Documentation: docs/operations.md."
 )]
 pub struct Args {
-    /// Encapsulation: udp, vxlan or gre. Must match Backend.Type of the network config in etcd when that names one.
+    /// Backend: udp, vxlan, gre or wireguard. Must match Backend.Type of the network config in etcd when that names one.
     #[arg(long, value_enum, env = "OVERLAYD_BACKEND", help_heading = "Network")]
     pub backend: Option<BackendArg>,
 

@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -114,6 +115,22 @@ pub struct Stats {
     pub tx_packets: AtomicU64,
     /// Drops by [`WgDrop`] index.
     pub drops: [AtomicU64; WgDrop::COUNT],
+    /// Handshakes completed, as seen at the timer turn after each.
+    pub handshakes: AtomicU64,
+    /// Each peer's figures at the last timer turn (written by [`Engine::tick`], never per
+    /// packet).
+    pub peers: Mutex<Vec<PeerFigures>>,
+}
+
+/// One peer's figures, as boringtun counts them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerFigures {
+    pub public_key: [u8; 32],
+    pub endpoint: SocketAddr,
+    /// Time since its last completed handshake; `None` before the first.
+    pub last_handshake: Option<Duration>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
 }
 
 impl Stats {
@@ -154,6 +171,17 @@ struct Peer {
 }
 
 impl Peer {
+    fn figures(&self) -> PeerFigures {
+        let (last_handshake, tx, rx, _, _) = self.tunn.stats();
+        PeerFigures {
+            public_key: self.spec.public_key,
+            endpoint: self.spec.endpoint,
+            last_handshake,
+            tx_bytes: tx as u64,
+            rx_bytes: rx as u64,
+        }
+    }
+
     fn allows(&self, src: IpAddr) -> bool {
         self.spec.allowed.iter().any(|n| n.contains(&src))
     }
@@ -374,6 +402,32 @@ impl Engine {
                 _ => {}
             }
         }
+        self.publish_figures();
+    }
+
+    /// Replaces [`Stats::peers`] with each peer's figures now, counting the handshakes
+    /// completed since the last turn (a peer whose last handshake is more recent).
+    fn publish_figures(&self) {
+        let Ok(mut last) = self.stats.peers.lock() else {
+            return;
+        };
+        let before: HashMap<[u8; 32], Option<Duration>> = last
+            .iter()
+            .map(|f| (f.public_key, f.last_handshake))
+            .collect();
+        let now: Vec<PeerFigures> = self.peers.iter().map(Peer::figures).collect();
+        let new = now
+            .iter()
+            .filter(|f| match (f.last_handshake, before.get(&f.public_key)) {
+                (Some(n), Some(Some(b))) => n < *b,
+                (Some(_), _) => true,
+                (None, _) => false,
+            })
+            .count();
+        self.stats
+            .handshakes
+            .fetch_add(new as u64, Ordering::Relaxed);
+        *last = now;
     }
 }
 

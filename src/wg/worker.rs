@@ -11,8 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::engine::{Engine, Io, OVERHEAD};
-use super::peers::{peer_specs, KeyBook};
-use crate::fib::SharedFib;
+use super::peers::SharedSpecs;
 use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket};
 use crate::sys::tun::{poll_readable, Queue};
 
@@ -43,9 +42,8 @@ pub struct Parts {
     pub engine: Engine,
     pub tun: Queue,
     pub sock: Arc<UnderlaySocket>,
-    pub fib: SharedFib,
-    pub keys: KeyBook,
-    pub port: u16,
+    /// The device's peers, as the control loop last computed them.
+    pub peers: SharedSpecs,
 }
 
 impl Worker {
@@ -93,14 +91,14 @@ fn run(mut p: Parts, stop: &AtomicBool) {
     let mut inbuf = vec![0u8; BUF];
     let mut out = vec![0u8; BUF + OVERHEAD];
     let mut batch = RecvBatch::new(BATCH, BUF);
-    let mut fib = p.fib.load_full();
-    p.engine.set_peers(&peer_specs(&fib, &p.keys, p.port));
+    let mut specs = p.peers.load_full();
+    p.engine.set_peers(&specs);
     let mut next_tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let current = p.fib.load();
-        if !Arc::ptr_eq(&current, &fib) {
-            fib = current.clone();
-            p.engine.set_peers(&peer_specs(&fib, &p.keys, p.port));
+        let current = p.peers.load();
+        if !Arc::ptr_eq(&current, &specs) {
+            specs = current.clone();
+            p.engine.set_peers(&specs);
         }
         drop(current);
         let ready = poll_readable(&[p.tun.as_fd(), p.sock.as_fd()], 50).unwrap_or(0);
