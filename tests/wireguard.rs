@@ -133,6 +133,34 @@ fn netns_wireguard_two_overlayd_nodes() {
     assert!(stopped.contains("not_allowed=0,"), "{stopped}");
 }
 
+/// `--backend` against the network config in etcd, both ways round: the daemon exits
+/// with the one error naming both backends, before taking a lease.
+#[test]
+fn netns_wireguard_backend_flag_mismatch() {
+    if skip_unless_root("netns_wireguard_backend_flag_mismatch") {
+        return;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    for (config, flag) in [("wireguard", "vxlan"), ("vxlan", "wireguard")] {
+        let cfg = format!(r#"{{"Network":"{OVERLAY_NETWORK}","Backend":{{"Type":"{config}"}}}}"#);
+        etcd.put(&format!("{ETCD_PREFIX}/config"), &cfg);
+        let mut d = Overlayd::spawn(topo.host(0), overlayd_args(flag, &etcd));
+        let st = d.wait_exit(Duration::from_secs(20));
+        assert!(
+            st.is_some_and(|s| !s.success()),
+            "{flag} against {config}: exits"
+        );
+        let want = format!("--backend {flag} conflicts with the network config in etcd, whose Backend.Type is {config}");
+        assert!(d.log().contains(&want), "{}", tail(d.log_path(), 20));
+    }
+    assert_eq!(
+        etcd.get_prefix(&format!("{ETCD_PREFIX}/subnets/")).len(),
+        0,
+        "no lease taken"
+    );
+}
+
 /// After traffic: `d`'s `/metrics` count a handshake, bytes both ways with its peer and
 /// (after a garbage handshake initiation sent from `from` to `d`'s port at `to`) a drop.
 fn engine_figures(d: &Overlayd, from: &Netns, to: Ipv4Addr) {
@@ -166,6 +194,45 @@ fn ping(topo: &Topology, from: usize, to: IpAddr, what: &str) {
         ping_until(topo.host(from), to, Duration::from_secs(15)),
         "{what}: h{} -> {to}",
         from + 1
+    );
+}
+
+/// `overlayd status` on h4: a wireguard row per peer and device (3 peers on each of the
+/// two devices), each with a handshake seconds ago and bytes received.
+fn status_shows_peers(topo: &Topology, etcd: &Etcd) {
+    let status = || {
+        let out = topo
+            .host(3)
+            .command(env!("CARGO_BIN_EXE_overlayd"))
+            .args(["status", "--etcd-endpoints", &etcd.endpoint()])
+            .args(["--metrics-addr", METRICS])
+            .output()
+            .expect("overlayd status");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Each row as the engine published it at its last timer turn (every 100 ms).
+    let all_up = |text: &str| {
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("wireguard peers:"))
+            .skip(2)
+            .collect();
+        let per_dev = |d: &str| rows.iter().filter(|r| r.starts_with(d)).count();
+        let up = |r: &&str| {
+            let f: Vec<&str> = r.split_whitespace().collect();
+            r.contains("s ago") && f[f.len() - 2].parse::<u64>().is_ok_and(|rx| rx > 0)
+        };
+        rows.len() == 6 && per_dev("flannel-wg ") == 3 && rows.iter().all(up)
+    };
+    let mut text = String::new();
+    let ok = wait_until(Duration::from_secs(3), || {
+        text = status();
+        all_up(&text)
+    });
+    assert!(
+        ok,
+        "3 peers on each device, each with a handshake and bytes received:\n{text}"
     );
 }
 
@@ -223,13 +290,15 @@ fn netns_wireguard_dual_stack_mesh_with_late_joiner() {
     for (i, d) in ds.iter().enumerate() {
         assert!(topo.host(i).has_link("flannel-wg") && topo.host(i).has_link("flannel-wg-v6"));
         for dev in ["flannel-wg", "flannel-wg-v6"] {
-            let hs = d.metric(
-                "overlayd_wireguard_handshakes_total",
-                &[&format!("device=\"{dev}\"")],
-            );
-            assert!(hs >= 1.0, "h{}: no handshake on {dev}", i + 1);
+            // Counted at the engine's next timer turn (100 ms).
+            let label = format!("device=\"{dev}\"");
+            let counted = wait_until(Duration::from_secs(3), || {
+                d.metric("overlayd_wireguard_handshakes_total", &[&label]) >= 1.0
+            });
+            assert!(counted, "h{}: no handshake on {dev}", i + 1);
         }
     }
+    status_shows_peers(&topo, &etcd);
     eprintln!(
         "mesh of 3 in {mesh:?}, with the late joiner in {:?}",
         t.elapsed()
