@@ -162,23 +162,15 @@ mod tests {
         assert_eq!(sep[1].bind, IpAddr::V6(A6.unwrap()));
         let with =
             |mode: &str| DUAL.replace(r#""wireguard""#, &format!(r#""wireguard","Mode":"{mode}""#));
-        let one = |under| vec![(DEVICE, 51820, true, true, under)];
-        assert_eq!(
-            names(&layouts(&cfg(&with("ipv4")), A4, A6).unwrap()),
-            one(Under::V4)
-        );
-        assert_eq!(
-            names(&layouts(&cfg(&with("ipv6")), A4, A6).unwrap()),
-            one(Under::V6)
-        );
-        assert_eq!(
-            names(&layouts(&cfg(&with("auto")), A4, A6).unwrap()),
-            one(Under::V4)
-        );
-        assert_eq!(
-            names(&layouts(&cfg(&with("auto")), None, A6).unwrap()),
-            one(Under::V6)
-        );
+        for (mode, a4, under) in [
+            ("ipv4", A4, Under::V4),
+            ("ipv6", A4, Under::V6),
+            ("auto", A4, Under::V4),
+            ("auto", None, Under::V6),
+        ] {
+            let got = layouts(&cfg(&with(mode)), a4, A6).unwrap();
+            assert_eq!(names(&got), [(DEVICE, 51820, true, true, under)], "{mode}");
+        }
         let e = layouts(&cfg(&with("ipv6")), A4, None).unwrap_err();
         assert!(e.contains("\"ipv6\"") && e.contains("IPv6 underlay"), "{e}");
         let e = layouts(&cfg(DUAL), A4, None).unwrap_err();
