@@ -255,6 +255,7 @@ impl Engine {
             self.peers.push(peer);
         }
         self.reindex();
+        self.rebuild_figures();
     }
 
     fn by_key_in(&self, spec: &PeerSpec) -> bool {
@@ -405,29 +406,45 @@ impl Engine {
         self.publish_figures();
     }
 
-    /// Replaces [`Stats::peers`] with each peer's figures now, counting the handshakes
-    /// completed since the last turn (a peer whose last handshake is more recent).
+    /// Lays [`Stats::peers`] out for the current peers, each figure carried over by key
+    /// (when the peers change, so that a timer turn allocates nothing).
+    fn rebuild_figures(&self) {
+        let Ok(mut last) = self.stats.peers.lock() else {
+            return;
+        };
+        let old = std::mem::take(&mut *last);
+        *last = self
+            .peers
+            .iter()
+            .map(|p| {
+                old.iter()
+                    .find(|f| f.public_key == p.spec.public_key)
+                    .cloned()
+                    .unwrap_or_else(|| PeerFigures {
+                        last_handshake: None,
+                        ..p.figures()
+                    })
+            })
+            .collect();
+    }
+
+    /// Updates [`Stats::peers`] in place to each peer's figures now, counting the
+    /// handshakes completed since the last turn (a peer whose last handshake is more recent).
     fn publish_figures(&self) {
         let Ok(mut last) = self.stats.peers.lock() else {
             return;
         };
-        let before: HashMap<[u8; 32], Option<Duration>> = last
-            .iter()
-            .map(|f| (f.public_key, f.last_handshake))
-            .collect();
-        let now: Vec<PeerFigures> = self.peers.iter().map(Peer::figures).collect();
-        let new = now
-            .iter()
-            .filter(|f| match (f.last_handshake, before.get(&f.public_key)) {
-                (Some(n), Some(Some(b))) => n < *b,
-                (Some(_), _) => true,
-                (None, _) => false,
-            })
-            .count();
-        self.stats
-            .handshakes
-            .fetch_add(new as u64, Ordering::Relaxed);
-        *last = now;
+        let mut new = 0;
+        for (f, p) in last.iter_mut().zip(&self.peers) {
+            let now = p.figures();
+            new += match (now.last_handshake, f.last_handshake) {
+                (Some(n), Some(b)) => u64::from(n < b),
+                (Some(_), None) => 1,
+                (None, _) => 0,
+            };
+            *f = now;
+        }
+        self.stats.handshakes.fetch_add(new, Ordering::Relaxed);
     }
 }
 
