@@ -2,7 +2,8 @@
 //! `"Backend":{"Type":"wireguard"}` in network namespaces, pinging and moving hashed TCP
 //! streams both ways over WireGuard, with the engine's figures on `/metrics` (handshakes,
 //! bytes, a garbage datagram counted as a drop); a dual-stack mesh of three nodes on
-//! `flannel-wg` and `flannel-wg-v6` and a late joiner; then a node set up as flanneld's
+//! `flannel-wg` and `flannel-wg-v6` and a late joiner; `Mode: "ipv6"` (one device, both
+//! families over the IPv6 underlay); `--backend` against the config; then a node set up as flanneld's
 //! wireguard backend sets it up (wireguard-go + `wg`), talking to an overlayd node.
 
 mod common;
@@ -236,6 +237,54 @@ fn status_shows_peers(topo: &Topology, etcd: &Etcd) {
     );
 }
 
+/// overlayd on host `i` with an IPv6 underlay address, given as `--public-ipv6`, and a
+/// key file of its own under `keys`.
+fn spawn_dual(topo: &Topology, i: usize, etcd: &Etcd, keys: &TempDir) -> Overlayd {
+    let key = keys.path().join(format!("h{}/wgkey", i + 1));
+    let ip6 = add_underlay_ipv6(topo.host(i), i);
+    let extra = ["--public-ipv6".to_string(), ip6.to_string()];
+    spawn(topo.host(i), etcd, &key, &extra)
+}
+
+/// `Mode: "ipv6"` on a dual-stack network: one `flannel-wg` carries both families, each
+/// peer reached at its `PublicIPv6` on `ListenPort`; two nodes ping both ways in both.
+#[test]
+fn netns_wireguard_mode_ipv6_one_device() {
+    if skip_unless_root("netns_wireguard_mode_ipv6_one_device") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    let mut cfg: serde_json::Value = serde_json::from_str(&dual_stack_config(
+        OVERLAY_NETWORK,
+        OVERLAY_NETWORK6,
+        "wireguard",
+    ))
+    .unwrap();
+    cfg["Backend"]["Mode"] = "ipv6".into();
+    etcd.put(&format!("{ETCD_PREFIX}/config"), &cfg.to_string());
+    let keys = TempDir::new("wgkeys");
+    let mut ds: Vec<Overlayd> = (0..2).map(|i| spawn_dual(&topo, i, &etcd, &keys)).collect();
+    let addrs: Vec<(IpAddr, IpAddr)> = ds.iter_mut().map(overlay_addrs).collect();
+    for (i, j) in [(0, 1), (1, 0)] {
+        ping(&topo, i, addrs[j].0, "IPv4 over the IPv6 underlay");
+        ping(&topo, i, addrs[j].1, "IPv6 over the IPv6 underlay");
+    }
+    for (i, d) in ds.iter().enumerate() {
+        assert!(!topo.host(i).has_link("flannel-wg-v6"), "one device only");
+        let page = d.scrape();
+        let peer = page
+            .lines()
+            .find(|l| l.starts_with("overlayd_wireguard_peer_bytes_total{"))
+            .unwrap_or_else(|| panic!("h{}: no peer on /metrics:\n{page}", i + 1));
+        let other = host_ip6(1 - i);
+        assert!(
+            peer.contains(&format!("endpoint=\"[{other}]:51820\"")),
+            "{peer}"
+        );
+    }
+}
+
 /// Once `d` is ready: its overlay addresses (the network address of each subnet).
 fn overlay_addrs(d: &mut Overlayd) -> (IpAddr, IpAddr) {
     let a4 = overlay_ip_of(&d.wait_ready(READY));
@@ -257,14 +306,7 @@ fn netns_wireguard_dual_stack_mesh_with_late_joiner() {
     let etcd = topo.start_etcd();
     put_dual_stack_config(&etcd, ETCD_PREFIX, "wireguard");
     let keys = TempDir::new("wgkeys");
-    let start = |i: usize| {
-        let key = keys.path().join(format!("h{}/wgkey", i + 1));
-        let extra = [
-            "--public-ipv6".to_string(),
-            add_underlay_ipv6(topo.host(i), i).to_string(),
-        ];
-        spawn(topo.host(i), &etcd, &key, &extra)
-    };
+    let start = |i: usize| spawn_dual(&topo, i, &etcd, &keys);
     let mut ds: Vec<Overlayd> = (0..3).map(start).collect();
     let (mut v4, mut v6): (Vec<IpAddr>, Vec<IpAddr>) = (Vec::new(), Vec::new());
     for d in ds.iter_mut() {
