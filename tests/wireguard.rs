@@ -3,7 +3,7 @@
 //! streams both ways over WireGuard, with the engine's figures on `/metrics` (handshakes,
 //! bytes, a garbage datagram counted as a drop); a dual-stack mesh of three nodes on
 //! `flannel-wg` and `flannel-wg-v6` and a late joiner; `Mode: "ipv6"` (one device, both
-//! families over the IPv6 underlay); `--backend` against the config; then a node set up as flanneld's
+//! families over the IPv6 underlay); an IPv6-only network; `--backend` against the config; then a node set up as flanneld's
 //! wireguard backend sets it up (wireguard-go + `wg`), talking to an overlayd node.
 
 mod common;
@@ -282,6 +282,47 @@ fn netns_wireguard_mode_ipv6_one_device() {
             peer.contains(&format!("endpoint=\"[{other}]:51820\"")),
             "{peer}"
         );
+    }
+}
+
+/// An IPv6-only network (IPv6-only underlay, etcd over IPv6): in `separate` mode only
+/// `flannel-wg-v6` exists, and two nodes ping each other over it.
+#[test]
+fn netns_wireguard_ipv6_only() {
+    if skip_unless_root("netns_wireguard_ipv6_only") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = ipv6_only_underlay(&mut topo);
+    let cfg = ipv6_only_config(OVERLAY_NETWORK6, "wireguard");
+    etcd.put(&format!("{ETCD_PREFIX}/config"), &cfg);
+    let keys = TempDir::new("wgkeys");
+    let mut ds: Vec<Overlayd> = (0..2)
+        .map(|i| {
+            let env = format!("WIREGUARD_KEY_FILE={}/h{i}", keys.path().display());
+            let args = [
+                "--backend",
+                "wireguard",
+                "--etcd-endpoints",
+                &etcd.endpoint(),
+            ];
+            let more = [
+                "--etcd-prefix",
+                ETCD_PREFIX,
+                "--iface",
+                "eth0",
+                "-v",
+                "debug",
+            ];
+            let args: Vec<&str> = args.into_iter().chain(more).collect();
+            Overlayd::spawn_wrapped(topo.host(i), &["env", &env], args)
+        })
+        .collect();
+    let sn6: Vec<ipnet::Ipv6Net> = ds.iter_mut().map(|d| wait_ready6(d, READY)).collect();
+    for (i, j) in [(0, 1), (1, 0)] {
+        ping(&topo, i, sn6[j].network().into(), "IPv6 only");
+        assert!(topo.host(i).has_link("flannel-wg-v6"));
+        assert!(!topo.host(i).has_link("flannel-wg"), "no IPv4 device");
     }
 }
 
