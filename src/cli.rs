@@ -119,12 +119,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// The encapsulation, as named in flannel's `Backend.Type`.
+/// The backend, as named in flannel's `Backend.Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
     Udp,
     Vxlan,
     Gre,
+    Wireguard,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -134,7 +135,7 @@ pub enum BackendArg {
     about = "Per-host overlay network daemon: flannel-compatible subnet leases in etcd, udp/vxlan/gre in userspace",
     long_about = "overlayd takes a subnet lease for this host from etcd (flannel's schema), learns every other \
 node's lease, and carries IP packets between hosts through a TUN device, encapsulated in UDP (flannel's udp \
-format), VXLAN (RFC 7348) or GRE (RFC 2784/2890). It writes flannel's subnet.env for the CNI plugin. It runs in \
+format), VXLAN (RFC 7348) or GRE (RFC 2784/2890), or in WireGuard (flannel's wireguard backend). It writes flannel's subnet.env for the CNI plugin. It runs in \
 the foreground; SIGTERM or SIGINT removes its device and routes and keeps its lease for the next start.\n\n\
 Every flag can also be set in the environment as OVERLAYD_<FLAG> (e.g. OVERLAYD_ETCD_ENDPOINTS) or FLANNELD_<FLAG>.",
     after_help = "Also: `overlayd status` prints this node's view of the cluster (leases from etcd with the local \
@@ -143,7 +144,7 @@ install-cni` copies the CNI plugin onto the host (both for init containers). Eac
 flag syntax (-iface=eth0, --ip-masq=false) is accepted too. Documentation: docs/operations.md."
 )]
 pub struct Args {
-    /// Encapsulation: udp, vxlan or gre. Must match Backend.Type of the network config in etcd when that names one.
+    /// Backend: udp, vxlan, gre or wireguard. Must match Backend.Type of the network config in etcd when that names one.
     #[arg(long, value_enum, env = "OVERLAYD_BACKEND", help_heading = "Network")]
     pub backend: Option<BackendArg>,
 

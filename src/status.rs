@@ -34,37 +34,96 @@ pub struct StatusArgs {
 /// Per-peer counters scraped from `/metrics`: subnet → (tx packets, tx bytes, rx packets, rx bytes).
 pub type PeerTraffic = HashMap<String, [u64; 4]>;
 
+/// A Prometheus sample line: its name, its label text and its value.
+fn sample(line: &str) -> Option<(&str, &str, f64)> {
+    let (name, rest) = line.split_once('{')?;
+    let (labels, value) = rest.rsplit_once("} ")?;
+    Some((name, labels, value.trim().parse().unwrap_or(0.0)))
+}
+
+/// Label `k`'s value in a sample's label text.
+fn label(labels: &str, k: &str) -> Option<String> {
+    labels.split(',').find_map(|kv| {
+        kv.strip_prefix(k)
+            .and_then(|v| v.strip_prefix("=\""))
+            .map(|v| v.trim_end_matches('"').to_string())
+    })
+}
+
 /// Parses the `overlayd_peer_*` lines of a Prometheus text page.
 pub fn parse_peer_metrics(page: &str) -> PeerTraffic {
     let mut out = PeerTraffic::new();
-    for line in page.lines() {
-        let (name, rest) = match line.split_once('{') {
-            Some(x) => x,
-            None => continue,
-        };
+    for (name, labels, value) in page.lines().filter_map(sample) {
         let col = match name {
             "overlayd_peer_packets_total" => 0,
             "overlayd_peer_bytes_total" => 1,
             _ => continue,
         };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
+        let (Some(peer), Some(dir)) = (label(labels, "peer"), label(labels, "direction")) else {
             continue;
         };
-        let label = |k: &str| {
-            labels.split(',').find_map(|kv| {
-                kv.strip_prefix(k)
-                    .and_then(|v| v.strip_prefix("=\""))
-                    .map(|v| v.trim_end_matches('"').to_string())
-            })
-        };
-        let (Some(peer), Some(dir)) = (label("peer"), label("direction")) else {
-            continue;
-        };
-        let v = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
         let off = if dir == "rx" { 2 } else { 0 };
-        out.entry(peer).or_default()[col + off] = v;
+        out.entry(peer).or_default()[col + off] = value as u64;
     }
     out
+}
+
+/// A wireguard peer as `/metrics` shows it: seconds since its last handshake (`None`
+/// before the first), data bytes received and sent.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WgPeerFigures {
+    pub handshake_age: Option<f64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// The wireguard peers of a Prometheus text page, by (device, public key, endpoint).
+pub type WgPeers = std::collections::BTreeMap<(String, String, String), WgPeerFigures>;
+
+/// Parses the `overlayd_wireguard_peer_*` lines of a Prometheus text page.
+pub fn parse_wireguard_peers(page: &str) -> WgPeers {
+    use crate::wg::metrics::{PEER_BYTES, PEER_HANDSHAKE};
+    let mut out = WgPeers::new();
+    for (name, labels, value) in page.lines().filter_map(sample) {
+        if name != PEER_BYTES && name != PEER_HANDSHAKE {
+            continue;
+        }
+        let who = ["device", "peer", "endpoint"].map(|k| label(labels, k));
+        let [Some(dev), Some(peer), Some(ep)] = who else {
+            continue;
+        };
+        let f = out.entry((dev, peer, ep)).or_default();
+        match label(labels, "direction").as_deref() {
+            _ if name == PEER_HANDSHAKE => f.handshake_age = Some(value),
+            Some("rx") => f.rx_bytes = value as u64,
+            _ => f.tx_bytes = value as u64,
+        }
+    }
+    out
+}
+
+/// The wireguard peers' table: device, key, endpoint, last handshake, bytes.
+fn wireguard_section(out: &mut String, peers: &WgPeers) {
+    let _ = writeln!(
+        out,
+        "wireguard peers:\n{:<14} {:<45} {:<28} {:>16} {:>14} {:>14}",
+        "DEVICE", "PUBLIC KEY", "ENDPOINT", "LAST HANDSHAKE", "RX BYTES", "TX BYTES"
+    );
+    for ((dev, key, ep), f) in peers {
+        let hs = f
+            .handshake_age
+            .map_or("never".to_string(), |a| format!("{}s ago", a as u64));
+        let _ = writeln!(
+            out,
+            "{:<14} {:<45} {:<28} {:>16} {:>14} {:>14}",
+            printable(dev),
+            printable(key),
+            printable(ep),
+            hs,
+            f.rx_bytes,
+            f.tx_bytes
+        );
+    }
 }
 
 /// Which way super-packets leave, from the `overlayd_offload_enabled` gauges.
@@ -147,10 +206,11 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
         config_line(config.as_deref(), &args.etcd.etcd_prefix)
     );
     let (leases, _) = reg.list().await.map_err(|e| e.to_string())?;
-    let traffic = match scrape(args.metrics_addr).await {
+    let page = scrape(args.metrics_addr).await;
+    let traffic = match &page {
         Some(page) => {
-            let _ = writeln!(out, "transmit path: {}", transmit_path(&page));
-            Some(parse_peer_metrics(&page))
+            let _ = writeln!(out, "transmit path: {}", transmit_path(page));
+            Some(parse_peer_metrics(page))
         }
         None => {
             let _ = writeln!(
@@ -182,6 +242,13 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
         };
         let t = traffic.as_ref().and_then(|t| t.get(&l.subnet.to_string()));
         lease_rows(&mut out, l, ttl, t);
+    }
+    let wg = page
+        .as_deref()
+        .map(parse_wireguard_peers)
+        .unwrap_or_default();
+    if !wg.is_empty() {
+        wireguard_section(&mut out, &wg);
     }
     l2_section(&reg, &mut out).await;
     Ok(out)
@@ -386,6 +453,35 @@ overlayd_drops_total{reason=\"no_route\"} 3\n";
         let t = parse_peer_metrics(page);
         assert_eq!(t["10.244.2.0/24"], [10, 1500, 7, 700]);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn wireguard_peers_are_parsed_and_shown() {
+        let l = "device=\"flannel-wg-v6\",peer=\"AAAA=\",endpoint=\"[fd00:77::2]:51821\"";
+        let page = format!(
+            "overlayd_wireguard_peer_last_handshake_seconds{{{l}}} 12.5\n\
+overlayd_wireguard_peer_bytes_total{{{l},direction=\"tx\"}} 300\n\
+overlayd_wireguard_peer_bytes_total{{{l},direction=\"rx\"}} 200\n\
+overlayd_wireguard_peer_bytes_total{{device=\"flannel-wg\",peer=\"BBBB=\",endpoint=\"10.0.0.3:51820\",direction=\"rx\"}} 0\n\
+overlayd_wireguard_dropped_total{{device=\"flannel-wg\",reason=\"bad_mac\"}} 1\n"
+        );
+        let p = parse_wireguard_peers(&page);
+        assert_eq!(p.len(), 2);
+        let k = |d: &str, k: &str, e: &str| (d.to_string(), k.to_string(), e.to_string());
+        let v6 = &p[&k("flannel-wg-v6", "AAAA=", "[fd00:77::2]:51821")];
+        let want = WgPeerFigures {
+            handshake_age: Some(12.5),
+            rx_bytes: 200,
+            tx_bytes: 300,
+        };
+        assert_eq!(v6, &want);
+        assert_eq!(
+            p[&k("flannel-wg", "BBBB=", "10.0.0.3:51820")].handshake_age,
+            None
+        );
+        let mut out = String::new();
+        wireguard_section(&mut out, &p);
+        assert!(out.contains("12s ago") && out.contains("never"), "{out}");
     }
 
     #[test]

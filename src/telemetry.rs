@@ -77,6 +77,18 @@ pub struct State {
     health: Mutex<Option<Health>>,
     /// Connections closed because [`MAX_CONNECTIONS`] were open (the oldest, or the new one).
     http_shed: AtomicU64,
+    /// Metrics kept by a module above this layer (the wireguard backend's), copied into the
+    /// recorder on each scrape like the rest.
+    pub extra: OnceLock<Extra>,
+}
+
+/// What copies a module's own figures into the metrics recorder.
+pub struct Extra(pub Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Extra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Extra(..)")
+    }
 }
 
 impl State {
@@ -105,6 +117,9 @@ impl State {
 
     /// Copies every counter into the recorder (called per scrape).
     fn refresh(&self) {
+        if let Some(Extra(extra)) = self.extra.get() {
+            extra();
+        }
         let backend = *self.backend.get().unwrap_or(&"");
         if let Some(w) = self.workers.lock().ok().and_then(|g| g.clone()) {
             let t = totals(&w);

@@ -1,7 +1,8 @@
 //! Flags through the real binary: the etcd password is refused on the command line (where
 //! `ps` shows it) with one error naming the two ways to give it, and is taken from the
 //! environment (both spellings) or a file (`--etcd-password-file`, or its environment
-//! variables).
+//! variables). `--backend` takes every backend flannel's `Backend.Type` names, wireguard
+//! included, and a wrong name is refused with the list.
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,20 +22,34 @@ fn status(args: &[&str], env: &[(&str, &str)]) -> Output {
     ])
     .args(args)
     .env_clear()
-    .envs(env.iter().copied())
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn overlayd status");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
+    .envs(env.iter().copied());
+    bounded(c, Duration::from_secs(30))
+}
+
+/// Runs `c` with no input and its output captured, killed after `limit`.
+fn bounded(mut c: Command, limit: Duration) -> Output {
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn overlayd");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
     child.wait_with_output().expect("output")
+}
+
+/// Whether network namespaces cannot be made here (the test then says it is skipped).
+fn skip_without_netns() -> bool {
+    let can = Command::new("unshare")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can {
+        println!("skipped: cannot create a network namespace (needs root)");
+    }
+    !can
 }
 
 fn stderr(o: &Output) -> String {
@@ -80,12 +95,7 @@ fn etcd_password_on_the_command_line_is_refused() {
 
 #[test]
 fn netns_etcd_password_from_the_environment_or_a_file() {
-    if !Command::new("unshare")
-        .args(["-n", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        println!("skipped: cannot create a network namespace (needs root)");
+    if skip_without_netns() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("overlayd-cli-{}", std::process::id()));
@@ -137,4 +147,33 @@ fn netns_etcd_password_from_the_environment_or_a_file() {
     let o = status(&[], &[u]);
     assert!(stderr(&o).contains("needs a password"), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `overlayd <args>` in a network namespace of its own with no link up, bounded.
+fn daemon(args: &[&str]) -> Output {
+    let mut c = Command::new("unshare");
+    c.args(["-n", BIN, "--etcd-endpoints", "http://127.0.0.1:9"])
+        .args(args)
+        .env_clear();
+    bounded(c, Duration::from_secs(3))
+}
+
+#[test]
+fn netns_backend_flag_takes_wireguard() {
+    if skip_without_netns() {
+        return;
+    }
+    let o = daemon(&["--backend", "wireguard", "--network", "10.9.0.0/16"]);
+    let e = stderr(&o);
+    assert!(
+        e.contains("no default route") && !e.contains("Usage"),
+        "--backend wireguard accepted, the run goes on to the underlay: {e}"
+    );
+    let o = daemon(&["--backend", "wireguar"]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "a wrong backend is refused");
+    assert!(
+        e.contains("invalid value 'wireguar'") && e.contains("udp, vxlan, gre, wireguard"),
+        "the error lists the backends: {e}"
+    );
 }

@@ -1,17 +1,22 @@
 //! The wireguard backend end to end: overlayd nodes configured as flannel's
 //! `"Backend":{"Type":"wireguard"}` in network namespaces, pinging and moving hashed TCP
-//! streams both ways over WireGuard; then a node set up as flanneld's wireguard backend sets
-//! it up (wireguard-go + `wg`), talking to an overlayd node.
+//! streams both ways over WireGuard, with the engine's figures on `/metrics` (handshakes,
+//! bytes, a garbage datagram counted as a drop); a dual-stack mesh of three nodes on
+//! `flannel-wg` and `flannel-wg-v6` and a late joiner; `Mode: "ipv6"` (one device, both
+//! families over the IPv6 underlay); an IPv6-only network; `--backend` against the config; then a node set up as flanneld's
+//! wireguard backend sets it up (wireguard-go + `wg`), talking to an overlayd node.
 
 mod common;
 
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
 const READY: Duration = Duration::from_secs(30);
 const MB: u64 = 1_000_000;
+const METRICS: &str = "127.0.0.1:9108";
 
 /// The net-conf.json of these tests, with `backend` extra fields (e.g. `,"PSK":"..."`).
 fn put_config(etcd: &Etcd, backend: &str) {
@@ -21,16 +26,13 @@ fn put_config(etcd: &Etcd, backend: &str) {
     etcd.put(&format!("{ETCD_PREFIX}/config"), &cfg);
 }
 
-/// overlayd on `ns` with its own key file `key`: the usual arguments without `--backend`
-/// (the config in etcd names wireguard, which has no flag).
-fn spawn(ns: &Netns, etcd: &Etcd, key: &std::path::Path) -> Overlayd {
+/// overlayd on `ns` with its own key file `key` (the default path is shared by every
+/// namespace), `--backend wireguard`, a metrics listener and `extra` flags.
+fn spawn(ns: &Netns, etcd: &Etcd, key: &std::path::Path, extra: &[String]) -> Overlayd {
     let env = format!("WIREGUARD_KEY_FILE={}", key.display());
-    let mut args = overlayd_args("vxlan", etcd);
-    let i = args
-        .iter()
-        .position(|a| a == "--backend")
-        .expect("--backend");
-    args.drain(i..i + 2);
+    let mut args = overlayd_args("wireguard", etcd);
+    args.extend(["--metrics-addr", METRICS].map(String::from));
+    args.extend(extra.iter().cloned());
     Overlayd::spawn_wrapped(ns, &["env", &env], args)
 }
 
@@ -68,8 +70,8 @@ fn netns_wireguard_two_overlayd_nodes() {
     put_config(&etcd, "");
     let keys = TempDir::new("wgkeys");
     let k1: PathBuf = keys.path().join("h1/wgkey");
-    let mut d1 = spawn(topo.host(0), &etcd, &k1);
-    let mut d2 = spawn(topo.host(1), &etcd, &keys.path().join("h2/wgkey"));
+    let mut d1 = spawn(topo.host(0), &etcd, &k1, &[]);
+    let mut d2 = spawn(topo.host(1), &etcd, &keys.path().join("h2/wgkey"), &[]);
     let s1 = d1.wait_ready(READY);
     let s2 = d2.wait_ready(READY);
     let env = d1.subnet_env().unwrap();
@@ -93,6 +95,7 @@ fn netns_wireguard_two_overlayd_nodes() {
         overlay_ip_of(&s2),
         5,
     );
+    engine_figures(&d1, topo.host(1), host_ip(0));
     // Restart: the same key and subnet, and the tunnel comes back without touching h2.
     d1.restart();
     let again = d1.wait_ready(READY);
@@ -129,6 +132,260 @@ fn netns_wireguard_two_overlayd_nodes() {
         "h2 received over WireGuard: {stopped}"
     );
     assert!(stopped.contains("not_allowed=0,"), "{stopped}");
+}
+
+/// `--backend` against the network config in etcd, both ways round: the daemon exits
+/// with the one error naming both backends, before taking a lease.
+#[test]
+fn netns_wireguard_backend_flag_mismatch() {
+    if skip_unless_root("netns_wireguard_backend_flag_mismatch") {
+        return;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    for (config, flag) in [("wireguard", "vxlan"), ("vxlan", "wireguard")] {
+        let cfg = format!(r#"{{"Network":"{OVERLAY_NETWORK}","Backend":{{"Type":"{config}"}}}}"#);
+        etcd.put(&format!("{ETCD_PREFIX}/config"), &cfg);
+        let mut d = Overlayd::spawn(topo.host(0), overlayd_args(flag, &etcd));
+        let st = d.wait_exit(Duration::from_secs(20));
+        assert!(
+            st.is_some_and(|s| !s.success()),
+            "{flag} against {config}: exits"
+        );
+        let want = format!("--backend {flag} conflicts with the network config in etcd, whose Backend.Type is {config}");
+        assert!(d.log().contains(&want), "{}", tail(d.log_path(), 20));
+    }
+    assert_eq!(
+        etcd.get_prefix(&format!("{ETCD_PREFIX}/subnets/")).len(),
+        0,
+        "no lease taken"
+    );
+}
+
+/// After traffic: `d`'s `/metrics` count a handshake, bytes both ways with its peer and
+/// (after a garbage handshake initiation sent from `from` to `d`'s port at `to`) a drop.
+fn engine_figures(d: &Overlayd, from: &Netns, to: Ipv4Addr) {
+    let dev = ["device=\"flannel-wg\""];
+    let hs = d.metric("overlayd_wireguard_handshakes_total", &dev);
+    assert!(hs >= 1.0, "handshakes {hs}:\n{}", d.scrape());
+    for dir in ["direction=\"tx\"", "direction=\"rx\""] {
+        let b = d.metric("overlayd_wireguard_peer_bytes_total", &[dir]);
+        assert!(b > 0.0, "peer bytes {dir} = {b}");
+    }
+    let age = d.metric("overlayd_wireguard_peer_last_handshake_seconds", &dev);
+    assert!((0.0..120.0).contains(&age), "last handshake {age} s ago");
+    let bad_mac = ["reason=\"bad_mac\""];
+    let before = d.metric("overlayd_wireguard_dropped_total", &bad_mac);
+    // A handshake initiation (type 1, 148 bytes) whose MACs are zeros.
+    let mut junk = [0u8; 148];
+    junk[0] = 1;
+    from.in_ns(move || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+        s.send_to(&junk, (to, 51820)).expect("send");
+    });
+    let raised = wait_until(Duration::from_secs(5), || {
+        d.metric("overlayd_wireguard_dropped_total", &bad_mac) > before
+    });
+    assert!(raised, "garbage not counted as bad_mac:\n{}", d.scrape());
+}
+
+/// Pings `to` (an overlay address of either family) from `from`, or fails naming both.
+fn ping(topo: &Topology, from: usize, to: IpAddr, what: &str) {
+    assert!(
+        ping_until(topo.host(from), to, Duration::from_secs(15)),
+        "{what}: h{} -> {to}",
+        from + 1
+    );
+}
+
+/// `overlayd status` on h4: a wireguard row per peer and device (3 peers on each of the
+/// two devices), each with a handshake seconds ago and bytes received.
+fn status_shows_peers(topo: &Topology, etcd: &Etcd) {
+    let status = || {
+        let out = topo
+            .host(3)
+            .command(env!("CARGO_BIN_EXE_overlayd"))
+            .args(["status", "--etcd-endpoints", &etcd.endpoint()])
+            .args(["--metrics-addr", METRICS])
+            .output()
+            .expect("overlayd status");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Each row as the engine published it at its last timer turn (every 100 ms).
+    let all_up = |text: &str| {
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("wireguard peers:"))
+            .skip(2)
+            .collect();
+        let per_dev = |d: &str| rows.iter().filter(|r| r.starts_with(d)).count();
+        let up = |r: &&str| {
+            let f: Vec<&str> = r.split_whitespace().collect();
+            r.contains("s ago") && f[f.len() - 2].parse::<u64>().is_ok_and(|rx| rx > 0)
+        };
+        rows.len() == 6 && per_dev("flannel-wg ") == 3 && rows.iter().all(up)
+    };
+    let mut text = String::new();
+    let ok = wait_until(Duration::from_secs(3), || {
+        text = status();
+        all_up(&text)
+    });
+    assert!(
+        ok,
+        "3 peers on each device, each with a handshake and bytes received:\n{text}"
+    );
+}
+
+/// overlayd on host `i` with an IPv6 underlay address, given as `--public-ipv6`, and a
+/// key file of its own under `keys`.
+fn spawn_dual(topo: &Topology, i: usize, etcd: &Etcd, keys: &TempDir) -> Overlayd {
+    let key = keys.path().join(format!("h{}/wgkey", i + 1));
+    let ip6 = add_underlay_ipv6(topo.host(i), i);
+    let extra = ["--public-ipv6".to_string(), ip6.to_string()];
+    spawn(topo.host(i), etcd, &key, &extra)
+}
+
+/// `Mode: "ipv6"` on a dual-stack network: one `flannel-wg` carries both families, each
+/// peer reached at its `PublicIPv6` on `ListenPort`; two nodes ping both ways in both.
+#[test]
+fn netns_wireguard_mode_ipv6_one_device() {
+    if skip_unless_root("netns_wireguard_mode_ipv6_one_device") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    let mut cfg: serde_json::Value = serde_json::from_str(&dual_stack_config(
+        OVERLAY_NETWORK,
+        OVERLAY_NETWORK6,
+        "wireguard",
+    ))
+    .unwrap();
+    cfg["Backend"]["Mode"] = "ipv6".into();
+    etcd.put(&format!("{ETCD_PREFIX}/config"), &cfg.to_string());
+    let keys = TempDir::new("wgkeys");
+    let mut ds: Vec<Overlayd> = (0..2).map(|i| spawn_dual(&topo, i, &etcd, &keys)).collect();
+    let addrs: Vec<(IpAddr, IpAddr)> = ds.iter_mut().map(overlay_addrs).collect();
+    for (i, j) in [(0, 1), (1, 0)] {
+        ping(&topo, i, addrs[j].0, "IPv4 over the IPv6 underlay");
+        ping(&topo, i, addrs[j].1, "IPv6 over the IPv6 underlay");
+    }
+    for (i, d) in ds.iter().enumerate() {
+        assert!(!topo.host(i).has_link("flannel-wg-v6"), "one device only");
+        let page = d.scrape();
+        let peer = page
+            .lines()
+            .find(|l| l.starts_with("overlayd_wireguard_peer_bytes_total{"))
+            .unwrap_or_else(|| panic!("h{}: no peer on /metrics:\n{page}", i + 1));
+        let other = host_ip6(1 - i);
+        assert!(
+            peer.contains(&format!("endpoint=\"[{other}]:51820\"")),
+            "{peer}"
+        );
+    }
+}
+
+/// An IPv6-only network (IPv6-only underlay, etcd over IPv6): in `separate` mode only
+/// `flannel-wg-v6` exists, and two nodes ping each other over it.
+#[test]
+fn netns_wireguard_ipv6_only() {
+    if skip_unless_root("netns_wireguard_ipv6_only") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = ipv6_only_underlay(&mut topo);
+    let cfg = ipv6_only_config(OVERLAY_NETWORK6, "wireguard");
+    etcd.put(&format!("{ETCD_PREFIX}/config"), &cfg);
+    let keys = TempDir::new("wgkeys");
+    let mut ds: Vec<Overlayd> = (0..2)
+        .map(|i| {
+            let env = format!("WIREGUARD_KEY_FILE={}/h{i}", keys.path().display());
+            let args = [
+                "--backend",
+                "wireguard",
+                "--etcd-endpoints",
+                &etcd.endpoint(),
+            ];
+            let more = [
+                "--etcd-prefix",
+                ETCD_PREFIX,
+                "--iface",
+                "eth0",
+                "-v",
+                "debug",
+            ];
+            let args: Vec<&str> = args.into_iter().chain(more).collect();
+            Overlayd::spawn_wrapped(topo.host(i), &["env", &env], args)
+        })
+        .collect();
+    let sn6: Vec<ipnet::Ipv6Net> = ds.iter_mut().map(|d| wait_ready6(d, READY)).collect();
+    for (i, j) in [(0, 1), (1, 0)] {
+        ping(&topo, i, sn6[j].network().into(), "IPv6 only");
+        assert!(topo.host(i).has_link("flannel-wg-v6"));
+        assert!(!topo.host(i).has_link("flannel-wg"), "no IPv4 device");
+    }
+}
+
+/// Once `d` is ready: its overlay addresses (the network address of each subnet).
+fn overlay_addrs(d: &mut Overlayd) -> (IpAddr, IpAddr) {
+    let a4 = overlay_ip_of(&d.wait_ready(READY));
+    let sn6 = ipv6_subnet_in(d.subnet_file()).expect("a dual-stack node has an IPv6 subnet");
+    (a4.into(), sn6.network().into())
+}
+
+/// Three overlayd nodes on wireguard with flannel's dual-stack config (`separate` mode:
+/// `flannel-wg` over the IPv4 underlay, `flannel-wg-v6` over the IPv6 one, each node with
+/// `--public-ipv6`): every pair pings over IPv4 and IPv6; then a fourth node joins and
+/// every pair with it pings both families.
+#[test]
+fn netns_wireguard_dual_stack_mesh_with_late_joiner() {
+    if skip_unless_root("netns_wireguard_dual_stack_mesh_with_late_joiner") {
+        return;
+    }
+    let t = Instant::now();
+    let mut topo = Topology::new(4);
+    let etcd = topo.start_etcd();
+    put_dual_stack_config(&etcd, ETCD_PREFIX, "wireguard");
+    let keys = TempDir::new("wgkeys");
+    let start = |i: usize| spawn_dual(&topo, i, &etcd, &keys);
+    let mut ds: Vec<Overlayd> = (0..3).map(start).collect();
+    let (mut v4, mut v6): (Vec<IpAddr>, Vec<IpAddr>) = (Vec::new(), Vec::new());
+    for d in ds.iter_mut() {
+        let (a4, a6) = overlay_addrs(d);
+        v4.push(a4);
+        v6.push(a6);
+    }
+    for (i, j) in (0..3).flat_map(|i| (0..3).filter(move |&j| j != i).map(move |j| (i, j))) {
+        ping(&topo, i, v4[j], "IPv4");
+        ping(&topo, i, v6[j], "IPv6");
+    }
+    let mesh = t.elapsed();
+    ds.push(start(3));
+    let (a4, a6) = overlay_addrs(&mut ds[3]);
+    v4.push(a4);
+    v6.push(a6);
+    for i in 0..3 {
+        for (a, b) in [(i, 3), (3, i)] {
+            ping(&topo, a, v4[b], "late joiner, IPv4");
+            ping(&topo, a, v6[b], "late joiner, IPv6");
+        }
+    }
+    for (i, d) in ds.iter().enumerate() {
+        assert!(topo.host(i).has_link("flannel-wg") && topo.host(i).has_link("flannel-wg-v6"));
+        for dev in ["flannel-wg", "flannel-wg-v6"] {
+            // Counted at the engine's next timer turn (100 ms).
+            let label = format!("device=\"{dev}\"");
+            let counted = wait_until(Duration::from_secs(3), || {
+                d.metric("overlayd_wireguard_handshakes_total", &[&label]) >= 1.0
+            });
+            assert!(counted, "h{}: no handshake on {dev}", i + 1);
+        }
+    }
+    status_shows_peers(&topo, &etcd);
+    eprintln!(
+        "mesh of 3 in {mesh:?}, with the late joiner in {:?}",
+        t.elapsed()
+    );
 }
 
 /// A node set up as flanneld's wireguard backend sets one up, on wireguard-go (userspace)
@@ -241,7 +498,7 @@ fn interop(psk: Option<&str>, test: &str) {
     let (h1, h2) = (topo.host(0), topo.host(1));
     let flannel = FlannelNode::start(h2, &etcd, h2.ip, "10.244.200.0/24", "f");
     let keys = TempDir::new("wgkeys");
-    let mut d1 = spawn(h1, &etcd, &keys.path().join("wgkey"));
+    let mut d1 = spawn(h1, &etcd, &keys.path().join("wgkey"), &[]);
     let s1 = d1.wait_ready(READY);
     let flannel_ip = flannel.subnet.network();
     if psk.is_some() {

@@ -201,14 +201,7 @@ impl Backend {
             BackendKind::Udp => Ok(udp_tunnel::is_peer(attrs).then_some([0; 6])),
             BackendKind::Vxlan => vxlan_tunnel::peer_mac(attrs, self.vni),
             BackendKind::Gre => Ok(gre_tunnel::is_peer(attrs).then_some([0; 6])),
-            // A wireguard lease with readable data (its key and port go to `wg`'s key book).
-            BackendKind::Wireguard => match attrs.backend_type.as_deref() {
-                Some("wireguard") => attrs
-                    .wireguard_data(false)
-                    .map(|_| Some([0; 6]))
-                    .map_err(|e| e.to_string()),
-                _ => Ok(None),
-            },
+            BackendKind::Wireguard => wireguard_peer(attrs, false),
         }
     }
 
@@ -219,9 +212,8 @@ impl Backend {
     /// `Err` for one of ours whose IPv6 data is invalid (flannel skips such a lease).
     pub fn peer_v6(&self, attrs: &LeaseAttrs) -> Result<Option<[u8; 6]>, String> {
         match self.kind {
-            BackendKind::Udp | BackendKind::Wireguard => {
-                Ok(udp_tunnel::is_peer(attrs).then_some([0; 6]))
-            }
+            BackendKind::Udp => Ok(udp_tunnel::is_peer(attrs).then_some([0; 6])),
+            BackendKind::Wireguard => wireguard_peer(attrs, true),
             BackendKind::Vxlan => vxlan_tunnel::peer_mac_v6(attrs, self.vni),
             BackendKind::Gre => Ok(gre_tunnel::is_peer(attrs).then_some([0; 6])),
         }
@@ -267,6 +259,23 @@ impl Backend {
             BackendKind::Vxlan => vxlan_tunnel::sockets(addr, self.port, queues),
             BackendKind::Gre => gre_tunnel::sockets(addr),
         }
+    }
+}
+
+/// A wireguard lease whose `BackendData` (`v6` false) or `BackendV6Data` (`v6` true) is
+/// readable (its key and port go to `wg`'s key book); one without that half (flanneld
+/// writes `BackendData` only with IPv4 enabled) is not a peer of that family.
+fn wireguard_peer(attrs: &LeaseAttrs, v6: bool) -> Result<Option<[u8; 6]>, String> {
+    let data = match v6 {
+        false => &attrs.backend_data,
+        true => &attrs.backend_v6_data,
+    };
+    match (attrs.backend_type.as_deref(), data) {
+        (Some("wireguard"), Some(_)) => attrs
+            .wireguard_data(v6)
+            .map(|_| Some([0; 6]))
+            .map_err(|e| e.to_string()),
+        _ => Ok(None),
     }
 }
 

@@ -29,6 +29,7 @@ impl From<BackendArg> for BackendKind {
             BackendArg::Udp => BackendKind::Udp,
             BackendArg::Vxlan => BackendKind::Vxlan,
             BackendArg::Gre => BackendKind::Gre,
+            BackendArg::Wireguard => BackendKind::Wireguard,
         }
     }
 }

@@ -11,7 +11,8 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -120,6 +121,22 @@ pub struct Stats {
     pub tx_packets: AtomicU64,
     /// Drops by [`WgDrop`] index.
     pub drops: [AtomicU64; WgDrop::COUNT],
+    /// Handshakes completed, as seen at the timer turn after each.
+    pub handshakes: AtomicU64,
+    /// Each peer's figures at the last timer turn (written by [`Engine::tick`], never per
+    /// packet).
+    pub peers: Mutex<Vec<PeerFigures>>,
+}
+
+/// One peer's figures, as boringtun counts them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerFigures {
+    pub public_key: [u8; 32],
+    pub endpoint: SocketAddr,
+    /// Time since its last completed handshake; `None` before the first.
+    pub last_handshake: Option<Duration>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
 }
 
 impl Stats {
@@ -164,6 +181,17 @@ struct Peer {
 }
 
 impl Peer {
+    fn figures(&self) -> PeerFigures {
+        let (last_handshake, tx, rx, _, _) = self.tunn.stats();
+        PeerFigures {
+            public_key: self.spec.public_key,
+            endpoint: self.spec.endpoint,
+            last_handshake,
+            tx_bytes: tx as u64,
+            rx_bytes: rx as u64,
+        }
+    }
+
     fn allows(&self, src: IpAddr) -> bool {
         self.spec.allowed.iter().any(|n| n.contains(&src))
     }
@@ -243,6 +271,7 @@ impl Engine {
             self.peers.push(peer);
         }
         self.reindex();
+        self.rebuild_figures();
     }
 
     fn by_key_in(&self, spec: &PeerSpec) -> bool {
@@ -441,6 +470,48 @@ impl Engine {
                 _ => {}
             }
         }
+        self.publish_figures();
+    }
+
+    /// Lays [`Stats::peers`] out for the current peers, each figure carried over by key
+    /// (when the peers change, so that a timer turn allocates nothing).
+    fn rebuild_figures(&self) {
+        let Ok(mut last) = self.stats.peers.lock() else {
+            return;
+        };
+        let old = std::mem::take(&mut *last);
+        *last = self
+            .peers
+            .iter()
+            .map(|p| {
+                old.iter()
+                    .find(|f| f.public_key == p.spec.public_key)
+                    .cloned()
+                    .unwrap_or_else(|| PeerFigures {
+                        last_handshake: None,
+                        ..p.figures()
+                    })
+            })
+            .collect();
+    }
+
+    /// Updates [`Stats::peers`] in place to each peer's figures now, counting the
+    /// handshakes completed since the last turn (a peer whose last handshake is more recent).
+    fn publish_figures(&self) {
+        let Ok(mut last) = self.stats.peers.lock() else {
+            return;
+        };
+        let mut new = 0;
+        for (f, p) in last.iter_mut().zip(&self.peers) {
+            let now = p.figures();
+            new += match (now.last_handshake, f.last_handshake) {
+                (Some(n), Some(b)) => u64::from(n < b),
+                (Some(_), None) => 1,
+                (None, _) => 0,
+            };
+            *f = now;
+        }
+        self.stats.handshakes.fetch_add(new, Ordering::Relaxed);
     }
 }
 

@@ -1,38 +1,47 @@
 //! flannel's `wireguard` backend in userspace: the node's key ([`keyfile`]), the protocol
-//! engine over boringtun ([`engine`]), the data path thread ([`worker`]) and [`serve`], the
-//! start-up and main loop the daemon hands a wireguard network to.
+//! engine over boringtun ([`engine`]), the devices `Backend.Mode` asks for and our lease
+//! ([`layout`]), each device's peers ([`peers`]), the data path thread ([`worker`]), the
+//! figures on `/metrics` ([`metrics`]) and [`serve`], the start-up and main loop the
+//! daemon hands a wireguard network to.
 //!
-//! As flanneld: the lease carries `BackendType: "wireguard"` and the node's public key; the
-//! device is `flannel-wg` with the underlay MTU less 80; each peer's AllowedIPs are its
-//! lease's subnet and its endpoint its PublicIP and port. This first landing carries IPv4
-//! networks (IPv6 and the separate `flannel-wg-v6` device are refused with a clear error).
+//! As flanneld: the lease carries `BackendType: "wireguard"` and the node's public key and
+//! port (`BackendData` for IPv4, `BackendV6Data` for IPv6); the devices are `flannel-wg`
+//! and, in `separate` mode with IPv6, `flannel-wg-v6`, with the underlay MTU less 80; each
+//! peer's AllowedIPs are its lease's subnets and its endpoint its PublicIP (or PublicIPv6)
+//! and port. One engine and one data path thread per device, all with the node's one key.
 
 pub mod engine;
 pub mod keyfile;
+pub mod layout;
+pub mod metrics;
+pub mod peers;
 pub mod worker;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use tracing::info;
 
 use crate::control::config::NetworkConfig;
 use crate::control::etcd::{Acquired, ControlLoop, LeaseSink, Registry, RemoteLease};
-use crate::control::lease::{LeaseAttrs, WireguardData};
+use crate::control::lease::LeaseAttrs;
 use crate::control::subnet_env::{read_previous, SubnetEnv};
 use crate::fib;
 use crate::host::{HostError, Netlink, Underlay};
 use crate::sys::socket::UnderlaySocket;
 use crate::sys::tun::{self, Device};
-use engine::{Engine, Identity, WgDrop};
-use worker::{KeyBook, Parts, Worker};
+use engine::{Engine, Identity, Stats, WgDrop};
+use layout::Layout;
+use peers::{KeyBook, SharedSpecs};
+use worker::{Parts, Worker};
 
-/// The device, as flanneld names it.
-pub const DEVICE: &str = "flannel-wg";
+pub use layout::{DEVICE, DEVICE_V6};
+
 /// What WireGuard over IPv6 adds to a packet (flanneld subtracts it for both families):
 /// outer IPv6 40 + UDP 8 + WireGuard 32.
 pub const OVERHEAD: u32 = 80;
@@ -42,14 +51,18 @@ pub const OVERHEAD: u32 = 80;
 pub enum WgError {
     #[error(transparent)]
     Key(#[from] keyfile::KeyFileError),
-    #[error("the wireguard backend of overlayd carries IPv4 networks only for now, but the network config enables IPv6; set EnableIPv6 false or use the vxlan backend for IPv6")]
-    Ipv6,
+    #[error("{0}")]
+    Mode(String),
     #[error("{0}")]
     Instance(String),
     #[error(transparent)]
     Host(#[from] HostError),
-    #[error("cannot open the wireguard device {DEVICE} or its socket on port {port}: {source}")]
-    Io { port: u16, source: std::io::Error },
+    #[error("cannot open the wireguard device {device} or its socket on {bind}: {source}")]
+    Io {
+        device: &'static str,
+        bind: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Firewall(#[from] crate::masq::FirewallError),
     #[error("cannot write subnet file {path}: {source}")]
@@ -66,6 +79,12 @@ pub struct Start<'a> {
     pub nl: &'a Netlink,
     pub underlay: &'a Underlay,
     pub public_ip: Ipv4Addr,
+    /// `PublicIPv6` (IPv6 enabled).
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// The underlay addresses this node binds: IPv4 (IPv4 enabled), IPv6 (IPv6 enabled and
+    /// an IPv6 underlay).
+    pub underlay4: Option<Ipv4Addr>,
+    pub underlay6: Option<Ipv6Addr>,
     pub run_dir: PathBuf,
     pub subnet_file: PathBuf,
     /// `--ip-masq`, `--ip-masq-fully-random-disable`, `--iptables-forward-rules`,
@@ -78,18 +97,25 @@ pub struct Start<'a> {
     pub telemetry: Arc<crate::telemetry::State>,
 }
 
-/// Runs a wireguard node until `stop` resolves: key, lease, device, socket, data path,
+/// One device as it runs: its layout, the peer list its thread reads, its engine's figures.
+struct Running {
+    layout: Layout,
+    specs: SharedSpecs,
+    stats: Arc<Stats>,
+    _worker: Worker,
+}
+
+/// Runs a wireguard node until `stop` resolves: key, lease, devices, sockets, data paths,
 /// subnet.env, then the lease and peers kept current by the control loop.
 pub async fn serve(s: Start<'_>, stop: &crate::lifecycle::Stop) -> Result<(), WgError> {
     let cfg = &s.cfg;
-    if cfg.ipv6.is_some() {
-        return Err(WgError::Ipv6);
+    let layouts = layout::layouts(cfg, s.underlay4, s.underlay6).map_err(WgError::Mode)?;
+    let (id, attrs) = identity(&s)?;
+    let mut _instances = Vec::new();
+    for l in &layouts {
+        let claim = crate::lifecycle::claim(&s.run_dir, l.name, s.nl).await;
+        _instances.push(claim.map_err(WgError::Instance)?);
     }
-    let port = cfg.backend.port;
-    let (engine, attrs) = identity(cfg, s.public_ip)?;
-    let _instance = crate::lifecycle::claim(&s.run_dir, DEVICE, s.nl)
-        .await
-        .map_err(WgError::Instance)?;
     let acquired = s
         .registry
         .acquire_with_retry(cfg, &attrs, read_previous(&s.subnet_file))
@@ -99,10 +125,10 @@ pub async fn serve(s: Start<'_>, stop: &crate::lifecycle::Stop) -> Result<(), Wg
         .mtu
         .unwrap_or(s.underlay.mtu)
         .saturating_sub(OVERHEAD);
-    let fib = fib::shared();
-    let keys = KeyBook::default();
-    let stats = engine.stats.clone();
-    let _worker = start_data_path(&s, engine, &fib, &keys, acquired.subnet, mtu).await?;
+    let mut devices = Vec::new();
+    for layout in layouts {
+        devices.push(start_device(&s, layout, &id, &acquired, mtu).await?);
+    }
     let mut firewall = crate::masq::Firewall::new(
         s.ip_masq,
         s.fully_random_disable,
@@ -120,36 +146,12 @@ pub async fn serve(s: Start<'_>, stop: &crate::lifecycle::Stop) -> Result<(), Wg
             path: s.subnet_file.display().to_string(),
             source,
         })?;
-    let (subnet_tx, _subnet_rx) = tokio::sync::watch::channel(acquired.key());
-    let control = ControlLoop {
-        registry: s.registry.clone(),
-        cfg: cfg.clone(),
-        attrs,
-        acquired,
-        sink: Box::new(WgSink {
-            tables: crate::peers::Tables::new(
-                crate::backend::Backend::new(&cfg.backend, s.public_ip),
-                false,
-                cfg.clone(),
-                fib.clone(),
-                fib::shared6(),
-            ),
-            keys,
-            subnets: HashMap::new(),
-        }),
-        subnet_tx,
-        keepalive_every: s.keepalive_every,
-        stats: s.telemetry.control.clone(),
-    };
-    let control_task = tokio::spawn(control.run());
-    let t = &s.telemetry;
-    let _ = t.backend.set("wireguard");
-    let _ = t.fib.set(fib);
-    t.control.lease_held.store(true, Ordering::Relaxed);
-    t.ready.store(true, Ordering::Relaxed);
+    let control_task = tokio::spawn(control(&s, attrs, acquired, &devices).run());
+    publish_telemetry(&s.telemetry, &devices);
     stop.serving();
     crate::systemd::ready();
-    info!(device = DEVICE, mtu, port, subnet_file = %s.subnet_file.display(), "ready (wireguard)");
+    let names: Vec<&str> = devices.iter().map(|d| d.layout.name).collect();
+    info!(devices = ?names, mtu, subnet_file = %s.subnet_file.display(), "ready (wireguard)");
     let mut check = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
@@ -158,59 +160,44 @@ pub async fn serve(s: Start<'_>, stop: &crate::lifecycle::Stop) -> Result<(), Wg
         }
     }
     crate::systemd::stopping();
-    t.ready.store(false, Ordering::Relaxed);
+    s.telemetry.ready.store(false, Ordering::Relaxed);
     control_task.abort();
-    let drops: Vec<String> = WgDrop::ALL
-        .iter()
-        .map(|&w| format!("{}={}", w.as_str(), stats.dropped(w)))
-        .collect();
-    info!(
-        tx_packets = stats.tx_packets.load(Ordering::Relaxed),
-        rx_packets = stats.rx_packets.load(Ordering::Relaxed),
-        drops = %drops.join(","),
-        "stopped; device removed, lease and key kept for the next start"
-    );
+    devices.iter().for_each(log_totals);
     Ok(())
 }
 
-/// The node's key (from the key file), its engine and what its lease says about it.
-fn identity(cfg: &NetworkConfig, public_ip: Ipv4Addr) -> Result<(Engine, LeaseAttrs), WgError> {
-    let wg = cfg.backend.wireguard.clone().unwrap_or_default();
+/// The node's key (from the key file) and what its lease says about it.
+fn identity(s: &Start<'_>) -> Result<(Identity, LeaseAttrs), WgError> {
+    let wg = s.cfg.backend.wireguard.clone().unwrap_or_default();
     let key_path = keyfile::path_from_env();
-    let engine = Engine::new(Identity {
+    let id = Identity {
         secret: keyfile::load_or_create(&key_path)?,
         psk: wg.psk,
         keepalive: wg.keepalive,
-    });
-    let data = WireguardData {
-        public_key: engine.public_key(),
-        port: cfg.backend.port,
     };
-    info!(key_file = %key_path.display(), public_key = %crate::control::lease::encode_key(&data.public_key), port = data.port, "wireguard identity");
-    let attrs = LeaseAttrs {
-        public_ip,
-        public_ipv6: None,
-        backend_type: Some("wireguard".into()),
-        backend_data: Some(data.to_value()),
-        backend_v6_data: None,
-    };
-    Ok((engine, attrs))
+    let public_key = *boringtun::x25519::PublicKey::from(&id.secret).as_bytes();
+    info!(key_file = %key_path.display(), public_key = %crate::control::lease::encode_key(&public_key), mode = wg.mode.as_str(), "wireguard identity");
+    let attrs = layout::lease_attrs(&s.cfg, public_key, s.public_ip, s.public_ipv6);
+    Ok((id, attrs))
 }
 
-/// Opens `flannel-wg` (address, MTU, route to the network) and the `ListenPort` socket,
-/// and starts the data path thread on them.
-async fn start_data_path(
+/// Opens one device (addresses, MTU, routes to the networks it carries) and its socket,
+/// and starts its data path thread with an engine of its own.
+async fn start_device(
     s: &Start<'_>,
-    engine: Engine,
-    fib: &fib::SharedFib,
-    keys: &KeyBook,
-    subnet: ipnet::Ipv4Net,
+    layout: Layout,
+    id: &Identity,
+    acquired: &Acquired,
     mtu: u32,
-) -> Result<Worker, WgError> {
-    let port = s.cfg.backend.port;
-    let io = |source| WgError::Io { port, source };
+) -> Result<Running, WgError> {
+    let bind = SocketAddr::new(layout.bind, layout.port);
+    let io = |source| WgError::Io {
+        device: layout.name,
+        bind,
+        source,
+    };
     let mut dev = Device::open(&tun::Options {
-        name: DEVICE.into(),
+        name: layout.name.into(),
         kind: tun::Kind::Tun,
         queues: 1,
         vnet_hdr: true,
@@ -218,66 +205,158 @@ async fn start_data_path(
     })
     .map_err(io)?;
     if let Err(e) = crate::datapath::enable_offloads(&mut dev) {
-        tracing::warn!(device = DEVICE, error = %e, "the kernel refused TUN offloads; packets are handled one by one");
+        tracing::warn!(device = layout.name, error = %e, "the kernel refused TUN offloads; packets are handled one by one");
     }
-    s.nl.configure_overlay(DEVICE, subnet.network(), mtu, s.cfg.network)
-        .await?;
-    let bind = SocketAddr::new(IpAddr::V4(s.underlay.addr), port);
+    configure(s, &layout, acquired, mtu).await?;
     let sock = Arc::new(UnderlaySocket::udp(bind, crate::backend::SOCKET_BUFFER).map_err(io)?);
     let tun = dev
         .queues
         .pop()
         .ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
-    Worker::start(Parts {
+    let engine = Engine::new(id.clone());
+    let stats = engine.stats.clone();
+    let specs = SharedSpecs::default();
+    let worker = Worker::start(Parts {
         engine,
         tun,
         sock,
-        fib: fib.clone(),
-        keys: keys.clone(),
-        port,
+        peers: specs.clone(),
     })
-    .map_err(io)
+    .map_err(io)?;
+    Ok(Running {
+        layout,
+        specs,
+        stats,
+        _worker: worker,
+    })
+}
+
+/// The device's address and route for each family it carries, as flanneld's `Configure`
+/// and `ConfigureV6` give them; its MTU.
+async fn configure(
+    s: &Start<'_>,
+    l: &Layout,
+    acquired: &Acquired,
+    mtu: u32,
+) -> Result<(), HostError> {
+    match l.v4 {
+        true => {
+            s.nl.configure_overlay(l.name, acquired.subnet.network(), mtu, s.cfg.network)
+                .await?
+        }
+        false => s.nl.link_up(l.name, mtu).await?,
+    };
+    let v6 = s.cfg.ipv6.as_ref().zip(acquired.ipv6_subnet);
+    if let (true, Some((c6, sn6))) = (l.v6, v6) {
+        s.nl.configure_overlay6(l.name, sn6.network(), c6.network, None)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The control loop over the leases, handing them to a [`WgSink`] for `devices`.
+fn control(
+    s: &Start<'_>,
+    attrs: LeaseAttrs,
+    acquired: Acquired,
+    devices: &[Running],
+) -> ControlLoop {
+    let cfg = &s.cfg;
+    let (fib, fib6) = (fib::shared(), fib::shared6());
+    let _ = s.telemetry.fib.set(fib.clone());
+    let _ = s.telemetry.fib6.set(fib6.clone());
+    let (subnet_tx, _subnet_rx) = tokio::sync::watch::channel(acquired.key());
+    ControlLoop {
+        registry: s.registry.clone(),
+        cfg: cfg.clone(),
+        attrs,
+        acquired,
+        sink: Box::new(WgSink {
+            tables: crate::peers::Tables::new(
+                crate::backend::Backend::new(&cfg.backend, s.public_ip),
+                s.underlay6.is_some(),
+                cfg.clone(),
+                fib.clone(),
+                fib6.clone(),
+            ),
+            fib,
+            fib6,
+            keys: KeyBook::new(),
+            by_lease: HashMap::new(),
+            devices: devices
+                .iter()
+                .map(|d| (d.layout.clone(), d.specs.clone()))
+                .collect(),
+        }),
+        subnet_tx,
+        keepalive_every: s.keepalive_every,
+        stats: s.telemetry.control.clone(),
+    }
+}
+
+/// The node is ready: its backend, its devices' figures on `/metrics`.
+fn publish_telemetry(t: &crate::telemetry::State, devices: &[Running]) {
+    let figures: Vec<(&'static str, Arc<Stats>)> = devices
+        .iter()
+        .map(|d| (d.layout.name, d.stats.clone()))
+        .collect();
+    let _ = t.backend.set("wireguard");
+    let _ = t.extra.set(crate::telemetry::Extra(Box::new(move || {
+        metrics::refresh(&figures)
+    })));
+    t.control.lease_held.store(true, Ordering::Relaxed);
+    t.ready.store(true, Ordering::Relaxed);
+}
+
+fn log_totals(d: &Running) {
+    let st = &d.stats;
+    let drops: Vec<String> = WgDrop::ALL
+        .iter()
+        .map(|&w| format!("{}={}", w.as_str(), st.dropped(w)))
+        .collect();
+    info!(
+        device = d.layout.name,
+        tx_packets = st.tx_packets.load(Ordering::Relaxed),
+        rx_packets = st.rx_packets.load(Ordering::Relaxed),
+        handshakes = st.handshakes.load(Ordering::Relaxed),
+        drops = %drops.join(","),
+        "stopped; device removed, lease and key kept for the next start"
+    );
 }
 
 /// The control loop's sink on a wireguard node: the forwarding tables ([`crate::peers`],
-/// which keeps a lease when [`crate::backend::Backend::peer_mac`] finds readable wireguard
-/// data in it), and each kept lease's key and port in the key book the data path reads when
-/// the table changes.
+/// which keep the current leases: in the network, the oldest winning a conflict), each
+/// wireguard lease's keys in the key book, and after each batch every device's peer list
+/// computed from both ([`peers::peer_specs`]) and handed to its thread.
 struct WgSink {
     tables: crate::peers::Tables,
+    fib: fib::SharedFib,
+    fib6: fib::SharedFib6,
     keys: KeyBook,
-    /// Each lease key's subnet, to take its entry out of the key book when it goes.
-    subnets: HashMap<String, ipnet::Ipv4Net>,
+    /// Each lease key's entries in the key book, to take them out when it goes.
+    by_lease: HashMap<String, Vec<(IpNet, IpAddr)>>,
+    devices: Vec<(Layout, SharedSpecs)>,
 }
 
 impl WgSink {
     fn learn(&mut self, l: &RemoteLease) {
-        if l.attrs.backend_type.as_deref() != Some("wireguard") {
-            return;
-        }
-        if let Ok(d) = l.attrs.wireguard_data(false) {
-            self.subnets.insert(l.key.clone(), l.subnet);
-            if let Ok(mut k) = self.keys.lock() {
-                k.insert(l.subnet, d);
-            }
-        }
+        let entries = peers::book_entries(l);
+        self.by_lease
+            .insert(l.key.clone(), entries.iter().map(|(n, _)| *n).collect());
+        self.keys.extend(entries);
     }
 
     fn forget(&mut self, key: &str) {
-        if let Some(sn) = self.subnets.remove(key) {
-            if let Ok(mut k) = self.keys.lock() {
-                k.remove(&sn);
-            }
+        for net in self.by_lease.remove(key).unwrap_or_default() {
+            self.keys.remove(&net);
         }
     }
 }
 
 impl LeaseSink for WgSink {
     fn reset(&mut self, leases: Vec<RemoteLease>) {
-        self.subnets.clear();
-        if let Ok(mut k) = self.keys.lock() {
-            k.clear();
-        }
+        self.by_lease.clear();
+        self.keys.clear();
         leases.iter().for_each(|l| self.learn(l));
         self.tables.reset(leases);
     }
@@ -295,5 +374,9 @@ impl LeaseSink for WgSink {
 
     fn publish(&mut self, own: &Acquired) {
         self.tables.publish(own);
+        let (fib, fib6) = (self.fib.load(), self.fib6.load());
+        for (layout, specs) in &self.devices {
+            specs.store(Arc::new(peers::peer_specs(layout, &fib, &fib6, &self.keys)));
+        }
     }
 }

@@ -7,24 +7,21 @@
 //! the TUN ([`Delivery`]); and runs the protocol's timers. Every buffer is allocated when
 //! the thread starts; the peer table changes only when the leases do.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsFd as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ipnet::{IpNet, Ipv4Net};
-
-use super::engine::{Engine, Io, PeerSpec};
-use crate::control::lease::WireguardData;
+use super::engine::{Engine, Io};
+use super::peers::SharedSpecs;
 use crate::counters::{count_drop, DropCounters};
 use crate::datapath::fallback::Fallback;
 use crate::datapath::recv::{self, Delivery, Link, Target};
 use crate::datapath::send::send_layout;
 use crate::datapath::{MAX_READ, SEG_BUF};
 use crate::drop::DropReason;
-use crate::fib::{Fib, SharedFib};
 use crate::offload::tso;
 use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket};
 use crate::sys::tun::{poll_readable, Queue};
@@ -41,30 +38,6 @@ const TUN: Target = Target {
     queue: 0,
     link: Link::Ip,
 };
-
-/// Each lease's wireguard data by subnet, as the lease decoder last read it. The forwarding
-/// table says which subnets are current peers; this says their keys and ports.
-pub type KeyBook = Arc<Mutex<std::collections::HashMap<Ipv4Net, WireguardData>>>;
-
-/// The peers of forwarding table `fib`: each current lease's key, its subnet as AllowedIPs,
-/// its PublicIP and port (the lease's, else `port`) as endpoint.
-pub fn peer_specs(fib: &Fib, keys: &KeyBook, port: u16) -> Vec<PeerSpec> {
-    let Ok(keys) = keys.lock() else {
-        return Vec::new();
-    };
-    fib.peers()
-        .iter()
-        .filter_map(|p| {
-            let d = keys.get(&p.subnet)?;
-            let port = if d.port == 0 { port } else { d.port };
-            Some(PeerSpec {
-                public_key: d.public_key,
-                endpoint: SocketAddr::new(IpAddr::V4(p.public_ip), port),
-                allowed: vec![IpNet::V4(p.subnet)],
-            })
-        })
-        .collect()
-}
 
 /// The running data path; stops (and joins) on drop.
 pub struct Worker {
@@ -86,9 +59,8 @@ pub struct Parts {
     pub engine: Engine,
     pub tun: Queue,
     pub sock: Arc<UnderlaySocket>,
-    pub fib: SharedFib,
-    pub keys: KeyBook,
-    pub port: u16,
+    /// The device's peers, as the control loop last computed them.
+    pub peers: SharedSpecs,
 }
 
 impl Worker {
@@ -171,9 +143,7 @@ fn run(p: Parts, stop: &AtomicBool) {
         mut engine,
         tun,
         sock,
-        fib: shared,
-        keys,
-        port,
+        peers: shared,
     } = p;
     let qs = [Arc::new(tun)];
     let mut b = Buffers::new();
@@ -189,14 +159,14 @@ fn run(p: Parts, stop: &AtomicBool) {
         gro,
         "wireguard data path: TUN TSO, UDP GSO/GRO batches"
     );
-    let mut fib = shared.load_full();
-    engine.set_peers(&peer_specs(&fib, &keys, port));
+    let mut specs = shared.load_full();
+    engine.set_peers(&specs);
     let mut next_tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let current = shared.load();
-        if !Arc::ptr_eq(&current, &fib) {
-            fib = current.clone();
-            engine.set_peers(&peer_specs(&fib, &keys, port));
+        if !Arc::ptr_eq(&current, &specs) {
+            specs = current.clone();
+            engine.set_peers(&specs);
         }
         drop(current);
         let ready = poll_readable(&[qs[0].as_fd(), sock.as_fd()], 50).unwrap_or(0);
