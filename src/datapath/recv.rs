@@ -4,10 +4,11 @@
 //! With UDP GRO the kernel hands over a run of equal-size datagrams in one buffer, or — from
 //! a peer kernel's VXLAN over veth — one whole tunnel-GSO frame longer than any datagram;
 //! [`split`] tells which. [`Delivery`] then writes accepted packets: TCP segments of one flow
-//! are coalesced into super-packets ([`Coalescer`]) when the device takes a virtio header; a
-//! packet whose transport checksum a sending kernel left partial is handed over with
-//! `NEEDS_CSUM` (and a GSO size when it is a super-packet), or finished here on a device
-//! without a virtio header. The link header a packet is written with ([`Link`]: nothing on
+//! are coalesced into super-packets ([`Coalescer`]) when the device takes a virtio header,
+//! also those whose transport checksum a sending kernel left partial (each datagram alone,
+//! from a peer that segments with checksum offload); a whole partial super-packet is handed
+//! over with `NEEDS_CSUM` and a GSO size; on a device without a virtio header partial
+//! checksums are finished here. The link header a packet is written with ([`Link`]: nothing on
 //! a TUN; an Ethernet header and maybe a VLAN tag on a TAP) goes in front through the
 //! `writev`, never by copying the packet.
 
