@@ -4,10 +4,11 @@
 //! With UDP GRO the kernel hands over a run of equal-size datagrams in one buffer, or — from
 //! a peer kernel's VXLAN over veth — one whole tunnel-GSO frame longer than any datagram;
 //! [`split`] tells which. [`Delivery`] then writes accepted packets: TCP segments of one flow
-//! are coalesced into super-packets ([`Coalescer`]) when the device takes a virtio header; a
-//! packet whose transport checksum a sending kernel left partial is handed over with
-//! `NEEDS_CSUM` (and a GSO size when it is a super-packet), or finished here on a device
-//! without a virtio header. The link header a packet is written with ([`Link`]: nothing on
+//! are coalesced into super-packets ([`Coalescer`]) when the device takes a virtio header,
+//! also those whose transport checksum a sending kernel left partial (each datagram alone,
+//! from a peer that segments with checksum offload); a whole partial super-packet is handed
+//! over with `NEEDS_CSUM` and a GSO size; on a device without a virtio header partial
+//! checksums are finished here. The link header a packet is written with ([`Link`]: nothing on
 //! a TUN; an Ethernet header and maybe a VLAN tag on a TAP) goes in front through the
 //! `writev`, never by copying the packet.
 
@@ -163,13 +164,18 @@ impl Delivery {
         drops: &DropCounters,
     ) {
         let q = &qs[t.queue];
-        match (partial, self.coal.as_mut()) {
-            (Some(h), _) if self.vnet => {
-                // Keep the flow's order: anything held goes first.
+        match (partial, self.coal.is_some()) {
+            // One segment with a partial checksum (a peer segmenting with checksum offload,
+            // which the kernel's UDP GRO leaves uncoalesced): merged like any other.
+            (Some(h), true) if h.gso_kind() == virtio::GSO_NONE => {
+                self.coalesce(qs, t, ip, h, drops)
+            }
+            (Some(h), true) => {
+                // A whole super-packet. Keep the flow's order: anything held goes first.
                 self.flush(qs, drops);
                 counted(write_packet(q, Some(&h), &t.link, ip), drops);
             }
-            (Some(h), _) => match tso::segment(&h, ip, 0, &mut self.scratch) {
+            (Some(h), false) => match tso::segment(&h, ip, 0, &mut self.scratch) {
                 Ok(l) => {
                     for i in 0..l.count {
                         let p = &self.scratch[l.packet(i)];
@@ -178,18 +184,33 @@ impl Delivery {
                 }
                 Err(e) => count_drop(drops, e.drop_reason(), 1),
             },
-            (None, Some(c)) => {
-                if self.held != Some(t) {
-                    if let Some(prev) = self.held.take() {
-                        let pq = &qs[prev.queue];
-                        c.flush(&mut |p| emit(pq, &prev.link, p, drops));
-                    }
-                    self.held = Some(t);
-                }
-                c.push(ip, &mut |p| emit(q, &t.link, p, drops));
-            }
-            (None, None) => counted(write_packet(q, None, &t.link, ip), drops),
+            (None, true) => self.coalesce(qs, t, ip, VirtioNetHdr::default(), drops),
+            (None, false) => counted(write_packet(q, None, &t.link, ip), drops),
         }
+    }
+
+    /// Offers `ip` to the coalescer for target `t` (what is held for another target leaves
+    /// first); `alone` is its header should it leave unmerged (see [`Coalescer::push_with`]).
+    fn coalesce(
+        &mut self,
+        qs: &[Arc<Queue>],
+        t: Target,
+        ip: &[u8],
+        alone: VirtioNetHdr,
+        drops: &DropCounters,
+    ) {
+        let Some(c) = self.coal.as_mut() else {
+            return;
+        };
+        if self.held != Some(t) {
+            if let Some(prev) = self.held.take() {
+                let pq = &qs[prev.queue];
+                c.flush(&mut |p| emit(pq, &prev.link, p, drops));
+            }
+            self.held = Some(t);
+        }
+        let q = &qs[t.queue];
+        c.push_with(ip, alone, &mut |p| emit(q, &t.link, p, drops));
     }
 
     /// Delivers anything that is not coalesced (ARP, other EtherTypes) as it is, after

@@ -20,11 +20,16 @@
 //! Checksums: merging rewrites the TCP checksum, which would launder a corrupted segment,
 //! so every candidate's IPv4 header checksum and TCP checksum are verified before it is
 //! held or appended. A segment that fails is passed through unmerged (after its flow's
-//! held data) and the kernel drops it. Unmerged packets are never modified.
+//! held data) and the kernel drops it. Unmerged packets are never modified. A segment whose
+//! sender left its checksum partial ([`Coalescer::push_with`]: a peer segmenting with
+//! checksum offload over veth) has no checksum to verify; it merges all the same (the
+//! kernel would take it unverified alone too, behind `NEEDS_CSUM`), and leaves unmerged
+//! behind that header.
 //!
 //! Ordering: packets of one TCP flow (addresses + ports) leave in arrival order. Packets of
 //! other flows and non-TCP packets may overtake segments still held; [`Coalescer::flush`]
-//! at the end of each receive batch bounds that delay to one batch.
+//! when the receive side has drained its socket (at most a few `recvmmsg` batches) bounds
+//! that delay.
 
 use super::MAX_IP_PACKET;
 use crate::wire::ip::{self, Version, PROTO_TCP};
@@ -108,6 +113,9 @@ struct Slot {
     buf: Box<[u8]>,
     /// Length of the held IP packet; 0 when the slot is free.
     len: usize,
+    /// The virtio header of the first segment should it leave alone (all-zero, or
+    /// `NEEDS_CSUM` for a partial checksum).
+    alone: VirtioNetHdr,
     key: FlowKey,
     ip_len: usize,
     hdr_len: usize,
@@ -141,6 +149,7 @@ impl Coalescer {
             .map(|_| Slot {
                 buf: vec![0u8; virtio::LEN + MAX_IP_PACKET].into_boxed_slice(),
                 len: 0,
+                alone: VirtioNetHdr::default(),
                 key: FlowKey::default(),
                 ip_len: 0,
                 hdr_len: 0,
@@ -166,10 +175,23 @@ impl Coalescer {
     /// Offers one inner IP packet; may emit earlier packets and super-packets through
     /// `emit` (each slice = virtio header + IP packet).
     pub fn push(&mut self, pkt: &[u8], emit: &mut impl FnMut(&[u8])) {
+        self.push_with(pkt, VirtioNetHdr::default(), emit);
+    }
+
+    /// Offers one inner IP packet with `alone`, the virtio header it goes with should it
+    /// leave unmerged: all-zero when its checksum is complete (it is verified here before
+    /// merging), or the `NEEDS_CSUM` header (no GSO) of a packet whose sender left its
+    /// transport checksum partial ([`partial_checksum_hdr`](super::partial_checksum_hdr)).
+    /// Such a checksum cannot be verified, and needs not be: the kernel trusts a
+    /// `NEEDS_CSUM` packet's payload whether it comes alone or merged. It merges like a
+    /// verified segment, so a peer that segments with partial checksums (whose datagrams
+    /// the kernel's UDP GRO leaves uncoalesced) still reaches the device in super-packets.
+    pub fn push_with(&mut self, pkt: &[u8], alone: VirtioNetHdr, emit: &mut impl FnMut(&[u8])) {
         self.stats.packets_in += 1;
         self.clock += 1;
+        let partial = alone.needs_csum();
         let c = match classify(pkt) {
-            Class::Other => return self.pass(pkt, emit),
+            Class::Other => return self.pass(pkt, alone, emit),
             Class::MaybeTcp(hosts) => {
                 for i in 0..self.slots.len() {
                     let k = &self.slots[i].key;
@@ -177,22 +199,22 @@ impl Coalescer {
                         self.emit_slot(i, emit);
                     }
                 }
-                return self.pass(pkt, emit);
+                return self.pass(pkt, alone, emit);
             }
             Class::TcpUnmergeable(key) => {
                 if let Some(i) = self.find(&key) {
                     self.emit_slot(i, emit);
                 }
-                return self.pass(pkt, emit);
+                return self.pass(pkt, alone, emit);
             }
             Class::Mergeable(c) => c,
         };
-        if !checksums_ok(pkt, &c) {
+        if !checksums_ok(pkt, &c, partial) {
             self.stats.bad_checksum += 1;
             if let Some(i) = self.find(&c.key) {
                 self.emit_slot(i, emit);
             }
-            return self.pass(pkt, emit);
+            return self.pass(pkt, alone, emit);
         }
         let i = match self.find(&c.key) {
             Some(i) if self.slots[i].can_append(pkt, &c) => {
@@ -215,9 +237,9 @@ impl Coalescer {
         };
         if c.flags & flags::PSH != 0 {
             // Nothing may follow it: no point holding it.
-            return self.pass(pkt, emit);
+            return self.pass(pkt, alone, emit);
         }
-        self.start(i, pkt, &c);
+        self.start(i, pkt, &c, alone);
     }
 
     /// Emits everything held (call at the end of each receive batch).
@@ -245,24 +267,25 @@ impl Coalescer {
         best
     }
 
-    /// Emits `pkt` unchanged behind a zero virtio header.
-    fn pass(&mut self, pkt: &[u8], emit: &mut impl FnMut(&[u8])) {
+    /// Emits `pkt` unchanged behind the virtio header `alone`.
+    fn pass(&mut self, pkt: &[u8], alone: VirtioNetHdr, emit: &mut impl FnMut(&[u8])) {
         if pkt.len() > MAX_PASS {
             self.stats.oversize += 1;
             return;
         }
         self.stats.passed += 1;
         let out = &mut self.scratch[..virtio::LEN + pkt.len()];
-        out[..virtio::LEN].fill(0);
+        alone.emit(&mut out[..virtio::LEN]);
         out[virtio::LEN..].copy_from_slice(pkt);
         emit(out);
     }
 
     /// Holds `pkt` (already checked mergeable, ≤ MAX_IP_PACKET as its length field says)
-    /// in the free slot `i`.
-    fn start(&mut self, i: usize, pkt: &[u8], c: &Candidate) {
+    /// in the free slot `i`; `alone` is its header should nothing join it.
+    fn start(&mut self, i: usize, pkt: &[u8], c: &Candidate, alone: VirtioNetHdr) {
         let s = &mut self.slots[i];
         s.buf[virtio::LEN..virtio::LEN + pkt.len()].copy_from_slice(pkt);
+        s.alone = alone;
         s.len = pkt.len();
         s.key = c.key;
         s.ip_len = c.ip_len;
@@ -297,7 +320,7 @@ impl Coalescer {
         let len = s.len;
         s.len = 0;
         if s.segs == 1 {
-            s.buf[..virtio::LEN].fill(0);
+            s.alone.emit(&mut s.buf[..virtio::LEN]);
             self.stats.passed += 1;
             return emit(&s.buf[..virtio::LEN + len]);
         }
@@ -443,10 +466,14 @@ fn classify(pkt: &[u8]) -> Class {
     })
 }
 
-/// The IPv4 header checksum (if any) and the TCP checksum of a candidate verify.
-fn checksums_ok(pkt: &[u8], c: &Candidate) -> bool {
+/// The IPv4 header checksum (if any) and, unless the sender left it `partial`, the TCP
+/// checksum of a candidate verify.
+fn checksums_ok(pkt: &[u8], c: &Candidate, partial: bool) -> bool {
     if !c.key.v6 && !ipv4::Packet::new_unchecked(pkt).verify_checksum() {
         return false;
+    }
+    if partial {
+        return true;
     }
     let l4 = &pkt[c.ip_len..];
     let sum = checksum::add(
@@ -705,6 +732,90 @@ mod tests {
         c.push(&b, &mut |_| n += 1);
         c.flush(&mut |_| n += 1);
         assert_eq!((n, c.stats().bad_checksum), (2, 1));
+    }
+
+    /// `p` as a sender with checksum offload leaves it: the TCP checksum field holds the
+    /// pseudo-header sum; with the header [`partial_checksum_hdr`] finds for it.
+    fn as_partial(mut p: Vec<u8>) -> (Vec<u8>, VirtioNetHdr) {
+        let h = ip::parse(&p).unwrap();
+        let t = h.header_len;
+        let s = ip::pseudo_header_sum(&p, h.version, PROTO_TCP, p.len() - t);
+        tcp::Packet::new_unchecked(&mut p[t..]).set_checksum(checksum::fold(s));
+        let hdr = crate::offload::partial_checksum_hdr(&p, 0).expect("recognised as partial");
+        (p, hdr)
+    }
+
+    #[test]
+    fn partial_checksum_segments_merge_and_leave_alone_with_their_header() {
+        for v6 in [false, true] {
+            let (a, b) = pair(v6);
+            let (pa, ha) = as_partial(a.clone());
+            let (pb, hb) = as_partial(b.clone());
+            assert!(!tcp_csum_ok(&pa), "a partial checksum does not verify");
+            // Merged: the same super-packet as from the complete segments.
+            let mut c = Coalescer::new();
+            let mut out = Vec::new();
+            let mut f =
+                |x: &[u8]| out.push((VirtioNetHdr::parse(x).unwrap(), x[virtio::LEN..].to_vec()));
+            c.push_with(&pa, ha, &mut f);
+            c.push_with(&pb, hb, &mut f);
+            c.flush(&mut f);
+            assert_eq!(out, run(&[a.clone(), b]), "v6 {v6}");
+            assert_eq!(c.stats().bad_checksum, 0);
+            // Mixed with a complete one, in either order: merged too.
+            let (a2, b2) = pair(v6);
+            let mut c = Coalescer::new();
+            let mut n = 0;
+            c.push(&a2, &mut |_| n += 1);
+            c.push_with(&pb, hb, &mut |_| n += 1);
+            c.flush(&mut |_| n += 1);
+            assert_eq!((n, c.stats().super_packets), (1, 1));
+            let mut c = Coalescer::new();
+            let mut n = 0;
+            c.push_with(&pa, ha, &mut |_| n += 1);
+            c.push(&b2, &mut |_| n += 1);
+            c.flush(&mut |_| n += 1);
+            assert_eq!((n, c.stats().super_packets), (1, 1));
+            // Alone (held, then flushed): unchanged, behind NEEDS_CSUM, never all-zero.
+            let mut c = Coalescer::new();
+            let mut out = Vec::new();
+            c.push_with(&pa, ha, &mut |x| out.push(x.to_vec()));
+            c.flush(&mut |x| out.push(x.to_vec()));
+            assert_eq!(out.len(), 1);
+            assert_eq!(VirtioNetHdr::parse(&out[0]).unwrap(), ha);
+            assert!(ha.needs_csum());
+            assert_eq!(&out[0][virtio::LEN..], &pa[..]);
+        }
+    }
+
+    #[test]
+    fn partial_checksum_packets_not_merged_pass_with_their_header() {
+        // A pure ACK (nothing to merge) and a PSH segment: passed at once, unchanged.
+        let (ack, ha) = as_partial(tcp(false, 1000, &[], false, &[]));
+        let (psh, hp) = as_partial(tcp(false, 1000, &[], true, &payload(100, 3)));
+        // A stale IPv4 header checksum still refuses the merge.
+        let (a, b) = pair(false);
+        let (pa, hpa) = as_partial(a);
+        let (mut pb, hpb) = as_partial(b);
+        pb[8] = 1;
+        let mut c = Coalescer::new();
+        let mut out = Vec::new();
+        let mut f = |x: &[u8]| out.push(x.to_vec());
+        for (p, h) in [(&ack, ha), (&psh, hp), (&pa, hpa), (&pb, hpb)] {
+            c.push_with(p, h, &mut f);
+        }
+        c.flush(&mut f);
+        let want: Vec<Vec<u8>> = [(&ack, ha), (&psh, hp), (&pa, hpa), (&pb, hpb)]
+            .iter()
+            .map(|(p, h)| {
+                let mut v = vec![0u8; virtio::LEN];
+                h.emit(&mut v);
+                v.extend_from_slice(p);
+                v
+            })
+            .collect();
+        assert_eq!(out, want);
+        assert_eq!(c.stats().bad_checksum, 1);
     }
 
     #[test]
