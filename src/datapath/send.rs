@@ -16,7 +16,7 @@
 //!    whole segments are copied into slots ([`tso::segment`]) and sent as GSO runs or one
 //!    datagram per message ([`send_layout`]).
 //!
-//! A kernel that refuses GSO (EIO/EINVAL; say a peer behind a route whose MTU is smaller
+//! A kernel that refuses GSO (EIO/EINVAL/EMSGSIZE; say a peer behind a route whose MTU is smaller
 //! than the segments) turns the refused offload off for that destination only: its
 //! datagrams take the next way, and the worker's [`Fallback`] table keeps it there until
 //! the re-probe ([`fallback::REPROBE`]); every other destination keeps the offload.
@@ -315,7 +315,7 @@ fn refused(table: &mut Fallback, dst: IpAddr, now: Instant, offload: &str) -> u6
 ///
 /// While `gso` is `Some(true)` they go as UDP GSO runs (at most [`MAX_GSO_SEGMENTS`]
 /// datagrams and [`MAX_GSO_BYTES`] bytes each, all runs in one `sendmmsg`); a kernel that
-/// refuses GSO (EIO/EINVAL) gets the same datagrams one per message, and the second value
+/// refuses GSO (EIO/EINVAL/EMSGSIZE) gets the same datagrams one per message, and the second value
 /// returned is true (the caller remembers the refusal for `dst`). A full socket drops the
 /// lot rather than retrying. `gso` false (a raw GRE socket, a refused destination) sends one
 /// datagram per message, in `sendmmsg` batches.
