@@ -1,8 +1,8 @@
 //! The wireguard backend end to end: overlayd nodes configured as flannel's
 //! `"Backend":{"Type":"wireguard"}` in network namespaces, pinging and moving hashed TCP
 //! streams both ways over WireGuard, with the engine's figures on `/metrics` (handshakes,
-//! bytes, a garbage datagram counted as a drop); a dual-stack mesh of three nodes on
-//! `flannel-wg` and `flannel-wg-v6` and a late joiner; `Mode: "ipv6"` (one device, both
+//! bytes, a garbage datagram counted as a drop, the data path's drop reasons); a dual-stack
+//! mesh of three nodes on `flannel-wg` and `flannel-wg-v6` and a late joiner; `Mode: "ipv6"` (one device, both
 //! families over the IPv6 underlay); an IPv6-only network; `--backend` against the config; then a node set up as flanneld's
 //! wireguard backend sets it up (wireguard-go + `wg`), talking to an overlayd node.
 
@@ -187,6 +187,21 @@ fn engine_figures(d: &Overlayd, from: &Netns, to: Ipv4Addr) {
         d.metric("overlayd_wireguard_dropped_total", &bad_mac) > before
     });
     assert!(raised, "garbage not counted as bad_mac:\n{}", d.scrape());
+    data_path_drops_exported(&d.scrape());
+}
+
+/// The data path's own drop reasons (device and socket side) are series of the same
+/// family as the engine's, one per reason name.
+fn data_path_drops_exported(text: &str) {
+    for reason in ["truncated", "io_error", "too_big", "bad_inner", "no_route"] {
+        let label = format!("reason=\"{reason}\"");
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("overlayd_wireguard_dropped_total{"))
+            .filter(|l| l.contains("device=\"flannel-wg\"") && l.contains(&label))
+            .count();
+        assert_eq!(series, 1, "one {label} series on /metrics:\n{text}");
+    }
 }
 
 /// Pings `to` (an overlay address of either family) from `from`, or fails naming both.

@@ -31,6 +31,7 @@ use crate::control::config::NetworkConfig;
 use crate::control::etcd::{Acquired, ControlLoop, LeaseSink, Registry, RemoteLease};
 use crate::control::lease::LeaseAttrs;
 use crate::control::subnet_env::{read_previous, SubnetEnv};
+use crate::counters::DropCounters;
 use crate::fib;
 use crate::host::{HostError, Netlink, Underlay};
 use crate::sys::socket::UnderlaySocket;
@@ -97,11 +98,13 @@ pub struct Start<'a> {
     pub telemetry: Arc<crate::telemetry::State>,
 }
 
-/// One device as it runs: its layout, the peer list its thread reads, its engine's figures.
+/// One device as it runs: its layout, the peer list its thread reads, its engine's figures
+/// and its data path's drops.
 struct Running {
     layout: Layout,
     specs: SharedSpecs,
     stats: Arc<Stats>,
+    drops: Arc<DropCounters>,
     _worker: Worker,
 }
 
@@ -216,17 +219,20 @@ async fn start_device(
     let engine = Engine::new(id.clone());
     let stats = engine.stats.clone();
     let specs = SharedSpecs::default();
+    let drops = Arc::new(DropCounters::default());
     let worker = Worker::start(Parts {
         engine,
         tun,
         sock,
         peers: specs.clone(),
+        drops: drops.clone(),
     })
     .map_err(io)?;
     Ok(Running {
         layout,
         specs,
         stats,
+        drops,
         _worker: worker,
     })
 }
@@ -296,9 +302,13 @@ fn control(
 
 /// The node is ready: its backend, its devices' figures on `/metrics`.
 fn publish_telemetry(t: &crate::telemetry::State, devices: &[Running]) {
-    let figures: Vec<(&'static str, Arc<Stats>)> = devices
+    let figures: Vec<metrics::Figures> = devices
         .iter()
-        .map(|d| (d.layout.name, d.stats.clone()))
+        .map(|d| metrics::Figures {
+            device: d.layout.name,
+            stats: d.stats.clone(),
+            drops: d.drops.clone(),
+        })
         .collect();
     let _ = t.backend.set("wireguard");
     let _ = t.extra.set(crate::telemetry::Extra(Box::new(move || {
