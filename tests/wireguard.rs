@@ -62,18 +62,25 @@ fn both_ways(a: &Netns, a_ip: std::net::Ipv4Addr, b: &Netns, b_ip: std::net::Ipv
     assert_eq!(sent, got, "{mb} MB to {a_ip} byte-identical");
 }
 
+/// Two hosts, etcd with the wireguard network config, and an overlayd on each with its
+/// own key file under `keys` (`h1/wgkey`, `h2/wgkey`).
+fn two_nodes(keys: &TempDir) -> (Topology, Etcd, Overlayd, Overlayd) {
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    put_config(&etcd, "");
+    let d1 = spawn(topo.host(0), &etcd, &keys.path().join("h1/wgkey"), &[]);
+    let d2 = spawn(topo.host(1), &etcd, &keys.path().join("h2/wgkey"), &[]);
+    (topo, etcd, d1, d2)
+}
+
 #[test]
 fn netns_wireguard_two_overlayd_nodes() {
     if skip_unless_root("netns_wireguard_two_overlayd_nodes") {
         return;
     }
-    let mut topo = Topology::new(2);
-    let etcd = topo.start_etcd();
-    put_config(&etcd, "");
     let keys = TempDir::new("wgkeys");
+    let (topo, etcd, mut d1, mut d2) = two_nodes(&keys);
     let k1: PathBuf = keys.path().join("h1/wgkey");
-    let mut d1 = spawn(topo.host(0), &etcd, &k1, &[]);
-    let mut d2 = spawn(topo.host(1), &etcd, &keys.path().join("h2/wgkey"), &[]);
     let s1 = d1.wait_ready(READY);
     let s2 = d2.wait_ready(READY);
     let env = d1.subnet_env().unwrap();
@@ -144,12 +151,8 @@ fn netns_wireguard_reacquired_subnet_moves_the_device() {
     if skip_unless_root("netns_wireguard_reacquired_subnet_moves_the_device") {
         return;
     }
-    let mut topo = Topology::new(2);
-    let etcd = topo.start_etcd();
-    put_config(&etcd, "");
     let keys = TempDir::new("wgkeys");
-    let mut d1 = spawn(topo.host(0), &etcd, &keys.path().join("h1/wgkey"), &[]);
-    let mut d2 = spawn(topo.host(1), &etcd, &keys.path().join("h2/wgkey"), &[]);
+    let (topo, etcd, mut d1, mut d2) = two_nodes(&keys);
     let (s1, s2) = (d1.wait_ready(READY), d2.wait_ready(READY));
     let (old, b_ip) = (subnet_of(&s1), overlay_ip_of(&s2));
     assert!(
