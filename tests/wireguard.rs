@@ -1,10 +1,12 @@
 //! The wireguard backend end to end: overlayd nodes configured as flannel's
 //! `"Backend":{"Type":"wireguard"}` in network namespaces, pinging and moving hashed TCP
 //! streams both ways over WireGuard, with the engine's figures on `/metrics` (handshakes,
-//! bytes, a garbage datagram counted as a drop); a dual-stack mesh of three nodes on
-//! `flannel-wg` and `flannel-wg-v6` and a late joiner; `Mode: "ipv6"` (one device, both
-//! families over the IPv6 underlay); an IPv6-only network; `--backend` against the config; then a node set up as flanneld's
-//! wireguard backend sets it up (wireguard-go + `wg`), talking to an overlayd node.
+//! bytes, a garbage datagram counted as a drop, the data path's drop reasons); a node whose
+//! lease is deleted while its subnet is taken moving to a new one; a dual-stack mesh of
+//! three nodes on `flannel-wg` and `flannel-wg-v6` and a late joiner; `Mode: "ipv6"` (one
+//! device, both families over the IPv6 underlay); an IPv6-only network; `--backend` against
+//! the config; then a node set up as flanneld's wireguard backend sets it up (wireguard-go
+//! + `wg`), talking to an overlayd node.
 
 mod common;
 
@@ -60,18 +62,25 @@ fn both_ways(a: &Netns, a_ip: std::net::Ipv4Addr, b: &Netns, b_ip: std::net::Ipv
     assert_eq!(sent, got, "{mb} MB to {a_ip} byte-identical");
 }
 
+/// Two hosts, etcd with the wireguard network config, and an overlayd on each with its
+/// own key file under `keys` (`h1/wgkey`, `h2/wgkey`).
+fn two_nodes(keys: &TempDir) -> (Topology, Etcd, Overlayd, Overlayd) {
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    put_config(&etcd, "");
+    let d1 = spawn(topo.host(0), &etcd, &keys.path().join("h1/wgkey"), &[]);
+    let d2 = spawn(topo.host(1), &etcd, &keys.path().join("h2/wgkey"), &[]);
+    (topo, etcd, d1, d2)
+}
+
 #[test]
 fn netns_wireguard_two_overlayd_nodes() {
     if skip_unless_root("netns_wireguard_two_overlayd_nodes") {
         return;
     }
-    let mut topo = Topology::new(2);
-    let etcd = topo.start_etcd();
-    put_config(&etcd, "");
     let keys = TempDir::new("wgkeys");
+    let (topo, etcd, mut d1, mut d2) = two_nodes(&keys);
     let k1: PathBuf = keys.path().join("h1/wgkey");
-    let mut d1 = spawn(topo.host(0), &etcd, &k1, &[]);
-    let mut d2 = spawn(topo.host(1), &etcd, &keys.path().join("h2/wgkey"), &[]);
     let s1 = d1.wait_ready(READY);
     let s2 = d2.wait_ready(READY);
     let env = d1.subnet_env().unwrap();
@@ -134,6 +143,69 @@ fn netns_wireguard_two_overlayd_nodes() {
     assert!(stopped.contains("not_allowed=0,"), "{stopped}");
 }
 
+/// A node's lease deleted while another key takes its subnet: the control loop re-acquires
+/// a new subnet, and the device's address and route, subnet.env and the peer's AllowedIPs
+/// follow it without a restart (pings both ways over the new subnet).
+#[test]
+fn netns_wireguard_reacquired_subnet_moves_the_device() {
+    if skip_unless_root("netns_wireguard_reacquired_subnet_moves_the_device") {
+        return;
+    }
+    let keys = TempDir::new("wgkeys");
+    let (topo, etcd, mut d1, mut d2) = two_nodes(&keys);
+    let (s1, s2) = (d1.wait_ready(READY), d2.wait_ready(READY));
+    let (old, b_ip) = (subnet_of(&s1), overlay_ip_of(&s2));
+    assert!(
+        ping_until(topo.host(0), b_ip, Duration::from_secs(20)),
+        "ping {b_ip} before"
+    );
+    // Half of our subnet under another key (a reservation of another node) makes it taken
+    // for the re-acquisition; then our own lease goes.
+    let half = format!("{ETCD_PREFIX}/subnets/{}-25", old.network());
+    etcd.put(&half, r#"{"PublicIP":"192.0.2.99"}"#);
+    assert_eq!(etcd.del(&lease_key_of(old)), 1, "our lease deleted");
+    let mut moved = None;
+    wait_until(Duration::from_secs(15), || {
+        moved = d1.subnet_env().map(|e| e["FLANNEL_SUBNET"].clone());
+        moved.as_ref().is_some_and(|m| subnet_of(m) != old)
+    });
+    let new = moved
+        .filter(|m| subnet_of(m) != old)
+        .unwrap_or_else(|| panic!("subnet.env still names {old}:\n{}", tail(d1.log_path(), 30)));
+    let (sn, a_ip) = (subnet_of(&new), overlay_ip_of(&new));
+    assert!(
+        etcd.get(&lease_key_of(sn)).is_some(),
+        "lease for {sn} in etcd"
+    );
+    let shown = topo.host(0).ip("-4 addr show dev flannel-wg");
+    assert!(
+        shown.contains(&format!("{a_ip}/32")),
+        "{a_ip} on flannel-wg:\n{shown}"
+    );
+    let route = topo.host(0).ip(&format!("-4 route show {OVERLAY_NETWORK}"));
+    assert!(
+        route.contains(&format!("src {a_ip}")),
+        "route from {a_ip}: {route}"
+    );
+    assert!(
+        ping_until(topo.host(0), b_ip, Duration::from_secs(10)),
+        "ping {b_ip} from {sn}"
+    );
+    assert!(
+        ping_until(topo.host(1), a_ip, Duration::from_secs(10)),
+        "ping {a_ip}"
+    );
+    assert!(
+        d1.metric("overlayd_lease_reacquisitions_total", &[]) >= 1.0,
+        "{}",
+        d1.scrape()
+    );
+    for d in [&mut d1, &mut d2] {
+        let st = d.terminate(Duration::from_secs(5));
+        assert!(st.is_some_and(|s| s.success()), "clean exit on SIGTERM");
+    }
+}
+
 /// `--backend` against the network config in etcd, both ways round: the daemon exits
 /// with the one error naming both backends, before taking a lease.
 #[test]
@@ -187,6 +259,21 @@ fn engine_figures(d: &Overlayd, from: &Netns, to: Ipv4Addr) {
         d.metric("overlayd_wireguard_dropped_total", &bad_mac) > before
     });
     assert!(raised, "garbage not counted as bad_mac:\n{}", d.scrape());
+    data_path_drops_exported(&d.scrape());
+}
+
+/// The data path's own drop reasons (device and socket side) are series of the same
+/// family as the engine's, one per reason name.
+fn data_path_drops_exported(text: &str) {
+    for reason in ["truncated", "io_error", "too_big", "bad_inner", "no_route"] {
+        let label = format!("reason=\"{reason}\"");
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("overlayd_wireguard_dropped_total{"))
+            .filter(|l| l.contains("device=\"flannel-wg\"") && l.contains(&label))
+            .count();
+        assert_eq!(series, 1, "one {label} series on /metrics:\n{text}");
+    }
 }
 
 /// Pings `to` (an overlay address of either family) from `from`, or fails naming both.

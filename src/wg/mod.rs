@@ -25,12 +25,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::control::config::NetworkConfig;
 use crate::control::etcd::{Acquired, ControlLoop, LeaseSink, Registry, RemoteLease};
-use crate::control::lease::LeaseAttrs;
+use crate::control::lease::{LeaseAttrs, SubnetKey};
 use crate::control::subnet_env::{read_previous, SubnetEnv};
+use crate::counters::DropCounters;
 use crate::fib;
 use crate::host::{HostError, Netlink, Underlay};
 use crate::sys::socket::UnderlaySocket;
@@ -97,11 +98,13 @@ pub struct Start<'a> {
     pub telemetry: Arc<crate::telemetry::State>,
 }
 
-/// One device as it runs: its layout, the peer list its thread reads, its engine's figures.
+/// One device as it runs: its layout, the peer list its thread reads, its engine's figures
+/// and its data path's drops.
 struct Running {
     layout: Layout,
     specs: SharedSpecs,
     stats: Arc<Stats>,
+    drops: Arc<DropCounters>,
     _worker: Worker,
 }
 
@@ -140,22 +143,27 @@ pub async fn serve(s: Start<'_>, stop: &crate::lifecycle::Stop) -> Result<(), Wg
     )
     .await?;
     firewall.ensure().await;
-    let env = SubnetEnv::for_lease(cfg, acquired.key(), mtu, s.ip_masq);
-    env.write_atomic(&s.subnet_file)
-        .map_err(|source| WgError::SubnetFile {
-            path: s.subnet_file.display().to_string(),
-            source,
-        })?;
-    let control_task = tokio::spawn(control(&s, attrs, acquired, &devices).run());
+    write_subnet_env(&s, acquired.key(), mtu)?;
+    let (control_loop, mut subnet_rx) = control(&s, attrs, acquired, &devices);
+    let control_task = tokio::spawn(control_loop.run());
     publish_telemetry(&s.telemetry, &devices);
     stop.serving();
     crate::systemd::ready();
     let names: Vec<&str> = devices.iter().map(|d| d.layout.name).collect();
     info!(devices = ?names, mtu, subnet_file = %s.subnet_file.display(), "ready (wireguard)");
     let mut check = tokio::time::interval(Duration::from_secs(2));
+    let mut control_open = true;
     loop {
         tokio::select! {
             sig = stop.requested() => { info!("{sig}: stopping"); break; }
+            changed = subnet_rx.changed(), if control_open => {
+                // An error: the control task ended.
+                control_open = changed.is_ok();
+                if control_open {
+                    let held = *subnet_rx.borrow_and_update();
+                    moved(&s, &devices, held, mtu, &mut firewall).await;
+                }
+            }
             _ = check.tick() => { firewall.ensure().await; }
         }
     }
@@ -207,7 +215,7 @@ async fn start_device(
     if let Err(e) = crate::datapath::enable_offloads(&mut dev) {
         tracing::warn!(device = layout.name, error = %e, "the kernel refused TUN offloads; packets are handled one by one");
     }
-    configure(s, &layout, acquired, mtu).await?;
+    configure(s, &layout, acquired.key(), mtu).await?;
     let sock = Arc::new(UnderlaySocket::udp(bind, crate::backend::SOCKET_BUFFER).map_err(io)?);
     let tun = dev
         .queues
@@ -216,37 +224,36 @@ async fn start_device(
     let engine = Engine::new(id.clone());
     let stats = engine.stats.clone();
     let specs = SharedSpecs::default();
+    let drops = Arc::new(DropCounters::default());
     let worker = Worker::start(Parts {
         engine,
         tun,
         sock,
         peers: specs.clone(),
+        drops: drops.clone(),
     })
     .map_err(io)?;
     Ok(Running {
         layout,
         specs,
         stats,
+        drops,
         _worker: worker,
     })
 }
 
 /// The device's address and route for each family it carries, as flanneld's `Configure`
-/// and `ConfigureV6` give them; its MTU.
-async fn configure(
-    s: &Start<'_>,
-    l: &Layout,
-    acquired: &Acquired,
-    mtu: u32,
-) -> Result<(), HostError> {
-    match l.v4 {
-        true => {
-            s.nl.configure_overlay(l.name, acquired.subnet.network(), mtu, s.cfg.network)
+/// and `ConfigureV6` give them, for the subnets of `held`; its MTU. Idempotent: also the
+/// move to a re-acquired subnet ([`moved`]).
+async fn configure(s: &Start<'_>, l: &Layout, held: SubnetKey, mtu: u32) -> Result<(), HostError> {
+    match (l.v4, held.ipv4) {
+        (true, Some(sn)) => {
+            s.nl.configure_overlay(l.name, sn.network(), mtu, s.cfg.network)
                 .await?
         }
-        false => s.nl.link_up(l.name, mtu).await?,
+        _ => s.nl.link_up(l.name, mtu).await?,
     };
-    let v6 = s.cfg.ipv6.as_ref().zip(acquired.ipv6_subnet);
+    let v6 = s.cfg.ipv6.as_ref().zip(held.ipv6);
     if let (true, Some((c6, sn6))) = (l.v6, v6) {
         s.nl.configure_overlay6(l.name, sn6.network(), c6.network, None)
             .await?;
@@ -254,19 +261,59 @@ async fn configure(
     Ok(())
 }
 
-/// The control loop over the leases, handing them to a [`WgSink`] for `devices`.
+/// subnet.env (written atomically) for the lease we hold: at start and after a move.
+fn write_subnet_env(s: &Start<'_>, held: SubnetKey, mtu: u32) -> Result<(), WgError> {
+    SubnetEnv::for_lease(&s.cfg, held, mtu, s.ip_masq)
+        .write_atomic(&s.subnet_file)
+        .map_err(|source| WgError::SubnetFile {
+            path: s.subnet_file.display().to_string(),
+            source,
+        })
+}
+
+/// Our lease was re-acquired (the control loop does that when it was deleted or expired,
+/// on another subnet when ours was taken meanwhile): every device's addresses and routes,
+/// the firewall rules and subnet.env follow, as `daemon::running` moves the other
+/// backends' device. The data path threads need nothing: the peers' AllowedIPs come
+/// from the leases, our own subnet is not among them.
+async fn moved(
+    s: &Start<'_>,
+    devices: &[Running],
+    held: SubnetKey,
+    mtu: u32,
+    firewall: &mut crate::masq::Firewall,
+) {
+    let reacquired = &s.telemetry.control.reacquisitions;
+    reacquired.fetch_add(1, Ordering::Relaxed);
+    for d in devices {
+        if let Err(e) = configure(s, &d.layout, held, mtu).await {
+            error!(device = d.layout.name, error = %e, "cannot move the device to the re-acquired subnet");
+        }
+    }
+    if let Some(sn) = held.ipv4 {
+        firewall.set_subnet(sn);
+    }
+    firewall.ensure().await;
+    match write_subnet_env(s, held, mtu) {
+        Ok(()) => info!(subnet = %held, "devices and subnet.env follow the re-acquired lease"),
+        Err(e) => error!(error = %e, "cannot rewrite the subnet file"),
+    }
+}
+
+/// The control loop over the leases, handing them to a [`WgSink`] for `devices`, and the
+/// receiver of our subnet whenever it re-acquires our lease.
 fn control(
     s: &Start<'_>,
     attrs: LeaseAttrs,
     acquired: Acquired,
     devices: &[Running],
-) -> ControlLoop {
+) -> (ControlLoop, tokio::sync::watch::Receiver<SubnetKey>) {
     let cfg = &s.cfg;
     let (fib, fib6) = (fib::shared(), fib::shared6());
     let _ = s.telemetry.fib.set(fib.clone());
     let _ = s.telemetry.fib6.set(fib6.clone());
-    let (subnet_tx, _subnet_rx) = tokio::sync::watch::channel(acquired.key());
-    ControlLoop {
+    let (subnet_tx, subnet_rx) = tokio::sync::watch::channel(acquired.key());
+    let control = ControlLoop {
         registry: s.registry.clone(),
         cfg: cfg.clone(),
         attrs,
@@ -291,14 +338,19 @@ fn control(
         subnet_tx,
         keepalive_every: s.keepalive_every,
         stats: s.telemetry.control.clone(),
-    }
+    };
+    (control, subnet_rx)
 }
 
 /// The node is ready: its backend, its devices' figures on `/metrics`.
 fn publish_telemetry(t: &crate::telemetry::State, devices: &[Running]) {
-    let figures: Vec<(&'static str, Arc<Stats>)> = devices
+    let figures: Vec<metrics::Figures> = devices
         .iter()
-        .map(|d| (d.layout.name, d.stats.clone()))
+        .map(|d| metrics::Figures {
+            device: d.layout.name,
+            stats: d.stats.clone(),
+            drops: d.drops.clone(),
+        })
         .collect();
     let _ = t.backend.set("wireguard");
     let _ = t.extra.set(crate::telemetry::Extra(Box::new(move || {

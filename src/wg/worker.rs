@@ -61,6 +61,9 @@ pub struct Parts {
     pub sock: Arc<UnderlaySocket>,
     /// The device's peers, as the control loop last computed them.
     pub peers: SharedSpecs,
+    /// The data path's own drops (device and socket side; the protocol's are the
+    /// engine's), read by the metrics exporter on each scrape.
+    pub drops: Arc<DropCounters>,
 }
 
 impl Worker {
@@ -144,11 +147,11 @@ fn run(p: Parts, stop: &AtomicBool) {
         tun,
         sock,
         peers: shared,
+        drops,
     } = p;
     let qs = [Arc::new(tun)];
     let mut b = Buffers::new();
     let mut delivery = Delivery::new(true);
-    let drops = DropCounters::default();
     let mut gso = Gso {
         on: sock.probe_gso(),
         off: Fallback::default(),
@@ -191,7 +194,7 @@ fn run(p: Parts, stop: &AtomicBool) {
 }
 
 /// The data path's own drops (device and socket side; the protocol's are the engine's),
-/// logged when the thread stops.
+/// logged when the thread stops (they are on `/metrics` meanwhile).
 fn log_drops(drops: &DropCounters) {
     let counted: Vec<String> = DropReason::ALL
         .iter()
