@@ -201,10 +201,11 @@ impl Publisher {
                 .members_unleased
                 .swap(unleased.len() as u64, Ordering::Relaxed);
             let m = Members::new(ips);
-            if **net.members.load() != m || before != unleased.len() as u64 {
+            let moved = **net.members.load() != m;
+            if moved || before != unleased.len() as u64 {
                 info!(network = %name, members = ?m.ips(), without_lease = ?unleased, "L2 members");
             }
-            if **net.members.load() != m {
+            if moved {
                 self.shared.set_members(i as u16, m);
             }
         }
