@@ -410,4 +410,35 @@ mod tests {
             Ok(Some((IpAddr::V4(ip), v.vtep_mac)))
         );
     }
+
+    #[test]
+    fn wireguard_is_its_own_backend() {
+        let mut cfg = BackendConfig::new(BackendKind::Wireguard);
+        let b = Backend::new(&cfg, Ipv4Addr::new(192, 168, 77, 1)).with_public_key([9; 32]);
+        assert_eq!(b.encap, None, "wireguard seals packets itself");
+        assert_eq!(b.encap6("fd00::1".parse().unwrap()), None);
+        assert_eq!(b.device_name(), "flannel-wg");
+        assert_eq!((b.inner_mtu(1500), b.inner_mtu_v6(1500)), (1420, 1420));
+        assert_eq!(
+            (b.port, b.port_v6),
+            (51820, 51821),
+            "separate: ListenPortV6"
+        );
+        let ip = Ipv4Addr::new(192, 168, 77, 2);
+        let attrs = b.lease_attrs(ip).with_ipv6(
+            "fd00::2".parse().unwrap(),
+            b.lease_v6_data("fd00::2".parse().unwrap()),
+        );
+        let (d4, d6) = (attrs.wireguard_data(false), attrs.wireguard_data(true));
+        assert_eq!((d4.unwrap().port, d6.unwrap().port), (51820, 51821));
+        assert_eq!(b.peer_mac(&attrs), Ok(Some([0; 6])));
+        assert_eq!(b.peer_v6(&attrs), Ok(Some([0; 6])));
+        for other in BackendKind::ALL.map(backend) {
+            assert_eq!(b.peer_mac(&other.lease_attrs(ip)), Ok(None));
+            assert_eq!(other.peer_mac(&attrs), Ok(None), "{:?}", other.kind);
+        }
+        cfg.wireguard.as_mut().unwrap().mode = WireguardMode::Ipv6;
+        let b = Backend::new(&cfg, Ipv4Addr::new(192, 168, 77, 1));
+        assert_eq!(b.port_v6, 51820, "one device: ListenPort for both");
+    }
 }

@@ -818,4 +818,88 @@ mod tests {
         let e = config_from_flags(&args(&["--l2", "a,a"])).unwrap_err();
         assert!(e.to_string().contains("attached twice"), "{e}");
     }
+
+    const WG_DUAL: &str = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/56","Backend":{"Type":"wireguard"}}"#;
+
+    /// `dual_host` with a wireguard key whose secret is all 7s.
+    fn wg_host() -> HostFacts {
+        HostFacts {
+            wireguard: Some(Identity {
+                secret: boringtun::x25519::StaticSecret::from([7; 32]),
+                psk: None,
+                keepalive: None,
+            }),
+            ..dual_host()
+        }
+    }
+
+    #[test]
+    fn wireguard_plans_its_devices_mtu_and_lease() {
+        let h = wg_host();
+        let p = plan(&[], WG_DUAL, &h).unwrap();
+        assert_eq!(p.devices(), ["flannel-wg", "flannel-wg-v6"]);
+        assert_eq!(p.device(), "flannel-wg");
+        assert_eq!(
+            (p.mtu, p.ipv6_mtu),
+            (1420, None),
+            "underlay less 80, both families"
+        );
+        assert!(!p.tunnel.wanted, "wireguard sends its own datagrams");
+        assert!(p.notices.is_empty(), "{:?}", p.notices);
+        let PlaneKind::Wireguard { layouts, .. } = &p.plane else {
+            panic!("wireguard plane")
+        };
+        assert_eq!(layouts.len(), 2);
+        let k = crate::control::lease::encode_key(&h.wireguard.as_ref().unwrap().public_key());
+        assert_eq!(
+            p.attrs.to_json(),
+            format!(
+                r#"{{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::1","BackendType":"wireguard","BackendData":{{"Port":51820,"PublicKey":"{k}"}},"BackendV6Data":{{"Port":51821,"PublicKey":"{k}"}}}}"#
+            )
+        );
+        // A configured MTU is the link's: wireguard's overhead comes off it too.
+        let mtu1400 = WG_DUAL.replace(r#""wireguard""#, r#""wireguard","MTU":1400"#);
+        assert_eq!(plan(&[], &mtu1400, &h).unwrap().mtu, 1320);
+    }
+
+    #[test]
+    fn wireguard_lease_per_mode_and_family() {
+        let h = wg_host();
+        let key = h.wireguard.as_ref().unwrap().public_key();
+        let auto = WG_DUAL.replace(r#""wireguard""#, r#""wireguard","Mode":"auto""#);
+        let p = plan(&[], &auto, &h).unwrap();
+        assert_eq!(p.devices(), ["flannel-wg"]);
+        assert_eq!(
+            p.attrs.wireguard_data(true).unwrap().port,
+            51820,
+            "one device's port"
+        );
+        let v4 = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#;
+        let a = plan(&[], v4, &h).unwrap().attrs;
+        assert_eq!((a.public_ipv6, a.backend_v6_data), (None, None));
+        let v6 = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/56","Backend":{"Type":"wireguard"}}"#;
+        let p = plan(&[], v6, &h).unwrap();
+        assert_eq!(p.devices(), ["flannel-wg-v6"]);
+        assert_eq!(
+            (p.attrs.public_ip, &p.attrs.backend_data),
+            (Ipv4Addr::UNSPECIFIED, &None)
+        );
+        assert_eq!(p.attrs.wireguard_data(true).unwrap().public_key, key);
+    }
+
+    #[test]
+    fn wireguard_refusals_name_the_problem() {
+        let e = plan(&["--l2", "tenant-a"], WG_DUAL, &wg_host()).unwrap_err();
+        assert!(matches!(e, DaemonError::WireguardL2 { .. }), "{e}");
+        let ipv6_mode = WG_DUAL.replace(r#""wireguard""#, r#""wireguard","Mode":"ipv6""#);
+        let v4_host = HostFacts {
+            underlay: host(Some("192.0.2.1"), None, 1500).underlay,
+            local_ipv6: Vec::new(),
+            ..wg_host()
+        };
+        let e = plan(&["--public-ipv6", "2001:db8::9"], &ipv6_mode, &v4_host).unwrap_err();
+        assert!(e.to_string().contains("Mode \"ipv6\" needs"), "{e}");
+        let e = plan(&[], WG_DUAL, &dual_host()).unwrap_err();
+        assert!(e.to_string().contains("key file"), "{e}");
+    }
 }
