@@ -307,9 +307,9 @@ async fn host_facts(
         _ => Vec::new(),
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let wireguard = match cfg.backend.kind {
-        BackendKind::Wireguard => Some(crate::wg::identity(cfg)?),
-        _ => None,
+    let wireguard = match plan::needs_key(cfg) {
+        true => Some(crate::wg::identity(cfg)?),
+        false => None,
     };
     Ok(HostFacts {
         underlay,

@@ -143,6 +143,41 @@ fn netns_wireguard_two_overlayd_nodes() {
     assert!(stopped.contains("not_allowed=0,"), "{stopped}");
 }
 
+/// The route to the network through `flannel-wg` deleted under a running node (host
+/// network scripts do that): the 2 s check restores it, counts the repair, and pings go
+/// over it again, as with the other backends.
+#[test]
+fn netns_wireguard_deleted_route_is_restored() {
+    if skip_unless_root("netns_wireguard_deleted_route_is_restored") {
+        return;
+    }
+    let keys = TempDir::new("wgkeys");
+    let (topo, _etcd, mut d1, mut d2) = two_nodes(&keys);
+    let b_ip = overlay_ip_of(&d2.wait_ready(READY));
+    d1.wait_ready(READY);
+    assert!(
+        ping_until(topo.host(0), b_ip, Duration::from_secs(20)),
+        "ping {b_ip} before"
+    );
+    let repairs = d1.metric("overlayd_device_repairs_total", &[]);
+    let show = format!("-4 route show {OVERLAY_NETWORK} dev flannel-wg");
+    topo.host(0)
+        .ip(&format!("-4 route del {OVERLAY_NETWORK} dev flannel-wg"));
+    assert_eq!(topo.host(0).ip(&show).trim(), "", "route deleted");
+    let back = wait_until(Duration::from_secs(10), || {
+        !topo.host(0).ip(&show).trim().is_empty()
+    });
+    assert!(back, "route not restored:\n{}", tail(d1.log_path(), 20));
+    assert!(
+        ping_until(topo.host(0), b_ip, Duration::from_secs(10)),
+        "ping {b_ip} after"
+    );
+    assert!(
+        d1.metric("overlayd_device_repairs_total", &[]) > repairs,
+        "the repair counted"
+    );
+}
+
 /// A node's lease deleted while another key takes its subnet: the control loop re-acquires
 /// a new subnet, and the device's address and route, subnet.env and the peer's AllowedIPs
 /// follow it without a restart (pings both ways over the new subnet).

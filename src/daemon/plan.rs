@@ -51,6 +51,11 @@ pub fn config_from_flags(args: &Args) -> Result<Option<NetworkConfig>, DaemonErr
         .map_err(DaemonError::FlagConfig)
 }
 
+/// Whether the node's wireguard key (a host fact) must be read for `cfg`.
+pub fn needs_key(cfg: &NetworkConfig) -> bool {
+    cfg.backend.kind == BackendKind::Wireguard
+}
+
 /// The address this node publishes as `PublicIP`: `--public-ip`, else the underlay's.
 pub fn public_ip(args: &Args, underlay: &Underlay) -> Ipv4Addr {
     args.public_ip.unwrap_or(underlay.addr)
