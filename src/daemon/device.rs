@@ -198,4 +198,25 @@ mod tests {
         assert_eq!(moved.v6.unwrap(), (v6_sn, setup.v6.unwrap().1));
         assert_eq!(moved.v4, setup.v4);
     }
+
+    #[test]
+    fn a_device_of_one_family_takes_only_its_part() {
+        let setup = DeviceSetup {
+            mtu: 1420,
+            ipv6_mtu: None,
+            v4: Some((
+                "10.1.2.0/24".parse().unwrap(),
+                "10.1.0.0/16".parse().unwrap(),
+            )),
+            v6: Some((
+                "fd00:1:0:2::/64".parse().unwrap(),
+                "fd00:1::/56".parse().unwrap(),
+            )),
+        };
+        let v4 = setup.only(true, false);
+        assert_eq!((v4.v4, v4.v6, v4.mtu), (setup.v4, None, 1420));
+        let v6 = setup.only(false, true);
+        assert_eq!((v6.v4, v6.v6), (None, setup.v6));
+        assert_eq!(setup.only(true, true), setup);
+    }
 }
