@@ -62,24 +62,31 @@ fn both_ways(a: &Netns, a_ip: std::net::Ipv4Addr, b: &Netns, b_ip: std::net::Ipv
     assert_eq!(sent, got, "{mb} MB to {a_ip} byte-identical");
 }
 
+/// Two nodes, as test `test` starts them.
+type TwoNodes = (TempDir, Topology, Etcd, Overlayd, Overlayd);
+
 /// Two hosts, etcd with the wireguard network config, and an overlayd on each with its
-/// own key file under `keys` (`h1/wgkey`, `h2/wgkey`).
-fn two_nodes(keys: &TempDir) -> (Topology, Etcd, Overlayd, Overlayd) {
+/// own key file under the returned directory (`h1/wgkey`, `h2/wgkey`); `None` when `test`
+/// is skipped (not root).
+fn two_nodes(test: &str) -> Option<TwoNodes> {
+    if skip_unless_root(test) {
+        return None;
+    }
+    let keys = TempDir::new("wgkeys");
     let mut topo = Topology::new(2);
     let etcd = topo.start_etcd();
     put_config(&etcd, "");
     let d1 = spawn(topo.host(0), &etcd, &keys.path().join("h1/wgkey"), &[]);
     let d2 = spawn(topo.host(1), &etcd, &keys.path().join("h2/wgkey"), &[]);
-    (topo, etcd, d1, d2)
+    Some((keys, topo, etcd, d1, d2))
 }
 
 #[test]
 fn netns_wireguard_two_overlayd_nodes() {
-    if skip_unless_root("netns_wireguard_two_overlayd_nodes") {
+    let Some((keys, topo, etcd, mut d1, mut d2)) = two_nodes("netns_wireguard_two_overlayd_nodes")
+    else {
         return;
-    }
-    let keys = TempDir::new("wgkeys");
-    let (topo, etcd, mut d1, mut d2) = two_nodes(&keys);
+    };
     let k1: PathBuf = keys.path().join("h1/wgkey");
     let s1 = d1.wait_ready(READY);
     let s2 = d2.wait_ready(READY);
@@ -148,11 +155,11 @@ fn netns_wireguard_two_overlayd_nodes() {
 /// over it again, as with the other backends.
 #[test]
 fn netns_wireguard_deleted_route_is_restored() {
-    if skip_unless_root("netns_wireguard_deleted_route_is_restored") {
+    let Some((_keys, topo, _etcd, mut d1, mut d2)) =
+        two_nodes("netns_wireguard_deleted_route_is_restored")
+    else {
         return;
-    }
-    let keys = TempDir::new("wgkeys");
-    let (topo, _etcd, mut d1, mut d2) = two_nodes(&keys);
+    };
     let b_ip = overlay_ip_of(&d2.wait_ready(READY));
     d1.wait_ready(READY);
     assert!(
@@ -183,11 +190,11 @@ fn netns_wireguard_deleted_route_is_restored() {
 /// follow it without a restart (pings both ways over the new subnet).
 #[test]
 fn netns_wireguard_reacquired_subnet_moves_the_device() {
-    if skip_unless_root("netns_wireguard_reacquired_subnet_moves_the_device") {
+    let Some((_keys, topo, etcd, mut d1, mut d2)) =
+        two_nodes("netns_wireguard_reacquired_subnet_moves_the_device")
+    else {
         return;
-    }
-    let keys = TempDir::new("wgkeys");
-    let (topo, etcd, mut d1, mut d2) = two_nodes(&keys);
+    };
     let (s1, s2) = (d1.wait_ready(READY), d2.wait_ready(READY));
     let (old, b_ip) = (subnet_of(&s1), overlay_ip_of(&s2));
     assert!(

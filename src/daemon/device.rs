@@ -165,9 +165,9 @@ impl DeviceSetup {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_reacquired_subnet_moves_each_family_it_names() {
-        let setup = DeviceSetup {
+    /// A dual-stack node's setup: 10.1.2.0/24 of 10.1.0.0/16, fd00:1:0:2::/64 of fd00:1::/56.
+    fn dual() -> DeviceSetup {
+        DeviceSetup {
             mtu: 1450,
             ipv6_mtu: Some(1430),
             v4: Some((
@@ -178,7 +178,12 @@ mod tests {
                 "fd00:1:0:2::/64".parse().unwrap(),
                 "fd00:1::/56".parse().unwrap(),
             )),
-        };
+        }
+    }
+
+    #[test]
+    fn a_reacquired_subnet_moves_each_family_it_names() {
+        let setup = dual();
         let v4_only = SubnetKey {
             ipv4: Some("10.1.7.0/24".parse().unwrap()),
             ipv6: None,
@@ -201,20 +206,9 @@ mod tests {
 
     #[test]
     fn a_device_of_one_family_takes_only_its_part() {
-        let setup = DeviceSetup {
-            mtu: 1420,
-            ipv6_mtu: None,
-            v4: Some((
-                "10.1.2.0/24".parse().unwrap(),
-                "10.1.0.0/16".parse().unwrap(),
-            )),
-            v6: Some((
-                "fd00:1:0:2::/64".parse().unwrap(),
-                "fd00:1::/56".parse().unwrap(),
-            )),
-        };
+        let setup = dual();
         let v4 = setup.only(true, false);
-        assert_eq!((v4.v4, v4.v6, v4.mtu), (setup.v4, None, 1420));
+        assert_eq!((v4.v4, v4.v6, v4.mtu), (setup.v4, None, 1450));
         let v6 = setup.only(false, true);
         assert_eq!((v6.v4, v6.v6), (None, setup.v6));
         assert_eq!(setup.only(true, true), setup);
