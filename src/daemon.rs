@@ -1,13 +1,16 @@
 //! The daemon's lifecycle, as a list of stages (see `serve`): flags, telemetry, the
 //! underlay, etcd and the network config, the start-up plan (`plan`, pure), the host
-//! claimed, the lease, the data plane (`plane`, `device`), firewall and subnet.env, then the
-//! main loop (`running`) keeping the lease and the forwarding table current until
-//! SIGTERM/SIGINT.
+//! claimed, the lease, the data plane (`plane`, `device`; wireguard's: `wg_plane`),
+//! firewall and subnet.env, then the main loop (`running`) keeping the lease and the
+//! forwarding table current until SIGTERM/SIGINT. Every backend goes through the same
+//! stages: they differ only in the plan's `PlaneKind` (devices and data plane) and the
+//! lease sink that keeps its peers.
 
 mod device;
 pub mod plan;
 mod plane;
 mod running;
+mod wg_plane;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,9 +37,10 @@ use crate::l2::{L2Node, L2Options, L2StartError};
 use crate::lifecycle::Stop;
 use crate::masq::Firewall;
 use crate::telemetry;
+use crate::wg::peers::SharedSpecs;
 use device::DeviceSetup;
-use plan::{HostFacts, Notice, Plan};
-use plane::RoutedPlane;
+use plan::{HostFacts, Notice, Plan, PlaneKind};
+use plane::Plane;
 use running::{L2Starting, Running, SubnetFile};
 
 /// Why the daemon could not start or had to stop. Each message names what was wrong.
@@ -50,6 +54,8 @@ pub enum DaemonError {
     Ipv6OnlyNoUnderlay { key: String, iface: String },
     #[error("the network config in etcd at {key} has EnableIPv4 false (IPv6 only), but L2 networks (--l2, --l2-vlan) need an IPv4 underlay; drop them or use a dual-stack config")]
     Ipv6OnlyL2 { key: String },
+    #[error("the network config in etcd at {key} has Backend.Type wireguard, but L2 networks (--l2, --l2-vlan) would travel unencrypted beside it (vxlan, gretap); drop them or use another backend")]
+    WireguardL2 { key: String },
     #[error("the network config enables IPv6 but interface {iface} has no usable global IPv6 address: give --public-ipv6, or --iface an interface (or IPv6 address) that has one")]
     NoIpv6Address { iface: String },
     #[error("--backend {flag} conflicts with the network config in etcd, whose Backend.Type is {etcd}; drop --backend or use --backend {etcd}")]
@@ -189,27 +195,17 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
     let host = host_facts(&nl, underlay, &cfg, &args).await?;
     let plan = Plan::new(&args, &cfg, &host, &registry.config_key())?;
     plan.notices.iter().for_each(Notice::log);
-    if cfg.backend.kind == BackendKind::Wireguard {
-        let start = wireguard(&args, cfg, registry, &nl, &host, &plan, telemetry);
-        return Ok(crate::wg::serve(start, &stop).await?);
-    }
 
-    // One daemon per host and device: refuse before touching the lease or the device.
-    let _instance = crate::lifecycle::claim(&args.run_dir, &plan.device(), &nl)
-        .await
-        .map_err(DaemonError::Instance)?;
+    // One daemon per host and device: refuse before touching the lease or the devices.
+    let mut _instances = Vec::new();
+    for device in plan.devices() {
+        let claim = crate::lifecycle::claim(&args.run_dir, &device, &nl).await;
+        _instances.push(claim.map_err(DaemonError::Instance)?);
+    }
     let (acquired, setup) = lease(&registry, &cfg, &plan, &args).await;
-    let peers = peers(&registry, &cfg, &plan, &acquired).await;
-    let plane = RoutedPlane::open(
-        &plan,
-        setup,
-        &nl,
-        &host.underlay,
-        peers.fib.clone(),
-        peers.fib6.clone(),
-    )
-    .await?;
-    plane.publish(&telemetry, plan.backend.kind.as_str());
+    let (peers, sink) = peers(&registry, &cfg, &plan, &acquired).await;
+    let plane = Plane::open(&plan, setup, &nl, &host.underlay, &peers).await?;
+    plane.publish(&telemetry, plan.backend.kind.as_str(), &peers);
     // From here on a signal is handled by the main loop, which stops in order.
     stop.serving();
     let leases = LeaseHolders {
@@ -228,7 +224,7 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
 
     let (firewall, subnet_file) =
         announce(&args, &plan, &cfg, &acquired, &plane, &telemetry).await?;
-    let (control, subnet_rx) = spawn_control(registry, cfg, &plan, acquired, peers, &telemetry);
+    let (control, subnet_rx) = spawn_control(registry, cfg, &plan, acquired, sink, &telemetry);
     let running = Running {
         nl,
         plane,
@@ -293,7 +289,8 @@ async fn underlay(nl: &Netlink, args: &Args) -> Result<Underlay, DaemonError> {
 }
 
 /// The host's facts the plan needs; the interface's IPv6 addresses are read only when
-/// the config enables IPv6 and `--public-ipv6` is given.
+/// the config enables IPv6 and `--public-ipv6` is given, the wireguard key file only for
+/// a wireguard network.
 async fn host_facts(
     nl: &Netlink,
     underlay: Underlay,
@@ -310,43 +307,60 @@ async fn host_facts(
         _ => Vec::new(),
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let wireguard = match plan::needs_key(cfg) {
+        true => Some(crate::wg::identity(cfg)?),
+        false => None,
+    };
     Ok(HostFacts {
         underlay,
         local_ipv6,
         cores,
+        wireguard,
     })
 }
 
-/// The forwarding tables, filled from the leases listed now (the watch fills them in
-/// otherwise), with the lease → peer cache that keeps them current.
-struct Peers {
-    fib: SharedFib,
-    fib6: SharedFib6,
-    tables: crate::peers::Tables,
+/// The forwarding tables and (wireguard) each device's peer list, filled from the leases
+/// listed now (the watch fills them in otherwise).
+pub struct Peers {
+    pub fib: SharedFib,
+    pub fib6: SharedFib6,
+    /// wireguard: each device's peers, in the order of the plan's layouts.
+    pub specs: Vec<SharedSpecs>,
 }
 
+/// The lease → peer cache that keeps [`Peers`] current: the forwarding tables alone, or
+/// wireguard's sink over them (which keeps the key book and the peer lists too); filled
+/// from the leases listed now.
 async fn peers(
     registry: &Registry,
     cfg: &NetworkConfig,
     plan: &Plan,
     acquired: &Acquired,
-) -> Peers {
+) -> (Peers, Box<dyn LeaseSink>) {
     let (fib, fib6) = (fib::shared(), fib::shared6());
-    let mut tables = crate::peers::Tables::new(
+    let tables = crate::peers::Tables::new(
         plan.backend.clone(),
         plan.underlay6.is_some(),
         cfg.clone(),
         fib.clone(),
         fib6.clone(),
     );
+    let (mut sink, specs): (Box<dyn LeaseSink>, _) = match &plan.plane {
+        PlaneKind::Routed { .. } => (Box::new(tables), Vec::new()),
+        PlaneKind::Wireguard { layouts, .. } => {
+            let sink = crate::wg::Sink::new(tables, fib.clone(), fib6.clone(), layouts);
+            let specs = sink.specs();
+            (Box::new(sink), specs)
+        }
+    };
     match registry.list().await {
         Ok((leases, _)) => {
-            tables.reset(leases);
-            tables.publish(acquired);
+            sink.reset(leases);
+            sink.publish(acquired);
         }
         Err(e) => warn!(error = %e, "cannot list peers yet; the watch will fill them in"),
     }
-    Peers { fib, fib6, tables }
+    (Peers { fib, fib6, specs }, sink)
 }
 
 /// Layer-2 networks, beside the routed overlay, started in the background: an L2 network
@@ -395,7 +409,7 @@ async fn announce(
     plan: &Plan,
     cfg: &NetworkConfig,
     acquired: &Acquired,
-    plane: &RoutedPlane,
+    plane: &Plane,
     t: &telemetry::State,
 ) -> Result<(Firewall, SubnetFile), DaemonError> {
     let mut firewall = Firewall::new(
@@ -416,12 +430,12 @@ async fn announce(
         path: args.subnet_file.clone(),
     };
     subnet_file.write(acquired.key())?;
-    mark_ready(t, acquired, &plan.device(), &subnet_file);
+    mark_ready(t, acquired, plan, &subnet_file);
     Ok((firewall, subnet_file))
 }
 
 /// The lease is held and subnet.env written: ready (for /readyz and systemd).
-fn mark_ready(t: &telemetry::State, acquired: &Acquired, device: &str, file: &SubnetFile) {
+fn mark_ready(t: &telemetry::State, acquired: &Acquired, plan: &Plan, file: &SubnetFile) {
     t.control.lease_held.store(true, Ordering::Relaxed);
     if acquired.lease_id != 0 {
         t.control
@@ -430,7 +444,8 @@ fn mark_ready(t: &telemetry::State, acquired: &Acquired, device: &str, file: &Su
     }
     t.ready.store(true, Ordering::Relaxed);
     crate::systemd::ready();
-    info!(subnet = %acquired.key(), device, subnet_file = %file.path.display(), "ready");
+    let (backend, devices) = (plan.backend.kind.as_str(), plan.devices());
+    info!(subnet = %acquired.key(), ?devices, mtu = plan.mtu, subnet_file = %file.path.display(), "ready ({backend})");
 }
 
 /// Background control: lease keepalive, peers, re-acquisition. Returns its task and the
@@ -440,7 +455,7 @@ fn spawn_control(
     cfg: NetworkConfig,
     plan: &Plan,
     acquired: Acquired,
-    peers: Peers,
+    sink: Box<dyn LeaseSink>,
     t: &telemetry::State,
 ) -> (JoinHandle<()>, watch::Receiver<SubnetKey>) {
     let (subnet_tx, subnet_rx) = watch::channel(acquired.key());
@@ -449,43 +464,12 @@ fn spawn_control(
         cfg,
         attrs: plan.attrs.clone(),
         acquired,
-        sink: Box::new(peers.tables),
+        sink,
         subnet_tx,
         keepalive_every: plan.keepalive_every,
         stats: t.control.clone(),
     };
     (tokio::spawn(control.run()), subnet_rx)
-}
-
-/// What a wireguard node starts from: it runs its own data path and main loop
-/// ([`crate::wg::serve`]) over the same lease, control loop and firewall as the others.
-fn wireguard<'a>(
-    args: &Args,
-    cfg: NetworkConfig,
-    registry: Registry,
-    nl: &'a Netlink,
-    host: &'a HostFacts,
-    plan: &Plan,
-    telemetry: Arc<telemetry::State>,
-) -> crate::wg::Start<'a> {
-    crate::wg::Start {
-        cfg,
-        registry,
-        nl,
-        underlay: &host.underlay,
-        public_ip: plan.public_ip,
-        public_ipv6: plan.public_ipv6,
-        underlay4: plan.underlay4,
-        underlay6: plan.underlay6,
-        run_dir: args.run_dir.clone(),
-        subnet_file: args.subnet_file.clone(),
-        ip_masq: plan.masq,
-        fully_random_disable: args.ip_masq_fully_random_disable,
-        forward_rules: plan.forward_rules,
-        iptables_resync: Duration::from_secs(args.iptables_resync),
-        keepalive_every: plan.keepalive_every,
-        telemetry,
-    }
 }
 
 fn unix_now() -> i64 {

@@ -62,24 +62,31 @@ fn both_ways(a: &Netns, a_ip: std::net::Ipv4Addr, b: &Netns, b_ip: std::net::Ipv
     assert_eq!(sent, got, "{mb} MB to {a_ip} byte-identical");
 }
 
+/// Two nodes, as test `test` starts them.
+type TwoNodes = (TempDir, Topology, Etcd, Overlayd, Overlayd);
+
 /// Two hosts, etcd with the wireguard network config, and an overlayd on each with its
-/// own key file under `keys` (`h1/wgkey`, `h2/wgkey`).
-fn two_nodes(keys: &TempDir) -> (Topology, Etcd, Overlayd, Overlayd) {
+/// own key file under the returned directory (`h1/wgkey`, `h2/wgkey`); `None` when `test`
+/// is skipped (not root).
+fn two_nodes(test: &str) -> Option<TwoNodes> {
+    if skip_unless_root(test) {
+        return None;
+    }
+    let keys = TempDir::new("wgkeys");
     let mut topo = Topology::new(2);
     let etcd = topo.start_etcd();
     put_config(&etcd, "");
     let d1 = spawn(topo.host(0), &etcd, &keys.path().join("h1/wgkey"), &[]);
     let d2 = spawn(topo.host(1), &etcd, &keys.path().join("h2/wgkey"), &[]);
-    (topo, etcd, d1, d2)
+    Some((keys, topo, etcd, d1, d2))
 }
 
 #[test]
 fn netns_wireguard_two_overlayd_nodes() {
-    if skip_unless_root("netns_wireguard_two_overlayd_nodes") {
+    let Some((keys, topo, etcd, mut d1, mut d2)) = two_nodes("netns_wireguard_two_overlayd_nodes")
+    else {
         return;
-    }
-    let keys = TempDir::new("wgkeys");
-    let (topo, etcd, mut d1, mut d2) = two_nodes(&keys);
+    };
     let k1: PathBuf = keys.path().join("h1/wgkey");
     let s1 = d1.wait_ready(READY);
     let s2 = d2.wait_ready(READY);
@@ -143,16 +150,51 @@ fn netns_wireguard_two_overlayd_nodes() {
     assert!(stopped.contains("not_allowed=0,"), "{stopped}");
 }
 
+/// The route to the network through `flannel-wg` deleted under a running node (host
+/// network scripts do that): the 2 s check restores it, counts the repair, and pings go
+/// over it again, as with the other backends.
+#[test]
+fn netns_wireguard_deleted_route_is_restored() {
+    let Some((_keys, topo, _etcd, mut d1, mut d2)) =
+        two_nodes("netns_wireguard_deleted_route_is_restored")
+    else {
+        return;
+    };
+    let b_ip = overlay_ip_of(&d2.wait_ready(READY));
+    d1.wait_ready(READY);
+    assert!(
+        ping_until(topo.host(0), b_ip, Duration::from_secs(20)),
+        "ping {b_ip} before"
+    );
+    let repairs = d1.metric("overlayd_device_repairs_total", &[]);
+    let show = format!("-4 route show {OVERLAY_NETWORK} dev flannel-wg");
+    topo.host(0)
+        .ip(&format!("-4 route del {OVERLAY_NETWORK} dev flannel-wg"));
+    assert_eq!(topo.host(0).ip(&show).trim(), "", "route deleted");
+    let back = wait_until(Duration::from_secs(10), || {
+        !topo.host(0).ip(&show).trim().is_empty()
+    });
+    assert!(back, "route not restored:\n{}", tail(d1.log_path(), 20));
+    assert!(
+        ping_until(topo.host(0), b_ip, Duration::from_secs(10)),
+        "ping {b_ip} after"
+    );
+    assert!(
+        d1.metric("overlayd_device_repairs_total", &[]) > repairs,
+        "the repair counted"
+    );
+}
+
 /// A node's lease deleted while another key takes its subnet: the control loop re-acquires
 /// a new subnet, and the device's address and route, subnet.env and the peer's AllowedIPs
 /// follow it without a restart (pings both ways over the new subnet).
 #[test]
 fn netns_wireguard_reacquired_subnet_moves_the_device() {
-    if skip_unless_root("netns_wireguard_reacquired_subnet_moves_the_device") {
+    let Some((_keys, topo, etcd, mut d1, mut d2)) =
+        two_nodes("netns_wireguard_reacquired_subnet_moves_the_device")
+    else {
         return;
-    }
-    let keys = TempDir::new("wgkeys");
-    let (topo, etcd, mut d1, mut d2) = two_nodes(&keys);
+    };
     let (s1, s2) = (d1.wait_ready(READY), d2.wait_ready(READY));
     let (old, b_ip) = (subnet_of(&s1), overlay_ip_of(&s2));
     assert!(

@@ -1,5 +1,6 @@
 //! Backends, one module each: [`udp_tunnel`] (flannel's `udp`), [`vxlan_tunnel`]
-//! (flannel's `vxlan`, RFC 7348) and [`gre_tunnel`] (RFC 2784/2890, overlayd's own). The
+//! (flannel's `vxlan`, RFC 7348), [`gre_tunnel`] (RFC 2784/2890, overlayd's own) and
+//! [`wireguard`] (flannel's `wireguard`, whose protocol is `crate::wg`'s). The
 //! `_tunnel` names keep them apart from the header views `wire::{udp, vxlan, gre}`, so no
 //! import needs renaming. Each holds everything that makes it what it
 //! is: its wire format (encapsulate, checked decapsulate, the L2 header where it carries L2
@@ -13,13 +14,14 @@ pub mod encap;
 pub mod gre_tunnel;
 pub mod udp_tunnel;
 pub mod vxlan_tunnel;
+pub mod wireguard;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 pub use encap::{Decapsulated, Encap};
 
-use crate::control::config::{BackendConfig, BackendKind};
+use crate::control::config::{BackendConfig, BackendKind, WireguardMode};
 use crate::control::lease::{GreData, LeaseAttrs, VxlanData};
 use crate::sys::socket::UnderlaySocket;
 
@@ -76,20 +78,23 @@ impl Sockets {
 }
 
 /// The configured routed backend, with what this node derives from it.
-///
-/// wireguard is not an encapsulation of ours: the daemon hands it to `crate::wg` before it
-/// builds a `Backend`, so its arms here (udp's) are never taken.
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub kind: BackendKind,
-    /// VXLAN VNI or GRE key (unused by udp).
+    /// VXLAN VNI or GRE key (unused by udp and wireguard).
     pub vni: u32,
-    /// UDP port of udp and vxlan (0 for gre).
+    /// UDP port of udp and vxlan, wireguard's `ListenPort` (0 for gre).
     pub port: u16,
+    /// The port of our IPv6 sockets and `BackendV6Data`: `port`, except wireguard's
+    /// `separate` mode, whose IPv6 device listens on `ListenPortV6`.
+    pub port_v6: u16,
     /// Our VTEP MAC (vxlan), stable across restarts.
     pub vtep_mac: [u8; 6],
-    /// The per-packet encapsulation.
-    pub encap: Encap,
+    /// Our public key (wireguard), which our lease publishes: see
+    /// [`Backend::with_public_key`]; all zero until then.
+    pub public_key: [u8; 32],
+    /// The per-packet encapsulation; `None` for wireguard, which seals packets itself.
+    pub encap: Option<Encap>,
 }
 
 impl Backend {
@@ -98,60 +103,78 @@ impl Backend {
         let vni = cfg.vni;
         let vtep_mac = vxlan_tunnel::stable_vtep_mac(public_ip, vni);
         let encap = match cfg.kind {
-            BackendKind::Udp | BackendKind::Wireguard => Encap::Udp,
-            BackendKind::Vxlan => Encap::Vxlan {
+            BackendKind::Udp => Some(Encap::Udp),
+            BackendKind::Vxlan => Some(Encap::Vxlan {
                 vni,
                 local_mac: vtep_mac,
-            },
-            BackendKind::Gre => Encap::Gre {
+            }),
+            BackendKind::Gre => Some(Encap::Gre {
                 key: Some(vni),
                 checksum: cfg.checksum,
                 sequence: cfg.sequence,
-            },
+            }),
+            BackendKind::Wireguard => None,
         };
-        let port = match cfg.kind {
-            BackendKind::Gre => 0,
-            _ => cfg.port,
+        let (port, port_v6) = match (cfg.kind, &cfg.wireguard) {
+            (BackendKind::Gre, _) => (0, 0),
+            (_, Some(wg)) if wg.mode == WireguardMode::Separate => (cfg.port, wg.port_v6),
+            _ => (cfg.port, cfg.port),
         };
         Backend {
             kind: cfg.kind,
             vni,
             port,
+            port_v6,
             vtep_mac,
+            public_key: [0; 32],
             encap,
         }
     }
 
-    /// The overlay device's name: flannel's where flannel has the backend.
+    /// The same backend with our wireguard public key, for our lease.
+    pub fn with_public_key(self, public_key: [u8; 32]) -> Backend {
+        Backend { public_key, ..self }
+    }
+
+    /// The overlay device's name (wireguard's IPv4 one): flannel's where flannel has the
+    /// backend.
     pub fn device_name(&self) -> String {
         match self.kind {
-            BackendKind::Udp | BackendKind::Wireguard => udp_tunnel::DEVICE.to_string(),
+            BackendKind::Udp => udp_tunnel::DEVICE.to_string(),
             BackendKind::Vxlan => vxlan_tunnel::device_name(self.vni),
             BackendKind::Gre => gre_tunnel::device_name(self.vni),
+            BackendKind::Wireguard => wireguard::DEVICE.to_string(),
         }
     }
 
     /// The inner MTU on an IPv4 underlay of `underlay_mtu` bytes.
     pub fn inner_mtu(&self, underlay_mtu: u32) -> u32 {
-        underlay_mtu.saturating_sub(self.encap.overhead() as u32)
+        let overhead = self
+            .encap
+            .map_or(wireguard::OVERHEAD, |e| e.overhead() as u32);
+        underlay_mtu.saturating_sub(overhead)
     }
 
     /// The inner MTU on an IPv6 underlay of `underlay_mtu` bytes: 20 bytes less, for the
-    /// longer outer header (flannel's `flannel-v6.<VNI>` device gets 1430 on a 1500 link).
+    /// longer outer header (flannel's `flannel-v6.<VNI>` device gets 1430 on a 1500 link);
+    /// wireguard's is the same on both (flanneld counts the IPv6 header for both).
     pub fn inner_mtu_v6(&self, underlay_mtu: u32) -> u32 {
-        underlay_mtu.saturating_sub(self.encap.overhead_v6() as u32)
+        let overhead = self
+            .encap
+            .map_or(wireguard::OVERHEAD, |e| e.overhead_v6() as u32);
+        underlay_mtu.saturating_sub(overhead)
     }
 
     /// The encapsulation on the IPv6 underlay: vxlan with our IPv6 VtepMAC (the one in
     /// `BackendV6Data`, derived from `public_ipv6`) as the local MAC; the same as on IPv4
-    /// for udp and gre.
-    pub fn encap6(&self, public_ipv6: Ipv6Addr) -> Encap {
-        match self.encap {
-            Encap::Vxlan { vni, .. } => Encap::Vxlan {
+    /// for udp and gre; none for wireguard.
+    pub fn encap6(&self, public_ipv6: Ipv6Addr) -> Option<Encap> {
+        match self.encap? {
+            Encap::Vxlan { vni, .. } => Some(Encap::Vxlan {
                 vni,
                 local_mac: vxlan_tunnel::stable_vtep_mac_v6(public_ipv6, vni),
-            },
-            e => e,
+            }),
+            e => Some(e),
         }
     }
 
@@ -169,19 +192,22 @@ impl Backend {
     /// What our lease says about us, as flannel writes it for this backend.
     pub fn lease_attrs(&self, public_ip: Ipv4Addr) -> LeaseAttrs {
         match self.kind {
-            BackendKind::Udp | BackendKind::Wireguard => udp_tunnel::lease_attrs(public_ip),
+            BackendKind::Udp => udp_tunnel::lease_attrs(public_ip),
             BackendKind::Vxlan => vxlan_tunnel::lease_attrs(public_ip, self.vni, self.vtep_mac),
             BackendKind::Gre => gre_tunnel::lease_attrs(public_ip, self.vni),
+            BackendKind::Wireguard => wireguard::lease_attrs(public_ip, self.public_key, self.port),
         }
     }
 
     /// Our lease's `BackendV6Data` when we publish `public_ipv6` (dual stack), as flannel's
     /// vxlan backend writes it for its `flannel-v6.<VNI>` device: vxlan `{VNI, VtepMAC}`
-    /// (a MAC of its own, see [`vxlan_tunnel::stable_vtep_mac_v6`]), gre `{VNI}`, udp nothing
-    /// (flannel's udp backend has no backend data).
+    /// (a MAC of its own, see [`vxlan_tunnel::stable_vtep_mac_v6`]), gre `{VNI}`, wireguard
+    /// `{PublicKey, Port}` (`port_v6`), udp nothing (flannel's udp backend has no backend
+    /// data).
     pub fn lease_v6_data(&self, public_ipv6: Ipv6Addr) -> Option<serde_json::Value> {
         match self.kind {
-            BackendKind::Udp | BackendKind::Wireguard => None,
+            BackendKind::Udp => None,
+            BackendKind::Wireguard => Some(wireguard::lease_data(self.public_key, self.port_v6)),
             BackendKind::Vxlan => Some(
                 VxlanData {
                     vni: self.vni,
@@ -201,7 +227,7 @@ impl Backend {
             BackendKind::Udp => Ok(udp_tunnel::is_peer(attrs).then_some([0; 6])),
             BackendKind::Vxlan => vxlan_tunnel::peer_mac(attrs, self.vni),
             BackendKind::Gre => Ok(gre_tunnel::is_peer(attrs).then_some([0; 6])),
-            BackendKind::Wireguard => wireguard_peer(attrs, false),
+            BackendKind::Wireguard => wireguard::peer(attrs, false),
         }
     }
 
@@ -213,7 +239,7 @@ impl Backend {
     pub fn peer_v6(&self, attrs: &LeaseAttrs) -> Result<Option<[u8; 6]>, String> {
         match self.kind {
             BackendKind::Udp => Ok(udp_tunnel::is_peer(attrs).then_some([0; 6])),
-            BackendKind::Wireguard => wireguard_peer(attrs, true),
+            BackendKind::Wireguard => wireguard::peer(attrs, true),
             BackendKind::Vxlan => vxlan_tunnel::peer_mac_v6(attrs, self.vni),
             BackendKind::Gre => Ok(gre_tunnel::is_peer(attrs).then_some([0; 6])),
         }
@@ -250,32 +276,22 @@ impl Backend {
             .map(|mac| (IpAddr::V4(attrs.public_ip), mac)))
     }
 
-    /// Opens the underlay sockets on `addr` (IPv4 or IPv6) for `queues` receive workers.
+    /// Opens the underlay sockets on `addr` (IPv4 or IPv6) for `queues` receive workers
+    /// (wireguard: one device's, on `port` or, IPv6, `port_v6`).
     pub fn sockets(&self, addr: IpAddr, queues: usize) -> Result<Sockets, SocketError> {
         match self.kind {
-            BackendKind::Udp | BackendKind::Wireguard => {
-                udp_tunnel::sockets(addr, self.port, queues)
-            }
+            BackendKind::Udp => udp_tunnel::sockets(addr, self.port, queues),
             BackendKind::Vxlan => vxlan_tunnel::sockets(addr, self.port, queues),
             BackendKind::Gre => gre_tunnel::sockets(addr),
+            BackendKind::Wireguard => {
+                let port = if addr.is_ipv4() {
+                    self.port
+                } else {
+                    self.port_v6
+                };
+                udp_tunnel::sockets(addr, port, queues)
+            }
         }
-    }
-}
-
-/// A wireguard lease whose `BackendData` (`v6` false) or `BackendV6Data` (`v6` true) is
-/// readable (its key and port go to `wg`'s key book); one without that half (flanneld
-/// writes `BackendData` only with IPv4 enabled) is not a peer of that family.
-fn wireguard_peer(attrs: &LeaseAttrs, v6: bool) -> Result<Option<[u8; 6]>, String> {
-    let data = match v6 {
-        false => &attrs.backend_data,
-        true => &attrs.backend_v6_data,
-    };
-    match (attrs.backend_type.as_deref(), data) {
-        (Some("wireguard"), Some(_)) => attrs
-            .wireguard_data(v6)
-            .map(|_| Some([0; 6]))
-            .map_err(|e| e.to_string()),
-        _ => Ok(None),
     }
 }
 
@@ -393,5 +409,36 @@ mod tests {
             v.ipv6_route(&no6, true),
             Ok(Some((IpAddr::V4(ip), v.vtep_mac)))
         );
+    }
+
+    #[test]
+    fn wireguard_is_its_own_backend() {
+        let mut cfg = BackendConfig::new(BackendKind::Wireguard);
+        let b = Backend::new(&cfg, Ipv4Addr::new(192, 168, 77, 1)).with_public_key([9; 32]);
+        assert_eq!(b.encap, None, "wireguard seals packets itself");
+        assert_eq!(b.encap6("fd00::1".parse().unwrap()), None);
+        assert_eq!(b.device_name(), "flannel-wg");
+        assert_eq!((b.inner_mtu(1500), b.inner_mtu_v6(1500)), (1420, 1420));
+        assert_eq!(
+            (b.port, b.port_v6),
+            (51820, 51821),
+            "separate: ListenPortV6"
+        );
+        let ip = Ipv4Addr::new(192, 168, 77, 2);
+        let attrs = b.lease_attrs(ip).with_ipv6(
+            "fd00::2".parse().unwrap(),
+            b.lease_v6_data("fd00::2".parse().unwrap()),
+        );
+        let (d4, d6) = (attrs.wireguard_data(false), attrs.wireguard_data(true));
+        assert_eq!((d4.unwrap().port, d6.unwrap().port), (51820, 51821));
+        assert_eq!(b.peer_mac(&attrs), Ok(Some([0; 6])));
+        assert_eq!(b.peer_v6(&attrs), Ok(Some([0; 6])));
+        for other in BackendKind::ALL.map(backend) {
+            assert_eq!(b.peer_mac(&other.lease_attrs(ip)), Ok(None));
+            assert_eq!(other.peer_mac(&attrs), Ok(None), "{:?}", other.kind);
+        }
+        cfg.wireguard.as_mut().unwrap().mode = WireguardMode::Ipv6;
+        let b = Backend::new(&cfg, Ipv4Addr::new(192, 168, 77, 1));
+        assert_eq!(b.port_v6, 51820, "one device: ListenPort for both");
     }
 }

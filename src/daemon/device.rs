@@ -1,16 +1,18 @@
 //! The overlay device: opened (and, after it vanished, opened again) in one place with the
 //! same options, and given its addresses, MTUs and routes as flanneld gives its devices.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use tracing::warn;
+use tracing::{debug, error, warn};
 
 use super::DaemonError;
 use crate::control::lease::SubnetKey;
 use crate::datapath;
 use crate::host::{HostError, Netlink};
 use crate::sys::tun::{self, Device};
+use crate::telemetry;
 
 /// Opens device `opts` (offloads asked for with `opts.vnet_hdr`) and applies `setup` to
 /// it: at start and for the repair after a deletion.
@@ -30,6 +32,57 @@ pub async fn open(
     }
     setup.apply(nl, &dev.name).await?;
     Ok(dev)
+}
+
+/// The index of link `name`, if there is one (the device overlayd opened is known by it: a
+/// link that merely took its name is not ours).
+pub async fn index(nl: &Netlink, name: &str) -> Option<u32> {
+    nl.link(name).await.ok().flatten().map(|(i, _)| i)
+}
+
+/// What the periodic check found of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Ours, with its routes (one deleted under us was restored).
+    Ours,
+    /// A link overlayd did not create holds its name.
+    Foreign,
+    /// Gone.
+    Gone,
+    /// The links could not be read: the next check tries again.
+    Unknown,
+}
+
+/// Checks device `name`, ours being link `index`: a route deleted under us (host network
+/// scripts do that) is restored.
+pub async fn check(
+    nl: &Netlink,
+    name: &str,
+    index: Option<u32>,
+    setup: &DeviceSetup,
+    t: &telemetry::State,
+) -> Seen {
+    match nl.link(name).await {
+        Ok(Some((found, _))) if Some(found) != index => {
+            error!(device = %name, index = found, "a link that overlayd did not create holds the overlay device's name; remove it so that the device can be recreated");
+            Seen::Foreign
+        }
+        Ok(Some((found, _))) => {
+            if let Some(network) = setup.missing_route(nl, found).await {
+                warn!(device = %name, %network, "overlay route vanished; restoring it");
+                t.control.device_repairs.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = setup.apply(nl, name).await {
+                    error!(error = %e, "cannot restore the overlay route");
+                }
+            }
+            Seen::Ours
+        }
+        Ok(None) => Seen::Gone,
+        Err(e) => {
+            debug!(device = %name, error = %e, "cannot check the overlay device");
+            Seen::Unknown
+        }
+    }
 }
 
 /// The device's queues, shared with the workers.
@@ -71,6 +124,16 @@ impl DeviceSetup {
         Ok(())
     }
 
+    /// The part of this setup a device carrying only the families `v4` / `v6` is given
+    /// (a wireguard device of `separate` mode).
+    pub fn only(self, v4: bool, v6: bool) -> DeviceSetup {
+        DeviceSetup {
+            v4: self.v4.filter(|_| v4),
+            v6: self.v6.filter(|_| v6),
+            ..self
+        }
+    }
+
     /// The same setup for the subnets of `held` (a re-acquisition), each family's kept
     /// when `held` has none of it.
     pub fn moved_to(self, held: SubnetKey) -> DeviceSetup {
@@ -102,9 +165,9 @@ impl DeviceSetup {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_reacquired_subnet_moves_each_family_it_names() {
-        let setup = DeviceSetup {
+    /// A dual-stack node's setup: 10.1.2.0/24 of 10.1.0.0/16, fd00:1:0:2::/64 of fd00:1::/56.
+    fn dual() -> DeviceSetup {
+        DeviceSetup {
             mtu: 1450,
             ipv6_mtu: Some(1430),
             v4: Some((
@@ -115,7 +178,12 @@ mod tests {
                 "fd00:1:0:2::/64".parse().unwrap(),
                 "fd00:1::/56".parse().unwrap(),
             )),
-        };
+        }
+    }
+
+    #[test]
+    fn a_reacquired_subnet_moves_each_family_it_names() {
+        let setup = dual();
         let v4_only = SubnetKey {
             ipv4: Some("10.1.7.0/24".parse().unwrap()),
             ipv6: None,
@@ -134,5 +202,15 @@ mod tests {
         });
         assert_eq!(moved.v6.unwrap(), (v6_sn, setup.v6.unwrap().1));
         assert_eq!(moved.v4, setup.v4);
+    }
+
+    #[test]
+    fn a_device_of_one_family_takes_only_its_part() {
+        let setup = dual();
+        let v4 = setup.only(true, false);
+        assert_eq!((v4.v4, v4.v6, v4.mtu), (setup.v4, None, 1450));
+        let v6 = setup.only(false, true);
+        assert_eq!((v6.v4, v6.v6), (None, setup.v6));
+        assert_eq!(setup.only(true, true), setup);
     }
 }

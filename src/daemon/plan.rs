@@ -1,6 +1,7 @@
 //! The start-up plan: every decision the daemon takes from its flags, the network config
 //! and the host's facts (the IPv6 underlay, both MTUs, the public addresses, the lease
-//! attributes, queues, tunnel GSO, keepalive), computed without I/O and unit-tested.
+//! attributes, queues, tunnel GSO, keepalive, the data plane: routed or wireguard's
+//! devices), computed without I/O and unit-tested.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -19,6 +20,9 @@ use crate::gso_tap::Mode;
 use crate::host::{HostError, Underlay};
 use crate::l2::{config::check_attachments, L2StartError};
 use crate::sys::tun;
+use crate::wg::engine::Identity;
+use crate::wg::layout::{self, Layout};
+use crate::wg::WgError;
 
 /// IPv6's minimum link MTU: below it the IPv6 underlay is not used.
 const IPV6_MIN_MTU: u32 = 1280;
@@ -47,6 +51,11 @@ pub fn config_from_flags(args: &Args) -> Result<Option<NetworkConfig>, DaemonErr
         .map_err(DaemonError::FlagConfig)
 }
 
+/// Whether the node's wireguard key (a host fact) must be read for `cfg`.
+pub fn needs_key(cfg: &NetworkConfig) -> bool {
+    cfg.backend.kind == BackendKind::Wireguard
+}
+
 /// The address this node publishes as `PublicIP`: `--public-ip`, else the underlay's.
 pub fn public_ip(args: &Args, underlay: &Underlay) -> Ipv4Addr {
     args.public_ip.unwrap_or(underlay.addr)
@@ -61,6 +70,22 @@ pub struct HostFacts {
     pub local_ipv6: Vec<Ipv6Addr>,
     /// CPUs available to the process.
     pub cores: usize,
+    /// The node's wireguard identity (its key file, read when `Backend.Type` is wireguard).
+    pub wireguard: Option<Identity>,
+}
+
+/// The data plane the plan asks for: the only thing (with the devices it opens) in which
+/// backends differ after the plan.
+#[derive(Debug, Clone)]
+pub enum PlaneKind {
+    /// One TUN device carried by the data path's workers, with the encapsulation on each
+    /// underlay family.
+    Routed { encap: Encap, encap6: Encap },
+    /// wireguard's devices (`Backend.Mode`), each with its data path thread and engine.
+    Wireguard {
+        layouts: Vec<Layout>,
+        identity: Identity,
+    },
 }
 
 /// Something the plan found worth telling the operator; logged once by [`Notice::log`].
@@ -111,9 +136,13 @@ pub const FORWARD_DROPS: &str = "the FORWARD chain's policy is DROP and --iptabl
 impl TunnelPlan {
     fn new(args: &Args, kind: BackendKind) -> TunnelPlan {
         let has_l2 = !args.l2.is_empty() || !args.l2_vlan.is_empty();
-        let wanted = !args.no_offload
-            && args.tunnel_gso != Mode::Off
-            && (kind != BackendKind::Gre || has_l2);
+        let udp = match kind {
+            BackendKind::Udp | BackendKind::Vxlan => true,
+            BackendKind::Gre => has_l2,
+            // wireguard sends its own datagrams (UDP GSO of sealed segments).
+            BackendKind::Wireguard => false,
+        };
+        let wanted = !args.no_offload && args.tunnel_gso != Mode::Off && udp;
         TunnelPlan {
             wanted,
             required: args.tunnel_gso == Mode::On,
@@ -144,8 +173,8 @@ pub struct Plan {
     /// over IPv4).
     pub underlay6: Option<Ipv6Addr>,
     pub backend: Backend,
-    /// The encapsulation on the IPv6 underlay.
-    pub encap6: Encap,
+    /// Routed (with its encapsulations) or wireguard (with its devices).
+    pub plane: PlaneKind,
     /// What our lease says about us.
     pub attrs: LeaseAttrs,
     /// The overlay device's MTU, and its IPv6 MTU when lower.
@@ -196,7 +225,10 @@ impl Plan {
                 source,
             }
         })?;
-        let backend = Backend::new(&cfg.backend, public_ip);
+        let mut backend = Backend::new(&cfg.backend, public_ip);
+        if let Some(id) = &host.wireguard {
+            backend = backend.with_public_key(id.public_key());
+        }
         let mut notices = Vec::new();
         let u = underlays(args, cfg, host, config_key, &backend, &mut notices)?;
         let kind = cfg.backend.kind;
@@ -205,6 +237,8 @@ impl Plan {
                 return Err(DaemonError::BackendMismatch { flag, etcd: kind });
             }
         }
+        let underlay4 = cfg.enable_ipv4.then_some(host.underlay.addr);
+        let plane = plane_kind(args, cfg, host, &backend, (underlay4, &u), config_key)?;
         if kind == BackendKind::Vxlan && cfg.backend.vni > 65535 {
             notices.insert(0, Notice::VniOver16Bits(cfg.backend.vni));
         }
@@ -213,12 +247,10 @@ impl Plan {
         }
         Ok(Plan {
             public_ip,
-            underlay4: cfg.enable_ipv4.then_some(host.underlay.addr),
+            underlay4,
             public_ipv6: u.public_ipv6,
             underlay6: u.underlay6,
-            encap6: u
-                .public_ipv6
-                .map_or(backend.encap, |ip6| backend.encap6(ip6)),
+            plane,
             attrs: lease_attrs(&backend, cfg.enable_ipv4, public_ip, u.public_ipv6),
             backend,
             mtu: u.mtu,
@@ -235,9 +267,19 @@ impl Plan {
         })
     }
 
-    /// The overlay device's name.
+    /// The overlay device's name (wireguard: its IPv4 one).
     pub fn device(&self) -> String {
         self.backend.device_name()
+    }
+
+    /// Every device this node opens: the instance claimed is one per device.
+    pub fn devices(&self) -> Vec<String> {
+        match &self.plane {
+            PlaneKind::Routed { .. } => vec![self.device()],
+            PlaneKind::Wireguard { layouts, .. } => {
+                layouts.iter().map(|l| l.name.to_string()).collect()
+            }
+        }
     }
 
     /// How the overlay device is opened, at start and when it is recreated.
@@ -264,6 +306,34 @@ impl Plan {
                 .map(|(c6, sn6)| (sn6, c6.network)),
         }
     }
+}
+
+/// The data plane: the routed one with the backend's encapsulations, or wireguard's
+/// devices for `Backend.Mode` (refused naming the mode when the node lacks the underlay it
+/// needs; refused with L2 networks, which would travel unencrypted beside it).
+fn plane_kind(
+    args: &Args,
+    cfg: &NetworkConfig,
+    host: &HostFacts,
+    backend: &Backend,
+    (underlay4, u): (Option<Ipv4Addr>, &Underlays),
+    config_key: &str,
+) -> Result<PlaneKind, DaemonError> {
+    if let Some(encap) = backend.encap {
+        let encap6 = u.public_ipv6.and_then(|ip6| backend.encap6(ip6));
+        return Ok(PlaneKind::Routed {
+            encap,
+            encap6: encap6.unwrap_or(encap),
+        });
+    }
+    if !args.l2.is_empty() || !args.l2_vlan.is_empty() {
+        return Err(DaemonError::WireguardL2 {
+            key: config_key.to_string(),
+        });
+    }
+    let layouts = layout::layouts(cfg, underlay4, u.underlay6).map_err(WgError::Mode)?;
+    let identity = host.wireguard.clone().ok_or(WgError::NoKey)?;
+    Ok(PlaneKind::Wireguard { layouts, identity })
 }
 
 /// The IPv6 underlay, `PublicIPv6` and the MTUs, with the errors of a config the host
@@ -297,11 +367,14 @@ fn underlays(
         }
     };
     // The device's MTU: what the IPv4 underlay carries; on an IPv6-only node, what the
-    // IPv6 one does (20 bytes less).
-    let mtu = cfg.backend.mtu.unwrap_or_else(|| match cfg.enable_ipv4 {
-        true => backend.inner_mtu(u.mtu),
-        false => backend.inner_mtu_v6(u.mtu),
-    });
+    // IPv6 one does (20 bytes less). wireguard's `MTU` is the link's, less its overhead
+    // (as flanneld counts it).
+    let mtu = match (cfg.backend.mtu, backend.encap) {
+        (m, None) => backend.inner_mtu(m.unwrap_or(u.mtu)),
+        (Some(m), Some(_)) => m,
+        (None, Some(_)) if cfg.enable_ipv4 => backend.inner_mtu(u.mtu),
+        (None, Some(_)) => backend.inner_mtu_v6(u.mtu),
+    };
     let (underlay6, ipv6_mtu) = ipv6_mtu(cfg, u, backend, mtu, underlay6, notices);
     Ok(Underlays {
         public_ipv6,
@@ -356,6 +429,11 @@ fn ipv6_mtu(
     notices: &mut Vec<Notice>,
 ) -> (Option<Ipv6Addr>, Option<u32>) {
     let (mut kept, mut ipv6_mtu) = (underlay6, None);
+    if backend.encap.is_none() {
+        // wireguard: its MTU counts the IPv6 header already, and its mode picks each
+        // device's underlay.
+        return (kept, ipv6_mtu);
+    }
     if let (true, Some(addr6)) = (cfg.enable_ipv4, underlay6) {
         let m6 = backend.inner_mtu_v6(u.mtu).min(mtu);
         if m6 < IPV6_MIN_MTU {
@@ -436,6 +514,7 @@ mod tests {
             },
             local_ipv6: addr6.into_iter().map(ip6).collect(),
             cores: 8,
+            wireguard: None,
         }
     }
 
@@ -484,8 +563,11 @@ mod tests {
         assert_eq!((p.public_ipv6, p.underlay6), (Some(a6), Some(a6)));
         assert_eq!((p.mtu, p.ipv6_mtu), (1450, Some(1430)));
         assert_eq!(p.attrs.public_ipv6, Some(a6));
-        assert_eq!(p.encap6, p.backend.encap6(a6));
-        assert_ne!(p.encap6, p.backend.encap, "vxlan's IPv6 VtepMAC is its own");
+        let PlaneKind::Routed { encap, encap6 } = p.plane else {
+            panic!("vxlan is routed")
+        };
+        assert_eq!(Some(encap6), p.backend.encap6(a6));
+        assert_ne!(encap6, encap, "vxlan's IPv6 VtepMAC is its own");
         assert_eq!(
             p.notices,
             [Notice::Ipv6Underlay {
@@ -740,5 +822,89 @@ mod tests {
         assert!(matches!(e, DaemonError::FlagConfig(_)), "{e}");
         let e = config_from_flags(&args(&["--l2", "a,a"])).unwrap_err();
         assert!(e.to_string().contains("attached twice"), "{e}");
+    }
+
+    const WG_DUAL: &str = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/56","Backend":{"Type":"wireguard"}}"#;
+
+    /// `dual_host` with a wireguard key whose secret is all 7s.
+    fn wg_host() -> HostFacts {
+        HostFacts {
+            wireguard: Some(Identity {
+                secret: boringtun::x25519::StaticSecret::from([7; 32]),
+                psk: None,
+                keepalive: None,
+            }),
+            ..dual_host()
+        }
+    }
+
+    #[test]
+    fn wireguard_plans_its_devices_mtu_and_lease() {
+        let h = wg_host();
+        let p = plan(&[], WG_DUAL, &h).unwrap();
+        assert_eq!(p.devices(), ["flannel-wg", "flannel-wg-v6"]);
+        assert_eq!(p.device(), "flannel-wg");
+        assert_eq!(
+            (p.mtu, p.ipv6_mtu),
+            (1420, None),
+            "underlay less 80, both families"
+        );
+        assert!(!p.tunnel.wanted, "wireguard sends its own datagrams");
+        assert!(p.notices.is_empty(), "{:?}", p.notices);
+        let PlaneKind::Wireguard { layouts, .. } = &p.plane else {
+            panic!("wireguard plane")
+        };
+        assert_eq!(layouts.len(), 2);
+        let k = crate::control::lease::encode_key(&h.wireguard.as_ref().unwrap().public_key());
+        assert_eq!(
+            p.attrs.to_json(),
+            format!(
+                r#"{{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::1","BackendType":"wireguard","BackendData":{{"Port":51820,"PublicKey":"{k}"}},"BackendV6Data":{{"Port":51821,"PublicKey":"{k}"}}}}"#
+            )
+        );
+        // A configured MTU is the link's: wireguard's overhead comes off it too.
+        let mtu1400 = WG_DUAL.replace(r#""wireguard""#, r#""wireguard","MTU":1400"#);
+        assert_eq!(plan(&[], &mtu1400, &h).unwrap().mtu, 1320);
+    }
+
+    #[test]
+    fn wireguard_lease_per_mode_and_family() {
+        let h = wg_host();
+        let key = h.wireguard.as_ref().unwrap().public_key();
+        let auto = WG_DUAL.replace(r#""wireguard""#, r#""wireguard","Mode":"auto""#);
+        let p = plan(&[], &auto, &h).unwrap();
+        assert_eq!(p.devices(), ["flannel-wg"]);
+        assert_eq!(
+            p.attrs.wireguard_data(true).unwrap().port,
+            51820,
+            "one device's port"
+        );
+        let v4 = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#;
+        let a = plan(&[], v4, &h).unwrap().attrs;
+        assert_eq!((a.public_ipv6, a.backend_v6_data), (None, None));
+        let v6 = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/56","Backend":{"Type":"wireguard"}}"#;
+        let p = plan(&[], v6, &h).unwrap();
+        assert_eq!(p.devices(), ["flannel-wg-v6"]);
+        assert_eq!(
+            (p.attrs.public_ip, &p.attrs.backend_data),
+            (Ipv4Addr::UNSPECIFIED, &None)
+        );
+        assert_eq!(p.attrs.wireguard_data(true).unwrap().public_key, key);
+    }
+
+    #[test]
+    fn wireguard_refusals_name_the_problem() {
+        let e = plan(&["--l2", "tenant-a"], WG_DUAL, &wg_host()).unwrap_err();
+        assert!(matches!(e, DaemonError::WireguardL2 { .. }), "{e}");
+        let ipv6_mode = WG_DUAL.replace(r#""wireguard""#, r#""wireguard","Mode":"ipv6""#);
+        let v4_host = HostFacts {
+            underlay: host(Some("192.0.2.1"), None, 1500).underlay,
+            local_ipv6: Vec::new(),
+            ..wg_host()
+        };
+        let e = plan(&["--public-ipv6", "2001:db8::9"], &ipv6_mode, &v4_host).unwrap_err();
+        assert!(e.to_string().contains("Mode \"ipv6\" needs"), "{e}");
+        let e = plan(&[], WG_DUAL, &dual_host()).unwrap_err();
+        assert!(e.to_string().contains("key file"), "{e}");
     }
 }

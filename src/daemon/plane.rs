@@ -1,18 +1,21 @@
-//! The routed data plane as the daemon runs it: the device, the underlay sockets, the
-//! tunnel-GSO TAP and the workers, opened from the plan, kept healthy by the periodic check
-//! (route restored, device recreated with the same options and every peer kept), stopped
-//! in order.
+//! The data plane as the daemon runs it ([`Plane`]): the routed one or wireguard's
+//! (`super::wg_plane`), as the plan says; the one thing the start-up stages and the main
+//! loop hand to the backend. The routed one ([`RoutedPlane`]): the device, the underlay
+//! sockets, the tunnel-GSO TAP and the workers, opened from the plan, kept healthy by the
+//! periodic check (route restored, device recreated with the same options and every peer
+//! kept), stopped in order.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
-use super::device::{self, DeviceSetup};
-use super::plan::{Plan, FORWARD_DROPS};
-use super::DaemonError;
-use crate::backend::Sockets;
+use super::device::{self, DeviceSetup, Seen};
+use super::plan::{Plan, PlaneKind, FORWARD_DROPS};
+use super::wg_plane::WgPlane;
+use super::{DaemonError, Peers};
+use crate::backend::{Encap, Sockets};
 use crate::control::lease::SubnetKey;
 use crate::counters::Totals;
 use crate::datapath::tunnel::Tunnel;
@@ -22,6 +25,95 @@ use crate::host::{Netlink, Underlay};
 use crate::l3::{self, Router};
 use crate::sys::tun;
 use crate::telemetry;
+
+/// The running data plane: what differs between backends once the lease is held.
+pub enum Plane {
+    /// Boxed: it is by far the larger.
+    Routed(Box<RoutedPlane>),
+    Wireguard(WgPlane),
+}
+
+impl Plane {
+    /// Opens the plane the plan asks for, on the forwarding tables (routed) or peer lists
+    /// (wireguard) of `peers`.
+    pub async fn open(
+        plan: &Plan,
+        setup: DeviceSetup,
+        nl: &Netlink,
+        underlay: &Underlay,
+        peers: &Peers,
+    ) -> Result<Plane, DaemonError> {
+        Ok(match &plan.plane {
+            PlaneKind::Routed { encap, encap6 } => Plane::Routed(Box::new(
+                RoutedPlane::open(plan, (*encap, *encap6), setup, nl, underlay, peers).await?,
+            )),
+            PlaneKind::Wireguard { layouts, identity } => Plane::Wireguard(
+                WgPlane::open(plan, (layouts, identity), setup, nl, &peers.specs).await?,
+            ),
+        })
+    }
+
+    /// The tunnel-GSO TAP's shared side, when it is in use (for the L2 networks).
+    pub fn tunnel(&self) -> Option<Tunnel> {
+        match self {
+            Plane::Routed(p) => p.cfg.tunnel.clone(),
+            Plane::Wireguard(_) => None,
+        }
+    }
+
+    /// Tells the metrics exporter about the data plane.
+    pub fn publish(&self, t: &telemetry::State, backend: &'static str, peers: &Peers) {
+        let _ = t.backend.set(backend);
+        let _ = t.fib.set(peers.fib.clone());
+        let _ = t.fib6.set(peers.fib6.clone());
+        match self {
+            Plane::Routed(p) => p.publish(t),
+            Plane::Wireguard(p) => p.publish(t),
+        }
+    }
+
+    /// Moves the devices to the subnets of `held` (a re-acquisition); returns the IPv4
+    /// subnet now configured, if any.
+    pub async fn move_to(&mut self, nl: &Netlink, held: SubnetKey) -> Option<ipnet::Ipv4Net> {
+        match self {
+            Plane::Routed(p) => p.move_to(nl, held).await,
+            Plane::Wireguard(p) => p.move_to(nl, held).await,
+        }
+    }
+
+    /// The periodic check and repair; whether the devices are there and ours (for the
+    /// watchdog). `Err` only when the routed workers cannot be restarted.
+    pub async fn check(&mut self, nl: &Netlink, t: &telemetry::State) -> Result<bool, DaemonError> {
+        match self {
+            Plane::Routed(p) => p.check(nl, t).await,
+            Plane::Wireguard(p) => Ok(p.check(nl, t).await),
+        }
+    }
+
+    /// Whether every data path thread runs.
+    pub fn alive(&self) -> bool {
+        match self {
+            Plane::Routed(p) => p.alive(),
+            Plane::Wireguard(p) => p.alive(),
+        }
+    }
+
+    /// Stops the threads and closes the devices, logging what they carried.
+    pub fn stop(self) {
+        match self {
+            Plane::Routed(p) => {
+                let totals = p.stop();
+                info!(
+                    tx_packets = totals.tx_packets,
+                    rx_packets = totals.rx_packets,
+                    drops = totals.drops.iter().sum::<u64>(),
+                    "stopped; device and routes removed, lease kept for the next start"
+                );
+            }
+            Plane::Wireguard(p) => p.stop(),
+        }
+    }
+}
 
 /// The running routed data plane and what it takes to open its device again.
 pub struct RoutedPlane {
@@ -43,14 +135,15 @@ pub struct RoutedPlane {
 
 impl RoutedPlane {
     /// Opens the device (given `setup`), the sockets of each underlay family, the
-    /// tunnel-GSO TAP when the plan wants it, and starts the workers on `fib` and `fib6`.
-    pub async fn open(
+    /// tunnel-GSO TAP when the plan wants it, and starts the workers (`encap` on the IPv4
+    /// underlay, `encap6` on the IPv6 one) on the forwarding tables of `peers`.
+    async fn open(
         plan: &Plan,
+        (encap, encap6): (Encap, Encap),
         setup: DeviceSetup,
         nl: &Netlink,
         underlay: &Underlay,
-        fib: SharedFib,
-        fib6: SharedFib6,
+        peers: &Peers,
     ) -> Result<RoutedPlane, DaemonError> {
         let opts = plan.tun_options();
         let mut dev = device::open(&opts, nl, &setup).await?;
@@ -59,8 +152,8 @@ impl RoutedPlane {
         info!(device = %dev.name, queues = plan.queues, mtu = plan.mtu, ipv6_mtu = ?plan.ipv6_mtu, offloads = dev.offloads, gso, gro, ipv6_underlay = ?plan.underlay6, "data plane configured");
         let gso_tap = open_tunnel(plan, nl, underlay).await?;
         let cfg = l3::RouterConfig {
-            encap: plan.backend.encap,
-            encap6: plan.encap6,
+            encap,
+            encap6,
             port: plan.backend.port,
             tun_addr: setup
                 .v4
@@ -74,14 +167,14 @@ impl RoutedPlane {
             mtu: plan.mtu,
         };
         let mut plane = RoutedPlane {
-            index: nl.link(&opts.name).await.ok().flatten().map(|(i, _)| i),
+            index: device::index(nl, &opts.name).await,
             opts,
             setup,
             cfg,
             v4,
             v6,
-            fib,
-            fib6,
+            fib: peers.fib.clone(),
+            fib6: peers.fib6.clone(),
             queues: device::queues(&mut dev),
             workers: None,
             offloads: dev.offloads,
@@ -110,20 +203,12 @@ impl RoutedPlane {
         Ok(())
     }
 
-    /// The tunnel-GSO TAP's shared side, when it is in use (for the L2 networks).
-    pub fn tunnel(&self) -> Option<Tunnel> {
-        self.cfg.tunnel.clone()
-    }
-
-    /// Tells the metrics exporter about the data plane.
-    pub fn publish(&self, t: &telemetry::State, backend: &'static str) {
+    /// Tells the metrics exporter about the TAP, the offloads and the workers.
+    fn publish(&self, t: &telemetry::State) {
         if let Some(tunnel) = &self.cfg.tunnel {
             let _ = t.tunnel_gso.set(tunnel.on.clone());
             let _ = t.tunnel_gso6.set(tunnel.on6.clone());
         }
-        let _ = t.backend.set(backend);
-        let _ = t.fib.set(self.fib.clone());
-        let _ = t.fib6.set(self.fib6.clone());
         let _ = t.offloads.set(telemetry::Offloads {
             tun_tso: self.offloads & tun::TUN_F_TSO4 != 0,
             tun_uso: self.offloads & tun::TUN_F_USO4 != 0,
@@ -141,7 +226,7 @@ impl RoutedPlane {
 
     /// Moves the device to the subnets of `held` (a re-acquisition); returns the IPv4
     /// subnet now configured, if any.
-    pub async fn move_to(&mut self, nl: &Netlink, held: SubnetKey) -> Option<ipnet::Ipv4Net> {
+    async fn move_to(&mut self, nl: &Netlink, held: SubnetKey) -> Option<ipnet::Ipv4Net> {
         self.setup = self.setup.moved_to(held);
         if let Err(e) = self.setup.apply(nl, &self.opts.name).await {
             error!(error = %e, "cannot move the device to the re-acquired subnet");
@@ -152,28 +237,11 @@ impl RoutedPlane {
     /// The periodic check: the device or its route deleted under us (host network scripts
     /// do that) is recreated. Returns whether the device is there and ours (for the
     /// watchdog); `Err` only when the workers cannot be restarted.
-    pub async fn check(&mut self, nl: &Netlink, t: &telemetry::State) -> Result<bool, DaemonError> {
-        let name = &self.opts.name;
-        match nl.link(name).await {
-            Ok(Some((index, _))) if Some(index) != self.index => {
-                error!(device = %name, index, "a link that overlayd did not create holds the overlay device's name; remove it so that the device can be recreated");
-                Ok(false)
-            }
-            Ok(Some((index, _))) => {
-                if let Some(network) = self.setup.missing_route(nl, index).await {
-                    warn!(device = %name, %network, "overlay route vanished; restoring it");
-                    t.control.device_repairs.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = self.setup.apply(nl, name).await {
-                        error!(error = %e, "cannot restore the overlay route");
-                    }
-                }
-                Ok(true)
-            }
-            Ok(None) => self.recreate(nl, t).await,
-            Err(e) => {
-                debug!(error = %e, "cannot check the overlay device");
-                Ok(false)
-            }
+    async fn check(&mut self, nl: &Netlink, t: &telemetry::State) -> Result<bool, DaemonError> {
+        match device::check(nl, &self.opts.name, self.index, &self.setup, t).await {
+            Seen::Ours => Ok(true),
+            Seen::Gone => self.recreate(nl, t).await,
+            Seen::Foreign | Seen::Unknown => Ok(false),
         }
     }
 
@@ -192,12 +260,7 @@ impl RoutedPlane {
         match device::open(&self.opts, nl, &self.setup).await {
             Ok(mut dev) => {
                 self.queues = device::queues(&mut dev);
-                self.index = nl
-                    .link(&self.opts.name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|(i, _)| i);
+                self.index = device::index(nl, &self.opts.name).await;
                 ours = self.index.is_some();
             }
             Err(e) => error!(error = %e, "cannot recreate the overlay device; retrying"),
@@ -212,13 +275,13 @@ impl RoutedPlane {
     }
 
     /// Whether every worker thread runs.
-    pub fn alive(&self) -> bool {
+    fn alive(&self) -> bool {
         self.workers.as_ref().is_some_and(Router::alive)
     }
 
     /// Stops the workers, then closes the device (the kernel removes it and its routes)
     /// and the TAP; returns the workers' totals.
-    pub fn stop(mut self) -> Totals {
+    fn stop(mut self) -> Totals {
         let totals = self
             .workers
             .as_ref()

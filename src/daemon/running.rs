@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{error, info, warn};
 
-use super::plane::RoutedPlane;
+use super::plane::Plane;
 use super::DaemonError;
 use crate::control::config::NetworkConfig;
 use crate::control::lease::SubnetKey;
@@ -49,7 +49,7 @@ impl SubnetFile {
 /// Everything the running daemon holds.
 pub struct Running {
     pub nl: Netlink,
-    pub plane: RoutedPlane,
+    pub plane: Plane,
     pub firewall: Firewall,
     pub subnet_file: SubnetFile,
     pub telemetry: Arc<telemetry::State>,
@@ -125,7 +125,7 @@ impl Running {
         }
     }
 
-    /// Our lease was re-acquired on another subnet: move the device, the firewall rules
+    /// Our lease was re-acquired on another subnet: move the devices, the firewall rules
     /// and subnet.env to it.
     async fn subnet_changed(&mut self, held: SubnetKey) {
         self.telemetry
@@ -181,12 +181,6 @@ impl Running {
         if let Some(l2) = self.l2 {
             l2.stop().await;
         }
-        let totals = self.plane.stop();
-        info!(
-            tx_packets = totals.tx_packets,
-            rx_packets = totals.rx_packets,
-            drops = totals.drops.iter().sum::<u64>(),
-            "stopped; device and routes removed, lease kept for the next start"
-        );
+        self.plane.stop();
     }
 }

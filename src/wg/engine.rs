@@ -205,6 +205,27 @@ pub struct Identity {
     pub keepalive: Option<u16>,
 }
 
+impl Identity {
+    /// Our public key, as our lease publishes it.
+    pub fn public_key(&self) -> [u8; 32] {
+        *boringtun::x25519::PublicKey::from(&self.secret).as_bytes()
+    }
+}
+
+/// Shows the public key only: the secret and the PSK never reach a log.
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field(
+                "public_key",
+                &crate::control::lease::encode_key(&self.public_key()),
+            )
+            .field("psk", &self.psk.map(|_| "<set>"))
+            .field("keepalive", &self.keepalive)
+            .finish()
+    }
+}
+
 /// The peer table and the protocol state of every peer.
 pub struct Engine {
     id: Identity,

@@ -1,5 +1,6 @@
-//! How a wireguard node lays out its devices for `Backend.Mode` and what its lease says
-//! about it, as flanneld's wireguard backend does (pure: config and addresses in, values out).
+//! How a wireguard node lays out its devices for `Backend.Mode`, as flanneld's wireguard
+//! backend does (pure: config and addresses in, values out). What its lease says is
+//! `crate::backend`'s, as for every backend.
 //!
 //! `separate` (the default): `flannel-wg` carries IPv4 on `ListenPort` to the peers'
 //! `PublicIP`, `flannel-wg-v6` carries IPv6 on `ListenPortV6` to their `PublicIPv6`.
@@ -12,12 +13,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::control::config::{NetworkConfig, WireguardMode};
-use crate::control::lease::{LeaseAttrs, WireguardData};
 
-/// The IPv4 device (and the only one outside `separate` mode), as flanneld names it.
-pub const DEVICE: &str = "flannel-wg";
-/// The IPv6 device of `separate` mode.
-pub const DEVICE_V6: &str = "flannel-wg-v6";
+pub use crate::backend::wireguard::{DEVICE, DEVICE_V6};
 
 /// The underlay family of a device's socket and of its peers' endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,36 +98,6 @@ fn missing(mode: WireguardMode, under: Under) -> String {
     )
 }
 
-/// What our lease says about us, as flanneld writes it: `BackendType: "wireguard"`,
-/// `BackendData` `{PublicKey, Port: ListenPort}` with IPv4 enabled, `PublicIPv6` and
-/// `BackendV6Data` `{PublicKey, Port}` with IPv6 enabled. flanneld's `Port` there is
-/// `ListenPortV6` in every mode; outside `separate` ours is `ListenPort`, the port our one
-/// device listens on, so that a peer reading it reaches us.
-pub fn lease_attrs(
-    cfg: &NetworkConfig,
-    public_key: [u8; 32],
-    public_ip: Ipv4Addr,
-    public_ipv6: Option<Ipv6Addr>,
-) -> LeaseAttrs {
-    let wg = cfg.backend.wireguard.clone().unwrap_or_default();
-    let data = |port| WireguardData { public_key, port }.to_value();
-    let port6 = match wg.mode {
-        WireguardMode::Separate => wg.port_v6,
-        _ => cfg.backend.port,
-    };
-    let public_ipv6 = public_ipv6.filter(|_| cfg.ipv6.is_some());
-    LeaseAttrs {
-        public_ip: match cfg.enable_ipv4 {
-            true => public_ip,
-            false => Ipv4Addr::UNSPECIFIED,
-        },
-        public_ipv6,
-        backend_type: Some("wireguard".into()),
-        backend_data: cfg.enable_ipv4.then(|| data(cfg.backend.port)),
-        backend_v6_data: public_ipv6.map(|_| data(port6)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,33 +153,5 @@ mod tests {
             names(&layouts(&cfg(v6), None, A6).unwrap()),
             [(DEVICE_V6, 5000, false, true, Under::V6)]
         );
-    }
-
-    #[test]
-    fn lease_attrs_both_families() {
-        let key = [7u8; 32];
-        let k = crate::control::lease::encode_key(&key);
-        let a = lease_attrs(&cfg(DUAL), key, A4.unwrap(), A6);
-        assert_eq!(
-            a.to_json(),
-            format!(
-                r#"{{"PublicIP":"192.168.1.2","PublicIPv6":"fd99::2","BackendType":"wireguard","BackendData":{{"Port":51820,"PublicKey":"{k}"}},"BackendV6Data":{{"Port":51821,"PublicKey":"{k}"}}}}"#
-            )
-        );
-        let back = LeaseAttrs::from_json(a.to_json().as_bytes()).unwrap();
-        assert_eq!(back.wireguard_data(true).unwrap().port, 51821);
-        let auto = DUAL.replace(r#""wireguard""#, r#""wireguard","Mode":"auto""#);
-        let a = lease_attrs(&cfg(&auto), key, A4.unwrap(), A6);
-        assert_eq!(a.wireguard_data(true).unwrap().port, 51820);
-        let v4 = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#;
-        let a = lease_attrs(&cfg(v4), key, A4.unwrap(), A6);
-        assert_eq!((a.public_ipv6, a.backend_v6_data), (None, None));
-        let v6 = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/56","Backend":{"Type":"wireguard"}}"#;
-        let a = lease_attrs(&cfg(v6), key, A4.unwrap(), A6);
-        assert_eq!(
-            (a.public_ip, &a.backend_data),
-            (Ipv4Addr::UNSPECIFIED, &None)
-        );
-        assert_eq!(a.wireguard_data(true).unwrap().public_key, key);
     }
 }

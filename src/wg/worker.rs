@@ -80,6 +80,11 @@ impl Worker {
             thread: Some(thread),
         })
     }
+
+    /// Whether the thread still runs (for the health check).
+    pub fn alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
 }
 
 /// Where the engine's output goes: protocol messages one per `sendmmsg`; decrypted packets
