@@ -151,26 +151,20 @@ impl GsoTap {
         if v4 {
             probe(&tunnel, IpAddr::V4(underlay.addr))?;
         }
-        match addr6.map(|a6| probe(&tunnel, IpAddr::V6(a6))) {
+        // IPv6 outer headers need the "packet too big" watch too: without it, super-packets
+        // to a narrower IPv6 path would be lost.
+        let stop = Arc::new(AtomicBool::new(false));
+        let ipv6 = addr6.map(|a6| {
+            probe(&tunnel, IpAddr::V6(a6)).and_then(|()| start_watch(&tunnel, a6, &stop))
+        });
+        match ipv6 {
             None if !v4 => return Err("no IPv4 or IPv6 underlay address to send from".into()),
             Some(Err(reason)) if !v4 => return Err(reason),
             Some(Err(reason)) => {
                 tracing::warn!(%reason, "tunnel GSO with IPv6 outer headers unavailable; super-packets to IPv6 underlay addresses are segmented in userspace");
-                tunnel
-                    .on6
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                tunnel.on6.store(false, Ordering::Relaxed);
             }
             _ => {}
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        if let Some(a6) = addr6.filter(|_| tunnel.on6.load(Ordering::Relaxed)) {
-            let sock = icmp6_listener(a6, Duration::from_secs(1))
-                .map_err(|e| format!("cannot read ICMPv6 on {a6} (packet too big): {e}"))?;
-            let (narrow, stop) = (tunnel.narrow.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("gso-too-big".into())
-                .spawn(move || watch_too_big(sock, a6, &narrow, &stop))
-                .map_err(|e| format!("cannot start the packet-too-big watch: {e}"))?;
         }
         Ok(GsoTap {
             _dev: dev,
@@ -178,6 +172,18 @@ impl GsoTap {
             stop,
         })
     }
+}
+
+/// Starts [`watch_too_big`] on our IPv6 underlay address `a6` for `t`'s narrow paths.
+fn start_watch(t: &Tunnel, a6: Ipv6Addr, stop: &Arc<AtomicBool>) -> Result<(), String> {
+    let sock = icmp6_listener(a6, Duration::from_secs(1))
+        .map_err(|e| format!("cannot read ICMPv6 on {a6} (packet too big): {e}"))?;
+    let (narrow, stop) = (t.narrow.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("gso-too-big".into())
+        .spawn(move || watch_too_big(sock, a6, &narrow, &stop))
+        .map_err(|e| format!("cannot start the packet-too-big watch: {e}"))?;
+    Ok(())
 }
 
 /// Until `stop`: every ICMPv6 "packet too big" read from `sock` about a UDP datagram from
