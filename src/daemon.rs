@@ -211,6 +211,7 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
     let leases = LeaseHolders {
         fib: peers.fib.clone(),
         fib6: peers.fib6.clone(),
+        changed: peers.tables.changes(),
     };
     let l2_starting = start_l2(
         &args,

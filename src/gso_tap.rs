@@ -13,23 +13,32 @@
 //! unusable and the data planes segment in userspace instead (logged; set it to 2, loose,
 //! to allow the TAP).
 //!
+//! With IPv6 outer headers a thread reads the ICMPv6 "packet too big" messages sent to our
+//! underlay address ([`watch_too_big`]): the kernel cannot fragment a forwarded IPv6
+//! super-packet's segments for a path narrower than they are, drops them and answers so;
+//! the destination goes into the tunnel's [`NarrowPaths`], and the workers send to it the
+//! userspace-segmenting way (whose socket fragments) until the re-probe. IPv4 needs no such
+//! watch: the outer DF bit is clear, so the kernel fragments the segments it forwards.
+//!
 //! Before the data planes use it, a probe — a two-segment super-packet written through the
 //! TAP to a socket on our own underlay address — shows that the kernel takes the header
 //! and routes the packet. Forwarding out of the host additionally passes the FORWARD
 //! chain: a DROP policy there must allow the TAP (`-i ovgso0 -j ACCEPT`); see
 //! docs/operations.md.
 
+use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::datapath::tunnel::{Tunnel, TunnelFrame, OUTER_LEN_V6};
+use crate::datapath::tunnel::{NarrowPaths, Tunnel, TunnelFrame, OUTER_LEN_V6};
 use crate::host::{self, Netlink, Underlay};
 use crate::offload::tso;
+use crate::sys::socket::icmp6_listener;
 use crate::sys::tun::{self, Device};
 use crate::wire::virtio::{self, VirtioNetHdr};
-use crate::wire::{checksum, ip, ipv4, tcp};
+use crate::wire::{checksum, icmp, ip, ipv4, tcp};
 
 /// The TAP's name.
 pub const NAME: &str = "ovgso0";
@@ -45,10 +54,18 @@ pub enum Mode {
     Off,
 }
 
-/// An open, probed tunnel-GSO TAP. The device goes (with its settings) when this drops.
+/// An open, probed tunnel-GSO TAP. The device goes (with its settings) when this drops,
+/// and the "packet too big" watch stops (within its read timeout).
 pub struct GsoTap {
     _dev: Device,
     pub tunnel: Tunnel,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for GsoTap {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl GsoTap {
@@ -129,22 +146,80 @@ impl GsoTap {
             mac: MAC,
             on: Arc::new(AtomicBool::new(v4)),
             on6: Arc::new(AtomicBool::new(addr6.is_some())),
+            narrow: Arc::default(),
         };
         if v4 {
             probe(&tunnel, IpAddr::V4(underlay.addr))?;
         }
-        match addr6.map(|a6| probe(&tunnel, IpAddr::V6(a6))) {
+        // IPv6 outer headers need the "packet too big" watch too: without it, super-packets
+        // to a narrower IPv6 path would be lost.
+        let stop = Arc::new(AtomicBool::new(false));
+        let ipv6 = addr6.map(|a6| {
+            probe(&tunnel, IpAddr::V6(a6)).and_then(|()| start_watch(&tunnel, a6, &stop))
+        });
+        match ipv6 {
             None if !v4 => return Err("no IPv4 or IPv6 underlay address to send from".into()),
             Some(Err(reason)) if !v4 => return Err(reason),
             Some(Err(reason)) => {
                 tracing::warn!(%reason, "tunnel GSO with IPv6 outer headers unavailable; super-packets to IPv6 underlay addresses are segmented in userspace");
-                tunnel
-                    .on6
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                tunnel.on6.store(false, Ordering::Relaxed);
             }
             _ => {}
         }
-        Ok(GsoTap { _dev: dev, tunnel })
+        Ok(GsoTap {
+            _dev: dev,
+            tunnel,
+            stop,
+        })
+    }
+}
+
+/// Starts [`watch_too_big`] on our IPv6 underlay address `a6` for `t`'s narrow paths.
+fn start_watch(t: &Tunnel, a6: Ipv6Addr, stop: &Arc<AtomicBool>) -> Result<(), String> {
+    let sock = icmp6_listener(a6, Duration::from_secs(1))
+        .map_err(|e| format!("cannot read ICMPv6 on {a6} (packet too big): {e}"))?;
+    let (narrow, stop) = (t.narrow.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("gso-too-big".into())
+        .spawn(move || watch_too_big(sock, a6, &narrow, &stop))
+        .map_err(|e| format!("cannot start the packet-too-big watch: {e}"))?;
+    Ok(())
+}
+
+/// Until `stop`: every ICMPv6 "packet too big" read from `sock` about a UDP datagram from
+/// `src` (our underlay address) puts the datagram's destination into `narrow` (logged when
+/// it was not held already). Reads wait at most the socket's timeout, so `stop` is seen.
+fn watch_too_big(
+    mut sock: socket2::Socket,
+    src: Ipv6Addr,
+    narrow: &NarrowPaths,
+    stop: &AtomicBool,
+) {
+    let mut buf = [0u8; icmp::MAX_V6_ERROR_LEN];
+    while !stop.load(Ordering::Relaxed) {
+        let n = match sock.read(&mut buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the packet-too-big watch stops: super-packets to a narrower IPv6 path would be lost");
+                return;
+            }
+        };
+        match icmp::too_big_v6(&buf[..n]) {
+            Some(t) if t.src == src && narrow.report(IpAddr::V6(t.dst), Instant::now()) => {
+                tracing::warn!(dst = %t.dst, mtu = t.mtu, "packet too big for the path to this destination: its super-packets are segmented in userspace until the re-probe");
+            }
+            _ => {}
+        }
     }
 }
 

@@ -12,6 +12,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use tracing::{debug, info, warn};
 
 use crate::backend::Backend;
@@ -56,6 +58,8 @@ pub struct Tables {
     by_key: HashMap<String, Known>,
     /// Lease key → the revision of its version already warned about.
     warned: HashMap<String, i64>,
+    /// Told after every swap of the tables (see [`Self::changes`]).
+    changed: watch::Sender<()>,
 }
 
 impl Tables {
@@ -74,7 +78,14 @@ impl Tables {
             fib6,
             by_key: HashMap::new(),
             warned: HashMap::new(),
+            changed: watch::Sender::new(()),
         }
+    }
+
+    /// A receiver told after each swap of the forwarding tables: what must follow the
+    /// leases (the L2 member re-check) waits on it instead of polling. Control plane only.
+    pub fn changes(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     /// The number of leases kept (decoded for this node).
@@ -199,6 +210,7 @@ impl Tables {
         );
         self.fib.store(Arc::new(fib));
         self.fib6.store(Arc::new(fib6));
+        self.changed.send_replace(());
     }
 }
 

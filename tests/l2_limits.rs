@@ -108,9 +108,18 @@ fn netns_l2_member_without_lease_gets_no_flood() {
     );
 
     // Positive control: a lease for h3's address makes it a member, and floods reach it.
+    // The member re-check wakes when the forwarding tables change (its timer is 30 s), so
+    // the new member counts within a few seconds.
+    let leased = Instant::now();
     etcd.put_l2_peer_lease(P, h3.ip);
     wait_gauge(&d1, "overlayd_l2_members", "net", 2.0);
     wait_gauge(&d1, "overlayd_l2_members_without_lease", "net", 0.0);
+    let took = leased.elapsed();
+    eprintln!("h3's lease written -> h3 a member at h1: {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the member re-check follows the lease change, not its 30 s timer: {took:?}"
+    );
     let cap = Capture::start(h3, "eth0", &vxlan, 5, Duration::from_secs(30));
     ping_burst(&c1, "10.50.0.97", 3, "0.3");
     let seen = cap.finish(Duration::from_millis(300));

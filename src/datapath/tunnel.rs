@@ -14,14 +14,20 @@
 //! The outer headers are written in place in the read buffer's headroom, in front of the
 //! encapsulation. A kernel that refuses the write (EINVAL/EIO) turns this way off for that
 //! destination only (the caller's [`Fallback`](super::fallback::Fallback) table, until
-//! its re-probe), which then takes the userspace-segmenting way.
+//! its re-probe), which then takes the userspace-segmenting way. So does a destination in
+//! [`NarrowPaths`]: the write succeeds, but the kernel cannot forward the segments of an
+//! IPv6 super-packet over a path narrower than they are (a forwarded IPv6 packet is never
+//! fragmented) and answers "packet too big" instead, which [`crate::gso_tap`] reads.
 
 use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
-use super::fallback::gso_refused;
+use arc_swap::ArcSwap;
+
+use super::fallback::{gso_refused, REPROBE};
 use super::Sent;
 use crate::offload::tso::GsoShape;
 use crate::sys::tun::Queue;
@@ -52,6 +58,49 @@ pub struct Tunnel {
     pub on: Arc<AtomicBool>,
     /// IPv6 outer headers: the same (false without `src6`).
     pub on6: Arc<AtomicBool>,
+    /// Destinations the kernel answered "packet too big" for.
+    pub narrow: Arc<NarrowPaths>,
+}
+
+/// Underlay destinations a forwarded super-packet was too big for, each until [`REPROBE`]
+/// after the last report: shared by every worker, written by one control-plane thread.
+/// While it is empty (the usual case) a look-up is one relaxed load.
+#[derive(Debug, Default)]
+pub struct NarrowPaths {
+    any: AtomicBool,
+    /// (destination, reported at); replaced whole on each report.
+    list: ArcSwap<Vec<(IpAddr, Instant)>>,
+}
+
+impl NarrowPaths {
+    /// Records a report for `dst` at `now` (expired entries are dropped meanwhile); true
+    /// when `dst` was not already held. Control plane only: it allocates.
+    pub fn report(&self, dst: IpAddr, now: Instant) -> bool {
+        let old = self.list.load();
+        let mut list: Vec<_> = old
+            .iter()
+            .filter(|(d, at)| *d != dst && now < *at + REPROBE)
+            .copied()
+            .collect();
+        let new = !old.iter().any(|(d, at)| *d == dst && now < *at + REPROBE);
+        list.push((dst, now));
+        self.list.store(Arc::new(list));
+        self.any.store(true, Ordering::Release);
+        new
+    }
+
+    /// Whether `dst` was reported less than [`REPROBE`] before `now()` (called only while
+    /// some destination is held).
+    pub fn holds(&self, dst: IpAddr, now: impl FnOnce() -> Instant) -> bool {
+        if !self.any.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = now();
+        self.list
+            .load()
+            .iter()
+            .any(|(d, at)| *d == dst && now < *at + REPROBE)
+    }
 }
 
 impl Tunnel {
@@ -64,6 +113,7 @@ impl Tunnel {
             mac: self.mac,
             on: self.on.clone(),
             on6: self.on6.clone(),
+            narrow: self.narrow.clone(),
         }
     }
 }
@@ -77,6 +127,7 @@ pub struct TunnelTx {
     mac: [u8; 6],
     on: Arc<AtomicBool>,
     on6: Arc<AtomicBool>,
+    narrow: Arc<NarrowPaths>,
 }
 
 /// Where the encapsulated frame lies in the buffer and what it carries.
@@ -114,9 +165,10 @@ impl TunnelTx {
     }
 
     /// Writes the frame once per destination (`dst`:`port`, from `src_port`), all of one
-    /// family. `None`, having written nothing, when the kernel refuses the first write (the
-    /// caller then remembers the refusal for that destination), or when this TAP has no
-    /// source address of the destinations' family: the caller sends another way.
+    /// family. `None`, having written nothing, when the kernel refuses the first write or a
+    /// destination is in [`NarrowPaths`] (the caller then remembers the refusal for that
+    /// destination), or when this TAP has no source address of the destinations' family:
+    /// the caller sends another way.
     pub fn send<A: Copy + Into<IpAddr>>(
         &self,
         buf: &mut [u8],
@@ -127,6 +179,12 @@ impl TunnelTx {
     ) -> Option<Sent> {
         let v6 = (*dsts.first()?).into().is_ipv6();
         if dsts.iter().any(|d| (*d).into().is_ipv6() != v6) || (v6 && self.src6.is_none()) {
+            return None;
+        }
+        if dsts
+            .iter()
+            .any(|d| self.narrow.holds((*d).into(), Instant::now))
+        {
             return None;
         }
         let (ip_len, ethertype, tunnel_type) = if v6 {
@@ -221,5 +279,29 @@ impl TunnelTx {
         }
         sent.tunnel_writes = sent.calls;
         Some(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn narrow_paths_hold_a_reported_destination_until_the_reprobe_time() {
+        let n = NarrowPaths::default();
+        let (a, b): (IpAddr, IpAddr) = ("fd00::2".parse().unwrap(), "fd00::3".parse().unwrap());
+        let t0 = Instant::now();
+        assert!(!n.holds(a, || panic!("no clock read while empty")));
+        assert!(n.report(a, t0));
+        assert!(n.holds(a, || t0 + REPROBE - Duration::from_secs(1)));
+        assert!(!n.holds(b, || t0), "only the reported destination");
+        assert!(!n.report(a, t0 + Duration::from_secs(10)), "held already");
+        let later = t0 + REPROBE + Duration::from_secs(5);
+        assert!(n.holds(a, || later), "the last report counts");
+        assert!(!n.holds(a, || later + REPROBE), "expired");
+        assert!(n.report(b, later + REPROBE));
+        assert_eq!(n.list.load().len(), 1, "the expired entry was dropped");
+        assert!(n.report(a, later + REPROBE), "expired: new again");
     }
 }

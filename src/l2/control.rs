@@ -13,8 +13,10 @@
 //! A member key alone does not make a member: a member counts (gets floods, its frames are
 //! accepted) only while a current subnet lease carries its address as `PublicIP` (or
 //! `PublicIPv6`), as the routed forwarding tables ([`LeaseHolders`]) say. The snapshots are
-//! re-checked against the leases on every member change and every [`LEASE_RECHECK`], so a
-//! node whose lease expired stops counting within that period, with its key still there.
+//! re-checked against the leases on every member change and every swap of those tables
+//! (the L3 loop tells, [`LeaseHolders::changed`]), so a node whose lease expired stops
+//! counting as soon as the L3 loop has seen it go, with its key still there; a slow
+//! [`LEASE_RECHECK`] remains as a safety net.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -38,8 +40,9 @@ pub const MEMBER_TTL_SECS: i64 = 90;
 /// How often the member lease is kept alive.
 const KEEPALIVE: Duration = Duration::from_secs(20);
 
-/// How often the member snapshots are re-checked against the leases.
-pub const LEASE_RECHECK: Duration = Duration::from_secs(1);
+/// How often the member snapshots are re-checked against the leases without being told
+/// of a change (a safety net: every swap of the tables is told).
+pub const LEASE_RECHECK: Duration = Duration::from_secs(30);
 
 /// Where the current subnet leases' addresses are read: the routed forwarding tables, which
 /// the L3 control loop keeps to the leases (every underlay address of every kept lease).
@@ -47,6 +50,8 @@ pub const LEASE_RECHECK: Duration = Duration::from_secs(1);
 pub struct LeaseHolders {
     pub fib: SharedFib,
     pub fib6: SharedFib6,
+    /// Told after each swap of `fib`/`fib6` (`peers::Tables::changes`).
+    pub changed: watch::Receiver<()>,
 }
 
 impl LeaseHolders {
@@ -166,7 +171,8 @@ pub struct L2Control {
 type Announced = Arc<BTreeMap<String, BTreeSet<Ipv4Addr>>>;
 
 /// Turns the announced members into the snapshots the workers use (lease holders only), on
-/// every change of the announcements and every [`LEASE_RECHECK`].
+/// every change of the announcements or of the forwarding tables, and every
+/// [`LEASE_RECHECK`].
 struct Publisher {
     names: Vec<String>,
     self_ip: Ipv4Addr,
@@ -175,12 +181,15 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn run(self, mut rx: watch::Receiver<Announced>) {
+    async fn run(mut self, mut rx: watch::Receiver<Announced>) {
         let mut tick = tokio::time::interval(LEASE_RECHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // False once the tables' sender is gone (the L3 loop stopped): the tick remains.
+        let mut told = true;
         loop {
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { return },
+                changed = self.leases.changed.changed(), if told => told = changed.is_ok(),
                 _ = tick.tick() => {}
             }
             let all = rx.borrow_and_update().clone();

@@ -37,6 +37,16 @@ pub struct Msg<'a> {
     pub segment: u16,
 }
 
+/// A raw ICMPv6 socket bound to `addr` (it reads the ICMPv6 messages sent to it, without
+/// the IPv6 header), each read waiting at most `timeout`: how the tunnel-GSO TAP learns of
+/// "packet too big" answers to what it forwarded.
+pub fn icmp6_listener(addr: Ipv6Addr, timeout: std::time::Duration) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::IPV6, Type::RAW.cloexec(), Some(Protocol::ICMPV6))?;
+    sock.bind(&SocketAddr::new(addr.into(), 0).into())?;
+    sock.set_read_timeout(Some(timeout))?;
+    Ok(sock)
+}
+
 fn setsockopt_int(
     fd: libc::c_int,
     level: libc::c_int,

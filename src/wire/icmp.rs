@@ -1,5 +1,7 @@
 //! ICMP error messages overlayd originates: "destination network unreachable" for inner
-//! packets whose destination has no lease, so senders fail fast instead of timing out.
+//! packets whose destination has no lease, so senders fail fast instead of timing out;
+//! and the one it reads: an ICMPv6 "packet too big" about an underlay datagram of ours
+//! ([`too_big_v6`]).
 //!
 //! Builders write a complete IP + ICMP packet into a caller-owned buffer, ready to write to
 //! the TUN device. Following RFC 1812 §4.3.2.3 the error quotes as much of the offending
@@ -22,6 +24,9 @@ pub const CODE_NET_UNREACHABLE: u8 = 0;
 pub const V6_TYPE_DEST_UNREACHABLE: u8 = 1;
 /// ICMPv6 code: no route to destination.
 pub const V6_CODE_NO_ROUTE: u8 = 0;
+
+/// ICMPv6 type: packet too big (RFC 4443 §3.2).
+pub const V6_TYPE_PACKET_TOO_BIG: u8 = 2;
 
 /// Longest IPv4 ICMP error overlayd builds (RFC 1812 §4.3.2.3).
 pub const MAX_V4_ERROR_LEN: usize = 576;
@@ -165,6 +170,39 @@ pub fn no_route_v6(orig: &[u8], from: Ipv6Addr, out: &mut [u8]) -> Option<usize>
     Some(total)
 }
 
+/// What an ICMPv6 "packet too big" says about the UDP datagram it quotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooBig {
+    /// The MTU of the link the datagram did not fit.
+    pub mtu: u32,
+    /// The quoted datagram's source and destination.
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+}
+
+/// Reads an ICMPv6 message as a raw ICMPv6 socket returns it (no IPv6 header in front):
+/// `Some` when it is a "packet too big" quoting an IPv6 packet that carries UDP right
+/// after its fixed header (as our underlay datagrams do). The quote is usually cut short
+/// (the message fits 1280 bytes), so only the quoted headers are required; anything else
+/// (another type, a quote too short for them, not IPv6, not UDP) is `None`.
+pub fn too_big_v6(msg: &[u8]) -> Option<TooBig> {
+    if msg.get(field::TYPE..=field::CODE)? != [V6_TYPE_PACKET_TOO_BIG, 0] {
+        return None;
+    }
+    // In "packet too big" the unused word of other errors holds the MTU.
+    let mtu = u32::from_be_bytes(msg.get(field::UNUSED)?.try_into().ok()?);
+    let quoted = msg.get(ERROR_HEADER_LEN..ERROR_HEADER_LEN + ipv6::HEADER_LEN + 8)?;
+    let p = ipv6::Packet::new_unchecked(quoted);
+    if p.version() != 6 || p.next_header() != ip::PROTO_UDP {
+        return None;
+    }
+    Some(TooBig {
+        mtu,
+        src: p.src_addr(),
+        dst: p.dst_addr(),
+    })
+}
+
 /// Whether `a` can be the source of a packet we answer: a single host, not 0.0.0.0, the
 /// limited broadcast, a multicast group, loopback or class E.
 fn is_host_v4(a: Ipv4Addr) -> bool {
@@ -274,6 +312,51 @@ mod tests {
         assert_eq!(net_unreachable_v4(&[0x60; 60], ROUTER, &mut out), None);
     }
 
+    /// A "packet too big" (MTU 1280) as a raw ICMPv6 socket reads it, quoting the first
+    /// `quote` bytes of a UDP datagram fd00::1 → fd00::2 of 1500 bytes.
+    fn too_big_msg(quote: usize) -> Vec<u8> {
+        let mut orig = vec![0u8; 1500];
+        ipv6::Repr {
+            src_addr: "fd00::1".parse().unwrap(),
+            dst_addr: "fd00::2".parse().unwrap(),
+            next_header: ip::PROTO_UDP,
+            payload_len: 1460,
+            hop_limit: 64,
+        }
+        .emit(&mut orig);
+        let mut m = vec![V6_TYPE_PACKET_TOO_BIG, 0, 0xab, 0xcd, 0, 0, 5, 0];
+        m.extend_from_slice(&orig[..quote]);
+        m
+    }
+
+    #[test]
+    fn reads_packet_too_big_about_a_udp_datagram() {
+        let want = TooBig {
+            mtu: 1280,
+            src: "fd00::1".parse().unwrap(),
+            dst: "fd00::2".parse().unwrap(),
+        };
+        assert_eq!(
+            too_big_v6(&too_big_msg(1232)),
+            Some(want),
+            "usual cut quote"
+        );
+        assert_eq!(too_big_v6(&too_big_msg(48)), Some(want), "headers only");
+        assert_eq!(too_big_v6(&too_big_msg(47)), None, "UDP header cut");
+        let mut m = too_big_msg(100);
+        m[0] = V6_TYPE_DEST_UNREACHABLE;
+        assert_eq!(too_big_v6(&m), None, "another type");
+        let mut m = too_big_msg(100);
+        m[ERROR_HEADER_LEN + 6] = PROTO_ICMPV6;
+        assert_eq!(too_big_v6(&m), None, "not UDP");
+        let mut m = too_big_msg(100);
+        m[ERROR_HEADER_LEN] = 0x45;
+        assert_eq!(too_big_v6(&m), None, "not IPv6");
+        for n in 0..8 {
+            assert_eq!(too_big_v6(&too_big_msg(100)[..n]), None, "{n} bytes");
+        }
+    }
+
     fn v6(next: u8, payload: &[u8]) -> Vec<u8> {
         let mut b = vec![0u8; 40];
         ipv6::Repr {
@@ -325,6 +408,7 @@ mod tests {
                 prop_assert_eq!(checksum::checksum(p.payload()), 0);
             }
             let _ = no_route_v6(&buf, Ipv6Addr::LOCALHOST, &mut out);
+            let _ = too_big_v6(&buf);
         }
     }
 }
