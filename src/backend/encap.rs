@@ -12,6 +12,9 @@ use super::{gre_tunnel, udp_tunnel, vxlan_tunnel};
 use crate::drop::DropReason;
 use crate::wire::{ether, gre, ip, vxlan};
 
+/// Where a vxlan datagram's inner IP packet starts: after the VXLAN and the inner
+/// Ethernet header.
+pub const VXLAN_INNER_IP_AT: usize = vxlan::HEADER_LEN + ether::HEADER_LEN;
 /// Outer IPv4 header length, counted in [`Encap::overhead`].
 const OUTER_IPV4_LEN: usize = 20;
 /// Outer IPv6 header length, counted in [`Encap::overhead_v6`].
@@ -49,7 +52,7 @@ impl Encap {
     pub const fn header_len(&self) -> usize {
         match *self {
             Encap::Udp => 0,
-            Encap::Vxlan { .. } => vxlan::HEADER_LEN + ether::HEADER_LEN,
+            Encap::Vxlan { .. } => VXLAN_INNER_IP_AT,
             Encap::Gre {
                 key,
                 checksum,
