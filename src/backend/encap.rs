@@ -10,11 +10,8 @@
 
 use super::{gre_tunnel, udp_tunnel, vxlan_tunnel};
 use crate::drop::DropReason;
-use crate::wire::{ether, gre, ip, vxlan};
+use crate::wire::{gre, ip};
 
-/// Where a vxlan datagram's inner IP packet starts: after the VXLAN and the inner
-/// Ethernet header.
-pub const VXLAN_INNER_IP_AT: usize = vxlan::HEADER_LEN + ether::HEADER_LEN;
 /// Outer IPv4 header length, counted in [`Encap::overhead`].
 const OUTER_IPV4_LEN: usize = 20;
 /// Outer IPv6 header length, counted in [`Encap::overhead_v6`].
@@ -52,7 +49,7 @@ impl Encap {
     pub const fn header_len(&self) -> usize {
         match *self {
             Encap::Udp => 0,
-            Encap::Vxlan { .. } => VXLAN_INNER_IP_AT,
+            Encap::Vxlan { .. } => vxlan_tunnel::INNER_IP_AT,
             Encap::Gre {
                 key,
                 checksum,
@@ -139,7 +136,7 @@ impl Encap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::ipv4;
+    use crate::wire::{ether, ipv4, vxlan};
     use proptest::prelude::*;
     use std::net::Ipv4Addr;
 
