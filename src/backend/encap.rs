@@ -10,7 +10,7 @@
 
 use super::{gre_tunnel, udp_tunnel, vxlan_tunnel};
 use crate::drop::DropReason;
-use crate::wire::{ether, gre, ip, vxlan};
+use crate::wire::{gre, ip};
 
 /// Outer IPv4 header length, counted in [`Encap::overhead`].
 const OUTER_IPV4_LEN: usize = 20;
@@ -49,7 +49,7 @@ impl Encap {
     pub const fn header_len(&self) -> usize {
         match *self {
             Encap::Udp => 0,
-            Encap::Vxlan { .. } => vxlan::HEADER_LEN + ether::HEADER_LEN,
+            Encap::Vxlan { .. } => vxlan_tunnel::INNER_IP_AT,
             Encap::Gre {
                 key,
                 checksum,
@@ -136,7 +136,7 @@ impl Encap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::ipv4;
+    use crate::wire::{ether, ipv4, vxlan};
     use proptest::prelude::*;
     use std::net::Ipv4Addr;
 

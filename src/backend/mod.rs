@@ -24,6 +24,7 @@ pub use encap::{Decapsulated, Encap};
 use crate::control::config::{BackendConfig, BackendKind, WireguardMode};
 use crate::control::lease::{GreData, LeaseAttrs, VxlanData};
 use crate::sys::socket::UnderlaySocket;
+use crate::sys::steer;
 
 /// Kernel buffer size of every underlay socket.
 pub const SOCKET_BUFFER: usize = 8 << 20;
@@ -45,21 +46,33 @@ impl SocketError {
     }
 }
 
-/// `queues` UDP sockets bound to `addr`:`port` (`SO_REUSEPORT` spreads flows over them),
-/// one per receive worker.
+/// `queues` UDP sockets bound to `addr`:`port`, one per receive worker: `SO_REUSEPORT`
+/// spreads datagrams over them by the inner flow, whose IP packet starts `inner_ip_at`
+/// bytes into the payload ([`steer`]; when the kernel refuses that, by its hash of the outer
+/// addresses and ports, and a warning says so).
 fn udp_sockets(
     addr: IpAddr,
     port: u16,
     queues: usize,
+    inner_ip_at: usize,
 ) -> Result<Vec<Arc<UnderlaySocket>>, SocketError> {
     let bind = SocketAddr::new(addr, port);
-    (0..queues.max(1))
+    let socks = (0..queues.max(1))
         .map(|_| {
             UnderlaySocket::udp(bind, SOCKET_BUFFER)
                 .map(Arc::new)
                 .map_err(SocketError::at(bind))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    if socks.len() > 1 {
+        if let Err(e) = steer::steer_by_inner_flow(&*socks[0], inner_ip_at, socks.len()) {
+            tracing::warn!(
+                "{bind}: cannot spread received flows over the workers by inner flow ({e}); \
+                 the kernel's outer-port hash decides"
+            );
+        }
+    }
+    Ok(socks)
 }
 
 /// A backend's underlay sockets of one address family: the ones transmit picks from, and

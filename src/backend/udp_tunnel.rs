@@ -31,7 +31,8 @@ pub fn is_peer(attrs: &LeaseAttrs) -> bool {
 /// (`SO_REUSEPORT`): each both receives and sends, since peers expect datagrams from the
 /// port they send to.
 pub fn sockets(addr: IpAddr, port: u16, queues: usize) -> Result<Sockets, SocketError> {
-    let recv = super::udp_sockets(addr, port, queues)?;
+    // The payload is the inner IP packet itself.
+    let recv = super::udp_sockets(addr, port, queues, 0)?;
     Ok(Sockets {
         send: recv.clone(),
         recv,

@@ -151,6 +151,9 @@ pub fn peer_mac_v6(attrs: &LeaseAttrs, vni: u32) -> Result<Option<[u8; 6]>, Stri
     Ok((d.vni == vni).then_some(d.vtep_mac))
 }
 
+/// Where a datagram's inner IP packet starts: after the VXLAN and the inner Ethernet header.
+pub const INNER_IP_AT: usize = vxlan::HEADER_LEN + ether::HEADER_LEN;
+
 /// The send pool: [`SEND_SOCKETS`] sockets bound to ephemeral ports on `addr`.
 pub fn send_pool(addr: impl Into<IpAddr>) -> Result<Vec<Arc<UnderlaySocket>>, SocketError> {
     let b = SocketAddr::new(addr.into(), 0);
@@ -167,7 +170,7 @@ pub fn send_pool(addr: impl Into<IpAddr>) -> Result<Vec<Arc<UnderlaySocket>>, So
 pub fn sockets(addr: IpAddr, port: u16, queues: usize) -> Result<Sockets, SocketError> {
     Ok(Sockets {
         send: send_pool(addr)?,
-        recv: super::udp_sockets(addr, port, queues)?,
+        recv: super::udp_sockets(addr, port, queues, INNER_IP_AT)?,
     })
 }
 

@@ -10,4 +10,5 @@ pub mod lock;
 pub mod netns;
 pub mod owned;
 pub mod socket;
+pub mod steer;
 pub mod tun;

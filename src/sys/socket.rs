@@ -53,14 +53,25 @@ fn setsockopt_int(
     name: libc::c_int,
     v: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live c_int and its exact size.
+    setsockopt(fd, level, name, &v)
+}
+
+/// Sets a socket option whose value is `v` (a plain C struct or integer, passed by pointer
+/// with its exact size; the kernel copies it before returning).
+pub(crate) fn setsockopt<T>(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: &T,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live T and its exact size.
     let rc = unsafe {
         libc::setsockopt(
             fd,
             level,
             name,
-            (&v as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
+            (v as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
     if rc < 0 {
