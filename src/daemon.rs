@@ -211,7 +211,7 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
     let leases = LeaseHolders {
         fib: peers.fib.clone(),
         fib6: peers.fib6.clone(),
-        changed: peers.tables.changes(),
+        changed: peers.changed.clone(),
     };
     let l2_starting = start_l2(
         &args,
@@ -327,6 +327,8 @@ pub struct Peers {
     pub fib6: SharedFib6,
     /// wireguard: each device's peers, in the order of the plan's layouts.
     pub specs: Vec<SharedSpecs>,
+    /// Told after each swap of the forwarding tables (`peers::Tables::changes`).
+    pub changed: tokio::sync::watch::Receiver<()>,
 }
 
 /// The lease → peer cache that keeps [`Peers`] current: the forwarding tables alone, or
@@ -346,6 +348,7 @@ async fn peers(
         fib.clone(),
         fib6.clone(),
     );
+    let changed = tables.changes();
     let (mut sink, specs): (Box<dyn LeaseSink>, _) = match &plan.plane {
         PlaneKind::Routed { .. } => (Box::new(tables), Vec::new()),
         PlaneKind::Wireguard { layouts, .. } => {
@@ -361,7 +364,15 @@ async fn peers(
         }
         Err(e) => warn!(error = %e, "cannot list peers yet; the watch will fill them in"),
     }
-    (Peers { fib, fib6, specs }, sink)
+    (
+        Peers {
+            fib,
+            fib6,
+            specs,
+            changed,
+        },
+        sink,
+    )
 }
 
 /// Layer-2 networks, beside the routed overlay, started in the background: an L2 network

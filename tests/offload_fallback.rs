@@ -147,6 +147,35 @@ fn nstat(h: &Host, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("nstat {name}: {out}"))
 }
 
+/// Starts counting, on `h`'s eth0, the distinct outer IPv4 identifications of the VXLAN
+/// fragments arriving (python3 on a packet socket, bounded by `timeout` and a frame count);
+/// the returned child prints the count when it ends.
+fn count_fragment_ids(h: &Host) -> std::process::Child {
+    const PY: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.bind(("eth0", 0))
+s.settimeout(1.0)
+ids, end, n = set(), time.time() + float(sys.argv[1]), 0
+while time.time() < end and n < 200000:
+    try:
+        f = s.recv(128)
+    except socket.timeout:
+        continue
+    n += 1
+    ip = f[14:]
+    frag = int.from_bytes(ip[6:8], "big")
+    if ip[9] == 17 and frag & 0x3fff:
+        ids.add(int.from_bytes(ip[4:6], "big"))
+print(len(ids), flush=True)
+"#;
+    h.command("timeout")
+        .args(["30", "python3", "-c", PY, "8"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (installed?)")
+}
+
 fn tunnel_writes(d: &Overlayd) -> f64 {
     d.metric("overlayd_tunnel_gso_writes_total", &[])
 }
@@ -169,16 +198,31 @@ fn netns_tunnel_gso_narrow_path_ipv4() {
     let (d1, h1) = (&c.daemons[0], c.host(0));
     let f0 = fallbacks(d1);
     let (w0, frags0) = (tunnel_writes(d1), nstat(h1, "IpFragCreates"));
+    let ids = count_fragment_ids(c.host(1));
+    std::thread::sleep(Duration::from_millis(300));
     transfer(&c, 1, f0);
     let (w1, frags1) = (tunnel_writes(d1), nstat(h1, "IpFragCreates"));
+    let out = ids.wait_with_output().expect("the fragment counter");
+    let distinct: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("fragment counter said {out:?}"));
     transfer(&c, 2, f0);
     let w2 = tunnel_writes(d1);
     println!(
-        "tunnel writes: h2 {}, h3 {}; fragments to h2 {}; fallbacks {f0} -> {}",
+        "tunnel writes: h2 {}, h3 {}; fragments to h2 {} with {distinct} distinct IDs; \
+         fallbacks {f0} -> {}",
         w1 - w0,
         w2 - w1,
         frags1 - frags0,
         fallbacks(d1)
+    );
+    // Each super-packet's segments take IDs of their own: reused IDs (every super-packet
+    // numbered from 0, as before) would let fragments of different datagrams be joined.
+    assert!(
+        distinct as f64 > 4.0 * (w1 - w0).min(1000.0),
+        "outer IPv4 IDs reused across super-packets: {distinct} distinct over {} writes",
+        w1 - w0
     );
     assert!(w1 - w0 > 100.0, "h2's super-packets went to the TAP");
     assert!(

@@ -21,7 +21,7 @@
 
 use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -114,6 +114,8 @@ impl Tunnel {
             on: self.on.clone(),
             on6: self.on6.clone(),
             narrow: self.narrow.clone(),
+            // Workers start a quarter of the ID space apart.
+            ident: AtomicU16::new((i as u16).wrapping_mul(0x4000)),
         }
     }
 }
@@ -128,6 +130,11 @@ pub struct TunnelTx {
     on: Arc<AtomicBool>,
     on6: Arc<AtomicBool>,
     narrow: Arc<NarrowPaths>,
+    /// The next outer IPv4 identification. The kernel numbers a super-packet's segments
+    /// from the one written, so each write takes `count` of them: without it every
+    /// super-packet's segments reuse the same IDs, and on a path that fragments them (DF
+    /// is clear) fragments of different datagrams could be reassembled together.
+    ident: AtomicU16,
 }
 
 /// Where the encapsulated frame lies in the buffer and what it carries.
@@ -238,6 +245,12 @@ impl TunnelTx {
                         ttl: OUTER_TTL,
                     }
                     .emit(&mut buf[ip_at..]);
+                    let id = self
+                        .ident
+                        .fetch_add(f.shape.count as u16, Ordering::Relaxed);
+                    let mut hdr4 = ipv4::Packet::new_unchecked(&mut buf[ip_at..]);
+                    hdr4.set_ident(id);
+                    hdr4.fill_checksum();
                     checksum::pseudo_header_v4(self.src, dst, ip::PROTO_UDP, udp_len as u16)
                 }
                 (IpAddr::V6(dst), Some(src6)) => {
