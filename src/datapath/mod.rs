@@ -12,6 +12,7 @@
 pub mod fallback;
 pub mod recv;
 pub mod send;
+pub mod spin;
 pub mod tunnel;
 
 use std::io;
@@ -19,8 +20,10 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use self::spin::Spinner;
+pub use self::spin::{BusyPoll, Turn, DEFAULT_BUSY_POLL};
 use crate::sys::tun::{self, poll_readable, Device};
 use crate::wire::virtio;
 
@@ -36,14 +39,6 @@ pub const MAX_READ: usize = 65535 + 18 + virtio::LEN;
 pub const SEG_BUF: usize = 256 * 1024;
 /// How long a worker blocks in `poll` before re-checking its stop flag.
 const POLL_MS: i32 = 100;
-
-/// Default busy-poll window after traffic (`--busy-poll-us`): off. A window of 200 µs
-/// (which covers the round trip to a peer whose worker must first be woken, ~50–70 µs on a
-/// VM whose idle vCPUs halt) halves the ping overhead but, on the tunnel-GSO path, costs
-/// 0.9 against 0.5 CPU-seconds per GiB and 0.87x against 1.01x of the kernel's VXLAN: the
-/// spinning worker takes the CPU the kernel's segmentation and the application need
-/// (docs/performance.md, "Busy-poll and CPU per GiB").
-pub const DEFAULT_BUSY_POLL_US: u32 = 0;
 
 /// What a send did with its datagrams.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +92,8 @@ pub trait Side: Send + 'static {
     /// The descriptor to poll (a device queue or an underlay socket), owned apart from
     /// the side so that polling borrows nothing from it.
     fn pollable(&self) -> Arc<dyn AsFd + Send + Sync>;
-    /// Handles what is ready; returns whether there was any traffic.
-    fn drain(&mut self) -> bool;
+    /// Handles what is ready; returns what it handled.
+    fn drain(&mut self) -> Turn;
     /// Further descriptors of a receive side, after [`Self::pollable`] (none by default;
     /// at most [`MAX_SOCKETS`] − 1 are polled).
     fn more_pollables(&self) -> Vec<Arc<dyn AsFd + Send + Sync>> {
@@ -106,7 +101,7 @@ pub trait Side: Send + 'static {
     }
     /// Handles what is ready on descriptor `which` (0 = [`Self::pollable`], then
     /// [`Self::more_pollables`] in order); by default [`Self::drain`].
-    fn drain_one(&mut self, which: usize) -> bool {
+    fn drain_one(&mut self, which: usize) -> Turn {
         let _ = which;
         self.drain()
     }
@@ -126,11 +121,11 @@ pub struct Workers {
 impl Workers {
     /// Starts one thread `<name><i>` per pair: `device` (transmit: device → underlay) and
     /// `socket` (receive: underlay → device), either of which may be absent. After any
-    /// traffic a thread keeps polling without blocking for `busy` (see [`poll_loop`]).
+    /// traffic a thread may keep polling without blocking, as `busy` says (see [`poll_loop`]).
     pub fn spawn<T: Side, R: Side>(
         name: &str,
         pairs: Vec<(Option<T>, Option<R>)>,
-        busy: Duration,
+        busy: BusyPoll,
     ) -> io::Result<Workers> {
         let mut w = Workers {
             stop: Arc::new(AtomicBool::new(false)),
@@ -154,16 +149,16 @@ impl Workers {
                     let sock_refs: Vec<&(dyn AsFd + Send + Sync)> =
                         socks.iter().map(|s| &**s).collect();
                     poll_loop(dev.as_deref(), &sock_refs, busy, &stop, |d, ready| {
-                        let mut worked = false;
+                        let mut turn = Turn::default();
                         if let (true, Some(t)) = (d, tx.as_mut()) {
-                            worked |= t.drain();
+                            turn.merge(t.drain());
                         }
                         if let Some(r) = rx.as_mut() {
                             for which in (0..sock_refs.len()).filter(|i| ready & (1 << i) != 0) {
-                                worked |= r.drain_one(which);
+                                turn.merge(r.drain_one(which));
                             }
                         }
-                        worked
+                        turn
                     })
                 });
             // On a spawn failure `w` is dropped, which stops the threads already started.
@@ -198,15 +193,15 @@ impl Drop for Workers {
 
 /// The loop every worker runs: poll the device fd (may be absent) and the socket fds (may
 /// be none), call `work(device_ready, sockets_ready)` (bit `i` of `sockets_ready` set when
-/// `sockets[i]` is readable; true = it handled traffic), and after traffic keep polling
-/// with a zero timeout, yielding the CPU between polls, until `busy` passes with nothing
-/// to do; then block for up to [`POLL_MS`] again. Returns when `stop` is set.
+/// `sockets[i]` is readable; it returns what it handled), and after traffic, as `busy`
+/// says ([`Spinner`]), keep polling with a zero timeout, yielding the CPU between polls;
+/// otherwise block for up to [`POLL_MS`]. Returns when `stop` is set.
 pub fn poll_loop(
     device: Option<&(dyn AsFd + Send + Sync)>,
     sockets: &[&(dyn AsFd + Send + Sync)],
-    busy: Duration,
+    busy: BusyPoll,
     stop: &AtomicBool,
-    mut work: impl FnMut(bool, u32) -> bool,
+    mut work: impl FnMut(bool, u32) -> Turn,
 ) {
     // Made once per thread, before the loop.
     let sockets = &sockets[..sockets.len().min(MAX_SOCKETS)];
@@ -225,25 +220,18 @@ pub fn poll_loop(
     if fds.is_empty() {
         return;
     }
-    // Busy polling until this instant (None: block).
-    let mut until: Option<Instant> = None;
+    let mut spin = Spinner::new(busy, Instant::now());
     while !stop.load(Ordering::Relaxed) {
-        let timeout = if until.is_some() { 0 } else { POLL_MS };
+        let timeout = if spin.spinning() { 0 } else { POLL_MS };
         let ready = poll_readable(&fds, timeout).unwrap_or(0);
-        let worked = work(ready & dev_bit != 0, (ready & sock_mask) >> shift);
-        if busy.is_zero() {
+        let turn = work(ready & dev_bit != 0, (ready & sock_mask) >> shift);
+        if busy == BusyPoll::Off {
             continue;
         }
-        if worked {
-            until = Some(Instant::now() + busy);
-        } else if let Some(t) = until {
-            if Instant::now() >= t {
-                until = None;
-            } else {
-                // Let anything runnable on this CPU (the application, the peer's worker) go
-                // first: spinning must not delay the very reply it waits for.
-                std::thread::yield_now();
-            }
+        if spin.after(turn, Instant::now()) {
+            // Let anything runnable on this CPU (the application, the peer's worker) go
+            // first: spinning must not delay the very reply it waits for.
+            std::thread::yield_now();
         }
     }
 }
