@@ -233,6 +233,17 @@ mod tests {
         t
     }
 
+    /// `turn` at `at` closes the window, and no light turn opens one until [`HOLDOFF`]
+    /// has passed.
+    fn assert_gives_way(s: &mut Spinner, turn: Turn, at: Instant) {
+        assert!(!s.after(turn, at));
+        assert!(!s.spinning());
+        s.after(light(), at + HOLDOFF - us(1));
+        assert!(!s.spinning());
+        s.after(light(), at + HOLDOFF);
+        assert!(s.spinning());
+    }
+
     /// Idle spins of 5 µs each from `from` while the window stays open, for at most `most`;
     /// returns how long it stayed open.
     fn spin_idle(s: &mut Spinner, from: Instant, most: Duration) -> Duration {
@@ -327,14 +338,8 @@ mod tests {
         s.after(light(), t0 + us(1000));
         let mut heavy = Turn::default();
         heavy.add(1, 64_000);
-        assert!(!s.after(heavy, t0 + us(1010)));
-        assert!(!s.spinning());
-        // Light turns right after a heavy one are the bulk transfer's ACKs: no window
-        // until the holdoff has passed.
-        s.after(light(), t0 + us(1010) + HOLDOFF - us(1));
-        assert!(!s.spinning());
-        s.after(light(), t0 + us(1010) + HOLDOFF);
-        assert!(s.spinning());
+        // Light turns right after a heavy one are the bulk transfer's ACKs.
+        assert_gives_way(&mut s, heavy, t0 + us(1010));
     }
 
     #[test]
@@ -346,13 +351,8 @@ mod tests {
         assert!(s.after(Turn::default(), t0 + us(3)));
         assert!(s.after(Turn::default(), t0 + us(6)));
         // …one that took 50 µs (another task ran during the yield) closes the window,
-        assert!(!s.after(Turn::default(), t0 + us(56)));
-        assert!(!s.spinning());
-        // and no light turn opens one until the holdoff has passed.
-        s.after(light(), t0 + us(56) + HOLDOFF - us(1));
-        assert!(!s.spinning());
-        s.after(light(), t0 + us(56) + HOLDOFF);
-        assert!(s.spinning());
+        // and for a while no light turn opens one.
+        assert_gives_way(&mut s, Turn::default(), t0 + us(56));
     }
 
     #[test]
