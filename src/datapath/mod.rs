@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use self::spin::Spinner;
 pub use self::spin::{BusyPoll, Turn, DEFAULT_BUSY_POLL};
-use crate::sys::tun::{self, poll_readable, Device};
+use crate::sys::tun::{self, poll_readable, Device, Wakeup};
 use crate::wire::virtio;
 
 /// Room kept in front of every packet read from a device for the headers put in front of
@@ -37,8 +37,8 @@ pub const MAX_READ: usize = 65535 + 18 + virtio::LEN;
 /// Bytes of segment slots per transmit: enough for a 64 KiB super-packet cut into the
 /// smallest segments TCP uses over a 1280-byte path, with headers.
 pub const SEG_BUF: usize = 256 * 1024;
-/// How long a worker blocks in `poll` before re-checking its stop flag.
-const POLL_MS: i32 = 100;
+/// A worker blocks in `poll` without a timeout: [`Stop`] wakes it.
+const BLOCK: i32 = -1;
 
 /// What a send did with its datagrams.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -107,14 +107,43 @@ pub trait Side: Send + 'static {
     }
 }
 
-/// Most descriptors one receive side is polled on (with the device: the four
-/// [`poll_readable`] takes).
+/// Most descriptors one receive side is polled on (with the device and the [`Stop`]
+/// descriptor: the five [`poll_readable`] takes).
 pub const MAX_SOCKETS: usize = 3;
+
+/// The workers' stop request: a flag, and an eventfd polled beside their descriptors that
+/// wakes them at once (so an idle worker sleeps until traffic, with no periodic timeout).
+pub struct Stop {
+    flag: AtomicBool,
+    wake: Wakeup,
+}
+
+impl Stop {
+    pub fn new() -> io::Result<Stop> {
+        Ok(Stop {
+            flag: AtomicBool::new(false),
+            wake: Wakeup::new()?,
+        })
+    }
+
+    /// Asks every loop polling this to return.
+    pub fn set(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        if let Err(e) = self.wake.signal() {
+            // Cannot happen on a valid eventfd; the workers would then never wake.
+            tracing::error!(error = %e, "waking the data-plane workers to stop failed");
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
 
 /// Running worker threads: each polls a device side and a socket side together. Stopped
 /// (and joined) by [`Workers::stop`] or when dropped.
 pub struct Workers {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -128,7 +157,7 @@ impl Workers {
         busy: BusyPoll,
     ) -> io::Result<Workers> {
         let mut w = Workers {
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(Stop::new()?),
             threads: Vec::with_capacity(pairs.len()),
         };
         for (i, (mut tx, mut rx)) in pairs.into_iter().enumerate() {
@@ -167,7 +196,7 @@ impl Workers {
         Ok(w)
     }
 
-    /// Stops the workers and waits for them (each notices within one poll interval).
+    /// Stops the workers and waits for them (the stop descriptor wakes each at once).
     pub fn stop(mut self) {
         self.halt();
     }
@@ -178,7 +207,7 @@ impl Workers {
     }
 
     fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.set();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -195,17 +224,17 @@ impl Drop for Workers {
 /// be none), call `work(device_ready, sockets_ready)` (bit `i` of `sockets_ready` set when
 /// `sockets[i]` is readable; it returns what it handled), and after traffic, as `busy`
 /// says ([`Spinner`]), keep polling with a zero timeout, yielding the CPU between polls;
-/// otherwise block for up to [`POLL_MS`]. Returns when `stop` is set.
+/// otherwise block until a descriptor or `stop` is readable. Returns when `stop` is set.
 pub fn poll_loop(
     device: Option<&(dyn AsFd + Send + Sync)>,
     sockets: &[&(dyn AsFd + Send + Sync)],
     busy: BusyPoll,
-    stop: &AtomicBool,
+    stop: &Stop,
     mut work: impl FnMut(bool, u32) -> Turn,
 ) {
     // Made once per thread, before the loop.
     let sockets = &sockets[..sockets.len().min(MAX_SOCKETS)];
-    let mut fds = Vec::with_capacity(1 + sockets.len());
+    let mut fds = Vec::with_capacity(2 + sockets.len());
     let dev_bit = match device {
         Some(d) => {
             fds.push(d.as_fd());
@@ -220,9 +249,11 @@ pub fn poll_loop(
     if fds.is_empty() {
         return;
     }
+    // Last: the stop request's descriptor (nothing to handle; the loop condition sees it).
+    fds.push(stop.wake.as_fd());
     let mut spin = Spinner::new(busy, Instant::now());
-    while !stop.load(Ordering::Relaxed) {
-        let timeout = if spin.spinning() { 0 } else { POLL_MS };
+    while !stop.is_set() {
+        let timeout = if spin.spinning() { 0 } else { BLOCK };
         let ready = poll_readable(&fds, timeout).unwrap_or(0);
         let turn = work(ready & dev_bit != 0, (ready & sock_mask) >> shift);
         if busy == BusyPoll::Off {
