@@ -222,9 +222,9 @@ pub struct Args {
     #[arg(long, env = "OVERLAYD_NO_OFFLOAD", num_args = 0..=1, require_equals = true, value_name = "BOOL", default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_bool, help_heading = "Data plane")]
     pub no_offload: bool,
 
-    /// Microseconds a data-plane worker keeps polling without blocking after it handled traffic, so that a quick reply needs no thread wakeup: lower latency (about 200 for a VM), paid in CPU and throughput while traffic flows (none at idle). 0 (the default) blocks at once.
-    #[arg(long, env = "OVERLAYD_BUSY_POLL_US", default_value_t = crate::datapath::DEFAULT_BUSY_POLL_US, value_parser = clap::value_parser!(u32).range(0..=10_000), help_heading = "Data plane")]
-    pub busy_poll_us: u32,
+    /// Whether a data-plane worker keeps polling without blocking after it handled traffic, so that a quick reply needs no thread wakeup: N (1..=10000) = for N microseconds after any traffic (about 200 for a VM; lower latency paid in CPU and throughput while traffic flows); auto = for 250 µs after a turn of a few small packets only (never after bulk batches), within a CPU budget of ~3 % of a core per worker; 0 (the default) blocks at once. An idle daemon never spins.
+    #[arg(long, env = "OVERLAYD_BUSY_POLL_US", value_name = "N|auto", default_value_t = crate::datapath::DEFAULT_BUSY_POLL, help_heading = "Data plane")]
+    pub busy_poll_us: crate::datapath::BusyPoll,
 
     /// Hand the kernel whole encapsulated TCP super-packets to segment (UDP-tunnel GSO through the TAP ovgso0; Linux 6.17+; udp and vxlan, L3 and L2): auto = when the kernel and host allow it (probed at start), on = required (refuse to start otherwise), off = always segment in userspace.
     #[arg(long, env = "OVERLAYD_TUNNEL_GSO", value_enum, default_value_t = crate::gso_tap::Mode::Auto, help_heading = "Data plane")]

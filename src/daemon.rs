@@ -392,7 +392,7 @@ fn start_l2(
         vlans: args.l2_vlan.clone(),
         trunk_bridge: args.l2_trunk_bridge.clone(),
         offload: plan.offload,
-        busy_poll_us: plan.busy_poll_us,
+        busy_poll: plan.busy_poll,
         tunnel,
     };
     if opts.is_empty() {

@@ -24,7 +24,7 @@ use crate::counters::{bump, totals, DirCounters, PeerCounters, Totals, WorkerSta
 use crate::datapath::recv::{self, Delivery, Link, Target};
 use crate::datapath::send::{send_msgs, Outgoing, TxPath};
 use crate::datapath::tunnel::Tunnel;
-use crate::datapath::{would_block, Sent, Side, Workers};
+use crate::datapath::{would_block, BusyPoll, Sent, Side, Turn, Workers};
 use crate::drop::DropReason;
 use crate::fib::{Fib, Fib6, SharedFib, SharedFib6};
 use crate::offload;
@@ -52,9 +52,9 @@ pub struct RouterConfig {
     pub gro: bool,
     /// Our VTEP MAC (vxlan), for ARP replies.
     pub local_mac: [u8; 6],
-    /// After handling traffic, a worker polls without blocking for this long before it
-    /// blocks again, so that a quick reply needs no wakeup. 0 turns busy polling off.
-    pub busy_poll_us: u32,
+    /// Whether a worker polls without blocking after traffic, so that a quick reply needs
+    /// no wakeup (`--busy-poll-us`).
+    pub busy_poll: BusyPoll,
     /// The tunnel-GSO TAP: super-packets go to the kernel whole (udp and vxlan).
     pub tunnel: Option<Tunnel>,
     /// The overlay device's MTU: a whole super-packet received from a peer that let the
@@ -131,9 +131,8 @@ impl Router {
                 (tx, rx)
             })
             .collect();
-        let busy = Duration::from_micros(cfg.busy_poll_us.into());
         Ok(Router {
-            workers: Workers::spawn("dp", pairs, busy)?,
+            workers: Workers::spawn("dp", pairs, cfg.busy_poll)?,
             stats,
         })
     }
@@ -177,10 +176,10 @@ impl Side for RouterTx {
     }
 
     /// Reads and forwards up to a batch of packets from the (readable) device queue.
-    fn drain(&mut self) -> bool {
+    fn drain(&mut self) -> Turn {
         let fib = self.fib.load();
         let fib6 = self.fib6.load();
-        let mut any = false;
+        let mut turn = Turn::default();
         for _ in 0..MAX_BATCH {
             let n = match self.path.read(&self.queue) {
                 Ok(n) => n,
@@ -193,10 +192,10 @@ impl Side for RouterTx {
                     break;
                 }
             };
-            any = true;
+            turn.add(1, n);
             self.forward(&fib, &fib6, n);
         }
-        any
+        turn
     }
 }
 
@@ -501,8 +500,8 @@ impl RouterRx {
     /// hold ends when the socket is empty. A batch that did not fill means it was: no
     /// further `recvmmsg` to be told so (one system call less per hop of a ping; what
     /// arrives meanwhile makes the next `poll` return at once).
-    fn drain_sock(&mut self, fib: &Fib, fib6: &Fib6, k: usize) -> bool {
-        let mut any = false;
+    fn drain_sock(&mut self, fib: &Fib, fib6: &Fib6, k: usize) -> Turn {
+        let mut turn = Turn::default();
         for _ in 0..16 {
             let rs = &mut self.socks[k];
             let n = match rs.sock.recv_batch(&mut rs.batch) {
@@ -513,7 +512,7 @@ impl RouterRx {
                     break;
                 }
             };
-            any = true;
+            turn.add(n, rs.batch.largest(n));
             bump(&self.stats[self.me].rx_batches, 1);
             for i in 0..n {
                 self.handle_message(fib, fib6, k, i);
@@ -524,7 +523,7 @@ impl RouterRx {
         }
         let queues = std::slice::from_ref(&self.queue);
         self.delivery.flush(queues, &self.stats[self.me].drops);
-        any
+        turn
     }
 }
 
@@ -541,18 +540,18 @@ impl Side for RouterRx {
     }
 
     /// Receives on every socket.
-    fn drain(&mut self) -> bool {
-        let mut any = false;
+    fn drain(&mut self) -> Turn {
+        let mut turn = Turn::default();
         for k in 0..self.socks.len() {
-            any |= self.drain_one(k);
+            turn.merge(self.drain_one(k));
         }
-        any
+        turn
     }
 
     /// Receives and delivers up to 16 batches from (readable) socket `which`.
-    fn drain_one(&mut self, which: usize) -> bool {
+    fn drain_one(&mut self, which: usize) -> Turn {
         if which >= self.socks.len() {
-            return false;
+            return Turn::default();
         }
         let fib = self.fib.load();
         let fib6 = self.fib6.load();

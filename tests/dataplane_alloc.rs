@@ -164,7 +164,7 @@ fn node(
         gso,
         gro,
         local_mac: mac(me),
-        busy_poll_us: overlayd::datapath::DEFAULT_BUSY_POLL_US,
+        busy_poll: overlayd::datapath::DEFAULT_BUSY_POLL,
         tunnel: tap.as_ref().map(|t| t.tunnel.clone()),
         mtu: 1450,
     };

@@ -182,7 +182,7 @@ pub struct Plan {
     pub ipv6_mtu: Option<u32>,
     pub queues: usize,
     pub offload: bool,
-    pub busy_poll_us: u32,
+    pub busy_poll: crate::datapath::BusyPoll,
     pub tunnel: TunnelPlan,
     /// The own lease's keepalive period.
     pub keepalive_every: Duration,
@@ -257,7 +257,7 @@ impl Plan {
             ipv6_mtu: u.ipv6_mtu,
             queues: args.queues.map_or(host.cores.min(4), usize::from),
             offload: !args.no_offload,
-            busy_poll_us: args.busy_poll_us,
+            busy_poll: args.busy_poll_us,
             tunnel: TunnelPlan::new(args, kind),
             keepalive_every: keepalive_every(args.subnet_lease_renew_margin),
             masq: args.ip_masq && cfg.enable_ipv4,

@@ -162,7 +162,7 @@ impl RoutedPlane {
             gso,
             gro,
             local_mac: plan.backend.vtep_mac,
-            busy_poll_us: plan.busy_poll_us,
+            busy_poll: plan.busy_poll,
             tunnel: gso_tap.as_ref().map(|t| t.tunnel.clone()),
             mtu: plan.mtu,
         };

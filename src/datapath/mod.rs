@@ -12,6 +12,7 @@
 pub mod fallback;
 pub mod recv;
 pub mod send;
+pub mod spin;
 pub mod tunnel;
 
 use std::io;
@@ -19,9 +20,11 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::sys::tun::{self, poll_readable, Device};
+use self::spin::Spinner;
+pub use self::spin::{BusyPoll, Turn, DEFAULT_BUSY_POLL};
+use crate::sys::tun::{self, poll_readable, Device, Wakeup};
 use crate::wire::virtio;
 
 /// Room kept in front of every packet read from a device for the headers put in front of
@@ -34,16 +37,8 @@ pub const MAX_READ: usize = 65535 + 18 + virtio::LEN;
 /// Bytes of segment slots per transmit: enough for a 64 KiB super-packet cut into the
 /// smallest segments TCP uses over a 1280-byte path, with headers.
 pub const SEG_BUF: usize = 256 * 1024;
-/// How long a worker blocks in `poll` before re-checking its stop flag.
-const POLL_MS: i32 = 100;
-
-/// Default busy-poll window after traffic (`--busy-poll-us`): off. A window of 200 µs
-/// (which covers the round trip to a peer whose worker must first be woken, ~50–70 µs on a
-/// VM whose idle vCPUs halt) halves the ping overhead but, on the tunnel-GSO path, costs
-/// 0.9 against 0.5 CPU-seconds per GiB and 0.87x against 1.01x of the kernel's VXLAN: the
-/// spinning worker takes the CPU the kernel's segmentation and the application need
-/// (docs/performance.md, "Busy-poll and CPU per GiB").
-pub const DEFAULT_BUSY_POLL_US: u32 = 0;
+/// A worker blocks in `poll` without a timeout: [`Stop`] wakes it.
+const BLOCK: i32 = -1;
 
 /// What a send did with its datagrams.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +92,8 @@ pub trait Side: Send + 'static {
     /// The descriptor to poll (a device queue or an underlay socket), owned apart from
     /// the side so that polling borrows nothing from it.
     fn pollable(&self) -> Arc<dyn AsFd + Send + Sync>;
-    /// Handles what is ready; returns whether there was any traffic.
-    fn drain(&mut self) -> bool;
+    /// Handles what is ready; returns what it handled.
+    fn drain(&mut self) -> Turn;
     /// Further descriptors of a receive side, after [`Self::pollable`] (none by default;
     /// at most [`MAX_SOCKETS`] − 1 are polled).
     fn more_pollables(&self) -> Vec<Arc<dyn AsFd + Send + Sync>> {
@@ -106,34 +101,63 @@ pub trait Side: Send + 'static {
     }
     /// Handles what is ready on descriptor `which` (0 = [`Self::pollable`], then
     /// [`Self::more_pollables`] in order); by default [`Self::drain`].
-    fn drain_one(&mut self, which: usize) -> bool {
+    fn drain_one(&mut self, which: usize) -> Turn {
         let _ = which;
         self.drain()
     }
 }
 
-/// Most descriptors one receive side is polled on (with the device: the four
-/// [`poll_readable`] takes).
+/// Most descriptors one receive side is polled on (with the device and the [`Stop`]
+/// descriptor: the five [`poll_readable`] takes).
 pub const MAX_SOCKETS: usize = 3;
+
+/// The workers' stop request: a flag, and an eventfd polled beside their descriptors that
+/// wakes them at once (so an idle worker sleeps until traffic, with no periodic timeout).
+pub struct Stop {
+    flag: AtomicBool,
+    wake: Wakeup,
+}
+
+impl Stop {
+    pub fn new() -> io::Result<Stop> {
+        Ok(Stop {
+            flag: AtomicBool::new(false),
+            wake: Wakeup::new()?,
+        })
+    }
+
+    /// Asks every loop polling this to return.
+    pub fn set(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        if let Err(e) = self.wake.signal() {
+            // Cannot happen on a valid eventfd; the workers would then never wake.
+            tracing::error!(error = %e, "waking the data-plane workers to stop failed");
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
 
 /// Running worker threads: each polls a device side and a socket side together. Stopped
 /// (and joined) by [`Workers::stop`] or when dropped.
 pub struct Workers {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Workers {
     /// Starts one thread `<name><i>` per pair: `device` (transmit: device → underlay) and
     /// `socket` (receive: underlay → device), either of which may be absent. After any
-    /// traffic a thread keeps polling without blocking for `busy` (see [`poll_loop`]).
+    /// traffic a thread may keep polling without blocking, as `busy` says (see [`poll_loop`]).
     pub fn spawn<T: Side, R: Side>(
         name: &str,
         pairs: Vec<(Option<T>, Option<R>)>,
-        busy: Duration,
+        busy: BusyPoll,
     ) -> io::Result<Workers> {
         let mut w = Workers {
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(Stop::new()?),
             threads: Vec::with_capacity(pairs.len()),
         };
         for (i, (mut tx, mut rx)) in pairs.into_iter().enumerate() {
@@ -154,16 +178,16 @@ impl Workers {
                     let sock_refs: Vec<&(dyn AsFd + Send + Sync)> =
                         socks.iter().map(|s| &**s).collect();
                     poll_loop(dev.as_deref(), &sock_refs, busy, &stop, |d, ready| {
-                        let mut worked = false;
+                        let mut turn = Turn::default();
                         if let (true, Some(t)) = (d, tx.as_mut()) {
-                            worked |= t.drain();
+                            turn.merge(t.drain());
                         }
                         if let Some(r) = rx.as_mut() {
                             for which in (0..sock_refs.len()).filter(|i| ready & (1 << i) != 0) {
-                                worked |= r.drain_one(which);
+                                turn.merge(r.drain_one(which));
                             }
                         }
-                        worked
+                        turn
                     })
                 });
             // On a spawn failure `w` is dropped, which stops the threads already started.
@@ -172,7 +196,7 @@ impl Workers {
         Ok(w)
     }
 
-    /// Stops the workers and waits for them (each notices within one poll interval).
+    /// Stops the workers and waits for them (the stop descriptor wakes each at once).
     pub fn stop(mut self) {
         self.halt();
     }
@@ -183,7 +207,7 @@ impl Workers {
     }
 
     fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.set();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -198,19 +222,19 @@ impl Drop for Workers {
 
 /// The loop every worker runs: poll the device fd (may be absent) and the socket fds (may
 /// be none), call `work(device_ready, sockets_ready)` (bit `i` of `sockets_ready` set when
-/// `sockets[i]` is readable; true = it handled traffic), and after traffic keep polling
-/// with a zero timeout, yielding the CPU between polls, until `busy` passes with nothing
-/// to do; then block for up to [`POLL_MS`] again. Returns when `stop` is set.
+/// `sockets[i]` is readable; it returns what it handled), and after traffic, as `busy`
+/// says ([`Spinner`]), keep polling with a zero timeout, yielding the CPU between polls;
+/// otherwise block until a descriptor or `stop` is readable. Returns when `stop` is set.
 pub fn poll_loop(
     device: Option<&(dyn AsFd + Send + Sync)>,
     sockets: &[&(dyn AsFd + Send + Sync)],
-    busy: Duration,
-    stop: &AtomicBool,
-    mut work: impl FnMut(bool, u32) -> bool,
+    busy: BusyPoll,
+    stop: &Stop,
+    mut work: impl FnMut(bool, u32) -> Turn,
 ) {
     // Made once per thread, before the loop.
     let sockets = &sockets[..sockets.len().min(MAX_SOCKETS)];
-    let mut fds = Vec::with_capacity(1 + sockets.len());
+    let mut fds = Vec::with_capacity(2 + sockets.len());
     let dev_bit = match device {
         Some(d) => {
             fds.push(d.as_fd());
@@ -225,25 +249,20 @@ pub fn poll_loop(
     if fds.is_empty() {
         return;
     }
-    // Busy polling until this instant (None: block).
-    let mut until: Option<Instant> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let timeout = if until.is_some() { 0 } else { POLL_MS };
+    // Last: the stop request's descriptor (nothing to handle; the loop condition sees it).
+    fds.push(stop.wake.as_fd());
+    let mut spin = Spinner::new(busy, Instant::now());
+    while !stop.is_set() {
+        let timeout = if spin.spinning() { 0 } else { BLOCK };
         let ready = poll_readable(&fds, timeout).unwrap_or(0);
-        let worked = work(ready & dev_bit != 0, (ready & sock_mask) >> shift);
-        if busy.is_zero() {
+        let turn = work(ready & dev_bit != 0, (ready & sock_mask) >> shift);
+        if busy == BusyPoll::Off {
             continue;
         }
-        if worked {
-            until = Some(Instant::now() + busy);
-        } else if let Some(t) = until {
-            if Instant::now() >= t {
-                until = None;
-            } else {
-                // Let anything runnable on this CPU (the application, the peer's worker) go
-                // first: spinning must not delay the very reply it waits for.
-                std::thread::yield_now();
-            }
+        if spin.after(turn, Instant::now()) {
+            // Let anything runnable on this CPU (the application, the peer's worker) go
+            // first: spinning must not delay the very reply it waits for.
+            std::thread::yield_now();
         }
     }
 }

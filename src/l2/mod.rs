@@ -40,8 +40,8 @@ pub struct L2Options {
     pub trunk_bridge: Option<String>,
     /// Open TAPs with a virtio header and TSO/checksum offloads.
     pub offload: bool,
-    /// Busy-poll window of the workers after traffic, µs.
-    pub busy_poll_us: u32,
+    /// Busy-poll of the workers after traffic.
+    pub busy_poll: crate::datapath::BusyPoll,
     /// The tunnel-GSO TAP, shared with the routed data plane, when set up.
     pub tunnel: Option<crate::datapath::tunnel::Tunnel>,
 }
@@ -217,7 +217,7 @@ impl L2Node {
         };
         let dp_cfg = switch::SwitchConfig {
             vnet_hdr: opts.offload,
-            busy_poll_us: opts.busy_poll_us,
+            busy_poll: opts.busy_poll,
             gso,
             vxlan_recv,
             vxlan_send,

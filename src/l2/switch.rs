@@ -31,7 +31,7 @@ use crate::counters::{bump, count_drop, ControlStats, DropCounters, NetStats};
 use crate::datapath::recv::{self, Delivery, Link, Target};
 use crate::datapath::send::{Outgoing, TxPath};
 use crate::datapath::tunnel::Tunnel;
-use crate::datapath::{would_block, Side, Workers};
+use crate::datapath::{would_block, BusyPoll, Side, Turn, Workers};
 use crate::drop::DropReason;
 use crate::sys::socket::{RecvBatch, UnderlaySocket, MAX_BATCH};
 use crate::sys::tun::Queue;
@@ -179,8 +179,8 @@ pub struct Port {
 pub struct SwitchConfig {
     /// TAPs were opened with a virtio-net header (and offloads on).
     pub vnet_hdr: bool,
-    /// Busy-poll window after traffic, µs (0 = block at once), as `--busy-poll-us`.
-    pub busy_poll_us: u32,
+    /// Busy-poll after traffic, as `--busy-poll-us`.
+    pub busy_poll: BusyPoll,
     /// UDP GSO usable on the vxlan send sockets.
     pub gso: bool,
     /// Receiving vxlan socket (bound to the networks' port) and the send pool.
@@ -262,9 +262,8 @@ impl Switch {
                 (tx, rx)
             })
             .collect();
-        let busy = Duration::from_micros(cfg.busy_poll_us.into());
         Ok(Switch {
-            workers: Workers::spawn("l2dp", pairs, busy)?,
+            workers: Workers::spawn("l2dp", pairs, cfg.busy_poll)?,
         })
     }
 
@@ -296,8 +295,8 @@ impl Side for SwitchTx {
     }
 
     /// Forwards up to a batch of frames from the TAP.
-    fn drain(&mut self) -> bool {
-        let mut worked = false;
+    fn drain(&mut self) -> Turn {
+        let mut turn = Turn::default();
         for _ in 0..MAX_BATCH {
             let n = match self.path.read(&self.port.queue) {
                 Ok(n) => n,
@@ -308,10 +307,10 @@ impl Side for SwitchTx {
                     break;
                 }
             };
-            worked = true;
+            turn.add(1, n);
             self.forward(n);
         }
-        worked
+        turn
     }
 }
 
@@ -478,8 +477,8 @@ impl Side for SwitchRx {
     }
 
     /// Receives and delivers up to 16 batches.
-    fn drain(&mut self) -> bool {
-        let mut worked = false;
+    fn drain(&mut self) -> Turn {
+        let mut turn = Turn::default();
         for _ in 0..16 {
             let n = match self.sock.recv_batch(&mut self.batch) {
                 Ok(n) => n,
@@ -489,13 +488,13 @@ impl Side for SwitchRx {
                     break;
                 }
             };
-            worked = true;
+            turn.add(n, self.batch.largest(n));
             for i in 0..n {
                 self.handle_message(i);
             }
             self.delivery.flush(&self.queues, &self.shared.drops);
         }
-        worked
+        turn
     }
 }
 

@@ -479,6 +479,15 @@ impl RecvBatch {
         Ok(got)
     }
 
+    /// The longest of the first `n` messages of the last receive, in bytes.
+    pub fn largest(&self, n: usize) -> usize {
+        self.lens[..n.min(self.lens.len())]
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Message `i` of the last receive: its bytes, the GRO segment size (0 = one datagram)
     /// and the sender.
     pub fn get_from(&self, i: usize) -> (&[u8], usize, SocketAddr) {

@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -204,14 +204,52 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until one of `fds` is readable or `timeout_ms` passes; returns the readable mask.
+/// An eventfd that, once signalled, stays readable: polled beside a worker's descriptors, it
+/// wakes the worker to stop without a periodic timeout.
+#[derive(Debug)]
+pub struct Wakeup(OwnedFd);
+
+impl Wakeup {
+    pub fn new() -> io::Result<Wakeup> {
+        // SAFETY: eventfd takes no pointers; a non-negative return is a new descriptor we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nothing else.
+        Ok(Wakeup(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the descriptor readable (for good: it is never read).
+    pub fn signal(&self) -> io::Result<()> {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local buffer to our own descriptor.
+        let rc = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl AsFd for Wakeup {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Most descriptors [`poll_readable`] polls.
+pub const POLL_MAX: usize = 5;
+
+/// Waits until one of `fds` (at most [`POLL_MAX`]) is readable or `timeout_ms` passes (-1:
+/// no timeout); returns the readable mask.
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<u32> {
     let mut pfds = [libc::pollfd {
         fd: -1,
         events: 0,
         revents: 0,
-    }; 4];
-    let n = fds.len().min(4);
+    }; POLL_MAX];
+    let n = fds.len().min(POLL_MAX);
     for (p, fd) in pfds.iter_mut().zip(fds) {
         p.fd = fd.as_raw_fd();
         p.events = libc::POLLIN;
