@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -238,9 +238,19 @@ pub struct Engine {
     /// lengths present, longest first: routing is one hash probe per length.
     by_net: HashMap<IpNet, usize>,
     prefix_lens: Vec<u8>,
+    /// Peers dropped from the list, with when: a key listed again within [`DORMANT_FOR`]
+    /// comes back with its sessions. Not routable, not reachable by index.
+    dormant: Vec<(Peer, Instant)>,
     next_index: u32,
     pub stats: Arc<Stats>,
 }
+
+/// How long a peer no longer listed keeps its sessions (boringtun's reject-after time: a
+/// session is useless after it). A node whose lease is deleted and re-acquired under
+/// another subnet is dropped and listed again moments apart; without this its peers
+/// forgot its sessions while it still sent on them, and its traffic was dropped
+/// (unknown index) until its keepalive timeout forced a new handshake (~15 s).
+const DORMANT_FOR: Duration = Duration::from_secs(180);
 
 impl Engine {
     /// An engine with no peer yet.
@@ -255,6 +265,7 @@ impl Engine {
             by_index: HashMap::new(),
             by_net: HashMap::new(),
             prefix_lens: Vec::new(),
+            dormant: Vec::new(),
             next_index: 1,
             stats: Arc::default(),
         }
@@ -272,8 +283,11 @@ impl Engine {
 
     /// Makes the peer table exactly `specs` (our own key among them is skipped): a peer
     /// whose key stays keeps its sessions, with its AllowedIPs and endpoint updated; a key
-    /// no longer listed is forgotten with its sessions.
+    /// no longer listed stops being a peer at once, its sessions kept aside for
+    /// [`DORMANT_FOR`] in case it is listed again.
     pub fn set_peers(&mut self, specs: &[PeerSpec]) {
+        let now = Instant::now();
+        self.dormant.retain(|(_, since)| now < *since + DORMANT_FOR);
         let mut old: HashMap<[u8; 32], Peer> = std::mem::take(&mut self.peers)
             .into_iter()
             .map(|p| (p.spec.public_key, p))
@@ -282,7 +296,7 @@ impl Engine {
             if spec.public_key == self.public_key() || self.by_key_in(spec) {
                 continue;
             }
-            let peer = match old.remove(&spec.public_key) {
+            let peer = match old.remove(&spec.public_key).or_else(|| self.wake(spec)) {
                 Some(mut p) => {
                     p.spec = spec.clone();
                     p
@@ -291,8 +305,18 @@ impl Engine {
             };
             self.peers.push(peer);
         }
+        self.dormant.extend(old.into_values().map(|p| (p, now)));
         self.reindex();
         self.rebuild_figures();
+    }
+
+    /// The dormant peer with `spec`'s key, taken out of the dormant list.
+    fn wake(&mut self, spec: &PeerSpec) -> Option<Peer> {
+        let at = self
+            .dormant
+            .iter()
+            .position(|(p, _)| p.spec.public_key == spec.public_key)?;
+        Some(self.dormant.swap_remove(at).0)
     }
 
     fn by_key_in(&self, spec: &PeerSpec) -> bool {
@@ -785,6 +809,31 @@ mod tests {
             .receive(sock("192.0.2.1:51820"), &data, &mut out, &mut b.io);
         assert_eq!(b.engine.stats.dropped(WgDrop::UnknownIndex), 1);
         assert_eq!(b.io.delivered.len(), 1);
+    }
+
+    /// A peer dropped and listed again (its node re-acquired a lease under another
+    /// subnet) comes back with its sessions: what it sends on them is delivered at once,
+    /// from the new subnet only.
+    #[test]
+    fn a_peer_listed_again_keeps_its_sessions() {
+        let (mut a, mut b, _) = established();
+        b.engine.set_peers(&[]);
+        b.engine.set_peers(&[spec(&a, &["10.244.7.0/24"])]);
+        let mut out = vec![0u8; 2048];
+        for (src, delivered) in [("10.244.7.5", 2), ("10.244.1.5", 2)] {
+            a.io.sent.clear();
+            send(&mut a, &ipv4(src, "10.244.2.7", b"after the move"));
+            let (_, data) = a.io.sent.pop().expect("sealed on the kept session");
+            b.engine
+                .receive(sock("192.0.2.1:51820"), &data, &mut out, &mut b.io);
+            assert_eq!(b.io.delivered.len(), delivered, "from {src}");
+        }
+        assert_eq!(b.engine.stats.dropped(WgDrop::UnknownIndex), 0);
+        assert_eq!(
+            b.engine.stats.dropped(WgDrop::NotAllowed),
+            1,
+            "the old subnet"
+        );
     }
 
     #[test]
