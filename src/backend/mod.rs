@@ -46,15 +46,17 @@ impl SocketError {
     }
 }
 
-/// `queues` UDP sockets bound to `addr`:`port`, one per receive worker: `SO_REUSEPORT`
-/// spreads datagrams over them by the inner flow, whose IP packet starts `inner_ip_at`
-/// bytes into the payload ([`steer`]; when the kernel refuses that, by its hash of the outer
-/// addresses and ports, and a warning says so).
+/// `queues` UDP sockets bound to `addr`:`port`, one per receive worker. `SO_REUSEPORT`
+/// spreads datagrams over them by the kernel's hash of the outer addresses and ports —
+/// enough for vxlan, whose outer source port follows the inner flow (`inner_ip_at` None).
+/// flannel's udp format sends everything from its one port, so there (`inner_ip_at` =
+/// where the inner IP packet starts in the payload) the spread is by the inner flow
+/// ([`steer`]; when the kernel refuses that, by the outer hash, and a warning says so).
 fn udp_sockets(
     addr: IpAddr,
     port: u16,
     queues: usize,
-    inner_ip_at: usize,
+    inner_ip_at: Option<usize>,
 ) -> Result<Vec<Arc<UnderlaySocket>>, SocketError> {
     let bind = SocketAddr::new(addr, port);
     let socks = (0..queues.max(1))
@@ -64,8 +66,8 @@ fn udp_sockets(
                 .map_err(SocketError::at(bind))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if socks.len() > 1 {
-        if let Err(e) = steer::steer_by_inner_flow(&*socks[0], inner_ip_at, socks.len()) {
+    if let Some(at) = inner_ip_at.filter(|_| socks.len() > 1) {
+        if let Err(e) = steer::steer_by_inner_flow(&*socks[0], at, socks.len()) {
             tracing::warn!(
                 "{bind}: cannot spread received flows over the workers by inner flow ({e}); \
                  the kernel's outer-port hash decides"

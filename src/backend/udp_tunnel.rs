@@ -32,7 +32,7 @@ pub fn is_peer(attrs: &LeaseAttrs) -> bool {
 /// port they send to.
 pub fn sockets(addr: IpAddr, port: u16, queues: usize) -> Result<Sockets, SocketError> {
     // The payload is the inner IP packet itself.
-    let recv = super::udp_sockets(addr, port, queues, 0)?;
+    let recv = super::udp_sockets(addr, port, queues, Some(0))?;
     Ok(Sockets {
         send: recv.clone(),
         recv,

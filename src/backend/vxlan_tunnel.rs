@@ -170,7 +170,7 @@ pub fn send_pool(addr: impl Into<IpAddr>) -> Result<Vec<Arc<UnderlaySocket>>, So
 pub fn sockets(addr: IpAddr, port: u16, queues: usize) -> Result<Sockets, SocketError> {
     Ok(Sockets {
         send: send_pool(addr)?,
-        recv: super::udp_sockets(addr, port, queues, INNER_IP_AT)?,
+        recv: super::udp_sockets(addr, port, queues, None)?,
     })
 }
 
