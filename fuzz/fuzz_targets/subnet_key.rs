@@ -25,8 +25,14 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(sn6.trunc(), sn6, "host bits set in {s:?}");
     }
     let key = k.to_key();
-    // flannel writes a few IPv6 addresses dotted, which no reader (flannel's included)
-    // accepts back; keys that parsed never name those (their IPv6 part has no dot).
+    // flannel writes a few IPv6 addresses dotted (::1.0.0.0 to ::255.255.255.255 and the
+    // IPv4-mapped ones; go::json::format_ipv6), which no reader, flannel's included,
+    // accepts back. A key naming one in colons ("0:0::122:0") parses, but its written form
+    // does not: the same exemption as the unit property `dual_key_round_trip`.
+    if key.rsplit_once('&').is_some_and(|(_, v6)| v6.contains('.')) {
+        assert!(SubnetKey::parse(&key).is_err(), "{key:?} from {s:?}");
+        return;
+    }
     let back = SubnetKey::parse(&key).unwrap_or_else(|e| panic!("{key:?} from {s:?}: {e}"));
     assert_eq!(back, k, "{s:?} -> {key:?}");
     assert_eq!(back.to_key(), key);
