@@ -17,7 +17,9 @@
 #
 # Environment: FUZZ_TARGET_DIR (default fuzz/target; the build uses sanitizers, so keep it apart
 # from the main target dir), LIBFUZZER_TIMEOUT (default 60), FUZZ_RSS_MB (default 4096),
-# FUZZ_WRAPPER_SECS (default SECONDS + LIBFUZZER_TIMEOUT + 180).
+# FUZZ_WRAPPER_SECS (default SECONDS + LIBFUZZER_TIMEOUT + 180), FUZZ_SEED (libFuzzer's -seed:
+# unset, a fresh random seed each run, for exploring; set, the same inputs in the same order, so
+# that a run reproduces: scripts/test.sh sets it).
 set -euo pipefail
 
 secs=${1:-20}
@@ -28,6 +30,11 @@ rss_mb=${FUZZ_RSS_MB:-4096}
 # The wrapper's bound: the run, plus one input hanging up to the unit timeout, plus start-up
 # and the final corpus merge on a slow machine.
 wrapper=${FUZZ_WRAPPER_SECS:-$((secs + unit_timeout + 180))}
+seed_arg=()
+if [ -n "${FUZZ_SEED:-}" ]; then
+    case $FUZZ_SEED in *[!0-9]*) echo "FUZZ_SEED must be a number, not '$FUZZ_SEED'" >&2; exit 2 ;; esac
+    seed_arg=(-seed="$FUZZ_SEED")
+fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
@@ -113,7 +120,7 @@ for t in "${targets[@]}"; do
     rc=0
     timeout --kill-after=10 "$wrapper" \
         cargo fuzz run "$t" "$work/$t" "corpus/$t" -- \
-        -max_total_time="$secs" -timeout="$unit_timeout" -rss_limit_mb="$rss_mb" \
+        -max_total_time="$secs" -timeout="$unit_timeout" -rss_limit_mb="$rss_mb" "${seed_arg[@]}" \
         >"$log" 2>&1 || rc=$?
     if [ "$rc" -eq 0 ]; then
         printf '%-12s ok    %s\n' "$t" "$(grep -E '^#[0-9]+.*DONE' "$log" | tail -n1)"

@@ -14,6 +14,10 @@ cd "$(dirname "$0")/.."
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 TEST_TIMEOUT=${TEST_TIMEOUT:-40m}   # hard cap on the test run itself (the build comes before)
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}    # per fuzz target after the tests; 0 skips fuzzing
+# The gate fuzzes from a fixed seed, so that a result reproduces: a random seed made the same
+# commit pass one run and fail the next on a new input. Exploring is `scripts/fuzz.sh` without
+# FUZZ_SEED (a fresh seed each run), for longer; what it finds goes to fuzz/regressions/.
+export FUZZ_SEED=${FUZZ_SEED:-1}
 
 SKIP_LOG=$(mktemp "${TMPDIR:-/tmp}/overlayd-skips.XXXXXX")
 export OVERLAYD_SKIP_LOG=$SKIP_LOG
@@ -73,6 +77,6 @@ if [ "$status" -ne 0 ]; then
 fi
 
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
-  echo "==> fuzz: build every target, run each for ${FUZZ_SECONDS}s on the seed corpus"
+  echo "==> fuzz: build every target, run each for ${FUZZ_SECONDS}s on the seed corpus (seed $FUZZ_SEED)"
   scripts/fuzz.sh "$FUZZ_SECONDS"
 fi
