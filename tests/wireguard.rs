@@ -338,8 +338,11 @@ fn netns_wireguard_backend_flag_mismatch() {
 /// (after a garbage handshake initiation sent from `from` to `d`'s port at `to`) a drop.
 fn engine_figures(d: &Overlayd, from: &Netns, to: Ipv4Addr) {
     let dev = ["device=\"flannel-wg\""];
-    let hs = d.metric("overlayd_wireguard_handshakes_total", &dev);
-    assert!(hs >= 1.0, "handshakes {hs}:\n{}", d.scrape());
+    // The engine's figures are published at its timer turns, 250 ms apart.
+    let hs = wait_until(Duration::from_secs(2), || {
+        d.metric("overlayd_wireguard_handshakes_total", &dev) >= 1.0
+    });
+    assert!(hs, "no handshake counted:\n{}", d.scrape());
     for dir in ["direction=\"tx\"", "direction=\"rx\""] {
         let b = d.metric("overlayd_wireguard_peer_bytes_total", &[dir]);
         assert!(b > 0.0, "peer bytes {dir} = {b}");
