@@ -541,9 +541,9 @@ impl Engine {
         self.publish_figures();
     }
 
-    /// Whether a timer turn is due within the next 250 ms: some peer's timers run, or a
-    /// datagram came since the last turn (the handshake rate limit's count is reset on
-    /// turns). Otherwise nothing happens until a packet or a datagram: no turn is needed.
+    /// Whether timer turns ([`Self::tick`]) are due: some peer's timers run, or a datagram
+    /// came since the last turn (turns reset the handshake rate limit's count). Otherwise
+    /// no turn is needed until a packet or a datagram comes.
     pub fn timers_running(&self) -> bool {
         self.timers_on
     }
