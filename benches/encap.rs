@@ -20,6 +20,7 @@ fn inner() -> Vec<u8> {
         protocol: ip::PROTO_UDP,
         payload_len: (INNER_LEN - ipv4::HEADER_LEN) as u16,
         ttl: 64,
+        ident: 0,
     }
     .emit(&mut b);
     b

@@ -37,7 +37,7 @@ use crate::l2::{L2Node, L2Options, L2StartError};
 use crate::lifecycle::Stop;
 use crate::masq::Firewall;
 use crate::telemetry;
-use crate::wg::peers::SharedSpecs;
+use crate::wg::worker::SharedSpecs;
 use device::DeviceSetup;
 use plan::{HostFacts, Notice, Plan, PlaneKind};
 use plane::Plane;
@@ -203,7 +203,7 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
         _instances.push(claim.map_err(DaemonError::Instance)?);
     }
     let (acquired, setup) = lease(&registry, &cfg, &plan, &args).await;
-    let (peers, sink) = peers(&registry, &cfg, &plan, &acquired).await;
+    let (peers, sink) = peers(&registry, &cfg, &plan, &acquired).await?;
     let plane = Plane::open(&plan, setup, &nl, &host.underlay, &peers).await?;
     plane.publish(&telemetry, plan.backend.kind.as_str(), &peers);
     // From here on a signal is handled by the main loop, which stops in order.
@@ -333,13 +333,14 @@ pub struct Peers {
 
 /// The lease → peer cache that keeps [`Peers`] current: the forwarding tables alone, or
 /// wireguard's sink over them (which keeps the key book and the peer lists too); filled
-/// from the leases listed now.
+/// from the leases listed now. Fails only when wireguard's peer lists cannot get their
+/// eventfds.
 async fn peers(
     registry: &Registry,
     cfg: &NetworkConfig,
     plan: &Plan,
     acquired: &Acquired,
-) -> (Peers, Box<dyn LeaseSink>) {
+) -> Result<(Peers, Box<dyn LeaseSink>), DaemonError> {
     let (fib, fib6) = (fib::shared(), fib::shared6());
     let tables = crate::peers::Tables::new(
         plan.backend.clone(),
@@ -352,7 +353,7 @@ async fn peers(
     let (mut sink, specs): (Box<dyn LeaseSink>, _) = match &plan.plane {
         PlaneKind::Routed { .. } => (Box::new(tables), Vec::new()),
         PlaneKind::Wireguard { layouts, .. } => {
-            let sink = crate::wg::Sink::new(tables, fib.clone(), fib6.clone(), layouts);
+            let sink = crate::wg::Sink::new(tables, fib.clone(), fib6.clone(), layouts)?;
             let specs = sink.specs();
             (Box::new(sink), specs)
         }
@@ -364,7 +365,7 @@ async fn peers(
         }
         Err(e) => warn!(error = %e, "cannot list peers yet; the watch will fill them in"),
     }
-    (
+    Ok((
         Peers {
             fib,
             fib6,
@@ -372,7 +373,7 @@ async fn peers(
             changed,
         },
         sink,
-    )
+    ))
 }
 
 /// Layer-2 networks, beside the routed overlay, started in the background: an L2 network

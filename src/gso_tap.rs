@@ -245,6 +245,7 @@ fn probe(t: &Tunnel, addr: IpAddr) -> Result<(), String> {
         protocol: ip::PROTO_TCP,
         payload_len: tcp_len as u16,
         ttl: 64,
+        ident: 0,
     }
     .emit(&mut buf[ip_at..]);
     tcp::Repr {

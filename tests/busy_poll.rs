@@ -10,37 +10,9 @@ use common::*;
 
 const MB: u64 = 1_000_000;
 
-/// CPU clock ticks (utime + stime) and blocking waits (voluntary context switches) of
-/// `pid`'s data-plane worker threads (`dp<i>`).
+/// CPU clock ticks and blocking waits of `pid`'s data-plane worker threads (`dp<i>`).
 fn workers(pid: u32) -> (u64, u64) {
-    let mut ticks = 0;
-    let mut waits = 0;
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir");
-    for t in tasks.flatten() {
-        let dir = t.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.starts_with("dp") {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, r)| r)
-            .split_whitespace()
-            .collect();
-        // After the comm: state is index 0, utime and stime are 11 and 12.
-        ticks += [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-            .sum::<u64>();
-        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        waits += status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    (ticks, waits)
+    thread_load(pid, |comm| comm.starts_with("dp"))
 }
 
 #[test]

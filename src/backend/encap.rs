@@ -152,6 +152,7 @@ mod tests {
             protocol: ip::PROTO_ICMP,
             payload_len: n as u16,
             ttl: 64,
+            ident: 0,
         }
         .emit(&mut b);
         b

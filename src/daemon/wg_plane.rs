@@ -21,8 +21,7 @@ use crate::telemetry;
 use crate::wg::engine::{Engine, Identity, Stats, WgDrop};
 use crate::wg::layout::Layout;
 use crate::wg::metrics::{self, Figures};
-use crate::wg::peers::SharedSpecs;
-use crate::wg::worker::{Parts, Worker};
+use crate::wg::worker::{Parts, SharedSpecs, Worker};
 
 /// The running wireguard devices.
 pub struct WgPlane {

@@ -140,6 +140,13 @@ impl Stop {
     }
 }
 
+/// The descriptor a loop of its own (the wireguard thread) polls beside its own.
+impl AsFd for Stop {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+}
+
 /// Running worker threads: each polls a device side and a socket side together. Stopped
 /// (and joined) by [`Workers::stop`] or when dropped.
 pub struct Workers {

@@ -243,14 +243,11 @@ impl TunnelTx {
                         protocol: ip::PROTO_UDP,
                         payload_len: udp_len as u16,
                         ttl: OUTER_TTL,
+                        ident: self
+                            .ident
+                            .fetch_add(f.shape.count as u16, Ordering::Relaxed),
                     }
                     .emit(&mut buf[ip_at..]);
-                    let id = self
-                        .ident
-                        .fetch_add(f.shape.count as u16, Ordering::Relaxed);
-                    let mut hdr4 = ipv4::Packet::new_unchecked(&mut buf[ip_at..]);
-                    hdr4.set_ident(id);
-                    hdr4.fill_checksum();
                     checksum::pseudo_header_v4(self.src, dst, ip::PROTO_UDP, udp_len as u16)
                 }
                 (IpAddr::V6(dst), Some(src6)) => {

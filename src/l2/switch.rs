@@ -749,6 +749,7 @@ mod tests {
             protocol: crate::wire::ip::PROTO_GRE,
             payload_len: g.len() as u16,
             ttl: 64,
+            ident: 0,
         }
         .emit(&mut pkt);
         pkt.extend_from_slice(&g);
@@ -887,6 +888,7 @@ mod tests {
             protocol: 6,
             payload_len: (20 + payload) as u16,
             ttl: 64,
+            ident: 0,
         }
         .emit(&mut ip);
         ip[20 + 12] = 5 << 4;

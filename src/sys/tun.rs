@@ -220,7 +220,7 @@ impl Wakeup {
         Ok(Wakeup(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    /// Makes the descriptor readable (for good: it is never read).
+    /// Makes the descriptor readable, until [`Self::clear`].
     pub fn signal(&self) -> io::Result<()> {
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from a live local buffer to our own descriptor.
@@ -229,6 +229,14 @@ impl Wakeup {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Makes the descriptor unreadable again (a no-op when it was not signalled).
+    pub fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live local buffer from our own descriptor,
+        // which is non-blocking: unsignalled, it fails with EAGAIN, which is what we want.
+        unsafe { libc::read(self.0.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
     }
 }
 

@@ -178,6 +178,10 @@ struct Peer {
     /// The session index boringtun was given (its messages carry `index << 8 | session`).
     index: u32,
     tunn: Tunn,
+    /// Whether its timers run ([`Engine::tick`] turns them): from its first message (or
+    /// from the start, with a persistent keepalive) until boringtun says the connection
+    /// expired. A peer never contacted, or expired, has no timer due.
+    ticking: bool,
 }
 
 impl Peer {
@@ -242,6 +246,8 @@ pub struct Engine {
     /// comes back with its sessions. Not routable, not reachable by index.
     dormant: Vec<(Peer, Instant)>,
     next_index: u32,
+    /// Whether a timer turn is due soon ([`Engine::timers_running`]).
+    timers_on: bool,
     pub stats: Arc<Stats>,
 }
 
@@ -267,6 +273,7 @@ impl Engine {
             prefix_lens: Vec::new(),
             dormant: Vec::new(),
             next_index: 1,
+            timers_on: false,
             stats: Arc::default(),
         }
     }
@@ -308,6 +315,7 @@ impl Engine {
         self.dormant.extend(old.into_values().map(|p| (p, now)));
         self.reindex();
         self.rebuild_figures();
+        self.timers_on |= self.peers.iter().any(|p| p.ticking);
     }
 
     /// The dormant peer with `spec`'s key, taken out of the dormant list.
@@ -337,7 +345,14 @@ impl Engine {
             index,
             None,
         );
-        Peer { spec, index, tunn }
+        Peer {
+            spec,
+            index,
+            tunn,
+            // boringtun sends persistent keepalives (and the handshakes they need) on its
+            // own clock, from the start.
+            ticking: self.id.keepalive.is_some_and(|k| k > 0),
+        }
     }
 
     fn reindex(&mut self) {
@@ -374,6 +389,7 @@ impl Engine {
             self.stats.count_drop(WgDrop::NoRoute);
             return;
         };
+        self.wake_timers(i, out, io);
         let peer = &mut self.peers[i];
         match peer.tunn.encapsulate(packet, out) {
             TunnResult::WriteToNetwork(b) => {
@@ -411,6 +427,7 @@ impl Engine {
             self.stats.count_drops(WgDrop::Other, lay.count);
             return None;
         }
+        self.wake_timers(i, out, io);
         let peer = &mut self.peers[i];
         let mut data = 0;
         for k in 0..lay.count {
@@ -440,6 +457,12 @@ impl Engine {
     /// source lies inside the sender's AllowedIPs. `out` must be as large as the datagram
     /// and at least 148 bytes.
     pub fn receive(&mut self, from: SocketAddr, datagram: &[u8], out: &mut [u8], io: &mut impl Io) {
+        if !self.timers_on {
+            // No timer turn ran lately to reset the handshake count: do it now, and run
+            // one turn after this to reset it again.
+            self.limiter.reset_count();
+            self.timers_on = true;
+        }
         let packet = match self.limiter.verify_packet(Some(from.ip()), datagram, out) {
             Ok(p) => p,
             Err(TunnResult::WriteToNetwork(cookie)) => {
@@ -483,6 +506,7 @@ impl Engine {
         out: &mut [u8],
         io: &mut impl Io,
     ) {
+        self.wake_timers(i, out, io);
         let stats = &self.stats;
         let peer = &mut self.peers[i];
         match peer.tunn.decapsulate(Some(from.ip()), datagram, out) {
@@ -503,19 +527,37 @@ impl Engine {
         peer.spec.endpoint = from;
     }
 
-    /// Runs every peer's timers (handshake retries, rekeying, keepalives, expiry) and sends
-    /// what they ask for. Call it every 100–250 ms.
+    /// Runs the timers of every peer whose timers run (handshake retries, rekeying,
+    /// keepalives, expiry) and sends what they ask for. Call it every 100–250 ms while
+    /// [`Self::timers_running`].
     pub fn tick(&mut self, out: &mut [u8], io: &mut impl Io) {
         self.limiter.reset_count();
-        for p in &mut self.peers {
-            match p.tunn.update_timers(out) {
-                TunnResult::WriteToNetwork(b) => io.send(p.spec.endpoint, b),
-                TunnResult::Err(WireGuardError::ConnectionExpired) | TunnResult::Done => {}
-                TunnResult::Err(e) => self.stats.count_drop(WgDrop::of(&e)),
-                _ => {}
-            }
+        let mut on = false;
+        for p in self.peers.iter_mut().filter(|p| p.ticking) {
+            p.ticking = run_timers(p, &self.stats, out, io);
+            on |= p.ticking;
         }
+        self.timers_on = on;
         self.publish_figures();
+    }
+
+    /// Whether timer turns ([`Self::tick`]) are due: some peer's timers run, or a datagram
+    /// came since the last turn (turns reset the handshake rate limit's count). Otherwise
+    /// no turn is needed until a packet or a datagram comes.
+    pub fn timers_running(&self) -> bool {
+        self.timers_on
+    }
+
+    /// Starts peer `i`'s timers before it sends or receives anything. boringtun stamps
+    /// its events with the time of the last timer turn, so a turn runs first: one stamped
+    /// with a turn minutes old would expire the new session at the next.
+    fn wake_timers(&mut self, i: usize, out: &mut [u8], io: &mut impl Io) {
+        let p = &mut self.peers[i];
+        if !p.ticking {
+            run_timers(p, &self.stats, out, io);
+            p.ticking = true;
+            self.timers_on = true;
+        }
     }
 
     /// Lays [`Stats::peers`] out for the current peers, each figure carried over by key
@@ -558,6 +600,19 @@ impl Engine {
         }
         self.stats.handshakes.fetch_add(new, Ordering::Relaxed);
     }
+}
+
+/// Runs peer `p`'s timers once and sends what they ask for; returns whether they keep
+/// running (not once boringtun says the connection expired: nothing is due until the peer
+/// sends or receives again).
+fn run_timers(p: &mut Peer, stats: &Stats, out: &mut [u8], io: &mut impl Io) -> bool {
+    match p.tunn.update_timers(out) {
+        TunnResult::WriteToNetwork(b) => io.send(p.spec.endpoint, b),
+        TunnResult::Err(WireGuardError::ConnectionExpired) => return false,
+        TunnResult::Err(e) => stats.count_drop(WgDrop::of(&e)),
+        _ => {}
+    }
+    true
 }
 
 /// Where [`Engine::seal`] puts the data messages of segments laid out as `lay`: each
@@ -950,5 +1005,57 @@ mod tests {
         let mut out = vec![0u8; 2048];
         a.engine.tick(&mut out, &mut a.io);
         assert!(a.io.sent.is_empty());
+    }
+
+    #[test]
+    fn timers_run_from_a_peers_first_message_or_with_a_persistent_keepalive() {
+        let lone = node([3; 32], "192.0.2.3:51820", None);
+        assert!(!lone.engine.timers_running(), "no peer: no timer turn due");
+        let (mut a, mut b) = pair(None);
+        let mut out = vec![0u8; 2048];
+        a.engine.tick(&mut out, &mut a.io);
+        assert!(!a.engine.timers_running(), "a peer never contacted");
+        assert!(!b.engine.timers_running());
+        send(&mut a, &ipv4("10.244.1.5", "10.244.2.7", b"first"));
+        assert!(
+            a.engine.timers_running(),
+            "a handshake started: its retry is due"
+        );
+        pump(&mut a, &mut b);
+        assert_eq!(b.io.delivered.len(), 1);
+        for n in [&mut a, &mut b] {
+            n.engine.tick(&mut out, &mut n.io);
+            assert!(n.engine.timers_running(), "a session's timers keep running");
+        }
+        let mut k = Node {
+            engine: Engine::new(Identity {
+                secret: StaticSecret::from([4; 32]),
+                psk: None,
+                keepalive: Some(25),
+            }),
+            addr: sock("192.0.2.4:51820"),
+            io: Rec::default(),
+        };
+        k.engine.set_peers(&[spec(&b, &B_NETS)]);
+        assert!(
+            k.engine.timers_running(),
+            "keepalives are due from the start"
+        );
+    }
+
+    #[test]
+    fn a_stray_datagram_runs_one_timer_turn() {
+        let (mut a, _b) = pair(None);
+        let mut out = vec![0u8; 2048];
+        let stray = sock("198.51.100.9:4000");
+        a.engine
+            .receive(stray, &[1, 0, 0, 0, 9], &mut out, &mut a.io);
+        assert_eq!(a.engine.stats.dropped(WgDrop::Malformed), 1);
+        assert!(
+            a.engine.timers_running(),
+            "the handshake rate limit's count is reset at the next turn"
+        );
+        a.engine.tick(&mut out, &mut a.io);
+        assert!(!a.engine.timers_running(), "and then nothing is due");
     }
 }

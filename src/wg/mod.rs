@@ -21,7 +21,6 @@ pub mod worker;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use ipnet::IpNet;
 use tracing::info;
@@ -31,7 +30,8 @@ use crate::control::etcd::{Acquired, LeaseSink, RemoteLease};
 use crate::fib;
 use engine::Identity;
 use layout::Layout;
-use peers::{KeyBook, SharedSpecs};
+use peers::KeyBook;
+use worker::{PeerList, SharedSpecs};
 
 pub use layout::{DEVICE, DEVICE_V6};
 
@@ -44,6 +44,8 @@ pub enum WgError {
     Mode(String),
     #[error("Backend.Type is wireguard, but the node's key file was not read")]
     NoKey,
+    #[error("cannot create the eventfd that wakes a wireguard data path thread: {0}")]
+    Wakeup(std::io::Error),
 }
 
 /// The node's identity: its key (from the key file, made on first start) and the options
@@ -83,18 +85,20 @@ impl Sink {
         fib: fib::SharedFib,
         fib6: fib::SharedFib6,
         layouts: &[Layout],
-    ) -> Sink {
-        Sink {
+    ) -> Result<Sink, WgError> {
+        let devices = layouts
+            .iter()
+            .map(|l| Ok((l.clone(), PeerList::new()?)))
+            .collect::<std::io::Result<_>>()
+            .map_err(WgError::Wakeup)?;
+        Ok(Sink {
             tables,
             fib,
             fib6,
             keys: KeyBook::new(),
             by_lease: HashMap::new(),
-            devices: layouts
-                .iter()
-                .map(|l| (l.clone(), SharedSpecs::default()))
-                .collect(),
-        }
+            devices,
+        })
     }
 
     /// Each device's peer list, in the order of the layouts, for its data path thread.
@@ -139,7 +143,7 @@ impl LeaseSink for Sink {
         self.tables.publish(own);
         let (fib, fib6) = (self.fib.load(), self.fib6.load());
         for (layout, specs) in &self.devices {
-            specs.store(Arc::new(peers::peer_specs(layout, &fib, &fib6, &self.keys)));
+            specs.publish(peers::peer_specs(layout, &fib, &fib6, &self.keys));
         }
     }
 }

@@ -5,9 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use super::engine::PeerSpec;
@@ -27,10 +25,6 @@ pub type KeyBook = HashMap<(IpNet, IpAddr), WireguardData>;
 fn v6_owner(public_ip: Ipv4Addr, public_ipv6: Option<Ipv6Addr>) -> IpAddr {
     public_ipv6.map_or(IpAddr::V4(public_ip), IpAddr::V6)
 }
-
-/// A device's peers as last computed, swapped whole; its data path thread picks a new
-/// list up at its next turn, without a lock.
-pub type SharedSpecs = Arc<ArcSwap<Vec<PeerSpec>>>;
 
 /// The entries lease `l` gives the key book (none for another backend's lease or for a
 /// half whose data cannot be read).

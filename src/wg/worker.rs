@@ -4,50 +4,103 @@
 //! ([`Engine::seal`]) and sends them as UDP GSO runs ([`send_layout`]); receives the
 //! underlay socket's datagrams with UDP GRO, splits each buffer at its segment size, lets
 //! the [`Engine`] open each datagram, and coalesces the inner TCP back into super-packets for
-//! the TUN ([`Delivery`]); and runs the protocol's timers. Every buffer is allocated when
-//! the thread starts; the peer table changes only when the leases do.
+//! the TUN ([`Delivery`]); and runs the protocol's timers while any peer's run. Every
+//! buffer is allocated when the thread starts; the peer table changes only when the
+//! leases do ([`PeerList`]).
+//!
+//! The thread sleeps in `poll` until a packet, a datagram, a new peer list or the stop
+//! request ([`Stop`]), or the next timer turn when timers run: idle, it does not wake.
 
+use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::engine::{Engine, Io};
-use super::peers::SharedSpecs;
+use arc_swap::ArcSwap;
+
+use super::engine::{Engine, Io, PeerSpec};
 use crate::counters::{count_drop, DropCounters};
 use crate::datapath::fallback::Fallback;
 use crate::datapath::recv::{self, Delivery, Link, Target};
 use crate::datapath::send::send_layout;
-use crate::datapath::{MAX_READ, SEG_BUF};
+use crate::datapath::{Stop, MAX_READ, SEG_BUF};
 use crate::drop::DropReason;
 use crate::offload::tso;
 use crate::sys::socket::{Msg, RecvBatch, UnderlaySocket};
-use crate::sys::tun::{poll_readable, Queue};
+use crate::sys::tun::{poll_readable, Queue, Wakeup};
 use crate::wire::virtio::{self, VirtioNetHdr};
 
 /// Largest datagram buffer handed over by one receive (UDP GRO joins up to 64 KiB).
 const BUF: usize = 65536;
 /// Buffers taken from the socket per `recvmmsg`, reads from the TUN per wake-up.
 const BATCH: usize = 32;
-/// How often the protocol's timers run (boringtun's device runs them every 250 ms).
-const TICK: Duration = Duration::from_millis(100);
+/// How often the protocol's timers run while any peer's run (boringtun's device runs them
+/// every 250 ms; its timers count in whole seconds).
+const TICK: Duration = Duration::from_millis(250);
 /// The TUN, as a delivery target: queue 0, no link header.
 const TUN: Target = Target {
     queue: 0,
     link: Link::Ip,
 };
 
+/// A device's peers as the control loop last computed them, swapped whole, and the
+/// descriptor that wakes its data path thread when they change: the thread picks a new
+/// list up without a lock.
+pub struct PeerList {
+    specs: ArcSwap<Vec<PeerSpec>>,
+    changed: Wakeup,
+}
+
+/// A device's peer list, shared by the control loop's sink and the device's thread.
+pub type SharedSpecs = Arc<PeerList>;
+
+impl PeerList {
+    /// An empty list.
+    pub fn new() -> io::Result<SharedSpecs> {
+        Ok(Arc::new(PeerList {
+            specs: ArcSwap::default(),
+            changed: Wakeup::new()?,
+        }))
+    }
+
+    /// Makes `specs` the list and wakes the thread, unless it has that list already.
+    pub fn publish(&self, specs: Vec<PeerSpec>) {
+        if **self.specs.load() == specs {
+            return;
+        }
+        self.specs.store(Arc::new(specs));
+        if let Err(e) = self.changed.signal() {
+            // Cannot happen on a valid eventfd; the thread then sees the list at its next wake.
+            tracing::error!(error = %e, "waking the wireguard data path for new peers failed");
+        }
+    }
+
+    /// The list now, the wake-up consumed first (so that a list published meanwhile
+    /// wakes the thread again).
+    pub fn take(&self) -> Arc<Vec<PeerSpec>> {
+        self.changed.clear();
+        self.specs.load_full()
+    }
+}
+
+impl AsFd for PeerList {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.changed.as_fd()
+    }
+}
+
 /// The running data path; stops (and joins) on drop.
 pub struct Worker {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.set();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -68,9 +121,9 @@ pub struct Parts {
 
 impl Worker {
     /// Starts the thread.
-    pub fn start(parts: Parts) -> std::io::Result<Worker> {
+    pub fn start(parts: Parts) -> io::Result<Worker> {
         parts.tun.set_nonblocking()?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Stop::new()?);
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("wg".into())
@@ -146,12 +199,12 @@ struct Gso {
     off: Fallback,
 }
 
-fn run(p: Parts, stop: &AtomicBool) {
+fn run(p: Parts, stop: &Stop) {
     let Parts {
         mut engine,
         tun,
         sock,
-        peers: shared,
+        peers,
         drops,
     } = p;
     let qs = [Arc::new(tun)];
@@ -167,17 +220,16 @@ fn run(p: Parts, stop: &AtomicBool) {
         gro,
         "wireguard data path: TUN TSO, UDP GSO/GRO batches"
     );
-    let mut specs = shared.load_full();
-    engine.set_peers(&specs);
-    let mut next_tick = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let current = shared.load();
-        if !Arc::ptr_eq(&current, &specs) {
-            specs = current.clone();
-            engine.set_peers(&specs);
+    engine.set_peers(&peers.take());
+    // The TUN (bit 0), the socket (1), the peer list (2), the stop request (last).
+    let fds = [qs[0].as_fd(), sock.as_fd(), peers.as_fd(), stop.as_fd()];
+    let mut next_tick = Instant::now() + TICK;
+    while !stop.is_set() {
+        let ticking = engine.timers_running();
+        let ready = poll_readable(&fds, timeout(ticking, next_tick)).unwrap_or(0);
+        if ready & 4 != 0 {
+            engine.set_peers(&peers.take());
         }
-        drop(current);
-        let ready = poll_readable(&[qs[0].as_fd(), sock.as_fd()], 50).unwrap_or(0);
         let mut out = Out {
             sock: &sock,
             qs: &qs,
@@ -190,12 +242,27 @@ fn run(p: Parts, stop: &AtomicBool) {
         if ready & 2 != 0 {
             receive(&mut engine, &mut b, &mut out);
         }
-        if Instant::now() >= next_tick {
+        let now = Instant::now();
+        if !ticking {
+            // Timers start with traffic (or stay off): a first turn is due a period later.
+            next_tick = now + TICK;
+        } else if now >= next_tick {
             engine.tick(&mut b.open, &mut out);
-            next_tick = Instant::now() + TICK;
+            next_tick = now + TICK;
         }
     }
     log_drops(&drops);
+}
+
+/// How long the thread may sleep in `poll`: until the next timer turn while the engine's
+/// timers run (`ticking`), else until something happens (-1: no timeout).
+fn timeout(ticking: bool, next_tick: Instant) -> i32 {
+    if !ticking {
+        return -1;
+    }
+    let wait = next_tick.saturating_duration_since(Instant::now());
+    // Rounded up: a timeout a little short would wake the thread once more for nothing.
+    wait.as_micros().div_ceil(1000) as i32
 }
 
 /// The data path's own drops (device and socket side; the protocol's are the engine's),
@@ -256,4 +323,31 @@ fn receive(engine: &mut Engine, b: &mut Buffers, out: &mut Out<'_>) {
         }
     }
     out.delivery.flush(out.qs, out.drops);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_peer_list_wakes_the_thread_and_the_same_list_again_does_not() {
+        let list = PeerList::new().unwrap();
+        let woken = |l: &PeerList| poll_readable(&[l.as_fd()], 0).unwrap() == 1;
+        assert!(!woken(&list), "an empty list wakes nothing");
+        let spec = PeerSpec {
+            public_key: [9; 32],
+            endpoint: "192.0.2.9:51820".parse().unwrap(),
+            allowed: vec!["10.244.9.0/24".parse().unwrap()],
+        };
+        list.publish(vec![spec.clone()]);
+        assert!(woken(&list));
+        assert!(woken(&list), "it stays woken until taken");
+        assert_eq!(*list.take(), vec![spec.clone()]);
+        assert!(!woken(&list), "taking the list consumes the wake-up");
+        list.publish(vec![spec]);
+        assert!(!woken(&list), "the list it has already");
+        list.publish(Vec::new());
+        assert!(woken(&list));
+        assert!(list.take().is_empty());
+    }
 }

@@ -103,6 +103,7 @@ pub fn net_unreachable_v4(orig: &[u8], from: Ipv4Addr, out: &mut [u8]) -> Option
         protocol: PROTO_ICMP,
         payload_len: (total - ipv4::HEADER_LEN) as u16,
         ttl: TTL,
+        ident: 0,
     }
     .emit(out);
     let icmp = &mut out[ipv4::HEADER_LEN..];
@@ -229,6 +230,7 @@ mod tests {
             protocol: ip::PROTO_UDP,
             payload_len: (8 + n) as u16,
             ttl: 63,
+            ident: 0,
         }
         .emit(&mut b);
         b[20..28].copy_from_slice(&[0x03, 0xe8, 0, 53, 0, (8 + n) as u8, 0, 0]);

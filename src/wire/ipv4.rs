@@ -224,6 +224,9 @@ pub struct Repr {
     /// Payload bytes after the 20-byte header.
     pub payload_len: u16,
     pub ttl: u8,
+    /// Identification (0 where it means nothing: the packet is never fragmented, or its
+    /// ID is chosen per datagram elsewhere).
+    pub ident: u16,
 }
 
 impl Repr {
@@ -238,6 +241,7 @@ impl Repr {
             protocol: p.protocol(),
             payload_len: p.total_len() - p.header_len() as u16,
             ttl: p.ttl(),
+            ident: p.ident(),
         })
     }
 
@@ -246,7 +250,8 @@ impl Repr {
         HEADER_LEN
     }
 
-    /// Writes a 20-byte header (TOS 0, ID 0, no flags, checksum filled) at the start of `buf`.
+    /// Writes a 20-byte header (TOS 0, no flags, checksum computed once) at the start of
+    /// `buf`.
     ///
     /// # Panics
     /// If `buf` is shorter than [`HEADER_LEN`].
@@ -254,7 +259,15 @@ impl Repr {
         let total = (HEADER_LEN as u16).saturating_add(self.payload_len);
         let b = &mut buf[..HEADER_LEN];
         b[..4].copy_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8]);
-        b[4..12].copy_from_slice(&[0, 0, 0, 0, self.ttl, self.protocol, 0, 0]);
+        b[field::IDENT].copy_from_slice(&self.ident.to_be_bytes());
+        b[field::FLG_OFF.start..field::CHECKSUM.end].copy_from_slice(&[
+            0,
+            0,
+            self.ttl,
+            self.protocol,
+            0,
+            0,
+        ]);
         b[field::SRC].copy_from_slice(&self.src_addr.octets());
         b[field::DST].copy_from_slice(&self.dst_addr.octets());
         let c = checksum::checksum(b);
@@ -341,11 +354,14 @@ mod tests {
             protocol: PROTO_ICMP,
             payload_len: 4,
             ttl: 64,
+            ident: 0x1234,
         };
         let mut b = [0u8; 24];
         r.emit(&mut b);
         let p = Packet::new_checked(&b[..]).unwrap();
         assert!(p.verify_checksum());
+        assert_eq!(&b[4..6], &[0x12, 0x34], "the ID on the wire, big-endian");
+        assert_eq!(p.ident(), 0x1234);
         assert_eq!(Repr::parse(&p), Ok(r));
         let mut m = Packet::new_unchecked(&mut b[..]);
         m.set_ttl(1);
@@ -426,6 +442,7 @@ mod tests {
             protocol: PROTO_GRE,
             payload_len: 8,
             ttl: 64,
+            ident: 0,
         }
         .emit(&mut b);
         b[20..28].copy_from_slice(&[0x20, 0, 8, 0, 0, 0, 0, 1]);
@@ -448,13 +465,15 @@ mod tests {
             any::<u8>(),
             0u16..2000,
             any::<u8>(),
+            any::<u16>(),
         )
-            .prop_map(|(s, d, protocol, payload_len, ttl)| Repr {
+            .prop_map(|(s, d, protocol, payload_len, ttl, ident)| Repr {
                 src_addr: s.into(),
                 dst_addr: d.into(),
                 protocol,
                 payload_len,
                 ttl,
+                ident,
             })
     }
 

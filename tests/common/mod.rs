@@ -7,7 +7,7 @@
 //!   [`skip_unless`] / [`skip_unless_root`] on top of it.
 //! - `process.rs`: unique `ovt-<pid>-<seq>-<role>` names, [`run_cmd`], [`run_with_input`]
 //!   (stdin fed, bounded), [`signal`], bounded waits on child processes, log [`tail`]s,
-//!   [`TempDir`].
+//!   [`TempDir`], a process's threads' CPU time and wakeups ([`thread_load`]).
 //! - `netns.rs`: [`Netns`] (a namespace guard: commands, `ip`, sysctls, threads inside it),
 //!   [`list_netns`] / [`delete_netns`] / [`cleanup_stale`], link queries ([`wait_link`],
 //!   [`link_mtu`], [`link_master`]).

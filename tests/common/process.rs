@@ -108,6 +108,40 @@ pub(super) fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatu
     child.wait().ok()
 }
 
+/// CPU clock ticks (utime + stime) and blocking waits (voluntary context switches) of
+/// `pid`'s threads whose name (`comm`) `named` accepts, summed: a thread that sleeps in
+/// `poll` wakes once per wait, so the waits over an idle spell count its wakeups.
+pub fn thread_load(pid: u32, named: impl Fn(&str) -> bool) -> (u64, u64) {
+    let mut ticks = 0;
+    let mut waits = 0;
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).expect("task dir");
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !named(comm.trim_end()) {
+            continue;
+        }
+        let stat = fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace()
+            .collect();
+        // After the comm: state is index 0, utime and stime are 11 and 12.
+        ticks += [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+            .sum::<u64>();
+        let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
+        waits += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    (ticks, waits)
+}
+
 /// The last `n` lines of a file, for failure reports.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_else(|e| format!("<cannot read: {e}>"));
