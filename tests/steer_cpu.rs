@@ -121,3 +121,35 @@ fn netns_steer_cpu_vxlan() {
 fn netns_steer_cpu_udp() {
     carries_traffic_with_steer_cpu("netns_steer_cpu_udp", "udp");
 }
+
+/// Without CAP_BPF (nor CAP_SYS_ADMIN, and unprivileged BPF off) `--steer cpu` cannot load
+/// its program: the start fails once, naming the cause and `--steer flow`; the same
+/// daemon without the flag starts.
+#[test]
+fn netns_steer_cpu_without_cap_bpf_fails_naming_the_way_out() {
+    let test = "netns_steer_cpu_without_cap_bpf_fails_naming_the_way_out";
+    if skip_unless_root(test) {
+        return;
+    }
+    let unpriv =
+        std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").unwrap_or_default();
+    if unpriv.trim() == "0" && skip(test, "unprivileged BPF is allowed here: nothing to refuse") {
+        return;
+    }
+    let mut topo = Topology::new(1);
+    let etcd = topo.start_etcd();
+    let drop_caps = ["setpriv", "--bounding-set", "-bpf,-sys_admin"];
+    let mut args = overlayd_args("vxlan", &etcd);
+    args.extend(["--steer", "cpu", "--queues", "2"].map(String::from));
+    let mut d = Overlayd::spawn_wrapped(topo.host(0), &drop_caps, &args);
+    let st = d.wait_exit(Duration::from_secs(30));
+    let log = d.log();
+    assert!(st.is_some_and(|s| !s.success()), "the start fails: {log}");
+    assert!(
+        log.contains("CAP_BPF") && log.contains("use --steer flow"),
+        "the error names the cause and the alternative: {log}"
+    );
+    drop(d);
+    let mut flow = Overlayd::spawn_wrapped(topo.host(0), &drop_caps, overlayd_args("vxlan", &etcd));
+    flow.wait_ready(Duration::from_secs(30));
+}
