@@ -230,6 +230,10 @@ pub struct Args {
     #[arg(long, env = "OVERLAYD_TUNNEL_GSO", value_enum, default_value_t = crate::gso_tap::Mode::Auto, help_heading = "Data plane")]
     pub tunnel_gso: crate::gso_tap::Mode,
 
+    /// How a packet's data-plane worker is chosen: flow (the default) = the TUN's automatic flow steering picks the transmit queue and the kernel's hash (udp: the inner flow) the receive socket, workers unpinned; cpu = one worker per CPU, pinned, and the packet handled by the worker of the CPU it is on (an eBPF program on the TUN, a classic BPF one on the receive sockets; needs CAP_BPF or CAP_SYS_ADMIN), so no wakeup crosses CPUs. The wireguard backend ignores it (one thread per device).
+    #[arg(long, env = "OVERLAYD_STEER", value_enum, default_value_t = crate::backend::Steer::Flow, help_heading = "Data plane")]
+    pub steer: crate::backend::Steer,
+
     /// Attach L2 network NAME (defined at <prefix>/l2/networks/NAME in etcd) through its own TAP, l2v<VNI> or l2g<VNI>; with @BRIDGE the TAP is enslaved to BRIDGE (created if absent). Repeatable or comma-separated.
     #[arg(
         long = "l2",
@@ -530,6 +534,7 @@ mod tests {
             "public_ipv6" => ("fd00:77::9", &[]),
             "run_dir" => ("/tmp/overlayd-run", &[]),
             "tunnel_gso" => ("off", &[]),
+            "steer" => ("cpu", &[]),
             "subnet_file" => ("/tmp/s.env", &[]),
             "subnet_lease_renew_margin" => ("30", &[]),
             "iptables_resync" => ("7", &[]),

@@ -100,6 +100,9 @@ pub enum DaemonError {
     Firewall(#[from] crate::masq::FirewallError),
     #[error(transparent)]
     Wireguard(#[from] crate::wg::WgError),
+    /// `--steer cpu` refused by the kernel (the message names the cause and `--steer flow`).
+    #[error("{0}")]
+    Steer(std::io::Error),
 }
 
 impl From<L2StartError> for DaemonError {

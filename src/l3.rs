@@ -57,6 +57,10 @@ pub struct RouterConfig {
     pub busy_poll: BusyPoll,
     /// The tunnel-GSO TAP: super-packets go to the kernel whole (udp and vxlan).
     pub tunnel: Option<Tunnel>,
+    /// `--steer cpu`: the CPUs the daemon may run on, over which worker `i` is pinned to
+    /// those `c` with `c % workers == i` (the queue and socket the kernel picks on CPU
+    /// `c`); empty: workers unpinned.
+    pub pin_to: Vec<usize>,
     /// The overlay device's MTU: a whole super-packet received from a peer that let the
     /// kernel segment is handed on with segments that fit it.
     pub mtu: u32,
@@ -132,7 +136,7 @@ impl Router {
             })
             .collect();
         Ok(Router {
-            workers: Workers::spawn("dp", pairs, cfg.busy_poll)?,
+            workers: Workers::spawn("dp", pairs, cfg.busy_poll, &cfg.pin_to)?,
             stats,
         })
     }

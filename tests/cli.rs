@@ -177,3 +177,33 @@ fn netns_backend_flag_takes_wireguard() {
         "the error lists the backends: {e}"
     );
 }
+
+#[test]
+fn netns_steer_flag_names_its_values() {
+    if skip_without_netns() {
+        return;
+    }
+    for (way, o) in [
+        ("flag", daemon(&["--steer", "sideways"])),
+        ("env", {
+            let mut c = Command::new("unshare");
+            c.args(["-n", BIN, "--etcd-endpoints", "http://127.0.0.1:9"])
+                .env_clear()
+                .env("OVERLAYD_STEER", "sideways");
+            bounded(c, Duration::from_secs(3))
+        }),
+    ] {
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{way}: a wrong --steer is refused");
+        assert!(
+            e.contains("invalid value 'sideways'") && e.contains("flow, cpu"),
+            "{way}: the error lists the ways: {e}"
+        );
+    }
+    let o = daemon(&["--steer", "cpu", "--network", "10.9.0.0/16"]);
+    assert!(
+        past_flags(&o) && !o.status.success(),
+        "--steer cpu accepted, the run goes on: {}",
+        stderr(&o)
+    );
+}

@@ -167,6 +167,7 @@ fn node(
         busy_poll: overlayd::datapath::DEFAULT_BUSY_POLL,
         tunnel: tap.as_ref().map(|t| t.tunnel.clone()),
         mtu: 1450,
+        pin_to: Vec::new(),
     };
     let queues = dev.queues.drain(..).map(Arc::new).collect();
     std::mem::forget(dev); // the queues keep the device; it goes with the namespace

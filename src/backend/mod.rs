@@ -46,17 +46,40 @@ impl SocketError {
     }
 }
 
+/// `--steer`: how a packet's worker is chosen, on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Steer {
+    /// By flow: the TUN's automatic flow steering picks the transmit queue, the kernel's
+    /// outer hash (or the inner-flow program, udp) the receive socket; workers unpinned.
+    #[default]
+    Flow,
+    /// By CPU: the packet goes to the queue and socket `cpu % n` of the CPU it is on,
+    /// whose worker is pinned there, so every wakeup is local.
+    Cpu,
+}
+
+impl Steer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Steer::Flow => "flow",
+            Steer::Cpu => "cpu",
+        }
+    }
+}
+
 /// `queues` UDP sockets bound to `addr`:`port`, one per receive worker. `SO_REUSEPORT`
 /// spreads datagrams over them by the kernel's hash of the outer addresses and ports —
 /// enough for vxlan, whose outer source port follows the inner flow (`inner_ip_at` None).
 /// flannel's udp format sends everything from its one port, so there (`inner_ip_at` =
 /// where the inner IP packet starts in the payload) the spread is by the inner flow
 /// ([`steer`]; when the kernel refuses that, by the outer hash, and a warning says so).
+/// With [`Steer::Cpu`] the group picks the socket of the receiving CPU instead, for
+/// every backend (refused by the kernel: an error).
 fn udp_sockets(
-    addr: IpAddr,
-    port: u16,
+    (addr, port): (IpAddr, u16),
     queues: usize,
     inner_ip_at: Option<usize>,
+    by: Steer,
 ) -> Result<Vec<Arc<UnderlaySocket>>, SocketError> {
     let bind = SocketAddr::new(addr, port);
     let socks = (0..queues.max(1))
@@ -66,7 +89,9 @@ fn udp_sockets(
                 .map_err(SocketError::at(bind))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(at) = inner_ip_at.filter(|_| socks.len() > 1) {
+    if by == Steer::Cpu && socks.len() > 1 {
+        steer::steer_by_cpu(&*socks[0], socks.len()).map_err(SocketError::at(bind))?;
+    } else if let Some(at) = inner_ip_at.filter(|_| socks.len() > 1) {
         if let Err(e) = steer::steer_by_inner_flow(&*socks[0], at, socks.len()) {
             tracing::warn!(
                 "{bind}: cannot spread received flows over the workers by inner flow ({e}); \
@@ -291,12 +316,13 @@ impl Backend {
             .map(|mac| (IpAddr::V4(attrs.public_ip), mac)))
     }
 
-    /// Opens the underlay sockets on `addr` (IPv4 or IPv6) for `queues` receive workers
-    /// (wireguard: one device's, on `port` or, IPv6, `port_v6`).
-    pub fn sockets(&self, addr: IpAddr, queues: usize) -> Result<Sockets, SocketError> {
+    /// Opens the underlay sockets on `addr` (IPv4 or IPv6) for `queues` receive workers,
+    /// steered `by` flow or CPU (wireguard: one device's, on `port` or, IPv6, `port_v6`;
+    /// gre: its one raw socket either way).
+    pub fn sockets(&self, addr: IpAddr, queues: usize, by: Steer) -> Result<Sockets, SocketError> {
         match self.kind {
-            BackendKind::Udp => udp_tunnel::sockets(addr, self.port, queues),
-            BackendKind::Vxlan => vxlan_tunnel::sockets(addr, self.port, queues),
+            BackendKind::Udp => udp_tunnel::sockets((addr, self.port), queues, by),
+            BackendKind::Vxlan => vxlan_tunnel::sockets((addr, self.port), queues, by),
             BackendKind::Gre => gre_tunnel::sockets(addr),
             BackendKind::Wireguard => {
                 let port = if addr.is_ipv4() {
@@ -304,7 +330,7 @@ impl Backend {
                 } else {
                     self.port_v6
                 };
-                udp_tunnel::sockets(addr, port, queues)
+                udp_tunnel::sockets((addr, port), queues, by)
             }
         }
     }

@@ -30,9 +30,9 @@ pub fn is_peer(attrs: &LeaseAttrs) -> bool {
 /// One socket per queue, all bound to our address and the backend's port
 /// (`SO_REUSEPORT`): each both receives and sends, since peers expect datagrams from the
 /// port they send to.
-pub fn sockets(addr: IpAddr, port: u16, queues: usize) -> Result<Sockets, SocketError> {
+pub fn sockets(at: (IpAddr, u16), queues: usize, by: super::Steer) -> Result<Sockets, SocketError> {
     // The payload is the inner IP packet itself.
-    let recv = super::udp_sockets(addr, port, queues, Some(0))?;
+    let recv = super::udp_sockets(at, queues, Some(0), by)?;
     Ok(Sockets {
         send: recv.clone(),
         recv,

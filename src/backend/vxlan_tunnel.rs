@@ -167,10 +167,14 @@ pub fn send_pool(addr: impl Into<IpAddr>) -> Result<Vec<Arc<UnderlaySocket>>, So
 }
 
 /// Receive sockets, one per queue, bound to the VXLAN port, and the send pool.
-pub fn sockets(addr: IpAddr, port: u16, queues: usize) -> Result<Sockets, SocketError> {
+pub fn sockets(
+    (addr, port): (IpAddr, u16),
+    queues: usize,
+    by: super::Steer,
+) -> Result<Sockets, SocketError> {
     Ok(Sockets {
         send: send_pool(addr)?,
-        recv: super::udp_sockets(addr, port, queues, None)?,
+        recv: super::udp_sockets((addr, port), queues, None, by)?,
     })
 }
 

@@ -181,6 +181,8 @@ pub struct Plan {
     pub mtu: u32,
     pub ipv6_mtu: Option<u32>,
     pub queues: usize,
+    /// `--steer`: by flow, or by CPU with pinned workers (routed plane only).
+    pub steer: crate::backend::Steer,
     pub offload: bool,
     pub busy_poll: crate::datapath::BusyPoll,
     pub tunnel: TunnelPlan,
@@ -256,6 +258,7 @@ impl Plan {
             mtu: u.mtu,
             ipv6_mtu: u.ipv6_mtu,
             queues: args.queues.map_or(host.cores.min(4), usize::from),
+            steer: args.steer,
             offload: !args.no_offload,
             busy_poll: args.busy_poll_us,
             tunnel: TunnelPlan::new(args, kind),

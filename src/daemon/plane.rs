@@ -15,7 +15,7 @@ use super::device::{self, DeviceSetup, Seen};
 use super::plan::{Plan, PlaneKind, FORWARD_DROPS};
 use super::wg_plane::WgPlane;
 use super::{DaemonError, Peers};
-use crate::backend::{Encap, Sockets};
+use crate::backend::{Encap, Sockets, Steer};
 use crate::control::lease::SubnetKey;
 use crate::counters::Totals;
 use crate::datapath::tunnel::Tunnel;
@@ -124,6 +124,7 @@ pub struct RoutedPlane {
     v6: Sockets,
     fib: SharedFib,
     fib6: SharedFib6,
+    steer: Steer,
     queues: Vec<Arc<tun::Queue>>,
     workers: Option<Router>,
     /// The device overlayd opened, by index: a link that merely took its name is not ours.
@@ -146,10 +147,11 @@ impl RoutedPlane {
         peers: &Peers,
     ) -> Result<RoutedPlane, DaemonError> {
         let opts = plan.tun_options();
-        let mut dev = device::open(&opts, nl, &setup).await?;
+        let mut dev = open_device(&opts, nl, &setup, plan.steer).await?;
         let (v4, v6) = sockets(plan)?;
         let (gso, gro) = socket_offloads(plan.offload, &v4, &v6);
-        info!(device = %dev.name, queues = plan.queues, mtu = plan.mtu, ipv6_mtu = ?plan.ipv6_mtu, offloads = dev.offloads, gso, gro, ipv6_underlay = ?plan.underlay6, "data plane configured");
+        let pin_to = pin_to(plan.steer)?;
+        info!(device = %dev.name, queues = plan.queues, steer = plan.steer.name(), pin_to = ?pin_to, mtu = plan.mtu, ipv6_mtu = ?plan.ipv6_mtu, offloads = dev.offloads, gso, gro, ipv6_underlay = ?plan.underlay6, "data plane configured");
         let gso_tap = open_tunnel(plan, nl, underlay).await?;
         let cfg = l3::RouterConfig {
             encap,
@@ -165,6 +167,7 @@ impl RoutedPlane {
             busy_poll: plan.busy_poll,
             tunnel: gso_tap.as_ref().map(|t| t.tunnel.clone()),
             mtu: plan.mtu,
+            pin_to,
         };
         let mut plane = RoutedPlane {
             index: device::index(nl, &opts.name).await,
@@ -175,6 +178,7 @@ impl RoutedPlane {
             v6,
             fib: peers.fib.clone(),
             fib6: peers.fib6.clone(),
+            steer: plan.steer,
             queues: device::queues(&mut dev),
             workers: None,
             offloads: dev.offloads,
@@ -257,7 +261,7 @@ impl RoutedPlane {
         }
         self.queues.clear();
         let mut ours = false;
-        match device::open(&self.opts, nl, &self.setup).await {
+        match open_device(&self.opts, nl, &self.setup, self.steer).await {
             Ok(mut dev) => {
                 self.queues = device::queues(&mut dev);
                 self.index = device::index(nl, &self.opts.name).await;
@@ -296,10 +300,34 @@ impl RoutedPlane {
     }
 }
 
+/// Opens the device ([`device::open`]) and, with `--steer cpu`, gives it the program that
+/// picks the transmit queue by CPU.
+async fn open_device(
+    opts: &tun::Options,
+    nl: &Netlink,
+    setup: &DeviceSetup,
+    steer: Steer,
+) -> Result<tun::Device, DaemonError> {
+    let dev = device::open(opts, nl, setup).await?;
+    if steer == Steer::Cpu {
+        dev.steer_by_cpu().map_err(DaemonError::Steer)?;
+    }
+    Ok(dev)
+}
+
+/// The CPUs the workers are pinned over with `--steer cpu` (the process's allowed set);
+/// none with `--steer flow`.
+fn pin_to(steer: Steer) -> Result<Vec<usize>, DaemonError> {
+    match steer {
+        Steer::Flow => Ok(Vec::new()),
+        Steer::Cpu => crate::sys::cpu::allowed().map_err(DaemonError::Steer),
+    }
+}
+
 /// The backend's sockets on the IPv4 and the IPv6 underlay (none for a family not used).
 fn sockets(plan: &Plan) -> Result<(Sockets, Sockets), DaemonError> {
     let open = |addr: Option<IpAddr>| match addr {
-        Some(a) => plan.backend.sockets(a, plan.queues),
+        Some(a) => plan.backend.sockets(a, plan.queues, plan.steer),
         None => Ok(Sockets::default()),
     };
     let v4 = open(plan.underlay4.map(IpAddr::V4))?;

@@ -13,6 +13,7 @@ use tracing::{error, info};
 use super::device::{self, DeviceSetup, Seen};
 use super::plan::Plan;
 use super::DaemonError;
+use crate::backend::Steer;
 use crate::control::lease::SubnetKey;
 use crate::counters::DropCounters;
 use crate::host::Netlink;
@@ -155,7 +156,7 @@ impl WgDevice {
             .queues
             .pop()
             .ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
-        let sockets = plan.backend.sockets(layout.bind, 1)?;
+        let sockets = plan.backend.sockets(layout.bind, 1, Steer::Flow)?;
         let sock = sockets.recv.first().cloned();
         let sock = sock.ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
         let engine = Engine::new(identity.clone());

@@ -158,20 +158,27 @@ impl Workers {
     /// Starts one thread `<name><i>` per pair: `device` (transmit: device → underlay) and
     /// `socket` (receive: underlay → device), either of which may be absent. After any
     /// traffic a thread may keep polling without blocking, as `busy` says (see [`poll_loop`]).
+    /// With `pin_to` (CPUs) not empty, thread `i` runs only on [`pin_sets`]`[i]`.
     pub fn spawn<T: Side, R: Side>(
         name: &str,
         pairs: Vec<(Option<T>, Option<R>)>,
         busy: BusyPoll,
+        pin_to: &[usize],
     ) -> io::Result<Workers> {
         let mut w = Workers {
             stop: Arc::new(Stop::new()?),
             threads: Vec::with_capacity(pairs.len()),
         };
+        let mut pins = pin_sets(pin_to, pairs.len()).into_iter();
         for (i, (mut tx, mut rx)) in pairs.into_iter().enumerate() {
             let stop = w.stop.clone();
+            let pin = pins.next().unwrap_or_default();
             let t = std::thread::Builder::new()
                 .name(format!("{name}{i}"))
                 .spawn(move || {
+                    if let Err(e) = crate::sys::cpu::pin_current_thread(&pin) {
+                        tracing::warn!(worker = i, cpus = ?pin, error = %e, "cannot pin the data-plane worker; it runs unpinned");
+                    }
                     let dev = tx.as_ref().map(|s| s.pollable());
                     let socks: Vec<_> = rx
                         .as_ref()
@@ -227,6 +234,19 @@ impl Drop for Workers {
     }
 }
 
+/// Which CPUs each of `workers` workers is pinned to, given the CPUs `allowed`: worker `i`
+/// gets those `c` with `c % workers == i`, which is where the kernel hands it packets with
+/// `--steer cpu` (queue and socket `cpu % n`). A worker no allowed CPU maps to, or every
+/// worker when `allowed` is empty, gets none (unpinned). Pure.
+pub fn pin_sets(allowed: &[usize], workers: usize) -> Vec<Vec<usize>> {
+    (0..workers)
+        .map(|i| {
+            let mine = allowed.iter().filter(|&&c| c % workers == i);
+            mine.copied().collect()
+        })
+        .collect()
+}
+
 /// The loop every worker runs: poll the device fd (may be absent) and the socket fds (may
 /// be none), call `work(device_ready, sockets_ready)` (bit `i` of `sockets_ready` set when
 /// `sockets[i]` is readable; it returns what it handled), and after traffic, as `busy`
@@ -271,5 +291,25 @@ pub fn poll_loop(
             // first: spinning must not delay the very reply it waits for.
             std::thread::yield_now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pin_sets;
+
+    #[test]
+    fn each_cpu_belongs_to_the_worker_its_packets_are_steered_to() {
+        assert_eq!(pin_sets(&[0, 1], 2), [vec![0], vec![1]]);
+        assert_eq!(
+            pin_sets(&[0, 1, 2, 3, 4, 5, 6, 7], 4),
+            [vec![0, 4], vec![1, 5], vec![2, 6], vec![3, 7]]
+        );
+        // An allowed set with holes: CPU 3 → worker 1 (3 % 2), as the programs pick.
+        assert_eq!(pin_sets(&[2, 3, 5], 2), [vec![2], vec![3, 5]]);
+        // More workers than CPUs: the ones no CPU maps to run unpinned (and get no packet
+        // from the kernel's side).
+        assert_eq!(pin_sets(&[0, 1], 3), [vec![0], vec![1], vec![]]);
+        assert_eq!(pin_sets(&[], 2), [Vec::<usize>::new(), vec![]]);
     }
 }

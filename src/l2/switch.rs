@@ -263,7 +263,7 @@ impl Switch {
             })
             .collect();
         Ok(Switch {
-            workers: Workers::spawn("l2dp", pairs, cfg.busy_poll)?,
+            workers: Workers::spawn("l2dp", pairs, cfg.busy_poll, &[])?,
         })
     }
 

@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod cpu;
 pub mod lock;
 pub mod netns;
 pub mod owned;

@@ -120,15 +120,16 @@ pub fn run_in_netns<T: Send + 'static>(
     }
 }
 
+/// Helpers for the sys tests that need a namespace of their own or may have to skip.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::process::Command;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     static SEQ: AtomicU32 = AtomicU32::new(0);
 
-    fn is_root() -> bool {
+    pub(crate) fn is_root() -> bool {
         // SAFETY: geteuid has no preconditions and cannot fail.
         unsafe { libc::geteuid() == 0 }
     }
@@ -141,11 +142,26 @@ mod tests {
             .ino()
     }
 
+    /// Records that `test` is skipped because of `reason`, as tests/common's `skip` does
+    /// (a banner, and a line in the file `OVERLAYD_SKIP_LOG` names); returns `true`.
+    pub(crate) fn skip(test: &str, reason: &str) -> bool {
+        use std::io::Write;
+        eprintln!("\n!!! SKIP {test}: {reason}\n");
+        if let Some(log) = std::env::var_os("OVERLAYD_SKIP_LOG") {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log);
+            let _ = f.and_then(|mut f| writeln!(f, "SKIP {test}: {reason}"));
+        }
+        true
+    }
+
     /// A throwaway namespace, deleted on drop.
-    struct TempNs(String);
+    pub(crate) struct TempNs(pub(crate) String);
 
     impl TempNs {
-        fn new() -> TempNs {
+        pub(crate) fn new() -> TempNs {
             let name = format!(
                 "ovt-{}-{}-unit",
                 std::process::id(),

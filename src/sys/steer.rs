@@ -11,6 +11,10 @@
 //! group's sockets, one flow always to the same one (no reordering within a flow). What is
 //! not an IPv4/IPv6 TCP or UDP packet at the expected offset (ARP, fragments' tails aside)
 //! is left to the kernel's hash.
+//!
+//! With `--steer cpu` the group gets [`cpu_program`] instead: the socket of the CPU the
+//! datagram is received on (`cpu % sockets`), whose worker is pinned there, so a wakeup is
+//! always local.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
@@ -27,6 +31,9 @@ mod code {
     pub const RET_A: u16 = 0x16; pub const RET_K: u16 = 0x06;
 }
 use code::*;
+
+/// `SKF_AD_OFF + SKF_AD_CPU`: an absolute load there reads the current CPU's number.
+const AD_CPU: u32 = 0xffff_f000 + 36;
 
 /// An index past every group: the kernel then picks by its own hash.
 const NONE: u32 = u32::MAX;
@@ -79,13 +86,49 @@ pub fn inner_flow_program(inner_ip_at: u32, sockets: u32) -> Vec<libc::sock_filt
     ]
 }
 
+/// The program for a group of `sockets` sockets that picks the one of the receiving CPU:
+/// `ld [SKF_AD_OFF + SKF_AD_CPU]; mod #sockets; ret a`. Pure: the instructions only.
+pub fn cpu_program(sockets: u32) -> Vec<libc::sock_filter> {
+    vec![
+        op(LD_W_ABS, 0, 0, AD_CPU),
+        op(MOD_K, 0, 0, sockets.max(1)),
+        op(RET_A, 0, 0, 0),
+    ]
+}
+
 /// Attaches [`inner_flow_program`] to the `SO_REUSEPORT` group `sock` belongs to (bound
 /// already; the group has `sockets` members, in the order they were bound).
 pub fn steer_by_inner_flow(sock: &impl AsFd, inner_ip_at: usize, sockets: usize) -> io::Result<()> {
-    let mut prog = inner_flow_program(
-        u32::try_from(inner_ip_at).unwrap_or(u32::MAX - 64),
-        u32::try_from(sockets).unwrap_or(u32::MAX),
-    );
+    attach(
+        sock,
+        inner_flow_program(
+            u32::try_from(inner_ip_at).unwrap_or(u32::MAX - 64),
+            group_size(sockets),
+        ),
+    )
+}
+
+/// Attaches [`cpu_program`] to the `SO_REUSEPORT` group `sock` belongs to (bound already;
+/// `sockets` members, in the order they were bound).
+/// The error names the cause and the way around it.
+pub fn steer_by_cpu(sock: &impl AsFd, sockets: usize) -> io::Result<()> {
+    attach(sock, cpu_program(group_size(sockets))).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "--steer cpu: cannot attach the CPU program to the SO_REUSEPORT group \
+                 (SO_ATTACH_REUSEPORT_CBPF: {e}); use --steer flow"
+            ),
+        )
+    })
+}
+
+fn group_size(sockets: usize) -> u32 {
+    u32::try_from(sockets).unwrap_or(u32::MAX)
+}
+
+/// Attaches `prog` to the `SO_REUSEPORT` group of `sock`.
+fn attach(sock: &impl AsFd, mut prog: Vec<libc::sock_filter>) -> io::Result<()> {
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
         filter: prog.as_mut_ptr(),
@@ -182,5 +225,42 @@ mod tests {
             p
         }];
         assert_eq!(receivers(&socks, at, &odd).len(), 3);
+    }
+
+    #[test]
+    fn each_datagram_lands_on_the_socket_of_the_cpu_that_sent_it() {
+        let test = "each_datagram_lands_on_the_socket_of_the_cpu_that_sent_it";
+        let cpus = crate::sys::cpu::allowed().unwrap();
+        if cpus.len() < 2 && crate::sys::netns::tests::skip(test, "needs 2 CPUs") {
+            return;
+        }
+        let (socks, at) = group(2);
+        steer_by_cpu(&socks[0], 2).unwrap();
+        let mut batch = RecvBatch::new(1, 2048);
+        for &cpu in &cpus[..2] {
+            // Loopback receives in the sender's context: on the sender's CPU.
+            std::thread::spawn(move || {
+                crate::sys::cpu::pin_current_thread(&[cpu]).unwrap();
+                let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+                for i in 0..8u8 {
+                    tx.send_to(&[i; 32], at).unwrap();
+                }
+            })
+            .join()
+            .unwrap();
+            let mut got = [0usize; 2];
+            let t0 = std::time::Instant::now();
+            while got.iter().sum::<usize>() < 8 && t0.elapsed().as_secs() < 5 {
+                for (i, s) in socks.iter().enumerate() {
+                    while let Some(n) = s.recv_batch(&mut batch).ok().filter(|&n| n > 0) {
+                        got[i] += n;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let mut want = [0usize; 2];
+            want[cpu % 2] = 8;
+            assert_eq!(got, want, "datagrams sent from CPU {cpu}");
+        }
     }
 }
