@@ -141,6 +141,11 @@ impl Router {
         })
     }
 
+    /// How many worker threads run.
+    pub fn threads(&self) -> usize {
+        self.workers.threads()
+    }
+
     /// Sum of every worker's counters.
     pub fn totals(&self) -> Totals {
         totals(&self.stats)

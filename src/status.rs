@@ -151,6 +151,23 @@ pub fn transmit_path(page: &str) -> &'static str {
     }
 }
 
+/// How many data-plane workers run and how packets are spread over them, from the
+/// `overlayd_workers` gauge; `None` when the page has none (no data plane yet).
+pub fn workers_line(page: &str) -> Option<String> {
+    let (_, labels, n) = page
+        .lines()
+        .filter_map(sample)
+        .find(|(name, _, _)| *name == "overlayd_workers")?;
+    let how = match label(labels, "steer")?.as_str() {
+        "cpu" => "by CPU, each worker pinned (--steer cpu)",
+        _ => "by flow (--steer flow)",
+    };
+    Some(format!(
+        "data plane: {} worker(s), packets steered {how}",
+        n as u64
+    ))
+}
+
 async fn scrape(addr: SocketAddr) -> Option<String> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -210,6 +227,9 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
     let traffic = match &page {
         Some(page) => {
             let _ = writeln!(out, "transmit path: {}", transmit_path(page));
+            if let Some(w) = workers_line(page) {
+                let _ = writeln!(out, "{w}");
+            }
             Some(parse_peer_metrics(page))
         }
         None => {
@@ -440,6 +460,22 @@ mod tests {
             transmit_path(page).ends_with("IPv6 outer headers)"),
             "an IPv6-only node"
         );
+    }
+
+    #[test]
+    fn workers_line_names_the_steering() {
+        let page = "overlayd_workers{steer=\"cpu\"} 2\n";
+        assert_eq!(
+            workers_line(page).as_deref(),
+            Some(
+                "data plane: 2 worker(s), packets steered by CPU, each worker pinned (--steer cpu)"
+            )
+        );
+        let page = "overlayd_peers 1\noverlayd_workers{steer=\"flow\"} 1\n";
+        assert!(workers_line(page)
+            .unwrap()
+            .ends_with("by flow (--steer flow)"));
+        assert_eq!(workers_line("overlayd_peers 1\n"), None);
     }
 
     #[test]

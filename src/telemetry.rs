@@ -15,7 +15,7 @@
 //! `overlayd_http_connections_shed_total`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -60,6 +60,10 @@ pub struct State {
     pub ready: AtomicBool,
     pub backend: OnceLock<&'static str>,
     pub workers: Mutex<Option<Arc<Vec<WorkerStats>>>>,
+    /// How packets are spread over the routed plane's workers (`--steer`), set with it.
+    pub steer: OnceLock<&'static str>,
+    /// The routed plane's worker threads.
+    pub threads: AtomicUsize,
     pub fib: OnceLock<SharedFib>,
     /// The IPv6 forwarding table (dual stack).
     pub fib6: OnceLock<SharedFib6>,
@@ -145,6 +149,10 @@ impl State {
                 metrics::counter!("overlayd_drops_total", "reason" => r.as_str())
                     .absolute(t.drops[r as usize]);
             }
+        }
+        if let Some(steer) = self.steer.get() {
+            metrics::gauge!("overlayd_workers", "steer" => *steer)
+                .set(self.threads.load(Ordering::Relaxed) as f64);
         }
         if let Some(fib) = self.fib.get() {
             let fib = fib.load();

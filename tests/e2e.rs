@@ -719,6 +719,12 @@ fn netns_status_command() {
         .unwrap_or(0);
     assert!(tx_bytes >= 2 * MB, "tx bytes to h2 in: {row}");
     assert!(text.contains(&subnet_of(&s1).to_string()), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("data plane: ")
+            && l.contains("worker(s)")
+            && l.ends_with("by flow (--steer flow)")),
+        "the workers and their steering (the default): {text}"
+    );
 }
 
 /// systemd `Type=notify`: READY=1 arrives on $NOTIFY_SOCKET only once subnet.env is written,

@@ -59,9 +59,17 @@ fn carries_traffic_with_steer_cpu(test: &str, backend: &str) {
         return;
     }
     let steer = ["--steer", "cpu", "--queues", "2"];
+    let with_metrics = [
+        "--steer",
+        "cpu",
+        "--queues",
+        "2",
+        "--metrics-addr",
+        "127.0.0.1:9108",
+    ];
     let c = Cluster::builder()
         .backend(backend)
-        .extra(0, &steer)
+        .extra(0, &with_metrics)
         .extra(1, &steer)
         .start();
     let to = overlay_ip_of(&c.subnets[1]);
@@ -87,6 +95,11 @@ fn carries_traffic_with_steer_cpu(test: &str, backend: &str) {
         log.lines()
             .any(|l| l.contains("data plane configured") && l.contains("steer=\"cpu\"")),
         "{backend}: the start-up line names the steering: {log}"
+    );
+    assert_eq!(
+        c.daemons[0].metric("overlayd_workers", &["steer=\"cpu\""]),
+        2.0,
+        "{backend}: /metrics counts the workers under their steering"
     );
     // Worker i on the CPUs c with c % 2 == i: where queue and socket `cpu % 2` are.
     let want: Vec<(usize, Vec<usize>)> = (0..2)

@@ -219,12 +219,14 @@ impl RoutedPlane {
             udp_gso: self.cfg.gso,
             udp_gro: self.cfg.gro,
         });
+        let _ = t.steer.set(self.steer.name());
         self.publish_workers(t);
     }
 
     fn publish_workers(&self, t: &telemetry::State) {
         if let (Ok(mut w), Some(dp)) = (t.workers.lock(), &self.workers) {
             *w = Some(dp.stats.clone());
+            t.threads.store(dp.threads(), Ordering::Relaxed);
         }
     }
 

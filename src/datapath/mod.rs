@@ -215,6 +215,11 @@ impl Workers {
         self.halt();
     }
 
+    /// How many worker threads were started.
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
     /// Whether every worker thread is still running (for the systemd watchdog).
     pub fn alive(&self) -> bool {
         self.threads.iter().all(|t| !t.is_finished())
