@@ -2,13 +2,13 @@
 //! (opened through `device::open`, as every overlay device, and given its families' part
 //! of the setup), its socket (`Backend::sockets`) and its data path thread with an engine
 //! of its own, reading the peer list the control loop's `wg::Sink` keeps. Checked (a
-//! deleted route restored), moved to a re-acquired subnet and stopped like the routed
-//! plane.
+//! deleted route restored, a deleted device recreated with its engine's sessions), moved
+//! to a re-acquired subnet and stopped like the routed plane.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::device::{self, DeviceSetup, Seen};
 use super::plan::Plan;
@@ -17,6 +17,7 @@ use crate::backend::Steer;
 use crate::control::lease::SubnetKey;
 use crate::counters::DropCounters;
 use crate::host::Netlink;
+use crate::sys::socket::UnderlaySocket;
 use crate::sys::tun;
 use crate::telemetry;
 use crate::wg::engine::{Engine, Identity, Stats, WgDrop};
@@ -32,16 +33,21 @@ pub struct WgPlane {
 }
 
 /// One device as it runs: its layout and setup, the link overlayd opened, its engine's
-/// figures, its data path's drops and its thread.
+/// figures, its data path's drops and its thread, and what reopening it takes (its TUN
+/// options, socket, peer list and identity).
 struct WgDevice {
     layout: Layout,
     setup: DeviceSetup,
     index: Option<u32>,
-    /// Whether the last check found it (a vanished device is told about once).
-    present: bool,
+    opts: tun::Options,
+    sock: Arc<UnderlaySocket>,
+    specs: SharedSpecs,
+    identity: Identity,
     stats: Arc<Stats>,
     drops: Arc<DropCounters>,
-    worker: Worker,
+    /// The thread; absent while the device could not be reopened, its engine parked.
+    worker: Option<Worker>,
+    parked: Option<Engine>,
 }
 
 impl WgPlane {
@@ -94,28 +100,26 @@ impl WgPlane {
         self.setup.v4.map(|(sn, _)| sn)
     }
 
-    /// The periodic check: a deleted route is restored; a deleted device is not recreated
-    /// (its TUN, socket and thread would have to be, with the engine's sessions: restart
-    /// the daemon). Returns whether every device is there and ours.
+    /// The periodic check: a deleted route is restored, a deleted device recreated (its
+    /// engine, with every session, goes on in a new thread on the new TUN). Returns whether
+    /// every device is there and ours.
     pub async fn check(&mut self, nl: &Netlink, t: &telemetry::State) -> bool {
         let mut ours = true;
         for d in &mut self.devices {
-            let seen = device::check(nl, d.layout.name, d.index, &d.setup, t).await;
-            if seen == Seen::Gone && d.present {
-                error!(
-                    device = d.layout.name,
-                    "wireguard device vanished; it is not recreated: restart overlayd"
-                );
-            }
-            d.present = seen != Seen::Gone;
-            ours &= seen == Seen::Ours;
+            ours &= match device::check(nl, d.layout.name, d.index, &d.setup, t).await {
+                Seen::Ours => true,
+                Seen::Gone => d.recreate(nl, t).await,
+                Seen::Foreign | Seen::Unknown => false,
+            };
         }
         ours
     }
 
     /// Whether every data path thread runs.
     pub fn alive(&self) -> bool {
-        self.devices.iter().all(|d| d.worker.alive())
+        self.devices
+            .iter()
+            .all(|d| d.worker.as_ref().is_some_and(Worker::alive))
     }
 
     /// Stops every thread, then closes the devices (the kernel removes them and their
@@ -123,8 +127,15 @@ impl WgPlane {
     pub fn stop(self) {
         for d in self.devices {
             d.log_totals();
-            drop(d.worker);
+            drop(d.worker.map(Worker::stop));
         }
+    }
+}
+
+fn not_found(name: &str) -> DaemonError {
+    DaemonError::Device {
+        name: name.into(),
+        source: std::io::ErrorKind::NotFound.into(),
     }
 }
 
@@ -139,7 +150,6 @@ impl WgDevice {
         specs: SharedSpecs,
     ) -> Result<WgDevice, DaemonError> {
         let name = layout.name;
-        let setup = setup.only(layout.v4, layout.v6);
         let opts = tun::Options {
             name: name.into(),
             kind: tun::Kind::Tun,
@@ -147,37 +157,71 @@ impl WgDevice {
             vnet_hdr: true,
             tunnel_hdr: false,
         };
-        let mut dev = device::open(&opts, nl, &setup).await?;
-        let io = |source| DaemonError::Device {
-            name: name.into(),
-            source,
-        };
-        let tun = dev
-            .queues
-            .pop()
-            .ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
         let sockets = plan.backend.sockets(layout.bind, 1, Steer::Flow)?;
         let sock = sockets.recv.first().cloned();
-        let sock = sock.ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
+        let sock = sock.ok_or_else(|| not_found(name))?;
         let engine = Engine::new(identity.clone());
-        let (stats, drops) = (engine.stats.clone(), Arc::new(DropCounters::default()));
+        let mut d = WgDevice {
+            layout: layout.clone(),
+            setup: setup.only(layout.v4, layout.v6),
+            index: None,
+            opts,
+            sock,
+            specs,
+            identity: identity.clone(),
+            stats: engine.stats.clone(),
+            drops: Arc::new(DropCounters::default()),
+            worker: None,
+            parked: Some(engine),
+        };
+        d.start(nl).await?;
+        Ok(d)
+    }
+
+    /// Opens the TUN with the device's setup and starts the thread on it with the parked
+    /// engine.
+    async fn start(&mut self, nl: &Netlink) -> Result<(), DaemonError> {
+        let name = self.layout.name;
+        let mut dev = device::open(&self.opts, nl, &self.setup).await?;
+        let tun = dev.queues.pop().ok_or_else(|| not_found(name))?;
+        let engine = self.parked.take();
+        let engine =
+            engine.unwrap_or_else(|| Engine::with_stats(self.identity.clone(), &self.stats));
         let worker = Worker::start(Parts {
             engine,
             tun,
-            sock,
-            peers: specs,
-            drops: drops.clone(),
+            sock: self.sock.clone(),
+            peers: self.specs.clone(),
+            drops: self.drops.clone(),
         })
-        .map_err(io)?;
-        Ok(WgDevice {
-            layout: layout.clone(),
-            setup,
-            index: device::index(nl, name).await,
-            present: true,
-            stats,
-            drops,
-            worker,
-        })
+        .map_err(|source| DaemonError::Device {
+            name: name.into(),
+            source,
+        })?;
+        self.worker = Some(worker);
+        self.index = device::index(nl, name).await;
+        Ok(())
+    }
+
+    /// The device vanished: its thread stops and hands back the engine, the device is
+    /// opened again and a new thread goes on with it. Returns whether it is ours again
+    /// (else the next check tries again).
+    async fn recreate(&mut self, nl: &Netlink, t: &telemetry::State) -> bool {
+        if let Some(w) = self.worker.take() {
+            warn!(
+                device = self.layout.name,
+                "wireguard device vanished; recreating it with its sessions"
+            );
+            t.control.device_repairs.fetch_add(1, Ordering::Relaxed);
+            self.parked = w.stop();
+        }
+        match self.start(nl).await {
+            Ok(()) => self.index.is_some(),
+            Err(e) => {
+                error!(device = self.layout.name, error = %e, "cannot recreate the wireguard device; retrying");
+                false
+            }
+        }
     }
 
     fn log_totals(&self) {

@@ -261,6 +261,12 @@ const DORMANT_FOR: Duration = Duration::from_secs(180);
 impl Engine {
     /// An engine with no peer yet.
     pub fn new(id: Identity) -> Engine {
+        Engine::with_stats(id, &Arc::default())
+    }
+
+    /// An engine with no peer yet that counts into `stats` (a thread restarted after its
+    /// predecessor died goes on counting where it left off).
+    pub fn with_stats(id: Identity, stats: &Arc<Stats>) -> Engine {
         let public = PublicKey::from(&id.secret);
         Engine {
             limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
@@ -274,7 +280,7 @@ impl Engine {
             dormant: Vec::new(),
             next_index: 1,
             timers_on: false,
-            stats: Arc::default(),
+            stats: stats.clone(),
         }
     }
 

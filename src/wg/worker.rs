@@ -92,10 +92,11 @@ impl AsFd for PeerList {
     }
 }
 
-/// The running data path; stops (and joins) on drop.
+/// The running data path; stops (and joins) on drop, or hands its engine back
+/// ([`Worker::stop`]).
 pub struct Worker {
     stop: Arc<Stop>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Engine>>,
 }
 
 impl Drop for Worker {
@@ -132,6 +133,13 @@ impl Worker {
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Stops and joins the thread; its engine back, sessions and figures kept (`None` when
+    /// the thread had died).
+    pub fn stop(mut self) -> Option<Engine> {
+        self.stop.set();
+        self.thread.take()?.join().ok()
     }
 
     /// Whether the thread still runs (for the health check).
@@ -199,7 +207,7 @@ struct Gso {
     off: Fallback,
 }
 
-fn run(p: Parts, stop: &Stop) {
+fn run(p: Parts, stop: &Stop) -> Engine {
     let Parts {
         mut engine,
         tun,
@@ -252,6 +260,7 @@ fn run(p: Parts, stop: &Stop) {
         }
     }
     log_drops(&drops);
+    engine
 }
 
 /// How long the thread may sleep in `poll`: until the next timer turn while the engine's
