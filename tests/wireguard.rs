@@ -81,6 +81,18 @@ fn two_nodes(test: &str) -> Option<TwoNodes> {
     Some((keys, topo, etcd, d1, d2))
 }
 
+/// [`two_nodes`], both ready and h1 pinging h2's overlay address (returned beside them).
+fn two_nodes_pinging(test: &str) -> Option<(TwoNodes, Ipv4Addr)> {
+    let (keys, topo, etcd, mut d1, mut d2) = two_nodes(test)?;
+    let b_ip = overlay_ip_of(&d2.wait_ready(READY));
+    d1.wait_ready(READY);
+    assert!(
+        ping_until(topo.host(0), b_ip, Duration::from_secs(20)),
+        "ping {b_ip} before"
+    );
+    Some(((keys, topo, etcd, d1, d2), b_ip))
+}
+
 #[test]
 fn netns_wireguard_two_overlayd_nodes() {
     let Some((keys, topo, etcd, mut d1, mut d2)) = two_nodes("netns_wireguard_two_overlayd_nodes")
@@ -213,17 +225,11 @@ fn netns_wireguard_idle_thread_sleeps() {
 /// over it again, as with the other backends.
 #[test]
 fn netns_wireguard_deleted_route_is_restored() {
-    let Some((_keys, topo, _etcd, mut d1, mut d2)) =
-        two_nodes("netns_wireguard_deleted_route_is_restored")
+    let Some(((_keys, topo, _etcd, d1, _d2), b_ip)) =
+        two_nodes_pinging("netns_wireguard_deleted_route_is_restored")
     else {
         return;
     };
-    let b_ip = overlay_ip_of(&d2.wait_ready(READY));
-    d1.wait_ready(READY);
-    assert!(
-        ping_until(topo.host(0), b_ip, Duration::from_secs(20)),
-        "ping {b_ip} before"
-    );
     let repairs = d1.metric("overlayd_device_repairs_total", &[]);
     let show = format!("-4 route show {OVERLAY_NETWORK} dev flannel-wg");
     topo.host(0)
@@ -248,17 +254,11 @@ fn netns_wireguard_deleted_route_is_restored() {
 /// handshake on either node), the repair is counted, and a TCP transfer crosses whole.
 #[test]
 fn netns_wireguard_deleted_device_is_recreated_with_its_sessions() {
-    let Some((_keys, topo, _etcd, mut d1, mut d2)) =
-        two_nodes("netns_wireguard_deleted_device_is_recreated_with_its_sessions")
+    let Some(((_keys, topo, _etcd, d1, d2), b_ip)) =
+        two_nodes_pinging("netns_wireguard_deleted_device_is_recreated_with_its_sessions")
     else {
         return;
     };
-    let b_ip = overlay_ip_of(&d2.wait_ready(READY));
-    d1.wait_ready(READY);
-    assert!(
-        ping_until(topo.host(0), b_ip, Duration::from_secs(20)),
-        "ping {b_ip} before"
-    );
     let dev = ["device=\"flannel-wg\""];
     // Figures are published at the engine's timer turns, 250 ms apart.
     let counted = wait_until(Duration::from_secs(2), || {
