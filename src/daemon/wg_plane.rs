@@ -127,16 +127,20 @@ impl WgPlane {
     pub fn stop(self) {
         for d in self.devices {
             d.log_totals();
-            drop(d.worker.map(Worker::stop));
+            drop(d.worker);
         }
     }
 }
 
-fn not_found(name: &str) -> DaemonError {
+fn device_error(name: &str, source: std::io::Error) -> DaemonError {
     DaemonError::Device {
         name: name.into(),
-        source: std::io::ErrorKind::NotFound.into(),
+        source,
     }
+}
+
+fn not_found(name: &str) -> DaemonError {
+    device_error(name, std::io::ErrorKind::NotFound.into())
 }
 
 impl WgDevice {
@@ -194,10 +198,7 @@ impl WgDevice {
             peers: self.specs.clone(),
             drops: self.drops.clone(),
         })
-        .map_err(|source| DaemonError::Device {
-            name: name.into(),
-            source,
-        })?;
+        .map_err(|e| device_error(name, e))?;
         self.worker = Some(worker);
         self.index = device::index(nl, name).await;
         Ok(())

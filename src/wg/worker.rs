@@ -101,10 +101,7 @@ pub struct Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        self.stop.set();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.halt();
     }
 }
 
@@ -138,6 +135,10 @@ impl Worker {
     /// Stops and joins the thread; its engine back, sessions and figures kept (`None` when
     /// the thread had died).
     pub fn stop(mut self) -> Option<Engine> {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> Option<Engine> {
         self.stop.set();
         self.thread.take()?.join().ok()
     }
