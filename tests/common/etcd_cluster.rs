@@ -304,12 +304,14 @@ impl EtcdCluster {
         self.ctl_at(&self.endpoints(), args)
     }
 
-    /// `etcdctl` retried for up to 20 s (a write during an election may fail), panicking if
+    /// `etcdctl` retried for up to 40 s (a write during an election may fail), panicking if
     /// it never works. Each try goes to one member, the next one each time: etcdctl's own
     /// balancer may keep choosing a partitioned member (the very problem overlayd's pool
-    /// solves), which would make the harness, not the daemon, fail.
+    /// solves), which would make the harness, not the daemon, fail. 40 s, not 20: a try on a
+    /// killed member takes up to 6 s, and on a loaded 2-CPU machine an election after the
+    /// leader's kill once outlasted 20 s of tries (CI, 2026-12-07).
     pub fn ctl(&self, args: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(40);
         for i in 0.. {
             let ep = self.members[i % self.members.len()].endpoint();
             match self.ctl_at(&ep, args) {
