@@ -13,6 +13,7 @@
 //! member that has lost the quorum), undone by [`EtcdCluster::heal`]. Every wait is bounded;
 //! members are killed on drop (the namespaces go with the topology).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::net::Ipv4Addr;
@@ -80,6 +81,8 @@ pub struct EtcdCluster {
     pub security: Security,
     initial_cluster: String,
     token: String,
+    /// The member that last answered `ctl`: the next call starts there, not at a dead one.
+    answered: Cell<usize>,
     _dir: TempDir,
 }
 
@@ -205,6 +208,7 @@ impl EtcdCluster {
             },
             initial_cluster,
             token: unique_name("cluster"),
+            answered: Cell::new(0),
             _dir: dir,
         };
         for i in 0..n {
@@ -307,20 +311,31 @@ impl EtcdCluster {
     /// `etcdctl` retried for up to 40 s (a write during an election may fail), panicking if
     /// it never works. Each try goes to one member, the next one each time: etcdctl's own
     /// balancer may keep choosing a partitioned member (the very problem overlayd's pool
-    /// solves), which would make the harness, not the daemon, fail. 40 s, not 20: a try on a
-    /// killed member takes up to 6 s, and on a loaded 2-CPU machine an election after the
-    /// leader's kill once outlasted 20 s of tries (CI, 2026-12-07).
+    /// solves), which would make the harness, not the daemon, fail. A call starts at the
+    /// member that last answered, so a killed one costs its dial timeout once, not on every
+    /// call. 40 s: a try on a killed member takes up to 6 s, and on a loaded 2-CPU machine an
+    /// election after the leader's kill once outlasted 20 s of tries (CI, 2026-12-07).
     pub fn ctl(&self, args: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        for i in 0.. {
-            let ep = self.members[i % self.members.len()].endpoint();
-            match self.ctl_at(&ep, args) {
-                Ok(out) => return out,
-                Err(e) if Instant::now() >= deadline => panic!("{e}"),
+        self.ctl_within(Duration::from_secs(40), args)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`EtcdCluster::ctl`]'s tries for up to `limit`; the last error if none worked.
+    fn ctl_within(&self, limit: Duration, args: &[&str]) -> Result<String, String> {
+        let deadline = Instant::now() + limit;
+        let first = self.answered.get();
+        for i in first.. {
+            let m = i % self.members.len();
+            match self.ctl_at(&self.members[m].endpoint(), args) {
+                Ok(out) => {
+                    self.answered.set(m);
+                    return Ok(out);
+                }
+                Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(_) => thread::sleep(Duration::from_millis(200)),
             }
         }
-        unreachable!("the loop returns or panics")
+        unreachable!("the loop returns")
     }
 
     /// Puts `key` = `value`.
@@ -334,16 +349,25 @@ impl EtcdCluster {
     }
 
     /// Grants an etcd lease of `ttl_secs` and puts `key` = `value` on it; returns the lease
-    /// id as etcdctl prints it (hex).
+    /// id as etcdctl prints it (hex). Grant and put are retried together: a put that fails
+    /// (an election, a dead member) may outlast a short lease, and no retry of the put alone
+    /// could then succeed.
     pub fn put_with_lease(&self, key: &str, value: &str, ttl_secs: u64) -> String {
-        let out = self.ctl(&["lease", "grant", &ttl_secs.to_string()]);
-        let id = out
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_else(|| panic!("unexpected lease grant output {out:?}"))
-            .to_owned();
-        self.ctl(&["put", &format!("--lease={id}"), key, value]);
-        id
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let out = self.ctl(&["lease", "grant", &ttl_secs.to_string()]);
+            let id = out
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_else(|| panic!("unexpected lease grant output {out:?}"))
+                .to_owned();
+            let put = ["put", &format!("--lease={id}"), key, value];
+            match self.ctl_within(Duration::from_secs(ttl_secs.min(10)), &put) {
+                Ok(_) => return id,
+                Err(e) if Instant::now() >= deadline => panic!("{e}"),
+                Err(_) => {}
+            }
+        }
     }
 
     /// All `(key, value)` pairs under `prefix`. Values must be single-line.
