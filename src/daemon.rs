@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -29,6 +30,7 @@ use crate::control::etcd::{
 use crate::control::lease::SubnetKey;
 use crate::control::subnet_env::read_previous;
 use crate::datapath::tunnel::Tunnel;
+use crate::direct::DirectRoutes;
 use crate::fib::{self, SharedFib, SharedFib6};
 use crate::gso_tap;
 use crate::host::{HostError, Netlink, Underlay};
@@ -226,6 +228,7 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
         leases,
     );
 
+    let direct = direct_routes(&nl, &plan, &cfg, &peers, &telemetry).await;
     let (firewall, subnet_file) =
         announce(&args, &plan, &cfg, &acquired, &plane, &telemetry).await?;
     let (control, subnet_rx) = spawn_control(registry, cfg, &plan, acquired, sink, &telemetry);
@@ -237,6 +240,7 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
         telemetry,
         control,
         l2: None,
+        direct,
         watchdog: crate::systemd::Watchdog::from_env(),
     };
     running.run(&stop, subnet_rx, l2_starting).await
@@ -377,6 +381,35 @@ async fn peers(
         },
         sink,
     ))
+}
+
+/// `Backend.DirectRouting`'s routes, brought in step with the peers listed now before the
+/// node announces itself; when it is off, what a crashed run left is removed.
+async fn direct_routes(
+    nl: &Netlink,
+    plan: &Plan,
+    cfg: &NetworkConfig,
+    peers: &Peers,
+    telemetry: &telemetry::State,
+) -> DirectRoutes {
+    let networks = cfg
+        .enable_ipv4
+        .then_some(IpNet::V4(cfg.network))
+        .into_iter()
+        .chain(cfg.ipv6.as_ref().map(|c| IpNet::V6(c.network)))
+        .collect();
+    let mut direct = DirectRoutes::new(
+        nl.clone(),
+        plan.direct_routing,
+        networks,
+        (peers.fib.clone(), peers.fib6.clone()),
+        peers.changed.clone(),
+    );
+    if direct.enabled() {
+        let _ = telemetry.direct_routes.set(direct.count());
+    }
+    direct.sync().await;
+    direct
 }
 
 /// Layer-2 networks, beside the routed overlay, started in the background: an L2 network

@@ -1,6 +1,6 @@
 //! Host network setup through rtnetlink: find the underlay interface (and its IPv4 and
 //! IPv6 addresses), and give the overlay device its address, MTU and the route for the whole
-//! network. Never runs `ip`.
+//! network; add and remove the direct routes of flannel's `DirectRouting`. Never runs `ip`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -10,7 +10,9 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope,
 };
 use netlink_packet_route::link::LinkAttribute;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 /// Errors from host setup; each names what was being looked for or changed.
@@ -120,16 +122,7 @@ pub fn is_main_route_for(r: &RouteMessage, network: IpNet) -> bool {
         IpNet::V4(n) => RouteAddress::Inet(n.network()),
         IpNet::V6(n) => RouteAddress::Inet6(n.network()),
     };
-    // A table above 255 is only in RTA_TABLE; the header then says RT_TABLE_UNSPEC.
-    let table = r
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(r.header.table));
-    table == MAIN_TABLE
+    table_of(r) == MAIN_TABLE
         && r.header.destination_prefix_length == network.prefix_len()
         && r.attributes
             .iter()
@@ -154,6 +147,90 @@ pub fn claim_route(existing: &[Option<u32>], ours: u32) -> Result<(), Option<u32
         Some(other) => Err(*other),
         None => Ok(()),
     }
+}
+
+/// The routing protocol number on overlayd's direct routes (`ip route show proto 111`): it
+/// tells them apart from every other route, also after a crash, and is no well-known one.
+pub const DIRECT_PROTO: u8 = 111;
+
+/// A direct route (flannel's `DirectRouting`): a peer's subnet through its public address,
+/// on whichever link the kernel reaches that address by. Both of one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DirectRoute {
+    subnet: IpNet,
+    via: IpAddr,
+}
+
+impl DirectRoute {
+    /// `subnet` via `via`; `None` when their families differ.
+    pub fn new(subnet: impl Into<IpNet>, via: impl Into<IpAddr>) -> Option<Self> {
+        let (subnet, via) = (subnet.into().trunc(), via.into());
+        (subnet.addr().is_ipv4() == via.is_ipv4()).then_some(DirectRoute { subnet, via })
+    }
+
+    pub fn subnet(&self) -> IpNet {
+        self.subnet
+    }
+
+    pub fn via(&self) -> IpAddr {
+        self.via
+    }
+}
+
+impl std::fmt::Display for DirectRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} via {}", self.subnet, self.via)
+    }
+}
+
+fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// `r` as one of our direct routes: a main-table route with [`DIRECT_PROTO`], a destination
+/// and a gateway of its own family.
+pub fn direct_route_of(r: &RouteMessage) -> Option<DirectRoute> {
+    if r.header.protocol != RouteProtocol::Other(DIRECT_PROTO) || table_of(r) != MAIN_TABLE {
+        return None;
+    }
+    let mut dst = None;
+    let mut via = None;
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = route_addr(d),
+            RouteAttribute::Gateway(g) => via = route_addr(g),
+            _ => {}
+        }
+    }
+    DirectRoute::new(
+        IpNet::new(dst?, r.header.destination_prefix_length).ok()?,
+        via?,
+    )
+}
+
+/// Whether the kernel's answer `r` to "the route to an address" says the address is on a
+/// link of this host: a unicast route without a gateway (flannel's `ip.DirectRouting`).
+pub fn is_on_link(r: &RouteMessage) -> bool {
+    r.header.kind == RouteType::Unicast
+        && !r
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Via(_)))
+}
+
+fn table_of(r: &RouteMessage) -> u32 {
+    // A table above 255 is only in RTA_TABLE; the header then says RT_TABLE_UNSPEC.
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
 }
 
 /// A netlink connection, driven by a task on the current tokio runtime.
@@ -604,6 +681,67 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Whether `ip` is on a link of this host: the kernel's route to it has no gateway.
+    /// An address the kernel has no route to is not.
+    pub async fn on_link(&self, ip: IpAddr) -> Result<bool, HostError> {
+        let host = if ip.is_ipv4() { 32 } else { 128 };
+        let request = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(ip, host)
+            .expect("a host prefix of the address's own family")
+            .build();
+        let mut answers = self.handle.route().get(request).execute();
+        let mut found = Vec::new();
+        loop {
+            match answers.try_next().await {
+                Ok(Some(r)) => found.push(is_on_link(&r)),
+                Ok(None) => break,
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if [-libc::ENETUNREACH, -libc::EHOSTUNREACH].contains(&e.raw_code()) =>
+                {
+                    return Ok(false)
+                }
+                Err(e) => return Err(nl(format!("the route to {ip}"))(e)),
+            }
+        }
+        Ok(found == [true])
+    }
+
+    /// Every direct route of ours ([`direct_route_of`]) in the main table, both families.
+    pub async fn direct_routes(&self) -> Result<Vec<DirectRoute>, HostError> {
+        let mut out = Vec::new();
+        for request in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let mut routes = self.handle.route().get(request).execute();
+            // Read to the end of the dump (see `routes_for`).
+            while let Some(r) = routes.try_next().await.map_err(nl("routes"))? {
+                out.extend(direct_route_of(&r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds (or replaces) the direct route `r` in the main table, with [`DIRECT_PROTO`].
+    pub async fn add_direct_route(&self, r: DirectRoute) -> Result<(), HostError> {
+        let msg = direct_message(r);
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("add route {r}")))
+    }
+
+    /// Removes the direct route `r`; one already gone is no error.
+    pub async fn del_direct_route(&self, r: DirectRoute) -> Result<(), HostError> {
+        match self.handle.route().del(direct_message(r)).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+            other => other.map_err(nl(format!("delete route {r}"))),
+        }
+    }
+
     /// Refuses to route `network` through device `name` (link `index`) when a main-table
     /// route for exactly that prefix goes through another device: replacing it could take
     /// over the host's default route or a LAN's. Absent or through `index`: Ok.
@@ -628,6 +766,16 @@ impl Netlink {
             },
         })
     }
+}
+
+/// The main-table message for direct route `r`.
+fn direct_message(r: DirectRoute) -> RouteMessage {
+    RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(r.subnet.network(), r.subnet.prefix_len())
+        .and_then(|b| b.gateway(r.via))
+        .expect("DirectRoute::new keeps subnet and gateway in one family")
+        .protocol(RouteProtocol::Other(DIRECT_PROTO))
+        .build()
 }
 
 fn mtu_of(attrs: &[LinkAttribute]) -> u32 {
@@ -714,6 +862,53 @@ mod tests {
             Some(i) => b.output_interface(i).build(),
             None => b.build(),
         }
+    }
+
+    #[test]
+    fn our_direct_routes_are_told_by_protocol_table_and_gateway() {
+        let r = DirectRoute::new(
+            "10.244.3.0/24".parse::<IpNet>().unwrap(),
+            "192.168.77.3".parse::<IpAddr>().unwrap(),
+        )
+        .unwrap();
+        let msg = direct_message(r);
+        assert_eq!(direct_route_of(&msg), Some(r));
+        let r6 = DirectRoute::new(
+            "fd10:0:0:3::/64".parse::<IpNet>().unwrap(),
+            "fd77::3".parse::<IpAddr>().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(direct_route_of(&direct_message(r6)), Some(r6));
+        // Another protocol (an operator's static route), another table, no gateway: not ours.
+        let mut other = msg.clone();
+        other.header.protocol = RouteProtocol::Static;
+        assert_eq!(direct_route_of(&other), None);
+        let mut table = msg.clone();
+        table
+            .attributes
+            .retain(|a| !matches!(a, RouteAttribute::Table(_)));
+        table.header.table = 100;
+        assert_eq!(direct_route_of(&table), None);
+        let mut no_gw = msg.clone();
+        no_gw
+            .attributes
+            .retain(|a| !matches!(a, RouteAttribute::Gateway(_)));
+        assert_eq!(direct_route_of(&no_gw), None);
+    }
+
+    #[test]
+    fn on_a_link_means_unicast_without_a_gateway() {
+        let link = route4("192.168.77.0/24", Some(2));
+        assert!(is_on_link(&link));
+        let mut gw = link.clone();
+        gw.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(
+                "192.168.77.254".parse().unwrap(),
+            )));
+        assert!(!is_on_link(&gw), "through a router");
+        let mut local = link.clone();
+        local.header.kind = RouteType::Local;
+        assert!(!is_on_link(&local), "our own address");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`control`]: config, leases and subnet choice (pure) and the etcd client loop (async);
 //! - [`sys`]: TUN ioctls and socket options, the only `unsafe` code;
 //! - [`host`]: device address, MTU and routes through rtnetlink;
+//! - [`direct`]: flannel's `DirectRouting`, kernel routes to peers on a shared link;
 //! - [`gso_tap`]: the TAP through which whole UDP-tunnel super-packets go to the kernel;
 //! - [`masq`]: flanneld's masquerade and FORWARD rules through iptables (rules pure, tested);
 //! - [`datapath`]: the data path both data planes share (workers, send paths, receive
@@ -36,6 +37,7 @@ pub mod control;
 pub mod counters;
 pub mod daemon;
 pub mod datapath;
+pub mod direct;
 pub mod drop;
 pub mod fib;
 pub mod go;

@@ -74,6 +74,8 @@ pub struct State {
     pub tunnel_gso: OnceLock<Arc<AtomicBool>>,
     /// The same for IPv6 outer headers (an IPv6 underlay).
     pub tunnel_gso6: OnceLock<Arc<AtomicBool>>,
+    /// How many direct routes (`Backend.DirectRouting`) are installed; absent when off.
+    pub direct_routes: OnceLock<Arc<AtomicUsize>>,
     /// The L2 networks' shared state, when any is attached.
     pub l2: OnceLock<Arc<crate::l2::switch::Shared>>,
     /// The verdict of the last health check (the one the systemd watchdog acts on); absent
@@ -167,6 +169,9 @@ impl State {
             for p in fib6.peers() {
                 peer_counters(p.subnet.to_string(), p.underlay.to_string(), &p.counters);
             }
+        }
+        if let Some(n) = self.direct_routes.get() {
+            metrics::gauge!("overlayd_direct_routes").set(n.load(Ordering::Relaxed) as f64);
         }
         if let Some(l2) = self.l2.get() {
             refresh_l2(l2);

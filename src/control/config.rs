@@ -114,6 +114,10 @@ pub struct BackendConfig {
     pub checksum: bool,
     /// gre: `Backend.Sequence`, send GRE sequence numbers (RFC 2890).
     pub sequence: bool,
+    /// `Backend.DirectRouting`: a peer on a link of this host is reached by a plain kernel
+    /// route instead of the tunnel (vxlan, as flanneld's; gre, as flanneld's ipip). Parsed
+    /// for every backend, so that the daemon can say when it is ignored.
+    pub direct_routing: bool,
     /// wireguard's own fields (`port` is its `ListenPort`); `None` for the other backends.
     pub wireguard: Option<WireguardConfig>,
 }
@@ -183,6 +187,7 @@ impl BackendConfig {
             mtu: None,
             checksum: false,
             sequence: false,
+            direct_routing: false,
             wireguard: (kind == BackendKind::Wireguard).then(WireguardConfig::default),
         }
     }
@@ -565,6 +570,9 @@ impl NetworkConfig {
                 o.push_str(",\"Sequence\":true");
             }
         }
+        if b.direct_routing {
+            o.push_str(",\"DirectRouting\":true");
+        }
         o.push_str("}}");
         o
     }
@@ -862,6 +870,9 @@ fn parse_backend(m: &Members) -> Result<BackendConfig, ConfigError> {
         if let Some(v) = m.last_non_null("Sequence") {
             b.sequence = boolean("Backend.Sequence", v)?;
         }
+    }
+    if let Some(v) = m.last_non_null("DirectRouting") {
+        b.direct_routing = boolean("Backend.DirectRouting", v)?;
     }
     Ok(b)
 }
@@ -1407,6 +1418,27 @@ mod tests {
             r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":0,"GBP":true,"DirectRouting":true}}"#,
         );
         assert_eq!(c.backend.port, 8472);
+    }
+
+    #[test]
+    fn direct_routing_as_flannel_spells_it() {
+        let c = parse(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        assert!(!c.backend.direct_routing);
+        for spelt in ["DirectRouting", "directRouting", "directrouting"] {
+            let c = parse(&format!(
+                r#"{{"Network":"10.0.0.0/16","Backend":{{"Type":"vxlan","{spelt}":true}}}}"#
+            ));
+            assert!(c.backend.direct_routing, "{spelt}");
+        }
+        let c = parse(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"gre","DirectRouting":true}}"#);
+        assert_eq!(
+            c.to_json(),
+            r#"{"Network":"10.0.0.0/16","SubnetLen":24,"Backend":{"Type":"gre","DirectRouting":true}}"#
+        );
+        assert_eq!(NetworkConfig::parse(c.to_json().as_bytes()).unwrap(), c);
+        let e =
+            err(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","DirectRouting":"yes"}}"#);
+        assert!(e.contains("Backend.DirectRouting"), "{e}");
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub enum Notice {
     NoIpv6Underlay { iface: String },
     /// IPv6 only with `--ip-masq`: no rules are written.
     NoIpv6Masquerade,
+    /// `Backend.DirectRouting` on a backend that does not honour it (udp, wireguard).
+    DirectRoutingIgnored(BackendKind),
 }
 
 impl Notice {
@@ -114,6 +116,7 @@ impl Notice {
             Notice::Ipv6Underlay { addr6, ipv6_mtu } => debug!(%addr6, ipv6_mtu, "IPv6 underlay"),
             Notice::NoIpv6Underlay { iface } => warn!(%iface, "no IPv6 underlay: IPv6 packets go over the IPv4 underlay, which flannel nodes (whose flannel-v6 device expects them over IPv6) do not take"),
             Notice::NoIpv6Masquerade => warn!("IPv6 only: --ip-masq installs IPv4 masquerade rules, so none here (ip6tables rules are not written)"),
+            Notice::DirectRoutingIgnored(kind) => warn!(backend = %kind, "Backend.DirectRouting is ignored by this backend, as flanneld ignores it: only vxlan and gre route peers on a shared link directly"),
         }
     }
 }
@@ -193,6 +196,8 @@ pub struct Plan {
     pub forward_rules: bool,
     /// The routed backend's UDP port, which L2 vxlan networks must not take.
     pub l3_port: Option<u16>,
+    /// `Backend.DirectRouting` on vxlan or gre: peers on a shared link get kernel routes.
+    pub direct_routing: bool,
     pub notices: Vec<Notice>,
 }
 
@@ -247,6 +252,10 @@ impl Plan {
         if !cfg.enable_ipv4 && args.ip_masq {
             notices.push(Notice::NoIpv6Masquerade);
         }
+        let direct_routing = matches!(kind, BackendKind::Vxlan | BackendKind::Gre);
+        if cfg.backend.direct_routing && !direct_routing {
+            notices.push(Notice::DirectRoutingIgnored(kind));
+        }
         Ok(Plan {
             public_ip,
             underlay4,
@@ -266,6 +275,7 @@ impl Plan {
             masq: args.ip_masq && cfg.enable_ipv4,
             forward_rules: args.iptables_forward_rules && cfg.enable_ipv4,
             l3_port: (kind != BackendKind::Gre).then_some(cfg.backend.port),
+            direct_routing: direct_routing && cfg.backend.direct_routing,
             notices,
         })
     }
@@ -770,6 +780,21 @@ mod tests {
         let json = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":70000}}"#;
         let p = plan(&[], json, &dual_host()).unwrap();
         assert_eq!(p.notices, [Notice::VniOver16Bits(70000)]);
+    }
+
+    #[test]
+    fn direct_routing_on_vxlan_and_gre_only() {
+        for (kind, honoured) in [("vxlan", true), ("gre", true), ("udp", false)] {
+            let json = format!(
+                r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"{kind}","DirectRouting":true}}}}"#
+            );
+            let p = plan(&[], &json, &dual_host()).unwrap();
+            assert_eq!(p.direct_routing, honoured, "{kind}");
+            let ignored = Notice::DirectRoutingIgnored(kind.parse().unwrap());
+            assert_eq!(p.notices.contains(&ignored), !honoured, "{kind}");
+            let off = format!(r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"{kind}"}}}}"#);
+            assert!(!plan(&[], &off, &dual_host()).unwrap().direct_routing);
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::DaemonError;
 use crate::control::config::NetworkConfig;
 use crate::control::lease::SubnetKey;
 use crate::control::subnet_env::SubnetEnv;
+use crate::direct::DirectRoutes;
 use crate::host::Netlink;
 use crate::l2::{L2Node, L2StartError};
 use crate::lifecycle::Stop;
@@ -56,6 +57,8 @@ pub struct Running {
     /// The lease keepalive, peer watch and re-acquisition task.
     pub control: JoinHandle<()>,
     pub l2: Option<L2Node>,
+    /// `Backend.DirectRouting`'s kernel routes to peers on a shared link.
+    pub direct: DirectRoutes,
     pub watchdog: Watchdog,
 }
 
@@ -88,6 +91,10 @@ impl Running {
                         let held = *subnet_rx.borrow();
                         self.subnet_changed(held).await;
                     }
+                    Ok(())
+                }
+                _ = self.direct.changed() => {
+                    self.direct.sync().await;
                     Ok(())
                 }
                 _ = check.tick() => self.check().await,
@@ -141,11 +148,14 @@ impl Running {
         }
     }
 
-    /// Every 2 s: the firewall rules, the L2 ports, the device and its route; then the
-    /// systemd watchdog's verdict.
+    /// Every 2 s: the firewall rules, the L2 ports, the direct routes, the device and its
+    /// route; then the systemd watchdog's verdict.
     async fn check(&mut self) -> Result<(), DaemonError> {
         self.firewall.ensure().await;
         self.repair_l2().await;
+        if self.direct.enabled() {
+            self.direct.sync().await;
+        }
         let device_ours = self.plane.check(&self.nl, &self.telemetry).await?;
         self.watchdog.tick(self.telemetry.record_health(Health {
             device_ours,
@@ -172,12 +182,14 @@ impl Running {
         }
     }
 
-    /// The orderly stop: not ready, the control task and the L2 networks ended, the
-    /// workers stopped, the device closed (the lease stays for the next start).
-    async fn stop(self) {
+    /// The orderly stop: not ready, the control task and the L2 networks ended, the direct
+    /// routes removed, the workers stopped, the device closed (the lease stays for the next
+    /// start).
+    async fn stop(mut self) {
         crate::systemd::stopping();
         self.telemetry.ready.store(false, Ordering::Relaxed);
         self.control.abort();
+        self.direct.clear().await;
         if let Some(l2) = self.l2 {
             l2.stop().await;
         }

@@ -1,0 +1,178 @@
+//! flannel's `DirectRouting` (`Backend.DirectRouting`): a peer on a link of this host is
+//! reached by a kernel route (`<subnet> via <its PublicIP>`, protocol 111), not through the
+//! tunnel; a peer behind a router still goes through the tunnel. The routes follow the
+//! leases, come back when deleted, go at stop, and a restart removes what a crash left.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::*;
+
+const READY: Duration = Duration::from_secs(30);
+const CONFIG: &str =
+    r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+/// h3's PublicIP: off the hosts' link, reached through h3's link address (a routed peer).
+const ROUTED_IP: &str = "10.99.0.3";
+
+/// The direct routes in `ns`, one `ip route` line each.
+fn direct_routes(ns: &Netns) -> Vec<String> {
+    ns.ip("route show proto 111")
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn has_direct(ns: &Netns, subnet: &str, via: Ipv4Addr) -> bool {
+    direct_routes(ns)
+        .iter()
+        .any(|l| l.starts_with(&format!("{subnet} via {via} dev eth0")))
+}
+
+/// Pings `to` from `from`'s overlay address `src`, so that the reply too is routed to an
+/// overlay subnet (as between containers).
+fn ping_from(ns: &Netns, src: Ipv4Addr, to: Ipv4Addr) -> bool {
+    ns.try_run(&[
+        "ping",
+        "-q",
+        "-n",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        &src.to_string(),
+        &to.to_string(),
+    ])
+    .is_ok()
+}
+
+/// h1's packets sent through the tunnel to the peer owning `subnet`.
+fn tunnel_tx(d: &Overlayd, subnet: &str) -> f64 {
+    d.metric(
+        "overlayd_peer_packets_total",
+        &[&format!("peer=\"{subnet}\""), "direction=\"tx\""],
+    )
+}
+
+/// A vxlan daemon with metrics, on the underlay interface (or address) `iface`.
+fn daemon(ns: &Netns, etcd: &Etcd, iface: &str) -> Overlayd {
+    let mut args = overlayd_args("vxlan", etcd);
+    let i = args.iter().position(|a| a == "--iface").expect("--iface");
+    args[i + 1] = iface.to_owned();
+    args.extend(["--metrics-addr", "127.0.0.1:9108"].map(String::from));
+    Overlayd::spawn(ns, args)
+}
+
+#[test]
+fn netns_direct_routing_for_peers_on_the_link() {
+    if skip_unless_root("netns_direct_routing_for_peers_on_the_link") {
+        return;
+    }
+    let mut topo = Topology::new(3);
+    let etcd = topo.start_etcd();
+    etcd.put(&format!("{ETCD_PREFIX}/config"), CONFIG);
+    let (h1, h2, h3) = (topo.host(0), topo.host(1), topo.host(2));
+    // h3 publishes an address that h1 and h2 reach through a gateway (h3's link address).
+    h3.ip(&format!("addr add {ROUTED_IP}/32 dev eth0"));
+    for h in [h1, h2] {
+        h.ip(&format!("route add {ROUTED_IP}/32 via {}", host_ip(2)));
+    }
+    let mut d1 = daemon(h1, &etcd, "eth0");
+    let mut d2 = daemon(h2, &etcd, "eth0");
+    let mut d3 = daemon(h3, &etcd, ROUTED_IP);
+    let (s1, s2, s3) = (
+        d1.wait_ready(READY),
+        d2.wait_ready(READY),
+        d3.wait_ready(READY),
+    );
+    let (n1, n2, n3) = (subnet_of(&s1), subnet_of(&s2), subnet_of(&s3));
+    let (a1, a2, a3) = (overlay_ip_of(&s1), overlay_ip_of(&s2), overlay_ip_of(&s3));
+
+    // h2 is on h1's link: a direct route; h3 is behind a gateway: the tunnel.
+    assert!(
+        wait_until(Duration::from_secs(10), || has_direct(
+            h1,
+            &n2.to_string(),
+            host_ip(1)
+        )),
+        "h1: a direct route to h2's subnet: {:?}",
+        direct_routes(h1)
+    );
+    assert_eq!(direct_routes(h1).len(), 1, "{:?}", direct_routes(h1));
+    assert!(has_direct(h2, &n1.to_string(), host_ip(0)));
+    // h3 sees h1 and h2 on its link (flannel's test is the route to the peer).
+    assert!(wait_until(Duration::from_secs(10), || direct_routes(h3)
+        .len()
+        == 2));
+    assert_eq!(d1.metric("overlayd_direct_routes", &[]), 1.0);
+
+    // Between h1 and h2 nothing goes through the tunnel, both ways; to h3 everything does.
+    let (tx2, tx3) = (
+        tunnel_tx(&d1, &n2.to_string()),
+        tunnel_tx(&d1, &n3.to_string()),
+    );
+    assert!(ping_from(h1, a1, a2), "h1 -> h2, overlay addresses");
+    let (sent, received) = tcp_transfer(h1, h2, a2, 0, 4_000_000);
+    assert_eq!(sent, received, "4 MB byte-identical over the direct route");
+    assert!(ping_from(h1, a1, a3), "h1 -> h3 through the tunnel");
+    assert_eq!(
+        tunnel_tx(&d1, &n2.to_string()),
+        tx2,
+        "nothing to h2 tunnelled"
+    );
+    assert!(
+        tunnel_tx(&d1, &n3.to_string()) >= tx3 + 3.0,
+        "h3's pings tunnelled"
+    );
+
+    // Deleted by hand: back at the next check.
+    h1.ip(&format!("route del {n2} via {} proto 111", host_ip(1)));
+    assert!(
+        wait_until(Duration::from_secs(6), || has_direct(
+            h1,
+            &n2.to_string(),
+            host_ip(1)
+        )),
+        "the deleted direct route comes back"
+    );
+
+    // h2 leaves (stopped, its lease deleted): its route goes; h2's own went at its stop.
+    assert!(d2
+        .terminate(Duration::from_secs(5))
+        .is_some_and(|s| s.success()));
+    assert!(direct_routes(h2).is_empty(), "h2's stop removed its routes");
+    etcd.del(&lease_key(ETCD_PREFIX, n2));
+    assert!(
+        wait_until(Duration::from_secs(10), || direct_routes(h1).is_empty()),
+        "h2's lease gone: its route too: {:?}",
+        direct_routes(h1)
+    );
+
+    // A crash leaves routes; the next start removes those in the network, and only those.
+    d1.kill();
+    let stale = "10.244.250.0/24";
+    let foreign = "10.50.0.0/24";
+    for r in [stale, foreign] {
+        h1.ip(&format!("route add {r} via {} proto 111", host_ip(3)));
+    }
+    d1.restart();
+    d1.wait_ready(READY);
+    assert!(
+        wait_until(Duration::from_secs(5), || !direct_routes(h1)
+            .iter()
+            .any(|l| l.starts_with(stale))),
+        "the stale route in the network is removed: {:?}",
+        direct_routes(h1)
+    );
+    assert!(
+        direct_routes(h1).iter().any(|l| l.starts_with(foreign)),
+        "a route outside the network is not ours: {:?}",
+        direct_routes(h1)
+    );
+    assert!(ping_from(h1, a1, a3), "h1 -> h3 after the restart");
+}
