@@ -13,6 +13,9 @@
 #                          in UDP GSO runs (the way before tunnel GSO); vxlan itself runs with the
 #                          default --tunnel-gso auto, so the two rows are the A/B of tunnel GSO
 #      udp_userspace_gso   the same for --backend udp
+#      vxlan_direct        overlayd --backend vxlan with {"DirectRouting":true} in the network config:
+#                          h2 is on h1's link, so the kernel routes the overlay unencapsulated
+#                          (plain routing, not overlayd's data path: what DirectRouting buys)
 #      kernel_vxlan_uso,   inner UDP with GSO: a sender in h1 writes 62 KiB buffers with
 #      vxlan_uso           UDP_SEGMENT=1200 for -t seconds (as QUIC stacks send), the receiver in h2
 #                          counts what arrives (Gbit/s of UDP payload received; no flow control,
@@ -504,6 +507,8 @@ overlayd_case() {
       "{\"Network\":\"$NETWORK\",\"SubnetLen\":24,\"Backend\":{\"Type\":\"wireguard\"}}" >/dev/null
     sel=()
   fi
+  # A case's own network config (e.g. vxlan_direct's DirectRouting), else the flags'.
+  [ -n "${OVD_CONFIG:-}" ] && ctl put "/bench/$name/config" "$OVD_CONFIG" >/dev/null
   for i in 1 2; do
     # Straight `ip netns exec ... &` (env execs): $! is then overlayd's own pid.
     # shellcheck disable=SC2046 # pin's words are meant to split
@@ -551,6 +556,10 @@ overlayd_case vxlan_userspace_gso vxlan --tunnel-gso off
 overlayd_case udp udp
 overlayd_case udp_userspace_gso udp --tunnel-gso off
 overlayd_case gre gre
+# DirectRouting: h2 is on h1's link, so the kernel routes the overlay unencapsulated (what a
+# flannel cluster with DirectRouting gets between nodes of one subnet; not overlayd's data path).
+OVD_CONFIG="{\"Network\":\"$NETWORK\",\"SubnetLen\":24,\"Backend\":{\"Type\":\"vxlan\",\"DirectRouting\":true}}" \
+  overlayd_case vxlan_direct vxlan
 overlayd_case vxlan_no_offload vxlan --no-offload
 
 # IPv6 inner: flannel's dual-stack config, measured to h2's IPv6 overlay address.
@@ -877,7 +886,7 @@ for name in res:
     if d:
         print("overlayd VmRSS during the 1-stream %s run: %s..%s MiB (%d samples, 1/s, both hosts)" % (name, *d))
 
-cases = ["vxlan", "vxlan_userspace_gso", "udp", "udp_userspace_gso", "gre", "vxlan_no_offload", "wireguard",
+cases = ["vxlan", "vxlan_userspace_gso", "udp", "udp_userspace_gso", "gre", "vxlan_direct", "vxlan_no_offload", "wireguard",
          "wireguard_go", "tinc"]
 out = {
     "kernel_vxlan_gbps": k1,

@@ -168,6 +168,21 @@ pub fn workers_line(page: &str) -> Option<String> {
     ))
 }
 
+/// How many peers the kernel routes directly (`Backend.DirectRouting`), from the
+/// `overlayd_direct_routes` gauge; `None` when the page has none (the option is off).
+pub fn direct_line(page: &str) -> Option<String> {
+    let n: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("overlayd_direct_routes "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(format!(
+        "direct routing: {} peer subnet(s) on this host's link routed by the kernel, not tunnelled (ip route show proto 111)",
+        n as u64
+    ))
+}
+
 async fn scrape(addr: SocketAddr) -> Option<String> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -227,8 +242,11 @@ pub async fn run(args: StatusArgs) -> Result<String, String> {
     let traffic = match &page {
         Some(page) => {
             let _ = writeln!(out, "transmit path: {}", transmit_path(page));
-            if let Some(w) = workers_line(page) {
-                let _ = writeln!(out, "{w}");
+            for line in [workers_line(page), direct_line(page)]
+                .into_iter()
+                .flatten()
+            {
+                let _ = writeln!(out, "{line}");
             }
             Some(parse_peer_metrics(page))
         }
@@ -476,6 +494,15 @@ mod tests {
             .unwrap()
             .ends_with("by flow (--steer flow)"));
         assert_eq!(workers_line("overlayd_peers 1\n"), None);
+    }
+
+    #[test]
+    fn direct_line_counts_the_kernel_routed_peers() {
+        let page = "overlayd_peers 3\noverlayd_direct_routes 2\n";
+        assert!(direct_line(page)
+            .unwrap()
+            .starts_with("direct routing: 2 peer subnet(s)"));
+        assert_eq!(direct_line("overlayd_peers 3\n"), None);
     }
 
     #[test]

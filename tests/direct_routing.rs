@@ -110,6 +110,16 @@ fn netns_direct_routing_for_peers_on_the_link() {
         .len()
         == 2));
     assert_eq!(d1.metric("overlayd_direct_routes", &[]), 1.0);
+    let status = h1.run(&[
+        env!("CARGO_BIN_EXE_overlayd"),
+        "status",
+        "--etcd-endpoints",
+        &etcd.endpoint(),
+    ]);
+    assert!(
+        status.contains("direct routing: 1 peer subnet(s)"),
+        "overlayd status names the direct routes:\n{status}"
+    );
 
     // Between h1 and h2 nothing goes through the tunnel, both ways; to h3 everything does.
     let (tx2, tx3) = (
