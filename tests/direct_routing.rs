@@ -186,3 +186,73 @@ fn netns_direct_routing_for_peers_on_the_link() {
     );
     assert!(ping_from(h1, a1, a3), "h1 -> h3 after the restart");
 }
+
+/// Dual stack: each peer's IPv6 subnet gets its own direct route through its PublicIPv6;
+/// IPv6 between the two nodes then never enters the tunnel either.
+#[test]
+fn netns_direct_routing_dual_stack() {
+    if skip_unless_root("netns_direct_routing_dual_stack") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    let mut config: serde_json::Value = serde_json::from_str(&dual_stack_config(
+        OVERLAY_NETWORK,
+        OVERLAY_NETWORK6,
+        "vxlan",
+    ))
+    .unwrap();
+    config["Backend"]["DirectRouting"] = true.into();
+    etcd.put(&format!("{ETCD_PREFIX}/config"), &config.to_string());
+    let (h1, h2) = (topo.host(0), topo.host(1));
+    for (i, h) in [h1, h2].into_iter().enumerate() {
+        add_underlay_ipv6(h, i);
+    }
+    let mut d1 = daemon(h1, &etcd, "eth0");
+    let mut d2 = daemon(h2, &etcd, "eth0");
+    d1.wait_ready(READY);
+    let n2 = subnet_of(&d2.wait_ready(READY));
+    let sn6 = |d: &Overlayd| ipv6_subnet_in(d.subnet_file()).expect("an IPv6 subnet");
+    let (v6_1, v6_2) = (sn6(&d1), sn6(&d2));
+    let routes6 = |ns: &Netns| ns.ip("-6 route show proto 111");
+    assert!(
+        wait_until(Duration::from_secs(10), || routes6(h1)
+            .contains(&format!("{v6_2} via {} dev eth0", host_ip6(1)))),
+        "h1: h2's IPv6 subnet via its PublicIPv6: {}",
+        routes6(h1)
+    );
+    assert!(has_direct(h1, &n2.to_string(), host_ip(1)));
+    assert_eq!(d1.metric("overlayd_direct_routes", &[]), 2.0);
+    let tx6 = |d: &Overlayd| {
+        d.metric(
+            "overlayd_peer_packets_total",
+            &[&format!("peer=\"{v6_2}\""), "direction=\"tx\""],
+        )
+    };
+    let before = tx6(&d1);
+    let ping6 = h1.try_run(&[
+        "ping",
+        "-q",
+        "-n",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        &v6_1.network().to_string(),
+        &v6_2.network().to_string(),
+    ]);
+    assert!(ping6.is_ok(), "IPv6 between overlay addresses: {ping6:?}");
+    let (sent, received) = tcp_transfer(h1, h2, v6_2.network(), 0, 2_000_000);
+    assert_eq!(sent, received, "2 MB over IPv6, byte-identical");
+    assert_eq!(tx6(&d1), before, "no IPv6 packet to h2 tunnelled");
+    assert!(d1
+        .terminate(Duration::from_secs(5))
+        .is_some_and(|s| s.success()));
+    assert!(
+        direct_routes(h1).is_empty() && routes6(h1).trim().is_empty(),
+        "both families' routes removed at stop"
+    );
+}
