@@ -168,6 +168,15 @@ pub struct Args {
     #[arg(long, env = "OVERLAYD_IFACE", help_heading = "Host")]
     pub iface: Option<String>,
 
+    /// flanneld's --iface-can-reach: the underlay is the interface, and its address the source address, the kernel would use to reach this address.
+    #[arg(
+        long,
+        env = "OVERLAYD_IFACE_CAN_REACH",
+        conflicts_with = "iface",
+        help_heading = "Host"
+    )]
+    pub iface_can_reach: Option<IpAddr>,
+
     /// Address published to peers (default: the underlay interface's first IPv4 address).
     #[arg(long, env = "OVERLAYD_PUBLIC_IP", help_heading = "Host")]
     pub public_ip: Option<Ipv4Addr>,
@@ -450,6 +459,18 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn no_flanneld_only_refusal_shadows_a_flag_of_ours() {
+        let ours: Vec<String> = Args::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(String::from))
+            .collect();
+        for (flag, _) in crate::go::flags::FLANNEL_ONLY {
+            assert!(!ours.iter().any(|o| o == flag), "--{flag} is ours now");
+        }
+        assert!(ours.iter().any(|o| o == "iface-can-reach"));
+    }
+
+    #[test]
     fn cli_is_consistent() {
         Args::command().debug_assert();
     }
@@ -530,6 +551,7 @@ mod tests {
             "etcd_password" => ("p", &[]),
             "etcd_password_file" => ("/etc/overlayd/etcd-password", &[]),
             "iface" => ("eth1", &[]),
+            "iface_can_reach" => ("192.168.77.250", &[]),
             "public_ip" => ("192.168.77.9", &[]),
             "public_ipv6" => ("fd00:77::9", &[]),
             "run_dir" => ("/tmp/overlayd-run", &[]),

@@ -288,9 +288,14 @@ async fn start_telemetry(args: &Args) -> Result<Arc<telemetry::State>, DaemonErr
     Ok(state)
 }
 
-/// The underlay interface `--iface` names (or the default route's).
+/// The underlay interface `--iface` names, or the one holding the source address toward
+/// `--iface-can-reach`, or the default route's.
 async fn underlay(nl: &Netlink, args: &Args) -> Result<Underlay, DaemonError> {
-    let u = nl.underlay(args.iface.as_deref()).await?;
+    let named = match args.iface_can_reach {
+        Some(ip) => Some(nl.source_toward(ip).await?.to_string()),
+        None => args.iface.clone(),
+    };
+    let u = nl.underlay(named.as_deref()).await?;
     let public_ip = plan::public_ip(args, &u);
     info!(iface = %u.name, addr = %u.addr, mtu = u.mtu, public_ip = %public_ip, "underlay");
     Ok(u)

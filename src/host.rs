@@ -31,6 +31,8 @@ pub enum HostError {
     NoAddress(String),
     #[error("no default route (IPv4 or IPv6) to pick the underlay interface from (give --iface)")]
     NoDefaultRoute,
+    #[error("no route to {0} to pick the underlay interface by (--iface-can-reach): give an address this host can reach, or --iface")]
+    Unreachable(IpAddr),
     #[error("cannot set {what}: {source}")]
     Conf {
         what: String,
@@ -220,6 +222,14 @@ pub fn is_on_link(r: &RouteMessage) -> bool {
             .attributes
             .iter()
             .any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Via(_)))
+}
+
+/// The source address in the kernel's answer to "the route to an address".
+fn pref_source_of(r: &RouteMessage) -> Option<IpAddr> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::PrefSource(s) => route_addr(s),
+        _ => None,
+    })
 }
 
 fn table_of(r: &RouteMessage) -> u32 {
@@ -704,6 +714,31 @@ impl Netlink {
             }
         }
         Ok(found == [true])
+    }
+
+    /// The source address the kernel picks to reach `ip` (flanneld's `--iface-can-reach`:
+    /// the underlay is the interface holding it).
+    pub async fn source_toward(&self, ip: IpAddr) -> Result<IpAddr, HostError> {
+        let host = if ip.is_ipv4() { 32 } else { 128 };
+        let request = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(ip, host)
+            .expect("a host prefix of the address's own family")
+            .build();
+        let mut answers = self.handle.route().get(request).execute();
+        let mut src = None;
+        loop {
+            match answers.try_next().await {
+                Ok(Some(r)) => src = src.or_else(|| pref_source_of(&r)),
+                Ok(None) => break,
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if [-libc::ENETUNREACH, -libc::EHOSTUNREACH].contains(&e.raw_code()) =>
+                {
+                    break
+                }
+                Err(e) => return Err(nl(format!("the route to {ip}"))(e)),
+            }
+        }
+        src.ok_or(HostError::Unreachable(ip))
     }
 
     /// Every direct route of ours ([`direct_route_of`]) in the main table, both families.

@@ -956,6 +956,72 @@ fn netns_flanneld_command_line() {
     );
 }
 
+/// flanneld's `--iface-can-reach` (Go syntax on h1): each node takes as its underlay the
+/// interface, and as PublicIP the source address, by which it reaches the given address — here
+/// a link of their own between h1 and h2 (10.88.0.0/24) beside the switch — and the overlay
+/// runs over that link. An unreachable address is one clear error.
+#[test]
+fn netns_iface_can_reach_picks_the_interface_toward_an_address() {
+    if skip_unless_root("netns_iface_can_reach_picks_the_interface_toward_an_address") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    let (h1, h2) = (topo.host(0), topo.host(1));
+    let link = unique_name("ul");
+    h1.ip(&format!(
+        "link add {link} type veth peer name ul1 netns {}",
+        h2.name()
+    ));
+    h1.ip(&format!("link set {link} name ul1"));
+    for (h, a) in [(h1, "10.88.0.1/24"), (h2, "10.88.0.2/24")] {
+        h.ip(&format!("addr add {a} dev ul1"));
+        h.ip("link set ul1 up");
+    }
+    let node = |h: &Netns, flag: &str| {
+        let mut a = overlayd_args("vxlan", &etcd);
+        let i = a.iter().position(|w| w == "--iface").expect("--iface");
+        a.drain(i..i + 2);
+        a.push(flag.to_owned());
+        Overlayd::spawn(h, a)
+    };
+    let mut d1 = node(h1, "-iface-can-reach=10.88.0.2");
+    let mut d2 = node(h2, "--iface-can-reach=10.88.0.1");
+    d1.wait_ready(READY);
+    let s2 = d2.wait_ready(READY);
+    let ips: Vec<Ipv4Addr> = etcd
+        .leases(ETCD_PREFIX)
+        .iter()
+        .map(|l| l.public_ip)
+        .collect();
+    assert!(
+        ips.contains(&"10.88.0.1".parse().unwrap()) && ips.contains(&"10.88.0.2".parse().unwrap()),
+        "each lease's PublicIP is the source address toward the other: {ips:?}"
+    );
+    assert!(d1.log().contains("iface=ul1"), "{}", d1.log());
+    assert!(ping_until(h1, overlay_ip_of(&s2), Duration::from_secs(10)));
+    let (sent, received) = tcp_transfer(h1, h2, overlay_ip_of(&s2), 0, 2_000_000);
+    assert_eq!(sent, received, "2 MB over the overlay on ul1");
+
+    let out = h1
+        .command(env!("CARGO_BIN_EXE_overlayd"))
+        .args([
+            "--etcd-endpoints",
+            &etcd.endpoint(),
+            "--iface-can-reach",
+            "203.0.113.9",
+        ])
+        .args(["--subnet-file", "/nonexistent/never-written.env"])
+        .output()
+        .expect("run overlayd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no route to 203.0.113.9") && err.contains("--iface-can-reach"),
+        "{err}"
+    );
+}
+
 /// The DaemonSet's init containers as written in deploy/kubernetes, with the mount paths
 /// mapped to `dirs` (mount path → local dir); returns (name, argv) with argv[0] = the binary
 /// under test.

@@ -25,16 +25,14 @@ pub enum FlagError {
 }
 
 /// flanneld flags (v0.28) without an overlayd counterpart, and what to do instead.
-const FLANNEL_ONLY: &[(&str, &str)] = &[
+pub const FLANNEL_ONLY: &[(&str, &str)] = &[
     ("kube-subnet-mgr", "overlayd takes subnet leases from etcd only (--etcd-endpoints), as flanneld does without it"),
     ("kube-api-url", "overlayd does not talk to the Kubernetes API; leases live in etcd (--etcd-endpoints)"),
     ("kubeconfig-file", "overlayd does not talk to the Kubernetes API; leases live in etcd (--etcd-endpoints)"),
     ("kube-annotation-prefix", "overlayd does not talk to the Kubernetes API; leases live in etcd (--etcd-endpoints)"),
     ("set-node-network-unavailable", "overlayd does not talk to the Kubernetes API"),
     ("net-config-path", "the network config lives in etcd at <prefix>/config; `overlayd init-network --network CIDR` or --network creates it"),
-    ("iface-regex", "name the interface or one of its addresses with --iface"),
-    ("iface-can-reach", "name the interface or one of its addresses with --iface"),
-    ("public-ipv6", "overlayd carries the IPv4 overlay only"),
+    ("iface-regex", "name the interface or one of its addresses with --iface, or give --iface-can-reach"),
     ("ip-blackhole-route", "not implemented"),
     ("vmodule", "use -v/--log-level"),
     ("log_backtrace_at", "use RUST_BACKTRACE=1"),
