@@ -177,6 +177,10 @@ pub struct Args {
     )]
     pub iface_can_reach: Option<IpAddr>,
 
+    /// flanneld's --iface-regex (repeatable, tried in order): the first interface IPv4 address, else the first interface name, the pattern matches (loopback left out).
+    #[arg(long, value_name = "REGEX", env = "OVERLAYD_IFACE_REGEX", conflicts_with_all = ["iface", "iface_can_reach"], help_heading = "Host")]
+    pub iface_regex: Vec<regex::Regex>,
+
     /// Address published to peers (default: the underlay interface's first IPv4 address).
     #[arg(long, env = "OVERLAYD_PUBLIC_IP", help_heading = "Host")]
     pub public_ip: Option<Ipv4Addr>,
@@ -552,6 +556,7 @@ mod tests {
             "etcd_password_file" => ("/etc/overlayd/etcd-password", &[]),
             "iface" => ("eth1", &[]),
             "iface_can_reach" => ("192.168.77.250", &[]),
+            "iface_regex" => ("^eth[0-9]+$", &[]),
             "public_ip" => ("192.168.77.9", &[]),
             "public_ipv6" => ("fd00:77::9", &[]),
             "run_dir" => ("/tmp/overlayd-run", &[]),

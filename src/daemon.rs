@@ -289,11 +289,19 @@ async fn start_telemetry(args: &Args) -> Result<Arc<telemetry::State>, DaemonErr
 }
 
 /// The underlay interface `--iface` names, or the one holding the source address toward
-/// `--iface-can-reach`, or the default route's.
+/// `--iface-can-reach`, or the first `--iface-regex` matches, or the default route's.
 async fn underlay(nl: &Netlink, args: &Args) -> Result<Underlay, DaemonError> {
-    let named = match args.iface_can_reach {
-        Some(ip) => Some(nl.source_toward(ip).await?.to_string()),
-        None => args.iface.clone(),
+    let named = if let Some(ip) = args.iface_can_reach {
+        Some(nl.source_toward(ip).await?.to_string())
+    } else if !args.iface_regex.is_empty() {
+        let links = nl.links_with_addrs().await?;
+        let picked = crate::host::pick_by_regex(&args.iface_regex, &links).ok_or_else(|| {
+            let all: Vec<&str> = args.iface_regex.iter().map(regex::Regex::as_str).collect();
+            HostError::NoMatch(all.join(", "))
+        })?;
+        Some(picked)
+    } else {
+        args.iface.clone()
     };
     let u = nl.underlay(named.as_deref()).await?;
     let public_ip = plan::public_ip(args, &u);

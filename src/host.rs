@@ -33,6 +33,8 @@ pub enum HostError {
     NoDefaultRoute,
     #[error("no route to {0} to pick the underlay interface by (--iface-can-reach): give an address this host can reach, or --iface")]
     Unreachable(IpAddr),
+    #[error("no interface IPv4 address or name matches --iface-regex {0}: give a pattern that matches one (e.g. '^eth[0-9]+$'), or --iface")]
+    NoMatch(String),
     #[error("cannot set {what}: {source}")]
     Conf {
         what: String,
@@ -116,6 +118,27 @@ pub fn write_conf(family: &str, dev: &str, key: &str, value: &str) -> std::io::R
 
 /// The main routing table (`RT_TABLE_MAIN`), where the overlay routes go.
 const MAIN_TABLE: u32 = 254;
+
+/// flanneld's `--iface-regex` over `links` (name and IPv4 addresses, in index order): for
+/// each pattern in turn, the first address whose text it matches, else the first name; the
+/// loopback interface and addresses left out. What `--iface` would be given.
+pub fn pick_by_regex(
+    patterns: &[regex::Regex],
+    links: &[(String, Vec<Ipv4Addr>)],
+) -> Option<String> {
+    let usable = || links.iter().filter(|(name, _)| name != "lo");
+    patterns.iter().find_map(|re| {
+        usable()
+            .flat_map(|(_, addrs)| addrs)
+            .find(|a| !a.is_loopback() && re.is_match(&a.to_string()))
+            .map(Ipv4Addr::to_string)
+            .or_else(|| {
+                usable()
+                    .find(|(n, _)| re.is_match(n))
+                    .map(|(n, _)| n.clone())
+            })
+    })
+}
 
 /// Whether `r` is a main-table route for exactly the prefix `network` (same family, address
 /// and length).
@@ -344,6 +367,26 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// Every link's name and IPv4 addresses, in index order (for [`pick_by_regex`]).
+    pub async fn links_with_addrs(&self) -> Result<Vec<(String, Vec<Ipv4Addr>)>, HostError> {
+        let mut links = self.handle.link().get().execute();
+        let mut out: Vec<(u32, String, Vec<Ipv4Addr>)> = Vec::new();
+        while let Some(l) = links.try_next().await.map_err(nl("links"))? {
+            let name = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            out.push((l.header.index, name.unwrap_or_default(), Vec::new()));
+        }
+        for (index, ip) in self.addrs(None).await? {
+            if let Some(l) = out.iter_mut().find(|l| l.0 == index) {
+                l.2.push(ip);
+            }
+        }
+        out.sort_by_key(|l| l.0);
+        Ok(out.into_iter().map(|(_, n, a)| (n, a)).collect())
     }
 
     /// IPv6 addresses on the link `index` (all links when `None`), in kernel order.
@@ -929,6 +972,29 @@ mod tests {
             .attributes
             .retain(|a| !matches!(a, RouteAttribute::Gateway(_)));
         assert_eq!(direct_route_of(&no_gw), None);
+    }
+
+    #[test]
+    fn iface_regex_tries_addresses_then_names_pattern_by_pattern() {
+        let re = |p: &str| regex::Regex::new(p).unwrap();
+        let ip = |a: &str| a.parse::<Ipv4Addr>().unwrap();
+        let links = vec![
+            ("lo".to_owned(), vec![ip("127.0.0.1")]),
+            ("eth0".to_owned(), vec![ip("192.168.1.5")]),
+            ("ens5".to_owned(), vec![ip("10.0.0.7"), ip("10.0.1.7")]),
+            ("wg0".to_owned(), vec![]),
+        ];
+        let pick =
+            |ps: &[&str]| pick_by_regex(&ps.iter().map(|p| re(p)).collect::<Vec<_>>(), &links);
+        assert_eq!(pick(&[r"^10\.0\.1\."]).as_deref(), Some("10.0.1.7"));
+        // An address match wins over a name match for the same pattern (flanneld's order).
+        assert_eq!(pick(&["5"]).as_deref(), Some("192.168.1.5"));
+        assert_eq!(pick(&["^ens"]).as_deref(), Some("ens5"));
+        // Patterns in order: the first that matches anything decides.
+        assert_eq!(pick(&["^bond", "^wg"]).as_deref(), Some("wg0"));
+        // Loopback never: not by address, not by name.
+        assert_eq!(pick(&["^127\\.", "^lo$"]), None);
+        assert_eq!(pick(&[]), None);
     }
 
     #[test]

@@ -956,13 +956,14 @@ fn netns_flanneld_command_line() {
     );
 }
 
-/// flanneld's `--iface-can-reach` (Go syntax on h1): each node takes as its underlay the
-/// interface, and as PublicIP the source address, by which it reaches the given address — here
-/// a link of their own between h1 and h2 (10.88.0.0/24) beside the switch — and the overlay
-/// runs over that link. An unreachable address is one clear error.
+/// flanneld's `--iface-can-reach` and `--iface-regex` (Go syntax): h1 takes as its underlay
+/// the interface, and as PublicIP the source address, by which it reaches h2's address on a
+/// link of their own (10.88.0.0/24, beside the switch); h2 the interface whose address the
+/// pattern matches. The overlay runs over that link. An unreachable address, or a pattern
+/// that matches nothing, is one clear error.
 #[test]
-fn netns_iface_can_reach_picks_the_interface_toward_an_address() {
-    if skip_unless_root("netns_iface_can_reach_picks_the_interface_toward_an_address") {
+fn netns_iface_can_reach_and_iface_regex_pick_the_underlay() {
+    if skip_unless_root("netns_iface_can_reach_and_iface_regex_pick_the_underlay") {
         return;
     }
     let mut topo = Topology::new(2);
@@ -986,7 +987,7 @@ fn netns_iface_can_reach_picks_the_interface_toward_an_address() {
         Overlayd::spawn(h, a)
     };
     let mut d1 = node(h1, "-iface-can-reach=10.88.0.2");
-    let mut d2 = node(h2, "--iface-can-reach=10.88.0.1");
+    let mut d2 = node(h2, r"-iface-regex=^10\.88\.");
     d1.wait_ready(READY);
     let s2 = d2.wait_ready(READY);
     let ips: Vec<Ipv4Addr> = etcd
@@ -1020,6 +1021,20 @@ fn netns_iface_can_reach_picks_the_interface_toward_an_address() {
         err.contains("no route to 203.0.113.9") && err.contains("--iface-can-reach"),
         "{err}"
     );
+    let out = h1
+        .command(env!("CARGO_BIN_EXE_overlayd"))
+        .args([
+            "--etcd-endpoints",
+            &etcd.endpoint(),
+            "--iface-regex",
+            "^bond",
+        ])
+        .args(["--subnet-file", "/nonexistent/never-written.env"])
+        .output()
+        .expect("run overlayd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("matches --iface-regex ^bond"), "{err}");
 }
 
 /// The DaemonSet's init containers as written in deploy/kubernetes, with the mount paths
