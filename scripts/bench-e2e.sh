@@ -479,7 +479,8 @@ pin() {
 # wireguard row's: sealed segments in UDP GSO runs, or one datagram per packet before that)
 record_path() {
   local log=$WORK/$1/h1.log path
-  if grep -q 'wireguard data path' "$log" 2>/dev/null; then
+  if grep -q 'direct route added' "$log" 2>/dev/null; then path=direct-kernel-route
+  elif grep -q 'wireguard data path' "$log" 2>/dev/null; then
     if grep -q 'wireguard data path.*gso=true' "$log"; then path=wireguard-gso; else path=wireguard; fi
   elif grep -q 'ready (wireguard)' "$log" 2>/dev/null; then path=wireguard-plain
   elif [ "${OVD_FAMILY:-4}" = 6 ] && grep -q 'ipv6_underlay=Some' "$log" 2>/dev/null; then
@@ -540,8 +541,9 @@ overlayd_case() {
   fi
   echo "h2 subnet $subnet, overlay address $OVD_PEER" >&2
   OVD_ON=1
-  record_path "$name"
   if wait_reachable "$H1" "$OVD_PEER"; then
+    # After the first ping: by then a DirectRouting peer's route is in place and logged.
+    record_path "$name"
     if [ "$name" = vxlan ]; then measure "$name" "$OVD_PEER" record_rss; else measure "$name" "$OVD_PEER"; fi
     [ "$name" = vxlan ] && uso_case vxlan_uso "$OVD_PEER"
   else
