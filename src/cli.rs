@@ -164,9 +164,14 @@ pub struct Args {
     #[command(flatten)]
     pub etcd: EtcdArgs,
 
-    /// Underlay interface: a name (eth0) or one of its IPv4 or IPv6 addresses. Default: the interface of the default route.
-    #[arg(long, env = "OVERLAYD_IFACE", help_heading = "Host")]
-    pub iface: Option<String>,
+    /// Underlay interface: a name (eth0) or one of its IPv4 or IPv6 addresses. Repeatable or comma-separated, as flanneld's: tried in order, the first this host has wins. Default: the interface of the default route.
+    #[arg(
+        long,
+        env = "OVERLAYD_IFACE",
+        value_delimiter = ',',
+        help_heading = "Host"
+    )]
+    pub iface: Vec<String>,
 
     /// flanneld's --iface-can-reach: the underlay is the interface, and its address the source address, the kernel would use to reach this address.
     #[arg(
@@ -518,7 +523,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.public_ipv6, Some("fd00:1::5".parse().unwrap()));
-        assert_eq!(a.iface.as_deref(), Some("fd00:1::5"));
+        assert_eq!(a.iface, ["fd00:1::5"]);
     }
 
     #[test]
@@ -655,6 +660,7 @@ mod tests {
                     "overlayd",
                     "-etcd-endpoints=http://10.0.0.5:2379",
                     "-etcd-prefix=/coreos.com/network",
+                    "-iface=bond0",
                     "-iface=eth0",
                     "--ip-masq=true",
                     "-subnet-file=/run/flannel/subnet.env",
@@ -668,7 +674,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.etcd.etcd_endpoints, ["http://10.0.0.5:2379"]);
-        assert_eq!(a.iface.as_deref(), Some("eth0"));
+        assert_eq!(a.iface, ["bond0", "eth0"], "repeated, in order");
         assert!(a.ip_masq && !a.iptables_forward_rules);
         assert_eq!(a.log_level, tracing::Level::DEBUG);
     }

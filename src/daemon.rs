@@ -288,25 +288,43 @@ async fn start_telemetry(args: &Args) -> Result<Arc<telemetry::State>, DaemonErr
     Ok(state)
 }
 
-/// The underlay interface `--iface` names, or the one holding the source address toward
-/// `--iface-can-reach`, or the first `--iface-regex` matches, or the default route's.
+/// The underlay interface: the first of `--iface` this host has, or the one holding the
+/// source address toward `--iface-can-reach`, or the first `--iface-regex` matches, or the
+/// default route's.
 async fn underlay(nl: &Netlink, args: &Args) -> Result<Underlay, DaemonError> {
     let named = if let Some(ip) = args.iface_can_reach {
-        Some(nl.source_toward(ip).await?.to_string())
+        vec![nl.source_toward(ip).await?.to_string()]
     } else if !args.iface_regex.is_empty() {
         let links = nl.links_with_addrs().await?;
         let picked = crate::host::pick_by_regex(&args.iface_regex, &links).ok_or_else(|| {
             let all: Vec<&str> = args.iface_regex.iter().map(regex::Regex::as_str).collect();
             HostError::NoMatch(all.join(", "))
         })?;
-        Some(picked)
+        vec![picked]
     } else {
         args.iface.clone()
     };
-    let u = nl.underlay(named.as_deref()).await?;
+    let u = first_underlay(nl, &named).await?;
     let public_ip = plan::public_ip(args, &u);
     info!(iface = %u.name, addr = %u.addr, mtu = u.mtu, public_ip = %public_ip, "underlay");
     Ok(u)
+}
+
+/// The underlay of the first of `named` this host has (the default route's when none is
+/// named); the last one's error when none is here.
+async fn first_underlay(nl: &Netlink, named: &[String]) -> Result<Underlay, HostError> {
+    let Some((last, before)) = named.split_last() else {
+        return nl.underlay(None).await;
+    };
+    for name in before {
+        match nl.underlay(Some(name)).await {
+            Err(HostError::NoSuchInterface(_) | HostError::NoAddress(_)) => {
+                info!(iface = %name, "no such underlay interface here; trying the next --iface")
+            }
+            found => return found,
+        }
+    }
+    nl.underlay(Some(last)).await
 }
 
 /// The host's facts the plan needs; the interface's IPv6 addresses are read only when

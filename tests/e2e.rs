@@ -922,6 +922,8 @@ fn netns_flanneld_command_line() {
         .args([
             format!("-etcd-endpoints={}", etcd.endpoint()),
             format!("-etcd-prefix={ETCD_PREFIX}"),
+            // flanneld's repeated -iface: tried in order, the first this host has wins.
+            "-iface=nosuch0".into(),
             "-iface=eth0".into(),
             "--ip-masq=false".into(),
             "-iptables-forward-rules=false".into(),
@@ -953,6 +955,10 @@ fn netns_flanneld_command_line() {
     assert!(
         log_text.contains("DEBUG"),
         "-v=2 is debug logging:\n{log_text}"
+    );
+    assert!(
+        log_text.contains("trying the next --iface") && log_text.contains("iface=eth0"),
+        "nosuch0 skipped, eth0 taken:\n{log_text}"
     );
 }
 
