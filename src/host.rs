@@ -734,9 +734,9 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Whether `ip` is on a link of this host: the kernel's route to it has no gateway.
-    /// An address the kernel has no route to is not.
-    pub async fn on_link(&self, ip: IpAddr) -> Result<bool, HostError> {
+    /// The kernel's answer to "the route to `ip`" (`ip route get`): none when it has no
+    /// route there.
+    async fn route_to(&self, ip: IpAddr) -> Result<Vec<RouteMessage>, HostError> {
         let host = if ip.is_ipv4() { 32 } else { 128 };
         let request = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(ip, host)
@@ -746,42 +746,32 @@ impl Netlink {
         let mut found = Vec::new();
         loop {
             match answers.try_next().await {
-                Ok(Some(r)) => found.push(is_on_link(&r)),
-                Ok(None) => break,
+                Ok(Some(r)) => found.push(r),
+                Ok(None) => return Ok(found),
                 Err(rtnetlink::Error::NetlinkError(e))
                     if [-libc::ENETUNREACH, -libc::EHOSTUNREACH].contains(&e.raw_code()) =>
                 {
-                    return Ok(false)
+                    return Ok(Vec::new())
                 }
                 Err(e) => return Err(nl(format!("the route to {ip}"))(e)),
             }
         }
-        Ok(found == [true])
+    }
+
+    /// Whether `ip` is on a link of this host: the kernel's one route to it has no gateway.
+    /// An address the kernel has no route to is not.
+    pub async fn on_link(&self, ip: IpAddr) -> Result<bool, HostError> {
+        Ok(matches!(self.route_to(ip).await?.as_slice(), [r] if is_on_link(r)))
     }
 
     /// The source address the kernel picks to reach `ip` (flanneld's `--iface-can-reach`:
     /// the underlay is the interface holding it).
     pub async fn source_toward(&self, ip: IpAddr) -> Result<IpAddr, HostError> {
-        let host = if ip.is_ipv4() { 32 } else { 128 };
-        let request = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(ip, host)
-            .expect("a host prefix of the address's own family")
-            .build();
-        let mut answers = self.handle.route().get(request).execute();
-        let mut src = None;
-        loop {
-            match answers.try_next().await {
-                Ok(Some(r)) => src = src.or_else(|| pref_source_of(&r)),
-                Ok(None) => break,
-                Err(rtnetlink::Error::NetlinkError(e))
-                    if [-libc::ENETUNREACH, -libc::EHOSTUNREACH].contains(&e.raw_code()) =>
-                {
-                    break
-                }
-                Err(e) => return Err(nl(format!("the route to {ip}"))(e)),
-            }
-        }
-        src.ok_or(HostError::Unreachable(ip))
+        let answers = self.route_to(ip).await?;
+        answers
+            .iter()
+            .find_map(pref_source_of)
+            .ok_or(HostError::Unreachable(ip))
     }
 
     /// Every direct route of ours ([`direct_route_of`]) in the main table, both families.

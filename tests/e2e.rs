@@ -1010,37 +1010,27 @@ fn netns_iface_can_reach_and_iface_regex_pick_the_underlay() {
     let (sent, received) = tcp_transfer(h1, h2, overlay_ip_of(&s2), 0, 2_000_000);
     assert_eq!(sent, received, "2 MB over the overlay on ul1");
 
-    let out = h1
-        .command(env!("CARGO_BIN_EXE_overlayd"))
-        .args([
-            "--etcd-endpoints",
-            &etcd.endpoint(),
-            "--iface-can-reach",
-            "203.0.113.9",
-        ])
-        .args(["--subnet-file", "/nonexistent/never-written.env"])
-        .output()
-        .expect("run overlayd");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = refused(h1, &etcd, &["--iface-can-reach", "203.0.113.9"]);
     assert!(
         err.contains("no route to 203.0.113.9") && err.contains("--iface-can-reach"),
         "{err}"
     );
-    let out = h1
+    let err = refused(h1, &etcd, &["--iface-regex", "^bond"]);
+    assert!(err.contains("matches --iface-regex ^bond"), "{err}");
+}
+
+/// overlayd with `flags` in `ns` must exit 1 before ready; its stderr.
+fn refused(ns: &Netns, etcd: &Etcd, flags: &[&str]) -> String {
+    let out = ns
         .command(env!("CARGO_BIN_EXE_overlayd"))
-        .args([
-            "--etcd-endpoints",
-            &etcd.endpoint(),
-            "--iface-regex",
-            "^bond",
-        ])
+        .args(["--etcd-endpoints", &etcd.endpoint()])
+        .args(flags)
         .args(["--subnet-file", "/nonexistent/never-written.env"])
         .output()
         .expect("run overlayd");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("matches --iface-regex ^bond"), "{err}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{flags:?}: {err}");
+    err
 }
 
 /// The DaemonSet's init containers as written in deploy/kubernetes, with the mount paths
