@@ -216,6 +216,10 @@ pub struct Args {
     #[arg(long, env = "OVERLAYD_IP_MASQ", num_args = 0..=1, require_equals = true, value_name = "BOOL", default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_bool, help_heading = "Firewall")]
     pub ip_masq: bool,
 
+    /// As flanneld's: a blackhole route for this node's subnet(s), so that traffic to its unused addresses is dropped here instead of routed back out (for setups without a CNI bridge, e.g. Canal). Metric 4000: a bridge's route for the same prefix wins. Kept in place, moved with a re-acquired lease, removed at stop.
+    #[arg(long, env = "OVERLAYD_IP_BLACKHOLE_ROUTE", num_args = 0..=1, require_equals = true, value_name = "BOOL", default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_bool, help_heading = "Host")]
+    pub ip_blackhole_route: bool,
+
     /// With --ip-masq: plain MASQUERADE, without --random-fully (flanneld's flag of the same name).
     #[arg(long, env = "OVERLAYD_IP_MASQ_FULLY_RANDOM_DISABLE", num_args = 0..=1, require_equals = true, value_name = "BOOL", default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_bool, help_heading = "Firewall")]
     pub ip_masq_fully_random_disable: bool,

@@ -6,6 +6,7 @@
 //! stages: they differ only in the plan's `PlaneKind` (devices and data plane) and the
 //! lease sink that keeps its peers.
 
+mod blackhole;
 mod device;
 pub mod plan;
 mod plane;
@@ -40,6 +41,7 @@ use crate::lifecycle::Stop;
 use crate::masq::Firewall;
 use crate::telemetry;
 use crate::wg::worker::SharedSpecs;
+use blackhole::Blackholes;
 use device::DeviceSetup;
 use plan::{HostFacts, Notice, Plan, PlaneKind};
 use plane::Plane;
@@ -229,6 +231,12 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
     );
 
     let direct = direct_routes(&nl, &plan, &cfg, &peers, &telemetry).await;
+    let blackholes = plan
+        .blackhole_route
+        .then(|| Blackholes::new(acquired.key()));
+    if let Some(b) = &blackholes {
+        b.ensure(&nl).await;
+    }
     let (firewall, subnet_file) =
         announce(&args, &plan, &cfg, &acquired, &plane, &telemetry).await?;
     let (control, subnet_rx) = spawn_control(registry, cfg, &plan, acquired, sink, &telemetry);
@@ -241,6 +249,7 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
         control,
         l2: None,
         direct,
+        blackholes,
         watchdog: crate::systemd::Watchdog::from_env(),
     };
     running.run(&stop, subnet_rx, l2_starting).await

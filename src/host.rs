@@ -774,6 +774,36 @@ impl Netlink {
             .ok_or(HostError::Unreachable(ip))
     }
 
+    /// Adds the blackhole route for `subnet` ([`blackhole_message`]) unless it is there;
+    /// whether it was added.
+    pub async fn ensure_blackhole(&self, subnet: IpNet) -> Result<bool, HostError> {
+        match self
+            .handle
+            .route()
+            .add(blackhole_message(subnet))
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(false),
+            Err(e) => Err(nl(format!("blackhole route {subnet}"))(e)),
+        }
+    }
+
+    /// Removes the blackhole route for `subnet`; one already gone is no error.
+    pub async fn del_blackhole(&self, subnet: IpNet) -> Result<(), HostError> {
+        match self
+            .handle
+            .route()
+            .del(blackhole_message(subnet))
+            .execute()
+            .await
+        {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+            other => other.map_err(nl(format!("delete blackhole route {subnet}"))),
+        }
+    }
+
     /// Every direct route of ours ([`direct_route_of`]) in the main table, both families.
     pub async fn direct_routes(&self) -> Result<Vec<DirectRoute>, HostError> {
         let mut out = Vec::new();
@@ -834,6 +864,22 @@ impl Netlink {
             },
         })
     }
+}
+
+/// The metric of `--ip-blackhole-route`'s route: above any route the kernel or a CNI bridge
+/// gives the same prefix (0), so that it only catches what no one else routes.
+pub const BLACKHOLE_METRIC: u32 = 4000;
+
+/// The main-table blackhole route for `subnet`, with [`DIRECT_PROTO`] and
+/// [`BLACKHOLE_METRIC`].
+fn blackhole_message(subnet: IpNet) -> RouteMessage {
+    RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(subnet.network(), subnet.prefix_len())
+        .expect("a prefix of the address's own family")
+        .kind(RouteType::BlackHole)
+        .protocol(RouteProtocol::Other(DIRECT_PROTO))
+        .priority(BLACKHOLE_METRIC)
+        .build()
 }
 
 /// The main-table message for direct route `r`.

@@ -1,5 +1,6 @@
 //! The overlay route is installed only where it is overlayd's to install (issue 22): a route
-//! for the Network through another device is refused and left alone, never replaced.
+//! for the Network through another device is refused and left alone, never replaced. And
+//! `--ip-blackhole-route`'s route for the node's own subnet.
 
 mod common;
 
@@ -64,4 +65,54 @@ fn without_a_foreign_route_the_network_goes_through_the_device() {
             .is_some_and(|s| s.success()),
         "clean exit on SIGTERM"
     );
+}
+
+/// flanneld's `-ip-blackhole-route`: a blackhole route for the node's subnet (protocol 111,
+/// metric 4000), so that its unused addresses are dropped on the node; a CNI bridge's route
+/// for the same prefix still wins; deleted, it comes back; at stop it goes.
+#[test]
+fn netns_ip_blackhole_route() {
+    let Some((topo, etcd)) = one_host("netns_ip_blackhole_route") else {
+        return;
+    };
+    let h1 = topo.host(0);
+    let mut args = overlayd_args("vxlan", &etcd);
+    args.push("-ip-blackhole-route".into());
+    let mut d = Overlayd::spawn(h1, args);
+    let subnet = subnet_of(&d.wait_ready(READY));
+    let unused = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 77);
+    let shown = || h1.ip("route show type blackhole proto 111");
+    assert!(
+        shown().contains(&format!("blackhole {subnet} metric 4000")),
+        "the blackhole route: {}",
+        shown()
+    );
+    let get = |ns: &Netns| {
+        ns.try_ip(&format!("route get {unused}"))
+            .unwrap_or_else(|e| e)
+    };
+    // The kernel answers a lookup that ends in a blackhole route with EINVAL.
+    assert!(get(h1).contains("Invalid argument"), "{}", get(h1));
+
+    // A CNI bridge holding the subnet: its route (metric 0) wins.
+    h1.ip("link add cni0 type bridge");
+    h1.ip(&format!(
+        "addr add {}/{} dev cni0",
+        std::net::Ipv4Addr::from(u32::from(subnet.network()) + 1),
+        subnet.prefix_len()
+    ));
+    h1.ip("link set cni0 up");
+    assert!(get(h1).contains("dev cni0"), "{}", get(h1));
+    h1.ip("link del cni0");
+
+    h1.ip(&format!("route del blackhole {subnet} metric 4000"));
+    assert!(
+        wait_until(Duration::from_secs(5), || shown()
+            .contains(&subnet.to_string())),
+        "the deleted blackhole route comes back"
+    );
+    assert!(d
+        .terminate(Duration::from_secs(5))
+        .is_some_and(|s| s.success()));
+    assert_eq!(shown().trim(), "", "removed at stop");
 }

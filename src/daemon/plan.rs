@@ -198,6 +198,8 @@ pub struct Plan {
     pub l3_port: Option<u16>,
     /// `Backend.DirectRouting` on vxlan or gre: peers on a shared link get kernel routes.
     pub direct_routing: bool,
+    /// `--ip-blackhole-route`: a blackhole route for each subnet we hold.
+    pub blackhole_route: bool,
     pub notices: Vec<Notice>,
 }
 
@@ -276,6 +278,7 @@ impl Plan {
             forward_rules: args.iptables_forward_rules && cfg.enable_ipv4,
             l3_port: (kind != BackendKind::Gre).then_some(cfg.backend.port),
             direct_routing: direct_routing && cfg.backend.direct_routing,
+            blackhole_route: args.ip_blackhole_route,
             notices,
         })
     }

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{error, info, warn};
 
+use super::blackhole::Blackholes;
 use super::plane::Plane;
 use super::DaemonError;
 use crate::control::config::NetworkConfig;
@@ -59,6 +60,8 @@ pub struct Running {
     pub l2: Option<L2Node>,
     /// `Backend.DirectRouting`'s kernel routes to peers on a shared link.
     pub direct: DirectRoutes,
+    /// `--ip-blackhole-route`'s routes for our subnets.
+    pub blackholes: Option<Blackholes>,
     pub watchdog: Watchdog,
 }
 
@@ -142,19 +145,25 @@ impl Running {
         if let Some(sn) = self.plane.move_to(&self.nl, held).await {
             self.firewall.set_subnet(sn);
         }
+        if let Some(b) = self.blackholes.as_mut() {
+            b.move_to(&self.nl, held).await;
+        }
         self.firewall.ensure().await;
         if let Err(e) = self.subnet_file.write(held) {
             error!(error = %e, "cannot rewrite the subnet file");
         }
     }
 
-    /// Every 2 s: the firewall rules, the L2 ports, the direct routes, the device and its
-    /// route; then the systemd watchdog's verdict.
+    /// Every 2 s: the firewall rules, the L2 ports, the direct and blackhole routes, the
+    /// device and its route; then the systemd watchdog's verdict.
     async fn check(&mut self) -> Result<(), DaemonError> {
         self.firewall.ensure().await;
         self.repair_l2().await;
         if self.direct.enabled() {
             self.direct.sync().await;
+        }
+        if let Some(b) = &self.blackholes {
+            b.ensure(&self.nl).await;
         }
         let device_ours = self.plane.check(&self.nl, &self.telemetry).await?;
         self.watchdog.tick(self.telemetry.record_health(Health {
@@ -183,13 +192,16 @@ impl Running {
     }
 
     /// The orderly stop: not ready, the control task and the L2 networks ended, the direct
-    /// routes removed, the workers stopped, the device closed (the lease stays for the next
+    /// and blackhole routes removed, the workers stopped, the device closed (the lease stays for the next
     /// start).
     async fn stop(mut self) {
         crate::systemd::stopping();
         self.telemetry.ready.store(false, Ordering::Relaxed);
         self.control.abort();
         self.direct.clear().await;
+        if let Some(b) = &self.blackholes {
+            b.remove(&self.nl).await;
+        }
         if let Some(l2) = self.l2 {
             l2.stop().await;
         }

@@ -32,7 +32,6 @@ pub const FLANNEL_ONLY: &[(&str, &str)] = &[
     ("kube-annotation-prefix", "overlayd does not talk to the Kubernetes API; leases live in etcd (--etcd-endpoints)"),
     ("set-node-network-unavailable", "overlayd does not talk to the Kubernetes API"),
     ("net-config-path", "the network config lives in etcd at <prefix>/config; `overlayd init-network --network CIDR` or --network creates it"),
-    ("ip-blackhole-route", "not implemented"),
     ("vmodule", "use -v/--log-level"),
     ("log_backtrace_at", "use RUST_BACKTRACE=1"),
 ];
