@@ -50,8 +50,14 @@ pub fn wanted(
         .collect()
 }
 
-/// What to add and what to remove to go from `have` to `want`. Only routes for subnets
-/// inside `networks` are ours to remove: another daemon's are left alone.
+/// Whether `r` is for a subnet inside `networks`: only such routes are ours (another
+/// daemon's, for another network, are left alone and not counted).
+pub fn is_ours(r: &DirectRoute, networks: &[IpNet]) -> bool {
+    networks.iter().any(|n| n.contains(&r.subnet()))
+}
+
+/// What to add and what to remove to go from `have` to `want`; only ours ([`is_ours`])
+/// are removed.
 pub fn diff(
     want: &BTreeSet<DirectRoute>,
     have: &BTreeSet<DirectRoute>,
@@ -60,7 +66,7 @@ pub fn diff(
     let add = want.difference(have).copied().collect();
     let remove = have
         .difference(want)
-        .filter(|r| networks.iter().any(|n| n.contains(&r.subnet())))
+        .filter(|r| is_ours(r, networks))
         .copied()
         .collect();
     (add, remove)
@@ -165,7 +171,7 @@ impl DirectRoutes {
             }
         };
         let (add, remove) = diff(want, &have, &self.networks);
-        let mut installed = have.len();
+        let mut installed = have.iter().filter(|r| is_ours(r, &self.networks)).count();
         for r in remove {
             match self.nl.del_direct_route(r).await {
                 Ok(()) => {

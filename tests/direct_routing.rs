@@ -185,6 +185,7 @@ fn netns_direct_routing_for_peers_on_the_link() {
         "a route outside the network is not ours: {:?}",
         direct_routes(h1)
     );
+    assert_eq!(d1.metric("overlayd_direct_routes", &[]), 0.0, "nor counted");
     assert!(ping_from(h1, a1, a3), "h1 -> h3 after the restart");
 }
 
