@@ -230,6 +230,9 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
         leases,
     );
 
+    let (firewall, subnet_file) =
+        announce(&args, &plan, &cfg, &acquired, &plane, &telemetry).await?;
+    // After the last start-up step that can fail, so that a failed start leaves no route.
     let direct = direct_routes(&nl, &plan, &cfg, &peers, &telemetry).await;
     let blackholes = plan
         .blackhole_route
@@ -237,8 +240,6 @@ async fn serve(args: Args, stop: Stop) -> Result<(), DaemonError> {
     if let Some(b) = &blackholes {
         b.ensure(&nl).await;
     }
-    let (firewall, subnet_file) =
-        announce(&args, &plan, &cfg, &acquired, &plane, &telemetry).await?;
     let (control, subnet_rx) = spawn_control(registry, cfg, &plan, acquired, sink, &telemetry);
     let running = Running {
         nl,
@@ -423,8 +424,8 @@ async fn peers(
     ))
 }
 
-/// `Backend.DirectRouting`'s routes, brought in step with the peers listed now before the
-/// node announces itself; when it is off, what a crashed run left is removed.
+/// `Backend.DirectRouting`'s routes, brought in step with the peers listed now; when it is
+/// off, what a crashed run left is removed.
 async fn direct_routes(
     nl: &Netlink,
     plan: &Plan,

@@ -105,12 +105,22 @@ fn netns_direct_routing_for_peers_on_the_link() {
         direct_routes(h1)
     );
     assert_eq!(direct_routes(h1).len(), 1, "{:?}", direct_routes(h1));
-    assert!(has_direct(h2, &n1.to_string(), host_ip(0)));
+    assert!(wait_until(Duration::from_secs(10), || has_direct(
+        h2,
+        &n1.to_string(),
+        host_ip(0)
+    )));
     // h3 sees h1 and h2 on its link (flannel's test is the route to the peer).
     assert!(wait_until(Duration::from_secs(10), || direct_routes(h3)
         .len()
         == 2));
-    assert_eq!(d1.metric("overlayd_direct_routes", &[]), 1.0);
+    // The gauge is set once the sync that added the route ends.
+    let gauge = |d: &Overlayd, n: f64| {
+        wait_until(Duration::from_secs(5), || {
+            d.metric("overlayd_direct_routes", &[]) == n
+        })
+    };
+    assert!(gauge(&d1, 1.0), "one direct route counted");
     let status = h1.run(&[
         env!("CARGO_BIN_EXE_overlayd"),
         "status",
@@ -185,7 +195,7 @@ fn netns_direct_routing_for_peers_on_the_link() {
         "a route outside the network is not ours: {:?}",
         direct_routes(h1)
     );
-    assert_eq!(d1.metric("overlayd_direct_routes", &[]), 0.0, "nor counted");
+    assert!(gauge(&d1, 0.0), "nor counted");
     assert!(ping_from(h1, a1, a3), "h1 -> h3 after the restart");
 }
 
@@ -224,7 +234,12 @@ fn netns_direct_routing_dual_stack() {
         routes6(h1)
     );
     assert!(has_direct(h1, &n2.to_string(), host_ip(1)));
-    assert_eq!(d1.metric("overlayd_direct_routes", &[]), 2.0);
+    assert!(
+        wait_until(Duration::from_secs(5), || d1
+            .metric("overlayd_direct_routes", &[])
+            == 2.0),
+        "both families' routes counted"
+    );
     let tx6 = |d: &Overlayd| {
         d.metric(
             "overlayd_peer_packets_total",

@@ -83,7 +83,8 @@ fn netns_ip_blackhole_route() {
     let unused = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 77);
     let shown = || h1.ip("route show type blackhole proto 111");
     assert!(
-        shown().contains(&format!("blackhole {subnet} metric 4000")),
+        wait_until(Duration::from_secs(5), || shown()
+            .contains(&format!("blackhole {subnet} metric 4000"))),
         "the blackhole route: {}",
         shown()
     );
