@@ -337,18 +337,7 @@ impl Netlink {
             .await
             .map_err(nl(format!("link #{index}")))?
             .ok_or_else(|| HostError::NoSuchInterface(format!("#{index}")))?;
-        let name = l
-            .attributes
-            .iter()
-            .find_map(|a| {
-                if let LinkAttribute::IfName(n) = a {
-                    Some(n.clone())
-                } else {
-                    None
-                }
-            })
-            .unwrap_or_default();
-        Ok((name, mtu_of(&l.attributes)))
+        Ok((name_of(&l.attributes), mtu_of(&l.attributes)))
     }
 
     /// IPv4 addresses on the link `index`, in kernel order.
@@ -374,11 +363,7 @@ impl Netlink {
         let mut links = self.handle.link().get().execute();
         let mut out: Vec<(u32, String, Vec<Ipv4Addr>)> = Vec::new();
         while let Some(l) = links.try_next().await.map_err(nl("links"))? {
-            let name = l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            });
-            out.push((l.header.index, name.unwrap_or_default(), Vec::new()));
+            out.push((l.header.index, name_of(&l.attributes), Vec::new()));
         }
         for (index, ip) in self.addrs(None).await? {
             if let Some(l) = out.iter_mut().find(|l| l.0 == index) {
@@ -890,6 +875,17 @@ fn direct_message(r: DirectRoute) -> RouteMessage {
         .expect("DirectRoute::new keeps subnet and gateway in one family")
         .protocol(RouteProtocol::Other(DIRECT_PROTO))
         .build()
+}
+
+/// A link's name (empty when the kernel gave none).
+fn name_of(attrs: &[LinkAttribute]) -> String {
+    attrs
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 fn mtu_of(attrs: &[LinkAttribute]) -> u32 {

@@ -18,6 +18,16 @@ use super::process::{must, run_cmd, signal, stop_child, tail, TempDir};
 /// flannel's default etcd prefix.
 pub const ETCD_PREFIX: &str = "/coreos.com/network";
 
+/// The lease id in `etcdctl lease grant`'s answer ("lease 694d5ab1c4f2b20b granted with
+/// TTL(86400s)"), hex as etcdctl prints it.
+pub fn lease_id(grant: &str) -> String {
+    grant
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("unexpected lease grant output {grant:?}"))
+        .to_owned()
+}
+
 /// `etcdctl` (API v3) run inside namespace `from` against `endpoint`.
 pub fn etcdctl(from: &Netns, endpoint: &str, args: &[&str]) -> Result<String, String> {
     etcdctl_ns(from.name(), endpoint, args)
@@ -199,13 +209,7 @@ impl Etcd {
     /// Grants an etcd lease of `ttl_secs` and puts `key` = `value` bound to it; returns the
     /// lease id (hex, as etcdctl prints it).
     pub fn put_with_lease(&self, key: &str, value: &str, ttl_secs: u64) -> String {
-        let out = self.ctl(&["lease", "grant", &ttl_secs.to_string()]);
-        // "lease 694d5ab1c4f2b20b granted with TTL(86400s)"
-        let id = out
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_else(|| panic!("unexpected lease grant output {out:?}"))
-            .to_owned();
+        let id = lease_id(&self.ctl(&["lease", "grant", &ttl_secs.to_string()]));
         self.ctl(&["put", &format!("--lease={id}"), key, value]);
         id
     }

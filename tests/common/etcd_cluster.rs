@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::etcd::{wait_member, EtcdMember};
+use super::etcd::{lease_id, wait_member, EtcdMember};
 use super::{
     must, run_cmd, signal, stop_child, tail, unique_name, Lease, Netns, TempDir, Topology,
     ETCD_PREFIX, OVERLAY_NETWORK, UNDERLAY_NET,
@@ -355,12 +355,7 @@ impl EtcdCluster {
     pub fn put_with_lease(&self, key: &str, value: &str, ttl_secs: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
-            let out = self.ctl(&["lease", "grant", &ttl_secs.to_string()]);
-            let id = out
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or_else(|| panic!("unexpected lease grant output {out:?}"))
-                .to_owned();
+            let id = lease_id(&self.ctl(&["lease", "grant", &ttl_secs.to_string()]));
             let put = ["put", &format!("--lease={id}"), key, value];
             match self.ctl_within(Duration::from_secs(ttl_secs.min(10)), &put) {
                 Ok(_) => return id,
