@@ -10,10 +10,16 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope,
 };
 use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use crate::sys::packet::NextHop;
 
 /// Errors from host setup; each names what was being looked for or changed.
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +259,80 @@ fn pref_source_of(r: &RouteMessage) -> Option<IpAddr> {
         RouteAttribute::PrefSource(s) => route_addr(s),
         _ => None,
     })
+}
+
+/// Where the kernel's route `r` toward `dst` leaves: its device and the neighbour that
+/// takes the packet there (the gateway, or `dst` itself on a shared link). None for a
+/// route that is not plain unicast over an IPv4 next hop.
+pub fn hop_of(r: &RouteMessage, dst: Ipv4Addr) -> Option<(u32, Ipv4Addr)> {
+    if r.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut oif = None;
+    let mut via = dst;
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = *g,
+            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => return None,
+            _ => {}
+        }
+    }
+    Some((oif?, via))
+}
+
+/// A neighbour entry whose MAC may be sent to, as the kernel itself does: reachable,
+/// delay, probe, permanent, or stale (`true`: to be revalidated). Entries without an
+/// Ethernet address (incomplete, failed, noarp) give none.
+pub fn usable_neighbour(m: &NeighbourMessage) -> Option<(u32, Ipv4Addr, [u8; 6], bool)> {
+    let stale = match m.header.state {
+        NeighbourState::Reachable
+        | NeighbourState::Delay
+        | NeighbourState::Probe
+        | NeighbourState::Permanent => false,
+        NeighbourState::Stale => true,
+        _ => return None,
+    };
+    let mut ip = None;
+    let mut mac = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(*v4),
+            NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(&l[..]).ok(),
+            _ => {}
+        }
+    }
+    Some((m.header.ifindex, ip?, mac?, stale))
+}
+
+/// The next hops the kernel knows toward some destinations.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NextHops {
+    /// Each destination with a usable neighbour entry, and its next hop.
+    pub hops: Vec<(Ipv4Addr, NextHop)>,
+    /// The stale entries among those used (device, address): to be revalidated.
+    pub stale: Vec<(u32, Ipv4Addr)>,
+}
+
+/// Each destination's next hop (`via`: destination, its route's device and neighbour)
+/// whose neighbour entry is usable, and the stale entries among those used.
+pub fn plan_hops(
+    via: &[(Ipv4Addr, (u32, Ipv4Addr))],
+    neighbours: &[(u32, Ipv4Addr, [u8; 6], bool)],
+) -> NextHops {
+    let mut hops = Vec::new();
+    let mut stale = Vec::new();
+    for &(dst, (ifindex, hop)) in via {
+        let Some(&(_, _, mac, old)) = neighbours.iter().find(|n| n.0 == ifindex && n.1 == hop)
+        else {
+            continue;
+        };
+        hops.push((dst, NextHop { ifindex, mac }));
+        if old && !stale.contains(&(ifindex, hop)) {
+            stale.push((ifindex, hop));
+        }
+    }
+    NextHops { hops, stale }
 }
 
 fn table_of(r: &RouteMessage) -> u32 {
@@ -743,6 +823,49 @@ impl Netlink {
         }
     }
 
+    /// The next hops toward `dsts` the kernel knows now ([`plan_hops`] over its routes and
+    /// IPv4 neighbour table), and the stale neighbour entries among them.
+    pub async fn next_hops(&self, dsts: &[Ipv4Addr]) -> Result<NextHops, HostError> {
+        let mut via = Vec::new();
+        for &d in dsts {
+            let routes = self.route_to(IpAddr::V4(d)).await?;
+            if let [r] = routes.as_slice() {
+                via.extend(hop_of(r, d).map(|h| (d, h)));
+            }
+        }
+        if via.is_empty() {
+            return Ok(NextHops::default());
+        }
+        let mut dump = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute();
+        let mut neighbours = Vec::new();
+        while let Some(m) = dump
+            .try_next()
+            .await
+            .map_err(nl("the IPv4 neighbour table"))?
+        {
+            neighbours.extend(usable_neighbour(&m));
+        }
+        Ok(plan_hops(&via, &neighbours))
+    }
+
+    /// Asks the kernel to revalidate a stale neighbour entry (`NTF_USE`: as if a packet were
+    /// sent to it; it probes the cached address and keeps the entry or marks it failed).
+    pub async fn nudge_neighbour(&self, ifindex: u32, ip: Ipv4Addr) -> Result<(), HostError> {
+        self.handle
+            .neighbours()
+            .add(ifindex, IpAddr::V4(ip))
+            .flags(NeighbourFlags::Use)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("revalidating the neighbour {ip}")))
+    }
+
     /// Whether `ip` is on a link of this host: the kernel's one route to it has no gateway.
     /// An address the kernel has no route to is not.
     pub async fn on_link(&self, ip: IpAddr) -> Result<bool, HostError> {
@@ -972,6 +1095,91 @@ mod tests {
             Some(i) => b.output_interface(i).build(),
             None => b.build(),
         }
+    }
+
+    fn route(oif: u32, gateway: Option<Ipv4Addr>) -> RouteMessage {
+        let mut r = RouteMessage::default();
+        r.header.kind = RouteType::Unicast;
+        r.attributes.push(RouteAttribute::Oif(oif));
+        if let Some(g) = gateway {
+            r.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(g)));
+        }
+        r
+    }
+
+    fn neighbour(
+        ifindex: u32,
+        ip: Ipv4Addr,
+        mac: &[u8],
+        state: NeighbourState,
+    ) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.ifindex = ifindex;
+        m.header.state = state;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        m
+    }
+
+    #[test]
+    fn a_routes_next_hop_is_its_gateway_or_the_destination_on_the_link() {
+        let dst: Ipv4Addr = "192.168.77.2".parse().unwrap();
+        let gw: Ipv4Addr = "192.168.77.254".parse().unwrap();
+        assert_eq!(hop_of(&route(3, None), dst), Some((3, dst)));
+        assert_eq!(hop_of(&route(3, Some(gw)), dst), Some((3, gw)));
+        let mut local = route(3, None);
+        local.header.kind = RouteType::Local;
+        assert_eq!(hop_of(&local, dst), None, "not a unicast route");
+        let mut no_dev = route(3, None);
+        no_dev.attributes.clear();
+        assert_eq!(hop_of(&no_dev, dst), None, "no device");
+    }
+
+    #[test]
+    fn neighbour_entries_with_an_ethernet_address_are_usable_stale_ones_marked() {
+        let ip: Ipv4Addr = "192.168.77.2".parse().unwrap();
+        let mac = [2, 0, 0, 0, 0, 2];
+        for (state, want) in [
+            (NeighbourState::Reachable, Some(false)),
+            (NeighbourState::Permanent, Some(false)),
+            (NeighbourState::Delay, Some(false)),
+            (NeighbourState::Probe, Some(false)),
+            (NeighbourState::Stale, Some(true)),
+            (NeighbourState::Incomplete, None),
+            (NeighbourState::Failed, None),
+            (NeighbourState::Noarp, None),
+        ] {
+            let got = usable_neighbour(&neighbour(3, ip, &mac, state));
+            assert_eq!(got.map(|n| n.3), want, "{state:?}");
+            if want.is_some() {
+                assert_eq!(got.map(|n| (n.0, n.1, n.2)), Some((3, ip, mac)));
+            }
+        }
+        let short = neighbour(3, ip, &[1, 2, 3], NeighbourState::Reachable);
+        assert_eq!(usable_neighbour(&short), None, "not an Ethernet address");
+    }
+
+    #[test]
+    fn next_hops_pair_each_destination_with_its_neighbours_address() {
+        let a: Ipv4Addr = "192.168.77.2".parse().unwrap();
+        let b: Ipv4Addr = "10.0.0.9".parse().unwrap();
+        let c: Ipv4Addr = "10.0.0.10".parse().unwrap();
+        let gw: Ipv4Addr = "192.168.77.254".parse().unwrap();
+        let (ma, mg) = ([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 0xfe]);
+        // a on the link (reachable); b and c behind one gateway (stale); a's entry on
+        // another device does not count.
+        let via = [(a, (3, a)), (b, (3, gw)), (c, (3, gw))];
+        let neighbours = [(4, a, [9; 6], false), (3, a, ma, false), (3, gw, mg, true)];
+        let found = plan_hops(&via, &neighbours);
+        let hop = |mac| NextHop { ifindex: 3, mac };
+        assert_eq!(found.hops, vec![(a, hop(ma)), (b, hop(mg)), (c, hop(mg))]);
+        assert_eq!(found.stale, vec![(3, gw)], "the stale gateway once");
+        // Unknown to the neighbour table: no next hop (the raw socket sends, the kernel
+        // resolves).
+        assert_eq!(plan_hops(&via, &[]), NextHops::default());
     }
 
     #[test]

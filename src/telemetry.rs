@@ -76,6 +76,9 @@ pub struct State {
     pub tunnel_gso6: OnceLock<Arc<AtomicBool>>,
     /// How many direct routes (`Backend.DirectRouting`) are installed; absent when off.
     pub direct_routes: OnceLock<Arc<AtomicUsize>>,
+    /// gre over IPv4: how many peers are sent to through the link-layer path (their next
+    /// hop known); absent for other backends.
+    pub link_peers: OnceLock<Arc<AtomicUsize>>,
     /// The L2 networks' shared state, when any is attached.
     pub l2: OnceLock<Arc<crate::l2::switch::Shared>>,
     /// The verdict of the last health check (the one the systemd watchdog acts on); absent
@@ -172,6 +175,9 @@ impl State {
         }
         if let Some(n) = self.direct_routes.get() {
             metrics::gauge!("overlayd_direct_routes").set(n.load(Ordering::Relaxed) as f64);
+        }
+        if let Some(n) = self.link_peers.get() {
+            metrics::gauge!("overlayd_gre_link_peers").set(n.load(Ordering::Relaxed) as f64);
         }
         if let Some(l2) = self.l2.get() {
             refresh_l2(l2);

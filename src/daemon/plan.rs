@@ -188,6 +188,8 @@ pub struct Plan {
     pub steer: crate::backend::Steer,
     pub offload: bool,
     pub busy_poll: crate::datapath::BusyPoll,
+    /// `--gre-link-tx`: gre's IPv4 packets sent through the link-layer path.
+    pub gre_link_tx: bool,
     pub tunnel: TunnelPlan,
     /// The own lease's keepalive period.
     pub keepalive_every: Duration,
@@ -272,6 +274,7 @@ impl Plan {
             steer: args.steer,
             offload: !args.no_offload,
             busy_poll: args.busy_poll_us,
+            gre_link_tx: args.gre_link_tx,
             tunnel: TunnelPlan::new(args, kind),
             keepalive_every: keepalive_every(args.subnet_lease_renew_margin),
             masq: args.ip_masq && cfg.enable_ipv4,

@@ -6,10 +6,10 @@
 //! kept), stopped in order.
 
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::device::{self, DeviceSetup, Seen};
 use super::plan::{Plan, PlaneKind, FORWARD_DROPS};
@@ -132,6 +132,11 @@ pub struct RoutedPlane {
     /// The offload flags the kernel accepted on the device first opened.
     offloads: u32,
     gso_tap: Option<GsoTap>,
+    /// `--gre-link-tx` on gre over IPv4: the peers' next hops are looked up and told to the
+    /// send sockets' link-layer senders.
+    link_tx: bool,
+    /// How many peers have a next hop for the link-layer path.
+    link_peers: Arc<AtomicUsize>,
 }
 
 impl RoutedPlane {
@@ -149,6 +154,10 @@ impl RoutedPlane {
         let opts = plan.tun_options();
         let mut dev = open_device(&opts, nl, &setup, plan.steer).await?;
         let (v4, v6) = sockets(plan)?;
+        let v4_link = v4.send.iter().any(|s| s.link_tx().is_some());
+        if plan.gre_link_tx && !v4_link {
+            warn!("--gre-link-tx applies to gre over an IPv4 underlay only; ignored");
+        }
         let (gso, gro) = socket_offloads(plan.offload, &v4, &v6);
         let pin_to = pin_to(plan.steer)?;
         info!(device = %dev.name, queues = plan.queues, steer = plan.steer.name(), pin_to = ?pin_to, mtu = plan.mtu, ipv6_mtu = ?plan.ipv6_mtu, offloads = dev.offloads, gso, gro, ipv6_underlay = ?plan.underlay6, "data plane configured");
@@ -183,7 +192,10 @@ impl RoutedPlane {
             workers: None,
             offloads: dev.offloads,
             gso_tap,
+            link_tx: plan.gre_link_tx && v4_link,
+            link_peers: Arc::new(AtomicUsize::new(0)),
         };
+        plane.refresh_hops(nl).await;
         plane.start_workers()?;
         Ok(plane)
     }
@@ -220,7 +232,43 @@ impl RoutedPlane {
             udp_gro: self.cfg.gro,
         });
         let _ = t.steer.set(self.steer.name());
+        if self.link_tx {
+            let _ = t.link_peers.set(self.link_peers.clone());
+        }
         self.publish_workers(t);
+    }
+
+    /// `--gre-link-tx`: tells the link-layer senders the next hops toward the peers listed
+    /// now, and asks the kernel to revalidate the stale neighbour entries among them (a
+    /// peer without a usable entry is sent to through the raw socket, which makes the
+    /// kernel resolve it).
+    async fn refresh_hops(&self, nl: &Netlink) {
+        let links: Vec<_> = self.v4.send.iter().filter_map(|s| s.link_tx()).collect();
+        if !self.link_tx || links.is_empty() {
+            return;
+        }
+        let mut dsts: Vec<_> = self
+            .fib
+            .load()
+            .peers()
+            .iter()
+            .map(|p| p.public_ip)
+            .collect();
+        dsts.sort_unstable();
+        dsts.dedup();
+        let found = nl.next_hops(&dsts).await.unwrap_or_else(|e| {
+            warn!(error = %e, "cannot look up the peers' next hops; gre sends through the raw socket meanwhile");
+            Default::default()
+        });
+        for &(ifindex, ip) in &found.stale {
+            if let Err(e) = nl.nudge_neighbour(ifindex, ip).await {
+                debug!(error = %e, "cannot ask for a stale neighbour entry's revalidation");
+            }
+        }
+        self.link_peers.store(found.hops.len(), Ordering::Relaxed);
+        for l in links {
+            l.set_hops(found.hops.clone());
+        }
     }
 
     fn publish_workers(&self, t: &telemetry::State) {
@@ -244,6 +292,7 @@ impl RoutedPlane {
     /// do that) is recreated. Returns whether the device is there and ours (for the
     /// watchdog); `Err` only when the workers cannot be restarted.
     async fn check(&mut self, nl: &Netlink, t: &telemetry::State) -> Result<bool, DaemonError> {
+        self.refresh_hops(nl).await;
         match device::check(nl, &self.opts.name, self.index, &self.setup, t).await {
             Seen::Ours => Ok(true),
             Seen::Gone => self.recreate(nl, t).await,

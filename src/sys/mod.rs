@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod lock;
 pub mod netns;
 pub mod owned;
+pub mod packet;
 pub mod socket;
 pub mod steer;
 pub mod tun;

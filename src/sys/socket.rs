@@ -13,6 +13,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::packet::{LinkTx, NextHop};
+
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
 /// Most datagrams one GSO send may carry (the kernel's `UDP_MAX_SEGMENTS`).
@@ -26,6 +28,8 @@ pub struct UnderlaySocket {
     sock: Socket,
     raw: bool,
     v6: bool,
+    /// gre over IPv4: the link-layer sender used for destinations with a known next hop.
+    link: Option<LinkTx>,
 }
 
 /// One outgoing message: `buf` to `dst`, split by the kernel into `segment`-byte datagrams
@@ -102,6 +106,7 @@ impl UnderlaySocket {
             sock,
             raw: false,
             v6,
+            link: None,
         })
     }
 
@@ -129,7 +134,8 @@ impl UnderlaySocket {
     /// A raw socket for IP protocol 47 (GRE; RFC 7676 over IPv6), bound to `bind`. Over
     /// IPv4, received packets start with the outer IPv4 header; over IPv6 they start with
     /// the GRE header (the sender comes with the message). Sent ones get the outer header
-    /// from the kernel.
+    /// from the kernel, or, over IPv4 from a given address, from [`LinkTx`] for
+    /// destinations whose next hop it was told.
     pub fn raw_gre(bind: impl Into<IpAddr>, buffer_bytes: usize) -> io::Result<Self> {
         let bind: IpAddr = bind.into();
         let v6 = bind.is_ipv6();
@@ -143,10 +149,15 @@ impl UnderlaySocket {
         Self::no_path_mtu(&sock, v6);
         sock.bind(&SocketAddr::new(bind, 0).into())?;
         sock.set_nonblocking(true)?;
+        let link = match bind {
+            IpAddr::V4(src) if !src.is_unspecified() => LinkTx::open(src).ok(),
+            _ => None,
+        };
         Ok(Self {
             sock,
             raw: true,
             v6,
+            link,
         })
     }
 
@@ -172,6 +183,11 @@ impl UnderlaySocket {
             libc::SO_NO_CHECK,
             1,
         )
+    }
+
+    /// The link-layer sender of a raw IPv4 GRE socket, when it has one.
+    pub fn link_tx(&self) -> Option<&LinkTx> {
+        self.link.as_ref()
     }
 
     /// A raw GRE socket (no ports, no GSO or GRO).
@@ -225,6 +241,9 @@ impl UnderlaySocket {
         if n == 0 {
             return Ok(0);
         }
+        if let Some((link, hop, dst)) = self.link_hop(&msgs[..n]) {
+            return link.send(hop, dst, &msgs[..n]);
+        }
         // SAFETY: all-zero is a valid bit pattern for these plain C structs.
         let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
@@ -262,6 +281,19 @@ impl UnderlaySocket {
         } else {
             Ok(rc as usize)
         }
+    }
+
+    /// The link-layer sender and next hop for `msgs` when it has one and they all go to
+    /// one IPv4 destination with a known next hop.
+    fn link_hop(&self, msgs: &[Msg<'_>]) -> Option<(&LinkTx, NextHop, Ipv4Addr)> {
+        let link = self.link.as_ref()?;
+        let SocketAddr::V4(d) = msgs.first()?.dst else {
+            return None;
+        };
+        if msgs.iter().any(|m| m.dst != msgs[0].dst) {
+            return None;
+        }
+        Some((link, link.hop(*d.ip())?, *d.ip()))
     }
 
     /// Sends one message gathered from `iov` with one `sendmsg`; with `segment` non-zero and
