@@ -121,34 +121,18 @@ fn netns_gre_outer_header_on_the_wire() {
     let mut d2 = Overlayd::spawn(topo.host(1), overlayd_args("gre", &etcd));
     d1.wait_ready(READY);
     let to = overlay_ip_of(&d2.wait_ready(READY));
-    let cap = Capture::start(
-        topo.host(1),
-        "eth0",
-        "-v ip proto 47",
-        400,
-        Duration::from_secs(30),
-    );
+    let cap = gre_capture(&topo);
     assert!(ping_until(topo.host(0), to, Duration::from_secs(15)));
     let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), to, 0, 2 * MB);
     assert_eq!(sent, got, "2 MB over gre arrive byte-identical");
-    let lines = cap.finish(Duration::from_millis(300));
-    let ours = format!("{} > {}: GRE", topo.host(0).ip, topo.host(1).ip);
-    let sent_by_h1: Vec<&String> = lines.iter().filter(|l| l.contains(&ours)).collect();
-    assert!(sent_by_h1.len() >= 10, "h1's GRE packets seen: {lines:#?}");
-    for l in &sent_by_h1 {
-        for want in ["ttl 64,", "flags [none]", "proto GRE (47)", "key=0x"] {
-            assert!(l.contains(want), "{want:?} in {l}");
-        }
-        assert!(!l.contains("bad cksum"), "outer checksum: {l}");
-    }
+    let sent_by_h1 = h1_gre_headers(&topo, cap, 10);
     assert!(
         sent_by_h1.iter().any(|l| !l.contains(", id 0,")),
         "the kernel gives each packet an ID: {sent_by_h1:#?}"
     );
 }
 
-/// A counter of `ns`'s kernel: `Ip: OutRequests` of /proc/net/snmp (IP packets its stack
-/// sent), or the TX packets of its `eth0`.
+/// `Ip: OutRequests` of `ns`'s /proc/net/snmp: the IP packets its stack sent.
 fn ip_out_requests(ns: &Netns) -> u64 {
     let snmp = ns.run(&["cat", "/proc/net/snmp"]);
     let ip: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Ip:")).collect();
@@ -160,6 +144,7 @@ fn ip_out_requests(ns: &Netns) -> u64 {
     v.parse().unwrap()
 }
 
+/// The packets `ns`'s eth0 sent.
 fn eth0_tx_packets(ns: &Netns) -> u64 {
     ns.run(&["cat", "/sys/class/net/eth0/statistics/tx_packets"])
         .trim()
@@ -167,8 +152,8 @@ fn eth0_tx_packets(ns: &Netns) -> u64 {
         .unwrap()
 }
 
-/// gre's link-layer send (`--gre-link-tx`): once h1's kernel has resolved h2 (the first pings go through the
-/// raw socket, which makes it), h1 sends to h2 through its AF_PACKET socket: the gauge counts
+/// gre's link-layer send (`--gre-link-tx`): once h1's kernel has resolved h2 (the first
+/// pings go through the raw socket, which makes it), h1 sends to h2 through its AF_PACKET socket: the gauge counts
 /// the peer, h1's eth0 sends the transfer's GRE packets while h1's IP stack counts none of
 /// them, the outer header on the wire is as the kernel's (TTL 64, no flags, a valid
 /// checksum, an ID per packet, the key), and 4 MB arrive byte-identical.
@@ -196,13 +181,7 @@ fn netns_gre_link_layer_send() {
         "h1 learns h2's next hop: {}",
         d1.scrape()
     );
-    let cap = Capture::start(
-        topo.host(1),
-        "eth0",
-        "-v ip proto 47",
-        400,
-        Duration::from_secs(30),
-    );
+    let cap = gre_capture(&topo);
     let (out0, tx0) = (ip_out_requests(topo.host(0)), eth0_tx_packets(topo.host(0)));
     let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), to, 0, 4 * MB);
     assert_eq!(
@@ -217,20 +196,7 @@ fn netns_gre_link_layer_send() {
         out * 2 < tx,
         "h1's IP stack sent {out} packets of the {tx} on its eth0: not the link-layer path"
     );
-    let lines = cap.finish(Duration::from_millis(300));
-    let ours = format!("{} > {}: GRE", topo.host(0).ip, topo.host(1).ip);
-    let sent_by_h1: Vec<&String> = lines.iter().filter(|l| l.contains(&ours)).collect();
-    assert!(
-        sent_by_h1.len() >= 100,
-        "h1's GRE packets seen: {}",
-        lines.len()
-    );
-    for l in &sent_by_h1 {
-        for want in ["ttl 64,", "flags [none]", "proto GRE (47)", "key=0x"] {
-            assert!(l.contains(want), "{want:?} in {l}");
-        }
-        assert!(!l.contains("bad cksum"), "outer checksum: {l}");
-    }
+    let sent_by_h1 = h1_gre_headers(&topo, cap, 100);
     let ids: HashSet<&str> = sent_by_h1
         .iter()
         .filter_map(|l| l.split(", id ").nth(1)?.split(',').next())
@@ -239,6 +205,36 @@ fn netns_gre_link_layer_send() {
         ids.len() * 2 > sent_by_h1.len(),
         "an ID per packet: {ids:?}"
     );
+}
+
+/// tcpdump -v of the GRE packets on h2's eth0 (at most 400 lines, 30 s).
+fn gre_capture(topo: &Topology) -> Capture {
+    Capture::start(
+        topo.host(1),
+        "eth0",
+        "-v ip proto 47",
+        400,
+        Duration::from_secs(30),
+    )
+}
+
+/// The lines of `cap` for h1's GRE packets to h2 (at least `min`), each checked for the
+/// outer header the kernel writes: TTL 64, no flags, a valid checksum, GRE with a key.
+fn h1_gre_headers(topo: &Topology, cap: Capture, min: usize) -> Vec<String> {
+    let lines = cap.finish(Duration::from_millis(300));
+    let ours = format!("{} > {}: GRE", topo.host(0).ip, topo.host(1).ip);
+    let sent_by_h1: Vec<String> = lines.into_iter().filter(|l| l.contains(&ours)).collect();
+    assert!(
+        sent_by_h1.len() >= min,
+        "h1's GRE packets seen: {sent_by_h1:#?}"
+    );
+    for l in &sent_by_h1 {
+        for want in ["ttl 64,", "flags [none]", "proto GRE (47)", "key=0x"] {
+            assert!(l.contains(want), "{want:?} in {l}");
+        }
+        assert!(!l.contains("bad cksum"), "outer checksum: {l}");
+    }
+    sent_by_h1
 }
 
 /// The plain path (no TUN offloads, no UDP GSO/GRO) carries the same traffic.

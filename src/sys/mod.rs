@@ -8,6 +8,7 @@
 
 pub mod cpu;
 pub mod lock;
+pub mod msg;
 pub mod netns;
 pub mod owned;
 pub mod packet;

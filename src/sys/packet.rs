@@ -20,7 +20,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use socket2::{Domain, Socket, Type};
 
-use super::socket::{setsockopt, Msg, MAX_BATCH};
+use super::msg::{send_mmsg, setsockopt, Msg, MAX_BATCH};
 use crate::wire::ipv4;
 
 /// `SOL_PACKET` and its `PACKET_QDISC_BYPASS` option (linux/if_packet.h).
@@ -131,18 +131,6 @@ impl LinkTx {
         }
         // SAFETY: hdrs[..n] point at the address, iovecs and headers above (and the
         // callers' buffers), all alive for the call.
-        let rc = unsafe {
-            libc::sendmmsg(
-                self.sock.as_raw_fd(),
-                hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                0,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(rc as usize)
-        }
+        unsafe { send_mmsg(&self.sock, &mut hdrs[..n]) }
     }
 }

@@ -13,14 +13,15 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::msg::send_mmsg;
+pub(crate) use super::msg::setsockopt;
+pub use super::msg::{Msg, MAX_BATCH};
 use super::packet::{LinkTx, NextHop};
 
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
 /// Most datagrams one GSO send may carry (the kernel's `UDP_MAX_SEGMENTS`).
 pub const MAX_GSO_SEGMENTS: usize = 64;
-/// Most messages one `sendmmsg` call carries here.
-pub const MAX_BATCH: usize = 64;
 
 /// An underlay socket: UDP (udp and vxlan backends) or raw GRE, IPv4 or IPv6.
 #[derive(Debug)]
@@ -30,15 +31,6 @@ pub struct UnderlaySocket {
     v6: bool,
     /// gre over IPv4: the link-layer sender used for destinations with a known next hop.
     link: Option<LinkTx>,
-}
-
-/// One outgoing message: `buf` to `dst`, split by the kernel into `segment`-byte datagrams
-/// when `segment` is non-zero (UDP GSO).
-#[derive(Debug, Clone, Copy)]
-pub struct Msg<'a> {
-    pub buf: &'a [u8],
-    pub dst: SocketAddr,
-    pub segment: u16,
 }
 
 /// A raw ICMPv6 socket bound to `addr` (it reads the ICMPv6 messages sent to it, without
@@ -58,31 +50,6 @@ fn setsockopt_int(
     v: libc::c_int,
 ) -> io::Result<()> {
     setsockopt(fd, level, name, &v)
-}
-
-/// Sets a socket option whose value is `v` (a plain C struct or integer, passed by pointer
-/// with its exact size; the kernel copies it before returning).
-pub(crate) fn setsockopt<T>(
-    fd: libc::c_int,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: &T,
-) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live T and its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (v as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 impl UnderlaySocket {
@@ -267,20 +234,9 @@ impl UnderlaySocket {
                 set_udp_segment(h, &mut cmsgs[i], m.segment);
             }
         }
-        // SAFETY: hdrs[..n] point at iovecs, addresses and control buffers that outlive the call.
-        let rc = unsafe {
-            libc::sendmmsg(
-                self.sock.as_raw_fd(),
-                hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                0,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(rc as usize)
-        }
+        // SAFETY: hdrs[..n] point at iovecs, addresses and control buffers that outlive the
+        // call.
+        unsafe { send_mmsg(&self.sock, &mut hdrs[..n]) }
     }
 
     /// The link-layer sender and next hop for `msgs` when it has one and they all go to
