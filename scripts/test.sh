@@ -18,12 +18,23 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-10}    # per fuzz target after the tests; 0 skips f
 # commit pass one run and fail the next on a new input. Exploring is `scripts/fuzz.sh` without
 # FUZZ_SEED (a fresh seed each run), for longer; what it finds goes to fuzz/regressions/.
 export FUZZ_SEED=${FUZZ_SEED:-1}
+# A one-off build from a fresh clone gains nothing from incremental state (GiBs of it).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 SKIP_LOG=$(mktemp "${TMPDIR:-/tmp}/overlayd-skips.XXXXXX")
 export OVERLAYD_SKIP_LOG=$SKIP_LOG
 
 scripts/install-deps.sh
 scripts/cleanup-netns.sh ovt-
+
+# The build, the tests and the fuzz targets take ~6 GiB here: say so before a compiler dies of
+# ENOSPC halfway through with an LLVM error.
+need_gib=${TEST_NEED_GIB:-8}
+free_gib=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "$free_gib" -lt "$need_gib" ]; then
+  echo "scripts/test.sh: only ${free_gib} GiB free on $(df -P . | awk 'NR == 2 { print $6 }'); the build and tests need about ${need_gib} GiB (set TEST_NEED_GIB to change the check)" >&2
+  exit 1
+fi
 trap 'scripts/cleanup-netns.sh ovt- || true; rm -f "$SKIP_LOG"' EXIT
 # Ctrl-C / TERM: stop, then the EXIT trap cleans up.
 trap 'exit 130' INT
