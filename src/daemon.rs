@@ -8,6 +8,7 @@
 
 mod blackhole;
 mod device;
+mod link_hops;
 pub mod plan;
 mod plane;
 mod running;

@@ -8,18 +8,18 @@
 //!
 //! [`wanted`] and [`diff`] are pure; [`DirectRoutes`] applies them through netlink.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::fib::{Peer, Peer6, SharedFib, SharedFib6, Table};
-use crate::host::{DirectRoute, Netlink, DIRECT_PROTO};
+use crate::host::{DirectRoute, Netlink, RouteMemo, DIRECT_PROTO};
 
 /// How long a peer address's "on a link or not" is believed before it is asked again.
 const ON_LINK_FOR: Duration = Duration::from_secs(30);
@@ -82,8 +82,7 @@ pub struct DirectRoutes {
     fib: SharedFib,
     fib6: SharedFib6,
     changed: watch::Receiver<()>,
-    on_link: HashMap<IpAddr, bool>,
-    asked: Instant,
+    on_link: RouteMemo<IpAddr, bool>,
     /// How many are installed (the `overlayd_direct_routes` gauge).
     count: Arc<AtomicUsize>,
 }
@@ -103,8 +102,7 @@ impl DirectRoutes {
             fib,
             fib6,
             changed,
-            on_link: HashMap::new(),
-            asked: Instant::now(),
+            on_link: RouteMemo::new(ON_LINK_FOR),
             count: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -143,13 +141,10 @@ impl DirectRoutes {
     }
 
     async fn want(&mut self) -> BTreeSet<DirectRoute> {
-        if self.asked.elapsed() >= ON_LINK_FOR {
-            self.on_link.clear();
-            self.asked = Instant::now();
-        }
+        self.on_link.refresh(0);
         let candidates = candidates(&self.fib.load(), &self.fib6.load());
         for via in candidates.iter().map(DirectRoute::via) {
-            if self.on_link.contains_key(&via) {
+            if self.on_link.get(&via).is_some() {
                 continue;
             }
             match self.nl.on_link(via).await {

@@ -2,9 +2,14 @@
 //! IPv6 addresses), and give the overlay device its address, MTU and the route for the whole
 //! network; add and remove the direct routes of flannel's `DirectRouting`. Never runs `ip`.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope,
@@ -17,6 +22,8 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::AddressFamily;
+use rtnetlink::constants::RTMGRP_IPV4_ROUTE;
+use rtnetlink::sys::{AsyncSocket, SocketAddr};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use crate::sys::packet::NextHop;
@@ -243,14 +250,28 @@ pub fn direct_route_of(r: &RouteMessage) -> Option<DirectRoute> {
     )
 }
 
+/// The gateway of the kernel's unicast route `r`: `Some(None)` when the destination is on a
+/// link of this host, `Some(Some(gw))` through a router, `None` for a route that is not
+/// plain unicast or whose next hop is not a plain address (`RTA_VIA`).
+fn unicast_gateway(r: &RouteMessage) -> Option<Option<&RouteAddress>> {
+    if r.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut gateway = None;
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Gateway(g) => gateway = Some(g),
+            RouteAttribute::Via(_) => return None,
+            _ => {}
+        }
+    }
+    Some(gateway)
+}
+
 /// Whether the kernel's answer `r` to "the route to an address" says the address is on a
 /// link of this host: a unicast route without a gateway (flannel's `ip.DirectRouting`).
 pub fn is_on_link(r: &RouteMessage) -> bool {
-    r.header.kind == RouteType::Unicast
-        && !r
-            .attributes
-            .iter()
-            .any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Via(_)))
+    matches!(unicast_gateway(r), Some(None))
 }
 
 /// The source address in the kernel's answer to "the route to an address".
@@ -265,26 +286,32 @@ fn pref_source_of(r: &RouteMessage) -> Option<IpAddr> {
 /// takes the packet there (the gateway, or `dst` itself on a shared link). None for a
 /// route that is not plain unicast over an IPv4 next hop.
 pub fn hop_of(r: &RouteMessage, dst: Ipv4Addr) -> Option<(u32, Ipv4Addr)> {
-    if r.header.kind != RouteType::Unicast {
-        return None;
-    }
-    let mut oif = None;
-    let mut via = dst;
-    for a in &r.attributes {
-        match a {
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = *g,
-            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => return None,
-            _ => {}
-        }
-    }
-    Some((oif?, via))
+    let via = match unicast_gateway(r)? {
+        None => dst,
+        Some(RouteAddress::Inet(g)) => *g,
+        Some(_) => return None,
+    };
+    let oif = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })?;
+    Some((oif, via))
+}
+
+/// A neighbour entry the kernel holds, with an Ethernet address that may be sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// Stale: usable, but to be revalidated.
+    pub stale: bool,
 }
 
 /// A neighbour entry whose MAC may be sent to, as the kernel itself does: reachable,
-/// delay, probe, permanent, or stale (`true`: to be revalidated). Entries without an
-/// Ethernet address (incomplete, failed, noarp) give none.
-pub fn usable_neighbour(m: &NeighbourMessage) -> Option<(u32, Ipv4Addr, [u8; 6], bool)> {
+/// delay, probe, permanent, or stale. Entries without an Ethernet address (incomplete,
+/// failed, noarp) give none.
+pub fn usable_neighbour(m: &NeighbourMessage) -> Option<Neighbour> {
     let stale = match m.header.state {
         NeighbourState::Reachable
         | NeighbourState::Delay
@@ -302,7 +329,12 @@ pub fn usable_neighbour(m: &NeighbourMessage) -> Option<(u32, Ipv4Addr, [u8; 6],
             _ => {}
         }
     }
-    Some((m.header.ifindex, ip?, mac?, stale))
+    Some(Neighbour {
+        ifindex: m.header.ifindex,
+        ip: ip?,
+        mac: mac?,
+        stale,
+    })
 }
 
 /// The next hops the kernel knows toward some destinations.
@@ -316,23 +348,66 @@ pub struct NextHops {
 
 /// Each destination's next hop (`via`: destination, its route's device and neighbour)
 /// whose neighbour entry is usable, and the stale entries among those used.
-pub fn plan_hops(
-    via: &[(Ipv4Addr, (u32, Ipv4Addr))],
-    neighbours: &[(u32, Ipv4Addr, [u8; 6], bool)],
-) -> NextHops {
+pub fn plan_hops(via: &[(Ipv4Addr, (u32, Ipv4Addr))], neighbours: &[Neighbour]) -> NextHops {
     let mut hops = Vec::new();
     let mut stale = Vec::new();
     for &(dst, (ifindex, hop)) in via {
-        let Some(&(_, _, mac, old)) = neighbours.iter().find(|n| n.0 == ifindex && n.1 == hop)
+        let Some(n) = neighbours
+            .iter()
+            .find(|n| n.ifindex == ifindex && n.ip == hop)
         else {
             continue;
         };
-        hops.push((dst, NextHop { ifindex, mac }));
-        if old && !stale.contains(&(ifindex, hop)) {
+        hops.push((
+            dst,
+            NextHop {
+                ifindex,
+                mac: n.mac,
+            },
+        ));
+        if n.stale && !stale.contains(&(ifindex, hop)) {
             stale.push((ifindex, hop));
         }
     }
     NextHops { hops, stale }
+}
+
+/// Answers the kernel gave about routes, kept until `ttl` has passed or the host's routes
+/// changed (a count of changes, from [`RouteWatch`], moved), then asked again.
+pub struct RouteMemo<K, V> {
+    answers: HashMap<K, V>,
+    since: Instant,
+    changes: u64,
+    ttl: Duration,
+}
+
+impl<K: Eq + Hash, V> RouteMemo<K, V> {
+    pub fn new(ttl: Duration) -> Self {
+        RouteMemo {
+            answers: HashMap::new(),
+            since: Instant::now(),
+            changes: 0,
+            ttl,
+        }
+    }
+
+    /// Forgets every answer when they are older than the ttl or when `changes` differs
+    /// from the count they were given under.
+    pub fn refresh(&mut self, changes: u64) {
+        if changes != self.changes || self.since.elapsed() >= self.ttl {
+            self.answers.clear();
+            self.since = Instant::now();
+            self.changes = changes;
+        }
+    }
+
+    pub fn get(&self, k: &K) -> Option<&V> {
+        self.answers.get(k)
+    }
+
+    pub fn insert(&mut self, k: K, v: V) {
+        self.answers.insert(k, v);
+    }
 }
 
 fn table_of(r: &RouteMessage) -> u32 {
@@ -350,6 +425,44 @@ fn table_of(r: &RouteMessage) -> u32 {
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+}
+
+/// Counts the changes to the host's IPv4 routes, as the kernel announces them
+/// (`RTMGRP_IPV4_ROUTE`), from tasks of its own that stop when it is dropped.
+pub struct RouteWatch {
+    changes: Arc<AtomicU64>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl RouteWatch {
+    pub fn start() -> Result<Self, HostError> {
+        let (mut conn, _, mut messages) = rtnetlink::new_connection()?;
+        conn.socket_mut()
+            .socket_mut()
+            .bind(&SocketAddr::new(0, RTMGRP_IPV4_ROUTE))?;
+        let changes = Arc::new(AtomicU64::new(0));
+        let counted = changes.clone();
+        let count = tokio::spawn(async move {
+            while messages.next().await.is_some() {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Ok(RouteWatch {
+            changes,
+            tasks: [tokio::spawn(conn), count],
+        })
+    }
+
+    /// How many route changes were announced so far.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RouteWatch {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(|t| t.abort());
+    }
 }
 
 fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> HostError {
@@ -823,19 +936,17 @@ impl Netlink {
         }
     }
 
-    /// The next hops toward `dsts` the kernel knows now ([`plan_hops`] over its routes and
-    /// IPv4 neighbour table), and the stale neighbour entries among them.
-    pub async fn next_hops(&self, dsts: &[Ipv4Addr]) -> Result<NextHops, HostError> {
-        let mut via = Vec::new();
-        for &d in dsts {
-            let routes = self.route_to(IpAddr::V4(d)).await?;
-            if let [r] = routes.as_slice() {
-                via.extend(hop_of(r, d).map(|h| (d, h)));
-            }
-        }
-        if via.is_empty() {
-            return Ok(NextHops::default());
-        }
+    /// The device and neighbour through which the kernel's one route to `dst` leaves
+    /// ([`hop_of`]); none when it has no such route.
+    pub async fn hop_toward(&self, dst: Ipv4Addr) -> Result<Option<(u32, Ipv4Addr)>, HostError> {
+        Ok(match self.route_to(IpAddr::V4(dst)).await?.as_slice() {
+            [r] => hop_of(r, dst),
+            _ => None,
+        })
+    }
+
+    /// The usable entries of the kernel's IPv4 neighbour table ([`usable_neighbour`]).
+    pub async fn usable_neighbours(&self) -> Result<Vec<Neighbour>, HostError> {
         let mut dump = self
             .handle
             .neighbours()
@@ -850,7 +961,7 @@ impl Netlink {
         {
             neighbours.extend(usable_neighbour(&m));
         }
-        Ok(plan_hops(&via, &neighbours))
+        Ok(neighbours)
     }
 
     /// Asks the kernel to revalidate a stale neighbour entry (`NTF_USE`: as if a packet were
@@ -1153,10 +1264,13 @@ mod tests {
             (NeighbourState::Noarp, None),
         ] {
             let got = usable_neighbour(&neighbour(3, ip, &mac, state));
-            assert_eq!(got.map(|n| n.3), want, "{state:?}");
-            if want.is_some() {
-                assert_eq!(got.map(|n| (n.0, n.1, n.2)), Some((3, ip, mac)));
-            }
+            let entry = |stale| Neighbour {
+                ifindex: 3,
+                ip,
+                mac,
+                stale,
+            };
+            assert_eq!(got, want.map(entry), "{state:?}");
         }
         let short = neighbour(3, ip, &[1, 2, 3], NeighbourState::Reachable);
         assert_eq!(usable_neighbour(&short), None, "not an Ethernet address");
@@ -1172,7 +1286,17 @@ mod tests {
         // a on the link (reachable); b and c behind one gateway (stale); a's entry on
         // another device does not count.
         let via = [(a, (3, a)), (b, (3, gw)), (c, (3, gw))];
-        let neighbours = [(4, a, [9; 6], false), (3, a, ma, false), (3, gw, mg, true)];
+        let entry = |ifindex, ip, mac, stale| Neighbour {
+            ifindex,
+            ip,
+            mac,
+            stale,
+        };
+        let neighbours = [
+            entry(4, a, [9; 6], false),
+            entry(3, a, ma, false),
+            entry(3, gw, mg, true),
+        ];
         let found = plan_hops(&via, &neighbours);
         let hop = |mac| NextHop { ifindex: 3, mac };
         assert_eq!(found.hops, vec![(a, hop(ma)), (b, hop(mg)), (c, hop(mg))]);
@@ -1180,6 +1304,39 @@ mod tests {
         // Unknown to the neighbour table: no next hop (the raw socket sends, the kernel
         // resolves).
         assert_eq!(plan_hops(&via, &[]), NextHops::default());
+    }
+
+    #[test]
+    fn route_answers_are_kept_until_the_routes_change_or_they_age() {
+        let mut memo = RouteMemo::new(Duration::from_secs(3600));
+        memo.refresh(5);
+        memo.insert(1, "a");
+        memo.refresh(5);
+        assert_eq!(memo.get(&1), Some(&"a"), "no change announced: kept");
+        memo.refresh(6);
+        assert_eq!(memo.get(&1), None, "a route changed: asked again");
+        let mut aged = RouteMemo::new(Duration::ZERO);
+        aged.insert(1, "a");
+        aged.refresh(0);
+        assert_eq!(aged.get(&1), None, "past its time: asked again");
+    }
+
+    #[test]
+    fn a_gateway_given_as_via_or_over_ipv6_has_no_ipv4_next_hop() {
+        let dst: Ipv4Addr = "192.168.77.2".parse().unwrap();
+        let mut v6 = route(3, None);
+        v6.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(
+                "fe80::1".parse().unwrap(),
+            )));
+        assert_eq!(hop_of(&v6, dst), None);
+        assert!(!is_on_link(&v6));
+        let mut via = route(3, None);
+        via.attributes.push(RouteAttribute::Via(
+            netlink_packet_route::route::RouteVia::Inet6("fe80::1".parse().unwrap()),
+        ));
+        assert_eq!(hop_of(&via, dst), None);
+        assert!(!is_on_link(&via), "RTA_VIA is a gateway too");
     }
 
     #[test]

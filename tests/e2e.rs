@@ -205,6 +205,30 @@ fn netns_gre_link_layer_send() {
         ids.len() * 2 > sent_by_h1.len(),
         "an ID per packet: {ids:?}"
     );
+    next_hop_follows_the_route(&topo, &d1, to);
+}
+
+/// h1's route to h2 moved behind a gateway that does not answer: the link-layer path stops
+/// using h2's MAC within a few checks (the kernel announced the change; the remembered
+/// route is asked again), and takes it up again, with traffic, when the route is back.
+fn next_hop_follows_the_route(topo: &Topology, d1: &Overlayd, to: Ipv4Addr) {
+    let peers = || d1.metric("overlayd_gre_link_peers", &[]);
+    topo.host(0).ip(&format!(
+        "route add {}/32 via 192.168.77.99 dev eth0",
+        host_ip(1)
+    ));
+    assert!(
+        wait_until(Duration::from_secs(10), || peers() == 0.0),
+        "h2 is now behind 192.168.77.99, which has no neighbour entry: {}",
+        d1.scrape()
+    );
+    topo.host(0).ip(&format!("route del {}/32", host_ip(1)));
+    assert!(
+        wait_until(Duration::from_secs(10), || peers() == 1.0),
+        "the route is back, and h2's next hop with it: {}",
+        d1.scrape()
+    );
+    assert!(ping_until(topo.host(0), to, Duration::from_secs(10)));
 }
 
 /// tcpdump -v of the GRE packets on h2's eth0 (at most 400 lines, 30 s).

@@ -6,12 +6,13 @@
 //! kept), stopped in order.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::device::{self, DeviceSetup, Seen};
+use super::link_hops::LinkHops;
 use super::plan::{Plan, PlaneKind, FORWARD_DROPS};
 use super::wg_plane::WgPlane;
 use super::{DaemonError, Peers};
@@ -132,11 +133,9 @@ pub struct RoutedPlane {
     /// The offload flags the kernel accepted on the device first opened.
     offloads: u32,
     gso_tap: Option<GsoTap>,
-    /// `--gre-link-tx` on gre over IPv4: the peers' next hops are looked up and told to the
-    /// send sockets' link-layer senders.
-    link_tx: bool,
-    /// How many peers have a next hop for the link-layer path.
-    link_peers: Arc<AtomicUsize>,
+    /// `--gre-link-tx` on gre over IPv4: the peers' next hops for the send sockets'
+    /// link-layer senders.
+    link_hops: Option<LinkHops>,
 }
 
 impl RoutedPlane {
@@ -192,8 +191,7 @@ impl RoutedPlane {
             workers: None,
             offloads: dev.offloads,
             gso_tap,
-            link_tx: plan.gre_link_tx && v4_link,
-            link_peers: Arc::new(AtomicUsize::new(0)),
+            link_hops: (plan.gre_link_tx && v4_link).then(LinkHops::new),
         };
         plane.refresh_hops(nl).await;
         plane.start_workers()?;
@@ -232,42 +230,17 @@ impl RoutedPlane {
             udp_gro: self.cfg.gro,
         });
         let _ = t.steer.set(self.steer.name());
-        if self.link_tx {
-            let _ = t.link_peers.set(self.link_peers.clone());
+        if let Some(h) = &self.link_hops {
+            let _ = t.link_peers.set(h.peers.clone());
         }
         self.publish_workers(t);
     }
 
     /// `--gre-link-tx`: tells the link-layer senders the next hops toward the peers listed
-    /// now, and asks the kernel to revalidate the stale neighbour entries among them (a
-    /// peer without a usable entry is sent to through the raw socket, which makes the
-    /// kernel resolve it).
-    async fn refresh_hops(&self, nl: &Netlink) {
-        let links: Vec<_> = self.v4.send.iter().filter_map(|s| s.link_tx()).collect();
-        if !self.link_tx || links.is_empty() {
-            return;
-        }
-        let mut dsts: Vec<_> = self
-            .fib
-            .load()
-            .peers()
-            .iter()
-            .map(|p| p.public_ip)
-            .collect();
-        dsts.sort_unstable();
-        dsts.dedup();
-        let found = nl.next_hops(&dsts).await.unwrap_or_else(|e| {
-            warn!(error = %e, "cannot look up the peers' next hops; gre sends through the raw socket meanwhile");
-            Default::default()
-        });
-        for &(ifindex, ip) in &found.stale {
-            if let Err(e) = nl.nudge_neighbour(ifindex, ip).await {
-                debug!(error = %e, "cannot ask for a stale neighbour entry's revalidation");
-            }
-        }
-        self.link_peers.store(found.hops.len(), Ordering::Relaxed);
-        for l in links {
-            l.set_hops(found.hops.clone());
+    /// now ([`LinkHops::refresh`]).
+    async fn refresh_hops(&mut self, nl: &Netlink) {
+        if let Some(h) = &mut self.link_hops {
+            h.refresh(nl, &self.fib.load(), &self.v4.send).await;
         }
     }
 

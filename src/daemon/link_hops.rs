@@ -1,0 +1,117 @@
+//! `--gre-link-tx`'s control side: the next hop (device and neighbour MAC) toward each
+//! peer, looked up in the kernel and told to the send sockets' link-layer senders at every
+//! periodic check. The route to each peer is asked once and kept until the host's IPv4
+//! routes change (the kernel announces each change) or [`ROUTES_FOR`] has passed; the
+//! neighbour table, where MACs and their states live, is read at every check.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use crate::fib::{Peer, Table};
+use crate::host::{plan_hops, Netlink, RouteMemo, RouteWatch};
+use crate::sys::socket::UnderlaySocket;
+
+/// How long a route answer is believed when no change was announced (a lost announcement
+/// is caught up with after this long).
+const ROUTES_FOR: Duration = Duration::from_secs(60);
+
+/// The next hops of one plane's link-layer senders.
+pub struct LinkHops {
+    /// How many peers have a next hop (the `overlayd_gre_link_peers` gauge).
+    pub peers: Arc<AtomicUsize>,
+    routes: RouteMemo<Ipv4Addr, Option<(u32, Ipv4Addr)>>,
+    /// None when the kernel's announcements cannot be heard: every check then asks again.
+    watch: Option<RouteWatch>,
+    /// Stands for the change count without a watch: moves at every check.
+    checks: u64,
+}
+
+impl LinkHops {
+    pub fn new() -> Self {
+        let watch = RouteWatch::start()
+            .inspect_err(|e| warn!(error = %e, "cannot follow the host's route changes; the peers' routes are looked up at every check"))
+            .ok();
+        LinkHops {
+            peers: Arc::new(AtomicUsize::new(0)),
+            routes: RouteMemo::new(ROUTES_FOR),
+            watch,
+            checks: 0,
+        }
+    }
+
+    /// Tells `senders`' link-layer paths the next hops toward the peers of `fib`, and asks
+    /// the kernel to revalidate the stale neighbour entries among them (a peer without a
+    /// usable entry is sent to through the raw socket, which makes the kernel resolve it).
+    pub async fn refresh(
+        &mut self,
+        nl: &Netlink,
+        fib: &Table<Peer>,
+        senders: &[Arc<UnderlaySocket>],
+    ) {
+        let links: Vec<_> = senders.iter().filter_map(|s| s.link_tx()).collect();
+        if links.is_empty() {
+            return;
+        }
+        let changes = match &self.watch {
+            Some(w) => w.changes(),
+            None => {
+                self.checks += 1;
+                self.checks
+            }
+        };
+        self.routes.refresh(changes);
+        let mut via = Vec::new();
+        for dst in peer_addresses(fib) {
+            if let Some(hop) = self.route_to(nl, dst).await {
+                via.push((dst, hop));
+            }
+        }
+        let neighbours = match via.is_empty() {
+            true => Ok(Vec::new()),
+            false => nl.usable_neighbours().await,
+        };
+        let found = plan_hops(&via, &neighbours.unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the neighbour table; gre sends through the raw socket meanwhile");
+            Vec::new()
+        }));
+        for &(ifindex, ip) in &found.stale {
+            if let Err(e) = nl.nudge_neighbour(ifindex, ip).await {
+                debug!(error = %e, "cannot ask for a stale neighbour entry's revalidation");
+            }
+        }
+        self.peers.store(found.hops.len(), Ordering::Relaxed);
+        for l in links {
+            l.set_hops(found.hops.clone());
+        }
+    }
+
+    /// The device and neighbour of the route to `dst`: remembered, or asked (and then
+    /// remembered, an absent route too); none when the kernel cannot be asked.
+    async fn route_to(&mut self, nl: &Netlink, dst: Ipv4Addr) -> Option<(u32, Ipv4Addr)> {
+        if let Some(hop) = self.routes.get(&dst) {
+            return *hop;
+        }
+        match nl.hop_toward(dst).await {
+            Ok(hop) => {
+                self.routes.insert(dst, hop);
+                hop
+            }
+            Err(e) => {
+                warn!(error = %e, %dst, "cannot look up the route to a peer; gre sends to it through the raw socket meanwhile");
+                None
+            }
+        }
+    }
+}
+
+/// The peers' public addresses, each once, in order.
+fn peer_addresses(fib: &Table<Peer>) -> Vec<Ipv4Addr> {
+    let mut dsts: Vec<_> = fib.peers().iter().map(|p| p.public_ip).collect();
+    dsts.sort_unstable();
+    dsts.dedup();
+    dsts
+}
