@@ -490,11 +490,11 @@ impl RouterRx {
                         continue;
                     };
                     vxlan::Repr { vni }.emit(&mut self.arp_buf[..vxlan::HEADER_LEN]);
-                    let msg = [Msg {
-                        buf: &self.arp_buf[..vxlan::HEADER_LEN + len],
-                        dst: SocketAddr::new(src_ip, self.cfg.port),
-                        segment: 0,
-                    }];
+                    let msg = [Msg::whole(
+                        &self.arp_buf[..vxlan::HEADER_LEN + len],
+                        SocketAddr::new(src_ip, self.cfg.port),
+                        0,
+                    )];
                     if send_msgs(&rs.sock, &msg).packets == 1 {
                         bump(&st.arp_replies, 1);
                     }

@@ -159,23 +159,24 @@ impl TxPath {
                 }
             }
             let gso = self.gso && !sock.is_raw() && !self.gso_off.off(ip, now);
-            // 2. Zero copy: header blocks here, payload from the read buffer.
-            if gso {
-                let lay = match runs {
-                    Some(l) => l,
-                    None => *runs.insert(self.prepare_runs(out, &vh, fill)?),
-                };
-                if let Some(lay) = lay {
-                    let ipkt = &self.buf[out.start + out.link..out.end];
-                    let seg = out.encap + out.link + lay.hdr_len + lay.gso;
-                    match send_header_runs(sock, &self.hdr_buf, &lay, ipkt, seg, to(d)) {
-                        Some(s) => {
-                            sent.add(s);
-                            continue;
-                        }
-                        None => sent.fallbacks += refused(&mut self.gso_off, ip, now, "UDP"),
-                    }
+            // 2. Zero copy: header blocks here, payload from the read buffer; in GSO runs,
+            // or one message per segment where the socket takes no GSO.
+            let lay = match runs {
+                Some(l) => l,
+                None => *runs.insert(self.prepare_runs(out, &vh, fill)?),
+            };
+            if let Some(lay) = lay {
+                let ipkt = &self.buf[out.start + out.link..out.end];
+                let seg = out.encap + out.link + lay.hdr_len + lay.gso;
+                let runs = gso
+                    .then(|| send_header_runs(sock, &self.hdr_buf, &lay, ipkt, seg, to(d)))
+                    .flatten();
+                if gso && runs.is_none() {
+                    sent.fallbacks += refused(&mut self.gso_off, ip, now, "UDP");
                 }
+                let each = || send_header_msgs(sock, &self.hdr_buf, &lay, ipkt, to(d));
+                sent.add(runs.unwrap_or_else(each));
+                continue;
             }
             // 3. Whole segments copied into slots.
             let layout = match copied {
@@ -207,11 +208,7 @@ impl TxPath {
         let d = &mut self.buf[out.start - out.encap..out.end];
         fill(d).map_err(|r| (r, 1))?;
         let d = &self.buf[out.start - out.encap..out.end];
-        let mut msgs = [Msg {
-            buf: d,
-            dst: first,
-            segment: 0,
-        }; MAX_BATCH];
+        let mut msgs = [Msg::whole(d, first, 0); MAX_BATCH];
         for chunk in dsts.chunks(MAX_BATCH) {
             for (m, ip) in msgs.iter_mut().zip(chunk) {
                 m.dst = to(ip);
@@ -328,11 +325,7 @@ pub fn send_layout(
 ) -> (Sent, bool) {
     let stride = layout.stride;
     let total = layout.out_len();
-    let mut msgs = [Msg {
-        buf: &[],
-        dst,
-        segment: 0,
-    }; MAX_BATCH];
+    let mut msgs = [Msg::whole(&[], dst, 0); MAX_BATCH];
     let per_run = gso_run_len(stride);
     // More runs than one sendmmsg takes cannot come from a TCP MSS into SEG_BUF, but a
     // layout that would need them goes the per-datagram way rather than off the array.
@@ -343,11 +336,11 @@ pub fn send_layout(
         while i < layout.count {
             let k = per_run.min(layout.count - i);
             let start = i * stride;
-            msgs[n] = Msg {
-                buf: &buf[start..(start + k * stride).min(total)],
+            msgs[n] = Msg::whole(
+                &buf[start..(start + k * stride).min(total)],
                 dst,
-                segment: stride as u16,
-            };
+                stride as u16,
+            );
             n += 1;
             i += k;
         }
@@ -372,21 +365,44 @@ pub fn send_layout(
             }
         }
     }
+    let sent = send_each(sock, layout.count, |i| {
+        Msg::whole(&buf[layout.datagram(i)], dst, 0)
+    });
+    (sent, refusal)
+}
+
+/// Sends messages `msg(0)..msg(count)`, one datagram each, in `sendmmsg` batches.
+fn send_each<'a>(sock: &UnderlaySocket, count: usize, msg: impl Fn(usize) -> Msg<'a>) -> Sent {
+    let mut msgs = [Msg::whole(&[], SocketAddr::from(([0, 0, 0, 0], 0)), 0); MAX_BATCH];
     let mut sent = Sent::default();
     let mut i = 0;
-    while i < layout.count {
-        let k = MAX_BATCH.min(layout.count - i);
-        for (j, m) in msgs.iter_mut().enumerate().take(k) {
-            *m = Msg {
-                buf: &buf[layout.datagram(i + j)],
-                dst,
-                segment: 0,
-            };
+    while i < count {
+        let k = MAX_BATCH.min(count - i);
+        for (j, m) in msgs[..k].iter_mut().enumerate() {
+            *m = msg(i + j);
         }
         sent.add(send_msgs(sock, &msgs[..k]));
         i += k;
     }
-    (sent, refusal)
+    sent
+}
+
+/// Sends the `lay.count` datagrams datagram i being `hdr_buf[lay.header(i)]` followed by
+/// `data[lay.chunk(i)]`, to `dst`, one message each: the kernel gathers the two pieces, so
+/// the payload's one copy is the kernel's (for a socket without GSO, e.g. gre's raw one).
+pub fn send_header_msgs(
+    sock: &UnderlaySocket,
+    hdr_buf: &[u8],
+    lay: &tso::HeaderLayout,
+    data: &[u8],
+    dst: SocketAddr,
+) -> Sent {
+    send_each(sock, lay.count, |i| Msg {
+        head: &hdr_buf[lay.header(i)],
+        buf: &data[lay.chunk(i)],
+        dst,
+        segment: 0,
+    })
 }
 
 /// Sends the `lay.count` datagrams of `seg` bytes (the last may be shorter), datagram i
@@ -442,7 +458,7 @@ pub fn send_msgs(sock: &UnderlaySocket, msgs: &[Msg<'_>]) -> Sent {
     match sock.send_batch(msgs) {
         Ok(n) => Sent {
             packets: n as u64,
-            bytes: msgs[..n].iter().map(|m| m.buf.len() as u64).sum(),
+            bytes: msgs[..n].iter().map(|m| m.bytes() as u64).sum(),
             calls: 1,
             dropped: (msgs.len() - n) as u64,
             ..Sent::default()
@@ -528,7 +544,7 @@ mod tests {
     /// segmenter lays the datagrams out; on a socket where the kernel refuses GSO it sends
     /// nothing, says so (`None`) and clears the flag, so the caller can copy instead.
     #[test]
-    fn send_header_runs_match_the_copying_layout_and_report_a_refusal() {
+    fn header_runs_and_header_messages_match_the_copying_layout_and_a_refusal_is_reported() {
         let (hdr, sp) = as_tso(tcp(false, 1, &[], true, &payload(60_000, 3)), 1398);
         let (buf, layout, rx, tx) = setup();
         let mut hdr_buf = vec![0u8; 32 * 1024];
@@ -547,6 +563,15 @@ mod tests {
         assert_eq!(sent.packets, layout.count as u64);
         assert_eq!(sent.bytes, layout.out_len() as u64);
         assert_eq!(sent.dropped, 0);
+        receive_all(&rx, &buf, &layout);
+
+        // Without GSO: one message per datagram, the same bytes.
+        let each = send_header_msgs(&tx, &hdr_buf, &lay, &sp, dst);
+        assert_eq!(
+            (each.packets, each.bytes, each.dropped),
+            (sent.packets, sent.bytes, 0)
+        );
+        assert_eq!(each.calls, 1, "{} datagrams in one sendmmsg", lay.count);
         receive_all(&rx, &buf, &layout);
 
         tx.disable_tx_checksum().expect("SO_NO_CHECK");

@@ -11,13 +11,45 @@ use socket2::Socket;
 /// Most messages one `sendmmsg` call carries here.
 pub const MAX_BATCH: usize = 64;
 
-/// One outgoing message: `buf` to `dst`, split by the kernel into `segment`-byte datagrams
-/// when `segment` is non-zero (UDP GSO).
+/// One outgoing message: `head` then `buf` (gathered by the kernel: a segment's headers
+/// need not be copied in front of its payload; `head` is empty for a message in one
+/// piece) to `dst`, split by the kernel into `segment`-byte datagrams when `segment` is
+/// non-zero (UDP GSO).
 #[derive(Debug, Clone, Copy)]
 pub struct Msg<'a> {
+    pub head: &'a [u8],
     pub buf: &'a [u8],
     pub dst: SocketAddr,
     pub segment: u16,
+}
+
+impl<'a> Msg<'a> {
+    /// A message in one piece.
+    pub fn whole(buf: &'a [u8], dst: SocketAddr, segment: u16) -> Self {
+        Msg {
+            head: &[],
+            buf,
+            dst,
+            segment,
+        }
+    }
+
+    /// Bytes in all.
+    pub fn bytes(&self) -> usize {
+        self.head.len() + self.buf.len()
+    }
+
+    /// The message's pieces as iovecs (the empty `head` left out), and how many there are.
+    pub fn iovecs(&self) -> ([libc::iovec; 2], usize) {
+        let iov = |b: &[u8]| libc::iovec {
+            iov_base: b.as_ptr() as *mut _,
+            iov_len: b.len(),
+        };
+        match self.head.is_empty() {
+            true => ([iov(self.buf), iov(&[])], 1),
+            false => ([iov(self.head), iov(self.buf)], 2),
+        }
+    }
 }
 
 /// One `sendmmsg` of `hdrs` on `sock`: how many messages the kernel took.

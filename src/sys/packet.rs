@@ -101,33 +101,29 @@ impl LinkTx {
         // SAFETY: all-zero is a valid bit pattern for these plain C structs.
         let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
-        let mut iovs: [[libc::iovec; 2]; MAX_BATCH] = unsafe { zeroed() };
+        let mut iovs: [[libc::iovec; 3]; MAX_BATCH] = unsafe { zeroed() };
         for i in 0..n {
-            let body = msgs[i].buf;
+            let m = &msgs[i];
             ipv4::Repr {
                 src_addr: self.src,
                 dst_addr: dst,
                 protocol: libc::IPPROTO_GRE as u8,
-                payload_len: u16::try_from(body.len()).unwrap_or(u16::MAX),
+                payload_len: u16::try_from(m.bytes()).unwrap_or(u16::MAX),
                 ttl: TTL,
                 ident: first.wrapping_add(i as u16),
             }
             .emit(&mut heads[i]);
-            iovs[i] = [
-                libc::iovec {
-                    iov_base: heads[i].as_mut_ptr().cast(),
-                    iov_len: ipv4::HEADER_LEN,
-                },
-                libc::iovec {
-                    iov_base: body.as_ptr() as *mut _,
-                    iov_len: body.len(),
-                },
-            ];
+            let ([a, b], pieces) = m.iovecs();
+            let ip = libc::iovec {
+                iov_base: heads[i].as_mut_ptr().cast(),
+                iov_len: ipv4::HEADER_LEN,
+            };
+            iovs[i] = [ip, a, b];
             let h = &mut hdrs[i].msg_hdr;
             h.msg_name = (&mut to as *mut libc::sockaddr_ll).cast();
             h.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
             h.msg_iov = iovs[i].as_mut_ptr();
-            h.msg_iovlen = 2;
+            h.msg_iovlen = 1 + pieces;
         }
         // SAFETY: hdrs[..n] point at the address, iovecs and headers above (and the
         // callers' buffers), all alive for the call.

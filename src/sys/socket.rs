@@ -214,23 +214,21 @@ impl UnderlaySocket {
         // SAFETY: all-zero is a valid bit pattern for these plain C structs.
         let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
-        let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
+        let mut iovs: [[libc::iovec; 2]; MAX_BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
         let mut addrs: [libc::sockaddr_in6; MAX_BATCH] = unsafe { zeroed() };
         let mut cmsgs = [CmsgBuf([0u8; CMSG_SPACE]); MAX_BATCH];
         for i in 0..n {
             let m = &msgs[i];
             let namelen = sockaddr(m.dst, &mut addrs[i]);
-            iovs[i] = libc::iovec {
-                iov_base: m.buf.as_ptr() as *mut _,
-                iov_len: m.buf.len(),
-            };
+            let (iov, pieces) = m.iovecs();
+            iovs[i] = iov;
             let h = &mut hdrs[i].msg_hdr;
             h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in6).cast();
             h.msg_namelen = namelen;
-            h.msg_iov = &mut iovs[i];
-            h.msg_iovlen = 1;
-            if m.segment != 0 && (m.segment as usize) < m.buf.len() {
+            h.msg_iov = iovs[i].as_mut_ptr();
+            h.msg_iovlen = pieces as _;
+            if m.segment != 0 && (m.segment as usize) < m.bytes() {
                 set_udp_segment(h, &mut cmsgs[i], m.segment);
             }
         }
@@ -517,13 +515,10 @@ mod tests {
         assert!(tx.probe_gso());
         let run = [7u8; 200];
         let msgs = [
+            Msg::whole(&run, to, 100),
             Msg {
-                buf: &run,
-                dst: to,
-                segment: 100,
-            },
-            Msg {
-                buf: b"one",
+                head: b"o",
+                buf: b"ne",
                 dst: to,
                 segment: 0,
             },

@@ -160,11 +160,7 @@ struct Out<'a> {
 
 impl Io for Out<'_> {
     fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
-        let msg = Msg {
-            buf: datagram,
-            dst: to,
-            segment: 0,
-        };
+        let msg = Msg::whole(datagram, to, 0);
         if let Err(e) = self.sock.send_batch(&[msg]) {
             tracing::debug!(error = %e, %to, "wireguard send failed");
         }
