@@ -291,11 +291,7 @@ pub fn hop_of(r: &RouteMessage, dst: Ipv4Addr) -> Option<(u32, Ipv4Addr)> {
         Some(RouteAddress::Inet(g)) => *g,
         Some(_) => return None,
     };
-    let oif = r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Oif(i) => Some(*i),
-        _ => None,
-    })?;
-    Some((oif, via))
+    Some((oif_of(r)?, via))
 }
 
 /// A neighbour entry the kernel holds, with an Ethernet address that may be sent to.

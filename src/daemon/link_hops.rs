@@ -23,11 +23,10 @@ const ROUTES_FOR: Duration = Duration::from_secs(60);
 pub struct LinkHops {
     /// How many peers have a next hop (the `overlayd_gre_link_peers` gauge).
     pub peers: Arc<AtomicUsize>,
+    /// Kept [`ROUTES_FOR`]; not at all when the kernel's announcements cannot be heard
+    /// (`watch` None): every check then asks again.
     routes: RouteMemo<Ipv4Addr, Option<(u32, Ipv4Addr)>>,
-    /// None when the kernel's announcements cannot be heard: every check then asks again.
     watch: Option<RouteWatch>,
-    /// Stands for the change count without a watch: moves at every check.
-    checks: u64,
 }
 
 impl LinkHops {
@@ -35,11 +34,15 @@ impl LinkHops {
         let watch = RouteWatch::start()
             .inspect_err(|e| warn!(error = %e, "cannot follow the host's route changes; the peers' routes are looked up at every check"))
             .ok();
+        let kept = if watch.is_some() {
+            ROUTES_FOR
+        } else {
+            Duration::ZERO
+        };
         LinkHops {
             peers: Arc::new(AtomicUsize::new(0)),
-            routes: RouteMemo::new(ROUTES_FOR),
+            routes: RouteMemo::new(kept),
             watch,
-            checks: 0,
         }
     }
 
@@ -56,17 +59,11 @@ impl LinkHops {
         if links.is_empty() {
             return;
         }
-        let changes = match &self.watch {
-            Some(w) => w.changes(),
-            None => {
-                self.checks += 1;
-                self.checks
-            }
-        };
-        self.routes.refresh(changes);
+        self.routes
+            .refresh(self.watch.as_ref().map_or(0, RouteWatch::changes));
         let mut via = Vec::new();
         for dst in peer_addresses(fib) {
-            if let Some(hop) = self.route_to(nl, dst).await {
+            if let Some(hop) = self.hop_toward(nl, dst).await {
                 via.push((dst, hop));
             }
         }
@@ -91,7 +88,7 @@ impl LinkHops {
 
     /// The device and neighbour of the route to `dst`: remembered, or asked (and then
     /// remembered, an absent route too); none when the kernel cannot be asked.
-    async fn route_to(&mut self, nl: &Netlink, dst: Ipv4Addr) -> Option<(u32, Ipv4Addr)> {
+    async fn hop_toward(&mut self, nl: &Netlink, dst: Ipv4Addr) -> Option<(u32, Ipv4Addr)> {
         if let Some(hop) = self.routes.get(&dst) {
             return *hop;
         }

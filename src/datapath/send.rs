@@ -183,7 +183,6 @@ impl TxPath {
                 Some(l) => l,
                 None => *copied.insert(self.prepare_copy(out, &vh, fill)?),
             };
-            let gso = gso && !self.gso_off.off(ip, now);
             let (s, refusal) = send_layout(sock, &self.seg_buf, &layout, to(d), gso);
             if refusal {
                 sent.fallbacks += refused(&mut self.gso_off, ip, now, "UDP");

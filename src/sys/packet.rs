@@ -69,11 +69,6 @@ impl LinkTx {
         }
     }
 
-    /// How many destinations have a next hop.
-    pub fn hop_count(&self) -> usize {
-        self.hops.load().len()
-    }
-
     /// The next hop toward `dst`, when known.
     pub fn hop(&self, dst: Ipv4Addr) -> Option<NextHop> {
         let hops = self.hops.load();
