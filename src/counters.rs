@@ -63,6 +63,13 @@ pub struct WorkerStats {
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub rx_batches: AtomicU64,
+    /// Buffers the receive calls handed over: each one datagram, or one run of datagrams
+    /// the kernel's UDP GRO merged (`rx_packets` over this is how much it merged).
+    pub rx_messages: AtomicU64,
+    /// Of those, single datagrams holding a full-size segment whose checksum its sender
+    /// left partial ([`crate::datapath::recv::unmerged_partial`]): segments encapsulated
+    /// by this same kernel, which its UDP GRO never merges.
+    pub rx_unmerged_partial: AtomicU64,
     pub icmp_unreachable: AtomicU64,
     pub arp_replies: AtomicU64,
     pub drops: DropCounters,
@@ -83,6 +90,8 @@ pub struct Totals {
     pub tx_tunnel_gso: u64,
     pub tx_offload_fallbacks: u64,
     pub rx_batches: u64,
+    pub rx_messages: u64,
+    pub rx_unmerged_partial: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,
@@ -101,6 +110,8 @@ pub fn totals(stats: &[WorkerStats]) -> Totals {
         t.tx_tunnel_gso += get(&s.tx_tunnel_gso);
         t.tx_offload_fallbacks += get(&s.tx_offload_fallbacks);
         t.rx_batches += get(&s.rx_batches);
+        t.rx_messages += get(&s.rx_messages);
+        t.rx_unmerged_partial += get(&s.rx_unmerged_partial);
         t.tx_packets += get(&s.tx_packets);
         t.tx_bytes += get(&s.tx_bytes);
         t.rx_packets += get(&s.rx_packets);

@@ -473,6 +473,9 @@ impl RouterRx {
                         g => g,
                     };
                     let partial = offload::partial_checksum_hdr(inner, gso);
+                    if recv::unmerged_partial(seg, inner, partial.as_ref()) {
+                        bump(&st.rx_unmerged_partial, 1);
+                    }
                     self.delivery.ip(queues, to_tun, inner, partial, &st.drops);
                 }
                 Ok(Decapsulated::Arp(frame)) => {
@@ -523,6 +526,7 @@ impl RouterRx {
             };
             turn.add(n, rs.batch.largest(n));
             bump(&self.stats[self.me].rx_batches, 1);
+            bump(&self.stats[self.me].rx_messages, n as u64);
             for i in 0..n {
                 self.handle_message(fib, fib6, k, i);
             }

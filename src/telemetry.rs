@@ -148,6 +148,10 @@ impl State {
                 .absolute(t.tx_offload_fallbacks);
             metrics::counter!("overlayd_receive_batches_total", "backend" => backend)
                 .absolute(t.rx_batches);
+            metrics::counter!("overlayd_receive_messages_total", "backend" => backend)
+                .absolute(t.rx_messages);
+            metrics::counter!("overlayd_rx_unmerged_partial_total", "backend" => backend)
+                .absolute(t.rx_unmerged_partial);
             metrics::counter!("overlayd_icmp_unreachable_sent_total").absolute(t.icmp_unreachable);
             metrics::counter!("overlayd_arp_replies_total").absolute(t.arp_replies);
             for r in DropReason::ALL {

@@ -11,9 +11,15 @@
 //! (the receive side coalesced what the wire segmented).
 //!
 //! The "partial" wire (`WIRE=partial`) is the same with checksum offload left on (`tx on`):
-//! the frames reach the hosts with partial checksums, as from a virtio or veth peer, and the
-//! kernel's UDP GRO leaves those datagrams uncoalesced, so every one reaches overlayd alone;
-//! its receive side must still hand the device super-packets (issue 21).
+//! the frames reach the hosts with partial checksums. Segments that a tunnel-GSO write was
+//! cut into there keep the kernel's `encapsulation` mark across the veth, and Linux's UDP GRO
+//! refuses any such skb (locally encapsulated), so every datagram reaches overlayd alone;
+//! its receive side must still hand the device super-packets (issue 21). The tests also
+//! read h2's counters to pin that cause down: on the partial wire with tunnel GSO nearly
+//! every data segment came alone with a partial checksum
+//! (`overlayd_rx_unmerged_partial_total`), while on the segmenting wire, and on the partial
+//! wire when h1 segments in userspace (`--tunnel-gso off`: plain UDP GSO, no mark), the
+//! kernel merged runs (`overlayd_packets_total` over `overlayd_receive_messages_total`).
 
 mod common;
 
@@ -67,23 +73,49 @@ fn avg(before: (u64, u64), after: (u64, u64)) -> u64 {
     (after.1 - before.1) / (after.0 - before.0).max(1)
 }
 
+/// h2's receive counters: inner packets, buffers handed over, unmerged partial segments.
+fn rx_counters(d: &Overlayd) -> [f64; 3] {
+    let text = d.scrape();
+    [
+        metric_value(&text, "overlayd_packets_total", &["direction=\"rx\""]),
+        metric_value(&text, "overlayd_receive_messages_total", &[]),
+        metric_value(&text, "overlayd_rx_unmerged_partial_total", &[]),
+    ]
+}
+
 #[test]
 fn netns_segmenting_wire_vxlan() {
-    over_the_wire("netns_segmenting_wire_vxlan", false);
+    over_the_wire("netns_segmenting_wire_vxlan", false, &[]);
 }
 
 #[test]
 fn netns_partial_checksum_wire_vxlan() {
-    over_the_wire("netns_partial_checksum_wire_vxlan", true);
+    over_the_wire("netns_partial_checksum_wire_vxlan", true, &[]);
 }
 
-/// Two vxlan nodes over the segmenting wire (`partial`: keeping partial checksums): transfers
-/// byte-identical both ways, MTU-sized frames on h2's eth0, super-packets into its device.
-fn over_the_wire(name: &str, partial: bool) {
+#[test]
+fn netns_partial_checksum_wire_vxlan_userspace_gso() {
+    over_the_wire(
+        "netns_partial_checksum_wire_vxlan_userspace_gso",
+        true,
+        &["--tunnel-gso", "off"],
+    );
+}
+
+/// Two vxlan nodes over the segmenting wire (`partial`: keeping partial checksums), h1 with
+/// `h1_flags`: transfers byte-identical both ways, MTU-sized frames on h2's eth0,
+/// super-packets into its device, and whether the kernel merged what h2 received.
+fn over_the_wire(name: &str, partial: bool, h1_flags: &[&str]) {
     if skip_unless_root(name) {
         return;
     }
-    let c = Cluster::builder().hosts(2).backend("vxlan").start();
+    let metrics = ["--metrics-addr", "127.0.0.1:9108"];
+    let c = Cluster::builder()
+        .hosts(2)
+        .backend("vxlan")
+        .extra(0, h1_flags)
+        .extra(1, &metrics)
+        .start();
     if make_segmenting(&c.topo, partial).is_none() {
         skip(
             name,
@@ -103,11 +135,14 @@ fn over_the_wire(name: &str, partial: bool) {
         rx_stats(topo.host(1), "eth0"),
         rx_stats(topo.host(1), "flannel.1"),
     );
+    let before = rx_counters(&c.daemons[1]);
     let (sent, got) = tcp_transfer(topo.host(0), topo.host(1), ips[1], 0, 40 * MB);
     assert_eq!(
         sent, got,
         "40 MB h1 -> h2 byte-identical over the segmenting wire"
     );
+    let after = rx_counters(&c.daemons[1]);
+    let [packets, messages, unmerged] = [0, 1, 2].map(|i| after[i] - before[i]);
     let (wire1, dev1) = (
         rx_stats(topo.host(1), "eth0"),
         rx_stats(topo.host(1), "flannel.1"),
@@ -132,4 +167,33 @@ fn over_the_wire(name: &str, partial: bool) {
         delivered >= 4 * 1400,
         "overlayd delivered {delivered} bytes per packet into the TUN: the receive side did not coalesce"
     );
+    check_kernel_merging(partial && h1_flags.is_empty(), packets, messages, unmerged);
+}
+
+/// What h2 received in the 40 MB transfer (~28 600 data segments): with `locally_marked`
+/// (the partial wire behind tunnel GSO) nearly all came alone with partial checksums;
+/// otherwise the kernel's UDP GRO merged runs of them and none came unmerged.
+fn check_kernel_merging(locally_marked: bool, packets: f64, messages: f64, unmerged: f64) {
+    let per_message = packets / messages.max(1.0);
+    eprintln!(
+        "h2: {packets} packets in {messages} received buffers ({per_message:.1} each), \
+         {unmerged} full-size segments alone with partial checksums"
+    );
+    assert!(
+        packets >= 20_000.0,
+        "h2 counted {packets} packets for 40 MB"
+    );
+    if locally_marked {
+        assert!(
+            unmerged >= 0.8 * packets,
+            "only {unmerged} of {packets} segments came alone with partial checksums: \
+             the kernel merged segments it marked as locally encapsulated"
+        );
+    } else {
+        assert_eq!(unmerged, 0.0, "partial segments came unmerged");
+        assert!(
+            per_message >= 4.0,
+            "{per_message:.1} packets per received buffer: the kernel's UDP GRO did not merge"
+        );
+    }
 }

@@ -50,6 +50,23 @@ pub fn split(data: &[u8], seg: usize, inner_ip_at: Option<usize>) -> Split {
     Split { chunk, whole }
 }
 
+/// Inner packets at least this long are full-size segments (a TCP sender segments at its
+/// MSS, at least 1 220 bytes on any path IPv6 can use); shorter ones are ACKs and small
+/// writes, which arrive alone on any wire.
+pub const FULL_SEGMENT: usize = 1024;
+
+/// Whether a received datagram is a full-size segment the kernel's UDP GRO left alone
+/// (`seg` = 0: not part of a run) although its sender left its checksum `partial`: the
+/// sign of segments encapsulated by this same kernel (peers in one host, behind a bridge
+/// that segments with checksum offload on), which Linux never merges at the UDP level
+/// (`udp_gro_receive` refuses any skb with `encapsulation` set since 6.9). Counted, so that
+/// an operator can tell that cliff from a slow peer (docs/operations.md). Pure.
+pub fn unmerged_partial(seg: usize, inner: &[u8], partial: Option<&VirtioNetHdr>) -> bool {
+    seg == 0
+        && inner.len() >= FULL_SEGMENT
+        && partial.is_some_and(|h| h.gso_kind() == virtio::GSO_NONE)
+}
+
 /// The link-layer header a packet is written to its device with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
@@ -254,6 +271,31 @@ mod tests {
         p[0] = 0x45;
         p[2..4].copy_from_slice(&total.to_be_bytes());
         p
+    }
+
+    #[test]
+    fn only_full_partial_segments_that_came_alone_are_unmerged() {
+        let seg = ipv4(1440);
+        let partial = VirtioNetHdr {
+            flags: virtio::F_NEEDS_CSUM,
+            csum_start: 20,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        assert!(unmerged_partial(0, &seg, Some(&partial)));
+        // Part of a GRO run: merged.
+        assert!(!unmerged_partial(1440, &seg, Some(&partial)));
+        // A complete checksum: nothing a kernel left for us.
+        assert!(!unmerged_partial(0, &seg, None));
+        // An ACK or a small write arrives alone on any wire.
+        assert!(!unmerged_partial(0, &ipv4(52), Some(&partial)));
+        // A whole super-packet is not a segment.
+        let sup = VirtioNetHdr {
+            gso_type: virtio::GSO_TCPV4,
+            gso_size: 1400,
+            ..partial
+        };
+        assert!(!unmerged_partial(0, &ipv4(9000), Some(&sup)));
     }
 
     #[test]
