@@ -143,6 +143,9 @@ pub struct NetStats {
     /// MAC moves refused because the MAC moved too often (`l2::fdb::MAX_MOVES`).
     pub moves_pinned: AtomicU64,
     pub arp_suppressed: AtomicU64,
+    /// Full-size segments that came alone with partial checksums (as
+    /// [`WorkerStats::rx_unmerged_partial`]).
+    pub rx_unmerged_partial: AtomicU64,
     /// MACs not learned: the network's own table (its quota) had no room for them.
     pub fdb_full: AtomicU64,
     /// A gauge: nodes announced as members whose address holds no current lease (not used).

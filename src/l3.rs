@@ -14,6 +14,7 @@
 //! (symmetric flow hash), so a request and its reply meet in the same thread, which the
 //! busy-poll window then catches without a wakeup.
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -505,38 +506,48 @@ impl RouterRx {
             }
         }
     }
+}
 
-    /// Receives and delivers up to 16 batches from socket `k`, then writes what the
-    /// coalescer holds: segments merge across batches (a batch holds 8 or 16 datagrams,
-    /// one 1 400-byte segment each when the kernel's GRO did not merge them), and the
-    /// hold ends when the socket is empty. A batch that did not fill means it was: no
-    /// further `recvmmsg` to be told so (one system call less per hop of a ping; what
-    /// arrives meanwhile makes the next `poll` return at once).
-    fn drain_sock(&mut self, fib: &Fib, fib6: &Fib6, k: usize) -> Turn {
-        let mut turn = Turn::default();
-        for _ in 0..16 {
-            let rs = &mut self.socks[k];
-            let n = match rs.sock.recv_batch(&mut rs.batch) {
-                Ok(n) => n,
-                Err(e) if would_block(&e) => break,
-                Err(_) => {
-                    self.stats[self.me].drop(DropReason::IoError, 1);
-                    break;
-                }
-            };
-            turn.add(n, rs.batch.largest(n));
-            bump(&self.stats[self.me].rx_batches, 1);
-            bump(&self.stats[self.me].rx_messages, n as u64);
-            for i in 0..n {
-                self.handle_message(fib, fib6, k, i);
-            }
-            if n < self.socks[k].batch.capacity() {
-                break;
-            }
-        }
-        let queues = std::slice::from_ref(&self.queue);
-        self.delivery.flush(queues, &self.stats[self.me].drops);
-        turn
+/// Socket `k` of a [`RouterRx`], with the forwarding tables loaded for one turn, as
+/// [`recv::drain`] drives it.
+struct SockRx<'a> {
+    rx: &'a mut RouterRx,
+    fib: &'a Fib,
+    fib6: &'a Fib6,
+    k: usize,
+}
+
+impl recv::Receive for SockRx<'_> {
+    fn receive(&mut self) -> io::Result<usize> {
+        let rs = &mut self.rx.socks[self.k];
+        let n = rs.sock.recv_batch(&mut rs.batch)?;
+        let st = &self.rx.stats[self.rx.me];
+        bump(&st.rx_batches, 1);
+        bump(&st.rx_messages, n as u64);
+        Ok(n)
+    }
+
+    fn capacity(&self) -> usize {
+        self.rx.socks[self.k].batch.capacity()
+    }
+
+    fn largest(&self, n: usize) -> usize {
+        self.rx.socks[self.k].batch.largest(n)
+    }
+
+    fn handle(&mut self, i: usize) {
+        self.rx.handle_message(self.fib, self.fib6, self.k, i);
+    }
+
+    fn failed(&mut self) {
+        self.rx.stats[self.rx.me].drop(DropReason::IoError, 1);
+    }
+
+    fn flush(&mut self) {
+        let queues = std::slice::from_ref(&self.rx.queue);
+        self.rx
+            .delivery
+            .flush(queues, &self.rx.stats[self.rx.me].drops);
     }
 }
 
@@ -561,13 +572,18 @@ impl Side for RouterRx {
         turn
     }
 
-    /// Receives and delivers up to 16 batches from (readable) socket `which`.
+    /// Receives and delivers up to [`recv::MAX_BATCHES`] batches from (readable) socket
+    /// `which`.
     fn drain_one(&mut self, which: usize) -> Turn {
         if which >= self.socks.len() {
             return Turn::default();
         }
-        let fib = self.fib.load();
-        let fib6 = self.fib6.load();
-        self.drain_sock(&fib, &fib6, which)
+        let (fib, fib6) = (self.fib.load(), self.fib6.load());
+        recv::drain(&mut SockRx {
+            rx: self,
+            fib: &fib,
+            fib6: &fib6,
+            k: which,
+        })
     }
 }

@@ -292,6 +292,8 @@ fn refresh_l2(l2: &crate::l2::switch::Shared) {
             .absolute(get(&st.moves));
         metrics::counter!("overlayd_l2_arp_suppressed_total", "network" => net.clone())
             .absolute(get(&st.arp_suppressed));
+        metrics::counter!("overlayd_l2_rx_unmerged_partial_total", "network" => net.clone())
+            .absolute(get(&st.rx_unmerged_partial));
         metrics::counter!("overlayd_l2_fdb_full_total", "network" => net.clone())
             .absolute(get(&st.fdb_full));
         metrics::gauge!("overlayd_l2_members", "network" => net.clone())

@@ -15,7 +15,8 @@
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 
-use super::SEG_BUF;
+use super::spin::Turn;
+use super::{would_block, SEG_BUF};
 use crate::counters::{count_drop, DropCounters};
 use crate::drop::DropReason;
 use crate::offload::{tso, Coalescer};
@@ -65,6 +66,55 @@ pub fn unmerged_partial(seg: usize, inner: &[u8], partial: Option<&VirtioNetHdr>
     seg == 0
         && inner.len() >= FULL_SEGMENT
         && partial.is_some_and(|h| h.gso_kind() == virtio::GSO_NONE)
+}
+
+/// Most `recvmmsg` batches one turn takes from a socket before the worker polls again.
+pub const MAX_BATCHES: usize = 16;
+
+/// A receive side as [`drain`] drives it: one underlay socket, its batch, and what to do
+/// with each message. The routed and the L2 data planes implement it; the loop is here once.
+pub trait Receive {
+    /// One `recvmmsg` into the batch: how many messages came.
+    fn receive(&mut self) -> io::Result<usize>;
+    /// Messages one batch holds.
+    fn capacity(&self) -> usize;
+    /// Bytes in the largest of the first `n` messages.
+    fn largest(&self, n: usize) -> usize;
+    /// Handles message `i` of the batch just received.
+    fn handle(&mut self, i: usize);
+    /// A receive failed with something else than "nothing more" (counted by the caller).
+    fn failed(&mut self);
+    /// Writes what the coalescer holds.
+    fn flush(&mut self);
+}
+
+/// Receives and handles up to [`MAX_BATCHES`] batches, then flushes the coalescer once:
+/// segments merge across batches (a batch holds 8 or 16 datagrams, one 1 400-byte segment
+/// each when the kernel's GRO did not merge them), and the hold ends when the socket is
+/// empty. A batch that did not fill means it was: no further `recvmmsg` to be told so (one
+/// system call less per hop of a ping; what arrives meanwhile makes the next `poll` return
+/// at once).
+pub fn drain(r: &mut impl Receive) -> Turn {
+    let mut turn = Turn::default();
+    for _ in 0..MAX_BATCHES {
+        let n = match r.receive() {
+            Ok(n) => n,
+            Err(e) if would_block(&e) => break,
+            Err(_) => {
+                r.failed();
+                break;
+            }
+        };
+        turn.add(n, r.largest(n));
+        for i in 0..n {
+            r.handle(i);
+        }
+        if n < r.capacity() {
+            break;
+        }
+    }
+    r.flush();
+    turn
 }
 
 /// The link-layer header a packet is written to its device with.

@@ -17,6 +17,7 @@
 //! the trunk) through the shared delivery (coalescing, partial checksums). Everything
 //! refused is counted by reason.
 
+use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -476,25 +477,35 @@ impl Side for SwitchRx {
         self.sock.clone()
     }
 
-    /// Receives and delivers up to 16 batches.
+    /// Receives and delivers up to [`recv::MAX_BATCHES`] batches.
     fn drain(&mut self) -> Turn {
-        let mut turn = Turn::default();
-        for _ in 0..16 {
-            let n = match self.sock.recv_batch(&mut self.batch) {
-                Ok(n) => n,
-                Err(e) if would_block(&e) => break,
-                Err(_) => {
-                    self.shared.dropped(DropReason::IoError, 1);
-                    break;
-                }
-            };
-            turn.add(n, self.batch.largest(n));
-            for i in 0..n {
-                self.handle_message(i);
-            }
-            self.delivery.flush(&self.queues, &self.shared.drops);
-        }
-        turn
+        recv::drain(self)
+    }
+}
+
+impl recv::Receive for SwitchRx {
+    fn receive(&mut self) -> io::Result<usize> {
+        self.sock.recv_batch(&mut self.batch)
+    }
+
+    fn capacity(&self) -> usize {
+        self.batch.capacity()
+    }
+
+    fn largest(&self, n: usize) -> usize {
+        self.batch.largest(n)
+    }
+
+    fn handle(&mut self, i: usize) {
+        self.handle_message(i);
+    }
+
+    fn failed(&mut self) {
+        self.shared.dropped(DropReason::IoError, 1);
+    }
+
+    fn flush(&mut self) {
+        self.delivery.flush(&self.queues, &self.shared.drops);
     }
 }
 
@@ -526,6 +537,9 @@ impl SwitchRx {
             };
             let (frame, partial) = trim_and_check(inb.frame, network.mtu as usize);
             bump(&network.stats.rx_frames, 1);
+            if recv::unmerged_partial(seg, &frame[ether::HEADER_LEN..], partial.as_ref()) {
+                bump(&network.stats.rx_unmerged_partial, 1);
+            }
             bump(&network.stats.rx_bytes, frame.len() as u64);
             let (hdr, body) = frame.split_at(ether::HEADER_LEN);
             let t = Target {
