@@ -256,7 +256,7 @@ pub struct Args {
     #[arg(long, env = "OVERLAYD_STEER", value_enum, default_value_t = crate::backend::Steer::Flow, help_heading = "Data plane")]
     pub steer: crate::backend::Steer,
 
-    /// gre over IPv4: write each packet's outer IPv4 header here and hand it to the underlay device through an AF_PACKET socket (the next hop's MAC from the kernel's neighbour table, a peer not resolved yet sent through the raw socket), past the kernel's per-packet route lookup, IP output path and qdisc: measured a tenth to a sixth more throughput for less CPU where the receivers GRO (NIC-like wires), no gain on a veth wire. Those packets bypass the host's netfilter OUTPUT and POSTROUTING chains, its egress qdisc and its IPsec policies: leave it off where those must see gre's packets. Other backends ignore it.
+    /// gre over IPv4 (the gre backend and L2 gre networks): write each packet's outer IPv4 header here and hand it to the underlay device through an AF_PACKET socket (the next hop's MAC from the kernel's neighbour table, a peer not resolved yet sent through the raw socket), past the kernel's per-packet route lookup, IP output path and qdisc: measured a tenth to a sixth more throughput for less CPU where the receivers GRO (NIC-like wires), no gain on a veth wire. Those packets bypass the host's netfilter OUTPUT and POSTROUTING chains, its egress qdisc and its IPsec policies: leave it off where those must see gre's packets. Other backends ignore it.
     #[arg(long, env = "OVERLAYD_GRE_LINK_TX", num_args = 0..=1, require_equals = true, value_name = "BOOL", default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_bool, help_heading = "Data plane")]
     pub gre_link_tx: bool,
 

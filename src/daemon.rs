@@ -8,7 +8,6 @@
 
 mod blackhole;
 mod device;
-mod link_hops;
 pub mod plan;
 mod plane;
 mod running;
@@ -473,6 +472,7 @@ fn start_l2(
         offload: plan.offload,
         busy_poll: plan.busy_poll,
         tunnel,
+        gre_link_tx: plan.gre_link_tx,
     };
     if opts.is_empty() {
         return None;

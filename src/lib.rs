@@ -11,6 +11,7 @@
 //! - [`sys`]: TUN ioctls and socket options, the only `unsafe` code;
 //! - [`host`]: device address, MTU and routes through rtnetlink;
 //! - [`direct`]: flannel's `DirectRouting`, kernel routes to peers on a shared link;
+//! - [`link_hops`]: `--gre-link-tx`'s next hops toward the gre peers, for both planes;
 //! - [`gso_tap`]: the TAP through which whole UDP-tunnel super-packets go to the kernel;
 //! - [`masq`]: flanneld's masquerade and FORWARD rules through iptables (rules pure, tested);
 //! - [`datapath`]: the data path both data planes share (workers, send paths, receive
@@ -46,6 +47,7 @@ pub mod host;
 pub mod l2;
 pub mod l3;
 pub mod lifecycle;
+pub mod link_hops;
 pub mod masq;
 pub mod offload;
 pub mod peers;

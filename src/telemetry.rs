@@ -79,6 +79,8 @@ pub struct State {
     /// gre over IPv4: how many peers are sent to through the link-layer path (their next
     /// hop known); absent for other backends.
     pub link_peers: OnceLock<Arc<AtomicUsize>>,
+    /// The same for the L2 gre networks' members (`--gre-link-tx` with a gre network).
+    pub l2_link_peers: OnceLock<Arc<AtomicUsize>>,
     /// The L2 networks' shared state, when any is attached.
     pub l2: OnceLock<Arc<crate::l2::switch::Shared>>,
     /// The verdict of the last health check (the one the systemd watchdog acts on); absent
@@ -182,6 +184,9 @@ impl State {
         }
         if let Some(n) = self.link_peers.get() {
             metrics::gauge!("overlayd_gre_link_peers").set(n.load(Ordering::Relaxed) as f64);
+        }
+        if let Some(n) = self.l2_link_peers.get() {
+            metrics::gauge!("overlayd_l2_gre_link_peers").set(n.load(Ordering::Relaxed) as f64);
         }
         if let Some(l2) = self.l2.get() {
             refresh_l2(l2);

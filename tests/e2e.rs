@@ -208,6 +208,55 @@ fn netns_gre_link_layer_send() {
     next_hop_follows_the_route(&topo, &d1, to);
 }
 
+/// `--gre-link-tx` on an L2 gre network: h1 learns the next hop toward h2, the L2 member
+/// (`overlayd_l2_gre_link_peers`), and a container's 4 MB to a container on h2 leave h1's
+/// eth0 without passing h1's IP stack, byte-identical.
+#[test]
+fn netns_l2_gre_link_layer_send() {
+    if skip_unless_root("netns_l2_gre_link_layer_send") {
+        return;
+    }
+    let mut topo = Topology::new(2);
+    let etcd = topo.start_etcd();
+    etcd.put_l2_network(ETCD_PREFIX, "net", 100, "gre");
+    let (h1, h2) = (topo.host(0), topo.host(1));
+    for h in [h1, h2] {
+        add_bridge(h, "brl2", false);
+    }
+    let c1 = Container::attach(h1, "brl2", "c1", "10.50.0.1/24", &l2_mac(0x50, 1, 1));
+    let c2 = Container::attach(h2, "brl2", "c2", "10.50.0.2/24", &l2_mac(0x50, 2, 1));
+    let flags = ["--l2", "net@brl2", "--gre-link-tx"];
+    let d1 = start_l2_daemon(h1, &etcd, &flags, &["l2g100"]);
+    let _d2 = start_l2_daemon(h2, &etcd, &flags, &["l2g100"]);
+    assert!(
+        etcd.wait_l2_members(ETCD_PREFIX, "net", &[h1.ip, h2.ip], Duration::from_secs(20)),
+        "h1 and h2 must both be members of the L2 network"
+    );
+    assert!(
+        ping_until(&c1, c2.ip, Duration::from_secs(20)),
+        "c1 pings c2"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || d1
+            .metric("overlayd_l2_gre_link_peers", &[])
+            == 1.0),
+        "h1 learns the next hop toward h2: {}",
+        d1.scrape()
+    );
+    let (out0, tx0) = (ip_out_requests(h1), eth0_tx_packets(h1));
+    let (sent, got) = tcp_transfer(&c1, &c2, c2.ip, 0, 4 * MB);
+    assert_eq!(
+        sent, got,
+        "4 MB over L2 gre's link-layer path arrive byte-identical"
+    );
+    let (out, tx) = (ip_out_requests(h1) - out0, eth0_tx_packets(h1) - tx0);
+    assert!(tx > 2_500, "h1's eth0 sent the transfer: {tx} packets");
+    assert!(
+        out * 2 < tx,
+        "h1's IP stack sent {out} packets of the {tx} on its eth0: not the link-layer path"
+    );
+}
+
 /// h1's route to h2 moved behind a gateway that does not answer: the link-layer path stops
 /// using h2's MAC within a few checks (the kernel announced the change; the remembered
 /// route is asked again), and takes it up again, with traffic, when the route is back.

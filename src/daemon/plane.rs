@@ -5,14 +5,13 @@
 //! periodic check (route restored, device recreated with the same options and every peer
 //! kept), stopped in order.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
 use super::device::{self, DeviceSetup, Seen};
-use super::link_hops::LinkHops;
 use super::plan::{Plan, PlaneKind, FORWARD_DROPS};
 use super::wg_plane::WgPlane;
 use super::{DaemonError, Peers};
@@ -20,10 +19,11 @@ use crate::backend::{Encap, Sockets, Steer};
 use crate::control::lease::SubnetKey;
 use crate::counters::Totals;
 use crate::datapath::tunnel::Tunnel;
-use crate::fib::{SharedFib, SharedFib6};
+use crate::fib::{Peer, SharedFib, SharedFib6, Table};
 use crate::gso_tap::{self, GsoTap};
 use crate::host::{Netlink, Underlay};
 use crate::l3::{self, Router};
+use crate::link_hops::LinkHops;
 use crate::sys::tun;
 use crate::telemetry;
 
@@ -155,7 +155,7 @@ impl RoutedPlane {
         let (v4, v6) = sockets(plan)?;
         let v4_link = v4.send.iter().any(|s| s.link_tx().is_some());
         if plan.gre_link_tx && !v4_link {
-            warn!("--gre-link-tx applies to gre over an IPv4 underlay only; ignored");
+            warn!("--gre-link-tx: the routed plane is not gre over an IPv4 underlay, so only L2 gre networks (if any) send through it");
         }
         let (gso, gro) = socket_offloads(plan.offload, &v4, &v6);
         let pin_to = pin_to(plan.steer)?;
@@ -191,7 +191,7 @@ impl RoutedPlane {
             workers: None,
             offloads: dev.offloads,
             gso_tap,
-            link_hops: (plan.gre_link_tx && v4_link).then(LinkHops::new),
+            link_hops: (plan.gre_link_tx && v4_link).then(LinkHops::start),
         };
         plane.refresh_hops(nl).await;
         plane.start_workers()?;
@@ -240,7 +240,8 @@ impl RoutedPlane {
     /// now ([`LinkHops::refresh`]).
     async fn refresh_hops(&mut self, nl: &Netlink) {
         if let Some(h) = &mut self.link_hops {
-            h.refresh(nl, &self.fib.load(), &self.v4.send).await;
+            let dsts = peer_addresses(&self.fib.load());
+            h.refresh(nl, &dsts, &self.v4.send).await;
         }
     }
 
@@ -397,4 +398,12 @@ async fn open_tunnel(
             Ok(None)
         }
     }
+}
+
+/// The routed plane's peers' public addresses, each once, in order.
+fn peer_addresses(fib: &Table<Peer>) -> Vec<Ipv4Addr> {
+    let mut dsts: Vec<_> = fib.peers().iter().map(|p| p.public_ip).collect();
+    dsts.sort_unstable();
+    dsts.dedup();
+    dsts
 }

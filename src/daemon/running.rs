@@ -121,6 +121,9 @@ impl Running {
         match started {
             Ok(Ok(node)) => {
                 let _ = self.telemetry.l2.set(node.shared.clone());
+                if let Some(peers) = node.link_peers() {
+                    let _ = self.telemetry.l2_link_peers.set(peers);
+                }
                 self.l2 = Some(node);
                 Ok(())
             }

@@ -16,6 +16,7 @@ pub mod switch;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use self::switch::{Network, Port, PortKind, Shared, Switch};
 use crate::backend::{self, SocketError, SOCKET_BUFFER};
 use crate::control::etcd::Registry;
 use crate::host::{HostError, Netlink, Underlay};
+use crate::link_hops::LinkHops;
 use crate::sys::socket::UnderlaySocket;
 use crate::sys::tun::{self, Device};
 
@@ -44,6 +46,9 @@ pub struct L2Options {
     pub busy_poll: crate::datapath::BusyPoll,
     /// The tunnel-GSO TAP, shared with the routed data plane, when set up.
     pub tunnel: Option<crate::datapath::tunnel::Tunnel>,
+    /// `--gre-link-tx`: the gre networks send through the link-layer path toward members
+    /// whose next hop is known ([`crate::link_hops`]).
+    pub gre_link_tx: bool,
 }
 
 impl L2Options {
@@ -97,6 +102,8 @@ pub struct L2Node {
     names: Vec<String>,
     self_ip: Ipv4Addr,
     pub shared: Arc<Shared>,
+    /// `--gre-link-tx`'s task ([`follow_hops`]) and how many members have a next hop.
+    hops: Option<(tokio::task::JoinHandle<()>, Arc<AtomicUsize>)>,
 }
 
 /// Checks that the networks can share this node's sockets: one vxlan port, distinct from
@@ -245,7 +252,16 @@ impl L2Node {
             warn!(error = %e, "cannot announce L2 membership yet; retrying in the background");
         }
         let control = tokio::spawn(ctl.run());
-        info!(networks = ?names, gso, "L2 data plane running");
+        let hops = match (&dp_cfg.gre, opts.gre_link_tx) {
+            (Some(gre), true) if gre.link_tx().is_some() => {
+                let h = LinkHops::start();
+                let peers = h.peers.clone();
+                let task = follow_hops(h, nl.clone(), gre.clone(), shared.clone());
+                Some((tokio::spawn(task), peers))
+            }
+            _ => None,
+        };
+        info!(networks = ?names, gso, gre_link_tx = hops.is_some(), "L2 data plane running");
         Ok(L2Node {
             dp: Some(dp),
             dp_cfg,
@@ -258,7 +274,14 @@ impl L2Node {
             names,
             self_ip: public_ip,
             shared,
+            hops,
         })
+    }
+
+    /// How many gre members the link-layer path has a next hop for (`--gre-link-tx` with a
+    /// gre network), for the `overlayd_l2_gre_link_peers` gauge.
+    pub fn link_peers(&self) -> Option<Arc<AtomicUsize>> {
+        self.hops.as_ref().map(|(_, peers)| peers.clone())
     }
 
     /// The first of our TAPs that no longer exists (deleted under us), if any.
@@ -298,6 +321,9 @@ impl L2Node {
     /// removes the TAPs.
     pub async fn stop(mut self) {
         self.control.abort();
+        if let Some((task, _)) = &self.hops {
+            task.abort();
+        }
         // Bounded so that a stop with etcd unreachable still ends within the 2 s that
         // SIGTERM is allowed (the member keys then expire with their lease).
         let _ = tokio::time::timeout(
@@ -315,6 +341,39 @@ impl L2Node {
         }
         self.devices.clear();
     }
+}
+
+/// How often the gre members' next hops are refreshed (as the routed plane's check).
+const HOPS_EVERY: Duration = Duration::from_secs(2);
+
+/// `--gre-link-tx` for the L2 gre networks: every [`HOPS_EVERY`], tells `gre`'s link-layer
+/// sender the next hops toward their members (runs until aborted).
+async fn follow_hops(
+    mut hops: LinkHops,
+    nl: Netlink,
+    gre: Arc<UnderlaySocket>,
+    shared: Arc<Shared>,
+) {
+    let mut tick = tokio::time::interval(HOPS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        hops.refresh(&nl, &gre_members(&shared), std::slice::from_ref(&gre))
+            .await;
+    }
+}
+
+/// The members of every gre network, each once, in order.
+fn gre_members(shared: &Shared) -> Vec<Ipv4Addr> {
+    let mut ips: Vec<Ipv4Addr> = shared
+        .nets
+        .iter()
+        .filter(|n| n.cfg.backend == L2Backend::Gre)
+        .flat_map(|n| n.members.load().ips().to_vec())
+        .collect();
+    ips.sort_unstable();
+    ips.dedup();
+    ips
 }
 
 /// Opens one TAP per access port and the trunk TAP when VLANs are mapped, sets their MTU,

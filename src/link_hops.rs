@@ -1,6 +1,6 @@
 //! `--gre-link-tx`'s control side: the next hop (device and neighbour MAC) toward each
 //! peer, looked up in the kernel and told to the send sockets' link-layer senders at every
-//! periodic check. The route to each peer is asked once and kept until the host's IPv4
+//! periodic check — the routed plane's gre peers and the L2 gre networks' members alike. The route to each peer is asked once and kept until the host's IPv4
 //! routes change (the kernel announces each change) or [`ROUTES_FOR`] has passed; the
 //! neighbour table, where MACs and their states live, is read at every check.
 
@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use crate::fib::{Peer, Table};
 use crate::host::{plan_hops, Netlink, RouteMemo, RouteWatch};
 use crate::sys::socket::UnderlaySocket;
 
@@ -30,7 +29,8 @@ pub struct LinkHops {
 }
 
 impl LinkHops {
-    pub fn new() -> Self {
+    /// Starts following the host's route announcements (inside the tokio runtime).
+    pub fn start() -> Self {
         let watch = RouteWatch::start()
             .inspect_err(|e| warn!(error = %e, "cannot follow the host's route changes; the peers' routes are looked up at every check"))
             .ok();
@@ -46,13 +46,13 @@ impl LinkHops {
         }
     }
 
-    /// Tells `senders`' link-layer paths the next hops toward the peers of `fib`, and asks
+    /// Tells `senders`' link-layer paths the next hops toward the peers at `dsts`, and asks
     /// the kernel to revalidate the stale neighbour entries among them (a peer without a
     /// usable entry is sent to through the raw socket, which makes the kernel resolve it).
     pub async fn refresh(
         &mut self,
         nl: &Netlink,
-        fib: &Table<Peer>,
+        dsts: &[Ipv4Addr],
         senders: &[Arc<UnderlaySocket>],
     ) {
         let links: Vec<_> = senders.iter().filter_map(|s| s.link_tx()).collect();
@@ -62,7 +62,7 @@ impl LinkHops {
         self.routes
             .refresh(self.watch.as_ref().map_or(0, RouteWatch::changes));
         let mut via = Vec::new();
-        for dst in peer_addresses(fib) {
+        for &dst in dsts {
             if let Some(hop) = self.hop_toward(nl, dst).await {
                 via.push((dst, hop));
             }
@@ -103,12 +103,4 @@ impl LinkHops {
             }
         }
     }
-}
-
-/// The peers' public addresses, each once, in order.
-fn peer_addresses(fib: &Table<Peer>) -> Vec<Ipv4Addr> {
-    let mut dsts: Vec<_> = fib.peers().iter().map(|p| p.public_ip).collect();
-    dsts.sort_unstable();
-    dsts.dedup();
-    dsts
 }
