@@ -49,6 +49,7 @@
 #   9. l2_vxlan            overlayd --l2 net@brl2, network VNI 100 Backend vxlan
 #  10. l2_gre              overlayd --l2 net@brl2, network VNI 100 Backend gre
 #      l2_vxlan_userspace_gso  l2_vxlan with --tunnel-gso off
+#      l2_gre_link_tx      l2_gre with --gre-link-tx
 # Their ratios are to kernel_l2_vxlan (table column and the JSON's "l2_ratios").
 #
 # For each: iperf3 one TCP stream and 4 streams (-P 4), -t $DURATION, h1 -> h2 (receiver rate),
@@ -771,6 +772,7 @@ l2_case() {
 l2_case l2_vxlan vxlan
 l2_case l2_vxlan_userspace_gso vxlan --tunnel-gso off
 l2_case l2_gre gre
+l2_case l2_gre_link_tx gre --gre-link-tx
 
 # ------------------------------------------------------------------------------------------------
 say "results (h1 -> h2, iperf3 -t $DURATION receiver rate, median of $REPEAT run(s), ping -c 50 -i 0.02 avg)"
@@ -829,7 +831,7 @@ V6_CASES = ["vxlan6", "vxlan6_userspace_gso"]
 
 kl2 = res.get("kernel_l2_vxlan", {})
 kl2_1, kl2_ping = kl2.get("g1"), kl2.get("ping")
-L2_CASES = ["l2_vxlan", "l2_vxlan_userspace_gso", "l2_gre"]
+L2_CASES = ["l2_vxlan", "l2_vxlan_userspace_gso", "l2_gre", "l2_gre_link_tx"]
 kuso = res.get("kernel_vxlan_uso", {}).get("g1")
 
 def ratio(c):
