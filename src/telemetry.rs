@@ -126,6 +126,21 @@ impl State {
         }
     }
 
+    /// The gauges of what the control side keeps toward the peers: direct routes and
+    /// `--gre-link-tx` next hops.
+    fn refresh_route_gauges(&self) {
+        let gauges = [
+            ("overlayd_direct_routes", &self.direct_routes),
+            ("overlayd_gre_link_peers", &self.link_peers),
+            ("overlayd_l2_gre_link_peers", &self.l2_link_peers),
+        ];
+        for (name, n) in gauges {
+            if let Some(n) = n.get() {
+                metrics::gauge!(name).set(n.load(Ordering::Relaxed) as f64);
+            }
+        }
+    }
+
     /// Copies every counter into the recorder (called per scrape).
     fn refresh(&self) {
         if let Some(Extra(extra)) = self.extra.get() {
@@ -179,15 +194,7 @@ impl State {
                 peer_counters(p.subnet.to_string(), p.underlay.to_string(), &p.counters);
             }
         }
-        if let Some(n) = self.direct_routes.get() {
-            metrics::gauge!("overlayd_direct_routes").set(n.load(Ordering::Relaxed) as f64);
-        }
-        if let Some(n) = self.link_peers.get() {
-            metrics::gauge!("overlayd_gre_link_peers").set(n.load(Ordering::Relaxed) as f64);
-        }
-        if let Some(n) = self.l2_link_peers.get() {
-            metrics::gauge!("overlayd_l2_gre_link_peers").set(n.load(Ordering::Relaxed) as f64);
-        }
+        self.refresh_route_gauges();
         if let Some(l2) = self.l2.get() {
             refresh_l2(l2);
             refresh_l2_control(&l2.control);

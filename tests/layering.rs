@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["offload", "sys", "fib"],
     &["control", "host", "masq", "systemd"],
     &["backend"],
-    &["datapath", "peers", "direct"],
+    &["datapath", "peers", "direct", "link_hops"],
     &["gso_tap"],
     &["l3", "l2"],
     &["telemetry", "cni", "lifecycle"],

@@ -195,42 +195,7 @@ impl L2Node {
 
         let (devices, ports) = open_ports(opts, &shared, nl, underlay.mtu).await?;
 
-        // Sockets.
-        let sock_err = |addr: String| move |source| L2StartError::Socket { addr, source };
-        let vxlan_port = cfgs
-            .iter()
-            .find(|(_, c)| c.backend == L2Backend::Vxlan)
-            .map(|(_, c)| c.port);
-        let (vxlan_recv, vxlan_send, gso) = match vxlan_port {
-            Some(port) => {
-                let bind = SocketAddrV4::new(underlay.addr, port);
-                let recv = Arc::new(
-                    UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(sock_err(bind.to_string()))?,
-                );
-                let send = backend::vxlan_tunnel::send_pool(underlay.addr)?;
-                let gso = opts.offload && send.iter().all(|s| s.probe_gso());
-                // UDP GRO: runs of datagrams per receive (split again by segment size).
-                if opts.offload && !recv.enable_gro() {
-                    warn!("UDP GRO refused on the L2 vxlan socket; receiving datagram by datagram");
-                }
-                (Some(recv), send, gso)
-            }
-            None => (None, Vec::new(), false),
-        };
-        let gre = if cfgs.iter().any(|(_, c)| c.backend == L2Backend::Gre) {
-            Some(backend::gre_tunnel::raw_socket(underlay.addr)?)
-        } else {
-            None
-        };
-        let dp_cfg = switch::SwitchConfig {
-            vnet_hdr: opts.offload,
-            busy_poll: opts.busy_poll,
-            gso,
-            vxlan_recv,
-            vxlan_send,
-            gre,
-            tunnel: opts.tunnel.clone(),
-        };
+        let dp_cfg = switch_config(opts, &cfgs, underlay)?;
         let dp = Switch::start(dp_cfg.clone(), ports, shared.clone()).map_err(|source| {
             L2StartError::Device {
                 name: "L2 workers".into(),
@@ -252,16 +217,11 @@ impl L2Node {
             warn!(error = %e, "cannot announce L2 membership yet; retrying in the background");
         }
         let control = tokio::spawn(ctl.run());
-        let hops = match (&dp_cfg.gre, opts.gre_link_tx) {
-            (Some(gre), true) if gre.link_tx().is_some() => {
-                let h = LinkHops::start();
-                let peers = h.peers.clone();
-                let task = follow_hops(h, nl.clone(), gre.clone(), shared.clone());
-                Some((tokio::spawn(task), peers))
-            }
-            _ => None,
-        };
-        info!(networks = ?names, gso, gre_link_tx = hops.is_some(), "L2 data plane running");
+        let hops = opts
+            .gre_link_tx
+            .then(|| start_hops(dp_cfg.gre.as_ref()?, nl, &shared))
+            .flatten();
+        info!(networks = ?names, gso = dp_cfg.gso, gre_link_tx = hops.is_some(), "L2 data plane running");
         Ok(L2Node {
             dp: Some(dp),
             dp_cfg,
@@ -343,8 +303,68 @@ impl L2Node {
     }
 }
 
+/// The workers' sockets: the vxlan networks' shared port (a receive socket with UDP GRO, a
+/// send pool, whether UDP GSO is taken) and the gre networks' raw socket, as each is in use.
+fn switch_config(
+    opts: &L2Options,
+    cfgs: &[(String, config::L2NetworkConfig)],
+    underlay: &Underlay,
+) -> Result<switch::SwitchConfig, L2StartError> {
+    let sock_err = |addr: String| move |source| L2StartError::Socket { addr, source };
+    let vxlan_port = cfgs
+        .iter()
+        .find(|(_, c)| c.backend == L2Backend::Vxlan)
+        .map(|(_, c)| c.port);
+    let (vxlan_recv, vxlan_send, gso) = match vxlan_port {
+        Some(port) => {
+            let bind = SocketAddrV4::new(underlay.addr, port);
+            let recv = Arc::new(
+                UnderlaySocket::udp(bind, SOCKET_BUFFER).map_err(sock_err(bind.to_string()))?,
+            );
+            let send = backend::vxlan_tunnel::send_pool(underlay.addr)?;
+            let gso = opts.offload && send.iter().all(|s| s.probe_gso());
+            // UDP GRO: runs of datagrams per receive (split again by segment size).
+            if opts.offload && !recv.enable_gro() {
+                warn!("UDP GRO refused on the L2 vxlan socket; receiving datagram by datagram");
+            }
+            (Some(recv), send, gso)
+        }
+        None => (None, Vec::new(), false),
+    };
+    let gre = if cfgs.iter().any(|(_, c)| c.backend == L2Backend::Gre) {
+        Some(backend::gre_tunnel::raw_socket(underlay.addr)?)
+    } else {
+        None
+    };
+    Ok(switch::SwitchConfig {
+        vnet_hdr: opts.offload,
+        busy_poll: opts.busy_poll,
+        gso,
+        vxlan_recv,
+        vxlan_send,
+        gre,
+        tunnel: opts.tunnel.clone(),
+    })
+}
+
 /// How often the gre members' next hops are refreshed (as the routed plane's check).
 const HOPS_EVERY: Duration = Duration::from_secs(2);
+
+/// Starts [`follow_hops`] for the gre socket `gre`, unless it has no link-layer sender.
+fn start_hops(
+    gre: &Arc<UnderlaySocket>,
+    nl: &Netlink,
+    shared: &Arc<Shared>,
+) -> Option<(tokio::task::JoinHandle<()>, Arc<AtomicUsize>)> {
+    if gre.link_tx().is_none() {
+        warn!("--gre-link-tx: the L2 gre socket has no link-layer sender; the gre networks send through the raw socket");
+        return None;
+    }
+    let h = LinkHops::start();
+    let peers = h.peers.clone();
+    let task = follow_hops(h, nl.clone(), gre.clone(), shared.clone());
+    Some((tokio::spawn(task), peers))
+}
 
 /// `--gre-link-tx` for the L2 gre networks: every [`HOPS_EVERY`], tells `gre`'s link-layer
 /// sender the next hops toward their members (runs until aborted).
