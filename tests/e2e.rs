@@ -216,24 +216,11 @@ fn netns_l2_gre_link_layer_send() {
     if skip_unless_root("netns_l2_gre_link_layer_send") {
         return;
     }
-    let mut topo = Topology::new(2);
-    let etcd = topo.start_etcd();
-    etcd.put_l2_network(ETCD_PREFIX, "net", 100, "gre");
-    let (h1, h2) = (topo.host(0), topo.host(1));
-    for h in [h1, h2] {
-        add_bridge(h, "brl2", false);
-    }
-    let c1 = Container::attach(h1, "brl2", "c1", "10.50.0.1/24", &l2_mac(0x50, 1, 1));
-    let c2 = Container::attach(h2, "brl2", "c2", "10.50.0.2/24", &l2_mac(0x50, 2, 1));
-    let flags = ["--l2", "net@brl2", "--gre-link-tx"];
-    let d1 = start_l2_daemon(h1, &etcd, &flags, &["l2g100"]);
-    let _d2 = start_l2_daemon(h2, &etcd, &flags, &["l2g100"]);
+    // Kept whole: its fields (daemons, containers, etcd, hosts) live to the end of the test.
+    let pair = L2Pair::start("gre", &["--gre-link-tx"]);
+    let (h1, d1, c1, c2) = (pair.topo.host(0), &pair.d1, &pair.c1, &pair.c2);
     assert!(
-        etcd.wait_l2_members(ETCD_PREFIX, "net", &[h1.ip, h2.ip], Duration::from_secs(20)),
-        "h1 and h2 must both be members of the L2 network"
-    );
-    assert!(
-        ping_until(&c1, c2.ip, Duration::from_secs(20)),
+        ping_until(c1, c2.ip, Duration::from_secs(20)),
         "c1 pings c2"
     );
     assert!(
@@ -244,7 +231,7 @@ fn netns_l2_gre_link_layer_send() {
         d1.scrape()
     );
     let (out0, tx0) = (ip_out_requests(h1), eth0_tx_packets(h1));
-    let (sent, got) = tcp_transfer(&c1, &c2, c2.ip, 0, 4 * MB);
+    let (sent, got) = tcp_transfer(c1, c2, c2.ip, 0, 4 * MB);
     assert_eq!(
         sent, got,
         "4 MB over L2 gre's link-layer path arrive byte-identical"

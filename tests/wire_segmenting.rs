@@ -209,23 +209,10 @@ fn netns_partial_checksum_wire_l2_vxlan() {
     if skip_unless_root(name) {
         return;
     }
-    let mut topo = Topology::new(2);
-    let etcd = topo.start_etcd();
-    etcd.put_l2_network(ETCD_PREFIX, "net", 100, "vxlan");
-    let (h1, h2) = (topo.host(0), topo.host(1));
-    for h in [h1, h2] {
-        add_bridge(h, "brl2", false);
-    }
-    let c1 = Container::attach(h1, "brl2", "c1", "10.50.0.1/24", &l2_mac(0x50, 1, 1));
-    let c2 = Container::attach(h2, "brl2", "c2", "10.50.0.2/24", &l2_mac(0x50, 2, 1));
-    let flags = ["--l2", "net@brl2"];
-    let _d1 = start_l2_daemon(h1, &etcd, &flags, &["l2v100"]);
-    let d2 = start_l2_daemon(h2, &etcd, &flags, &["l2v100"]);
-    assert!(
-        etcd.wait_l2_members(ETCD_PREFIX, "net", &[h1.ip, h2.ip], Duration::from_secs(20)),
-        "h1 and h2 must both be members of the L2 network"
-    );
-    if make_segmenting(&topo, true).is_none() {
+    // Kept whole: its fields (daemons, containers, etcd, hosts) live to the end of the test.
+    let pair = L2Pair::start("vxlan", &[]);
+    let (h2, d2, c1, c2) = (pair.topo.host(1), &pair.d2, &pair.c1, &pair.c2);
+    if make_segmenting(&pair.topo, true).is_none() {
         skip(
             name,
             "ethtool missing or the veth refuses the offload settings",
@@ -233,7 +220,7 @@ fn netns_partial_checksum_wire_l2_vxlan() {
         return;
     }
     assert!(
-        ping_until(&c1, c2.ip, Duration::from_secs(20)),
+        ping_until(c1, c2.ip, Duration::from_secs(20)),
         "c1 pings c2 over the partial wire"
     );
     let net = ["network=\"net\""];
@@ -241,7 +228,7 @@ fn netns_partial_checksum_wire_l2_vxlan() {
         rx_stats(h2, "l2v100"),
         d2.metric("overlayd_l2_rx_unmerged_partial_total", &net),
     );
-    let (sent, got) = tcp_transfer(&c1, &c2, c2.ip, 0, 20 * MB);
+    let (sent, got) = tcp_transfer(c1, c2, c2.ip, 0, 20 * MB);
     assert_eq!(
         sent, got,
         "20 MB c1 -> c2 byte-identical over the partial wire"

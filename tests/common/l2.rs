@@ -1,6 +1,6 @@
-//! L2 mode's building blocks: its constants, bridges in a host ([`add_bridge`]), and
+//! L2 mode's building blocks: its constants, bridges in a host ([`add_bridge`]),
 //! [`Container`], a namespace plugged into such a bridge by a veth pair (fixed MAC and
-//! address, movable to another host).
+//! address, movable to another host), and [`L2Pair`], two hosts on one network.
 
 use std::net::Ipv4Addr;
 use std::ops::Deref;
@@ -9,9 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::daemon::{overlayd_l2_args, Overlayd};
-use super::etcd::Etcd;
+use super::etcd::{Etcd, ETCD_PREFIX};
 use super::netns::{wait_link, Netns};
 use super::process::{must, run_cmd, tail};
+use super::topology::Topology;
 
 /// MTU of every L2 "container" interface (underlay 1500 − 50 of VXLAN).
 pub const L2_CONTAINER_MTU: u32 = 1450;
@@ -37,6 +38,50 @@ pub fn start_l2_daemon(host: &Netns, etcd: &Etcd, flags: &[&str], taps: &[&str])
         }
     }
     d
+}
+
+/// Two hosts on one L2 network `net` (VNI 100), each with a bridge `brl2`, a container (c1
+/// 10.50.0.1 on h1, c2 10.50.0.2 on h2) and an overlayd with `--l2 net@brl2`, both
+/// announced as members. Fields drop in order: the daemons, the containers, etcd, the hosts.
+pub struct L2Pair {
+    pub d1: Overlayd,
+    pub d2: Overlayd,
+    pub c1: Container,
+    pub c2: Container,
+    pub etcd: Etcd,
+    pub topo: Topology,
+}
+
+impl L2Pair {
+    /// The pair for a network of `backend` (`vxlan`, `gre`), its daemons given `flags` too.
+    pub fn start(backend: &str, flags: &[&str]) -> L2Pair {
+        let mut topo = Topology::new(2);
+        let etcd = topo.start_etcd();
+        etcd.put_l2_network(ETCD_PREFIX, "net", 100, backend);
+        let (h1, h2) = (topo.host(0), topo.host(1));
+        for h in [h1, h2] {
+            add_bridge(h, "brl2", false);
+        }
+        let c1 = Container::attach(h1, "brl2", "c1", "10.50.0.1/24", &l2_mac(0x50, 1, 1));
+        let c2 = Container::attach(h2, "brl2", "c2", "10.50.0.2/24", &l2_mac(0x50, 2, 1));
+        let mut all = vec!["--l2", "net@brl2"];
+        all.extend(flags);
+        let tap = if backend == "gre" { "l2g100" } else { "l2v100" };
+        let d1 = start_l2_daemon(h1, &etcd, &all, &[tap]);
+        let d2 = start_l2_daemon(h2, &etcd, &all, &[tap]);
+        assert!(
+            etcd.wait_l2_members(ETCD_PREFIX, "net", &[h1.ip, h2.ip], Duration::from_secs(20)),
+            "h1 and h2 must both be members of the L2 network"
+        );
+        L2Pair {
+            d1,
+            d2,
+            c1,
+            c2,
+            etcd,
+            topo,
+        }
+    }
 }
 
 /// Turns IPv6 off in a namespace (before its interfaces exist), so captures see no router
