@@ -46,13 +46,14 @@ impl LinkHops {
         }
     }
 
-    /// Tells `senders`' link-layer paths the next hops toward the peers at `dsts`, and asks
-    /// the kernel to revalidate the stale neighbour entries among them (a peer without a
-    /// usable entry is sent to through the raw socket, which makes the kernel resolve it).
+    /// Tells `senders`' link-layer paths the next hops toward the peers at `dsts` (each
+    /// looked up once however often it is listed), and asks the kernel to revalidate the
+    /// stale neighbour entries among them (a peer without a usable entry is sent to through
+    /// the raw socket, which makes the kernel resolve it).
     pub async fn refresh(
         &mut self,
         nl: &Netlink,
-        dsts: &[Ipv4Addr],
+        dsts: impl IntoIterator<Item = Ipv4Addr>,
         senders: &[Arc<UnderlaySocket>],
     ) {
         let links: Vec<_> = senders.iter().filter_map(|s| s.link_tx()).collect();
@@ -61,8 +62,11 @@ impl LinkHops {
         }
         self.routes
             .refresh(self.watch.as_ref().map_or(0, RouteWatch::changes));
+        let mut dsts: Vec<_> = dsts.into_iter().collect();
+        dsts.sort_unstable();
+        dsts.dedup();
         let mut via = Vec::new();
-        for &dst in dsts {
+        for dst in dsts {
             if let Some(hop) = self.hop_toward(nl, dst).await {
                 via.push((dst, hop));
             }

@@ -175,9 +175,7 @@ fn netns_gre_link_layer_send() {
     let to = overlay_ip_of(&d2.wait_ready(READY));
     assert!(ping_until(topo.host(0), to, Duration::from_secs(15)));
     assert!(
-        wait_until(Duration::from_secs(10), || d1
-            .metric("overlayd_gre_link_peers", &[])
-            == 1.0),
+        gauge_reaches(&d1, "overlayd_gre_link_peers", 1.0),
         "h1 learns h2's next hop: {}",
         d1.scrape()
     );
@@ -224,9 +222,7 @@ fn netns_l2_gre_link_layer_send() {
         "c1 pings c2"
     );
     assert!(
-        wait_until(Duration::from_secs(10), || d1
-            .metric("overlayd_l2_gre_link_peers", &[])
-            == 1.0),
+        gauge_reaches(d1, "overlayd_l2_gre_link_peers", 1.0),
         "h1 learns the next hop toward h2: {}",
         d1.scrape()
     );
@@ -244,23 +240,27 @@ fn netns_l2_gre_link_layer_send() {
     );
 }
 
+/// Whether `d`'s gauge `name` shows `want` within 10 s (a few of the 2 s checks).
+fn gauge_reaches(d: &Overlayd, name: &str, want: f64) -> bool {
+    wait_until(Duration::from_secs(10), || d.metric(name, &[]) == want)
+}
+
 /// h1's route to h2 moved behind a gateway that does not answer: the link-layer path stops
 /// using h2's MAC within a few checks (the kernel announced the change; the remembered
 /// route is asked again), and takes it up again, with traffic, when the route is back.
 fn next_hop_follows_the_route(topo: &Topology, d1: &Overlayd, to: Ipv4Addr) {
-    let peers = || d1.metric("overlayd_gre_link_peers", &[]);
     topo.host(0).ip(&format!(
         "route add {}/32 via 192.168.77.99 dev eth0",
         host_ip(1)
     ));
     assert!(
-        wait_until(Duration::from_secs(10), || peers() == 0.0),
+        gauge_reaches(d1, "overlayd_gre_link_peers", 0.0),
         "h2 is now behind 192.168.77.99, which has no neighbour entry: {}",
         d1.scrape()
     );
     topo.host(0).ip(&format!("route del {}/32", host_ip(1)));
     assert!(
-        wait_until(Duration::from_secs(10), || peers() == 1.0),
+        gauge_reaches(d1, "overlayd_gre_link_peers", 1.0),
         "the route is back, and h2's next hop with it: {}",
         d1.scrape()
     );

@@ -5,7 +5,7 @@
 //! periodic check (route restored, device recreated with the same options and every peer
 //! kept), stopped in order.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use crate::backend::{Encap, Sockets, Steer};
 use crate::control::lease::SubnetKey;
 use crate::counters::Totals;
 use crate::datapath::tunnel::Tunnel;
-use crate::fib::{Peer, SharedFib, SharedFib6, Table};
+use crate::fib::{SharedFib, SharedFib6};
 use crate::gso_tap::{self, GsoTap};
 use crate::host::{Netlink, Underlay};
 use crate::l3::{self, Router};
@@ -240,8 +240,9 @@ impl RoutedPlane {
     /// now ([`LinkHops::refresh`]).
     async fn refresh_hops(&mut self, nl: &Netlink) {
         if let Some(h) = &mut self.link_hops {
-            let dsts = peer_addresses(&self.fib.load());
-            h.refresh(nl, &dsts, &self.v4.send).await;
+            let fib = self.fib.load();
+            let dsts: Vec<_> = fib.peers().iter().map(|p| p.public_ip).collect();
+            h.refresh(nl, dsts, &self.v4.send).await;
         }
     }
 
@@ -398,12 +399,4 @@ async fn open_tunnel(
             Ok(None)
         }
     }
-}
-
-/// The routed plane's peers' public addresses, each once, in order.
-fn peer_addresses(fib: &Table<Peer>) -> Vec<Ipv4Addr> {
-    let mut dsts: Vec<_> = fib.peers().iter().map(|p| p.public_ip).collect();
-    dsts.sort_unstable();
-    dsts.dedup();
-    dsts
 }

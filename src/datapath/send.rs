@@ -125,11 +125,11 @@ impl TxPath {
     ) -> Result<Sent, (DropReason, u64)> {
         let port = if sock.is_raw() { 0 } else { port };
         let to = |ip: &A| SocketAddr::new((*ip).into(), port);
-        let Some(first) = dsts.first() else {
+        if dsts.is_empty() {
             return Ok(Sent::default());
-        };
+        }
         if out.vh.gso_kind() == virtio::GSO_NONE && !out.vh.needs_csum() {
-            return self.send_plain(out, fill, sock, dsts, to(first), to);
+            return self.send_plain(out, fill, sock, dsts, to);
         }
         let mut sent = Sent::default();
         // Offsets in the virtio header count from the frame; segmenting sees the IP packet.
@@ -200,21 +200,14 @@ impl TxPath {
         fill: &mut Fill<'_>,
         sock: &UnderlaySocket,
         dsts: &[A],
-        first: SocketAddr,
         to: impl Fn(&A) -> SocketAddr,
     ) -> Result<Sent, (DropReason, u64)> {
-        let mut sent = Sent::default();
         let d = &mut self.buf[out.start - out.encap..out.end];
         fill(d).map_err(|r| (r, 1))?;
         let d = &self.buf[out.start - out.encap..out.end];
-        let mut msgs = [Msg::whole(d, first, 0); MAX_BATCH];
-        for chunk in dsts.chunks(MAX_BATCH) {
-            for (m, ip) in msgs.iter_mut().zip(chunk) {
-                m.dst = to(ip);
-            }
-            sent.add(send_msgs(sock, &msgs[..chunk.len()]));
-        }
-        Ok(sent)
+        Ok(send_each(sock, dsts.len(), |i| {
+            Msg::whole(d, to(&dsts[i]), 0)
+        }))
     }
 
     /// Way 0, set up: the encapsulation written in front of the frame, when the tunnel-GSO

@@ -378,22 +378,19 @@ async fn follow_hops(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        hops.refresh(&nl, &gre_members(&shared), std::slice::from_ref(&gre))
+        hops.refresh(&nl, gre_members(&shared), std::slice::from_ref(&gre))
             .await;
     }
 }
 
-/// The members of every gre network, each once, in order.
+/// The members of every gre network.
 fn gre_members(shared: &Shared) -> Vec<Ipv4Addr> {
-    let mut ips: Vec<Ipv4Addr> = shared
+    shared
         .nets
         .iter()
         .filter(|n| n.cfg.backend == L2Backend::Gre)
         .flat_map(|n| n.members.load().ips().to_vec())
-        .collect();
-    ips.sort_unstable();
-    ips.dedup();
-    ips
+        .collect()
 }
 
 /// Opens one TAP per access port and the trunk TAP when VLANs are mapped, sets their MTU,
